@@ -1,0 +1,5 @@
+"""`python -m stubby_py` runs the command line."""
+
+from stubby_py.cli import main
+
+raise SystemExit(main())

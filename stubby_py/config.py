@@ -1,0 +1,408 @@
+"""Configuration: one YAML file read into frozen dataclasses; every option has a default.
+
+Errors name the file, the line, the key path and what was expected, e.g.
+``config.yaml:7: upstreams[1].url: expected tls://, https://, h3://, quic://, udp:// or tcp://``.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import yaml
+
+from stubby_py.errors import ConfigError
+
+TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, "tcp": 53}
+ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSpec:
+    """One upstream resolver: where it is, how to reach it and how to authenticate it."""
+
+    transport: str
+    address: str
+    port: int
+    #: the name the certificate must carry (SNI too); None: verify the IP address instead
+    auth_name: str | None = None
+    #: DoH only: the URL path (with a `{?dns}` template removed) and the HTTP method
+    path: str = "/dns-query"
+    method: str = "post"
+    #: base64 SHA-256 digests of SubjectPublicKeyInfo; any match passes (RFC 7469 form)
+    spki_pins: tuple[str, ...] = ()
+    ca_file: str | None = None
+    name: str = ""
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.transport in ENCRYPTED
+
+    @property
+    def label(self) -> str:
+        return self.name or self.url
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        if self.transport in ("https", "h3"):
+            shown = self.auth_name or host
+            return f"{self.transport}://{shown}:{self.port}{self.path}"
+        suffix = f"#{self.auth_name}" if self.auth_name else ""
+        return f"{self.transport}://{host}:{self.port}{suffix}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    #: addresses to listen on, UDP and TCP each
+    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
+    #: client networks that get answers; everyone else gets REFUSED
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    #: overall deadline for one client query, seconds (glibc gives up after 5)
+    timeout: float = 2.5
+    #: longest wait for one upstream before the next is tried, seconds
+    attempt_timeout: float = 1.5
+    #: close an idle upstream connection after this many seconds (or the server's keepalive)
+    upstream_idle_timeout: float = 30.0
+    #: EDNS padding block for encrypted queries (RFC 8467 §4.1); 0 turns padding off
+    padding_block_size: int = 128
+    tls_min_version: str = "1.2"
+    #: CA bundle for every upstream that does not name its own; None = system trust store
+    ca_file: str | None = None
+    tcp_idle_timeout: float = 10.0
+    tcp_max_connections: int = 512
+    log_level: str = "info"
+    #: where the configuration came from (for messages)
+    source: str = "<built-in defaults>"
+
+
+DEFAULT_UPSTREAMS = (
+    "tls://9.9.9.9#dns.quad9.net",
+    "tls://149.112.112.112#dns.quad9.net",
+    "tls://1.1.1.1#cloudflare-dns.com",
+    "tls://1.0.0.1#cloudflare-dns.com",
+    "tls://[2620:fe::fe]#dns.quad9.net",
+    "tls://[2606:4700:4700::1111]#cloudflare-dns.com",
+)
+
+
+def parse_upstream_uri(text: str) -> UpstreamSpec:
+    """Parse `tls://IP[:PORT]#NAME`, `https://HOST[:PORT]/PATH[#IP]`, `h3://…`, `quic://IP#NAME`,
+    `udp://IP[:PORT]`, `tcp://IP[:PORT]`. Raises ValueError with what was expected."""
+    scheme, sep, _rest = text.partition("://")
+    if not sep or scheme not in TRANSPORT_PORTS:
+        raise ValueError("expected a URI starting tls://, https://, h3://, quic://, udp:// or tcp://")
+    parts = urlsplit(text)
+    try:
+        port = parts.port or TRANSPORT_PORTS[scheme]
+    except ValueError as exc:
+        raise ValueError(f"bad port in {text!r}: expected 1-65535") from exc
+    host = parts.hostname or ""
+    fragment = parts.fragment or None
+    if scheme in ("https", "h3"):
+        return _doh_spec(scheme, host, port, parts.path, parts.query, fragment, text)
+    if parts.path not in ("", "/") or parts.query:
+        raise ValueError(f"{scheme}:// takes no path: expected {scheme}://IP[:PORT]")
+    _check_ip(host, text)
+    if scheme in ("udp", "tcp") and fragment:
+        raise ValueError(f"{scheme}:// is cleartext and takes no #AUTH-NAME")
+    return UpstreamSpec(scheme, host, port, auth_name=fragment)
+
+
+def _doh_spec(
+    scheme: str, host: str, port: int, path: str, query: str, fragment: str | None, text: str
+) -> UpstreamSpec:
+    path = path.replace("{?dns}", "") or "/dns-query"
+    if query:
+        raise ValueError("a DoH URL takes no query string (the ?dns= part is added per query)")
+    if _is_ip(host):
+        if fragment:
+            raise ValueError("an IP-literal DoH URL takes no #IP")
+        return UpstreamSpec(scheme, host, port, auth_name=None, path=path)
+    if not fragment:
+        raise ValueError(
+            f"{text!r} names a host: append its address as #IP (never resolved through ourselves)"
+        )
+    _check_ip(fragment, text)
+    return UpstreamSpec(scheme, fragment, port, auth_name=host, path=path)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_ip(text: str, uri: str) -> None:
+    if not _is_ip(text):
+        raise ValueError(f"expected an IP address in {uri!r}, got {text!r}")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`127.0.0.1:53`, `[::1]:5353` or a bare address (port 53)."""
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]")
+        port_text = port_text.removeprefix(":") if sep else ""
+    elif text.count(":") == 1:
+        host, _, port_text = text.partition(":")
+    else:
+        host, port_text = text, ""
+    if not _is_ip(host):
+        raise ValueError(f"expected IP:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
+    port = _port(port_text) if port_text else 53
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ValueError(f"expected a port number 0-65535, got {text!r}")
+    return int(text)
+
+
+# --- reading YAML with positions ---------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Turns composed YAML nodes into values, raising ConfigError with file:line: key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, node: yaml.Node | None, key: str, expected: str) -> ConfigError:
+        line = node.start_mark.line + 1 if node is not None else 0
+        where = f"{self.source}:{line}" if line else self.source
+        return ConfigError(f"{where}: {key}: {expected}")
+
+    def scalar(self, node: yaml.Node, key: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, key, "expected a single value, not a list or mapping")
+        return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+
+    def typed(self, node: yaml.Node, key: str, kind: type[T], what: str) -> T:
+        value = self.scalar(node, key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise self.fail(node, key, f"expected {what}, got {value!r}")
+        return value
+
+    def number(self, node: yaml.Node, key: str, low: float, high: float) -> float:
+        value = self.typed(node, key, float, "a number")
+        if not low <= value <= high:
+            raise self.fail(node, key, f"expected a number from {low:g} to {high:g}, got {value!r}")
+        return value
+
+    def integer(self, node: yaml.Node, key: str, low: int, high: int) -> int:
+        value = self.typed(node, key, int, "a whole number")
+        if not low <= value <= high:
+            raise self.fail(node, key, f"expected a whole number from {low} to {high}, got {value}")
+        return value
+
+    def text(self, node: yaml.Node, key: str) -> str:
+        return self.typed(node, key, str, "a string")
+
+    def optional_text(self, node: yaml.Node, key: str) -> str | None:
+        if isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null"):
+            return None
+        return self.text(node, key)
+
+    def choice(self, node: yaml.Node, key: str, options: tuple[str, ...]) -> str:
+        value = self.text(node, key)
+        if value not in options:
+            raise self.fail(node, key, f"expected one of {', '.join(options)}, got {value!r}")
+        return value
+
+    def items(self, node: yaml.Node, key: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, key, "expected a list")
+        return list(node.value)
+
+    def mapping(self, node: yaml.Node, key: str, known: set[str]) -> dict[str, yaml.Node]:
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, key, "expected a mapping of keys to values")
+        result: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            name = self.scalar(key_node, key or "(top level)")
+            path = f"{key}.{name}" if key else str(name)
+            if name not in known:
+                raise self.fail(key_node, path, f"unknown key; expected one of {', '.join(sorted(known))}")
+            if name in result:
+                raise self.fail(key_node, path, "given twice")
+            result[name] = value_node
+        return result
+
+    def converted(self, node: yaml.Node, key: str, convert: Callable[[str], T]) -> T:
+        text = self.text(node, key)
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise self.fail(node, key, str(exc)) from None
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"expected a network such as 192.168.1.0/24, got {text!r}") from None
+
+
+def _pin(text: str) -> str:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("expected a base64 SHA-256 digest (44 characters, as `check --connect` prints)")
+    return text
+
+
+def _file(text: str) -> str:
+    if not os.path.isfile(text):
+        raise ValueError(f"expected a readable file, {text!r} does not exist")
+    return text
+
+
+_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method"}
+
+
+def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
+    if isinstance(node, yaml.ScalarNode):
+        return reader.converted(node, key, parse_upstream_uri)
+    fields = reader.mapping(node, key, _UPSTREAM_KEYS)
+    if "url" not in fields:
+        raise reader.fail(node, key, "an upstream needs a url, e.g. tls://9.9.9.9#dns.quad9.net")
+    spec = reader.converted(fields["url"], f"{key}.url", parse_upstream_uri)
+    changes: dict[str, Any] = {}
+    if "name" in fields:
+        changes["name"] = reader.text(fields["name"], f"{key}.name")
+    if "spki_pins" in fields:
+        pins = reader.items(fields["spki_pins"], f"{key}.spki_pins")
+        changes["spki_pins"] = tuple(
+            reader.converted(p, f"{key}.spki_pins[{i}]", _pin) for i, p in enumerate(pins)
+        )
+    if "ca_file" in fields:
+        changes["ca_file"] = reader.converted(fields["ca_file"], f"{key}.ca_file", _file)
+    if "method" in fields:
+        changes["method"] = reader.choice(fields["method"], f"{key}.method", ("post", "get"))
+    if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
+        raise reader.fail(node, key, "spki_pins and ca_file apply to encrypted upstreams only")
+    return replace(spec, **changes)
+
+
+def _list(
+    reader: _Reader, node: yaml.Node, key: str, convert: Callable[[yaml.Node, str], T]
+) -> tuple[T, ...]:
+    return tuple(convert(item, f"{key}[{i}]") for i, item in enumerate(reader.items(node, key)))
+
+
+def _top_level(reader: _Reader, fields: dict[str, yaml.Node]) -> dict[str, Any]:
+    r = reader
+    converters: dict[str, Callable[[yaml.Node], Any]] = {
+        "listen": lambda n: _list(r, n, "listen", lambda m, k: r.converted(m, k, parse_listen)),
+        "allow": lambda n: _list(r, n, "allow", lambda m, k: r.converted(m, k, _network)),
+        "upstreams": lambda n: _list(r, n, "upstreams", lambda m, k: _upstream(r, m, k)),
+        "timeout": lambda n: r.number(n, "timeout", 0.1, 30),
+        "attempt_timeout": lambda n: r.number(n, "attempt_timeout", 0.05, 30),
+        "upstream_idle_timeout": lambda n: r.number(n, "upstream_idle_timeout", 0.1, 3600),
+        "padding_block_size": lambda n: r.integer(n, "padding_block_size", 0, 512),
+        "tls_min_version": lambda n: r.choice(n, "tls_min_version", ("1.2", "1.3")),
+        "ca_file": lambda n: r.converted(n, "ca_file", _file),
+        "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
+        "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
+        "log_level": lambda n: r.choice(n, "log_level", LOG_LEVELS),
+    }
+    unknown = set(fields) - set(converters)
+    assert not unknown, unknown
+    values = {name: converters[name](node) for name, node in fields.items()}
+    if "ca_file" in fields and _is_null(fields["ca_file"]):
+        values["ca_file"] = None
+    return values
+
+
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")
+
+
+_TOP_KEYS = {
+    "listen", "allow", "upstreams", "timeout", "attempt_timeout", "upstream_idle_timeout",
+    "padding_block_size", "tls_min_version", "ca_file", "tcp_idle_timeout",
+    "tcp_max_connections", "log_level",
+}  # fmt: skip
+
+
+def parse_config(text: str, source: str) -> Config:
+    reader = _Reader(source)
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if root is None or _is_null(root):
+        return with_defaults(Config(source=source))
+    fields = reader.mapping(root, "", _TOP_KEYS)
+    for nullable in ("ca_file",):
+        if nullable in fields and _is_null(fields[nullable]):
+            del fields[nullable]
+    values = _top_level(reader, fields)
+    config = Config(source=source, **values)
+    if "upstreams" in fields and not config.upstreams:
+        raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
+    if config.attempt_timeout > config.timeout:
+        config = replace(config, attempt_timeout=config.timeout)
+    return with_defaults(config)
+
+
+def with_defaults(config: Config) -> Config:
+    if config.upstreams:
+        return config
+    return replace(config, upstreams=tuple(parse_upstream_uri(u) for u in DEFAULT_UPSTREAMS))
+
+
+def load_config(path: str | None) -> Config:
+    if path is None:
+        return with_defaults(Config())
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from None
+    return parse_config(text, path)
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """Command-line options that replace parts of the configuration."""
+
+    listen: tuple[str, ...] = ()
+    upstreams: tuple[str, ...] = ()
+    ca_file: str | None = None
+    verbose: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def apply_overrides(config: Config, overrides: Overrides) -> Config:
+    changes: dict[str, Any] = {}
+    try:
+        if overrides.listen:
+            changes["listen"] = tuple(parse_listen(x) for x in overrides.listen)
+        if overrides.upstreams:
+            changes["upstreams"] = tuple(parse_upstream_uri(u) for u in overrides.upstreams)
+        if overrides.ca_file:
+            changes["ca_file"] = _file(overrides.ca_file)
+    except ValueError as exc:
+        raise ConfigError(f"command line: {exc}") from None
+    if overrides.verbose:
+        changes["log_level"] = "debug"
+    return replace(config, **changes)

@@ -1,0 +1,158 @@
+"""UDP and TCP listeners: bytes in, bytes out (RFC 1035 §4.2, RFC 7766).
+
+TCP: 2-octet framing, many queries pipelined on one connection and answered as each completes
+(out of order, RFC 7766 §6.2.1.1), an idle timeout, a cap on connections and on queries in flight
+per connection (reading pauses until answers drain).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, cast
+
+from stubby_py import wire
+from stubby_py.resolver import Resolver
+
+log = logging.getLogger(__name__)
+
+MAX_PIPELINED = 128
+
+
+class UDPListener(asyncio.DatagramProtocol):
+    def __init__(self, resolver: Resolver) -> None:
+        self._resolver = resolver
+        self._transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+
+        def respond(reply: bytes) -> None:
+            if not transport.is_closing():
+                transport.sendto(reply, addr)
+
+        self._resolver.handle(data, addr[0], respond, udp=True)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP listener: %s", exc)
+
+
+class TCPConnections:
+    """Shared state of one server's connections: the cap and the idle timeout."""
+
+    def __init__(self, resolver: Resolver, max_connections: int, idle_timeout: float) -> None:
+        self.resolver = resolver
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.open: set[TCPListener] = set()
+        self.rejected = 0
+
+    def protocol(self) -> TCPListener:
+        return TCPListener(self)
+
+    def close_all(self) -> None:
+        for connection in list(self.open):
+            connection.close()
+
+
+class TCPListener(asyncio.Protocol):
+    def __init__(self, shared: TCPConnections) -> None:
+        self._shared = shared
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._in_flight = 0
+        self._paused = False
+        self._closed = False
+        self._eof = False
+        self._peer = ""
+        self._last_activity = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        if len(self._shared.open) >= self._shared.max_connections:
+            self._shared.rejected += 1
+            self._closed = True
+            transport.abort()
+            return
+        self._shared.open.add(self)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else ""
+        self._schedule_idle_check()
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = time.monotonic()
+        buf = self._buffer
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2 and not self._closed:
+            size = (buf[pos] << 8) | buf[pos + 1]
+            if end - pos - 2 < size:
+                break
+            message = bytes(buf[pos + 2 : pos + 2 + size])
+            pos += 2 + size
+            self._in_flight += 1
+            self._shared.resolver.handle(message, self._peer, self._respond_once(), udp=False)
+        if pos:
+            del buf[:pos]
+        if self._in_flight >= MAX_PIPELINED and not self._paused and self._transport is not None:
+            self._paused = True
+            self._transport.pause_reading()
+
+    def _respond_once(self) -> Any:
+        answered = False
+
+        def respond(reply: bytes) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+            if self._closed or self._transport is None:
+                return
+            self._transport.write(wire.frame(reply))
+            if self._eof and self._in_flight == 0:
+                self._transport.close()
+            if self._paused and self._in_flight < MAX_PIPELINED // 2:
+                self._paused = False
+                self._transport.resume_reading()
+
+        return respond
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._shared.open.discard(self)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+
+    def eof_received(self) -> bool:
+        # keep the write side open so queries in flight still get their answers
+        self._eof = True
+        if self._in_flight == 0:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.close()
+
+    def _schedule_idle_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self._shared.idle_timeout / 2, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self._closed:
+            return
+        idle = time.monotonic() - self._last_activity
+        if self._in_flight == 0 and idle >= self._shared.idle_timeout:
+            self.close()
+            return
+        self._schedule_idle_check()

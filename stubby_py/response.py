@@ -1,0 +1,81 @@
+"""Response shaping: turn a reply body (no OPT) into the client's reply.
+
+Echo the client's ID and exact question (RFC 1035 §4.1.1), restore RD/CD, AD only when asked
+for (RFC 6840 §5.7), our OPT only when the client sent one (RFC 6891 §7), and over UDP cut a reply
+larger than the client's buffer to header + question with TC set (RFC 1035 §4.2.1, RFC 7766 §5).
+"""
+
+from __future__ import annotations
+
+from stubby_py import edns
+from stubby_py.wire import (
+    AD,
+    CD,
+    HEADER,
+    HEADER_LEN,
+    QR,
+    RA,
+    RCODE_MASK,
+    RD,
+    TC,
+    U16,
+    ClientQuery,
+)
+
+_KEPT_FLAGS = ~(RD | CD | AD) & 0xFFFF
+#: an answer cut for UDP without EDNS must fit in 512 octets (RFC 1035 §4.2.1)
+CLASSIC_UDP_LIMIT = 512
+
+
+def udp_limit(query: ClientQuery) -> int:
+    """Largest reply we send over UDP: the client's buffer, at most what we advertise."""
+    if not query.has_edns:
+        return CLASSIC_UDP_LIMIT
+    return min(query.udp_size, edns.OUR_UDP_PAYLOAD)
+
+
+def client_reply(
+    body: bytes,
+    query: ClientQuery,
+    *,
+    limit: int | None,
+    ede: tuple[int, str] | None = None,
+    authentic: bool | None = None,
+) -> bytes:
+    """The client's reply from a body whose question matches the client's (any case).
+
+    limit: the UDP size limit, or None over TCP. authentic: force AD on/off (None: keep upstream's).
+    """
+    _id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(body)
+    flags = (flags & _KEPT_FLAGS) | (query.flags & (RD | CD)) | QR
+    wants_ad = query.do or query.flags & AD
+    if authentic is not None:
+        has_ad = authentic
+    else:
+        has_ad = bool(flags & AD) if wants_ad else False
+    if has_ad and wants_ad:
+        flags |= AD
+    opt = edns.client_opt(query, ede) if query.has_edns else b""
+    qend = HEADER_LEN + len(query.question)
+    reply = (
+        HEADER.pack(query.id, flags, qdcount, ancount, nscount, arcount + bool(opt))
+        + query.question
+        + body[qend:]
+        + opt
+    )
+    if limit is not None and len(reply) > limit:
+        reply = HEADER.pack(query.id, flags | TC, 1, 0, 0, bool(opt)) + query.question + opt
+    return reply
+
+
+def error_reply(
+    query: ClientQuery, rcode: int, ede: tuple[int, str] | None = None
+) -> bytes:
+    """A reply with no records: rcode (extended RCODEs through the OPT), question echoed."""
+    flags = QR | RA | (query.flags & (RD | CD)) | (rcode & RCODE_MASK)
+    opt = edns.client_opt(query, ede, rcode) if query.has_edns else b""
+    return HEADER.pack(query.id, flags, 1, 0, 0, bool(opt)) + query.question + opt
+
+
+def rcode_of(reply: bytes) -> int:
+    return U16.unpack_from(reply, 2)[0] & RCODE_MASK

@@ -1,0 +1,45 @@
+"""The interface every upstream transport offers, and the counters each keeps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from stubby_py.config import UpstreamSpec
+
+
+@dataclass(slots=True)
+class TransportStats:
+    queries: int = 0
+    failures: int = 0
+    handshakes: int = 0
+    #: replies dropped because their ID or question matched no query in flight
+    mismatched: int = 0
+    #: failures by kind (errors.UpstreamError.kind)
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+
+    def count_failure(self, kind: str) -> None:
+        self.failures += 1
+        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
+
+
+class Transport(Protocol):
+    """One upstream over one transport.
+
+    exchange() takes a query with message ID 0, already padded if the transport is encrypted,
+    and returns the reply to that question (ID and question checked), or raises UpstreamError.
+    `deadline` is absolute, on the event loop's clock.
+    """
+
+    spec: UpstreamSpec
+    stats: TransportStats
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def is_encrypted(self) -> bool: ...
+
+    async def exchange(self, query: bytes, deadline: float) -> bytes: ...
+
+    async def aclose(self) -> None: ...

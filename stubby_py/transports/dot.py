@@ -1,0 +1,344 @@
+"""DNS over TLS (RFC 7858): one long-lived, pipelined TLS connection per upstream.
+
+Queries get an ID unique on their connection and are written as 2-octet-framed messages
+(RFC 7766 §8), batched per event-loop turn; replies are matched by ID and question, in any order
+(RFC 7766 §6.2.1.1). A broken connection fails all its waiters at once; a query caught in flight
+is retried once on a fresh connection. Reconnects back off exponentially after failures.
+Idle connections close after the configured time or the server's edns-tcp-keepalive (RFC 7828).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import time
+from typing import Any, cast
+
+from stubby_py import edns, wire
+from stubby_py.config import Config, UpstreamSpec
+from stubby_py.errors import (
+    UpstreamClosedError,
+    UpstreamConnectError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
+from stubby_py.transports.base import Transport, TransportStats
+from stubby_py.transports.tls import check_pins, client_context, server_hostname
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+FIRST_BACKOFF = 0.1
+MAX_IN_FLIGHT = 60000
+
+
+class _Waiter:
+    __slots__ = ("future", "question", "timer", "sent_at_bytes")
+
+    def __init__(self, future: asyncio.Future[bytes], question: bytes, sent_at_bytes: int) -> None:
+        self.future = future
+        self.question = question
+        self.timer: asyncio.TimerHandle | None = None
+        #: how many reply bytes the connection had received when this query was sent
+        self.sent_at_bytes = sent_at_bytes
+
+
+class DoTConnection(asyncio.Protocol):
+    """One TLS connection: frames out, frames in, an ID → waiter map."""
+
+    def __init__(self, owner: DoTTransport) -> None:
+        self._owner = owner
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._out: list[bytes] = []
+        self._waiters: dict[int, _Waiter] = {}
+        self.is_closed = False
+        self.received_bytes = 0
+        self.replies = 0
+        self.last_activity = time.monotonic()
+        self.idle_timeout = owner.idle_timeout
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._schedule_idle_check()
+
+    def data_received(self, data: bytes) -> None:
+        self.received_bytes += len(data)
+        self.last_activity = time.monotonic()
+        buf = self._buffer
+        buf += data
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            size = (buf[pos] << 8) | buf[pos + 1]
+            if end - pos - 2 < size:
+                break
+            self._handle_reply(bytes(buf[pos + 2 : pos + 2 + size]))
+            pos += 2 + size
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail_all(UpstreamClosedError(f"{self._owner.name}: connection closed"))
+
+    # -- queries ---------------------------------------------------------------------------
+    def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]:
+        if self.is_closed or self._transport is None:
+            raise UpstreamClosedError(f"{self._owner.name}: connection closed")
+        if len(self._waiters) >= MAX_IN_FLIGHT:
+            raise UpstreamError(f"{self._owner.name}: too many queries in flight")
+        msg_id = random.getrandbits(16)
+        while msg_id in self._waiters:
+            msg_id = random.getrandbits(16)
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        waiter = _Waiter(future, query[wire.HEADER_LEN : wire.question_end(query)], self.received_bytes)
+        waiter.timer = self._loop.call_at(deadline, self._expire, msg_id)
+        self._waiters[msg_id] = waiter
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(wire.frame(wire.with_id(query, msg_id)))
+        self.last_activity = time.monotonic()
+        return msg_id, future
+
+    def forget(self, msg_id: int) -> None:
+        waiter = self._waiters.pop(msg_id, None)
+        if waiter is not None and waiter.timer is not None:
+            waiter.timer.cancel()
+
+    def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+            if self._transport is not None:
+                self._transport.close()
+        self._fail_all(UpstreamClosedError(f"{self._owner.name}: connection closed"))
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._waiters)
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self.is_closed:
+            data = b"".join(self._out)
+            self._out.clear()
+            self._transport.write(data)
+
+    def _handle_reply(self, reply: bytes) -> None:
+        self.replies += 1
+        if len(reply) < wire.HEADER_LEN:
+            self._owner.stats.mismatched += 1
+            return
+        waiter = self._waiters.pop(wire.header_id(reply), None)
+        if waiter is None:
+            self._owner.stats.mismatched += 1
+            return
+        if waiter.timer is not None:
+            waiter.timer.cancel()
+        if waiter.future.done():
+            return
+        if not wire.is_response_to_query(reply) or not wire.question_matches(reply, waiter.question):
+            self._owner.stats.mismatched += 1
+            waiter.future.set_exception(
+                UpstreamProtocolError(f"{self._owner.name}: reply does not match the question")
+            )
+            return
+        if self.replies == 1:
+            self._learn_keepalive(reply)
+        waiter.future.set_result(reply)
+
+    def _learn_keepalive(self, reply: bytes) -> None:
+        try:
+            layout = wire.scan_reply(reply)
+        except wire.WireError:
+            return
+        if layout.opt_span is None:
+            return
+        offered = edns.keepalive_timeout(wire.opt_options(reply, layout.opt_span))
+        if offered is not None:
+            self.idle_timeout = min(self.idle_timeout, offered)
+
+    def _expire(self, msg_id: int) -> None:
+        waiter = self._waiters.pop(msg_id, None)
+        if waiter is None or waiter.future.done():
+            return
+        waiter.future.set_exception(UpstreamTimeoutError(f"{self._owner.name}: timed out"))
+        if self.received_bytes == waiter.sent_at_bytes and not self.is_closed:
+            # nothing at all came back since this query went out: the connection is stalled
+            log.info("%s: no reply on the connection for a whole attempt; reconnecting", self._owner.name)
+            self.close()
+
+    def _fail_all(self, error: UpstreamError) -> None:
+        self.is_closed = True
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        self._owner.connection_gone(self)
+
+    def _schedule_idle_check(self) -> None:
+        delay = max(0.05, self.idle_timeout / 2)
+        self._idle_timer = self._loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        if self.is_closed:
+            return
+        idle = time.monotonic() - self.last_activity
+        if not self._waiters and idle >= self.idle_timeout:
+            log.debug("%s: closing idle connection", self._owner.name)
+            self.close()
+            return
+        self._schedule_idle_check()
+
+
+class DoTTransport:
+    """One DoT upstream: keeps one connection, reconnects with backoff."""
+
+    #: TCPTransport turns this off: the same pipelined stream, in cleartext (LAN resolvers only)
+    uses_tls = True
+
+    def __init__(self, spec: UpstreamSpec, config: Config) -> None:
+        self.spec = spec
+        self.stats = TransportStats()
+        self.idle_timeout = config.upstream_idle_timeout
+        self.connect_timeout = max(config.attempt_timeout, 1.0)
+        self._config = config
+        self._context: ssl.SSLContext | None = None
+        self._connection: DoTConnection | None = None
+        self._connecting: asyncio.Task[DoTConnection] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: UpstreamError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.label
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.uses_tls
+
+    async def exchange(self, query: bytes, deadline: float) -> bytes:
+        self.stats.queries += 1
+        try:
+            return await self._exchange(query, deadline)
+        except UpstreamError as exc:
+            self.stats.count_failure(exc.kind)
+            raise
+
+    async def _exchange(self, query: bytes, deadline: float) -> bytes:
+        for attempt in range(2):
+            connection = self._connection
+            if connection is None or connection.is_closed:
+                connection = await self._connected(deadline)
+            msg_id, future = connection.send(query, deadline)
+            try:
+                return await future
+            except UpstreamClosedError:
+                # the server closed the connection under us (idle close, restart): retry once
+                loop = asyncio.get_running_loop()
+                if attempt or loop.time() >= deadline:
+                    raise
+            finally:
+                connection.forget(msg_id)
+        raise AssertionError("unreachable")
+
+    async def _connected(self, deadline: float) -> DoTConnection:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._connecting is None:
+            if now < self._retry_at and self._last_error is not None:
+                raise type(self._last_error)(f"{self._last_error} (backing off)")
+            self._connecting = loop.create_task(self._connect())
+        task = self._connecting
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - now))
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
+
+    async def _connect(self) -> DoTConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+        except UpstreamError as exc:
+            self._record_connect_failure(exc, loop.time())
+            raise
+        except TimeoutError:
+            exc2 = UpstreamTimeoutError(f"{self.name}: TLS connect timed out")
+            self._record_connect_failure(exc2, loop.time())
+            raise exc2 from None
+        finally:
+            self._connecting = None
+        self._failures = 0
+        self._last_error = None
+        self._connection = connection
+        self.stats.handshakes += 1
+        return connection
+
+    async def _open(self) -> DoTConnection:
+        if self._context is None and self.uses_tls:
+            self._context = client_context(self.spec, self._config)
+        loop = asyncio.get_running_loop()
+        tls_options: dict[str, Any] = {}
+        if self.uses_tls:
+            tls_options = {
+                "ssl": self._context,
+                "server_hostname": server_hostname(self.spec),
+                "ssl_handshake_timeout": self.connect_timeout,
+            }
+        try:
+            transport, protocol = await loop.create_connection(
+                lambda: DoTConnection(self), self.spec.address, self.spec.port, **tls_options
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise UpstreamConnectError(
+                f"{self.name}: certificate rejected: {exc.verify_message}"
+            ) from None
+        except ssl.SSLError as exc:
+            raise UpstreamConnectError(f"{self.name}: TLS handshake failed: {exc.reason}") from None
+        except OSError as exc:
+            raise UpstreamConnectError(
+                f"{self.name}: connect failed: {exc.strerror or exc}"
+            ) from None
+        ssl_object = transport.get_extra_info("ssl_object")
+        try:
+            check_pins(self.spec, ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+        except UpstreamError:
+            transport.close()
+            raise
+        return protocol
+
+    def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
+        self._failures += 1
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
+        self._retry_at = now + backoff * random.uniform(0.5, 1.0)
+        self._last_error = exc
+        log.warning("%s", exc)
+
+    def connection_gone(self, connection: DoTConnection) -> None:
+        if self._connection is connection:
+            self._connection = None
+
+    def reset(self) -> None:
+        """Forget backoff and drop the connection (network change, resume)."""
+        self._failures = 0
+        self._retry_at = 0.0
+        if self._connection is not None:
+            self._connection.close()
+
+    async def aclose(self) -> None:
+        if self._connecting is not None:
+            self._connecting.cancel()
+        if self._connection is not None:
+            self._connection.close()
+
+
+_: type[Transport] = DoTTransport

@@ -1,0 +1,97 @@
+"""Plain DNS over UDP and TCP, for resolvers on the LAN that forwarding rules name.
+
+Never used for the default pool: cleartext only where the configuration asks for it.
+UDP replies with TC set are retried over TCP (RFC 7766 §5); TCP is the DoT stream without TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from stubby_py import wire
+from stubby_py.config import Config, UpstreamSpec
+from stubby_py.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
+from stubby_py.transports.base import Transport, TransportStats
+from stubby_py.transports.dot import DoTTransport
+
+
+class TCPTransport(DoTTransport):
+    uses_tls = False
+
+
+class _UDPExchange(asyncio.DatagramProtocol):
+    def __init__(self, msg_id: int, question: bytes, stats: TransportStats) -> None:
+        self.future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._msg_id = msg_id
+        self._question = question
+        self._stats = stats
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if self.future.done():
+            return
+        if (
+            len(data) < wire.HEADER_LEN
+            or wire.header_id(data) != self._msg_id
+            or not wire.is_response_to_query(data)
+            or not wire.question_matches(data, self._question)
+        ):
+            # RFC 5452: ignore and keep waiting for the real reply
+            self._stats.mismatched += 1
+            return
+        self.future.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(UpstreamConnectError(f"UDP error: {exc}"))
+
+
+class UDPTransport:
+    def __init__(self, spec: UpstreamSpec, config: Config) -> None:
+        self.spec = spec
+        self.stats = TransportStats()
+        self._tcp = TCPTransport(spec, config)
+
+    @property
+    def name(self) -> str:
+        return self.spec.label
+
+    @property
+    def is_encrypted(self) -> bool:
+        return False
+
+    async def exchange(self, query: bytes, deadline: float) -> bytes:
+        self.stats.queries += 1
+        try:
+            reply = await self._exchange(query, deadline)
+            if wire.U16.unpack_from(reply, 2)[0] & wire.TC:
+                reply = await self._tcp.exchange(query, deadline)
+            return reply
+        except UpstreamError as exc:
+            self.stats.count_failure(exc.kind)
+            raise
+
+    async def _exchange(self, query: bytes, deadline: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        msg_id = random.getrandbits(16)
+        question = query[wire.HEADER_LEN : wire.question_end(query)]
+        try:
+            transport, protocol = await loop.create_datagram_endpoint(
+                lambda: _UDPExchange(msg_id, question, self.stats),
+                remote_addr=(self.spec.address, self.spec.port),
+            )
+        except OSError as exc:
+            raise UpstreamConnectError(f"{self.name}: {exc.strerror or exc}") from None
+        try:
+            transport.sendto(wire.with_id(query, msg_id))
+            return await asyncio.wait_for(protocol.future, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"{self.name}: timed out") from None
+        finally:
+            transport.close()
+
+    async def aclose(self) -> None:
+        await self._tcp.aclose()
+
+
+_: type[Transport] = UDPTransport

@@ -1,0 +1,53 @@
+"""TLS client settings shared by DoT, DoH and DoQ: verification, authentication name, SPKI pins.
+
+RFC 8310 strict privacy profile: the certificate must verify against the trust store (system or
+a CA file) for the authentication name (or the IP address), and, when pins are configured, one of
+them must match the leaf certificate's SubjectPublicKeyInfo. No fall-back to cleartext exists.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ssl
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from stubby_py.config import Config, UpstreamSpec
+from stubby_py.errors import PinMismatchError
+
+
+def client_context(spec: UpstreamSpec, config: Config, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ca_file = spec.ca_file or config.ca_file
+    context = ssl.create_default_context(cafile=ca_file)
+    context.minimum_version = (
+        ssl.TLSVersion.TLSv1_3 if config.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    )
+    context.check_hostname = True
+    context.verify_mode = ssl.CERT_REQUIRED
+    if alpn:
+        context.set_alpn_protocols(alpn)
+    return context
+
+
+def server_hostname(spec: UpstreamSpec) -> str:
+    """SNI and verification name: the auth name, or the IP (checked against the IP SANs)."""
+    return spec.auth_name or spec.address
+
+
+def spki_pin(der_certificate: bytes) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)), the form of Stubby's tls_pubkey_pinset."""
+    cert = x509.load_der_x509_certificate(der_certificate)
+    spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")
+
+
+def check_pins(spec: UpstreamSpec, der_certificate: bytes | None) -> None:
+    if not spec.spki_pins:
+        return
+    if der_certificate is None:
+        raise PinMismatchError(f"{spec.label}: no certificate to check the pins against")
+    pin = spki_pin(der_certificate)
+    if pin not in spec.spki_pins:
+        raise PinMismatchError(f"{spec.label}: certificate key {pin} is not in the pin set")

@@ -1,0 +1,58 @@
+"""Shared fixtures: a test CA (trustme), local DoT/TCP/UDP upstreams, the daemon on loopback."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trustme
+
+from tests.upstream_server import LocalUpstream, local_upstream
+
+AUTH_NAME = "dns.test"
+
+
+@pytest.fixture(scope="session")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="session")
+def ca_file(ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+def server_context(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*(names or (AUTH_NAME, "127.0.0.1"))).configure_cert(context)
+    return context
+
+
+@pytest.fixture
+def dot_upstream(ca: trustme.CA) -> Iterator[LocalUpstream]:
+    with local_upstream(server_context(ca)) as server:
+        yield server
+
+
+@pytest.fixture
+def plain_upstream() -> Iterator[LocalUpstream]:
+    with local_upstream(None) as server:
+        yield server
+
+
+def dot_uri(server: LocalUpstream, name: str = AUTH_NAME) -> str:
+    return f"tls://127.0.0.1:{server.port}#{name}"
+
+
+@pytest.fixture
+def tmp_file(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def write(name: str, text: str) -> str:
+        path = tmp_path / name
+        path.write_text(text)
+        return str(path)
+
+    return write

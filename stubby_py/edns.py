@@ -23,7 +23,11 @@ _OPT_LEN = 11
 
 def opt_record(payload: int, ext_rcode_high: int, do: bool, options: bytes) -> bytes:
     flags = EDNS_DO if do else 0
-    return b"\x00" + OPT_FIXED.pack(TYPE_OPT, payload, ext_rcode_high, 0, flags, len(options)) + options
+    return (
+        b"\x00"
+        + OPT_FIXED.pack(TYPE_OPT, payload, ext_rcode_high, 0, flags, len(options))
+        + options
+    )
 
 
 def padding_option(unpadded_len: int, block: int) -> bytes:
@@ -64,5 +68,6 @@ def keepalive_timeout(options: list[tuple[int, bytes]]) -> float | None:
     """RFC 7828 §3.1: the server's idle timeout, in seconds, if its reply offered one."""
     for code, data in options:
         if code == OPTION_KEEPALIVE and len(data) == 2:
-            return struct.unpack("!H", data)[0] / 10.0
+            tenths: int = struct.unpack("!H", data)[0]
+            return tenths / 10.0
     return None

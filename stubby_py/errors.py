@@ -1,19 +1,19 @@
 """The exception tree; each class knows the rcode and Extended DNS Error (RFC 8914) it becomes.
 
-    StubbyError
-    ├── ConfigError                    bad configuration (never reaches a client)
-    ├── ClientError                    the client's query is the problem
-    │   ├── MalformedQueryError        FORMERR
-    │   ├── NotImplementedOpcodeError  NOTIMP
-    │   ├── BadVersionError            BADVERS (EDNS version > 0)
-    │   └── RefusedError               REFUSED, EDE 18 Prohibited
-    └── UpstreamError                  an upstream failed: SERVFAIL, EDE 22/23
-        ├── UpstreamConnectError       connect refused, unreachable, TLS handshake failed
-        │   └── PinMismatchError       certificate SPKI not in the configured pin set
-        ├── UpstreamTimeoutError       no answer within the attempt or the deadline
-        ├── UpstreamClosedError        connection lost with the query in flight
-        ├── UpstreamProtocolError      garbage, wrong ID or question, HTTP error
-        └── NoUpstreamAvailableError   every upstream is down or backing off
+StubbyError
+├── ConfigError                    bad configuration (never reaches a client)
+├── ClientError                    the client's query is the problem
+│   ├── MalformedQueryError        FORMERR
+│   ├── NotImplementedOpcodeError  NOTIMP
+│   ├── BadVersionError            BADVERS (EDNS version > 0)
+│   └── RefusedError               REFUSED, EDE 18 Prohibited
+└── UpstreamError                  an upstream failed: SERVFAIL, EDE 22/23
+    ├── UpstreamConnectError       connect refused, unreachable, TLS handshake failed
+    │   └── PinMismatchError       certificate SPKI not in the configured pin set
+    ├── UpstreamTimeoutError       no answer within the attempt or the deadline
+    ├── UpstreamClosedError        connection lost with the query in flight
+    ├── UpstreamProtocolError      garbage, wrong ID or question, HTTP error
+    └── NoUpstreamAvailableError   every upstream is down or backing off
 """
 
 from __future__ import annotations

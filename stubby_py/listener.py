@@ -79,7 +79,7 @@ class TCPListener(asyncio.Protocol):
         if len(self._shared.open) >= self._shared.max_connections:
             self._shared.rejected += 1
             self._closed = True
-            transport.abort()
+            self._transport.abort()
             return
         self._shared.open.add(self)
         peer = transport.get_extra_info("peername")
@@ -136,9 +136,7 @@ class TCPListener(asyncio.Protocol):
     def eof_received(self) -> bool:
         # keep the write side open so queries in flight still get their answers
         self._eof = True
-        if self._in_flight == 0:
-            return False
-        return True
+        return self._in_flight != 0
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:

@@ -49,10 +49,7 @@ def client_reply(
     _id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(body)
     flags = (flags & _KEPT_FLAGS) | (query.flags & (RD | CD)) | QR
     wants_ad = query.do or query.flags & AD
-    if authentic is not None:
-        has_ad = authentic
-    else:
-        has_ad = bool(flags & AD) if wants_ad else False
+    has_ad = bool(flags & AD) if authentic is None else authentic
     if has_ad and wants_ad:
         flags |= AD
     opt = edns.client_opt(query, ede) if query.has_edns else b""
@@ -68,9 +65,7 @@ def client_reply(
     return reply
 
 
-def error_reply(
-    query: ClientQuery, rcode: int, ede: tuple[int, str] | None = None
-) -> bytes:
+def error_reply(query: ClientQuery, rcode: int, ede: tuple[int, str] | None = None) -> bytes:
     """A reply with no records: rcode (extended RCODEs through the OPT), question echoed."""
     flags = QR | RA | (query.flags & (RD | CD)) | (rcode & RCODE_MASK)
     opt = edns.client_opt(query, ede, rcode) if query.has_edns else b""
@@ -78,4 +73,5 @@ def error_reply(
 
 
 def rcode_of(reply: bytes) -> int:
-    return U16.unpack_from(reply, 2)[0] & RCODE_MASK
+    flags: int = U16.unpack_from(reply, 2)[0]
+    return flags & RCODE_MASK

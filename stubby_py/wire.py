@@ -89,7 +89,8 @@ class ReplyLayout:
 
 
 def header_id(data: bytes) -> int:
-    return U16.unpack_from(data, 0)[0]
+    msg_id: int = U16.unpack_from(data, 0)[0]
+    return msg_id
 
 
 def with_id(data: bytes, msg_id: int) -> bytes:
@@ -184,9 +185,7 @@ def parse_query(data: bytes) -> ClientQuery:
         + data[qname_end:question_end]
         + bytes(((do << 1) | bool(flags & CD),))
     )
-    return ClientQuery(
-        msg_id, flags, question, qtype, qclass, key, has_edns, udp_size, do, version
-    )
+    return ClientQuery(msg_id, flags, question, qtype, qclass, key, has_edns, udp_size, do, version)
 
 
 def parse_unusual_query(data: bytes) -> ClientQuery:
@@ -289,7 +288,7 @@ def without_opt(data: bytes, layout: ReplyLayout) -> tuple[bytes, list[int]]:
 
 
 def question_matches(reply: bytes, query_question: bytes) -> bool:
-    """RFC 5452 §9.1 in spirit: the reply answers our question (name compared case-insensitively)."""
+    """RFC 5452 §9.1: the reply answers our question (the name compared case-insensitively)."""
     if len(reply) < HEADER_LEN or U16.unpack_from(reply, 4)[0] != 1:
         return False
     got = reply[HEADER_LEN : HEADER_LEN + len(query_question)]

@@ -20,7 +20,9 @@ import dns.message
 import dns.rcode
 import dns.rrset
 
-Behaviour = str  # "answer" | "stall" | "close" | "wrong_id" | "wrong_question" | "garbage" | "reverse"
+Behaviour = (
+    str  # "answer" | "stall" | "close" | "wrong_id" | "wrong_question" | "garbage" | "reverse"
+)
 
 
 @dataclass
@@ -124,7 +126,9 @@ class LocalUpstream:
             wire = _rewrite_question(query, wire)
         return wire, behaviour, self.state.delay
 
-    async def _serve_stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_stream(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.state.connections += 1
         self._writers.add(writer)
         held: list[bytes] = []

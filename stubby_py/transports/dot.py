@@ -36,7 +36,7 @@ MAX_IN_FLIGHT = 60000
 
 
 class _Waiter:
-    __slots__ = ("future", "question", "timer", "sent_at_bytes")
+    __slots__ = ("future", "question", "sent_at_bytes", "timer")
 
     def __init__(self, future: asyncio.Future[bytes], question: bytes, sent_at_bytes: int) -> None:
         self.future = future
@@ -97,7 +97,9 @@ class DoTConnection(asyncio.Protocol):
         while msg_id in self._waiters:
             msg_id = random.getrandbits(16)
         future: asyncio.Future[bytes] = self._loop.create_future()
-        waiter = _Waiter(future, query[wire.HEADER_LEN : wire.question_end(query)], self.received_bytes)
+        waiter = _Waiter(
+            future, query[wire.HEADER_LEN : wire.question_end(query)], self.received_bytes
+        )
         waiter.timer = self._loop.call_at(deadline, self._expire, msg_id)
         self._waiters[msg_id] = waiter
         if not self._out:
@@ -143,7 +145,9 @@ class DoTConnection(asyncio.Protocol):
             waiter.timer.cancel()
         if waiter.future.done():
             return
-        if not wire.is_response_to_query(reply) or not wire.question_matches(reply, waiter.question):
+        if not wire.is_response_to_query(reply) or not wire.question_matches(
+            reply, waiter.question
+        ):
             self._owner.stats.mismatched += 1
             waiter.future.set_exception(
                 UpstreamProtocolError(f"{self._owner.name}: reply does not match the question")
@@ -171,7 +175,9 @@ class DoTConnection(asyncio.Protocol):
         waiter.future.set_exception(UpstreamTimeoutError(f"{self._owner.name}: timed out"))
         if self.received_bytes == waiter.sent_at_bytes and not self.is_closed:
             # nothing at all came back since this query went out: the connection is stalled
-            log.info("%s: no reply on the connection for a whole attempt; reconnecting", self._owner.name)
+            log.info(
+                "%s: no reply on the connection for a whole attempt; reconnecting", self._owner.name
+            )
             self.close()
 
     def _fail_all(self, error: UpstreamError) -> None:

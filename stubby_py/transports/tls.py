@@ -18,7 +18,9 @@ from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import PinMismatchError
 
 
-def client_context(spec: UpstreamSpec, config: Config, alpn: list[str] | None = None) -> ssl.SSLContext:
+def client_context(
+    spec: UpstreamSpec, config: Config, alpn: list[str] | None = None
+) -> ssl.SSLContext:
     ca_file = spec.ca_file or config.ca_file
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = (

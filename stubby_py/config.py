@@ -99,7 +99,7 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
     scheme, sep, _rest = text.partition("://")
     if not sep or scheme not in TRANSPORT_PORTS:
         raise ValueError("expected a URI starting tls://, https://, h3://, quic://, udp:// or tcp://")
-    parts = urlsplit(text)
+    parts = urlsplit(text.replace("{?dns}", ""))  # RFC 8484 URI template: we add ?dns= per query
     try:
         port = parts.port or TRANSPORT_PORTS[scheme]
     except ValueError as exc:
@@ -119,7 +119,7 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
 def _doh_spec(
     scheme: str, host: str, port: int, path: str, query: str, fragment: str | None, text: str
 ) -> UpstreamSpec:
-    path = path.replace("{?dns}", "") or "/dns-query"
+    path = path or "/dns-query"
     if query:
         raise ValueError("a DoH URL takes no query string (the ?dns= part is added per query)")
     if _is_ip(host):

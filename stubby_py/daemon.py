@@ -19,6 +19,7 @@ from stubby_py.transports import make_transport
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
+SD_LISTEN_FDS_START = 3
 
 
 class ListenError(StubbyError):
@@ -67,8 +68,12 @@ class Daemon:
     async def start(self) -> None:
         transports = [make_transport(spec, self.config) for spec in self.config.upstreams]
         self.resolver = Resolver(self.config, transports)
-        for address, port in self.config.listen:
-            await self._listen(address, port)
+        inherited = inherited_sockets()
+        if inherited:
+            await self._adopt(inherited)
+        else:
+            for address, port in self.config.listen:
+                await self._listen(address, port)
         for address, port in self.bound:
             where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
             log.info("listening on %s (UDP and TCP)", where)
@@ -98,6 +103,29 @@ class Daemon:
         self._udp.append(udp)
         self.bound.append((address, port))
 
+    async def _adopt(self, sockets: list[socket.socket]) -> None:
+        """Serve on sockets systemd passed us (socket activation): no bind, no privilege."""
+        assert self.resolver is not None
+        loop = asyncio.get_running_loop()
+        connections = TCPConnections(
+            self.resolver, self.config.tcp_max_connections, self.config.tcp_idle_timeout
+        )
+        self._tcp.append(connections)
+        for sock in sockets:
+            sock.setblocking(False)
+            if sock.type == socket.SOCK_DGRAM:
+                udp, _ = await loop.create_datagram_endpoint(
+                    lambda: UDPListener(self.resolver),  # type: ignore[arg-type]
+                    sock=sock,
+                )
+                self._udp.append(udp)
+            else:
+                server = await loop.create_server(connections.protocol, sock=sock, backlog=1024)
+                self._servers.append(server)
+            address, port = sock.getsockname()[:2]
+            if (address, port) not in self.bound:
+                self.bound.append((address, port))
+
     async def stop(self) -> None:
         """Stop listening, answer what is in flight (bounded), close upstream connections."""
         sd_notify("STOPPING=1")
@@ -113,6 +141,32 @@ class Daemon:
             await self.resolver.aclose()
 
 
+def inherited_sockets() -> list[socket.socket]:
+    """sd_listen_fds(3): the sockets systemd passed, if they are meant for this process."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    return [socket.socket(fileno=SD_LISTEN_FDS_START + i) for i in range(count)]
+
+
+def watchdog_interval() -> float | None:
+    """Half of systemd's WatchdogSec, if the watchdog is on for this process."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    return int(usec) / 2_000_000
+
+
+async def _watchdog(interval: float) -> None:
+    # a ping from the event loop itself proves the loop is not stuck
+    while True:
+        sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)
+
+
 async def serve(config: Config) -> None:
     daemon = Daemon(config)
     await daemon.start()
@@ -121,7 +175,11 @@ async def serve(config: Config) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     sd_notify("READY=1\nSTATUS=answering queries")
+    interval = watchdog_interval()
+    pinger = loop.create_task(_watchdog(interval)) if interval else None
     await stop.wait()
+    if pinger is not None:
+        pinger.cancel()
     log.info("shutting down")
     await daemon.stop()
 

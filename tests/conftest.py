@@ -56,3 +56,14 @@ def tmp_file(tmp_path: Path):  # type: ignore[no-untyped-def]
         return str(path)
 
     return write
+
+
+@pytest.fixture(scope="module")
+def padded_daemon(ca: trustme.CA, ca_file: str):  # type: ignore[no-untyped-def]
+    """One daemon and DoT upstream shared by a module's tests (hypothesis runs many examples)."""
+    from tests.daemon_thread import make_config, running_daemon
+
+    with local_upstream(server_context(ca)) as upstream:
+        config = make_config([dot_uri(upstream)], ca_file)
+        with running_daemon(config) as daemon:
+            yield daemon, upstream

@@ -39,7 +39,8 @@ class UpstreamState:
 
 
 def build_answer(query: dns.message.Message, state: UpstreamState) -> dns.message.Message:
-    reply = dns.message.make_response(query)
+    # like a real resolver (RFC 8467 §4.1): pad the reply to 468 octets when the query was padded
+    reply = dns.message.make_response(query, pad=468)
     reply.flags |= dns.flags.RA
     name = query.question[0].name
     key = name.to_text().lower()
@@ -102,7 +103,7 @@ class LocalUpstream:
 
         self._loop.call_soon_threadsafe(_drop)
 
-    def respond(self, data: bytes) -> tuple[bytes | None, Behaviour, float]:
+    def respond(self, data: bytes, udp: bool = False) -> tuple[bytes | None, Behaviour, float]:
         """The reply bytes for a query (or None to stay silent), plus behaviour and delay."""
         self.state.queries.append(data)
         try:
@@ -121,7 +122,11 @@ class LocalUpstream:
         if behaviour == "wrong_question":
             reply.question[0].name = dns.name.from_text("wrong.example.")
             reply.answer = []
-        wire = reply.to_wire()
+        wire = reply.to_wire(max_size=65535)
+        if udp and len(wire) > max(512, query.payload if query.edns >= 0 else 512):
+            reply.answer = []
+            reply.flags |= dns.flags.TC
+            wire = reply.to_wire()
         if behaviour == "wrong_question":
             wire = _rewrite_question(query, wire)
         return wire, behaviour, self.state.delay
@@ -181,7 +186,7 @@ class _UDPServer(asyncio.DatagramProtocol):
         self._transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        reply, _behaviour, delay = self._owner.respond(data)
+        reply, _behaviour, delay = self._owner.respond(data, udp=True)
         if reply is None:
             return
         send = self._transport.sendto  # type: ignore[attr-defined]

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 10.0
 FIRST_BACKOFF = 0.1
 MAX_IN_FLIGHT = 60000
+#: our own generator: IDs stay random even if someone seeds the global one (tests do)
+_ids = random.Random()
 
 
 class _Waiter:
@@ -93,9 +95,9 @@ class DoTConnection(asyncio.Protocol):
             raise UpstreamClosedError(f"{self._owner.name}: connection closed")
         if len(self._waiters) >= MAX_IN_FLIGHT:
             raise UpstreamError(f"{self._owner.name}: too many queries in flight")
-        msg_id = random.getrandbits(16)
+        msg_id = _ids.getrandbits(16)
         while msg_id in self._waiters:
-            msg_id = random.getrandbits(16)
+            msg_id = _ids.getrandbits(16)
         future: asyncio.Future[bytes] = self._loop.create_future()
         waiter = _Waiter(
             future, query[wire.HEADER_LEN : wire.question_end(query)], self.received_bytes

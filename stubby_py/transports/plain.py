@@ -7,7 +7,7 @@ UDP replies with TC set are retried over TCP (RFC 7766 §5); TCP is the DoT stre
 from __future__ import annotations
 
 import asyncio
-import random
+import secrets
 
 from stubby_py import wire
 from stubby_py.config import Config, UpstreamSpec
@@ -73,7 +73,7 @@ class UDPTransport:
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
-        msg_id = random.getrandbits(16)
+        msg_id = secrets.randbits(16)  # cleartext: unpredictable IDs (RFC 5452)
         question = query[wire.HEADER_LEN : wire.question_end(query)]
         try:
             transport, protocol = await loop.create_datagram_endpoint(

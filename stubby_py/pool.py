@@ -1,58 +1,192 @@
-"""Upstream selection and health: decisions only, no I/O (the resolver does the awaiting).
+"""Upstream selection, health and hedge timing: decisions only, no I/O (the resolver awaits).
 
-Ordered failover: healthy upstreams in configured order, then those marked down, soonest-retry
-first, so that a query is never refused while any upstream might answer. An upstream is marked
-down after `FAILURES_TO_DOWN` consecutive failures and retried after an exponential backoff with
-jitter.
+Strategies (small objects, as dnscrypt-proxy's LBStrategy):
+- failover: the first healthy upstream in configured order;
+- round_robin: healthy upstreams in turn;
+- fastest: lowest latency EWMA, with a small share of queries exploring the others;
+- parallel: the `fanout` best (by latency) at once, the first valid answer wins.
+
+Health: `failures_to_down` consecutive failures mark an upstream down for an exponential backoff
+with jitter; when the backoff ends it gets a single probe query, and takes traffic again only
+when that probe succeeds. Upstreams that are down come last in every order, so a query is never
+refused while any upstream might answer.
+
+Hedging: if the upstream asked first has not answered within a percentile of its own recent
+latencies (bounded below and above), the resolver asks the next one too.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
 
-FAILURES_TO_DOWN = 3
-FIRST_BACKOFF = 0.5
-MAX_BACKOFF = 60.0
 EWMA_WEIGHT = 0.2
+LATENCY_WINDOW = 64
+#: latencies needed before a percentile means anything; until then the hedge waits `hedge_max`
+MIN_SAMPLES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    strategy: str = "failover"
+    #: parallel: how many upstreams to ask at once
+    fanout: int = 2
+    #: fastest: share of queries sent to a random healthy upstream to keep estimates fresh
+    explore: float = 0.05
+    failures_to_down: int = 3
+    backoff_min: float = 0.5
+    backoff_max: float = 60.0
+    hedge: bool = True
+    hedge_percentile: float = 90.0
+    hedge_min: float = 0.05
+    hedge_max: float = 1.0
 
 
 @dataclass(slots=True)
 class UpstreamHealth:
     consecutive_failures: int = 0
+    #: how many times in a row it was marked down (drives the backoff)
+    downs: int = 0
     down_until: float = 0.0
+    probing: bool = False
     latency_ewma: float | None = None
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    successes: int = 0
+    failures: int = 0
 
-    def is_up(self, now: float) -> bool:
-        return now >= self.down_until
+    @property
+    def is_down(self) -> bool:
+        return self.downs > 0
+
+    def state(self, now: float) -> str:
+        if not self.is_down:
+            return "up"
+        return "probing" if self.probing or now >= self.down_until else "down"
+
+
+class Strategy(Protocol):
+    def order(self, healthy: list[int], health: list[UpstreamHealth]) -> list[int]: ...
+
+
+class FailoverStrategy:
+    def order(self, healthy: list[int], health: list[UpstreamHealth]) -> list[int]:
+        return healthy
+
+
+class RoundRobinStrategy:
+    def __init__(self) -> None:
+        self._next = 0
+
+    def order(self, healthy: list[int], health: list[UpstreamHealth]) -> list[int]:
+        if not healthy:
+            return healthy
+        start = self._next % len(healthy)
+        self._next += 1
+        return healthy[start:] + healthy[:start]
+
+
+class FastestStrategy:
+    def __init__(self, explore: float, rng: random.Random) -> None:
+        self._explore = explore
+        self._rng = rng
+
+    def order(self, healthy: list[int], health: list[UpstreamHealth]) -> list[int]:
+        # never-measured upstreams first (latency 0), so every upstream gets measured
+        ranked = sorted(healthy, key=lambda i: health[i].latency_ewma or 0.0)
+        if len(ranked) > 1 and self._rng.random() < self._explore:
+            pick = self._rng.randrange(1, len(ranked))
+            ranked.insert(0, ranked.pop(pick))
+        return ranked
+
+
+def make_strategy(settings: PoolSettings, rng: random.Random) -> Strategy:
+    if settings.strategy == "round_robin":
+        return RoundRobinStrategy()
+    if settings.strategy in ("fastest", "parallel"):
+        return FastestStrategy(settings.explore if settings.strategy == "fastest" else 0.0, rng)
+    return FailoverStrategy()
 
 
 class Pool:
-    def __init__(self, size: int, rng: random.Random | None = None) -> None:
+    def __init__(
+        self, size: int, settings: PoolSettings | None = None, rng: random.Random | None = None
+    ) -> None:
+        self.settings = settings or PoolSettings()
         self.health = [UpstreamHealth() for _ in range(size)]
         self._rng = rng or random.Random()
+        self._strategy = make_strategy(self.settings, self._rng)
+
+    @property
+    def fanout(self) -> int:
+        """How many upstreams to ask at once at the start of a query."""
+        return self.settings.fanout if self.settings.strategy == "parallel" else 1
 
     def order(self, now: float) -> list[int]:
-        up = [i for i, h in enumerate(self.health) if h.is_up(now)]
-        down = sorted(
-            (i for i, h in enumerate(self.health) if not h.is_up(now)),
+        """Upstreams to try for one query, best first: healthy ones by strategy, then one probe
+        for each upstream whose backoff has ended, then the rest of those that are down."""
+        healthy = [i for i, h in enumerate(self.health) if not h.is_down]
+        due = [
+            i
+            for i, h in enumerate(self.health)
+            if h.is_down and not h.probing and now >= h.down_until
+        ]
+        waiting = sorted(
+            (i for i, h in enumerate(self.health) if h.is_down and i not in due),
             key=lambda i: self.health[i].down_until,
         )
-        return up + down
+        return self._strategy.order(healthy, self.health) + due + waiting
+
+    def attempt_started(self, index: int, now: float) -> None:
+        health = self.health[index]
+        if health.is_down and now >= health.down_until:
+            health.probing = True
 
     def record_success(self, index: int, latency: float) -> None:
         health = self.health[index]
+        health.successes += 1
         health.consecutive_failures = 0
+        health.downs = 0
         health.down_until = 0.0
+        health.probing = False
         previous = health.latency_ewma
         health.latency_ewma = (
             latency if previous is None else previous + EWMA_WEIGHT * (latency - previous)
         )
+        health.latencies.append(latency)
 
     def record_failure(self, index: int, now: float) -> None:
         health = self.health[index]
+        health.failures += 1
         health.consecutive_failures += 1
-        excess = health.consecutive_failures - FAILURES_TO_DOWN
-        if excess >= 0:
-            backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2**excess)
+        was_probing = health.probing
+        health.probing = False
+        if was_probing or health.consecutive_failures >= self.settings.failures_to_down:
+            if not was_probing and health.is_down and now < health.down_until:
+                return  # already backing off: a late failure does not lengthen it
+            health.downs += 1
+            backoff = min(
+                self.settings.backoff_max, self.settings.backoff_min * 2 ** (health.downs - 1)
+            )
             health.down_until = now + backoff * self._rng.uniform(0.5, 1.0)
+
+    def reset(self) -> None:
+        """Forget every backoff (network change, resume): re-probe everything at once."""
+        for health in self.health:
+            health.consecutive_failures = 0
+            health.downs = 0
+            health.down_until = 0.0
+            health.probing = False
+
+    def hedge_delay(self, index: int) -> float | None:
+        """How long to wait for `index` before asking the next upstream too (None: never)."""
+        settings = self.settings
+        if not settings.hedge:
+            return None
+        samples = self.health[index].latencies
+        if len(samples) < MIN_SAMPLES:
+            return settings.hedge_max
+        ranked = sorted(samples)
+        rank = min(len(ranked) - 1, int(len(ranked) * settings.hedge_percentile / 100))
+        return min(settings.hedge_max, max(settings.hedge_min, ranked[rank]))

@@ -1,0 +1,101 @@
+"""Names answered here and never forwarded (RFC 6761, RFC 6303, RFC 8375, RFC 6762).
+
+- `localhost` and every name below it: A 127.0.0.1, AAAA ::1, nothing else (RFC 6761 §6.3);
+- reverse loopback (127.in-addr.arpa, ::1 in ip6.arpa): PTR localhost.;
+- `invalid` (RFC 6761 §6.4): NXDOMAIN;
+- private, link-local and other locally-served reverse zones (RFC 6303 §4), `home.arpa`
+  (RFC 8375) and `local` (mDNS, RFC 6762 §22): NXDOMAIN, unless a forwarding rule sends them
+  somewhere (the resolver consults the rules first). Special-use names such as `test` and
+  `example` are forwarded like any other: whether they exist is the upstream's business.
+"""
+
+from __future__ import annotations
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+from stubby_py.wire import ClientQuery
+
+TTL = 3600
+_LOCALHOST = dns.name.from_text("localhost.")
+_SOA_TEXT = "localhost. nobody.invalid. 1 3600 1200 604800 10800"
+
+_LOOPBACK_REVERSE = tuple(
+    dns.name.from_text(z) for z in ("127.in-addr.arpa.", "1." + "0." * 31 + "ip6.arpa.")
+)
+_NXDOMAIN_ZONES = tuple(
+    dns.name.from_text(z)
+    for z in (
+        ["invalid.", "local.", "home.arpa.", "0.in-addr.arpa.", "10.in-addr.arpa.",
+         "254.169.in-addr.arpa.", "168.192.in-addr.arpa.", "2.0.192.in-addr.arpa.",
+         "100.51.198.in-addr.arpa.", "113.0.203.in-addr.arpa.", "255.255.255.255.in-addr.arpa.",
+         "0." * 32 + "ip6.arpa.", "d.f.ip6.arpa.", "8.e.f.ip6.arpa.", "9.e.f.ip6.arpa.",
+         "a.e.f.ip6.arpa.", "b.e.f.ip6.arpa.", "8.b.d.0.1.0.0.2.ip6.arpa."]
+        + [f"{n}.172.in-addr.arpa." for n in range(16, 32)]
+        + [f"{n}.100.in-addr.arpa." for n in range(64, 128)]  # shared address space, RFC 6598
+    )
+)  # fmt: skip
+#: cheap pre-check on the lower-cased wire name before any parsing
+_SUFFIXES = (b"\x09localhost\x00", b"\x04arpa\x00", b"\x07invalid\x00", b"\x05local\x00")
+
+
+def is_candidate(query: ClientQuery) -> bool:
+    return query.key[:-5].endswith(_SUFFIXES)
+
+
+def _zone_of(name: dns.name.Name, zones: tuple[dns.name.Name, ...]) -> dns.name.Name | None:
+    for zone in zones:
+        if name.is_subdomain(zone):
+            return zone
+    return None
+
+
+def local_zone(query: ClientQuery) -> dns.name.Name | None:
+    """The locally served zone the query falls in, or None to forward it."""
+    if not is_candidate(query):
+        return None
+    name = dns.name.from_wire(query.question, 0)[0]
+    if name.is_subdomain(_LOCALHOST):
+        return _LOCALHOST
+    return _zone_of(name, _LOOPBACK_REVERSE) or _zone_of(name, _NXDOMAIN_ZONES)
+
+
+def local_answer(query: ClientQuery, zone: dns.name.Name) -> bytes:
+    """A reply body (no OPT) for a query in a locally served zone."""
+    name = dns.name.from_wire(query.question, 0)[0]
+    message = dns.message.make_query(
+        name,
+        dns.rdatatype.RdataType.make(query.qtype),
+        dns.rdataclass.RdataClass.make(query.qclass),
+    )
+    reply = dns.message.make_response(message)
+    reply.flags |= dns.flags.AA | dns.flags.RA
+    records = _records(name, zone, query.qtype)
+    if records is None:
+        reply.set_rcode(dns.rcode.NXDOMAIN)
+    else:
+        reply.answer.extend(records)
+    if not reply.answer:
+        reply.authority.append(dns.rrset.from_text(zone, TTL, "IN", "SOA", _SOA_TEXT))
+    return reply.to_wire()
+
+
+def _records(name: dns.name.Name, zone: dns.name.Name, qtype: int) -> list[dns.rrset.RRset] | None:
+    """The answer records, [] for NODATA, None for NXDOMAIN."""
+    if zone == _LOCALHOST:
+        if qtype == dns.rdatatype.A:
+            return [dns.rrset.from_text(name, TTL, "IN", "A", "127.0.0.1")]
+        if qtype == dns.rdatatype.AAAA:
+            return [dns.rrset.from_text(name, TTL, "IN", "AAAA", "::1")]
+        return []
+    if zone in _LOOPBACK_REVERSE:
+        # a whole address: 4 octets under in-addr.arpa, or ::1 itself, which is the zone
+        is_address = len(name) == len(zone) + (3 if zone == _LOOPBACK_REVERSE[0] else 0)
+        if is_address:
+            ptr = dns.rrset.from_text(name, TTL, "IN", "PTR", "localhost.")
+            return [ptr] if qtype == dns.rdatatype.PTR else []
+    return [] if name == zone else None

@@ -1,0 +1,68 @@
+"""Local answers (RFC 6761/6303/8375) and forwarding rules, with no network."""
+
+from __future__ import annotations
+
+import dns.message
+import dns.rcode
+import pytest
+
+from stubby_py import local, wire
+from stubby_py.router import Router
+
+
+def client_query(name: str, rdtype: str = "A") -> wire.ClientQuery:
+    return wire.parse_query(dns.message.make_query(name, rdtype).to_wire())
+
+
+def answer(name: str, rdtype: str = "A") -> dns.message.Message | None:
+    query = client_query(name, rdtype)
+    zone = local.local_zone(query)
+    return None if zone is None else dns.message.from_wire(local.local_answer(query, zone))
+
+
+@pytest.mark.parametrize(
+    ("name", "rdtype", "rcode", "data"),
+    [
+        ("localhost.", "A", "NOERROR", "127.0.0.1"),
+        ("LocalHost.", "AAAA", "NOERROR", "::1"),
+        ("app.dev.localhost.", "A", "NOERROR", "127.0.0.1"),
+        ("localhost.", "MX", "NOERROR", None),
+        ("1.0.0.127.in-addr.arpa.", "PTR", "NOERROR", "localhost."),
+        ("1." + "0." * 31 + "ip6.arpa.", "PTR", "NOERROR", "localhost."),
+        ("5.1.168.192.in-addr.arpa.", "PTR", "NXDOMAIN", None),
+        ("1.0.0.10.in-addr.arpa.", "PTR", "NXDOMAIN", None),
+        ("9.0.20.172.in-addr.arpa.", "PTR", "NXDOMAIN", None),
+        ("printer.home.arpa.", "A", "NXDOMAIN", None),
+        ("nas.local.", "A", "NXDOMAIN", None),
+        ("anything.invalid.", "A", "NXDOMAIN", None),
+    ],
+)
+def test_locally_served_names(name: str, rdtype: str, rcode: str, data: str | None) -> None:
+    reply = answer(name, rdtype)
+    assert reply is not None
+    assert dns.rcode.to_text(reply.rcode()) == rcode
+    if data is None:
+        assert not reply.answer and reply.authority  # NODATA/NXDOMAIN with an SOA
+    else:
+        assert reply.answer[0][0].to_text() == data
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["example.com.", "www.test.", "example.", "1.1.1.1.in-addr.arpa.", "8.8.8.8.in-addr.arpa.",
+     "localhost.example.", "notlocal."],
+)  # fmt: skip
+def test_other_names_are_forwarded(name: str) -> None:
+    assert answer(name) is None
+
+
+def test_most_specific_rule_wins_case_insensitively() -> None:
+    router = Router({"corp.example": "vpn", "dev.corp.example": "lab", "lan": "home"})
+    key = lambda n: client_query(n).key[:-5]  # noqa: E731
+    assert router.group_for(key("a.b.Dev.Corp.Example.")) == "lab"
+    assert router.group_for(key("www.corp.example.")) == "vpn"
+    assert router.group_for(key("corp.example.")) == "vpn"
+    assert router.group_for(key("NAS.LAN.")) == "home"
+    assert router.group_for(key("example.")) is None
+    assert router.group_for(key("xcorp.example.")) is None
+    assert Router({".": "all"}).group_for(key("anything.")) == "all"

@@ -110,9 +110,14 @@ class DoTConnection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         return msg_id, future
 
-    def forget(self, msg_id: int) -> None:
-        waiter = self._waiters.pop(msg_id, None)
-        if waiter is not None and waiter.timer is not None:
+    def forget(self, msg_id: int, future: asyncio.Future[bytes]) -> None:
+        """Drop a query's waiter (its caller gave up). The ID may already serve a newer query:
+        only the waiter of this very future is removed."""
+        waiter = self._waiters.get(msg_id)
+        if waiter is None or waiter.future is not future:
+            return
+        del self._waiters[msg_id]
+        if waiter.timer is not None:
             waiter.timer.cancel()
 
     def close(self) -> None:
@@ -256,7 +261,7 @@ class DoTTransport:
                 if attempt or loop.time() >= deadline:
                     raise
             finally:
-                connection.forget(msg_id)
+                connection.forget(msg_id, future)
         raise AssertionError("unreachable")
 
     async def _connected(self, deadline: float) -> DoTConnection:

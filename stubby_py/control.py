@@ -1,0 +1,102 @@
+"""The local control socket: one JSON request per line in, one JSON reply per line out.
+
+A unix stream socket, created with mode 0600 (only its owner — root or the service user — may
+use it). Commands are registered by the daemon: `stats`, `flush` (all, or one name), `reload`.
+The client side (`request`) is what `stubby-py stats|flush|reload` use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
+MAX_REQUEST = 64 * 1024
+
+
+def default_path() -> str:
+    """$RUNTIME_DIRECTORY under systemd, else /run/stubby-py when writable, else /tmp."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return os.path.join(runtime.split(":")[0], "control.sock")
+    if os.access("/run", os.W_OK):
+        return "/run/stubby-py/control.sock"
+    return f"/tmp/stubby-py-{os.getuid()}/control.sock"
+
+
+class ControlServer:
+    def __init__(self, path: str, handlers: Mapping[str, Handler]) -> None:
+        self.path = path
+        self._handlers = dict(handlers)
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        directory = os.path.dirname(self.path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        old_umask = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path)
+        finally:
+            os.umask(old_umask)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            reply = await self._dispatch(line)
+            writer.write(json.dumps(reply).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _dispatch(self, line: bytes) -> dict[str, Any]:
+        if len(line) > MAX_REQUEST:
+            return {"ok": False, "error": "request too large"}
+        try:
+            request = json.loads(line)
+            command = request["command"]
+        except (ValueError, KeyError, TypeError):
+            return {"ok": False, "error": 'expected a JSON object with a "command"'}
+        handler = self._handlers.get(command)
+        if handler is None:
+            known = ", ".join(sorted(self._handlers))
+            return {"ok": False, "error": f"unknown command {command!r}; known: {known}"}
+        try:
+            return {"ok": True, **await handler(request)}
+        except Exception as exc:  # a failing command must not take the daemon down
+            log.exception("control command %s failed", command)
+            return {"ok": False, "error": str(exc)}
+
+
+def request(path: str, command: str, timeout: float = 10.0, **arguments: Any) -> dict[str, Any]:
+    """Send one command to a running daemon and return its reply."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(json.dumps({"command": command, **arguments}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply: dict[str, Any] = json.loads(data)
+    return reply

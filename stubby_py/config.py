@@ -21,6 +21,8 @@ from stubby_py.errors import ConfigError
 TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, "tcp": 53}
 ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
+#: RFC 2181 §8: a TTL is at most 2^31 - 1
+MAX_TTL = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,24 @@ class Config:
     tcp_idle_timeout: float = 10.0
     tcp_max_connections: int = 512
     log_level: str = "info"
+    #: most answers cached; 0 turns the answer cache off (identical queries are still joined)
+    cache_size: int = 100_000
+    #: most memory the cached answers may take, MiB (wire octets plus per-entry overhead)
+    cache_max_memory: int = 32
+    #: TTL clamps for cached positive answers, seconds (as Unbound: no minimum, one day)
+    cache_min_ttl: int = 0
+    cache_max_ttl: int = 86_400
+    #: ceiling for a cached negative answer's TTL, seconds (RFC 2308 §5)
+    cache_negative_max_ttl: int = 3_600
+    #: answer from an expired entry (TTL 30, EDE 3) when every upstream fails (RFC 8767)
+    serve_stale: bool = True
+    #: how long after expiry an answer may still be served stale, seconds
+    stale_window: int = 86_400
+    #: refresh a popular answer asked for in the last tenth of its TTL, in the background
+    prefetch: bool = True
+    #: where the cache is saved at shutdown and reloaded at start: a path; "auto" =
+    #: $STATE_DIRECTORY/cache.bin under systemd's StateDirectory=, else nowhere; None = nowhere
+    cache_file: str | None = "auto"
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -98,7 +118,9 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
     `udp://IP[:PORT]`, `tcp://IP[:PORT]`. Raises ValueError with what was expected."""
     scheme, sep, _rest = text.partition("://")
     if not sep or scheme not in TRANSPORT_PORTS:
-        raise ValueError("expected a URI starting tls://, https://, h3://, quic://, udp:// or tcp://")
+        raise ValueError(
+            "expected a URI starting tls://, https://, h3://, quic://, udp:// or tcp://"
+        )
     parts = urlsplit(text.replace("{?dns}", ""))  # RFC 8484 URI template: we add ?dns= per query
     try:
         port = parts.port or TRANSPORT_PORTS[scheme]
@@ -187,7 +209,7 @@ class _Reader:
     def scalar(self, node: yaml.Node, key: str) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise self.fail(node, key, "expected a single value, not a list or mapping")
-        return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call]
+        return yaml.SafeLoader(" ").construct_object(node)  # type: ignore[no-untyped-call,unused-ignore]
 
     def typed(self, node: yaml.Node, key: str, kind: type[T], what: str) -> T:
         value = self.scalar(node, key)
@@ -208,6 +230,9 @@ class _Reader:
         if not low <= value <= high:
             raise self.fail(node, key, f"expected a whole number from {low} to {high}, got {value}")
         return value
+
+    def boolean(self, node: yaml.Node, key: str) -> bool:
+        return self.typed(node, key, bool, "true or false")
 
     def text(self, node: yaml.Node, key: str) -> str:
         return self.typed(node, key, str, "a string")
@@ -236,7 +261,9 @@ class _Reader:
             name = self.scalar(key_node, key or "(top level)")
             path = f"{key}.{name}" if key else str(name)
             if name not in known:
-                raise self.fail(key_node, path, f"unknown key; expected one of {', '.join(sorted(known))}")
+                raise self.fail(
+                    key_node, path, f"unknown key; expected one of {', '.join(sorted(known))}"
+                )
             if name in result:
                 raise self.fail(key_node, path, "given twice")
             result[name] = value_node
@@ -263,7 +290,9 @@ def _pin(text: str) -> str:
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise ValueError("expected a base64 SHA-256 digest (44 characters, as `check --connect` prints)")
+        raise ValueError(
+            "expected a base64 SHA-256 digest (44 characters, as `check --connect` prints)"
+        )
     return text
 
 
@@ -321,6 +350,15 @@ def _top_level(reader: _Reader, fields: dict[str, yaml.Node]) -> dict[str, Any]:
         "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
         "log_level": lambda n: r.choice(n, "log_level", LOG_LEVELS),
+        "cache_size": lambda n: r.integer(n, "cache_size", 0, 10_000_000),
+        "cache_max_memory": lambda n: r.integer(n, "cache_max_memory", 1, 65_536),
+        "cache_min_ttl": lambda n: r.integer(n, "cache_min_ttl", 0, 86_400),
+        "cache_max_ttl": lambda n: r.integer(n, "cache_max_ttl", 1, MAX_TTL),
+        "cache_negative_max_ttl": lambda n: r.integer(n, "cache_negative_max_ttl", 0, MAX_TTL),
+        "serve_stale": lambda n: r.boolean(n, "serve_stale"),
+        "stale_window": lambda n: r.integer(n, "stale_window", 0, 30 * 86_400),
+        "prefetch": lambda n: r.boolean(n, "prefetch"),
+        "cache_file": lambda n: _cache_file(r, n),
     }
     unknown = set(fields) - set(converters)
     assert not unknown, unknown
@@ -330,6 +368,16 @@ def _top_level(reader: _Reader, fields: dict[str, yaml.Node]) -> dict[str, Any]:
     return values
 
 
+def _cache_file(reader: _Reader, node: yaml.Node) -> str | None:
+    """A path, `auto`, or false (no persistence)."""
+    value = reader.scalar(node, "cache_file")
+    if value is False:
+        return None
+    if not isinstance(value, str) or not value:
+        raise reader.fail(node, "cache_file", f"expected a path, auto or false, got {value!r}")
+    return value
+
+
 def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")
 
@@ -337,7 +385,9 @@ def _is_null(node: yaml.Node) -> bool:
 _TOP_KEYS = {
     "listen", "allow", "upstreams", "timeout", "attempt_timeout", "upstream_idle_timeout",
     "padding_block_size", "tls_min_version", "ca_file", "tcp_idle_timeout",
-    "tcp_max_connections", "log_level",
+    "tcp_max_connections", "log_level", "cache_size", "cache_max_memory", "cache_min_ttl",
+    "cache_max_ttl", "cache_negative_max_ttl", "serve_stale", "stale_window", "prefetch",
+    "cache_file",
 }  # fmt: skip
 
 
@@ -348,17 +398,23 @@ def parse_config(text: str, source: str) -> Config:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        raise ConfigError(
+            f"{source}{line}: not valid YAML: {getattr(exc, 'problem', exc)}"
+        ) from None
     if root is None or _is_null(root):
         return with_defaults(Config(source=source))
     fields = reader.mapping(root, "", _TOP_KEYS)
-    for nullable in ("ca_file",):
+    for nullable in ("ca_file", "cache_file"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = _top_level(reader, fields)
     config = Config(source=source, **values)
     if "upstreams" in fields and not config.upstreams:
         raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
+    if config.cache_min_ttl > config.cache_max_ttl:
+        raise reader.fail(
+            fields["cache_min_ttl"], "cache_min_ttl", "expected at most cache_max_ttl"
+        )
     if config.attempt_timeout > config.timeout:
         config = replace(config, attempt_timeout=config.timeout)
     return with_defaults(config)

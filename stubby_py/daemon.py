@@ -167,6 +167,11 @@ async def _watchdog(interval: float) -> None:
         await asyncio.sleep(interval)
 
 
+def _flush_cache(resolver: Resolver) -> None:
+    """SIGUSR2: forget every cached answer and held failure (no restart needed)."""
+    log.info("SIGUSR2: cache flushed, %d answers dropped", resolver.cache.flush())
+
+
 async def serve(config: Config) -> None:
     daemon = Daemon(config)
     await daemon.start()
@@ -174,6 +179,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    if daemon.resolver is not None:
+        loop.add_signal_handler(signal.SIGUSR2, _flush_cache, daemon.resolver)
     sd_notify("READY=1\nSTATUS=answering queries")
     interval = watchdog_interval()
     pinger = loop.create_task(_watchdog(interval)) if interval else None

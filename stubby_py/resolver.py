@@ -1,8 +1,14 @@
-"""The query path, top to bottom: request checks, forwarding through the pool, response shaping.
+"""The query path, top to bottom: request checks, the cache, forwarding through the pool, response
+shaping.
 
 One place turns errors into answers (`_answer_error`). A listener hands `handle` the client's bytes
 and a `respond` callback; every query that is at least a header is answered exactly once, from here,
 before its deadline: with the answer, or with SERVFAIL and an Extended DNS Error (RFC 8914).
+
+A cache hit is answered synchronously inside `handle`, with no task. A miss starts one task per
+question; identical questions arriving meanwhile (same cache key) join it and are answered from
+its outcome. When every upstream fails, an expired answer is served stale (RFC 8767) and the
+failure is held (RFC 9520) so that the question is not asked again at once.
 """
 
 from __future__ import annotations
@@ -10,20 +16,23 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
-from stubby_py import edns, response, wire
+from stubby_py import cache, edns, response, wire
+from stubby_py.cache import Cache, CacheLimits, FailureEntry, default_cache_file
 from stubby_py.config import Config
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
     MalformedQueryError,
-    NoUpstreamAvailableError,
     NotImplementedOpcodeError,
+    NoUpstreamAvailableError,
     RefusedError,
     UpstreamError,
     UpstreamProtocolError,
@@ -36,6 +45,8 @@ log = logging.getLogger(__name__)
 Respond = Callable[[bytes], None]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ACL_CACHE_LIMIT = 4096
+#: an upstream reply as the cache wants it: body without OPT, its TTL offsets, its layout
+ScannedReply = tuple[bytes, list[int], wire.ReplyLayout]
 
 
 class AccessList:
@@ -64,18 +75,45 @@ class AccessList:
         return any(ip in net for net in self._networks)
 
 
+def cache_limits(config: Config) -> CacheLimits:
+    return CacheLimits(
+        max_entries=config.cache_size,
+        max_bytes=config.cache_max_memory << 20,
+        min_ttl=config.cache_min_ttl,
+        max_ttl=config.cache_max_ttl,
+        negative_max_ttl=config.cache_negative_max_ttl,
+        serve_stale=config.serve_stale,
+        stale_window=config.stale_window,
+        prefetch=config.prefetch,
+    )
+
+
+#: a query waiting for the answer to an identical one in flight: query, respond, over UDP
+Waiter = tuple[wire.ClientQuery, Respond, bool]
+#: what asking upstream came to: a reply body, an upstream failure, or None (an internal error)
+Outcome = bytes | UpstreamError | None
+
+
 class Resolver:
     def __init__(self, config: Config, transports: Sequence[Transport]) -> None:
         self.config = config
         self.transports = list(transports)
         self.pool = Pool(len(self.transports))
         self.acl = AccessList(config.allow)
+        self.cache = Cache(cache_limits(config))
+        self.cache_file = default_cache_file(config.cache_file, os.environ)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: questions being asked upstream (by cache key) → the identical queries waiting on them
+        self._inflight: dict[bytes, list[Waiter]] = {}
         self._loop = asyncio.get_running_loop()
         self.counters: dict[str, int] = {
             "queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "notimp": 0,
-            "servfail": 0, "answered": 0,
+            "servfail": 0, "answered": 0, "cache_hits": 0, "cache_misses": 0, "joined": 0,
+            "stale": 0, "cached_failures": 0, "prefetches": 0,
         }  # fmt: skip
+        if self.cache_file is not None:
+            loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
+            log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
     # -- entry point for listeners ------------------------------------------------------
     def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> None:
@@ -106,9 +144,45 @@ class Resolver:
         if query.edns_version > 0:
             self._reject(respond, query, data, flags, BadVersionError())
             return
+        self._answer(query, respond, udp)
+
+    def _answer(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> None:
+        """The cache's part: a hit is answered here and now, with no task (the hottest path)."""
+        cache = self.cache
+        now = self._loop.time()
+        body = cache.fresh(query.key, now)
+        if body is not None:
+            self.counters["cache_hits"] += 1
+            limit = response.udp_limit(query) if udp else None
+            respond(response.client_reply(body, query, limit=limit))
+            if cache.prefetch_due:
+                cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
+                self._prefetch(query)
+            return
+        waiters = self._inflight.get(query.key)
+        if waiters is not None:
+            self.counters["joined"] += 1
+            waiters.append((query, respond, udp))
+            return
+        held = cache.failure(query.key, now)
+        if held is not None:
+            self._answer_held_failure(query, respond, udp, held, now)
+            return
+        self.counters["cache_misses"] += 1
+        self._start(query, respond, udp)
+
+    def _start(self, query: wire.ClientQuery, respond: Respond | None, udp: bool) -> None:
+        """Ask upstream for query; identical queries arriving meanwhile wait on this one."""
+        self._inflight[query.key] = []
         task = self._loop.create_task(self._resolve(query, respond, udp))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _prefetch(self, query: wire.ClientQuery) -> None:
+        """Refresh a popular answer before it expires; nobody waits for this one (RFC 8767 §5)."""
+        if query.key not in self._inflight:
+            self.counters["prefetches"] += 1
+            self._start(query, None, False)
 
     def _reject(
         self,
@@ -128,28 +202,100 @@ class Resolver:
         respond(response.error_reply(query, error.rcode, ede))
 
     # -- forwarding -------------------------------------------------------------------------
-    async def _resolve(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> None:
-        deadline = self._loop.time() + self.config.timeout
-        limit = response.udp_limit(query) if udp else None
+    async def _resolve(self, query: wire.ClientQuery, respond: Respond | None, udp: bool) -> None:
+        """Ask upstream, then answer this query and every identical one that joined it."""
+        outcome: Outcome = None
         try:
-            body = await self._forward(query, deadline)
+            outcome = await self._fetch(query)
+        finally:
+            waiters = self._inflight.pop(query.key, [])
+            if respond is not None:
+                self._deliver(query, respond, udp, outcome)
+            for waiter in waiters:
+                self._deliver(*waiter, outcome)
+
+    async def _fetch(self, query: wire.ClientQuery) -> Outcome:
+        """One upstream exchange for the question; the cache learns the answer or the failure."""
+        deadline = self._loop.time() + self.config.timeout
+        try:
+            body, ttl_offsets, layout = await self._forward(query, deadline)
         except UpstreamError as exc:
-            respond(self._answer_error(query, exc))
-            return
+            self.cache.record_failure(query.key, self._loop.time(), reason=exc.kind)
+            return exc
         except Exception:
             log.exception("internal error while resolving")
-            respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.OTHER, "internal error")))
+            return None
+        now = self._loop.time()
+        if layout.rcode == Rcode.SERVFAIL:
+            # RFC 9520 §2: a SERVFAIL is a resolution failure too; replay it while held
+            self.cache.record_failure(query.key, now, reply=body, reason="upstream SERVFAIL")
+        else:
+            # the client asking now gets the TTLs the cache keeps (clamped), as later ones will
+            body = self.cache.store(query.key, body, ttl_offsets, layout, now) or body
+        return body
+
+    def _deliver(
+        self, query: wire.ClientQuery, respond: Respond, udp: bool, outcome: Outcome
+    ) -> None:
+        limit = response.udp_limit(query) if udp else None
+        if isinstance(outcome, bytes) and response.rcode_of(outcome) != Rcode.SERVFAIL:
+            self.counters["answered"] += 1
+            respond(response.client_reply(outcome, query, limit=limit))
             return
-        self.counters["answered"] += 1
-        respond(response.client_reply(body, query, limit=limit))
+        if self._answer_stale(query, respond, limit):
+            return
+        if isinstance(outcome, bytes):
+            self.counters["servfail"] += 1
+            respond(response.client_reply(outcome, query, limit=limit))
+        elif outcome is None:
+            self.counters["servfail"] += 1
+            respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.OTHER, "internal error")))
+        else:
+            respond(self._answer_error(query, outcome))
+
+    def _answer_stale(self, query: wire.ClientQuery, respond: Respond, limit: int | None) -> bool:
+        """RFC 8767: every upstream failed; answer from an expired entry if one is recent enough."""
+        stale = self.cache.stale(query.key, self._loop.time())
+        if stale is None:
+            return False
+        self.counters["stale"] += 1
+        # RFC 8914 §4.4 and §4.20: EDE 3 Stale Answer, or 19 for a stale NXDOMAIN
+        if response.rcode_of(stale) == Rcode.NXDOMAIN:
+            ede = (EDECode.STALE_NXDOMAIN_ANSWER, "")
+        else:
+            ede = (EDECode.STALE_ANSWER, "")
+        respond(response.client_reply(stale, query, limit=limit, ede=ede))
+        return True
+
+    def _answer_held_failure(
+        self,
+        query: wire.ClientQuery,
+        respond: Respond,
+        udp: bool,
+        held: FailureEntry,
+        now: float,
+    ) -> None:
+        """RFC 9520 §3: the question failed moments ago; do not ask again before the hold ends."""
+        limit = response.udp_limit(query) if udp else None
+        if self._answer_stale(query, respond, limit):
+            return
+        self.counters["cached_failures"] += 1
+        self.counters["servfail"] += 1
+        if held.reply is not None:
+            respond(response.client_reply(held.reply, query, limit=limit))
+            return
+        text = f"cached failure ({held.reason}), retry in {held.until - now:.0f} s"
+        respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.CACHED_ERROR, text)))
 
     def _answer_error(self, query: wire.ClientQuery, exc: UpstreamError) -> bytes:
         self.counters["servfail"] += 1
         ede_code = exc.ede if exc.ede is not None else EDECode.OTHER
-        return response.error_reply(query, Rcode.SERVFAIL, (ede_code, str(exc.args[0]) if exc.args else exc.kind))
+        text = str(exc.args[0]) if exc.args else exc.kind
+        return response.error_reply(query, Rcode.SERVFAIL, (ede_code, text))
 
-    async def _forward(self, query: wire.ClientQuery, deadline: float) -> bytes:
-        """Ask upstreams in the pool's order until one answers; return the reply body (no OPT)."""
+    async def _forward(self, query: wire.ClientQuery, deadline: float) -> ScannedReply:
+        """Ask upstreams in the pool's order until one answers: the reply body (no OPT), its TTL
+        offsets and its layout."""
         loop = self._loop
         padded: bytes | None = None
         plain: bytes | None = None
@@ -169,30 +315,31 @@ class Resolver:
                 if plain is None:
                     plain = edns.upstream_query(query, pad_block=0, do=query.do)
                 wire_query = plain
+            attempt_deadline = min(deadline, now + self.config.attempt_timeout)
             try:
-                reply = await transport.exchange(wire_query, min(deadline, now + self.config.attempt_timeout))
-                body = self._reply_body(reply, transport)
+                reply = await transport.exchange(wire_query, attempt_deadline)
+                scanned = self._reply_body(reply, transport)
             except UpstreamError as exc:
                 self.pool.record_failure(index, loop.time())
                 failures.append(f"{transport.name}: {exc.kind}")
                 log.debug("%s", exc)
                 continue
             self.pool.record_success(index, loop.time() - now)
-            return body
+            return scanned
         raise NoUpstreamAvailableError(
             "all upstreams failed: " + ", ".join(failures) if failures else "no upstream in time"
         )
 
     @staticmethod
-    def _reply_body(reply: bytes, transport: Transport) -> bytes:
+    def _reply_body(reply: bytes, transport: Transport) -> ScannedReply:
         try:
             layout = wire.scan_reply(reply)
         except wire.WireError as exc:
             raise UpstreamProtocolError(f"{transport.name}: malformed reply ({exc})") from None
         if layout.opt_span is not None and wire.opt_rcode_high(reply, layout.opt_span):
             raise UpstreamProtocolError(f"{transport.name}: unexpected extended RCODE")
-        body, _ttls = wire.without_opt(reply, layout)
-        return body
+        body, ttl_offsets = wire.without_opt(reply, layout)
+        return body, ttl_offsets, layout
 
     # -- life cycle ---------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
@@ -201,12 +348,19 @@ class Resolver:
             await asyncio.wait(list(self._tasks), timeout=timeout)
 
     async def aclose(self) -> None:
+        """Save the cache (if it persists) and close the upstream connections."""
+        if self.cache_file is not None:
+            saved = cache.save(self.cache, self.cache_file, self._loop.time(), time.time())
+            if saved:
+                log.info("cache: %d answers saved to %s", len(self.cache), self.cache_file)
         for transport in self.transports:
             await transport.aclose()
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "counters": dict(self.counters),
+            "cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
+                      "evictions": self.cache.evictions},
             "upstreams": [
                 {"name": t.name, "queries": t.stats.queries, "failures": t.stats.failures,
                  "handshakes": t.stats.handshakes, "mismatched": t.stats.mismatched}

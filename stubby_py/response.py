@@ -25,6 +25,11 @@ from stubby_py.wire import (
 _KEPT_FLAGS = ~(RD | CD | AD) & 0xFFFF
 #: an answer cut for UDP without EDNS must fit in 512 octets (RFC 1035 §4.2.1)
 CLASSIC_UDP_LIMIT = 512
+#: our OPT without options, by the client's DO bit: built once, not per cache hit
+_PLAIN_OPT = (
+    edns.opt_record(edns.OUR_UDP_PAYLOAD, 0, False, b""),
+    edns.opt_record(edns.OUR_UDP_PAYLOAD, 0, True, b""),
+)
 
 
 def udp_limit(query: ClientQuery) -> int:
@@ -47,12 +52,17 @@ def client_reply(
     limit: the UDP size limit, or None over TCP. authentic: force AD on/off (None: keep upstream's).
     """
     _id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(body)
+    has_ad = bool(flags & AD) if authentic is None else authentic
     flags = (flags & _KEPT_FLAGS) | (query.flags & (RD | CD)) | QR
     wants_ad = query.do or query.flags & AD
-    has_ad = bool(flags & AD) if authentic is None else authentic
     if has_ad and wants_ad:
         flags |= AD
-    opt = edns.client_opt(query, ede) if query.has_edns else b""
+    if not query.has_edns:
+        opt = b""
+    elif ede is None:
+        opt = _PLAIN_OPT[query.do]
+    else:
+        opt = edns.client_opt(query, ede)
     qend = HEADER_LEN + len(query.question)
     reply = (
         HEADER.pack(query.id, flags, qdcount, ancount, nscount, arcount + bool(opt))

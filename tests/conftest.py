@@ -64,6 +64,7 @@ def padded_daemon(ca: trustme.CA, ca_file: str):  # type: ignore[no-untyped-def]
     from tests.daemon_thread import make_config, running_daemon
 
     with local_upstream(server_context(ca)) as upstream:
-        config = make_config([dot_uri(upstream)], ca_file)
+        # no answer cache: these tests look at the upstream query each client query causes
+        config = make_config([dot_uri(upstream)], ca_file, cache_size=0)
         with running_daemon(config) as daemon:
             yield daemon, upstream

@@ -1,4 +1,4 @@
-"""The command line: `stubby-py [run]`, `stubby-py check-config FILE`, `--version`. No logic here."""
+"""The command line: `stubby-py [run]`, `check-config FILE`, `--version`. No logic here."""
 
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream", action="append", default=[], metavar="URI",
         help="upstream resolver (repeatable; replaces the configured pool): "
-        "tls://IP[:PORT]#AUTH-NAME, or udp://IP[:PORT] / tcp://IP[:PORT] for a LAN resolver",
+        "DoT tls://IP[:PORT]#AUTH-NAME; DoH https://IP[:PORT]/PATH or "
+        "https://NAME[:PORT]/PATH#IP (HTTP/2), h3://... likewise (HTTP/3); "
+        "DoQ quic://IP[:PORT]#AUTH-NAME; or udp://IP[:PORT] / tcp://IP[:PORT] for a LAN resolver",
     )  # fmt: skip
     parser.add_argument(
         "--ca-file", metavar="FILE",
@@ -77,14 +79,18 @@ def setup_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
-    if not args_list or (args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")):
+    if not args_list or (
+        args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")
+    ):
         args_list.insert(0, "run")
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "check-config":
             config = load_config(args.file)
-            print(f"{args.file}: OK ({len(config.upstreams)} upstreams, "
-                  f"{len(config.listen)} listen addresses)")
+            print(
+                f"{args.file}: OK ({len(config.upstreams)} upstreams, "
+                f"{len(config.listen)} listen addresses)"
+            )
             return 0
         config = load_config(args.config)
         config = apply_overrides(

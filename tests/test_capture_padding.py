@@ -52,7 +52,9 @@ def test_dot_record_lengths_do_not_depend_on_the_name(
     try:
         _wait_for_capture_start(stderr_path)
         with running_daemon(make_config([dot_uri(dot_upstream)], ca_file)) as daemon:
-            for name in ("a.example.", "a-much-longer-name.with.several.labels.example."):
+            # the first query also opens the connection; the capture may start a moment late
+            names = ("warm-up.example.", "a.example.", "a-much-longer-name.with.labels.example.")
+            for name in names:
                 query = dns.message.make_query(name, "A")
                 dns.query.udp(query, "127.0.0.1", port=daemon.port, timeout=3)
                 time.sleep(0.2)
@@ -69,5 +71,5 @@ def test_dot_record_lengths_do_not_depend_on_the_name(
     lengths = [int(x) for field in output.stdout.split() for x in field.split(",")]
     # handshake and close_notify records are small; a padded query is at least 128 + 2 octets
     queries = [n for n in lengths if n >= 130]
-    assert len(queries) == 2, lengths
-    assert queries[0] == queries[1], lengths
+    assert len(queries) >= 2, lengths
+    assert queries[-1] == queries[-2], lengths  # the short name's record and the long one's

@@ -76,7 +76,9 @@ def test_clients_never_see_padding_nor_upstream_ids(
         if with_edns:
             assert reply.payload == 1232
     ids = [m.id for m in upstream_messages(upstream)]
-    assert len(set(ids)) == len(ids)
+    # random 16-bit IDs: a repeat over time is possible (birthday odds), a pattern is not
+    assert len(set(ids)) >= len(ids) - 3
+    assert len(ids) < 10 or ids != sorted(ids)
 
 
 def test_large_answer_truncated_over_udp_and_whole_over_tcp(

@@ -1,0 +1,264 @@
+"""One long-lived connection per upstream carrying many queries at once: what DoH and DoQ share.
+
+Each query travels on a stream of its own (RFC 9113 §5 for HTTP/2, RFC 9000 §2 for QUIC under
+HTTP/3 and RFC 9250 §4.2), so replies need no ID matching: a stream → waiter map routes them, each
+waiter with one deadline timer. A broken connection fails all its waiters at once; a query caught
+in flight by a closing connection is retried once on a fresh one (the stale cached connection of
+RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY). Connecting is single-flight and backs off exponentially
+after failures, as in dot.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, Generic, Protocol, TypeVar
+
+from stubby_py import wire
+from stubby_py.config import Config, UpstreamSpec
+from stubby_py.errors import (
+    UpstreamClosedError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
+from stubby_py.transports.base import TransportStats
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 10.0
+FIRST_BACKOFF = 0.1
+
+
+class Waiter:
+    """One query in flight: the caller's future, its question and its deadline timer."""
+
+    __slots__ = ("future", "question", "sent_at_bytes", "timer")
+
+    def __init__(self, future: asyncio.Future[bytes], query: bytes, sent_at_bytes: int) -> None:
+        self.future = future
+        #: the question section of the query, to check the reply against
+        self.question = query[wire.HEADER_LEN : wire.question_end(query)]
+        #: how many bytes the connection had received when this query went out
+        self.sent_at_bytes = sent_at_bytes
+        self.timer: asyncio.TimerHandle | None = None
+
+
+W = TypeVar("W", bound=Waiter)
+
+
+class Exchanges(Generic[W]):
+    """The queries in flight on one connection, by key (a stream ID or a request number).
+
+    A waiter leaves the map when it is answered, fails, expires or is forgotten; `on_expired` is
+    told about expiries so that the connection can cancel the stream and check for a stall.
+    """
+
+    def __init__(self, label: str, on_expired: Callable[[int, W], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._label = label
+        self._on_expired = on_expired
+        self._waiters: dict[int, W] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def add(self, key: int, waiter: W, deadline: float) -> None:
+        waiter.timer = self._loop.call_at(deadline, self._expire, key)
+        self._waiters[key] = waiter
+
+    def get(self, key: int) -> W | None:
+        return self._waiters.get(key)
+
+    def keys(self) -> list[int]:
+        return list(self._waiters)
+
+    def discard(self, key: int) -> W | None:
+        """Take a waiter out without settling it (the caller gave up on it)."""
+        waiter = self._waiters.pop(key, None)
+        if waiter is not None and waiter.timer is not None:
+            waiter.timer.cancel()
+        return waiter
+
+    def resolve(self, key: int, reply: bytes) -> None:
+        waiter = self.discard(key)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_result(reply)
+
+    def reject(self, key: int, error: UpstreamError) -> None:
+        waiter = self.discard(key)
+        if waiter is not None and not waiter.future.done():
+            waiter.future.set_exception(error)
+
+    def fail_all(self, error: UpstreamError) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters.values():
+            if waiter.timer is not None:
+                waiter.timer.cancel()
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+
+    def _expire(self, key: int) -> None:
+        waiter = self._waiters.pop(key, None)
+        if waiter is None:
+            return
+        if not waiter.future.done():
+            waiter.future.set_exception(UpstreamTimeoutError(f"{self._label}: timed out"))
+        self._on_expired(key, waiter)
+
+
+def checked_reply(reply: bytes, question: bytes, label: str) -> bytes:
+    """The reply, if it is a response with message ID 0 to our question (RFC 8484 §4.1,
+    RFC 9250 §4.2.1); UpstreamProtocolError otherwise."""
+    if len(reply) < wire.HEADER_LEN:
+        raise UpstreamProtocolError(f"{label}: reply shorter than a DNS header")
+    if wire.header_id(reply) != 0:
+        raise UpstreamProtocolError(f"{label}: reply has message ID {wire.header_id(reply)}, not 0")
+    if not wire.is_response_to_query(reply) or not wire.question_matches(reply, question):
+        raise UpstreamProtocolError(f"{label}: reply does not match the question")
+    return reply
+
+
+def with_id_zero(query: bytes) -> bytes:
+    """RFC 8484 §4.1, RFC 9250 §4.2.1: message ID 0 on the wire (the resolver sends 0 already)."""
+    return query if query[:2] == b"\x00\x00" else wire.with_id(query, 0)
+
+
+def _consume_outcome(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+class StreamConnection(Protocol):
+    """What MultiplexedTransport needs of a connection."""
+
+    @property
+    def is_closed(self) -> bool: ...
+
+    def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]: ...
+
+    def forget(self, key: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=StreamConnection)
+
+
+class MultiplexedTransport(Generic[C]):
+    """Keeps one connection to one upstream: connects on demand, reconnects with backoff.
+
+    Subclasses open the connection (`_open`); the connection calls `connection_gone` when it
+    closes for any reason.
+    """
+
+    def __init__(self, spec: UpstreamSpec, config: Config) -> None:
+        self.spec = spec
+        self.stats = TransportStats()
+        self.idle_timeout = config.upstream_idle_timeout
+        self.connect_timeout = max(config.attempt_timeout, 1.0)
+        self._config = config
+        self._connection: C | None = None
+        self._connecting: asyncio.Task[C] | None = None
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: UpstreamError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.label
+
+    @property
+    def is_encrypted(self) -> bool:
+        return True
+
+    async def exchange(self, query: bytes, deadline: float) -> bytes:
+        self.stats.queries += 1
+        try:
+            return await self._exchange(with_id_zero(query), deadline)
+        except UpstreamError as exc:
+            self.stats.count_failure(exc.kind)
+            raise
+
+    async def _exchange(self, query: bytes, deadline: float) -> bytes:
+        loop = asyncio.get_running_loop()
+        for attempt in range(2):
+            connection = self._connection
+            if connection is None or connection.is_closed:
+                connection = await self._connected(deadline)
+            key, future = connection.send(query, deadline)
+            try:
+                return await future
+            except UpstreamClosedError:
+                # the connection went away under the query (idle close, GOAWAY, restart, a
+                # stale cached connection): once more on a fresh one, if time allows
+                if attempt or loop.time() >= deadline:
+                    raise
+            finally:
+                connection.forget(key)
+        raise AssertionError("unreachable")
+
+    async def _connected(self, deadline: float) -> C:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._connecting is None:
+            if now < self._retry_at and self._last_error is not None:
+                raise type(self._last_error)(f"{self._last_error} (backing off)")
+            self._connecting = loop.create_task(self._connect())
+            # every waiter may time out first: the outcome is then read here, never lost
+            self._connecting.add_done_callback(_consume_outcome)
+        task = self._connecting
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - now))
+        except TimeoutError:
+            raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
+
+    async def _connect(self) -> C:
+        loop = asyncio.get_running_loop()
+        try:
+            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+        except UpstreamError as exc:
+            self._record_connect_failure(exc, loop.time())
+            raise
+        except TimeoutError:
+            error = UpstreamTimeoutError(f"{self.name}: handshake timed out")
+            self._record_connect_failure(error, loop.time())
+            raise error from None
+        finally:
+            self._connecting = None
+        self._failures = 0
+        self._last_error = None
+        self._connection = connection
+        self.stats.handshakes += 1
+        return connection
+
+    async def _open(self) -> C:
+        raise NotImplementedError
+
+    def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
+        self._failures += 1
+        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
+        self._retry_at = now + backoff * random.uniform(0.5, 1.0)
+        self._last_error = exc
+        log.warning("%s", exc)
+
+    def connection_gone(self, connection: object) -> None:
+        if self._connection is connection:
+            self._connection = None
+
+    def reset(self) -> None:
+        """Forget backoff and drop the connection (network change, resume)."""
+        self._failures = 0
+        self._retry_at = 0.0
+        if self._connection is not None:
+            self._connection.close()
+
+    async def aclose(self) -> None:
+        task = self._connecting
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if self._connection is not None:
+            self._connection.close()

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import dns.exception
+import dns.name
 import yaml
 
 from stubby_py.errors import ConfigError
@@ -21,6 +23,9 @@ from stubby_py.errors import ConfigError
 TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, "tcp": 53}
 ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
+STRATEGIES = ("failover", "round_robin", "fastest", "parallel")
+#: the group of the main pool (`upstreams`), which forwarding rules may also name
+DEFAULT_GROUP = "default"
 #: RFC 2181 §8: a TTL is at most 2^31 - 1
 MAX_TTL = 2**31 - 1
 
@@ -99,6 +104,39 @@ class Config:
     #: where the cache is saved at shutdown and reloaded at start: a path; "auto" =
     #: $STATE_DIRECTORY/cache.bin under systemd's StateDirectory=, else nowhere; None = nowhere
     cache_file: str | None = "auto"
+    #: how the pool picks upstreams: failover | round_robin | fastest | parallel
+    strategy: str = "failover"
+    #: parallel: how many upstreams are asked at once
+    parallel_fanout: int = 2
+    #: fastest: share of queries sent to another upstream to keep latency estimates fresh
+    fastest_explore: float = 0.05
+    #: ask the next upstream too when the first is slower than its own usual (hedging)
+    hedge: bool = True
+    #: the percentile of an upstream's recent latencies after which the hedge goes out
+    hedge_percentile: float = 90.0
+    #: bounds of the hedge delay, seconds
+    hedge_min: float = 0.05
+    hedge_max: float = 1.0
+    #: consecutive failures that mark an upstream down
+    failures_to_down: int = 3
+    #: first and longest backoff of an upstream marked down, seconds (doubling, with jitter)
+    backoff_min: float = 0.5
+    backoff_max: float = 60.0
+    #: ask another upstream when one answers SERVFAIL or REFUSED
+    retry_servfail: bool = True
+    #: named upstream groups for forwarding rules: (name, upstreams)
+    upstream_groups: tuple[tuple[str, tuple[UpstreamSpec, ...]], ...] = ()
+    #: forwarding rules: (domain suffix, group name); the most specific suffix wins
+    rules: tuple[tuple[str, str], ...] = ()
+    #: clients outside `allow`: "refuse" (REFUSED, EDE 18) or "drop" (no answer)
+    deny_action: str = "refuse"
+    #: per-client queries per second (token bucket); 0 turns rate limiting off
+    rate_limit: float = 200.0
+    rate_limit_burst: int = 400
+    #: over the limit: "drop" (no answer) or "refuse" (REFUSED)
+    rate_limit_action: str = "drop"
+    #: client networks never rate limited (the machine's own programs)
+    rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -253,14 +291,17 @@ class _Reader:
             raise self.fail(node, key, "expected a list")
         return list(node.value)
 
-    def mapping(self, node: yaml.Node, key: str, known: set[str]) -> dict[str, yaml.Node]:
+    def mapping(self, node: yaml.Node, key: str, known: set[str] | None) -> dict[str, yaml.Node]:
+        """Key → value node; `known` None takes any string keys."""
         if not isinstance(node, yaml.MappingNode):
             raise self.fail(node, key, "expected a mapping of keys to values")
         result: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
             name = self.scalar(key_node, key or "(top level)")
             path = f"{key}.{name}" if key else str(name)
-            if name not in known:
+            if known is None and not isinstance(name, str):
+                raise self.fail(key_node, path, "expected a name")
+            if known is not None and name not in known:
                 raise self.fail(
                     key_node, path, f"unknown key; expected one of {', '.join(sorted(known))}"
                 )
@@ -335,9 +376,9 @@ def _list(
     return tuple(convert(item, f"{key}[{i}]") for i, item in enumerate(reader.items(node, key)))
 
 
-def _top_level(reader: _Reader, fields: dict[str, yaml.Node]) -> dict[str, Any]:
-    r = reader
-    converters: dict[str, Callable[[yaml.Node], Any]] = {
+def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
+    """One converter per top-level key: the keys are exactly the options a file may set."""
+    return {
         "listen": lambda n: _list(r, n, "listen", lambda m, k: r.converted(m, k, parse_listen)),
         "allow": lambda n: _list(r, n, "allow", lambda m, k: r.converted(m, k, _network)),
         "upstreams": lambda n: _list(r, n, "upstreams", lambda m, k: _upstream(r, m, k)),
@@ -359,13 +400,64 @@ def _top_level(reader: _Reader, fields: dict[str, yaml.Node]) -> dict[str, Any]:
         "stale_window": lambda n: r.integer(n, "stale_window", 0, 30 * 86_400),
         "prefetch": lambda n: r.boolean(n, "prefetch"),
         "cache_file": lambda n: _cache_file(r, n),
+        "strategy": lambda n: r.choice(n, "strategy", STRATEGIES),
+        "parallel_fanout": lambda n: r.integer(n, "parallel_fanout", 2, 8),
+        "fastest_explore": lambda n: r.number(n, "fastest_explore", 0.0, 0.5),
+        "hedge": lambda n: r.boolean(n, "hedge"),
+        "hedge_percentile": lambda n: r.number(n, "hedge_percentile", 50, 99.9),
+        "hedge_min": lambda n: r.number(n, "hedge_min", 0.001, 10),
+        "hedge_max": lambda n: r.number(n, "hedge_max", 0.001, 10),
+        "failures_to_down": lambda n: r.integer(n, "failures_to_down", 1, 100),
+        "backoff_min": lambda n: r.number(n, "backoff_min", 0.01, 60),
+        "backoff_max": lambda n: r.number(n, "backoff_max", 0.01, 3600),
+        "retry_servfail": lambda n: r.boolean(n, "retry_servfail"),
+        "upstream_groups": lambda n: _groups(r, n),
+        "rules": lambda n: _rules(r, n),
+        "deny_action": lambda n: r.choice(n, "deny_action", ("refuse", "drop")),
+        "rate_limit": lambda n: r.number(n, "rate_limit", 0, 1_000_000),
+        "rate_limit_burst": lambda n: r.integer(n, "rate_limit_burst", 1, 1_000_000),
+        "rate_limit_action": lambda n: r.choice(n, "rate_limit_action", ("drop", "refuse")),
+        "rate_limit_exempt": lambda n: _list(
+            r, n, "rate_limit_exempt", lambda m, k: r.converted(m, k, _network)
+        ),
     }
-    unknown = set(fields) - set(converters)
-    assert not unknown, unknown
-    values = {name: converters[name](node) for name, node in fields.items()}
-    if "ca_file" in fields and _is_null(fields["ca_file"]):
-        values["ca_file"] = None
-    return values
+
+
+def _groups(r: _Reader, node: yaml.Node) -> tuple[tuple[str, tuple[UpstreamSpec, ...]], ...]:
+    groups = []
+    for name, value in r.mapping(node, "upstream_groups", None).items():
+        key = f"upstream_groups.{name}"
+        if name == DEFAULT_GROUP:
+            raise r.fail(value, key, f"{DEFAULT_GROUP!r} is the main pool (`upstreams`)")
+        members = _list(r, value, key, lambda m, k: _upstream(r, m, k))
+        if not members:
+            raise r.fail(value, key, "expected at least one upstream")
+        groups.append((name, members))
+    return tuple(groups)
+
+
+def _rules(r: _Reader, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+    rules = []
+    for domain, value in r.mapping(node, "rules", None).items():
+        key = f"rules.{domain}"
+        try:
+            dns.name.from_text(domain)
+        except dns.exception.DNSException:
+            raise r.fail(value, key, "expected a domain name such as corp.example") from None
+        rules.append((domain, r.text(value, key)))
+    return tuple(rules)
+
+
+def _check_rules(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    known = {name for name, _ in config.upstream_groups} | {DEFAULT_GROUP}
+    nodes = r.mapping(fields["rules"], "rules", None) if "rules" in fields else {}
+    for domain, group in config.rules:
+        if group not in known:
+            raise r.fail(
+                nodes[domain],
+                f"rules.{domain}",
+                f"unknown upstream group {group!r}; expected one of {', '.join(sorted(known))}",
+            )
 
 
 def _cache_file(reader: _Reader, node: yaml.Node) -> str | None:
@@ -382,15 +474,6 @@ def _is_null(node: yaml.Node) -> bool:
     return isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")
 
 
-_TOP_KEYS = {
-    "listen", "allow", "upstreams", "timeout", "attempt_timeout", "upstream_idle_timeout",
-    "padding_block_size", "tls_min_version", "ca_file", "tcp_idle_timeout",
-    "tcp_max_connections", "log_level", "cache_size", "cache_max_memory", "cache_min_ttl",
-    "cache_max_ttl", "cache_negative_max_ttl", "serve_stale", "stale_window", "prefetch",
-    "cache_file",
-}  # fmt: skip
-
-
 def parse_config(text: str, source: str) -> Config:
     reader = _Reader(source)
     try:
@@ -403,12 +486,14 @@ def parse_config(text: str, source: str) -> Config:
         ) from None
     if root is None or _is_null(root):
         return with_defaults(Config(source=source))
-    fields = reader.mapping(root, "", _TOP_KEYS)
+    converters = _converters(reader)
+    fields = reader.mapping(root, "", set(converters))
     for nullable in ("ca_file", "cache_file"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
-    values = _top_level(reader, fields)
+    values = {name: converters[name](node) for name, node in fields.items()}
     config = Config(source=source, **values)
+    _check_rules(reader, fields, config)
     if "upstreams" in fields and not config.upstreams:
         raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
     if config.cache_min_ttl > config.cache_max_ttl:

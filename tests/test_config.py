@@ -69,6 +69,17 @@ padding_block_size: 468
         ("listen: [\n", "c.yaml:2: not valid YAML"),
         ("- a\n- b\n", "c.yaml:1: : expected a mapping"),
         ("ca_file: /nonexistent.pem\n", "c.yaml:1: ca_file: expected a readable file"),
+        ("strategy: random\n", "c.yaml:1: strategy: expected one of failover, round_robin"),
+        ("parallel_fanout: 1\n", "c.yaml:1: parallel_fanout: expected a whole number from 2"),
+        ("rules:\n  lan: lan\n", "c.yaml:2: rules.lan: unknown upstream group 'lan'"),
+        ("upstream_groups:\n  lan: []\n", "c.yaml:2: upstream_groups.lan: expected at least one"),
+        (
+            "upstream_groups:\n  lan: [udp://x]\n",
+            "c.yaml:2: upstream_groups.lan[0]: expected an IP",
+        ),
+        ("upstream_groups:\n  default: [udp://1.1.1.1]\n", "'default' is the main pool"),
+        ("rules:\n  'a..b': default\n", "c.yaml:2: rules.a..b: expected a domain name"),
+        ("rate_limit_action: ban\n", "c.yaml:1: rate_limit_action: expected one of drop, refuse"),
     ],
 )
 def test_errors_name_file_line_key_and_expectation(text: str, expected: str) -> None:
@@ -130,3 +141,26 @@ def test_listen_forms() -> None:
     assert parse_listen("[::1]:5353") == ("::1", 5353)
     assert parse_listen("192.168.1.2") == ("192.168.1.2", 53)
     assert Config().listen[0] == ("127.0.0.1", 53)
+
+
+def test_groups_and_rules_are_read() -> None:
+    config = parse_config(
+        """
+upstream_groups:
+  lan: [udp://192.168.1.1]
+  vpn: [tcp://10.8.0.1, "tls://10.8.0.2#dns.corp.example"]
+rules:
+  lan: lan
+  168.192.in-addr.arpa: lan
+  corp.example: vpn
+  example.org: default
+strategy: fastest
+""",
+        "c.yaml",
+    )
+    groups = dict(config.upstream_groups)
+    assert [u.address for u in groups["vpn"]] == ["10.8.0.1", "10.8.0.2"]
+    assert dict(config.rules) == {
+        "lan": "lan", "168.192.in-addr.arpa": "lan", "corp.example": "vpn", "example.org": "default"
+    }  # fmt: skip
+    assert config.strategy == "fastest"

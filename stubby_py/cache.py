@@ -148,6 +148,14 @@ class Cache:
     def __len__(self) -> int:
         return len(self._records)
 
+    def apply_limits(self, limits: CacheLimits) -> None:
+        """New bounds (a reload): answers are kept, evicted only as far as the bounds require."""
+        self.limits = limits
+        while self._records and (
+            len(self._records) > limits.max_entries or self._bytes > limits.max_bytes
+        ):
+            self._evict_one()
+
     @property
     def nbytes(self) -> int:
         """Estimated memory held by the answers (what `max_bytes` bounds)."""

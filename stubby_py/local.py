@@ -99,3 +99,20 @@ def _records(name: dns.name.Name, zone: dns.name.Name, qtype: int) -> list[dns.r
             ptr = dns.rrset.from_text(name, TTL, "IN", "PTR", "localhost.")
             return [ptr] if qtype == dns.rdatatype.PTR else []
     return [] if name == zone else None
+
+
+def is_always_local(zone: dns.name.Name) -> bool:
+    """localhost and loopback reverse names are never forwarded, whatever the rules say."""
+    return zone == _LOCALHOST or zone in _LOOPBACK_REVERSE
+
+
+def hinfo_answer(query: ClientQuery, cpu: str, os: str) -> bytes:
+    """A reply body with a synthesized HINFO record (RFC 8482 §4.2, the minimal ANY answer)."""
+    name = dns.name.from_wire(query.question, 0)[0]
+    message = dns.message.make_query(
+        name, dns.rdatatype.ANY, dns.rdataclass.RdataClass.make(query.qclass)
+    )
+    reply = dns.message.make_response(message)
+    reply.flags |= dns.flags.RA
+    reply.answer.append(dns.rrset.from_text(name, TTL, "IN", "HINFO", f'"{cpu}" "{os}"'))
+    return reply.to_wire()

@@ -24,29 +24,31 @@ from typing import Any
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
-from stubby_py import cache, edns, response, wire
+from stubby_py import cache, local, response, wire
 from stubby_py.cache import Cache, CacheLimits, FailureEntry, default_cache_file
-from stubby_py.config import Config
+from stubby_py.config import DEFAULT_GROUP, Config
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
     MalformedQueryError,
     NotImplementedOpcodeError,
-    NoUpstreamAvailableError,
     RefusedError,
     UpstreamError,
-    UpstreamProtocolError,
 )
 from stubby_py.pool import Pool
+from stubby_py.ratelimit import RateLimiter
+from stubby_py.router import Router
 from stubby_py.transports.base import Transport
+from stubby_py.upstreams import UpstreamGroup
 
 log = logging.getLogger(__name__)
 
 Respond = Callable[[bytes], None]
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 ACL_CACHE_LIMIT = 4096
-#: an upstream reply as the cache wants it: body without OPT, its TTL offsets, its layout
-ScannedReply = tuple[bytes, list[int], wire.ReplyLayout]
+TYPE_ANY = 255
+#: RFC 8482 §4.2: the minimal answer to ANY over UDP
+_ANY_HINFO = ("RFC8482", "")
 
 
 class AccessList:
@@ -95,56 +97,156 @@ Outcome = bytes | UpstreamError | None
 
 
 class Resolver:
-    def __init__(self, config: Config, transports: Sequence[Transport]) -> None:
-        self.config = config
-        self.transports = list(transports)
-        self.pool = Pool(len(self.transports))
-        self.acl = AccessList(config.allow)
+    def __init__(self, config: Config, transports: Sequence[Transport] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
         self.cache = Cache(cache_limits(config))
+        #: set by the daemon when a query log is configured (querylog.QueryLog)
+        self.query_log: Any = None
+        self._apply(config, transports)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
         self._tasks: set[asyncio.Task[None]] = set()
         #: questions being asked upstream (by cache key) → the identical queries waiting on them
         self._inflight: dict[bytes, list[Waiter]] = {}
-        self._loop = asyncio.get_running_loop()
         self.counters: dict[str, int] = {
             "queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "notimp": 0,
             "servfail": 0, "answered": 0, "cache_hits": 0, "cache_misses": 0, "joined": 0,
-            "stale": 0, "cached_failures": 0, "prefetches": 0,
+            "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
+            "any_minimal": 0,
         }  # fmt: skip
         if self.cache_file is not None:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
+    def _apply(self, config: Config, transports: Sequence[Transport] | None) -> None:
+        """Take a configuration: upstream groups, rules, access list, rate limit, cache limits."""
+        self.config = config
+        self.groups = {
+            DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports)
+        }
+        for name, specs in config.upstream_groups:
+            self.groups[name] = UpstreamGroup(name, specs, config)
+        self.router = Router(dict(config.rules))
+        self.acl = AccessList(config.allow)
+        self.rate_limiter = (
+            RateLimiter(config.rate_limit, config.rate_limit_burst)
+            if config.rate_limit > 0
+            else None
+        )
+        self.rate_exempt = AccessList(config.rate_limit_exempt)
+        self.cache.apply_limits(cache_limits(config))
+
+    def reconfigure(self, config: Config) -> None:
+        """Apply a new configuration (SIGHUP) keeping the cache; queries in flight finish on the
+        upstreams they started with, whose connections close once they are done."""
+        old_groups = list(self.groups.values())
+        self._apply(config, None)
+        self.cache_file = default_cache_file(config.cache_file, os.environ)
+        self._loop.create_task(self._retire(old_groups))
+
+    async def _retire(self, groups: list[UpstreamGroup]) -> None:
+        await asyncio.sleep(self.config.timeout + 0.5)
+        for group in groups:
+            await group.aclose()
+
+    @property
+    def transports(self) -> list[Transport]:
+        """The main pool's transports."""
+        return self.groups[DEFAULT_GROUP].transports
+
+    @property
+    def pool(self) -> Pool:
+        return self.groups[DEFAULT_GROUP].pool
+
     # -- entry point for listeners ------------------------------------------------------
     def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> None:
-        """Answer `data` through `respond`, now or later; drop only what is not even a header."""
-        counters = self.counters
-        counters["queries"] += 1
-        if len(data) < wire.HEADER_LEN:
-            counters["dropped"] += 1
+        """Answer `data` through `respond`, now or later; drop only what is not even a header,
+        and what the access list or the rate limit say to drop."""
+        self.counters["queries"] += 1
+        query = self._read(data, respond)
+        if query is None or not self._admit(query, data, client_ip, respond):
             return
-        flags = wire.U16.unpack_from(data, 2)[0]
-        if flags & wire.QR:
-            counters["dropped"] += 1  # a response sent to us: never answer it (no loops)
+        if self.query_log is not None:
+            respond = self._logged(respond, client_ip, query)
+        if query.qtype == TYPE_ANY and udp:
+            self._answer_any(query, respond)
             return
-        if flags & wire.OPCODE_MASK:
-            self._reject(respond, None, data, flags, NotImplementedOpcodeError())
-            return
-        try:
-            query = wire.parse_query(data)
-        except wire.WireError:
-            try:
-                query = wire.parse_unusual_query(data)
-            except wire.WireError:
-                self._reject(respond, None, data, flags, MalformedQueryError())
-                return
-        if not self.acl.allows(client_ip):
-            self._reject(respond, query, data, flags, RefusedError())
-            return
-        if query.edns_version > 0:
-            self._reject(respond, query, data, flags, BadVersionError())
+        if local.is_candidate(query) and self._answer_locally(query, respond, udp):
             return
         self._answer(query, respond, udp)
+
+    def _read(self, data: bytes, respond: Respond) -> wire.ClientQuery | None:
+        """The client's query, or None when it was dropped or answered FORMERR/NOTIMP."""
+        if len(data) < wire.HEADER_LEN:
+            self.counters["dropped"] += 1
+            return None
+        flags = wire.U16.unpack_from(data, 2)[0]
+        if flags & wire.QR:
+            self.counters["dropped"] += 1  # a response sent to us: never answer it (no loops)
+            return None
+        if flags & wire.OPCODE_MASK:
+            self._reject(respond, None, data, NotImplementedOpcodeError())
+            return None
+        try:
+            return wire.parse_query(data)
+        except wire.WireError:
+            pass
+        try:
+            return wire.parse_unusual_query(data)
+        except wire.WireError:
+            self._reject(respond, None, data, MalformedQueryError())
+            return None
+
+    def _admit(
+        self, query: wire.ClientQuery, data: bytes, client_ip: str, respond: Respond
+    ) -> bool:
+        """Request checks: access list, rate limit, EDNS version. False: answered or dropped."""
+        if not self.acl.allows(client_ip):
+            if self.config.deny_action == "drop":
+                self.counters["dropped"] += 1
+            else:
+                self._reject(respond, query, data, RefusedError())
+            return False
+        if self.rate_limiter is not None and not self._within_rate(client_ip):
+            if self.config.rate_limit_action == "refuse":
+                self._reject(respond, query, data, RefusedError("rate limited"))
+            return False
+        if query.edns_version > 0:
+            self._reject(respond, query, data, BadVersionError())
+            return False
+        return True
+
+    def _within_rate(self, client_ip: str) -> bool:
+        assert self.rate_limiter is not None
+        if self.rate_exempt.allows(client_ip):
+            return True
+        if self.rate_limiter.allows(client_ip, self._loop.time()):
+            return True
+        self.counters["rate_limited"] += 1
+        return False
+
+    def _logged(self, respond: Respond, client_ip: str, query: wire.ClientQuery) -> Respond:
+        def respond_and_log(reply: bytes) -> None:
+            respond(reply)
+            self.query_log.record(client_ip, query, response.rcode_of(reply), "answer")
+
+        return respond_and_log
+
+    def _answer_locally(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> bool:
+        """RFC 6761/6303/8375 names: answered here unless a forwarding rule claims them."""
+        zone = local.local_zone(query)
+        if zone is None:
+            return False
+        if not local.is_always_local(zone) and self.router.group_for(query.key[:-5]) is not None:
+            return False
+        self.counters["local"] += 1
+        limit = response.udp_limit(query) if udp else None
+        respond(response.client_reply(local.local_answer(query, zone), query, limit=limit))
+        return True
+
+    def _answer_any(self, query: wire.ClientQuery, respond: Respond) -> None:
+        """RFC 8482: no conventional ANY answer over UDP (an amplification favourite)."""
+        self.counters["any_minimal"] += 1
+        respond(response.client_reply(local.hinfo_answer(query, *_ANY_HINFO), query, limit=None))
 
     def _answer(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> None:
         """The cache's part: a hit is answered here and now, with no task (the hottest path)."""
@@ -185,17 +287,13 @@ class Resolver:
             self._start(query, None, False)
 
     def _reject(
-        self,
-        respond: Respond,
-        query: wire.ClientQuery | None,
-        data: bytes,
-        flags: int,
-        error: ClientError,
+        self, respond: Respond, query: wire.ClientQuery | None, data: bytes, error: ClientError
     ) -> None:
         """Answer a request we will not forward: FORMERR, NOTIMP, REFUSED or BADVERS."""
         name = Rcode.to_text(error.rcode).lower()
         self.counters[name] = self.counters.get(name, 0) + 1
         if query is None:
+            flags = wire.U16.unpack_from(data, 2)[0]
             respond(wire.header_only_reply(None, wire.header_id(data), flags, error.rcode))
             return
         ede = (error.ede, "") if error.ede is not None else None
@@ -217,8 +315,9 @@ class Resolver:
     async def _fetch(self, query: wire.ClientQuery) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
         deadline = self._loop.time() + self.config.timeout
+        group = self.groups[self.router.group_for(query.key[:-5]) or DEFAULT_GROUP]
         try:
-            body, ttl_offsets, layout = await self._forward(query, deadline)
+            body, ttl_offsets, layout = await group.forward(query, deadline)
         except UpstreamError as exc:
             self.cache.record_failure(query.key, self._loop.time(), reason=exc.kind)
             return exc
@@ -293,54 +392,6 @@ class Resolver:
         text = str(exc.args[0]) if exc.args else exc.kind
         return response.error_reply(query, Rcode.SERVFAIL, (ede_code, text))
 
-    async def _forward(self, query: wire.ClientQuery, deadline: float) -> ScannedReply:
-        """Ask upstreams in the pool's order until one answers: the reply body (no OPT), its TTL
-        offsets and its layout."""
-        loop = self._loop
-        padded: bytes | None = None
-        plain: bytes | None = None
-        failures: list[str] = []
-        for index in self.pool.order(loop.time()):
-            transport = self.transports[index]
-            now = loop.time()
-            if now >= deadline:
-                break
-            if transport.is_encrypted:
-                if padded is None:
-                    padded = edns.upstream_query(
-                        query, pad_block=self.config.padding_block_size, do=query.do, keepalive=True
-                    )
-                wire_query = padded
-            else:
-                if plain is None:
-                    plain = edns.upstream_query(query, pad_block=0, do=query.do)
-                wire_query = plain
-            attempt_deadline = min(deadline, now + self.config.attempt_timeout)
-            try:
-                reply = await transport.exchange(wire_query, attempt_deadline)
-                scanned = self._reply_body(reply, transport)
-            except UpstreamError as exc:
-                self.pool.record_failure(index, loop.time())
-                failures.append(f"{transport.name}: {exc.kind}")
-                log.debug("%s", exc)
-                continue
-            self.pool.record_success(index, loop.time() - now)
-            return scanned
-        raise NoUpstreamAvailableError(
-            "all upstreams failed: " + ", ".join(failures) if failures else "no upstream in time"
-        )
-
-    @staticmethod
-    def _reply_body(reply: bytes, transport: Transport) -> ScannedReply:
-        try:
-            layout = wire.scan_reply(reply)
-        except wire.WireError as exc:
-            raise UpstreamProtocolError(f"{transport.name}: malformed reply ({exc})") from None
-        if layout.opt_span is not None and wire.opt_rcode_high(reply, layout.opt_span):
-            raise UpstreamProtocolError(f"{transport.name}: unexpected extended RCODE")
-        body, ttl_offsets = wire.without_opt(reply, layout)
-        return body, ttl_offsets, layout
-
     # -- life cycle ---------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for the queries in flight to be answered."""
@@ -353,17 +404,28 @@ class Resolver:
             saved = cache.save(self.cache, self.cache_file, self._loop.time(), time.time())
             if saved:
                 log.info("cache: %d answers saved to %s", len(self.cache), self.cache_file)
-        for transport in self.transports:
-            await transport.aclose()
+        for group in self.groups.values():
+            await group.aclose()
 
     def snapshot(self) -> dict[str, Any]:
+        now = self._loop.time()
         return {
             "counters": dict(self.counters),
             "cache": {"entries": len(self.cache), "bytes": self.cache.nbytes,
                       "evictions": self.cache.evictions},
             "upstreams": [
-                {"name": t.name, "queries": t.stats.queries, "failures": t.stats.failures,
-                 "handshakes": t.stats.handshakes, "mismatched": t.stats.mismatched}
-                for t in self.transports
+                {"group": group.name, "name": t.name, "transport": t.spec.transport,
+                 "queries": t.stats.queries, "failures": t.stats.failures,
+                 "failure_kinds": dict(t.stats.failure_kinds),
+                 "handshakes": t.stats.handshakes, "mismatched": t.stats.mismatched,
+                 "state": group.pool.health[i].state(now),
+                 "latency_ewma_ms": _ms(group.pool.health[i].latency_ewma),
+                 "latencies_ms": [round(x * 1000, 3) for x in group.pool.health[i].latencies]}
+                for group in self.groups.values()
+                for i, t in enumerate(group.transports)
             ],
         }  # fmt: skip
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)

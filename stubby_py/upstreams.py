@@ -1,0 +1,245 @@
+"""An upstream group at work: the pool's decisions turned into attempts, with hedging.
+
+The pool (pool.py) decides the order, the fan-out and when to hedge; this module awaits. A query
+goes to the first upstream in the pool's order (or the `fanout` first, for `parallel`); when an
+attempt fails the next starts at once; when the hedge delay passes with no answer the next starts
+too; the first valid answer wins and the other attempts are cancelled. An answer of SERVFAIL or
+REFUSED is kept as a last resort while other upstreams are asked (`retry_servfail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dns.rcode import Rcode
+
+from stubby_py import edns, wire
+from stubby_py.config import Config, UpstreamSpec
+from stubby_py.errors import NoUpstreamAvailableError, UpstreamError, UpstreamProtocolError
+from stubby_py.pool import Pool, PoolSettings
+from stubby_py.transports import make_transport
+from stubby_py.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+#: an upstream reply as the cache wants it: body without OPT, its TTL offsets, its layout
+ScannedReply = tuple[bytes, list[int], wire.ReplyLayout]
+_RETRYABLE_RCODES = (Rcode.SERVFAIL, Rcode.REFUSED)
+
+
+def pool_settings(config: Config) -> PoolSettings:
+    return PoolSettings(
+        strategy=config.strategy,
+        fanout=config.parallel_fanout,
+        explore=config.fastest_explore,
+        failures_to_down=config.failures_to_down,
+        backoff_min=config.backoff_min,
+        backoff_max=config.backoff_max,
+        hedge=config.hedge,
+        hedge_percentile=config.hedge_percentile,
+        hedge_min=config.hedge_min,
+        hedge_max=config.hedge_max,
+    )
+
+
+def scan(reply: bytes, transport: Transport) -> ScannedReply:
+    """Check an upstream reply's structure; garbage is an upstream failure, never an answer."""
+    try:
+        layout = wire.scan_reply(reply)
+    except wire.WireError as exc:
+        raise UpstreamProtocolError(f"{transport.name}: malformed reply ({exc})") from None
+    if layout.opt_span is not None and wire.opt_rcode_high(reply, layout.opt_span):
+        raise UpstreamProtocolError(f"{transport.name}: unexpected extended RCODE")
+    body, ttl_offsets = wire.without_opt(reply, layout)
+    return body, ttl_offsets, layout
+
+
+class _QueryForms:
+    """The upstream query, built once per form: padded for encrypted transports, plain else."""
+
+    __slots__ = ("_block", "_padded", "_plain", "_query")
+
+    def __init__(self, query: wire.ClientQuery, pad_block: int) -> None:
+        self._query = query
+        self._block = pad_block
+        self._padded: bytes | None = None
+        self._plain: bytes | None = None
+
+    def for_transport(self, transport: Transport) -> bytes:
+        query = self._query
+        if transport.is_encrypted:
+            if self._padded is None:
+                self._padded = edns.upstream_query(
+                    query, pad_block=self._block, do=query.do, keepalive=True
+                )
+            return self._padded
+        if self._plain is None:
+            self._plain = edns.upstream_query(query, pad_block=0, do=query.do)
+        return self._plain
+
+
+@dataclass
+class _Race:
+    """The attempts of one query: which upstreams were asked, what came of them."""
+
+    order: list[int]
+    started: int = 0
+    #: when the newest attempt started (the hedge timer runs from there)
+    newest_start: float = 0.0
+    failures: list[str] | None = None
+    fallback: ScannedReply | None = None
+
+    def note_failure(self, text: str) -> None:
+        if self.failures is None:
+            self.failures = []
+        self.failures.append(text)
+
+
+class UpstreamGroup:
+    """A named set of upstreams with its own pool (health, latency, strategy)."""
+
+    def __init__(
+        self,
+        name: str,
+        specs: Sequence[UpstreamSpec],
+        config: Config,
+        transports: Sequence[Transport] | None = None,
+    ) -> None:
+        self.name = name
+        self.transports = list(transports) if transports is not None else [
+            make_transport(spec, config) for spec in specs
+        ]  # fmt: skip
+        self.pool = Pool(len(self.transports), pool_settings(config))
+        self._config = config
+        self._loop = asyncio.get_running_loop()
+
+    async def forward(self, query: wire.ClientQuery, deadline: float) -> ScannedReply:
+        """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did."""
+        forms = _QueryForms(query, self._config.padding_block_size)
+        race = _Race(self.pool.order(self._loop.time()))
+        if len(race.order) == 1 or (self.pool.fanout == 1 and not self.pool.settings.hedge):
+            result = await self._one_by_one(forms, race, deadline)
+        else:
+            result = await self._hedged(forms, race, deadline)
+        if result is not None:
+            return result
+        if race.fallback is not None:
+            return race.fallback
+        failures = ", ".join(race.failures or ()) or "no upstream answered in time"
+        raise NoUpstreamAvailableError(f"all upstreams failed: {failures}")
+
+    async def _one_by_one(
+        self, forms: _QueryForms, race: _Race, deadline: float
+    ) -> ScannedReply | None:
+        """No hedging possible or wanted: each upstream in turn, in this task (no extra task)."""
+        while race.started < len(race.order) and self._loop.time() < deadline:
+            index = race.order[race.started]
+            race.started += 1
+            try:
+                scanned = await self._attempt(index, forms, deadline)
+            except UpstreamError as exc:
+                race.note_failure(f"{self.transports[index].name}: {exc.kind}")
+                continue
+            if self._is_final(scanned, index, race):
+                return scanned
+        return None
+
+    async def _hedged(
+        self, forms: _QueryForms, race: _Race, deadline: float
+    ) -> ScannedReply | None:
+        loop = self._loop
+        running: dict[asyncio.Task[ScannedReply], int] = {}
+        for _ in range(min(self.pool.fanout, len(race.order))):
+            self._launch(forms, race, deadline, running)
+        try:
+            while running:
+                hedge_at = self._hedge_time(race)
+                wait = min(deadline, hedge_at) - loop.time()
+                done, _ = await asyncio.wait(
+                    running, timeout=max(0.0, wait), return_when=asyncio.FIRST_COMPLETED
+                )
+                if not done:
+                    if loop.time() >= deadline:
+                        return None
+                    self._launch(forms, race, deadline, running)  # the hedge
+                    continue
+                winner = self._settle(done, running, race)
+                if winner is not None:
+                    return winner
+                if not running and race.started < len(race.order) and loop.time() < deadline:
+                    self._launch(forms, race, deadline, running)  # failed: the next, at once
+            return None
+        finally:
+            for task in running:
+                task.cancel()
+
+    def _hedge_time(self, race: _Race) -> float:
+        """When to ask the next upstream if the newest attempt has not answered."""
+        if race.started >= len(race.order):
+            return float("inf")
+        delay = self.pool.hedge_delay(race.order[race.started - 1])
+        return float("inf") if delay is None else race.newest_start + delay
+
+    def _launch(
+        self,
+        forms: _QueryForms,
+        race: _Race,
+        deadline: float,
+        running: dict[asyncio.Task[ScannedReply], int],
+    ) -> None:
+        index = race.order[race.started]
+        race.started += 1
+        race.newest_start = self._loop.time()
+        task = self._loop.create_task(self._attempt(index, forms, deadline))
+        running[task] = index
+
+    def _settle(
+        self,
+        done: set[asyncio.Task[ScannedReply]],
+        running: dict[asyncio.Task[ScannedReply], int],
+        race: _Race,
+    ) -> ScannedReply | None:
+        for task in done:
+            index = running.pop(task)
+            try:
+                scanned = task.result()
+            except UpstreamError as exc:
+                race.note_failure(f"{self.transports[index].name}: {exc.kind}")
+                continue
+            if self._is_final(scanned, index, race):
+                return scanned
+        return None
+
+    def _is_final(self, scanned: ScannedReply, index: int, race: _Race) -> bool:
+        """A usable answer ends the race; SERVFAIL/REFUSED is kept while others are asked."""
+        rcode = scanned[2].rcode
+        if rcode not in _RETRYABLE_RCODES or not self._config.retry_servfail:
+            return True
+        race.note_failure(f"{self.transports[index].name}: answered {Rcode.to_text(rcode)}")
+        if race.fallback is None:
+            race.fallback = scanned
+        return False
+
+    async def _attempt(self, index: int, forms: _QueryForms, deadline: float) -> ScannedReply:
+        """One upstream, one try; the pool learns how it went."""
+        loop = self._loop
+        transport = self.transports[index]
+        start = loop.time()
+        self.pool.attempt_started(index, start)
+        attempt_deadline = min(deadline, start + self._config.attempt_timeout)
+        try:
+            reply = await transport.exchange(forms.for_transport(transport), attempt_deadline)
+            scanned = scan(reply, transport)
+        except UpstreamError as exc:
+            self.pool.record_failure(index, loop.time())
+            log.debug("%s", exc)
+            raise
+        self.pool.record_success(index, loop.time() - start)
+        return scanned
+
+    async def aclose(self) -> None:
+        for transport in self.transports:
+            await transport.aclose()

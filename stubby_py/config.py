@@ -84,7 +84,9 @@ class Config:
     #: CA bundle for every upstream that does not name its own; None = system trust store
     ca_file: str | None = None
     tcp_idle_timeout: float = 10.0
+    #: clients' TCP connections open at once, in total and from one client address
     tcp_max_connections: int = 512
+    tcp_max_connections_per_client: int = 64
     log_level: str = "info"
     #: most answers cached; 0 turns the answer cache off (identical queries are still joined)
     cache_size: int = 100_000
@@ -137,6 +139,16 @@ class Config:
     rate_limit_action: str = "drop"
     #: client networks never rate limited (the machine's own programs)
     rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: started as root (and not by socket activation into a sandbox): after binding, run as this
+    #: user; None = keep running as whoever started the daemon
+    user: str | None = "nobody"
+    #: the local control socket (stats, flush, reload): a path; "auto" = control.default_path();
+    #: None = no control socket
+    control_socket: str | None = "auto"
+    #: Prometheus metrics over HTTP on this (address, port); None = off
+    metrics_listen: tuple[str, int] | None = None
+    #: append one line per answered query to this file (a privacy choice); None = no query log
+    query_log: str | None = None
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -390,6 +402,9 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "ca_file": lambda n: r.converted(n, "ca_file", _file),
         "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
+        "tcp_max_connections_per_client": lambda n: r.integer(
+            n, "tcp_max_connections_per_client", 1, 100_000
+        ),
         "log_level": lambda n: r.choice(n, "log_level", LOG_LEVELS),
         "cache_size": lambda n: r.integer(n, "cache_size", 0, 10_000_000),
         "cache_max_memory": lambda n: r.integer(n, "cache_max_memory", 1, 65_536),
@@ -399,7 +414,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "serve_stale": lambda n: r.boolean(n, "serve_stale"),
         "stale_window": lambda n: r.integer(n, "stale_window", 0, 30 * 86_400),
         "prefetch": lambda n: r.boolean(n, "prefetch"),
-        "cache_file": lambda n: _cache_file(r, n),
+        "cache_file": lambda n: _path_auto_or_off(r, n, "cache_file"),
         "strategy": lambda n: r.choice(n, "strategy", STRATEGIES),
         "parallel_fanout": lambda n: r.integer(n, "parallel_fanout", 2, 8),
         "fastest_explore": lambda n: r.number(n, "fastest_explore", 0.0, 0.5),
@@ -420,6 +435,10 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "rate_limit_exempt": lambda n: _list(
             r, n, "rate_limit_exempt", lambda m, k: r.converted(m, k, _network)
         ),
+        "user": lambda n: _optional_user(r, n),
+        "control_socket": lambda n: _path_auto_or_off(r, n, "control_socket"),
+        "metrics_listen": lambda n: _metrics_listen(r, n),
+        "query_log": lambda n: r.text(n, "query_log"),
     }
 
 
@@ -460,14 +479,42 @@ def _check_rules(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> No
             )
 
 
-def _cache_file(reader: _Reader, node: yaml.Node) -> str | None:
-    """A path, `auto`, or false (no persistence)."""
-    value = reader.scalar(node, "cache_file")
+def _path_auto_or_off(reader: _Reader, node: yaml.Node, key: str) -> str | None:
+    """A path, `auto`, or false (off)."""
+    value = reader.scalar(node, key)
     if value is False:
         return None
     if not isinstance(value, str) or not value:
-        raise reader.fail(node, "cache_file", f"expected a path, auto or false, got {value!r}")
+        raise reader.fail(node, key, f"expected a path, auto or false, got {value!r}")
     return value
+
+
+def _optional_user(reader: _Reader, node: yaml.Node) -> str | None:
+    """A user name, or null/false: never change user."""
+    value = reader.scalar(node, "user")
+    if value is None or value is False:
+        return None
+    if not isinstance(value, str) or not value or ":" in value or "/" in value:
+        raise reader.fail(node, "user", f"expected a user name or null, got {value!r}")
+    return value
+
+
+def _metrics_listen(reader: _Reader, node: yaml.Node) -> tuple[str, int] | None:
+    """`IP:PORT`, or a bare port on 127.0.0.1; null or false: off."""
+    value = reader.scalar(node, "metrics_listen")
+    if value is None or value is False:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = f"127.0.0.1:{value}"
+    if not isinstance(value, str):
+        raise reader.fail(node, "metrics_listen", f"expected IP:PORT or a port, got {value!r}")
+    has_port = "]:" in value if value.startswith("[") else value.count(":") == 1
+    try:
+        if not has_port:
+            raise ValueError(f"expected IP:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
+        return parse_listen(value)
+    except ValueError as exc:
+        raise reader.fail(node, "metrics_listen", str(exc)) from None
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -488,7 +535,7 @@ def parse_config(text: str, source: str) -> Config:
         return with_defaults(Config(source=source))
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
-    for nullable in ("ca_file", "cache_file"):
+    for nullable in ("ca_file", "cache_file", "query_log"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}

@@ -1,0 +1,192 @@
+"""Prometheus metrics: the figures of `stubby-py stats` in the text exposition format (0.0.4),
+served at GET /metrics by a small asyncio HTTP/1.x handler. Off by default (`metrics_listen`).
+
+One request per connection, read with a size and time limit; anything but GET or HEAD of /metrics
+(or /) is answered 404 or 405. No dependency: the format is a few lines of text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_HEAD = 8192
+READ_SECONDS = 5.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+#: resolver counters exported as stubby_py_<name>_total, with their help text
+COUNTER_HELP = {
+    "queries": "Client queries received (UDP and TCP)",
+    "answered": "Queries answered from an upstream",
+    "cache_hits": "Queries answered from the cache",
+    "cache_misses": "Queries that were not in the cache",
+    "joined": "Queries joined to an identical one already in flight",
+    "local": "Queries answered locally (localhost, private reverse zones, home.arpa)",
+    "stale": "Queries answered stale because every upstream failed (RFC 8767)",
+    "cached_failures": "Queries answered SERVFAIL from a held failure (RFC 9520)",
+    "prefetches": "Answers refreshed in the background before they expired",
+    "servfail": "Queries answered SERVFAIL",
+    "refused": "Queries answered REFUSED (outside the allow list, or rate limited with refuse)",
+    "rate_limited": "Queries over a client's rate limit",
+    "dropped": "Queries dropped without an answer",
+    "formerr": "Queries answered FORMERR",
+    "notimp": "Queries answered NOTIMP",
+}
+
+
+def _escape(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(labels: Mapping[str, object]) -> str:
+    if not labels:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items()) + "}"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class _Family:
+    def __init__(self, name: str, kind: str, help_text: str) -> None:
+        self.name = name
+        self.kind = kind
+        self.help = help_text
+        self.samples: list[tuple[dict[str, object], float]] = []
+
+    def add(self, value: float | None, **labels: object) -> None:
+        if value is not None:
+            self.samples.append((labels, value))
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, value in self.samples:
+            yield f"{self.name}{_labels(labels)} {_number(value)}"
+
+
+def render(stats: Mapping[str, Any]) -> str:
+    """The exposition text for one `stats.collect` mapping."""
+    families: list[_Family] = []
+
+    def family(name: str, kind: str, help_text: str) -> _Family:
+        families.append(_Family(f"stubby_py_{name}", kind, help_text))
+        return families[-1]
+
+    family("uptime_seconds", "gauge", "Seconds since the daemon started").add(
+        stats["uptime_seconds"]
+    )
+    for name, value in sorted(stats["counters"].items()):
+        help_text = COUNTER_HELP.get(name, f"Resolver counter {name}")
+        family(f"{name}_total", "counter", help_text).add(value)
+    _cache(stats["cache"], family)
+    _tcp(stats["tcp"], family)
+    _upstreams(stats["upstreams"], family)
+    return "".join(line + "\n" for f in families for line in f.lines())
+
+
+Factory = Callable[[str, str, str], _Family]
+
+
+def _cache(cache: Mapping[str, Any], family: Factory) -> None:
+    family("cache_entries", "gauge", "Answers in the cache").add(cache["entries"])
+    family("cache_bytes", "gauge", "Memory the cached answers take, bytes").add(cache["bytes"])
+    family("cache_evictions_total", "counter", "Answers evicted from a full cache").add(
+        cache["evictions"]
+    )
+    family("cache_hit_ratio", "gauge", "Cache hits / (hits + misses) since start").add(
+        cache["hit_ratio"]
+    )
+
+
+def _tcp(tcp: Mapping[str, int], family: Factory) -> None:
+    family("tcp_connections", "gauge", "Client TCP connections open").add(tcp["open"])
+    rejected = family(
+        "tcp_rejected_total", "counter", "Client TCP connections closed at once, over a cap"
+    )
+    rejected.add(tcp["rejected_total_cap"], cap="total")
+    rejected.add(tcp["rejected_per_client_cap"], cap="per_client")
+
+
+def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
+    queries = family("upstream_queries_total", "counter", "Queries sent to the upstream")
+    failures = family("upstream_failures_total", "counter", "Failed exchanges with the upstream")
+    handshakes = family("upstream_handshakes_total", "counter", "Connections set up")
+    up = family("upstream_up", "gauge", "1 if the upstream takes queries, 0 if down or probing")
+    latency = family("upstream_latency_seconds", "gauge", "Latency percentile over recent answers")
+    for u in upstreams:
+        labels = {"group": u.get("group", "default"), "upstream": u["name"]}
+        queries.add(u["queries"], **labels)
+        failures.add(u["failures"], **labels)
+        handshakes.add(u.get("handshakes"), **labels)
+        up.add(1 if u.get("state", "up") == "up" else 0, **labels)
+        for key, value in u["latency_ms"].items():
+            if key.startswith("p") and value is not None:
+                latency.add(value / 1000, **labels, quantile=int(key[1:]) / 100)
+
+
+class MetricsServer:
+    """GET /metrics → `render(collect())`."""
+
+    def __init__(self, host: str, port: int, collect: Callable[[], Mapping[str, Any]]) -> None:
+        self.host = host
+        self.port = port
+        self._collect = collect
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
+        self.port = self._server.sockets[0].getsockname()[1]
+        where = f"[{self.host}]" if ":" in self.host else self.host
+        log.info("metrics on http://%s:%d/metrics", where, self.port)
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
+            writer.write(self._response(head))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # too slow, too long or cut short: close without an answer
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    def _response(self, head: bytes) -> bytes:
+        method, _, rest = head.partition(b" ")
+        path = rest.partition(b" ")[0].partition(b"?")[0]
+        if method not in (b"GET", b"HEAD"):
+            return _http(405, "method not allowed\n", "text/plain", allow="GET, HEAD")
+        if path not in (b"/metrics", b"/"):
+            return _http(404, "not found: try /metrics\n", "text/plain")
+        body = render(self._collect())
+        return _http(200, body, CONTENT_TYPE, head_only=method == b"HEAD")
+
+
+def _http(
+    status: int, body: str, content_type: str, *, head_only: bool = False, allow: str = ""
+) -> bytes:
+    reason = {200: "OK", 404: "Not Found", 405: "Method Not Allowed"}[status]
+    data = body.encode()
+    headers = [
+        f"HTTP/1.1 {status} {reason}",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(data)}",
+        "Connection: close",
+    ]
+    if allow:
+        headers.append(f"Allow: {allow}")
+    return ("\r\n".join(headers) + "\r\n\r\n").encode() + (b"" if head_only else data)

@@ -1,0 +1,132 @@
+"""The optional query log: one line per answered query, appended to a file; off by default.
+
+A privacy choice, made by whoever sets `query_log`: it records which client asked for which name,
+which stubby-py otherwise never writes anywhere. The file is created mode 0600.
+
+Recording is cheap (a tuple appended to a list, on the query path); formatting and writing happen
+in batches, at most `FLUSH_SECONDS` after a query or once `FLUSH_LINES` are waiting. If the file
+cannot be written, lines are dropped (and counted), never queued without bound. One line:
+
+    2026-11-24T05:11:34.123Z 192.168.1.20 www.example.com. A NOERROR upstream:quad9
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+
+import dns.exception
+import dns.name
+from dns.rcode import Rcode
+from dns.rdatatype import RdataType
+
+from stubby_py import wire
+
+log = logging.getLogger(__name__)
+
+FLUSH_SECONDS = 1.0
+FLUSH_LINES = 512
+#: lines waiting beyond this (the file unwritable) are dropped
+MAX_PENDING = 65536
+
+#: wall-clock time, client address, question (wire form), rcode, where the answer came from
+_Entry = tuple[float, str, bytes, int, str]
+
+
+def _open(path: str) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+class QueryLog:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = _open(path)
+        self._pending: list[_Entry] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self.written = 0
+        self.dropped = 0
+        self._failing = False
+
+    def record(self, client_ip: str, query: wire.ClientQuery, rcode: int, source: str) -> None:
+        """Note one answered query; source says where the answer came from ("cache",
+        "upstream:NAME", "local", "stale", "refused"...)."""
+        pending = self._pending
+        if len(pending) >= MAX_PENDING:
+            self.dropped += 1
+            return
+        pending.append((time.time(), client_ip, query.question, rcode, source))
+        if len(pending) >= FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (tests, shutdown): the next flush() or close() writes it
+            self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Write every waiting line now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending or self._fd < 0:
+            return
+        entries, self._pending = self._pending, []
+        data = "".join(format_line(*entry) for entry in entries).encode()
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError as exc:
+            self.dropped += len(entries)
+            if not self._failing:
+                log.warning("query log %s: lines dropped: %s", self.path, exc.strerror or exc)
+            self._failing = True
+            return
+        self._failing = False
+        self.written += len(entries)
+
+    def reopen(self) -> None:
+        """Start a new file at the same path (after logrotate moved the old one away). If that
+        fails the old file stays in use."""
+        self.flush()
+        try:
+            fd = _open(self.path)
+        except OSError as exc:
+            log.error("query log %s not reopened: %s", self.path, exc.strerror or exc)
+            return
+        os.close(self._fd)
+        self._fd = fd
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def format_line(when: float, client_ip: str, question: bytes, rcode: int, source: str) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(when))
+    millis = int(when * 1000) % 1000
+    qtype = int.from_bytes(question[-4:-2], "big")
+    return (
+        f"{stamp}.{millis:03d}Z {client_ip} {_name_text(question[:-4])} "
+        f"{RdataType.to_text(qtype)} {Rcode.to_text(rcode)} {source}\n"
+    )
+
+
+def _name_text(qname: bytes) -> str:
+    """The question name as presentation text (escaped, so a name cannot forge a line)."""
+    labels: list[bytes] = []
+    pos = 0
+    while pos < len(qname) and qname[pos]:
+        size = qname[pos]
+        if size > 63:
+            return "<unreadable name>"
+        labels.append(qname[pos + 1 : pos + 1 + size])
+        pos += 1 + size
+    try:
+        return dns.name.Name([*labels, b""]).to_text()
+    except dns.exception.DNSException:
+        return "<unreadable name>"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -37,10 +38,15 @@ class ControlServer:
         self.path = path
         self._handlers = dict(handlers)
         self._server: asyncio.AbstractServer | None = None
+        self._inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
+        """Listen on the path; a stale socket there is replaced, a live one (another daemon's)
+        is left alone and OSError(EADDRINUSE) raised."""
         directory = os.path.dirname(self.path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        if _answers(self.path):
+            raise OSError(errno.EADDRINUSE, "another daemon is answering on it", self.path)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
         old_umask = os.umask(0o177)
@@ -48,13 +54,19 @@ class ControlServer:
             self._server = await asyncio.start_unix_server(self._serve, self.path)
         finally:
             os.umask(old_umask)
+        info = os.stat(self.path)
+        self._inode = (info.st_dev, info.st_ino)
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+            self._server = None
+        # remove the socket only if it is still ours (not one a later daemon put there)
+        with contextlib.suppress(OSError):
+            info = os.stat(self.path)
+            if (info.st_dev, info.st_ino) == self._inode:
+                os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -84,6 +96,17 @@ class ControlServer:
         except Exception as exc:  # a failing command must not take the daemon down
             log.exception("control command %s failed", command)
             return {"ok": False, "error": str(exc)}
+
+
+def _answers(path: str) -> bool:
+    """True if something accepts connections on the unix socket at path."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(1.0)
+        try:
+            sock.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def request(path: str, command: str, timeout: float = 10.0, **arguments: Any) -> dict[str, Any]:

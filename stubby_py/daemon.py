@@ -1,4 +1,14 @@
-"""The running daemon: sockets, signals, sd_notify, orderly shutdown."""
+"""The running daemon: sockets, privileges, signals, reload, sd_notify, watchdog, orderly shutdown.
+
+Start: the resolver (which loads the saved cache), the listening sockets (bound here, or inherited
+from systemd: socket activation), the query log, the control socket and the metrics endpoint; if
+started as root, the switch to the configured user; then READY=1 (sd_notify(3)).
+
+Signals: SIGHUP (or `stubby-py reload`) re-reads the configuration; a bad file is refused with its
+file:line: key error and the running configuration stays; a good one is applied keeping the cache
+and the queries in flight. SIGTERM or SIGINT: stop taking queries, answer those in flight (bounded
+by DRAIN_SECONDS), save the cache, exit 0. SIGUSR2: flush the cache.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +18,28 @@ import logging
 import os
 import signal
 import socket
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
+from stubby_py import control, stats
 from stubby_py.config import Config
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
+from stubby_py.metrics import MetricsServer
+from stubby_py.privileges import Handover, drop_privileges
+from stubby_py.querylog import QueryLog
 from stubby_py.resolver import Resolver
-from stubby_py.transports import make_transport
 
 log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 SD_LISTEN_FDS_START = 3
+#: how often STATUS= is refreshed under systemd, seconds
+STATUS_SECONDS = 10.0
+#: options a reload cannot apply to a running daemon
+RESTART_OPTIONS = ("listen", "user", "control_socket", "metrics_listen")
 
 
 class ListenError(StubbyError):
@@ -40,8 +60,11 @@ def sd_notify(message: str) -> None:
         log.debug("sd_notify failed: %s", exc)
 
 
+def _where(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _listen_error(address: str, port: int, exc: OSError) -> ListenError:
-    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
     if exc.errno == errno.EADDRINUSE:
         why = "the address is already in use (another DNS server running?)"
     elif exc.errno == errno.EACCES:
@@ -51,7 +74,7 @@ def _listen_error(address: str, port: int, exc: OSError) -> ListenError:
     else:
         why = exc.strerror or str(exc)
     return ListenError(
-        f"cannot listen on {where}: {why}. Try --listen 127.0.0.1:5353, "
+        f"cannot listen on {_where(address, port)}: {why}. Try --listen 127.0.0.1:5353, "
         "or run under systemd with the stubby-py.socket unit"
     )
 
@@ -59,86 +82,283 @@ def _listen_error(address: str, port: int, exc: OSError) -> ListenError:
 @dataclass
 class Daemon:
     config: Config
+    #: reads the configuration again, for a reload (None: reload is refused)
+    loader: Callable[[], Config] | None = None
+    #: the configuration file, if any (it must stay readable after privileges are dropped)
+    config_path: str | None = None
     resolver: Resolver | None = None
     bound: list[tuple[str, int]] = field(default_factory=list)
+    tcp: TCPConnections | None = None
+    control: control.ControlServer | None = None
+    metrics: MetricsServer | None = None
+    query_log: QueryLog | None = None
+    started: float = field(default_factory=time.time)
     _servers: list[asyncio.Server] = field(default_factory=list)
-    _udp: list[asyncio.DatagramTransport] = field(default_factory=list)
-    _tcp: list[TCPConnections] = field(default_factory=list)
+    _udp: list[UDPListener] = field(default_factory=list)
 
+    # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
-        transports = [make_transport(spec, self.config) for spec in self.config.upstreams]
-        self.resolver = Resolver(self.config, transports)
+        config = self.config
+        self.resolver = resolver = Resolver(config)
+        self.tcp = TCPConnections(
+            resolver,
+            config.tcp_max_connections,
+            config.tcp_idle_timeout,
+            config.tcp_max_connections_per_client,
+        )
         inherited = inherited_sockets()
         if inherited:
             await self._adopt(inherited)
         else:
-            for address, port in self.config.listen:
+            for address, port in config.listen:
                 await self._listen(address, port)
         for address, port in self.bound:
-            where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-            log.info("listening on %s (UDP and TCP)", where)
-        names = ", ".join(t.name for t in transports)
-        log.info("forwarding to %s", names)
+            log.info("listening on %s (UDP and TCP)", _where(address, port))
+        log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
+        self._make_cache_directory()
+        self._open_query_log(config.query_log)
+        await self._start_control(config.control_socket)
+        await self._start_metrics(config.metrics_listen)
 
     async def _listen(self, address: str, port: int) -> None:
-        assert self.resolver is not None
+        assert self.tcp is not None
         loop = asyncio.get_running_loop()
-        connections = TCPConnections(
-            self.resolver, self.config.tcp_max_connections, self.config.tcp_idle_timeout
-        )
         try:
             server = await loop.create_server(
-                connections.protocol, address, port, reuse_address=True, backlog=1024
+                self.tcp.protocol, address, port, reuse_address=True, backlog=1024
             )
             # port 0: UDP takes the port TCP was given, so both answer on one address
             port = server.sockets[0].getsockname()[1]
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: UDPListener(self.resolver),  # type: ignore[arg-type]
-                local_addr=(address, port),
-            )
+            udp = UDPListener(self.tcp.resolver)
+            await loop.create_datagram_endpoint(lambda: udp, local_addr=(address, port))
         except OSError as exc:
             raise _listen_error(address, port, exc) from None
         self._servers.append(server)
-        self._tcp.append(connections)
         self._udp.append(udp)
         self.bound.append((address, port))
 
     async def _adopt(self, sockets: list[socket.socket]) -> None:
         """Serve on sockets systemd passed us (socket activation): no bind, no privilege."""
-        assert self.resolver is not None
+        assert self.tcp is not None
         loop = asyncio.get_running_loop()
-        connections = TCPConnections(
-            self.resolver, self.config.tcp_max_connections, self.config.tcp_idle_timeout
-        )
-        self._tcp.append(connections)
         for sock in sockets:
             sock.setblocking(False)
             if sock.type == socket.SOCK_DGRAM:
-                udp, _ = await loop.create_datagram_endpoint(
-                    lambda: UDPListener(self.resolver),  # type: ignore[arg-type]
-                    sock=sock,
-                )
+                udp = UDPListener(self.tcp.resolver)
+                await loop.create_datagram_endpoint(lambda: udp, sock=sock)  # noqa: B023
                 self._udp.append(udp)
             else:
-                server = await loop.create_server(connections.protocol, sock=sock, backlog=1024)
+                server = await loop.create_server(self.tcp.protocol, sock=sock, backlog=1024)
                 self._servers.append(server)
             address, port = sock.getsockname()[:2]
             if (address, port) not in self.bound:
                 self.bound.append((address, port))
 
+    def _make_cache_directory(self) -> None:
+        """The cache is saved at stop into a directory that must exist by then: make it now."""
+        assert self.resolver is not None
+        if self.resolver.cache_file is None:
+            return
+        directory = os.path.dirname(os.path.abspath(self.resolver.cache_file))
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            log.warning("cache directory %s: %s", directory, exc.strerror or exc)
+
+    def _open_query_log(self, path: str | None) -> None:
+        self._switch_query_log(self._next_query_log(path))
+
+    def _next_query_log(self, path: str | None) -> QueryLog | None:
+        """The query log for `path`: the current one, reopened (logrotate), if it is the same."""
+        current = self.query_log
+        if path is None:
+            return None
+        if current is not None and current.path == path:
+            current.reopen()
+            return current
+        try:
+            query_log = QueryLog(path)
+        except OSError as exc:
+            raise StubbyError(f"query_log: cannot open {path}: {exc.strerror or exc}") from None
+        log.info("query log: every answered query is written to %s", path)
+        return query_log
+
+    def _switch_query_log(self, query_log: QueryLog | None) -> None:
+        assert self.resolver is not None
+        old, self.query_log = self.query_log, query_log
+        self.resolver.query_log = query_log
+        if old is not None and old is not query_log:
+            old.close()
+
+    async def _start_control(self, setting: str | None) -> None:
+        if setting is None:
+            return
+        path = control.default_path() if setting == "auto" else setting
+        handlers: dict[str, control.Handler] = {
+            "stats": self._handle_stats,
+            "flush": self._handle_flush,
+            "reload": self._handle_reload,
+        }
+        self.control = control.ControlServer(path, handlers)
+        try:
+            await self.control.start()
+        except OSError as exc:
+            self.control = None
+            log.warning("no control socket at %s: %s", path, exc.strerror or exc)
+
+    async def _start_metrics(self, where: tuple[str, int] | None) -> None:
+        if where is None:
+            return
+        self.metrics = MetricsServer(where[0], where[1], self.collect_stats)
+        try:
+            await self.metrics.start()
+        except OSError as exc:
+            self.metrics = None
+            raise _listen_error(where[0], where[1], exc) from None
+
+    def _handovers(self) -> list[Handover]:
+        """What the daemon still writes after it gives up root."""
+        assert self.resolver is not None
+        handovers = []
+        if self.resolver.cache_file is not None:
+            handovers.append(Handover(self.resolver.cache_file, prefix=".cache-"))
+        if self.control is not None:
+            handovers.append(Handover(self.control.path))
+        if self.query_log is not None:
+            handovers.append(Handover(self.query_log.path, directory=False))
+        return handovers
+
+    def drop_privileges(self) -> bool:
+        """Started as root: become `user`, keeping the sockets (see privileges.py)."""
+        return drop_privileges(self.config.user, self._handovers(), self._needs())
+
+    def _needs(self) -> list[str]:
+        """Files read again after the switch: CA files (TLS contexts are made at connect time)
+        and the configuration (for a reload)."""
+        config = self.config
+        specs = [*config.upstreams, *(s for _, group in config.upstream_groups for s in group)]
+        paths = {config.ca_file, *(spec.ca_file for spec in specs)}
+        paths.add(self.config_path)
+        return sorted(p for p in paths if p is not None)
+
+    # -- while running ----------------------------------------------------------------------------
+    def collect_stats(self) -> dict[str, Any]:
+        assert self.resolver is not None
+        return stats.collect(self.resolver, self.tcp, self.started)
+
+    def status_line(self) -> str:
+        figures = self.collect_stats()
+        ratio = figures["cache"]["hit_ratio"]
+        upstreams = figures["upstreams"]
+        up = sum(1 for u in upstreams if u.get("state") == "up")
+        cached = f", {ratio:.0%} from cache" if ratio is not None else ""
+        return f"{figures['queries']} queries{cached}, {up}/{len(upstreams)} upstreams up"
+
+    def flush_cache(self, name: str | None = None) -> int:
+        """SIGUSR2, `stubby-py flush [NAME]`: forget cached answers and held failures."""
+        assert self.resolver is not None
+        dropped = self.resolver.cache.flush(name)
+        # "one name", not the name: logs never carry query names
+        log.info("cache flushed%s, %d answers dropped", " for one name" if name else "", dropped)
+        return dropped
+
+    def reload(self) -> str | None:
+        """SIGHUP: read the configuration again and apply it; on a bad file keep the running
+        configuration and return the error."""
+        if self.loader is None:
+            return "this daemon was started without a configuration to re-read"
+        sd_notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = self.loader()
+            self._apply(new)
+        except (StubbyError, OSError, ValueError) as exc:
+            log.error("reload refused, the running configuration stays: %s", exc)
+            sd_notify(f"READY=1\nSTATUS=reload refused: {exc}")
+            return str(exc)
+        sd_notify(f"READY=1\nSTATUS={self.status_line()}")
+        return None
+
+    def _apply(self, new: Config) -> None:
+        assert self.resolver is not None and self.tcp is not None
+        old = self.config
+        query_log = self._next_query_log(new.query_log)  # may fail: nothing changed yet
+        try:
+            self.resolver.reconfigure(new)
+        except BaseException:
+            if query_log is not None and query_log is not self.query_log:
+                query_log.close()
+            raise
+        self._switch_query_log(query_log)
+        self.tcp.max_connections = new.tcp_max_connections
+        self.tcp.max_per_client = new.tcp_max_connections_per_client
+        self.tcp.idle_timeout = new.tcp_idle_timeout
+        logging.getLogger().setLevel(new.log_level.upper())
+        self.config = new
+        pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]
+        if pending:
+            log.warning("reload: %s changed; takes effect at the next restart", ", ".join(pending))
+        names = ", ".join(t.name for t in self.resolver.transports)
+        log.info("reloaded %s: forwarding to %s", new.source, names)
+
+    async def _handle_stats(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        return self.collect_stats()
+
+    async def _handle_flush(self, request: Mapping[str, Any]) -> dict[str, Any]:
+        name = request.get("name")
+        if name is not None and not isinstance(name, str):
+            return {"ok": False, "error": "name: expected a domain name"}
+        try:
+            return {"dropped": self.flush_cache(name)}
+        except ValueError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    async def _handle_reload(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        error = self.reload()
+        if error is not None:
+            return {"ok": False, "error": error}
+        return {"source": self.config.source}
+
+    async def heartbeat(self, watchdog: float | None) -> None:
+        """Under systemd: WATCHDOG=1 from the event loop itself (a stuck loop stops the pings),
+        and a STATUS= line with the counts every STATUS_SECONDS."""
+        interval = min(watchdog or STATUS_SECONDS, STATUS_SECONDS)
+        next_status = time.monotonic() + STATUS_SECONDS
+        while True:
+            lines = ["WATCHDOG=1"] if watchdog else []
+            if time.monotonic() >= next_status:
+                lines.append(f"STATUS={self.status_line()}")
+                next_status = time.monotonic() + STATUS_SECONDS
+            if lines:
+                sd_notify("\n".join(lines))
+            await asyncio.sleep(interval)
+
+    # -- stop ---------------------------------------------------------------------------------
     async def stop(self) -> None:
-        """Stop listening, answer what is in flight (bounded), close upstream connections."""
+        """Stop taking queries, answer those in flight (bounded), save the cache, close."""
         sd_notify("STOPPING=1")
         for server in self._servers:
             server.close()
         for udp in self._udp:
-            udp.close()
+            udp.stop_reading()
+        if self.tcp is not None:
+            self.tcp.stop_reading()
+        for side in (self.control, self.metrics):
+            if side is not None:
+                await side.aclose()
         if self.resolver is not None:
             await self.resolver.drain(DRAIN_SECONDS)
-        for connections in self._tcp:
-            connections.close_all()
+        for udp in self._udp:
+            udp.close()
+        if self.tcp is not None:
+            self.tcp.close_all()
+        await self._close_resolver()
+
+    async def _close_resolver(self) -> None:
+        """Save the cache, close the upstream connections and the query log."""
         if self.resolver is not None:
             await self.resolver.aclose()
+        if self.query_log is not None:
+            self.query_log.close()
 
 
 def inherited_sockets() -> list[socket.socket]:
@@ -160,41 +380,40 @@ def watchdog_interval() -> float | None:
     return int(usec) / 2_000_000
 
 
-async def _watchdog(interval: float) -> None:
-    # a ping from the event loop itself proves the loop is not stuck
-    while True:
-        sd_notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
-
-
-def _flush_cache(resolver: Resolver) -> None:
-    """SIGUSR2: forget every cached answer and held failure (no restart needed)."""
-    log.info("SIGUSR2: cache flushed, %d answers dropped", resolver.cache.flush())
-
-
-async def serve(config: Config) -> None:
-    daemon = Daemon(config)
-    await daemon.start()
+async def serve(
+    config: Config, loader: Callable[[], Config] | None = None, config_path: str | None = None
+) -> None:
+    daemon = Daemon(config, loader, config_path)
+    try:
+        await daemon.start()
+        daemon.drop_privileges()
+    except BaseException:
+        await daemon.stop()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if daemon.resolver is not None:
-        loop.add_signal_handler(signal.SIGUSR2, _flush_cache, daemon.resolver)
-    sd_notify("READY=1\nSTATUS=answering queries")
-    interval = watchdog_interval()
-    pinger = loop.create_task(_watchdog(interval)) if interval else None
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGUSR2, daemon.flush_cache)
+    sd_notify(f"READY=1\nSTATUS=answering queries: {daemon.status_line()}")
+    heartbeat = None
+    if os.environ.get("NOTIFY_SOCKET"):
+        heartbeat = loop.create_task(daemon.heartbeat(watchdog_interval()))
     await stop.wait()
-    if pinger is not None:
-        pinger.cancel()
+    if heartbeat is not None:
+        heartbeat.cancel()
     log.info("shutting down")
     await daemon.stop()
+    log.info("stopped")
 
 
-def run(config: Config) -> None:
+def run(
+    config: Config, loader: Callable[[], Config] | None = None, config_path: str | None = None
+) -> None:
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, loader, config_path))
         return
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, loader, config_path))

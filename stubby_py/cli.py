@@ -1,18 +1,21 @@
-"""The command line: `stubby-py [run]`, `check-config FILE`, `--version`. No logic here."""
+"""The command line: `stubby-py [run]`, `check-config FILE`, `stats`, `flush [NAME]`, `reload`,
+`import-stubby FILE`, `--version`. No logic here."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from stubby_py import __version__
-from stubby_py.config import Overrides, apply_overrides, load_config
+from stubby_py import __version__, control, stats, stubby_import
+from stubby_py.config import Config, Overrides, apply_overrides, parse_config
 from stubby_py.errors import StubbyError
 
-COMMANDS = ("run", "check-config")
+COMMANDS = ("run", "check-config", "stats", "flush", "reload", "import-stubby")
 
 DESCRIPTION = """\
 An encrypted DNS stub forwarder. It answers plain DNS on 127.0.0.1:53 and [::1]:53 and forwards
@@ -27,7 +30,14 @@ examples:
   stubby-py -c /etc/stubby-py/config.yaml     run on a configuration file
   stubby-py --upstream tls://9.9.9.9#dns.quad9.net --listen 127.0.0.1:5353
   stubby-py check-config config.yaml          validate a configuration file and exit
+  stubby-py -c /etc/stubby/stubby.yml         run on a Stubby configuration as it is
 then: dig @127.0.0.1 -p 5353 example.com
+
+and, with the daemon running (as root, or as the user it runs as):
+  stubby-py stats [--json]                    queries, cache, upstreams
+  stubby-py flush [NAME]                      forget cached answers (all, or for one name)
+  stubby-py reload                            re-read the configuration (as SIGHUP does)
+  stubby-py import-stubby /etc/stubby/stubby.yml > config.yaml
 """
 
 
@@ -64,8 +74,35 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     _add_run_options(run)
-    check = commands.add_parser("check-config", help="validate a configuration file and exit")
+    check = commands.add_parser(
+        "check-config", help="validate a configuration file (ours or Stubby's) and exit"
+    )
     check.add_argument("file", metavar="FILE")
+    stats_parser = _control_parser(commands, "stats", "show the running daemon's statistics")
+    stats_parser.add_argument("--json", action="store_true", help="print them as JSON")
+    flush = _control_parser(commands, "flush", "forget cached answers: all, or one name's")
+    flush.add_argument("name", nargs="?", metavar="NAME", help="a domain name (every type)")
+    _control_parser(commands, "reload", "make the daemon re-read its configuration (SIGHUP)")
+    convert = commands.add_parser(
+        "import-stubby",
+        help="convert a Stubby configuration (stubby.yml) to ours: YAML on stdout, notes on stderr",
+    )
+    convert.add_argument("file", metavar="FILE", help="e.g. /etc/stubby/stubby.yml")
+    convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
+    return parser
+
+
+def _control_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
+) -> argparse.ArgumentParser:
+    parser = commands.add_parser(name, help=text, description=text)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--socket", metavar="PATH", help=f"the control socket (default: {control.default_path()})"
+    )
+    where.add_argument(
+        "-c", "--config", metavar="FILE", help="find the control socket in this configuration"
+    )
     return parser
 
 
@@ -77,6 +114,104 @@ def setup_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
 
 
+def _socket_path(args: argparse.Namespace) -> str:
+    if args.socket:
+        return str(args.socket)
+    setting = stubby_import.load(args.config)[0].control_socket if args.config else "auto"
+    if setting is None:
+        raise StubbyError(f"{args.config}: control_socket is off (false)")
+    return control.default_path() if setting == "auto" else setting
+
+
+def _ask(args: argparse.Namespace, command: str, **arguments: Any) -> dict[str, Any]:
+    path = _socket_path(args)
+    try:
+        reply = control.request(path, command, **arguments)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise StubbyError(
+            f"no daemon answers on {path}: is it running? (elsewhere: --socket PATH or -c FILE)"
+        ) from None
+    except PermissionError:
+        raise StubbyError(
+            f"{path}: permission denied: run as root or as the daemon's user"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise StubbyError(f"{path}: {exc}") from None
+    if not reply.get("ok"):
+        raise StubbyError(str(reply.get("error", "the daemon refused the command")))
+    return reply
+
+
+def _control_command(args: argparse.Namespace) -> int:
+    if args.command == "stats":
+        reply = _ask(args, "stats")
+        reply.pop("ok", None)
+        print(json.dumps(reply, indent=2) if args.json else stats.format_table(reply), end="")
+        if args.json:
+            print()
+    elif args.command == "flush":
+        reply = _ask(args, "flush", name=args.name)
+        print(f"{reply['dropped']} answers dropped")
+    else:
+        reply = _ask(args, "reload")
+        print(f"reloaded {reply.get('source', '')}".rstrip())
+    return 0
+
+
+def _import_stubby(args: argparse.Namespace) -> int:
+    conversion = stubby_import.read_stubby(args.file)
+    if conversion is None:
+        raise StubbyError(f"{args.file}: not a Stubby configuration (no Stubby option in it)")
+    text = stubby_import.to_yaml(conversion, args.file)
+    parse_config(text, f"{args.file} (converted)")  # what we write must load
+    print(f"stubby-py import-stubby: {args.file}", file=sys.stderr)
+    for note in conversion.notes:
+        print(f"  {note}", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"written to {args.output}: check it with stubby-py check-config", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _check_config(path: str) -> int:
+    config, conversion = stubby_import.load(path)
+    kind = " (Stubby's format)" if conversion is not None else ""
+    counts = f"{len(config.upstreams)} upstreams, {len(config.listen)} listen addresses"
+    print(f"{path}{kind}: OK ({counts})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = Overrides(
+        listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
+        verbose=args.verbose,
+    )  # fmt: skip
+
+    def load() -> Config:
+        return apply_overrides(stubby_import.load(args.config)[0], overrides)
+
+    config, conversion = stubby_import.load(args.config)
+    config = apply_overrides(config, overrides)
+    setup_logging(config.log_level)
+    logger = logging.getLogger("stubby_py")
+    if conversion is not None:
+        logger.info("%s: a Stubby configuration, converted", args.config)
+        for note in conversion.notes:
+            level = logging.WARNING if note.kind == "ignored" else logging.INFO
+            logger.log(level, "stubby.yml %s", note)
+    from stubby_py.daemon import run
+
+    try:
+        run(config, load, args.config)
+    except StubbyError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if not args_list or (
@@ -86,27 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     try:
         if args.command == "check-config":
-            config = load_config(args.file)
-            print(
-                f"{args.file}: OK ({len(config.upstreams)} upstreams, "
-                f"{len(config.listen)} listen addresses)"
-            )
-            return 0
-        config = load_config(args.config)
-        config = apply_overrides(
-            config,
-            Overrides(listen=tuple(args.listen), upstreams=tuple(args.upstream),
-                      ca_file=args.ca_file, verbose=args.verbose),
-        )  # fmt: skip
+            return _check_config(args.file)
+        if args.command in ("stats", "flush", "reload"):
+            return _control_command(args)
+        if args.command == "import-stubby":
+            return _import_stubby(args)
+        return _run(args)
     except StubbyError as exc:
         print(f"stubby-py: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
-    from stubby_py.daemon import run
-
-    try:
-        run(config)
-    except StubbyError as exc:
-        logging.getLogger("stubby_py").error("%s", exc)
-        return 1
-    return 0

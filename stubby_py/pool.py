@@ -117,6 +117,8 @@ class Pool:
         self.health = [UpstreamHealth() for _ in range(size)]
         self._rng = rng or random.Random()
         self._strategy = make_strategy(self.settings, self._rng)
+        #: no upstream can be due for a probe before this time
+        self._next_probe_at = float("inf")
 
     @property
     def fanout(self) -> int:
@@ -137,6 +139,22 @@ class Pool:
             key=lambda i: self.health[i].down_until,
         )
         return self._strategy.order(healthy, self.health) + due + waiting
+
+    def take_probes(self, now: float) -> list[int]:
+        """Upstreams whose backoff has ended: each gets one probe query (sent aside by the
+        caller, so no client waits on it), and is marked as probing until it returns."""
+        if now < self._next_probe_at:
+            return []
+        due = [
+            i
+            for i, h in enumerate(self.health)
+            if h.is_down and not h.probing and now >= h.down_until
+        ]
+        for index in due:
+            self.health[index].probing = True
+        waiting = [h.down_until for h in self.health if h.is_down and not h.probing]
+        self._next_probe_at = min(waiting, default=float("inf"))
+        return due
 
     def attempt_started(self, index: int, now: float) -> None:
         health = self.health[index]
@@ -170,6 +188,7 @@ class Pool:
                 self.settings.backoff_max, self.settings.backoff_min * 2 ** (health.downs - 1)
             )
             health.down_until = now + backoff * self._rng.uniform(0.5, 1.0)
+            self._next_probe_at = min(self._next_probe_at, health.down_until)
 
     def reset(self) -> None:
         """Forget every backoff (network change, resume): re-probe everything at once."""

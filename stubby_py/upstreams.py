@@ -10,6 +10,7 @@ REFUSED is kept as a last resort while other upstreams are asked (`retry_servfai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,11 +116,15 @@ class UpstreamGroup:
         self.pool = Pool(len(self.transports), pool_settings(config))
         self._config = config
         self._loop = asyncio.get_running_loop()
+        self._probes: set[asyncio.Task[None]] = set()
 
     async def forward(self, query: wire.ClientQuery, deadline: float) -> ScannedReply:
         """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did."""
         forms = _QueryForms(query, self._config.padding_block_size)
-        race = _Race(self.pool.order(self._loop.time()))
+        now = self._loop.time()
+        for index in self.pool.take_probes(now):
+            self._probe(index, forms, deadline)
+        race = _Race(self.pool.order(now))
         if len(race.order) == 1 or (self.pool.fanout == 1 and not self.pool.settings.hedge):
             result = await self._one_by_one(forms, race, deadline)
         else:
@@ -223,6 +228,17 @@ class UpstreamGroup:
             race.fallback = scanned
         return False
 
+    def _probe(self, index: int, forms: _QueryForms, deadline: float) -> None:
+        """Ask a recovering upstream this query on the side; only its health learns the result."""
+
+        async def probe() -> None:
+            with contextlib.suppress(UpstreamError):
+                await self._attempt(index, forms, deadline)
+
+        task = self._loop.create_task(probe())
+        self._probes.add(task)
+        task.add_done_callback(self._probes.discard)
+
     async def _attempt(self, index: int, forms: _QueryForms, deadline: float) -> ScannedReply:
         """One upstream, one try; the pool learns how it went."""
         loop = self._loop
@@ -241,5 +257,7 @@ class UpstreamGroup:
         return scanned
 
     async def aclose(self) -> None:
+        for task in self._probes:
+            task.cancel()
         for transport in self.transports:
             await transport.aclose()

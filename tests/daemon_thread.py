@@ -46,6 +46,12 @@ class DaemonThread:
     def stop(self) -> None:
         async def _stop() -> None:
             await self.daemon.stop()
+            # as asyncio.run() does at the end: cancel what is left (connects, probes, timers)
+            current = asyncio.current_task()
+            rest = [t for t in asyncio.all_tasks() if t is not current]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
             await asyncio.sleep(0.05)  # let closed transports finish closing
 
         asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(15)
@@ -60,7 +66,7 @@ def make_config(upstreams: list[str], ca_file: str | None = None, **changes: Any
         listen=(("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream_uri(u) for u in upstreams),
         ca_file=ca_file,
-        **changes,
+        **{"control_socket": None, **changes},
     )
 
 

@@ -32,6 +32,8 @@ class UpstreamState:
     #: name (lower-case, absolute) → list of (rdtype, rdata text); others get an A 192.0.2.1
     records: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     nxdomain: set[str] = field(default_factory=set)
+    #: the A record given for names not in `records` (tells upstreams apart in tests)
+    address: str = "192.0.2.1"
     queries: list[bytes] = field(default_factory=list)
     connections: int = 0
     #: decides the behaviour per query (overrides `behaviour` when set)
@@ -48,7 +50,7 @@ def build_answer(query: dns.message.Message, state: UpstreamState) -> dns.messag
         reply.set_rcode(dns.rcode.NXDOMAIN)
         return reply
     rdtype = query.question[0].rdtype
-    for type_text, rdata in state.records.get(key, [("A", "192.0.2.1")]):
+    for type_text, rdata in state.records.get(key, [("A", state.address)]):
         if dns.rdatatype.from_text(type_text) == rdtype:
             reply.answer.append(dns.rrset.from_text(name, 300, "IN", type_text, rdata))
     return reply
@@ -117,6 +119,9 @@ class LocalUpstream:
         if behaviour == "garbage":
             return data[:2] + bytes(random.getrandbits(8) for _ in range(40)), behaviour, 0.0
         reply = build_answer(query, self.state)
+        if behaviour == "servfail":
+            reply.answer = []
+            reply.set_rcode(dns.rcode.SERVFAIL)
         if behaviour == "wrong_id":
             reply.id = (query.id + 1) % 65536
         if behaviour == "wrong_question":

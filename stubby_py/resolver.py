@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dns.edns import EDECode
@@ -26,7 +26,7 @@ from dns.rcode import Rcode
 
 from stubby_py import cache, local, response, wire
 from stubby_py.cache import Cache, CacheLimits, FailureEntry, default_cache_file
-from stubby_py.config import DEFAULT_GROUP, Config
+from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
@@ -35,11 +35,11 @@ from stubby_py.errors import (
     RefusedError,
     UpstreamError,
 )
-from stubby_py.pool import Pool
+from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
 from stubby_py.transports.base import Transport
-from stubby_py.upstreams import UpstreamGroup
+from stubby_py.upstreams import UpstreamGroup, transport_settings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,8 @@ class Resolver:
         self.cache = Cache(cache_limits(config))
         #: set by the daemon when a query log is configured (querylog.QueryLog)
         self.query_log: Any = None
+        self._retired: list[Transport] = []
+        self._tasks_aside: set[asyncio.Task[None]] = set()
         self._apply(config, transports)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -117,36 +119,61 @@ class Resolver:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
-    def _apply(self, config: Config, transports: Sequence[Transport] | None) -> None:
-        """Take a configuration: upstream groups, rules, access list, rate limit, cache limits."""
-        self.config = config
-        self.groups = {
-            DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports)
+    def _apply(
+        self,
+        config: Config,
+        transports: Sequence[Transport] | None,
+        reuse: Mapping[UpstreamSpec, tuple[Transport, UpstreamHealth]] | None = None,
+    ) -> None:
+        """Take a configuration: upstream groups, rules, access list, rate limit, cache limits.
+        Everything is built before anything is replaced, so a failure changes nothing."""
+        groups = {
+            DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports, reuse)
         }
         for name, specs in config.upstream_groups:
-            self.groups[name] = UpstreamGroup(name, specs, config)
-        self.router = Router(dict(config.rules))
-        self.acl = AccessList(config.allow)
-        self.rate_limiter = (
+            groups[name] = UpstreamGroup(name, specs, config, reuse=reuse)
+        router = Router(dict(config.rules))
+        acl = AccessList(config.allow)
+        limiter = (
             RateLimiter(config.rate_limit, config.rate_limit_burst)
             if config.rate_limit > 0
             else None
         )
-        self.rate_exempt = AccessList(config.rate_limit_exempt)
-        self.cache.apply_limits(cache_limits(config))
+        exempt = AccessList(config.rate_limit_exempt)
+        limits = cache_limits(config)
+        self.config = config
+        self.groups = groups
+        self.router = router
+        self.acl = acl
+        self.rate_limiter = limiter
+        self.rate_exempt = exempt
+        self.cache.apply_limits(limits)
 
     def reconfigure(self, config: Config) -> None:
-        """Apply a new configuration (SIGHUP) keeping the cache; queries in flight finish on the
-        upstreams they started with, whose connections close once they are done."""
-        old_groups = list(self.groups.values())
-        self._apply(config, None)
+        """Apply a new configuration (SIGHUP) keeping the cache. Upstreams that did not change
+        keep their connections and health; queries in flight finish on the upstreams they
+        started with, and the connections of removed upstreams close once those are done."""
+        old = [t for group in self.groups.values() for t in group.transports]
+        reuse: dict[UpstreamSpec, tuple[Transport, UpstreamHealth]] = {}
+        if transport_settings(config) == transport_settings(self.config):
+            for group in self.groups.values():
+                for transport, health in zip(group.transports, group.pool.health, strict=True):
+                    reuse.setdefault(transport.spec, (transport, health))
+        self._apply(config, None, reuse)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
-        self._loop.create_task(self._retire(old_groups))
+        kept = {id(t) for group in self.groups.values() for t in group.transports}
+        retired = [t for t in old if id(t) not in kept]
+        if retired:
+            self._retired.extend(retired)
+            task = self._loop.create_task(self._retire(retired))
+            self._tasks_aside.add(task)
+            task.add_done_callback(self._tasks_aside.discard)
 
-    async def _retire(self, groups: list[UpstreamGroup]) -> None:
+    async def _retire(self, transports: list[Transport]) -> None:
         await asyncio.sleep(self.config.timeout + 0.5)
-        for group in groups:
-            await group.aclose()
+        for transport in transports:
+            await transport.aclose()
+            self._retired.remove(transport)
 
     @property
     def transports(self) -> list[Transport]:
@@ -404,8 +431,12 @@ class Resolver:
             saved = cache.save(self.cache, self.cache_file, self._loop.time(), time.time())
             if saved:
                 log.info("cache: %d answers saved to %s", len(self.cache), self.cache_file)
+        for task in self._tasks_aside:
+            task.cancel()
         for group in self.groups.values():
             await group.aclose()
+        for transport in self._retired:
+            await transport.aclose()
 
     def snapshot(self) -> dict[str, Any]:
         now = self._loop.time()

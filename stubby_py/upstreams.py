@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from dns.rcode import Rcode
@@ -20,7 +21,7 @@ from dns.rcode import Rcode
 from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import NoUpstreamAvailableError, UpstreamError, UpstreamProtocolError
-from stubby_py.pool import Pool, PoolSettings
+from stubby_py.pool import Pool, PoolSettings, UpstreamHealth
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
 
@@ -108,12 +109,18 @@ class UpstreamGroup:
         specs: Sequence[UpstreamSpec],
         config: Config,
         transports: Sequence[Transport] | None = None,
+        reuse: Mapping[UpstreamSpec, tuple[Transport, UpstreamHealth]] | None = None,
     ) -> None:
+        """reuse: transports (with their health) kept from before a reload, by upstream."""
         self.name = name
+        reuse = reuse or {}
         self.transports = list(transports) if transports is not None else [
-            make_transport(spec, config) for spec in specs
+            reuse[spec][0] if spec in reuse else make_transport(spec, config) for spec in specs
         ]  # fmt: skip
         self.pool = Pool(len(self.transports), pool_settings(config))
+        for index, transport in enumerate(self.transports):
+            if transport.spec in reuse:
+                self.pool.health[index] = reuse[transport.spec][1]
         self._config = config
         self._loop = asyncio.get_running_loop()
         self._probes: set[asyncio.Task[None]] = set()
@@ -244,6 +251,7 @@ class UpstreamGroup:
         loop = self._loop
         transport = self.transports[index]
         start = loop.time()
+        started = time.perf_counter()  # the loop's clock has 1 ms steps: too coarse for latency
         self.pool.attempt_started(index, start)
         attempt_deadline = min(deadline, start + self._config.attempt_timeout)
         try:
@@ -253,7 +261,7 @@ class UpstreamGroup:
             self.pool.record_failure(index, loop.time())
             log.debug("%s", exc)
             raise
-        self.pool.record_success(index, loop.time() - start)
+        self.pool.record_success(index, time.perf_counter() - started)
         return scanned
 
     async def aclose(self) -> None:
@@ -261,3 +269,14 @@ class UpstreamGroup:
             task.cancel()
         for transport in self.transports:
             await transport.aclose()
+
+
+def transport_settings(config: Config) -> tuple[object, ...]:
+    """The settings transports are built with: a reload that changes none can keep them."""
+    return (
+        config.ca_file,
+        config.tls_min_version,
+        config.upstream_idle_timeout,
+        config.attempt_timeout,
+        config.padding_block_size,
+    )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any, cast
 
@@ -24,6 +25,23 @@ log = logging.getLogger(__name__)
 MAX_PIPELINED = 128
 
 
+#: a burst of queries waits here while the loop is busy; the kernel default (~208 KB) overflows
+UDP_RECEIVE_BUFFER = 4 << 20
+
+
+def enlarge_receive_buffer(sock: socket.socket) -> None:
+    """As Unbound's so-rcvbuf: beyond net.core.rmem_max only with CAP_NET_ADMIN (root, or
+    systemd's ReceiveBuffer= on the socket unit); otherwise as large as the system allows."""
+    for option in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+        if option is None:
+            continue
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_RECEIVE_BUFFER)
+            return
+        except OSError:
+            continue
+
+
 class UDPListener(asyncio.DatagramProtocol):
     def __init__(self, resolver: Resolver) -> None:
         self._resolver = resolver
@@ -32,6 +50,9 @@ class UDPListener(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            enlarge_receive_buffer(sock)
 
     def stop_reading(self) -> None:
         """Take no new queries; answers to those in flight still go out."""

@@ -119,6 +119,7 @@ class Pool:
         self._strategy = make_strategy(self.settings, self._rng)
         #: no upstream can be due for a probe before this time
         self._next_probe_at = float("inf")
+        self._everyone = list(range(size))
 
     @property
     def fanout(self) -> int:
@@ -128,6 +129,8 @@ class Pool:
     def order(self, now: float) -> list[int]:
         """Upstreams to try for one query, best first: healthy ones by strategy, then one probe
         for each upstream whose backoff has ended, then the rest of those that are down."""
+        if self._next_probe_at == float("inf") and not self._any_down():
+            return self._strategy.order(self._everyone, self.health)
         healthy = [i for i, h in enumerate(self.health) if not h.is_down]
         due = [
             i
@@ -139,6 +142,9 @@ class Pool:
             key=lambda i: self.health[i].down_until,
         )
         return self._strategy.order(healthy, self.health) + due + waiting
+
+    def _any_down(self) -> bool:
+        return any(h.downs for h in self.health)
 
     def take_probes(self, now: float) -> list[int]:
         """Upstreams whose backoff has ended: each gets one probe query (sent aside by the

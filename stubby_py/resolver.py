@@ -342,7 +342,8 @@ class Resolver:
     async def _fetch(self, query: wire.ClientQuery) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
         deadline = self._loop.time() + self.config.timeout
-        group = self.groups[self.router.group_for(query.key[:-5]) or DEFAULT_GROUP]
+        name = self.router.group_for(query.key[:-5]) if self.router else None
+        group = self.groups[name or DEFAULT_GROUP]
         try:
             body, ttl_offsets, layout = await group.forward(query, deadline)
         except UpstreamError as exc:

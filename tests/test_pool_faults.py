@@ -76,7 +76,7 @@ def test_failover_is_quick_once_an_upstream_is_down(ca: trustme.CA, ca_file: str
             assert addresses(warm) == ["192.0.2.2"] * 4
             after = ask_many([f"a{i}.example." for i in range(20)], daemon.port, concurrency=5)
     assert addresses(after) == ["192.0.2.2"] * 20
-    assert max(seconds for _, seconds in after) < 0.2  # the stalled upstream is skipped now
+    assert max(seconds for _, seconds in after) < 0.3  # not waiting 0.4 s on the stalled one
 
 
 def test_recovered_upstream_takes_traffic_again(ca: trustme.CA, ca_file: str) -> None:

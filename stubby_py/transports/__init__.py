@@ -1,33 +1,34 @@
-"""Upstream transports: DoT, DoH (HTTP/2, HTTP/3), DoQ and plain UDP/TCP behind one interface."""
+"""Upstream transports: DoT, DoH (HTTP/2, HTTP/3), DoQ and plain UDP/TCP behind one interface.
+
+Transport modules are imported when an upstream needs them: h2 and aioquic cost about 15 MB of
+memory that a DoT-only daemon (the default) should not carry.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
 
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.transports.base import Transport
-from stubby_py.transports.doh import DoHTransport
-from stubby_py.transports.doh3 import DoH3Transport
-from stubby_py.transports.doq import DoQTransport
-from stubby_py.transports.dot import DoTTransport
-from stubby_py.transports.plain import TCPTransport, UDPTransport
 
-_TRANSPORTS: dict[str, Callable[[UpstreamSpec, Config], Transport]] = {
-    "tls": DoTTransport,
-    "https": DoHTransport,
-    "h3": DoH3Transport,
-    "quic": DoQTransport,
-    "udp": UDPTransport,
-    "tcp": TCPTransport,
+#: URI scheme → (module, class)
+_TRANSPORTS: dict[str, tuple[str, str]] = {
+    "tls": ("stubby_py.transports.dot", "DoTTransport"),
+    "https": ("stubby_py.transports.doh", "DoHTransport"),
+    "h3": ("stubby_py.transports.doh3", "DoH3Transport"),
+    "quic": ("stubby_py.transports.doq", "DoQTransport"),
+    "udp": ("stubby_py.transports.plain", "UDPTransport"),
+    "tcp": ("stubby_py.transports.plain", "TCPTransport"),
 }
 
 
 def make_transport(spec: UpstreamSpec, config: Config) -> Transport:
     """The transport object for one configured upstream."""
     try:
-        transport_class = _TRANSPORTS[spec.transport]
+        module_name, class_name = _TRANSPORTS[spec.transport]
     except KeyError:
         raise NotImplementedError(
             f"transport {spec.transport}:// is not available in this build"
         ) from None
-    return transport_class(spec, config)
+    transport: Transport = getattr(importlib.import_module(module_name), class_name)(spec, config)
+    return transport

@@ -15,7 +15,7 @@ from stubby_py import __version__, control, stats, stubby_import
 from stubby_py.config import Config, Overrides, apply_overrides, parse_config
 from stubby_py.errors import StubbyError
 
-COMMANDS = ("run", "check-config", "stats", "flush", "reload", "import-stubby")
+COMMANDS = ("run", "check-config", "stats", "flush", "reload", "import-stubby", "bench")
 
 DESCRIPTION = """\
 An encrypted DNS stub forwarder. It answers plain DNS on 127.0.0.1:53 and [::1]:53 and forwards
@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     convert.add_argument("file", metavar="FILE", help="e.g. /etc/stubby/stubby.yml")
     convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
+    from stubby_py import bench
+
+    text = "compare upstreams' latency (cached, uncached, handshake) from here"
+    bench.add_arguments(commands.add_parser("bench", help=text, description=text))
     return parser
 
 
@@ -226,6 +230,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _control_command(args)
         if args.command == "import-stubby":
             return _import_stubby(args)
+        if args.command == "bench":
+            from stubby_py import bench
+
+            return bench.main(args)
         return _run(args)
     except StubbyError as exc:
         print(f"stubby-py: {exc}", file=sys.stderr)

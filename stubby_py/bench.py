@@ -1,0 +1,459 @@
+"""`stubby-py bench`: compare encrypted upstreams' latency from where the user sits.
+
+Every upstream (the configured pool, or --upstream URIs) is measured in three phases, through
+the same transports the daemon uses (transports.make_transport), with the daemon's padded queries:
+
+- cached: popular names on one open connection, after a warm-up that asked each of them once,
+  so the upstream answers from its cache; the second and later asks are measured.
+- uncached: a fresh random label under --zone (default example.com) each time: the upstream has
+  to ask the authoritative servers (or its aggressive NSEC cache; RFC 8198).
+- handshake: a new transport object per sample, so a new connection with a full handshake (no
+  session resumption: the ticket store lives in the transport). The sample is the first
+  exchange on it minus a second exchange of the same cached name on the same connection, i.e.
+  connection set-up time (TCP+TLS, or QUIC) with the query's own round trip taken out. The
+  transports do not expose the connect step itself, so it is measured from outside this way.
+  udp:// has no connection and no handshake phase.
+
+Samples run round-robin over upstreams and phases (benchstats.measure_plan), at most
+--concurrency at a time, each with --timeout; the whole run stops after --max-time. Ctrl-C stops
+it too, and whatever was measured is reported. Timeouts and errors are counted per phase, never
+folded into the latencies; a SERVFAIL or REFUSED answer counts as an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TextIO
+
+import dns.message
+
+from stubby_py import benchstats, edns, stubby_import, wire
+from stubby_py.benchstats import Job, Tally, UpstreamResult
+from stubby_py.config import Config, Overrides, UpstreamSpec, apply_overrides
+from stubby_py.errors import StubbyError, UpstreamError
+from stubby_py.transports import make_transport
+from stubby_py.transports.base import Transport
+
+#: popular names for the cached phase (any public resolver has them cached)
+POPULAR_NAMES = (
+    "google.com",
+    "youtube.com",
+    "facebook.com",
+    "wikipedia.org",
+    "amazon.com",
+    "apple.com",
+    "microsoft.com",
+    "cloudflare.com",
+    "github.com",
+    "netflix.com",
+    "instagram.com",
+    "linkedin.com",
+    "reddit.com",
+    "yahoo.com",
+    "bing.com",
+    "whatsapp.com",
+    "office.com",
+    "zoom.us",
+    "debian.org",
+    "mozilla.org",
+)
+#: the rcodes that say the upstream could not answer (counted as errors)
+_FAILED_RCODES = {2: "rcode-SERVFAIL", 5: "rcode-REFUSED"}
+EXIT_INTERRUPTED = 130
+#: seconds left to closing connections at the end of a run
+CLOSE_GRACE = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    queries: int = 30
+    concurrency: int = 4
+    timeout: float = 2.0
+    zone: str = "example.com"
+    names: tuple[str, ...] = POPULAR_NAMES
+    #: stop measuring after this many seconds, whatever is left
+    max_time: float = 120.0
+
+
+class _Failed(Exception):
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def phases_for(spec: UpstreamSpec) -> tuple[str, ...]:
+    if spec.transport == "udp":
+        return tuple(p for p in benchstats.PHASES if p != "handshake")
+    return benchstats.PHASES
+
+
+def make_query(name: str, spec: UpstreamSpec, pad_block: int) -> bytes:
+    """The query the daemon would send for a client's `name A`: ID 0, RD, our OPT, padded."""
+    client = wire.parse_query(dns.message.make_query(name, "A").to_wire())
+    if spec.is_encrypted:
+        return edns.upstream_query(client, pad_block=pad_block, do=False, keepalive=True)
+    return edns.upstream_query(client, pad_block=0, do=False)
+
+
+class BenchRun:
+    """One bench run: the upstreams, their tallies, and the asyncio side that fills them."""
+
+    def __init__(self, specs: Sequence[UpstreamSpec], config: Config, options: BenchOptions):
+        self.specs = list(specs)
+        self.config = config
+        self.options = options
+        self.results = [
+            UpstreamResult(
+                spec.label,
+                benchstats.TRANSPORT_OF_SCHEME[spec.transport],
+                {phase: Tally() for phase in phases_for(spec)},
+            )
+            for spec in self.specs
+        ]
+        self.done = 0
+        self.total = 0
+        self.elapsed = 0.0
+        #: why it stopped early: "interrupted", "max-time", or None (finished)
+        self.stopped_by: str | None = None
+        self._stop: asyncio.Event | None = None
+        self._transports: list[Transport] = []
+
+    # -- running -----------------------------------------------------------------------------
+    def stop(self, reason: str) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = reason
+        if self._stop is not None:
+            self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        started = time.perf_counter()
+        timer = loop.call_later(self.options.max_time, self.stop, "max-time")
+        self._transports = [make_transport(spec, self.config) for spec in self.specs]
+        labels = [
+            f"{secrets.token_hex(6)}.{self.options.zone.strip('.')}"
+            for _ in range(self.options.queries)
+        ]
+        warmup = benchstats.warmup_plan(len(self.specs), self.options.names)
+        jobs = benchstats.measure_plan(
+            [phases_for(s) for s in self.specs], self.options.names, self.options.queries, labels
+        )
+        self.total = len(warmup) + len(jobs)
+        try:
+            await self._run_jobs(warmup)
+            await self._run_jobs(jobs)
+        finally:
+            timer.cancel()
+            self.elapsed = time.perf_counter() - started
+            for transport in self._transports:
+                await transport.aclose()
+            # a closed TLS connection still trades close_notify with the server: give it a
+            # moment before the loop goes (the DoT transport's aclose does not wait for that)
+            await asyncio.sleep(CLOSE_GRACE)
+
+    async def _run_jobs(self, jobs: Iterable[Job]) -> None:
+        assert self._stop is not None
+        pending = iter(jobs)
+
+        async def worker() -> None:
+            for job in pending:
+                await self._one(job)
+                self.done += 1
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self.options.concurrency)]
+        stopped = asyncio.ensure_future(self._stop.wait())
+        everything = asyncio.gather(*workers)
+        watched: list[asyncio.Future[Any]] = [everything, stopped]
+        try:
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            everything.cancel()
+            await asyncio.gather(everything, stopped, return_exceptions=True)
+
+    async def _one(self, job: Job) -> None:
+        if job.phase == "handshake":
+            await self._handshake(job)
+            return
+        transport = self._transports[job.upstream]
+        tally = self.results[job.upstream].tallies.get(job.phase)
+        try:
+            seconds = await self._timed(transport, job.name)
+        except _Failed as failure:
+            if tally is not None:
+                tally.fail(failure.kind)
+            return
+        if tally is not None:
+            tally.add(seconds)
+
+    async def _handshake(self, job: Job) -> None:
+        tally = self.results[job.upstream].tallies["handshake"]
+        transport = make_transport(self.specs[job.upstream], self.config)
+        try:
+            cold = await self._timed(transport, job.name)
+            warm = await self._timed(transport, job.name)
+        except _Failed as failure:
+            tally.fail(failure.kind)
+            return
+        finally:
+            await transport.aclose()
+        tally.add(max(0.0, cold - warm))
+
+    async def _timed(self, transport: Transport, name: str) -> float:
+        """Seconds for one exchange of `name A`; _Failed with the kind of failure otherwise."""
+        query = make_query(name, transport.spec, self.config.padding_block_size)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        started = time.perf_counter()
+        try:
+            # the transport keeps the deadline; the outer limit only guards against a bug there
+            async with asyncio.timeout(self.options.timeout + 1.0):
+                reply = await transport.exchange(query, deadline)
+        except UpstreamError as exc:
+            raise _Failed(exc.kind) from None
+        except TimeoutError:
+            raise _Failed("timeout") from None
+        elapsed = time.perf_counter() - started
+        failed = _FAILED_RCODES.get(reply[3] & wire.RCODE_MASK)
+        if failed is not None:
+            raise _Failed(failed)
+        return elapsed
+
+    # -- what it measured --------------------------------------------------------------------
+    def counts(self) -> tuple[int, int]:
+        errors = sum(t.errors for r in self.results for t in r.tallies.values())
+        timeouts = sum(t.timeouts for r in self.results for t in r.tallies.values())
+        return errors, timeouts
+
+    def progress(self) -> str:
+        errors, timeouts = self.counts()
+        return benchstats.progress_text(self.done, self.total, errors, timeouts, self.elapsed)
+
+    def meta(self) -> dict[str, object]:
+        return {
+            "zone": self.options.zone,
+            "queries": self.options.queries,
+            "concurrency": self.options.concurrency,
+            "timeout_s": self.options.timeout,
+            "elapsed_s": round(self.elapsed, 3),
+            "stopped_by": self.stopped_by,
+        }
+
+
+# --- the asyncio edge: signals and the progress line ----------------------------------------------
+
+
+async def _progress(run: BenchRun, stream: TextIO, started: float) -> None:
+    is_tty = stream.isatty()
+    interval = 0.2 if is_tty else 5.0
+    while True:
+        await asyncio.sleep(interval)
+        run.elapsed = time.perf_counter() - started
+        text = run.progress()
+        stream.write(f"\r{text}\x1b[K" if is_tty else f"{text}\n")
+        stream.flush()
+
+
+async def run_with_progress(run: BenchRun, stream: TextIO) -> None:
+    """Run the bench; Ctrl-C (SIGINT) stops it gracefully, a second one at once."""
+    loop = asyncio.get_running_loop()
+    handled = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGINT, _interrupt, run, loop)
+        handled = True
+    progress = asyncio.ensure_future(_progress(run, stream, time.perf_counter()))
+    try:
+        await run.run()
+    finally:
+        progress.cancel()
+        await asyncio.gather(progress, return_exceptions=True)
+        if stream.isatty():
+            stream.write("\r\x1b[K")
+        stream.write(run.progress() + "\n")
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+
+
+def _interrupt(run: BenchRun, loop: asyncio.AbstractEventLoop) -> None:
+    run.stop("interrupted")
+    loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C: KeyboardInterrupt
+
+
+# --- the chart (matplotlib, an optional extra) ----------------------------------------------------
+
+CHART_MISSING = (
+    "--chart needs matplotlib: pip install 'stubby-py[chart]' (or: pip install matplotlib)"
+)
+
+
+def check_chart_available() -> None:
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise StubbyError(CHART_MISSING) from None
+
+
+def write_chart(path: str, results: Sequence[UpstreamResult]) -> None:
+    """One panel per phase: a box plot of each upstream's latencies (ms, log scale), fastest on
+    top. The format follows the file name (.png, .svg, and whatever else matplotlib writes)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise StubbyError(CHART_MISSING) from None
+    phases = [p for p in benchstats.PHASES if any(p in r.tallies for r in results)]
+    figure = Figure(figsize=(9, 1.2 + 0.45 * len(results) * len(phases)), layout="constrained")
+    axes = figure.subplots(len(phases), 1, squeeze=False)[:, 0]
+    labels = [f"{r.upstream} ({r.transport})" for r in reversed(results)]
+    for ax, phase in zip(axes, phases, strict=True):
+        data = [_ms(r, phase) or [float("nan")] for r in reversed(results)]
+        ax.boxplot(data, orientation="horizontal", tick_labels=labels, showfliers=True)
+        ax.set_xscale("log")
+        ax.set_title(f"{phase}: latency, ms")
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+    figure.suptitle("stubby-py bench")
+    try:
+        figure.savefig(path)
+    except (OSError, ValueError) as exc:
+        raise StubbyError(f"--chart {path}: {exc}") from None
+
+
+def _ms(result: UpstreamResult, phase: str) -> list[float]:
+    tally = result.tallies.get(phase)
+    return [s * 1000.0 for s in tally.latencies] if tally is not None else []
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", metavar="FILE", help="take the upstream pool from FILE")
+    parser.add_argument(
+        "--upstream", action="append", default=[], metavar="URI",
+        help="upstream to measure (repeatable; replaces the pool): tls://, https://, h3://, "
+        "quic://, udp:// or tcp:// as for `run`",
+    )  # fmt: skip
+    parser.add_argument("--ca-file", metavar="FILE", help="PEM CA certificates to verify with")
+    parser.add_argument(
+        "--transport", metavar="LIST",
+        help="only these transports, comma-separated: dot,doh,doh3,doq,udp (udp: udp:// and tcp://)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--names", metavar="FILE",
+        help="popular names for the cached phase, one a line (default: a built-in list)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--zone", default="example.com",
+        help="uncached phase: random labels under this zone (default: example.com)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--queries", type=_positive_int, default=30, metavar="N",
+        help="samples per upstream and phase (default: 30)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=4, metavar="N",
+        help="queries in flight at once, over all upstreams (default: 4)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=_positive_float, default=2.0, metavar="S",
+        help="per-query timeout, seconds (default: 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-time", type=_positive_float, default=120.0, metavar="S",
+        help="stop after this many seconds and report what was measured (default: 120)",
+    )  # fmt: skip
+    parser.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    parser.add_argument(
+        "--chart", metavar="FILE",
+        help="also draw the latency distributions to FILE (.png or .svg; needs matplotlib)",
+    )  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0, got {text}")
+    return value
+
+
+def selected_upstreams(config: Config, transports: str | None) -> list[UpstreamSpec]:
+    if not transports:
+        return list(config.upstreams)
+    wanted = {t.strip() for t in transports.split(",") if t.strip()}
+    unknown = wanted - set(benchstats.TRANSPORT_CHOICES)
+    if unknown:
+        choices = ",".join(benchstats.TRANSPORT_CHOICES)
+        raise StubbyError(f"--transport: unknown {','.join(sorted(unknown))}; expected {choices}")
+    chosen = [s for s in config.upstreams if benchstats.FILTER_OF_SCHEME[s.transport] in wanted]
+    if not chosen:
+        raise StubbyError(f"--transport {transports}: no upstream in the pool uses it")
+    return chosen
+
+
+def read_names(path: str) -> tuple[str, ...]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = [line.split("#", 1)[0].strip() for line in handle]
+    except OSError as exc:
+        raise StubbyError(f"{path}: cannot read the names: {exc.strerror}") from None
+    names = tuple(line for line in lines if line)
+    if not names:
+        raise StubbyError(f"{path}: no names in it")
+    return names
+
+
+def _options(args: argparse.Namespace) -> BenchOptions:
+    names = read_names(args.names) if args.names else POPULAR_NAMES
+    return BenchOptions(
+        queries=args.queries, concurrency=args.concurrency, timeout=args.timeout,
+        zone=args.zone, names=names, max_time=args.max_time,
+    )  # fmt: skip
+
+
+def _config(args: argparse.Namespace, timeout: float) -> Config:
+    config = stubby_import.load(args.config)[0]
+    overrides = Overrides(upstreams=tuple(args.upstream), ca_file=args.ca_file)
+    config = apply_overrides(config, overrides)
+    # connections stay open for the whole run; one attempt per query, no pool retries
+    return replace(config, timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0)
+
+
+def main(args: argparse.Namespace) -> int:
+    """`stubby-py bench`: measure, then print the ranked table, JSON or CSV on stdout."""
+    if args.chart:
+        check_chart_available()
+    options = _options(args)
+    config = _config(args, options.timeout)
+    run = BenchRun(selected_upstreams(config, args.transport), config, options)
+    try:
+        asyncio.run(run_with_progress(run, sys.stderr))
+    except KeyboardInterrupt:
+        run.stop("interrupted")
+    records = benchstats.summaries(run.results)
+    if args.format == "json":
+        sys.stdout.write(benchstats.format_json(records, run.meta()))
+    elif args.format == "csv":
+        sys.stdout.write(benchstats.format_csv(records))
+    else:
+        sys.stdout.write(benchstats.format_table(records))
+        if run.stopped_by is not None:
+            sys.stdout.write(f"stopped early ({run.stopped_by}): partial results\n")
+    if args.chart:
+        write_chart(args.chart, benchstats.ranked(run.results))
+        print(f"chart written to {args.chart}", file=sys.stderr)
+    return EXIT_INTERRUPTED if run.stopped_by == "interrupted" else 0

@@ -307,6 +307,7 @@ def write_chart(path: str, results: Sequence[UpstreamResult]) -> None:
     top. The format follows the file name (.png, .svg, and whatever else matplotlib writes)."""
     try:
         from matplotlib.figure import Figure
+        from matplotlib.ticker import FuncFormatter, NullFormatter
     except ImportError:
         raise StubbyError(CHART_MISSING) from None
     phases = [p for p in benchstats.PHASES if any(p in r.tallies for r in results)]
@@ -317,6 +318,8 @@ def write_chart(path: str, results: Sequence[UpstreamResult]) -> None:
         data = [_ms(r, phase) or [float("nan")] for r in reversed(results)]
         ax.boxplot(data, orientation="horizontal", tick_labels=labels, showfliers=True)
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"{phase}: latency, ms")
         ax.grid(True, axis="x", which="both", alpha=0.3)
     figure.suptitle("stubby-py bench")
@@ -328,7 +331,8 @@ def write_chart(path: str, results: Sequence[UpstreamResult]) -> None:
 
 def _ms(result: UpstreamResult, phase: str) -> list[float]:
     tally = result.tallies.get(phase)
-    return [s * 1000.0 for s in tally.latencies] if tally is not None else []
+    # a log scale has no 0: a handshake sample of 0 (set-up lost in the noise) is drawn at 1 µs
+    return [max(s * 1000.0, 0.001) for s in tally.latencies] if tally is not None else []
 
 
 # --- the command ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from stubby_py.benchstats import Job, Tally, UpstreamResult
 from stubby_py.errors import StubbyError
 from tests.conftest import dot_uri, server_context
 from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server
+from tests.quic_servers import doq_server, h3_server
 from tests.upstream_server import LocalUpstream, local_upstream
 
 pytestmark = pytest.mark.timeout(30)
@@ -176,21 +176,27 @@ def test_ranking_follows_injected_delays(
     assert len(asked) > 12
 
 
-def test_doh_and_doq_upstreams_are_measured(
+def test_doh_doh3_and_doq_upstreams_are_measured(
     ca: trustme.CA, ca_file: str, names_file: str, tmp_path: Path, capsys: Capture
 ) -> None:
     cert, key = write_cert_files(ca, str(tmp_path), "dns.test", "127.0.0.1")
-    with h2_server(server_context(ca)) as doh, doq_server(cert, key) as doq:
+    with (
+        h2_server(server_context(ca)) as doh,
+        doq_server(cert, key) as doq,
+        h3_server(cert, key) as h3,
+    ):
         doh.state.delay = 0.010
+        h3.state.delay = 0.020
         doq.state.delay = 0.030
         uris = [f"quic://127.0.0.1:{doq.port}#dns.test", f"https://127.0.0.1:{doh.port}/dns-query"]
+        uris.append(f"h3://127.0.0.1:{h3.port}/dns-query")
         args = ["--ca-file", ca_file, "--names", names_file, "--queries", "8", "--format", "csv"]
         code, out, _ = _bench(capsys, *args, *_upstream_args(*uris))
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     cached = [r for r in rows if r["phase"] == "cached"]
-    assert [r["transport"] for r in cached] == ["doh", "doq"]
-    for row, delay in zip(cached, (0.010, 0.030), strict=True):
+    assert [r["transport"] for r in cached] == ["doh", "doh3", "doq"]
+    for row, delay in zip(cached, (0.010, 0.020, 0.030), strict=True):
         assert int(row["count"]) == 8
         assert delay * 1000 <= float(row["p50_ms"]) <= (delay + TOLERANCE) * 1000
     assert {r["phase"] for r in rows} == {"cached", "uncached", "handshake"}

@@ -15,7 +15,7 @@ from stubby_py import __version__, control, stats, stubby_import
 from stubby_py.config import Config, Overrides, apply_overrides, parse_config
 from stubby_py.errors import StubbyError
 
-COMMANDS = ("run", "check-config", "stats", "flush", "reload", "import-stubby", "bench")
+COMMANDS = ("run", "check-config", "check", "stats", "flush", "reload", "import-stubby", "bench")
 
 DESCRIPTION = """\
 An encrypted DNS stub forwarder. It answers plain DNS on 127.0.0.1:53 and [::1]:53 and forwards
@@ -30,6 +30,7 @@ examples:
   stubby-py -c /etc/stubby-py/config.yaml     run on a configuration file
   stubby-py --upstream tls://9.9.9.9#dns.quad9.net --listen 127.0.0.1:5353
   stubby-py check-config config.yaml          validate a configuration file and exit
+  stubby-py check -c config.yaml --connect    connect to every upstream and report (TLS, pins)
   stubby-py -c /etc/stubby/stubby.yml         run on a Stubby configuration as it is
 then: dig @127.0.0.1 -p 5353 example.com
 
@@ -78,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check-config", help="validate a configuration file (ours or Stubby's) and exit"
     )
     check.add_argument("file", metavar="FILE")
+    _add_check_parser(commands)
     stats_parser = _control_parser(commands, "stats", "show the running daemon's statistics")
     stats_parser.add_argument("--json", action="store_true", help="print them as JSON")
     flush = _control_parser(commands, "flush", "forget cached answers: all, or one name's")
@@ -94,6 +96,40 @@ def build_parser() -> argparse.ArgumentParser:
     text = "compare upstreams' latency (cached, uncached, handshake) from here"
     bench.add_arguments(commands.add_parser("bench", help=text, description=text))
     return parser
+
+
+def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = "validate the configuration; with --connect, connect to every upstream and report"
+    parser = commands.add_parser("check", help=text, description=text)
+    parser.add_argument("-c", "--config", metavar="FILE", help="YAML configuration file")
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="upstream to check (repeatable; replaces the configured pool)",
+    )
+    parser.add_argument("--ca-file", metavar="FILE", help="PEM file of CA certificates")
+    parser.add_argument("--connect", action="store_true", help="connect and send a test query")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="bound on each step (handshake, query), seconds (default 5)",
+    )
+    parser.add_argument("--format", choices=("table", "json"), default="table")
+
+
+def _check(args: argparse.Namespace) -> int:
+    overrides = Overrides(upstreams=tuple(args.upstream), ca_file=args.ca_file)
+    config = apply_overrides(stubby_import.load(args.config)[0], overrides)
+    if not args.connect:
+        print(f"{config.source}: OK ({len(config.upstreams)} upstreams); --connect to test them")
+        return 0
+    from stubby_py import check
+
+    return check.run(config, args.timeout, args.format)
 
 
 def _control_parser(
@@ -226,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "check":
+            return _check(args)
         if args.command in ("stats", "flush", "reload"):
             return _control_command(args)
         if args.command == "import-stubby":

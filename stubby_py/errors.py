@@ -8,7 +8,15 @@ StubbyError
 │   ├── BadVersionError            BADVERS (EDNS version > 0)
 │   └── RefusedError               REFUSED, EDE 18 Prohibited
 └── UpstreamError                  an upstream failed: SERVFAIL, EDE 22/23
-    ├── UpstreamConnectError       connect refused, unreachable, TLS handshake failed
+    ├── UpstreamConnectError       connect failed (any other reason)
+    │   ├── ConnectionRefusedUpstreamError  the port is closed (RST, ICMP port unreachable)
+    │   ├── NoRouteError           no route to the host or network, address not available
+    │   ├── TLSHandshakeError      the TLS handshake failed (an alert, no common version)
+    │   ├── ALPNMismatchError      the server negotiated no (or the wrong) application protocol
+    │   ├── CertificateError       the certificate was rejected (any other verify error)
+    │   │   ├── CertNameMismatchError  it does not name the auth name (or the IP address)
+    │   │   ├── CertExpiredError   it has expired (or is not valid yet)
+    │   │   └── CertUntrustedError no path to a trusted CA (self-signed, unknown issuer)
     │   └── PinMismatchError       certificate SPKI not in the configured pin set
     ├── UpstreamTimeoutError       no answer within the attempt or the deadline
     ├── UpstreamClosedError        connection lost with the query in flight
@@ -61,6 +69,38 @@ class UpstreamError(StubbyError):
 
 class UpstreamConnectError(UpstreamError):
     kind = "connect-failed"
+
+
+class ConnectionRefusedUpstreamError(UpstreamConnectError):
+    kind = "connection-refused"
+
+
+class NoRouteError(UpstreamConnectError):
+    kind = "no-route"
+
+
+class TLSHandshakeError(UpstreamConnectError):
+    kind = "tls-handshake"
+
+
+class ALPNMismatchError(UpstreamConnectError):
+    kind = "alpn-mismatch"
+
+
+class CertificateError(UpstreamConnectError):
+    kind = "cert-rejected"
+
+
+class CertNameMismatchError(CertificateError):
+    kind = "cert-name-mismatch"
+
+
+class CertExpiredError(CertificateError):
+    kind = "cert-expired"
+
+
+class CertUntrustedError(CertificateError):
+    kind = "cert-untrusted"
 
 
 class PinMismatchError(UpstreamConnectError):

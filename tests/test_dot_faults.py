@@ -99,7 +99,7 @@ def test_certificate_name_mismatch_is_refused(dot_upstream: LocalUpstream, ca_fi
     with running_daemon(config) as daemon:
         assert rcodes(ask_many(["a.example."], daemon.port)) == ["SERVFAIL"]
         kinds = daemon.resolver.transports[0].stats.failure_kinds
-    assert kinds == {"connect-failed": 1}
+    assert kinds == {"cert-name-mismatch": 1}
     assert dot_upstream.state.queries == []
 
 

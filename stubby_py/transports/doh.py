@@ -38,11 +38,12 @@ import h2.settings
 from stubby_py import wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
+    ALPNMismatchError,
     UpstreamClosedError,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
 )
+from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import (
     Exchanges,
@@ -509,16 +510,8 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
                 server_hostname=server_hostname(self.spec),
                 ssl_handshake_timeout=self.connect_timeout,
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamConnectError(
-                f"{self.name}: certificate rejected: {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            raise UpstreamConnectError(f"{self.name}: TLS handshake failed: {exc.reason}") from None
-        except OSError as exc:
-            raise UpstreamConnectError(
-                f"{self.name}: connect failed: {exc.strerror or exc}"
-            ) from None
+        except OSError as exc:  # ssl.SSLError included
+            raise connect_error(self.name, exc) from None
         self._open_connections.add(connection)
         try:
             self._check_session(transport)
@@ -532,7 +525,7 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if alpn != H2_ALPN:
-            raise UpstreamConnectError(f"{self.name}: server does not speak HTTP/2 (ALPN {alpn!r})")
+            raise ALPNMismatchError(f"{self.name}: server does not speak HTTP/2 (ALPN {alpn!r})")
         check_pins(self.spec, ssl_object.getpeercert(binary_form=True))
 
 

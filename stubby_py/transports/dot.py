@@ -20,11 +20,11 @@ from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
     UpstreamClosedError,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport, TransportStats
 from stubby_py.transports.tls import check_pins, client_context, server_hostname
 
@@ -311,16 +311,8 @@ class DoTTransport:
             transport, protocol = await loop.create_connection(
                 lambda: DoTConnection(self), self.spec.address, self.spec.port, **tls_options
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise UpstreamConnectError(
-                f"{self.name}: certificate rejected: {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            raise UpstreamConnectError(f"{self.name}: TLS handshake failed: {exc.reason}") from None
-        except OSError as exc:
-            raise UpstreamConnectError(
-                f"{self.name}: connect failed: {exc.strerror or exc}"
-            ) from None
+        except OSError as exc:  # ssl.SSLError included
+            raise connect_error(self.name, exc) from None
         ssl_object = transport.get_extra_info("ssl_object")
         try:
             check_pins(self.spec, ssl_object.getpeercert(binary_form=True) if ssl_object else None)

@@ -35,11 +35,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
+    ALPNMismatchError,
     UpstreamClosedError,
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
+    UpstreamTimeoutError,
 )
+from stubby_py.failures import socket_error, tls_alert_error
 from stubby_py.transports.multiplex import Exchanges, MultiplexedTransport, Waiter
 from stubby_py.transports.tls import check_pins, server_hostname
 
@@ -78,6 +81,16 @@ def _system_trust_store() -> tuple[str | None, str | None]:
     cafile = paths.cafile if paths.cafile and os.path.isfile(paths.cafile) else None
     capath = paths.capath if paths.capath and os.path.isdir(paths.capath) else None
     return cafile, capath
+
+
+def handshake_error(label: str, event: ConnectionTerminated) -> UpstreamError:
+    """The error a connection closed before its handshake completed stands for."""
+    code = event.error_code
+    if CRYPTO_ERROR_FIRST <= code <= CRYPTO_ERROR_LAST:
+        return tls_alert_error(label, code - CRYPTO_ERROR_FIRST, event.reason_phrase)
+    if event.reason_phrase == "Idle timeout":
+        return UpstreamTimeoutError(f"{label}: QUIC handshake timed out (no reply from the server)")
+    return UpstreamConnectError(f"{label}: {describe_close(event)}")
 
 
 def describe_close(event: ConnectionTerminated) -> str:
@@ -147,7 +160,12 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         # flight is retried once, on a new connection that fails fast the same way)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         if not self.handshake.done():
-            self.handshake.set_exception(UpstreamConnectError(f"{self._label}: {reason}"))
+            error = (
+                socket_error(self._label, exc)
+                if isinstance(exc, OSError)
+                else UpstreamConnectError(f"{self._label}: {reason}")
+            )
+            self.handshake.set_exception(error)
         elif not self._is_closed:
             log.info("%s: %s; closing the connection", self._label, reason)
             self.close()
@@ -171,7 +189,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
     def _handle_terminated(self, event: ConnectionTerminated) -> None:
         reason = describe_close(event)
         if not self.handshake.done():
-            self.handshake.set_exception(UpstreamConnectError(f"{self._label}: {reason}"))
+            self.handshake.set_exception(handshake_error(self._label, event))
         self._is_closed = True
         if self._udp is not None:
             self._udp.close()
@@ -300,7 +318,7 @@ class QuicTransport(MultiplexedTransport[P]):
                 lambda: self._new_connection(quic), remote_addr=(self.spec.address, self.spec.port)
             )
         except OSError as exc:
-            raise UpstreamConnectError(f"{self.name}: {exc.strerror or exc}") from None
+            raise socket_error(self.name, exc) from None
         try:
             connection.connect(transport.get_extra_info("peername"))
             await connection.handshake
@@ -312,7 +330,7 @@ class QuicTransport(MultiplexedTransport[P]):
 
     def _check_session(self, connection: P) -> None:
         if connection.alpn not in self.alpn:
-            raise UpstreamConnectError(f"{self.name}: server chose ALPN {connection.alpn!r}")
+            raise ALPNMismatchError(f"{self.name}: server chose ALPN {connection.alpn!r}")
         if connection.is_resumed:
             # a ticket only ever comes from a session whose certificate and pins were checked
             self.resumptions += 1

@@ -266,3 +266,20 @@ def test_bad_configuration_exits_2(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 2 and "upstreams[0].url" in done.stderr
+
+
+def test_quic_closed_port_and_black_hole(ca_file: str) -> None:
+    """UDP: ICMP port unreachable says refused at once; a silent socket runs into the timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind(("127.0.0.1", 0))
+            closed = probe.getsockname()[1]
+        status, report, elapsed = run_check(
+            "--upstream", f"quic://127.0.0.1:{closed}#{AUTH_NAME}",
+            "--upstream", f"quic://127.0.0.1:{silent.getsockname()[1]}#{AUTH_NAME}",
+            "--ca-file", ca_file, timeout=1.0,
+        )  # fmt: skip
+    assert status == 1
+    assert [u["kind"] for u in report["upstreams"]] == ["connection-refused", "timeout"]
+    assert elapsed < 1.0 + 3.0

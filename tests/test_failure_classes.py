@@ -215,3 +215,10 @@ def test_doq_expired(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
     with doq_server(str(cert_file), str(key_file)) as server:
         uri = f"quic://127.0.0.1:{server.port}#{AUTH_NAME}"
         _servfail_kind(_config(uri, ca_file), "cert-expired")
+
+
+def test_doq_port_unreachable(ca_file: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _servfail_kind(_config(f"quic://127.0.0.1:{port}#{AUTH_NAME}", ca_file), "connection-refused")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stubby_py import __version__
+from stubby_py import __version__, benchstats
 
 if TYPE_CHECKING:
     from stubby_py.listener import TCPConnections
@@ -21,12 +21,10 @@ PERCENTILES = (50, 90, 99)
 
 
 def percentile(samples: Sequence[float], pct: float) -> float | None:
-    """Nearest-rank percentile (None without samples)."""
+    """The same percentile `stubby-py bench` reports (None without samples)."""
     if not samples:
         return None
-    ranked = sorted(samples)
-    rank = max(1, -(-len(ranked) * pct // 100))  # ceil(n * pct / 100), at least 1
-    return ranked[int(rank) - 1]
+    return benchstats.percentile(sorted(samples), pct)
 
 
 def hit_ratio(hits: int, misses: int) -> float | None:

@@ -314,7 +314,8 @@ class DoHConnection(asyncio.Protocol):
         self._open_streams()
         return key, future
 
-    def forget(self, key: int) -> None:
+    def forget(self, key: int, future: asyncio.Future[bytes]) -> None:
+        # stream IDs are never reused on a connection: the key alone names this query
         waiter = self._exchanges.discard(key)
         if waiter is not None:
             self._cancel_stream(waiter)

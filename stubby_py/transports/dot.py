@@ -25,13 +25,12 @@ from stubby_py.errors import (
     UpstreamTimeoutError,
 )
 from stubby_py.failures import connect_error
-from stubby_py.transports.base import Transport, TransportStats
+from stubby_py.transports.base import Transport
+from stubby_py.transports.multiplex import MultiplexedTransport
 from stubby_py.transports.tls import check_pins, client_context, server_hostname
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 10.0
-FIRST_BACKOFF = 0.1
 MAX_IN_FLIGHT = 60000
 #: our own generator: IDs stay random even if someone seeds the global one (tests do)
 _ids = random.Random()
@@ -212,89 +211,28 @@ class DoTConnection(asyncio.Protocol):
         self._schedule_idle_check()
 
 
-class DoTTransport:
-    """One DoT upstream: keeps one connection, reconnects with backoff."""
+class DoTTransport(MultiplexedTransport[DoTConnection]):
+    """One DoT upstream: keeps one connection, reconnects with backoff (multiplex.py)."""
 
     #: TCPTransport turns this off: the same pipelined stream, in cleartext (LAN resolvers only)
     uses_tls = True
 
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
-        self.spec = spec
-        self.stats = TransportStats()
-        self.idle_timeout = config.upstream_idle_timeout
-        self.connect_timeout = max(config.attempt_timeout, 1.0)
-        self._config = config
+        super().__init__(spec, config)
         self._context: ssl.SSLContext | None = None
-        self._connection: DoTConnection | None = None
-        self._connecting: asyncio.Task[DoTConnection] | None = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error: UpstreamError | None = None
-
-    @property
-    def name(self) -> str:
-        return self.spec.label
 
     @property
     def is_encrypted(self) -> bool:
         return self.uses_tls
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
+        # no ID-zeroing: every query gets an ID of its own on the connection
         self.stats.queries += 1
         try:
             return await self._exchange(query, deadline)
         except UpstreamError as exc:
             self.stats.count_failure(exc.kind)
             raise
-
-    async def _exchange(self, query: bytes, deadline: float) -> bytes:
-        for attempt in range(2):
-            connection = self._connection
-            if connection is None or connection.is_closed:
-                connection = await self._connected(deadline)
-            msg_id, future = connection.send(query, deadline)
-            try:
-                return await future
-            except UpstreamClosedError:
-                # the server closed the connection under us (idle close, restart): retry once
-                loop = asyncio.get_running_loop()
-                if attempt or loop.time() >= deadline:
-                    raise
-            finally:
-                connection.forget(msg_id, future)
-        raise AssertionError("unreachable")
-
-    async def _connected(self, deadline: float) -> DoTConnection:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        if self._connecting is None:
-            if now < self._retry_at and self._last_error is not None:
-                raise type(self._last_error)(f"{self._last_error} (backing off)")
-            self._connecting = loop.create_task(self._connect())
-        task = self._connecting
-        try:
-            return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - now))
-        except TimeoutError:
-            raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
-
-    async def _connect(self) -> DoTConnection:
-        loop = asyncio.get_running_loop()
-        try:
-            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
-        except UpstreamError as exc:
-            self._record_connect_failure(exc, loop.time())
-            raise
-        except TimeoutError:
-            exc2 = UpstreamTimeoutError(f"{self.name}: TLS connect timed out")
-            self._record_connect_failure(exc2, loop.time())
-            raise exc2 from None
-        finally:
-            self._connecting = None
-        self._failures = 0
-        self._last_error = None
-        self._connection = connection
-        self.stats.handshakes += 1
-        return connection
 
     async def _open(self) -> DoTConnection:
         if self._context is None and self.uses_tls:
@@ -320,30 +258,6 @@ class DoTTransport:
             transport.close()
             raise
         return protocol
-
-    def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
-        self._failures += 1
-        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
-        self._retry_at = now + backoff * random.uniform(0.5, 1.0)
-        self._last_error = exc
-        log.warning("%s", exc)
-
-    def connection_gone(self, connection: DoTConnection) -> None:
-        if self._connection is connection:
-            self._connection = None
-
-    def reset(self) -> None:
-        """Forget backoff and drop the connection (network change, resume)."""
-        self._failures = 0
-        self._retry_at = 0.0
-        if self._connection is not None:
-            self._connection.close()
-
-    async def aclose(self) -> None:
-        if self._connecting is not None:
-            self._connecting.cancel()
-        if self._connection is not None:
-            self._connection.close()
 
 
 _: type[Transport] = DoTTransport

@@ -139,7 +139,9 @@ class StreamConnection(Protocol):
 
     def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]: ...
 
-    def forget(self, key: int) -> None: ...
+    def forget(self, key: int, future: asyncio.Future[bytes]) -> None:
+        """Drop the waiter of this query; a key reused by a newer query is left alone."""
+        ...
 
     def close(self) -> None: ...
 
@@ -197,7 +199,7 @@ class MultiplexedTransport(Generic[C]):
                 if attempt or loop.time() >= deadline:
                     raise
             finally:
-                connection.forget(key)
+                connection.forget(key, future)
         raise AssertionError("unreachable")
 
     async def _connected(self, deadline: float) -> C:

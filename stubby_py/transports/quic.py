@@ -216,7 +216,8 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         self._flush_soon()
         return stream_id, future
 
-    def forget(self, key: int) -> None:
+    def forget(self, key: int, future: asyncio.Future[bytes]) -> None:
+        # stream IDs are never reused on a connection: the key alone names this query
         if self.exchanges.discard(key) is not None:
             self._cancel_stream(key)
 

@@ -11,9 +11,6 @@ import base64
 import hashlib
 import ssl
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import PinMismatchError
 
@@ -40,6 +37,10 @@ def server_hostname(spec: UpstreamSpec) -> str:
 
 def spki_pin(der_certificate: bytes) -> str:
     """base64(SHA-256(SubjectPublicKeyInfo)), the form of Stubby's tls_pubkey_pinset."""
+    # imported here: cryptography costs ~8 MB that a daemon without pins never needs
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
     cert = x509.load_der_x509_certificate(der_certificate)
     spki = cert.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")

@@ -431,8 +431,10 @@ def dnsperf(
     duration: float,
     extra: Sequence[str],
     at: tuple[float, Callable[[], None]] | None = None,
+    passes: int | None = 1,
 ) -> Dnsperf:
-    """One bounded dnsperf run; each name is sent at most once (-n 1)."""
+    """One bounded dnsperf run; each name is sent at most `passes` times (-n; None: dnsperf
+    goes round the file until -l ends the run)."""
     argv = [
         "taskset",
         "-c",
@@ -444,8 +446,7 @@ def dnsperf(
         str(port),
         "-d",
         str(names),
-        "-n",
-        "1",
+        *(["-n", str(passes)] if passes else []),
         "-l",
         f"{duration:g}",
         "-t",
@@ -521,14 +522,18 @@ def record_counters(result: Result, before: Sample, after: Sample, has_upstream:
     result.other_drops = after.host_drops - before.host_drops - result.listener_drops
 
 
-def stubby_py_argv(setup: Setup) -> list[str]:
+def stubby_py_command() -> list[str]:
+    """The console script, or ``python -m stubby_py`` if it is not on PATH."""
     exe = shutil.which("stubby-py")
-    base = [exe] if exe else [sys.executable, "-m", "stubby_py"]
+    return [exe] if exe else [sys.executable, "-m", "stubby_py"]
+
+
+def stubby_py_argv(setup: Setup) -> list[str]:
     return [
         "taskset",
         "-c",
         str(FORWARDER_CPU),
-        *base,
+        *stubby_py_command(),
         "run",
         "--listen",
         f"{HOST}:{setup.ports.stubby_py}",
@@ -792,17 +797,19 @@ def background_load(seconds: float = 1.0) -> dict[int, float]:
     return {cpu: busy_share(before, after, cpu) for cpu in (FORWARDER_CPU, LOAD_CPU)}
 
 
-def check_cpus() -> None:
+def check_cpus(
+    tools: Sequence[str] = ("unbound", "dnsperf", "stubby", "dig", "kdig", "taskset"),
+) -> None:
     if not {FORWARDER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
         raise SystemExit(f"needs CPUs {FORWARDER_CPU} and {LOAD_CPU}")
-    for tool in ("unbound", "dnsperf", "stubby", "dig", "kdig", "taskset"):
+    for tool in tools:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} not found; see bench/README.md")
 
 
 @contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[tuple[Children, Path]]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-forwarding-"))
+def workspace(keep: bool, prefix: str = "bench-forwarding-") -> Iterator[tuple[Children, Path]]:
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
     children = Children()
     try:
         yield children, tmp

@@ -36,33 +36,19 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.upstream_server
 
-import forwarding as _forwarding  # noqa: E402
-
-_common: Any = None
-if (BENCH / "common.py").exists():
-    import common as _common
-
-
-def _shared(name: str) -> Any:
-    """A helper from bench/common.py when it has it, else from bench/forwarding.py."""
-    if _common is not None and hasattr(_common, name):
-        return getattr(_common, name)
-    return getattr(_forwarding, name)
-
-
-Children = _shared("Children")
-free_ports = _shared("free_ports")
-make_certs = _shared("make_certs")
-read_tail = _shared("read_tail")
-rounded = _shared("rounded")
-wait_until_answers = _shared("wait_until_answers")
-write_query_file = _shared("write_query_file")
-
-HOST: str = _shared("HOST")
-AUTH_NAME: str = _shared("AUTH_NAME")
-ZONE: str = _shared("ZONE")
-FORWARDER_CPU: int = _shared("FORWARDER_CPU")
-LOAD_CPU: int = _shared("LOAD_CPU")
+from forwarding import (  # noqa: E402
+    AUTH_NAME,
+    FORWARDER_CPU,
+    HOST,
+    LOAD_CPU,
+    Children,
+    free_ports,
+    make_certs,
+    read_tail,
+    rounded,
+    wait_until_answers,
+    write_query_file,
+)
 
 RATE = 500  # queries/s
 STALL_SHARE = 10  # the first upstream stays silent for 1 in STALL_SHARE names

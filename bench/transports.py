@@ -42,52 +42,39 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.quic_servers
 
-import forwarding as _forwarding  # noqa: E402
-
-_common: Any = None
-if (BENCH / "common.py").exists():
-    import common as _common
-
-
-def _shared(name: str) -> Any:
-    """A helper from bench/common.py when it has it, else from bench/forwarding.py."""
-    if _common is not None and hasattr(_common, name):
-        return getattr(_common, name)
-    return getattr(_forwarding, name)
-
-
-Children = _shared("Children")
-Dnsperf = _shared("Dnsperf")
-Result = _shared("Result")
-Sample = _shared("Sample")
-busy_share = _shared("busy_share")
-core_times = _shared("core_times")
-cpu_ticks = _shared("cpu_ticks")
-dnsperf = _shared("dnsperf")
-free_ports = _shared("free_ports")
-make_certs = _shared("make_certs")
-read_tail = _shared("read_tail")
-record_counters = _shared("record_counters")
-rounded = _shared("rounded")
-set_affinity = _shared("set_affinity")
-target_notes = _shared("target_notes")
-unbound_conf = _shared("unbound_conf")
-wait_until_answers = _shared("wait_until_answers")
-write_query_file = _shared("write_query_file")
-check_dot = _shared("check_dot")
-
-HOST: str = _shared("HOST")
-AUTH_NAME: str = _shared("AUTH_NAME")
-ZONE: str = _shared("ZONE")
-ANSWER: str = _shared("ANSWER")
-FORWARDER_CPU: int = _shared("FORWARDER_CPU")
-LOAD_CPU: int = _shared("LOAD_CPU")
-FIXED_QPS: int = _shared("FIXED_QPS")
-MAX_QPS_CAP: int = _shared("MAX_QPS_CAP")
-MAX_CLIENTS: int = _shared("MAX_CLIENTS")
-MAX_OUTSTANDING: int = _shared("MAX_OUTSTANDING")
-QUERY_TIMEOUT: int = _shared("QUERY_TIMEOUT")
-CLK_TCK: int = _shared("CLK_TCK")
+from forwarding import (  # noqa: E402
+    ANSWER,
+    AUTH_NAME,
+    CLK_TCK,
+    FIXED_QPS,
+    FORWARDER_CPU,
+    HOST,
+    LOAD_CPU,
+    MAX_CLIENTS,
+    MAX_OUTSTANDING,
+    MAX_QPS_CAP,
+    QUERY_TIMEOUT,
+    ZONE,
+    Children,
+    Dnsperf,
+    Result,
+    Sample,
+    busy_share,
+    check_dot,
+    core_times,
+    cpu_ticks,
+    dnsperf,
+    free_ports,
+    make_certs,
+    read_tail,
+    record_counters,
+    rounded,
+    set_affinity,
+    target_notes,
+    unbound_conf,
+    wait_until_answers,
+    write_query_file,
+)
 
 DOH_PATH = "/dns-query"
 #: queries in flight from the direct client to a Python QUIC server at max rate

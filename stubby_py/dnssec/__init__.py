@@ -1,0 +1,1 @@
+"""DNSSEC validation: verification, trust anchors, denial proofs, the chain of trust."""

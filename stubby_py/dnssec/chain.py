@@ -1,0 +1,421 @@
+"""The chain of trust: from a trust anchor down to a zone's authenticated DNSKEYs (RFC 4035 §5).
+
+`KeyChain` asks for DS and DNSKEY records, never fetches them: its walks are generators (see
+outcome.Step) that yield the questions they need and are sent the replies. A cold walk asks every
+DS and DNSKEY on the path in one round, in parallel (the signer name says where the path ends);
+a warm one asks nothing. Each zone's result is kept until its records or signatures expire:
+secure zones with their keys, insecure delegations, and bogus zones for a short while (so a broken
+zone is not asked about on every query).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import dns.dnssec
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataset
+import dns.rdatatype
+import dns.rrset
+from dns.edns import EDECode
+from dns.rdtypes.ANY.DNSKEY import DNSKEY
+from dns.rdtypes.ANY.DS import DS
+from dns.rdtypes.dnskeybase import Flag
+
+from stubby_py.dnssec import denial
+from stubby_py.dnssec.anchors import TrustAnchors
+from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
+from stubby_py.dnssec.verify import (
+    SignatureCheck,
+    is_supported_ds,
+    is_zone_key,
+    keys_matching_ds,
+    verify_rrset,
+)
+
+DS_TYPE = dns.rdatatype.DS
+DNSKEY_TYPE = dns.rdatatype.DNSKEY
+#: how long a bogus zone is remembered (Unbound's val-bogus-ttl)
+BOGUS_TTL = 60.0
+#: results are kept at most this long, whatever the TTLs say
+MAX_KEY_TTL = 86_400.0
+#: zones and non-cuts remembered at most; past it, the expired go, then everything
+MAX_ENTRIES = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneKeys:
+    """What the chain of trust says about a zone cut."""
+
+    zone: dns.name.Name
+    security: Security
+    #: the authenticated zone keys (SECURE only)
+    keys: tuple[DNSKEY, ...] = ()
+    #: wall-clock time until which this may be reused
+    expires: float = 0.0
+    ede: int | None = None
+    reason: str = ""
+    #: the chain from the trust anchor down to this zone
+    links: tuple[Link, ...] = ()
+
+
+def find_rrset(
+    section: Iterable[dns.rrset.RRset], name: dns.name.Name, rdtype: int
+) -> dns.rrset.RRset | None:
+    for rrset in section:
+        if rrset.rdtype == rdtype and rrset.name == name:
+            return rrset
+    return None
+
+
+def find_sigs(
+    section: Iterable[dns.rrset.RRset], name: dns.name.Name, covered: int
+) -> dns.rrset.RRset | None:
+    for rrset in section:
+        if rrset.rdtype == dns.rdatatype.RRSIG and rrset.covers == covered and rrset.name == name:
+            return rrset
+    return None
+
+
+def signature_expiry(check: SignatureCheck, rrset: dns.rrset.RRset, now: float) -> float:
+    """Until when a verified RRset may be trusted: its TTL (at most the signed original TTL) and
+    the signature's expiration (RFC 4035 §5.3.3)."""
+    ttl = float(rrset.ttl)
+    if check.original_ttl is not None:
+        ttl = min(ttl, check.original_ttl)
+    until = now + ttl
+    if check.expiration is not None:
+        until = min(until, float(check.expiration))
+    return until
+
+
+def denial_records(
+    section: Iterable[dns.rrset.RRset],
+    zone: dns.name.Name,
+    keys: Iterable[DNSKEY],
+    now: float,
+    skew: float,
+) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], float, SignatureCheck | None]:
+    """The NSEC and NSEC3 RRsets of `zone` in a section, each verified with the zone's keys.
+
+    Returns (nsecs, nsec3s, until, failure): until is the earliest expiry among them; failure
+    is the check of the first that did not verify (then the answer is bogus).
+    """
+    nsecs: list[dns.rrset.RRset] = []
+    nsec3s: list[dns.rrset.RRset] = []
+    until = now + MAX_KEY_TTL
+    section = list(section)
+    keys = list(keys)
+    for rrset in section:
+        if rrset.rdtype not in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
+            continue
+        if not rrset.name.is_subdomain(zone):
+            continue
+        check = verify_rrset(
+            rrset, find_sigs(section, rrset.name, rrset.rdtype), zone, keys, now, skew
+        )
+        if not check.ok:
+            return [], [], now, check
+        until = min(until, signature_expiry(check, rrset, now))
+        (nsecs if rrset.rdtype == dns.rdatatype.NSEC else nsec3s).append(rrset)
+    return nsecs, nsec3s, until, None
+
+
+class KeyChain:
+    def __init__(
+        self,
+        anchors: TrustAnchors,
+        *,
+        skew: float = 300.0,
+        max_iterations: int = 150,
+        bogus_ttl: float = BOGUS_TTL,
+    ) -> None:
+        self.anchors = anchors
+        self.skew = skew
+        self.max_iterations = max_iterations
+        self.bogus_ttl = bogus_ttl
+        #: zone cuts by name: secure (with keys), insecure, bogus
+        self._zones: dict[dns.name.Name, ZoneKeys] = {}
+        #: names proven not to be zone cuts, until when
+        self._not_cuts: dict[dns.name.Name, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._zones)
+
+    def flush(self) -> None:
+        self._zones.clear()
+        self._not_cuts.clear()
+
+    def cached(self, zone: dns.name.Name, now: float) -> ZoneKeys | None:
+        entry = self._zones.get(zone)
+        if entry is None or entry.expires <= now:
+            return None
+        return entry
+
+    # -- the two walks ------------------------------------------------------------------------
+    def keys_for(self, signer: dns.name.Name, now: float) -> Step[ZoneKeys]:
+        """The authenticated keys of `signer` (the signer name of an RRSIG), or why there are none.
+
+        INSECURE when an insecure delegation lies above it (its signatures mean nothing then);
+        BOGUS when the chain is broken or `signer` is not a zone cut at all.
+        """
+        result = yield from self._walk(signer, now)
+        if result.security == Security.SECURE and result.zone != signer:
+            return ZoneKeys(
+                signer,
+                Security.BOGUS,
+                expires=now + self.bogus_ttl,
+                ede=EDECode.DNSSEC_BOGUS,
+                reason=f"signer {signer} is not a zone (no DS and no delegation there)",
+                links=result.links,
+            )
+        return result
+
+    def zone_of(self, name: dns.name.Name, now: float) -> Step[ZoneKeys]:
+        """The deepest zone cut at or above `name`, walking down from the trust anchor: used for
+        unsigned data, which is fine below an insecure delegation and bogus in a secure zone."""
+        return (yield from self._walk(name, now))
+
+    def _walk(self, target: dns.name.Name, now: float) -> Step[ZoneKeys]:
+        anchor_zone = self.anchors.closest(target)
+        if anchor_zone is None:
+            return ZoneKeys(
+                target,
+                Security.INSECURE,
+                expires=now + MAX_KEY_TTL,
+                reason=f"no trust anchor at or above {target}",
+            )
+        path = [target.split(depth)[1] for depth in range(len(anchor_zone), len(target) + 1)]
+        current, below = self._known_part(path, now)
+        if current is not None and current.security != Security.SECURE:
+            return current
+        questions: list[Question] = []
+        if current is None:
+            questions.append((anchor_zone, DNSKEY_TYPE))
+        for name in below:
+            questions += [(name, DS_TYPE), (name, DNSKEY_TYPE)]
+        answers: Answers = (yield questions) if questions else {}
+        if current is None:
+            current = self._anchor_keys(anchor_zone, answers.get((anchor_zone, DNSKEY_TYPE)), now)
+            self._remember(current)
+            if current.security != Security.SECURE:
+                return current
+        for name in below:
+            child = self._descend(
+                current, name, answers.get((name, DS_TYPE)), answers.get((name, DNSKEY_TYPE)), now
+            )
+            if child is None:
+                continue
+            self._remember(child)
+            current = child
+            if current.security != Security.SECURE:
+                return current
+        return current
+
+    def _known_part(
+        self, path: list[dns.name.Name], now: float
+    ) -> tuple[ZoneKeys | None, list[dns.name.Name]]:
+        """The deepest zone on the path (anchor first) whose result is kept, and the names below
+        it still to be asked about (those known not to be zone cuts left out)."""
+        start = 0
+        current = None
+        for index in range(len(path) - 1, -1, -1):
+            current = self.cached(path[index], now)
+            if current is not None:
+                start = index
+                break
+        below = [n for n in path[start + 1 :] if self._not_cuts.get(n, 0.0) <= now]
+        return current, below
+
+    # -- one zone at a time ---------------------------------------------------------------------
+    def _anchor_keys(
+        self, zone: dns.name.Name, reply: dns.message.Message | None, now: float
+    ) -> ZoneKeys:
+        """RFC 4035 §5: the anchored zone's DNSKEY RRset, signed by a key the anchor vouches for."""
+        anchor = self.anchors.get(zone)
+        assert anchor is not None
+        usable = [ds for ds in anchor.ds if is_supported_ds(ds)]
+        if not anchor.is_usable:
+            why = "the trust anchor names no supported algorithm"
+            return self._insecure(zone, now + MAX_KEY_TTL, why, ())
+        found = self._dnskeys(zone, reply, (), now)
+        if isinstance(found, ZoneKeys):
+            return found
+        keys, rrset, sigs = found
+        vouched = keys_matching_ds(zone, keys, usable)
+        vouched += [key for key in keys if key in anchor.dnskeys and key not in vouched]
+        until = now + MAX_KEY_TTL
+        return self._authenticate(zone, keys, vouched, rrset, sigs, until, "trust anchor", (), now)
+
+    def _descend(
+        self,
+        parent: ZoneKeys,
+        name: dns.name.Name,
+        ds_reply: dns.message.Message | None,
+        dnskey_reply: dns.message.Message | None,
+        now: float,
+    ) -> ZoneKeys | None:
+        """What the DS reply for `name` (below parent's zone) says: a secure cut (with its keys),
+        an insecure or bogus one, or None when `name` is not a cut at all."""
+        links = parent.links
+        if ds_reply is None:
+            return self._indeterminate(name, f"no reply to {name} DS", links)
+        rcode = ds_reply.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            text = f"{name} DS: upstream said {dns.rcode.to_text(rcode)}"
+            return self._indeterminate(name, text, links)
+        ds_rrset = find_rrset(ds_reply.answer, name, DS_TYPE)
+        if ds_rrset is not None:
+            sigs = find_sigs(ds_reply.answer, name, DS_TYPE)
+            return self._secure_cut(parent, name, ds_rrset, sigs, dnskey_reply, now)
+        return self._no_ds(parent, name, ds_reply, now)
+
+    def _secure_cut(
+        self,
+        parent: ZoneKeys,
+        name: dns.name.Name,
+        ds_rrset: dns.rrset.RRset,
+        sigs: dns.rrset.RRset | None,
+        dnskey_reply: dns.message.Message | None,
+        now: float,
+    ) -> ZoneKeys:
+        """A signed DS RRset for `name`: its keys, if the DS vouches for them."""
+        links = parent.links
+        check = verify_rrset(ds_rrset, sigs, parent.zone, parent.keys, now, self.skew)
+        if not check.ok:
+            return self._bogus(name, check.ede, f"DS: {check.reason}", links, now)
+        until = signature_expiry(check, ds_rrset, now)
+        ds_set = [ds for ds in ds_rrset if isinstance(ds, DS)]
+        usable = [ds for ds in ds_set if is_supported_ds(ds)]
+        if not usable:
+            # RFC 4035 §5.2, RFC 6840 §5.2: a DS we cannot use is as good as none
+            kinds = ", ".join(f"alg {ds.algorithm}/digest {ds.digest_type}" for ds in ds_set)
+            return self._insecure(name, until, f"DS names only unsupported {kinds}", links)
+        found = self._dnskeys(name, dnskey_reply, links, now)
+        if isinstance(found, ZoneKeys):
+            return found
+        keys, rrset, key_sigs = found
+        vouched = keys_matching_ds(name, keys, usable)
+        return self._authenticate(name, keys, vouched, rrset, key_sigs, until, "DS", links, now)
+
+    def _no_ds(
+        self, parent: ZoneKeys, name: dns.name.Name, ds_reply: dns.message.Message, now: float
+    ) -> ZoneKeys | None:
+        """No DS for `name`: proven absent at an insecure delegation, or not a cut at all (None),
+        or unproven (bogus)."""
+        zone = parent.zone
+        links = parent.links
+        rcode = ds_reply.rcode()
+        nsecs, nsec3s, until, failure = denial_records(
+            ds_reply.authority, zone, parent.keys, now, self.skew
+        )
+        if failure is not None:
+            return self._bogus(name, failure.ede, f"no DS: {failure.reason}", links, now)
+        if rcode == dns.rcode.NXDOMAIN:
+            proof = denial.prove_nxdomain(name, zone, nsecs, nsec3s, self.max_iterations)
+            outcome, delegation, why = proof.outcome, False, proof.reason
+        else:
+            absence = denial.prove_no_ds(name, zone, nsecs, nsec3s, self.max_iterations)
+            outcome, delegation, why = absence.outcome, absence.delegation, absence.reason
+        if outcome == denial.Denial.PROVEN:
+            if delegation:
+                return self._insecure(name, until, "no DS: insecure delegation", links)
+            self._not_cuts[name] = until
+            return None
+        if outcome == denial.Denial.OPT_OUT:
+            return self._insecure(name, until, "no DS: in an NSEC3 opt-out span", links)
+        if outcome == denial.Denial.INSECURE:
+            return self._insecure(name, until, f"no DS: {why}", links)
+        why = f"no proof that {name} has no DS ({why})"
+        return self._bogus(name, EDECode.NSEC_MISSING, why, links, now)
+
+    def _dnskeys(
+        self,
+        zone: dns.name.Name,
+        reply: dns.message.Message | None,
+        links: tuple[Link, ...],
+        now: float,
+    ) -> tuple[list[DNSKEY], dns.rrset.RRset, dns.rrset.RRset | None] | ZoneKeys:
+        """The zone's DNSKEY RRset and its RRSIGs from the reply, or why there are none."""
+        if reply is None:
+            why = f"no reply to {zone} DNSKEY"
+            return self._indeterminate(zone, why, links, EDECode.DNSKEY_MISSING)
+        rrset = find_rrset(reply.answer, zone, DNSKEY_TYPE)
+        if rrset is None:
+            why = f"no DNSKEY RRset for {zone} ({dns.rcode.to_text(reply.rcode())})"
+            return self._bogus(zone, EDECode.DNSKEY_MISSING, why, links, now)
+        keys = [key for key in rrset if isinstance(key, DNSKEY)]
+        return keys, rrset, find_sigs(reply.answer, zone, DNSKEY_TYPE)
+
+    def _authenticate(
+        self,
+        zone: dns.name.Name,
+        keys: list[DNSKEY],
+        vouched: list[DNSKEY],
+        rrset: dns.rrset.RRset,
+        sigs: dns.rrset.RRset | None,
+        until: float,
+        vouched_by: str,
+        links: tuple[Link, ...],
+        now: float,
+    ) -> ZoneKeys:
+        """RFC 4035 §5.2: the DNSKEY RRset is signed by a key its DS (or anchor) vouches for."""
+        if not vouched:
+            why = f"no DNSKEY of {zone} matches its {vouched_by}"
+            return self._bogus(zone, EDECode.DNSKEY_MISSING, why, links, now)
+        check = verify_rrset(rrset, sigs, zone, vouched, now, self.skew)
+        if not check.ok:
+            ede = check.ede
+            if ede == EDECode.RRSIGS_MISSING:
+                ede = EDECode.DNSKEY_MISSING  # no signature by a key the parent vouches for
+            return self._bogus(zone, ede, f"DNSKEY: {check.reason}", links, now)
+        until = min(until, signature_expiry(check, rrset, now), now + MAX_KEY_TTL)
+        tags = " ".join(f"{dns.dnssec.key_id(key)}/alg {key.algorithm}" for key in vouched)
+        link = Link(str(zone), Security.SECURE, f"{vouched_by} → DNSKEY {tags}")
+        usable = tuple(key for key in keys if is_zone_key(key) and not key.flags & Flag.REVOKE)
+        return ZoneKeys(zone, Security.SECURE, usable, until, links=(*links, link))
+
+    # -- results --------------------------------------------------------------------------------
+    def _insecure(
+        self, zone: dns.name.Name, until: float, why: str, links: tuple[Link, ...]
+    ) -> ZoneKeys:
+        link = Link(str(zone), Security.INSECURE, why)
+        return ZoneKeys(zone, Security.INSECURE, expires=until, reason=why, links=(*links, link))
+
+    def _bogus(
+        self,
+        zone: dns.name.Name,
+        ede: int | None,
+        why: str,
+        links: tuple[Link, ...],
+        now: float,
+    ) -> ZoneKeys:
+        link = Link(str(zone), Security.BOGUS, why)
+        return ZoneKeys(
+            zone,
+            Security.BOGUS,
+            expires=now + self.bogus_ttl,
+            ede=ede if ede is not None else EDECode.DNSSEC_BOGUS,
+            reason=why,
+            links=(*links, link),
+        )
+
+    def _indeterminate(
+        self,
+        zone: dns.name.Name,
+        why: str,
+        links: tuple[Link, ...],
+        ede: int = EDECode.DNSSEC_BOGUS,
+    ) -> ZoneKeys:
+        link = Link(str(zone), Security.INDETERMINATE, why)
+        return ZoneKeys(zone, Security.INDETERMINATE, ede=ede, reason=why, links=(*links, link))
+
+    def _remember(self, entry: ZoneKeys) -> None:
+        if entry.security == Security.INDETERMINATE or entry.expires <= 0:
+            return
+        if len(self._zones) + len(self._not_cuts) >= MAX_ENTRIES:
+            self.flush()
+        self._zones[entry.zone] = entry

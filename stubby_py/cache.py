@@ -101,6 +101,8 @@ class FailureEntry:
     reply: bytes | None
     #: what failed, for the EDE text
     reason: str
+    #: the Extended DNS Error to repeat (a DNSSEC failure); None: EDE 13 Cached Error
+    ede: tuple[int, str] | None = None
 
 
 class CacheFileError(ValueError):
@@ -368,6 +370,7 @@ class Cache:
         *,
         reply: bytes | None = None,
         reason: str = "",
+        ede: tuple[int, str] | None = None,
     ) -> FailureEntry:
         """RFC 9520 §3: every upstream failed for key; hold it for 1 s, doubling to 5 min while
         failures follow each other (within one hold of the previous hold's end)."""
@@ -376,7 +379,7 @@ class Cache:
         hold = FAILURE_MIN_HOLD
         if previous is not None and now < previous.until + previous.hold:
             hold = min(FAILURE_MAX_HOLD, previous.hold * 2)
-        entry = FailureEntry(now + hold, hold, reply, reason)
+        entry = FailureEntry(now + hold, hold, reply, reason, ede)
         failures[key] = entry
         while len(failures) > max(1, self.limits.max_failures):
             failures.popitem(last=False)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from stubby_py import __version__, control, stats, stubby_import
-from stubby_py.config import Config, Overrides, apply_overrides, parse_config
+from stubby_py.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
 from stubby_py.errors import StubbyError
 
 COMMANDS = ("run", "check-config", "check", "stats", "flush", "reload", "import-stubby", "bench")
@@ -59,6 +59,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ca-file", metavar="FILE",
         help="PEM file of CA certificates to verify upstreams against (default: system store)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trust-anchors", metavar="FILE",
+        help="DS or DNSKEY records in zone-file form to validate from, replacing the built-in "
+        "root KSKs (20326, 38696)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dnssec", choices=DNSSEC_MODES,
+        help="validate answers (default: AD on secure ones, SERVFAIL on bogus ones) or off",
     )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
 
@@ -227,7 +236,7 @@ def _check_config(path: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
-        verbose=args.verbose,
+        trust_anchors=args.trust_anchors, dnssec=args.dnssec, verbose=args.verbose,
     )  # fmt: skip
 
     def load() -> Config:

@@ -24,6 +24,7 @@ TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, 
 ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 STRATEGIES = ("failover", "round_robin", "fastest", "parallel")
+DNSSEC_MODES = ("validate", "off")
 #: the group of the main pool (`upstreams`), which forwarding rules may also name
 DEFAULT_GROUP = "default"
 #: RFC 2181 §8: a TTL is at most 2^31 - 1
@@ -149,6 +150,16 @@ class Config:
     metrics_listen: tuple[str, int] | None = None
     #: append one line per answered query to this file (a privacy choice); None = no query log
     query_log: str | None = None
+    #: DNSSEC: "validate" answers (AD for secure, SERVFAIL for bogus) or "off" (pass through)
+    dnssec: str = "validate"
+    #: a file of DS/DNSKEY records in zone-file form replacing the built-in root anchors
+    trust_anchors: str | None = None
+    #: seconds a signature may be past its expiry or before its inception (clock error allowance)
+    dnssec_clock_skew: int = 3600
+    #: NSEC3 with more hash iterations than this is treated as insecure (RFC 9276)
+    nsec3_max_iterations: int = 150
+    #: renew upstream connections after network changes and resume from suspend (Linux)
+    watch_network: bool = True
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -355,6 +366,17 @@ def _file(text: str) -> str:
     return text
 
 
+def _trust_anchor_file(text: str) -> str:
+    """A readable file of trust anchors: read now, so that a bad one fails check-config too."""
+    from stubby_py.dnssec import anchors
+
+    try:
+        anchors.load(text)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 _UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method"}
 
 
@@ -439,6 +461,11 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "control_socket": lambda n: _path_auto_or_off(r, n, "control_socket"),
         "metrics_listen": lambda n: _metrics_listen(r, n),
         "query_log": lambda n: r.text(n, "query_log"),
+        "dnssec": lambda n: r.choice(n, "dnssec", DNSSEC_MODES),
+        "trust_anchors": lambda n: r.converted(n, "trust_anchors", _trust_anchor_file),
+        "dnssec_clock_skew": lambda n: r.integer(n, "dnssec_clock_skew", 0, 86_400),
+        "nsec3_max_iterations": lambda n: r.integer(n, "nsec3_max_iterations", 0, 65_535),
+        "watch_network": lambda n: r.boolean(n, "watch_network"),
     }
 
 
@@ -535,7 +562,7 @@ def parse_config(text: str, source: str) -> Config:
         return with_defaults(Config(source=source))
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
-    for nullable in ("ca_file", "cache_file", "query_log"):
+    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}
@@ -576,6 +603,8 @@ class Overrides:
     listen: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     ca_file: str | None = None
+    trust_anchors: str | None = None
+    dnssec: str | None = None
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -589,6 +618,10 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
             changes["upstreams"] = tuple(parse_upstream_uri(u) for u in overrides.upstreams)
         if overrides.ca_file:
             changes["ca_file"] = _file(overrides.ca_file)
+        if overrides.trust_anchors:
+            changes["trust_anchors"] = _trust_anchor_file(overrides.trust_anchors)
+        if overrides.dnssec:
+            changes["dnssec"] = overrides.dnssec
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
     if overrides.verbose:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stubby_py import control, stats
+from stubby_py import control, netwatch, stats
 from stubby_py.config import Config
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
@@ -39,7 +39,7 @@ SD_LISTEN_FDS_START = 3
 #: how often STATUS= is refreshed under systemd, seconds
 STATUS_SECONDS = 10.0
 #: options a reload cannot apply to a running daemon
-RESTART_OPTIONS = ("listen", "user", "control_socket", "metrics_listen")
+RESTART_OPTIONS = ("listen", "user", "control_socket", "metrics_listen", "watch_network")
 
 
 class ListenError(StubbyError):
@@ -92,6 +92,7 @@ class Daemon:
     control: control.ControlServer | None = None
     metrics: MetricsServer | None = None
     query_log: QueryLog | None = None
+    network_watch: netwatch.NetworkWatch | None = None
     started: float = field(default_factory=time.time)
     _servers: list[asyncio.Server] = field(default_factory=list)
     _udp: list[UDPListener] = field(default_factory=list)
@@ -115,6 +116,7 @@ class Daemon:
         for address, port in self.bound:
             log.info("listening on %s (UDP and TCP)", _where(address, port))
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
+        self.network_watch = netwatch.start_watching(resolver, config)
         self._make_cache_directory()
         self._open_query_log(config.query_log)
         await self._start_control(config.control_socket)
@@ -336,6 +338,8 @@ class Daemon:
     async def stop(self) -> None:
         """Stop taking queries, answer those in flight (bounded), save the cache, close."""
         sd_notify("STOPPING=1")
+        if self.network_watch is not None:
+            self.network_watch.close()
         for server in self._servers:
             server.close()
         for udp in self._udp:

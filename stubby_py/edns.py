@@ -39,14 +39,15 @@ def padding_option(unpadded_len: int, block: int) -> bytes:
 
 
 def upstream_query(
-    query: ClientQuery, *, pad_block: int, do: bool, keepalive: bool = False
+    query: ClientQuery, *, pad_block: int, do: bool, keepalive: bool = False, cd: bool = False
 ) -> bytes:
     """The query we send upstream for a client's query, with message ID 0.
 
-    RD always (we are a stub); CD as the client asked; our own OPT with DO as required,
-    keepalive on stream transports and padding for encrypted ones (pad_block 0 = none).
+    RD always (we are a stub); CD as the client asked, or always when we validate (cd=True,
+    RFC 6840 §5.9); our own OPT with DO as required, keepalive on stream transports and padding
+    for encrypted ones (pad_block 0 = none).
     """
-    header = HEADER.pack(0, RD | (query.flags & CD), 1, 0, 0, 1)
+    header = HEADER.pack(0, RD | (CD if cd else query.flags & CD), 1, 0, 0, 1)
     options = _KEEPALIVE if keepalive else b""
     unpadded = len(header) + len(query.question) + _OPT_LEN + len(options)
     options += padding_option(unpadded, pad_block)

@@ -21,7 +21,9 @@ StubbyError
     ├── UpstreamTimeoutError       no answer within the attempt or the deadline
     ├── UpstreamClosedError        connection lost with the query in flight
     ├── UpstreamProtocolError      garbage, wrong ID or question, HTTP error
-    └── NoUpstreamAvailableError   every upstream is down or backing off
+    ├── NoUpstreamAvailableError   every upstream is down or backing off
+    └── DnssecFailureError         the answer is bogus, or its chain of trust could not be built:
+                                   SERVFAIL with the EDE the validator chose (6-12)
 """
 
 from __future__ import annotations
@@ -122,3 +124,14 @@ class UpstreamProtocolError(UpstreamError):
 class NoUpstreamAvailableError(UpstreamError):
     ede = EDECode.NO_REACHABLE_AUTHORITY
     kind = "no-upstream-available"
+
+
+class DnssecFailureError(UpstreamError):
+    """Validation failed; `ede` and the message come from the validator's verdict."""
+
+    kind = "dnssec-bogus"
+
+    def __init__(self, ede: int, reason: str, zone: str) -> None:
+        super().__init__(reason)
+        self.ede = EDECode(ede)
+        self.zone = zone

@@ -36,6 +36,12 @@ COUNTER_HELP = {
     "dropped": "Queries dropped without an answer",
     "formerr": "Queries answered FORMERR",
     "notimp": "Queries answered NOTIMP",
+    "network_changes": "Network changes and resumes that renewed upstream connections",
+    "dnssec_secure": "Upstream answers validated secure (AD set for clients that ask)",
+    "dnssec_insecure": "Upstream answers validated insecure (unsigned zones)",
+    "dnssec_bogus": "Upstream answers that failed validation (SERVFAIL with an EDE)",
+    "dnssec_indeterminate": "Answers whose chain of trust could not be fetched (SERVFAIL)",
+    "dnssec_unchecked": "Answers passed through unchecked because the client set CD",
 }
 
 

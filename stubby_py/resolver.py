@@ -21,19 +21,28 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import dns.exception
+import dns.message
+import dns.name
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
 from stubby_py import cache, local, response, wire
-from stubby_py.cache import Cache, CacheLimits, FailureEntry, default_cache_file
+from stubby_py.cache import Cache, CacheLimits, FailureEntry, ValidationStatus, default_cache_file
 from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
+from stubby_py.dnssec import anchors
+from stubby_py.dnssec.chain import KeyChain
+from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
+from stubby_py.dnssec.validate import Validator, without_dnssec_records
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
+    DnssecFailureError,
     MalformedQueryError,
     NotImplementedOpcodeError,
     RefusedError,
     UpstreamError,
+    UpstreamProtocolError,
 )
 from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
@@ -94,6 +103,12 @@ def cache_limits(config: Config) -> CacheLimits:
 Waiter = tuple[wire.ClientQuery, Respond, bool]
 #: what asking upstream came to: a reply body, an upstream failure, or None (an internal error)
 Outcome = bytes | UpstreamError | None
+#: an upstream reply as the cache takes it: body without OPT, TTL offsets, layout
+Scanned = tuple[bytes, list[int], wire.ReplyLayout]
+_STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: ValidationStatus.INSECURE}
+#: at most this many bogus answers logged a minute (never with the client's address)
+BOGUS_LOG_PER_MINUTE = 10
+MAX_ANSWER_NOTES = 10_000
 
 
 class Resolver:
@@ -104,6 +119,12 @@ class Resolver:
         self.query_log: Any = None
         self._retired: list[Transport] = []
         self._tasks_aside: set[asyncio.Task[None]] = set()
+        self.validator: Validator | None = None
+        #: DS/DNSKEY questions being asked for the validator, shared by concurrent validations
+        self._chain_asks: dict[Question, asyncio.Task[dns.message.Message | None]] = {}
+        self._bogus_logged: list[float] = []
+        #: Extended DNS Errors that go with a cached answer (RFC 9276's EDE 27), by cache key
+        self._answer_notes: dict[bytes, tuple[int, str]] = {}
         self._apply(config, transports)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -113,7 +134,8 @@ class Resolver:
             "queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "notimp": 0,
             "servfail": 0, "answered": 0, "cache_hits": 0, "cache_misses": 0, "joined": 0,
             "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
-            "any_minimal": 0,
+            "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
+            "dnssec_indeterminate": 0, "dnssec_unchecked": 0,
         }  # fmt: skip
         if self.cache_file is not None:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
@@ -141,13 +163,33 @@ class Resolver:
         )
         exempt = AccessList(config.rate_limit_exempt)
         limits = cache_limits(config)
+        validator = self._validator_for(config)
         self.config = config
+        self.validator = validator
         self.groups = groups
         self.router = router
         self.acl = acl
         self.rate_limiter = limiter
         self.rate_exempt = exempt
         self.cache.apply_limits(limits)
+
+    def _validator_for(self, config: Config) -> Validator | None:
+        """The validator a configuration asks for; the current one (its key cache warm) when the
+        DNSSEC settings did not change."""
+        if config.dnssec != "validate":
+            return None
+        old = self.validator
+        settings = (config.trust_anchors, config.dnssec_clock_skew, config.nsec3_max_iterations)
+        if old is not None and settings == (
+            self.config.trust_anchors, self.config.dnssec_clock_skew,
+            self.config.nsec3_max_iterations,
+        ):  # fmt: skip
+            return old
+        trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
+        chain = KeyChain(
+            trusted, skew=config.dnssec_clock_skew, max_iterations=config.nsec3_max_iterations
+        )
+        return Validator(chain)
 
     def reconfigure(self, config: Config) -> None:
         """Apply a new configuration (SIGHUP) keeping the cache. Upstreams that did not change
@@ -283,7 +325,9 @@ class Resolver:
         if body is not None:
             self.counters["cache_hits"] += 1
             limit = response.udp_limit(query) if udp else None
-            respond(response.client_reply(body, query, limit=limit))
+            notes = self._answer_notes
+            ede = notes.get(query.key) if notes else None
+            respond(response.client_reply(body, query, limit=limit, ede=ede))
             if cache.prefetch_due:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
                 self._prefetch(query)
@@ -344,8 +388,20 @@ class Resolver:
         deadline = self._loop.time() + self.config.timeout
         name = self.router.group_for(query.key[:-5]) if self.router else None
         group = self.groups[name or DEFAULT_GROUP]
+        # names a forwarding rule sends elsewhere (private zones) have no chain from the root
+        validating = self.validator is not None and name is None
+        status = ValidationStatus.UNCHECKED
         try:
-            body, ttl_offsets, layout = await group.forward(query, deadline)
+            body, ttl_offsets, layout = await group.forward(query, deadline, dnssec=validating)
+            if validating and layout.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
+                body, ttl_offsets, layout, status = await self._validated(
+                    query, (body, ttl_offsets, layout), deadline
+                )
+        except DnssecFailureError as exc:
+            self.cache.record_failure(
+                query.key, self._loop.time(), reason=exc.kind, ede=(exc.ede, str(exc))
+            )
+            return exc
         except UpstreamError as exc:
             self.cache.record_failure(query.key, self._loop.time(), reason=exc.kind)
             return exc
@@ -358,8 +414,112 @@ class Resolver:
             self.cache.record_failure(query.key, now, reply=body, reason="upstream SERVFAIL")
         else:
             # the client asking now gets the TTLs the cache keeps (clamped), as later ones will
-            body = self.cache.store(query.key, body, ttl_offsets, layout, now) or body
+            body = self.cache.store(query.key, body, ttl_offsets, layout, now, status) or body
         return body
+
+    # -- DNSSEC -------------------------------------------------------------------------------
+    async def _validated(
+        self, query: wire.ClientQuery, reply: Scanned, deadline: float
+    ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
+        """The reply as this client gets it: validated (AD when secure, DnssecFailureError when
+        bogus), TTLs capped by the signatures, DNSSEC records gone unless the client set DO.
+        A client that set CD gets the data unchecked (RFC 4035 §3.2.2), without AD."""
+        body, ttl_offsets, layout = reply
+        try:
+            message = dns.message.from_wire(body)
+        except dns.exception.DNSException as exc:
+            raise UpstreamProtocolError(f"reply unparseable for validation ({exc})") from None
+        if query.cd:
+            self.counters["dnssec_unchecked"] += 1
+            verdict = Verdict(Security.INSECURE)
+        else:
+            assert self.validator is not None
+            qname = dns.name.from_wire(query.question, 0)[0]
+            step = self.validator.validate(message, qname, query.qtype, time.time())
+            verdict = await self._drive(step, deadline)
+            self.counters[f"dnssec_{verdict.security.name.lower()}"] += 1
+            if verdict.security >= Security.INDETERMINATE:
+                self._log_bogus(verdict)
+                assert verdict.ede is not None
+                raise DnssecFailureError(verdict.ede, verdict.reason, verdict.zone)
+        self._note(query.key, verdict)
+        secure = verdict.security == Security.SECURE
+        if not query.do:
+            body = without_dnssec_records(message, query.qtype)
+            layout = wire.scan_reply(body)
+            ttl_offsets = layout.ttl_offsets
+        body = wire.with_flag(body, wire.AD, secure)
+        if verdict.ttl_cap is not None:
+            body = wire.cap_ttls(body, ttl_offsets, verdict.ttl_cap)
+            layout = wire.scan_reply(body)
+        status = _STATUS[verdict.security] if not query.cd else ValidationStatus.UNCHECKED
+        return body, ttl_offsets, layout, status
+
+    def _note(self, key: bytes, verdict: Verdict) -> None:
+        """Keep an informational EDE (EDE 27 on an insecure answer) to send with the answer."""
+        notes = self._answer_notes
+        if verdict.ede is None:
+            if notes:
+                notes.pop(key, None)
+            return
+        if len(notes) >= MAX_ANSWER_NOTES:
+            notes.clear()
+        notes[key] = (verdict.ede, verdict.reason)
+
+    async def _drive(self, step: Step[T], deadline: float) -> T:
+        """Run a validation step to its end, asking its questions upstream, round by round."""
+        try:
+            questions = next(step)
+            while True:
+                answers: Answers = dict(
+                    zip(questions, await asyncio.gather(
+                        *(self._ask_for_validator(q, deadline) for q in questions)
+                    ), strict=True)
+                )  # fmt: skip
+                questions = step.send(answers)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _ask_for_validator(
+        self, question: Question, deadline: float
+    ) -> dns.message.Message | None:
+        """A DS or DNSKEY reply through the main pool; identical questions asked at the same
+        time (a cold zone under many names) share one upstream query."""
+        task = self._chain_asks.get(question)
+        if task is None:
+            task = self._loop.create_task(self._chain_query(question, deadline))
+            self._chain_asks[question] = task
+            task.add_done_callback(lambda _: self._chain_asks.pop(question, None))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return None
+
+    async def _chain_query(self, question: Question, deadline: float) -> dns.message.Message | None:
+        name, rdtype = question
+        query = wire.chain_query(name.to_wire(), rdtype)  # type: ignore[arg-type]
+        try:
+            body, _offsets, _layout = await self.groups[DEFAULT_GROUP].forward(
+                query, deadline, dnssec=True
+            )
+            return dns.message.from_wire(body)
+        except (UpstreamError, dns.exception.DNSException) as exc:
+            log.debug("validator: %s %s failed: %s", name, rdtype, exc)
+            return None
+
+    def _log_bogus(self, verdict: Verdict) -> None:
+        now = self._loop.time()
+        recent = [t for t in self._bogus_logged if now - t < 60.0]
+        if len(recent) < BOGUS_LOG_PER_MINUTE:
+            recent.append(now)
+            log.warning(
+                "DNSSEC %s in zone %s: %s",
+                verdict.security.name.lower(), verdict.zone or ".", verdict.reason,
+            )  # fmt: skip
+        self._bogus_logged = recent
 
     def _deliver(
         self, query: wire.ClientQuery, respond: Respond, udp: bool, outcome: Outcome
@@ -367,9 +527,13 @@ class Resolver:
         limit = response.udp_limit(query) if udp else None
         if isinstance(outcome, bytes) and response.rcode_of(outcome) != Rcode.SERVFAIL:
             self.counters["answered"] += 1
-            respond(response.client_reply(outcome, query, limit=limit))
+            notes = self._answer_notes
+            ede = notes.get(query.key) if notes else None
+            respond(response.client_reply(outcome, query, limit=limit, ede=ede))
             return
-        if self._answer_stale(query, respond, limit):
+        if not isinstance(outcome, DnssecFailureError) and self._answer_stale(
+            query, respond, limit
+        ):
             return
         if isinstance(outcome, bytes):
             self.counters["servfail"] += 1
@@ -404,12 +568,15 @@ class Resolver:
     ) -> None:
         """RFC 9520 §3: the question failed moments ago; do not ask again before the hold ends."""
         limit = response.udp_limit(query) if udp else None
-        if self._answer_stale(query, respond, limit):
+        if held.ede is None and self._answer_stale(query, respond, limit):
             return
         self.counters["cached_failures"] += 1
         self.counters["servfail"] += 1
         if held.reply is not None:
             respond(response.client_reply(held.reply, query, limit=limit))
+            return
+        if held.ede is not None:
+            respond(response.error_reply(query, Rcode.SERVFAIL, held.ede))
             return
         text = f"cached failure ({held.reason}), retry in {held.until - now:.0f} s"
         respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.CACHED_ERROR, text)))

@@ -21,9 +21,10 @@ Stubby options and what becomes of them:
   tls_backoff_time (s)                    backoff_max
   tls_ca_file                             ca_file
   tls_min_version                         tls_min_version
-  dnssec, dnssec_return_status,           ignored: DNSSEC validation is a later stubby-py issue
-    dnssec_trust_anchors, appdata_dir,
-    trust_anchors_*
+  dnssec, dnssec_return_status            dnssec: validate (TRUE) or off (FALSE); stubby-py
+                                          validates unless told otherwise
+  dnssec_trust_anchors                    trust_anchors (when the file exists)
+  appdata_dir, trust_anchors_*            ignored: the root KSKs are built in (no fetching)
   tls_max_version, tls_cipher_list,       ignored, with the reason
     tls_ciphersuites, tls_ca_path,
     limit_outstanding_queries, resolution_type
@@ -32,6 +33,7 @@ Stubby options and what becomes of them:
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,15 +49,15 @@ STUBBY_KEYS = frozenset(
         "upstream_recursive_servers", "listen_addresses", "resolution_type",
         "dns_transport_list", "tls_authentication", "tls_query_padding_blocksize",
         "edns_client_subnet_private", "round_robin_upstreams", "idle_timeout",
-        "tls_connection_retries", "tls_backoff_time", "dnssec", "dnssec_return_status",
+        "tls_connection_retries", "tls_backoff_time", "dnssec_return_status",
         "dnssec_trust_anchors", "appdata_dir",
     }
 )  # fmt: skip
-DNSSEC_KEYS = frozenset(
+# `dnssec` is an option of both formats: it does not make a file Stubby's
+TRUST_ANCHOR_FETCH_KEYS = frozenset(
     {
-        "dnssec", "dnssec_return_status", "dnssec_trust_anchors", "appdata_dir",
-        "trust_anchors_backoff_time", "trust_anchors_url", "trust_anchors_verify_CA",
-        "trust_anchors_verify_email",
+        "appdata_dir", "trust_anchors_backoff_time", "trust_anchors_url",
+        "trust_anchors_verify_CA", "trust_anchors_verify_email",
     }
 )  # fmt: skip
 IGNORED_WHY = {
@@ -165,15 +167,19 @@ class _Converter:
             "tls_backoff_time": self._tls_backoff_time,
             "tls_ca_file": self._tls_ca_file,
             "tls_min_version": self._tls_min_version,
+            "dnssec": self._dnssec,
+            "dnssec_return_status": self._dnssec,
+            "dnssec_trust_anchors": self._dnssec_trust_anchors,
         }
         for key, value in self.data.items():
             handler = handlers.get(key)
             if handler is not None:
                 handler(key, value)
-            elif key in DNSSEC_KEYS:
+            elif key in TRUST_ANCHOR_FETCH_KEYS:
                 self.out.ignored(
-                    key, "DNSSEC validation is a later stubby-py issue: not validated yet"
-                )
+                    key, "stubby-py has the root KSKs built in and fetches no trust anchors "
+                    "(trust_anchors: FILE replaces them)",
+                )  # fmt: skip
             elif key in IGNORED_WHY:
                 self.out.ignored(key, IGNORED_WHY[key])
             else:
@@ -302,6 +308,19 @@ class _Converter:
 
     def _tls_ca_file(self, key: str, value: object) -> None:
         self.out.mapped(key, "ca_file", str(value), str(value))
+
+    def _dnssec(self, key: str, value: object) -> None:
+        if str(value).strip() == "GETDNS_EXTENSION_FALSE":
+            self.out.mapped(key, "dnssec", "off", "off (as in the Stubby file)")
+        else:
+            self.out.mapped(key, "dnssec", "validate", "validate (AD on secure, SERVFAIL on bogus)")
+
+    def _dnssec_trust_anchors(self, key: str, value: object) -> None:
+        path = str(value)
+        if not os.path.isfile(path):
+            self.out.ignored(key, f"{path} does not exist: the built-in root KSKs are used")
+            return
+        self.out.mapped(key, "trust_anchors", path, path)
 
     def _tls_min_version(self, key: str, value: object) -> None:
         version = TLS_VERSIONS.get(str(value).strip())

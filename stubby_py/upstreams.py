@@ -62,24 +62,26 @@ def scan(reply: bytes, transport: Transport) -> ScannedReply:
 class _QueryForms:
     """The upstream query, built once per form: padded for encrypted transports, plain else."""
 
-    __slots__ = ("_block", "_padded", "_plain", "_query")
+    __slots__ = ("_block", "_dnssec", "_padded", "_plain", "_query")
 
-    def __init__(self, query: wire.ClientQuery, pad_block: int) -> None:
+    def __init__(self, query: wire.ClientQuery, pad_block: int, dnssec: bool) -> None:
         self._query = query
         self._block = pad_block
+        self._dnssec = dnssec
         self._padded: bytes | None = None
         self._plain: bytes | None = None
 
     def for_transport(self, transport: Transport) -> bytes:
         query = self._query
+        dnssec = self._dnssec
         if transport.is_encrypted:
             if self._padded is None:
                 self._padded = edns.upstream_query(
-                    query, pad_block=self._block, do=query.do, keepalive=True
+                    query, pad_block=self._block, do=query.do or dnssec, keepalive=True, cd=dnssec
                 )
             return self._padded
         if self._plain is None:
-            self._plain = edns.upstream_query(query, pad_block=0, do=query.do)
+            self._plain = edns.upstream_query(query, pad_block=0, do=query.do or dnssec, cd=dnssec)
         return self._plain
 
 
@@ -125,9 +127,14 @@ class UpstreamGroup:
         self._loop = asyncio.get_running_loop()
         self._probes: set[asyncio.Task[None]] = set()
 
-    async def forward(self, query: wire.ClientQuery, deadline: float) -> ScannedReply:
-        """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did."""
-        forms = _QueryForms(query, self._config.padding_block_size)
+    async def forward(
+        self, query: wire.ClientQuery, deadline: float, *, dnssec: bool = False
+    ) -> ScannedReply:
+        """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did.
+
+        dnssec: ask with DO and CD set, for the validator (RFC 6840 §5.9).
+        """
+        forms = _QueryForms(query, self._config.padding_block_size, dnssec)
         now = self._loop.time()
         for index in self.pool.take_probes(now):
             self._probe(index, forms, deadline)

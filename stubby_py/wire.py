@@ -188,6 +188,20 @@ def parse_query(data: bytes) -> ClientQuery:
     return ClientQuery(msg_id, flags, question, qtype, qclass, key, has_edns, udp_size, do, version)
 
 
+def chain_query(qname_wire: bytes, qtype: int) -> ClientQuery:
+    """The validator's own question (a DS or DNSKEY), shaped as a client query with DO and CD."""
+    question = qname_wire + struct.pack("!HH", qtype, 1)
+    key = qname_wire.lower() + question[-4:] + b"\x03"
+    return ClientQuery(0, RD | CD, question, qtype, 1, key, True, 1232, True, 0)
+
+
+def with_flag(body: bytes, flag: int, on: bool) -> bytes:
+    """The message with one header flag (AD, say) set or cleared."""
+    flags = U16.unpack_from(body, 2)[0]
+    wanted = flags | flag if on else flags & ~flag
+    return body if wanted == flags else body[:2] + U16.pack(wanted) + body[4:]
+
+
 def parse_unusual_query(data: bytes) -> ClientQuery:
     """Slow path: let dnspython judge a query the fast path refused, then re-read its essentials.
 

@@ -68,3 +68,12 @@ def padded_daemon(ca: trustme.CA, ca_file: str):  # type: ignore[no-untyped-def]
         config = make_config([dot_uri(upstream)], ca_file, cache_size=0)
         with running_daemon(config) as daemon:
             yield daemon, upstream
+
+
+@pytest.fixture(scope="session")
+def dnssec_hierarchy(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The private signed hierarchy (tests/dnssec_hierarchy.py): NSD + a recursive Unbound."""
+    from tests.dnssec_hierarchy import signed_hierarchy
+
+    with signed_hierarchy(tmp_path_factory.mktemp("dnssec-hierarchy")) as hierarchy:
+        yield hierarchy

@@ -257,7 +257,7 @@ def _start_process(upstream: LocalUpstream, ca_file: str, state: Path) -> tuple[
     """The daemon as systemd runs it with StateDirectory=: $STATE_DIRECTORY set."""
     port = _free_port()
     command = [
-        sys.executable, "-m", "stubby_py", "--upstream", dot_uri(upstream),
+        sys.executable, "-m", "stubby_py", "--upstream", dot_uri(upstream), "--dnssec", "off",
         "--ca-file", ca_file, "--listen", f"127.0.0.1:{port}",
     ]  # fmt: skip
     env = dict(os.environ, STATE_DIRECTORY=str(state))

@@ -47,4 +47,10 @@ def test_directories_notify_and_reload() -> None:
     ):  # fmt: skip
         assert directive in service, directive
     families = re.search(r"^RestrictAddressFamilies=(.*)$", service, re.MULTILINE)
-    assert families and families.group(1).split() == ["AF_INET", "AF_INET6", "AF_UNIX"]
+    # AF_NETLINK: the network-change watch (rtnetlink), nothing else
+    assert families and families.group(1).split() == [
+        "AF_INET",
+        "AF_INET6",
+        "AF_UNIX",
+        "AF_NETLINK",
+    ]

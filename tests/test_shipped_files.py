@@ -33,7 +33,7 @@ def test_example_config_documents_exactly_the_defaults() -> None:
 
 def test_example_config_mentions_every_option() -> None:
     text = (ROOT / "config.example.yaml").read_text()
-    keys = set(re.findall(r"^([a-z_]+):", text, flags=re.MULTILINE))
+    keys = set(re.findall(r"^([a-z0-9_]+):", text, flags=re.MULTILINE))
     options = {f.name for f in dataclasses.fields(Config)} - {"source"}
     assert options <= keys, options - keys
 
@@ -44,7 +44,7 @@ def test_unit_files_verify_and_carry_the_hardening(tmp_path: Path) -> None:
     for directive in (
         "Type=notify", "WatchdogSec=", "Restart=on-failure", "StateDirectory=", "DynamicUser=yes",
         "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
-        "PrivateDevices=yes", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "PrivateDevices=yes", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK",
         "SystemCallFilter=@system-service", "MemoryDenyWriteExecute=yes", "LockPersonality=yes",
     ):  # fmt: skip
         assert directive in service, directive

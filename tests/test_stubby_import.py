@@ -109,8 +109,9 @@ def test_every_option_is_mapped_or_ignored_with_a_reason() -> None:
     notes = {(n.kind, n.key): n.text for n in conversion.notes}
     assert "never makes" in notes[("ignored", "dns_transport_list")]  # no cleartext fallback
     assert "always verifies" in notes[("ignored", "tls_authentication")]
-    for key in ("dnssec", "dnssec_trust_anchors", "appdata_dir"):
-        assert "later stubby-py issue" in notes[("ignored", key)]
+    assert options["dnssec"] == "validate"
+    assert "does not exist" in notes[("ignored", "dnssec_trust_anchors")]
+    assert "built in" in notes[("ignored", "appdata_dir")]
     assert "up to 1.3" in notes[("ignored", "tls_max_version")]
     assert ("ignored", "tls_cipher_list") in notes
     assert (

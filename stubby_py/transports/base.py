@@ -42,4 +42,10 @@ class Transport(Protocol):
 
     async def exchange(self, query: bytes, deadline: float) -> bytes: ...
 
+    def reset(self) -> None:
+        """A network change or a resume (netwatch.py): forget any connect backoff, and take no
+        later query over a connection opened before this call. Idle connections close at once;
+        busy ones when their queries in flight are answered or time out."""
+        ...
+
     async def aclose(self) -> None: ...

@@ -285,6 +285,11 @@ class DoHConnection(asyncio.Protocol):
         self._exchanges.fail_all(error)
         self._owner.connection_gone(self)
 
+    def retire(self) -> None:
+        """After a network change (MultiplexedTransport.reset): as when stream IDs run out."""
+        if not self.is_closed:
+            self._retire()
+
     def _retire(self) -> None:
         """No new streams here (stream IDs used up): waiting requests go elsewhere at once,
         and the connection closes when its last stream ends."""

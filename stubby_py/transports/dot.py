@@ -5,6 +5,7 @@ Queries get an ID unique on their connection and are written as 2-octet-framed m
 (RFC 7766 §6.2.1.1). A broken connection fails all its waiters at once; a query caught in flight
 is retried once on a fresh connection. Reconnects back off exponentially after failures.
 Idle connections close after the configured time or the server's edns-tcp-keepalive (RFC 7828).
+A retired connection (after a network change) takes no new query and closes once it has none.
 """
 
 from __future__ import annotations
@@ -57,12 +58,18 @@ class DoTConnection(asyncio.Protocol):
         self._buffer = bytearray()
         self._out: list[bytes] = []
         self._waiters: dict[int, _Waiter] = {}
-        self.is_closed = False
+        self._closed = False
+        self._retired = False
         self.received_bytes = 0
         self.replies = 0
         self.last_activity = time.monotonic()
         self.idle_timeout = owner.idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def is_closed(self) -> bool:
+        """No new query here: closed, or retired and closing once those in flight are done."""
+        return self._closed or self._retired
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -84,6 +91,7 @@ class DoTConnection(asyncio.Protocol):
             pos += 2 + size
         if pos:
             del buf[:pos]
+        self._close_if_drained()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail_all(UpstreamClosedError(f"{self._owner.name}: connection closed"))
@@ -118,10 +126,20 @@ class DoTConnection(asyncio.Protocol):
         del self._waiters[msg_id]
         if waiter.timer is not None:
             waiter.timer.cancel()
+        self._close_if_drained()
+
+    def retire(self) -> None:
+        """Take no new query; close once the queries in flight are answered or time out."""
+        self._retired = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self._retired and not self._waiters and not self._closed:
+            self.close()
 
     def close(self) -> None:
-        if not self.is_closed:
-            self.is_closed = True
+        if not self._closed:
+            self._closed = True
             if self._idle_timer is not None:
                 self._idle_timer.cancel()
             if self._transport is not None:
@@ -133,7 +151,7 @@ class DoTConnection(asyncio.Protocol):
         return len(self._waiters)
 
     def _flush(self) -> None:
-        if self._out and self._transport is not None and not self.is_closed:
+        if self._out and self._transport is not None and not self._closed:
             data = b"".join(self._out)
             self._out.clear()
             self._transport.write(data)
@@ -179,15 +197,16 @@ class DoTConnection(asyncio.Protocol):
         if waiter is None or waiter.future.done():
             return
         waiter.future.set_exception(UpstreamTimeoutError(f"{self._owner.name}: timed out"))
-        if self.received_bytes == waiter.sent_at_bytes and not self.is_closed:
+        if self.received_bytes == waiter.sent_at_bytes and not self._closed:
             # nothing at all came back since this query went out: the connection is stalled
             log.info(
                 "%s: no reply on the connection for a whole attempt; reconnecting", self._owner.name
             )
             self.close()
+        self._close_if_drained()
 
     def _fail_all(self, error: UpstreamError) -> None:
-        self.is_closed = True
+        self._closed = True
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             if waiter.timer is not None:
@@ -201,7 +220,7 @@ class DoTConnection(asyncio.Protocol):
         self._idle_timer = self._loop.call_later(delay, self._check_idle)
 
     def _check_idle(self) -> None:
-        if self.is_closed:
+        if self._closed:
             return
         idle = time.monotonic() - self.last_activity
         if not self._waiters and idle >= self.idle_timeout:

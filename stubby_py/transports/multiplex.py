@@ -6,6 +6,11 @@ waiter with one deadline timer. A broken connection fails all its waiters at onc
 in flight by a closing connection is retried once on a fresh one (the stale cached connection of
 RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY). Connecting is single-flight and backs off exponentially
 after failures, as in dot.py.
+
+reset() (a network change or a resume from suspend: netwatch.py) forgets the backoff and retires
+the connection: it takes no new query and closes once its queries in flight are answered or time
+out (at once if it has none). A connection whose opening began before a reset is closed unused and
+opened again, so no query that comes after a reset travels on a connection from before it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py import wire
 from stubby_py.config import Config, UpstreamSpec
@@ -30,6 +35,8 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 10.0
 FIRST_BACKOFF = 0.1
+#: how many times one connect opens again because resets kept arriving while it was opening
+MAX_STALE_OPENS = 3
 
 
 class Waiter:
@@ -143,6 +150,10 @@ class StreamConnection(Protocol):
         """Drop the waiter of this query; a key reused by a newer query is left alone."""
         ...
 
+    def retire(self) -> None:
+        """Take no new query (is_closed turns true); close when those in flight are done."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -167,6 +178,10 @@ class MultiplexedTransport(Generic[C]):
         self._failures = 0
         self._retry_at = 0.0
         self._last_error: UpstreamError | None = None
+        #: counts reset() calls: a connection opened across one is stale
+        self._generation = 0
+        #: connections retired by reset() that still carry queries
+        self._retiring: set[C] = set()
 
     @property
     def name(self) -> str:
@@ -190,16 +205,18 @@ class MultiplexedTransport(Generic[C]):
             connection = self._connection
             if connection is None or connection.is_closed:
                 connection = await self._connected(deadline)
-            key, future = connection.send(query, deadline)
             try:
-                return await future
+                key, future = connection.send(query, deadline)
+                try:
+                    return await future
+                finally:
+                    connection.forget(key, future)
             except UpstreamClosedError:
                 # the connection went away under the query (idle close, GOAWAY, restart, a
-                # stale cached connection): once more on a fresh one, if time allows
+                # stale cached connection) or was retired by a reset before the query went out:
+                # once more on a fresh one, if time allows
                 if attempt or loop.time() >= deadline:
                     raise
-            finally:
-                connection.forget(key, future)
         raise AssertionError("unreachable")
 
     async def _connected(self, deadline: float) -> C:
@@ -220,7 +237,7 @@ class MultiplexedTransport(Generic[C]):
     async def _connect(self) -> C:
         loop = asyncio.get_running_loop()
         try:
-            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+            connection = await self._open_fresh()
         except UpstreamError as exc:
             self._record_connect_failure(exc, loop.time())
             raise
@@ -236,6 +253,17 @@ class MultiplexedTransport(Generic[C]):
         self.stats.handshakes += 1
         return connection
 
+    async def _open_fresh(self) -> C:
+        """A connection whose opening began after the latest reset(): one begun before it may
+        have bound an address or taken a route that the network change took away."""
+        for _ in range(MAX_STALE_OPENS):
+            generation = self._generation
+            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+            if generation == self._generation:
+                return connection
+            connection.close()
+        raise UpstreamClosedError(f"{self.name}: the network kept changing while connecting")
+
     async def _open(self) -> C:
         raise NotImplementedError
 
@@ -249,13 +277,19 @@ class MultiplexedTransport(Generic[C]):
     def connection_gone(self, connection: object) -> None:
         if self._connection is connection:
             self._connection = None
+        self._retiring.discard(cast(C, connection))
 
     def reset(self) -> None:
-        """Forget backoff and drop the connection (network change, resume)."""
+        """Network change or resume: forget the backoff, so the next query connects at once,
+        and retire the connection, so that no later query travels on it."""
         self._failures = 0
         self._retry_at = 0.0
-        if self._connection is not None:
-            self._connection.close()
+        self._last_error = None
+        self._generation += 1
+        connection, self._connection = self._connection, None
+        if connection is not None and not connection.is_closed:
+            self._retiring.add(connection)
+            connection.retire()  # may close it at once, and so leave _retiring
 
     async def aclose(self) -> None:
         task = self._connecting
@@ -264,3 +298,5 @@ class MultiplexedTransport(Generic[C]):
             await asyncio.gather(task, return_exceptions=True)
         if self._connection is not None:
             self._connection.close()
+        for connection in list(self._retiring):
+            connection.close()

@@ -90,6 +90,10 @@ class UDPTransport:
         finally:
             transport.close()
 
+    def reset(self) -> None:
+        """Network change: each UDP query has a socket of its own; only TCP holds a connection."""
+        self._tcp.reset()
+
     async def aclose(self) -> None:
         await self._tcp.aclose()
 

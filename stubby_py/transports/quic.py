@@ -9,6 +9,8 @@ and none leaves before the server is authenticated (RFC 9250 §4.5). Address-val
 bidirectional stream; aioquic holds streams beyond the server's MAX_STREAMS credit until the
 credit grows (RFC 9000 §4.6), so a burst waits instead of failing. An idle connection ends by
 QUIC's idle timeout (RFC 9000 §10.1); the next query connects again, resuming the session.
+A retired connection (after a network change) opens no new stream and closes with no error once
+its streams are done: the next query connects again, resuming the session on the new path.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         self._label = owner.name
         self._udp: asyncio.DatagramTransport | None = None
         self._is_closed = False
+        self._retired = False
         self._flush_handle: asyncio.Handle | None = None
         self.exchanges: Exchanges[W] = Exchanges(owner.name, self._expired)
         self.handshake: asyncio.Future[None] = self._loop.create_future()
@@ -131,7 +134,8 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
 
     @property
     def is_closed(self) -> bool:
-        return self._is_closed
+        """No new query here: closed, or retired and closing once those in flight are done."""
+        return self._is_closed or self._retired
 
     @property
     def is_resumed(self) -> bool:
@@ -185,6 +189,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         self._handle_event(event)
         if isinstance(event, StreamReset):
             self._handle_stream_reset(event)
+        self._close_if_drained()
 
     def _handle_terminated(self, event: ConnectionTerminated) -> None:
         reason = describe_close(event)
@@ -206,7 +211,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
 
     # -- queries ----------------------------------------------------------------------------------
     def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]:
-        if self._is_closed:
+        if self.is_closed:
             raise UpstreamClosedError(f"{self._label}: connection closed")
         stream_id = self._quic.get_next_available_stream_id()
         future: asyncio.Future[bytes] = self._loop.create_future()
@@ -220,6 +225,16 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         # stream IDs are never reused on a connection: the key alone names this query
         if self.exchanges.discard(key) is not None:
             self._cancel_stream(key)
+        self._close_if_drained()
+
+    def retire(self) -> None:
+        """Open no new stream; close once the queries in flight are answered or time out."""
+        self._retired = True
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self._retired and not len(self.exchanges) and not self._is_closed:
+            self.close()
 
     def close(self, error_code: int | None = None, reason: str = "") -> None:
         """CONNECTION_CLOSE now (no closing period: nothing here awaits it), fail what is left."""
@@ -265,6 +280,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
             # nothing at all came back since this query went out: the path or the server is gone
             log.info("%s: nothing came back for a whole attempt; reconnecting", self._label)
             self.close()
+        self._close_if_drained()
 
     def _flush_soon(self) -> None:
         """One transmit per event-loop turn, however many queries were written in it."""

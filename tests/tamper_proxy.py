@@ -1,0 +1,230 @@
+"""A loopback DNS proxy that forges answers: one flipped RDATA byte under a valid RRSIG.
+
+It sits between a client (stubby-py) and an upstream (the hierarchy's Unbound) on UDP and TCP
+(RFC 7766 framing), relays every message, and in each reply flips one octet of the RDATA of the
+first answer record whose owner is the target name (RRSIGs skipped, so the signature stays the
+original one and no longer matches). A validator must turn such a reply into SERVFAIL
+(RFC 4035 §5.3), never pass on the forged data.
+
+``with running_tamper_proxy(upstream_port, "www.nsec.test.") as proxy:`` runs it in a thread on
+its own event loop; ``proxy.enabled`` switches the forging off and on, ``proxy.tampered`` counts
+forged replies, ``proxy.last`` holds the last (original, forged) pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import threading
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import dns.exception
+import dns.name
+import dns.rdatatype
+
+from tests.peers import LOOPBACK, free_ports
+
+HEADER = struct.Struct("!HHHHHH")
+RR_FIXED = struct.Struct("!HHIH")  # type, class, TTL, RDLENGTH (RFC 1035 §4.1.3)
+
+
+@dataclass(frozen=True)
+class Flip:
+    """Where a reply was changed: the octet's offset and the RDATA it lies in."""
+
+    offset: int
+    rdata_start: int
+    rdata_length: int
+    rdtype: int
+
+
+def find_rdata(wire: bytes, owner: dns.name.Name) -> Flip | None:
+    """Locate the last RDATA octet of the first non-RRSIG answer record owned by ``owner``."""
+    try:
+        _, _, qdcount, ancount, _, _ = HEADER.unpack_from(wire)
+        offset = HEADER.size
+        for _ in range(qdcount):
+            _, used = dns.name.from_wire(wire, offset)
+            offset += used + 4
+        for _ in range(ancount):
+            name, used = dns.name.from_wire(wire, offset)
+            offset += used
+            rdtype, _, _, length = RR_FIXED.unpack_from(wire, offset)
+            offset += RR_FIXED.size
+            if name == owner and rdtype != dns.rdatatype.RRSIG and length > 0:
+                if offset + length > len(wire):
+                    return None
+                return Flip(offset + length - 1, offset, length, rdtype)
+            offset += length
+    except (struct.error, dns.exception.DNSException):
+        return None
+    return None
+
+
+def flip_rdata_byte(wire: bytes, owner: dns.name.Name) -> tuple[bytes, Flip | None]:
+    """``wire`` with one RDATA octet inverted (see `find_rdata`), or unchanged and None."""
+    flip = find_rdata(wire, owner)
+    if flip is None:
+        return wire, None
+    forged = bytearray(wire)
+    forged[flip.offset] ^= 0xFF
+    return bytes(forged), flip
+
+
+class TamperProxy:
+    """The proxy itself, on the running event loop: `start`, then `aclose`."""
+
+    def __init__(self, upstream_port: int, name: str, *, upstream_host: str = LOOPBACK) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.owner = dns.name.from_text(name)
+        #: forge replies (True) or relay them untouched (False); may be set from any thread
+        self.enabled = True
+        self.forwarded = 0
+        self.tampered = 0
+        #: the last forged reply: (as received, as sent)
+        self.last: tuple[bytes, bytes] | None = None
+        self.last_flip: Flip | None = None
+        self.port = 0
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    def process(self, reply: bytes) -> bytes:
+        self.forwarded += 1
+        if not self.enabled:
+            return reply
+        forged, flip = flip_rdata_byte(reply, self.owner)
+        if flip is not None:
+            self.tampered += 1
+            self.last = (reply, forged)
+            self.last_flip = flip
+        return forged
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            port = free_ports(1)[0]
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _ClientDatagrams(self), local_addr=(LOOPBACK, port)
+            )
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, LOOPBACK, port)
+            except OSError:
+                udp.close()
+                continue
+            self._udp = udp
+            self.port = port
+            return
+        raise OSError("tamper proxy: no free UDP+TCP port")
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def relay_udp(self, query: bytes, client: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        received: asyncio.Future[bytes] = loop.create_future()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _UpstreamDatagram(received), remote_addr=self.upstream
+        )
+        try:
+            transport.sendto(query)
+            reply = await asyncio.wait_for(received, 5.0)
+        except TimeoutError:
+            return
+        finally:
+            transport.close()
+        if self._udp is not None:
+            self._udp.sendto(self.process(reply), client)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            self._writers.add(up_writer)
+            await asyncio.gather(
+                _copy_frames(reader, up_writer, None), _copy_frames(up_reader, writer, self)
+            )
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    self._writers.discard(w)
+                    w.close()
+                    with contextlib.suppress(OSError):
+                        await w.wait_closed()
+
+    async def aclose(self) -> None:
+        if self._tcp is not None:
+            self._tcp.close()
+        for w in list(self._writers):
+            w.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tcp is not None:
+            await self._tcp.wait_closed()
+        if self._udp is not None:
+            self._udp.close()
+        await asyncio.sleep(0.01)  # let closed transports finish closing
+
+
+async def _copy_frames(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: TamperProxy | None
+) -> None:
+    """Relay length-prefixed messages until EOF, forging replies when ``proxy`` is given."""
+    while True:
+        try:
+            (length,) = struct.unpack("!H", await reader.readexactly(2))
+            message = await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
+        if proxy is not None:
+            message = proxy.process(message)
+        writer.write(struct.pack("!H", len(message)) + message)
+        await writer.drain()
+
+
+class _ClientDatagrams(asyncio.DatagramProtocol):
+    def __init__(self, proxy: TamperProxy) -> None:
+        self.proxy = proxy
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.proxy.spawn(self.proxy.relay_udp(data, addr))
+
+
+class _UpstreamDatagram(asyncio.DatagramProtocol):
+    def __init__(self, received: asyncio.Future[bytes]) -> None:
+        self.received = received
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if not self.received.done():
+            self.received.set_result(data)
+
+
+@contextlib.contextmanager
+def running_tamper_proxy(
+    upstream_port: int, name: str, *, upstream_host: str = LOOPBACK
+) -> Iterator[TamperProxy]:
+    """Run a `TamperProxy` on an event loop in a background thread until the block ends."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="tamper-proxy", daemon=True)
+    thread.start()
+    proxy = TamperProxy(upstream_port, name, upstream_host=upstream_host)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+        yield proxy
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(proxy.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()

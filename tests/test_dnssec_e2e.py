@@ -1,0 +1,324 @@
+"""stubby-py validating against the private signed hierarchy, end to end (RFC 4033-4035, 5155,
+6840, 8914, 9276).
+
+The daemon forwards to the hierarchy's non-validating Unbound with ``dnssec: validate`` and the
+private root's DS as its trust anchor. Each case of the hierarchy has one expected outcome:
+secure -> AD (to clients that set DO or AD), insecure -> no AD, bogus -> SERVFAIL with the
+Extended DNS Error of its cause; CD=1 -> the data as received, never AD; no DNSSEC records to
+clients without DO. A proxy that flips one octet of signed data must never get its forgery past.
+delv's view of the same cases is in test_dnssec_hierarchy.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import dns.edns
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+import pytest
+
+from tests.daemon_thread import make_config, running_daemon
+from tests.dnssec_hierarchy import (
+    ALGORITHM_ZONES,
+    BOGUS_ADDRESS,
+    BOGUS_ZONES,
+    CHANGED_ADDRESS,
+    Hierarchy,
+)
+from tests.peers import LOOPBACK
+from tests.tamper_proxy import running_tamper_proxy
+
+pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
+
+DNSSEC_TYPES = {dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3}
+NOERROR, NXDOMAIN, SERVFAIL = dns.rcode.NOERROR, dns.rcode.NXDOMAIN, dns.rcode.SERVFAIL
+UNSUPPORTED_NSEC3_ITERATIONS = 27  # RFC 9276 §6 (EDE registry)
+
+
+@pytest.fixture(scope="module")
+def port(dnssec_hierarchy: Hierarchy) -> Iterator[int]:
+    """A validating daemon forwarding to the hierarchy's Unbound over plain UDP/TCP."""
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    with running_daemon(config) as daemon:
+        yield daemon.port
+
+
+def ask(
+    port: int,
+    name: str,
+    rdtype: str = "A",
+    *,
+    do: bool = True,
+    cd: bool = False,
+    ad: bool = False,
+    edns: bool = True,
+) -> dns.message.Message:
+    query = dns.message.make_query(name, rdtype, use_edns=0 if edns else False, want_dnssec=do)
+    if cd:
+        query.flags |= dns.flags.CD
+    if ad:
+        query.flags |= dns.flags.AD
+    return dns.query.tcp(query, LOOPBACK, port=port, timeout=10)
+
+
+def has_ad(reply: dns.message.Message) -> bool:
+    return bool(reply.flags & dns.flags.AD)
+
+
+def ede_codes(reply: dns.message.Message) -> list[int]:
+    return [o.code for o in reply.options if isinstance(o, dns.edns.EDEOption)]
+
+
+def rdata_texts(reply: dns.message.Message, rdtype: int) -> list[str]:
+    return [rd.to_text() for r in reply.answer if r.rdtype == rdtype for rd in r]
+
+
+def dnssec_records(reply: dns.message.Message) -> list[dns.rrset.RRset]:
+    sections = (reply.answer, reply.authority, reply.additional)
+    return [r for section in sections for r in section if r.rdtype in DNSSEC_TYPES]
+
+
+def signed_types(reply: dns.message.Message) -> set[int]:
+    """The types the answer section's RRSIGs cover."""
+    return {r.covers for r in reply.answer if r.rdtype == dns.rdatatype.RRSIG}
+
+
+def describe(reply: dns.message.Message) -> str:
+    return f"ede={ede_codes(reply)}\n{reply}"
+
+
+# --- the table ------------------------------------------------------------------------------
+
+#: (name, type, rcode, answer data of that type or None): secure, AD with DO
+SECURE: list[tuple[str, str, int, str | None]] = [("www.test.", "A", NOERROR, "192.0.2.1")]
+for _zone, _number in ALGORITHM_ZONES.items():
+    SECURE += [
+        (f"www.{_zone}", "A", NOERROR, f"192.0.2.{_number}"),
+        (f"www.{_zone}", "TXT", NOERROR, f'"alg {_number}"'),
+    ]
+for _zone, _other in (("nsec.test.", "nsec3.test."), ("nsec3.test.", "nsec.test.")):
+    SECURE += [
+        (f"www.{_zone}", "A", NOERROR, "192.0.2.10"),
+        (f"nx.{_zone}", "A", NXDOMAIN, None),
+        (f"www.{_zone}", "MX", NOERROR, None),  # NODATA
+        (f"x.wild.{_zone}", "TXT", NOERROR, '"wild"'),  # wildcard answer
+        (f"x.wild.{_zone}", "MX", NOERROR, None),  # wildcard NODATA
+        (f"ent.{_zone}", "A", NOERROR, None),  # empty non-terminal NODATA
+        (f"a.b.ent.{_zone}", "A", NOERROR, "192.0.2.11"),
+        (f"alias.{_zone}", "A", NOERROR, "192.0.2.10"),  # CNAME into the other zone
+    ]
+SECURE += [
+    ("www.dname.nsec.test.", "A", NOERROR, "192.0.2.10"),  # DNAME into nsec3.test.
+    ("www.optout.test.", "A", NOERROR, "192.0.2.12"),
+]
+SECURE_IDS = [f"{n}{t}" for n, t, _, _ in SECURE]
+
+#: (name, type, rcode, data): insecure, never AD
+INSECURE: list[tuple[str, str, int, str | None]] = [
+    ("www.insecure.test.", "A", NOERROR, "192.0.2.21"),  # no DS at test.
+    ("www.unsigned.optout.test.", "A", NOERROR, "192.0.2.20"),  # no DS, NSEC3 opt-out
+    ("to-insecure.nsec.test.", "A", NOERROR, "192.0.2.21"),  # secure CNAME to insecure
+    ("to-insecure.nsec3.test.", "A", NOERROR, "192.0.2.21"),
+    # RFC 4035 §5.2 / RFC 8624: a DS whose digest, or a key whose algorithm, is not supported
+    ("www.sha1ds.test.", "A", NOERROR, "192.0.2.30"),
+    ("www.rsasha1.test.", "A", NOERROR, "192.0.2.30"),
+    # RFC 9276 §3.2: NSEC3 with 200 iterations proves nothing; insecure, not bogus
+    ("nx.manyiter.test.", "A", NXDOMAIN, None),
+]
+INSECURE_IDS = [f"{n}{t}" for n, t, _, _ in INSECURE]
+
+
+def bogus_name(zone: str) -> str:
+    return f"nx.{zone}" if zone == "nonsec.test." else f"www.{zone}"
+
+
+#: (name, EDE codes any of which fits, rcode and A data under CD=1)
+BOGUS: list[tuple[str, set[int], int, str | None]] = []
+for _zone, _code in BOGUS_ZONES.items():
+    _codes = {6, 9} if _zone == "badkeysig.test." else {_code}
+    if _zone == "nonsec.test.":
+        BOGUS.append((bogus_name(_zone), _codes, NXDOMAIN, None))
+    else:
+        _data = CHANGED_ADDRESS if _zone == "changed.test." else BOGUS_ADDRESS
+        BOGUS.append((bogus_name(_zone), _codes, NOERROR, _data))
+BOGUS_IDS = [name for name, _, _, _ in BOGUS]
+
+
+def check_data(reply: dns.message.Message, rdtype: str, data: str | None) -> None:
+    wanted = dns.rdatatype.from_text(rdtype)
+    if data is None:
+        assert not rdata_texts(reply, wanted), describe(reply)
+    else:
+        assert rdata_texts(reply, wanted) == [data], describe(reply)
+
+
+# --- secure -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "rdtype", "rcode", "data"), SECURE, ids=SECURE_IDS)
+def test_secure_with_do_has_ad_and_rrsigs(
+    port: int, name: str, rdtype: str, rcode: int, data: str | None
+) -> None:
+    reply = ask(port, name, rdtype)
+    assert reply.rcode() == rcode and has_ad(reply), describe(reply)
+    check_data(reply, rdtype, data)
+    if data is not None:
+        covered = signed_types(reply)
+        assert dns.rdatatype.from_text(rdtype) in covered, describe(reply)
+    else:
+        # RFC 4035 §3.1.3: the denial and its signatures come along
+        denial = {r.rdtype for r in reply.authority}
+        assert dns.rdatatype.RRSIG in denial, describe(reply)
+        assert denial & {dns.rdatatype.NSEC, dns.rdatatype.NSEC3}, describe(reply)
+
+
+@pytest.mark.parametrize(("name", "rdtype", "rcode", "data"), SECURE, ids=SECURE_IDS)
+def test_secure_with_ad_but_no_do_has_ad_and_no_dnssec_records(
+    port: int, name: str, rdtype: str, rcode: int, data: str | None
+) -> None:
+    """RFC 6840 §5.7: AD in the query asks for AD in the reply, without DNSSEC records."""
+    reply = ask(port, name, rdtype, do=False, ad=True)
+    assert reply.rcode() == rcode and has_ad(reply), describe(reply)
+    check_data(reply, rdtype, data)
+    assert not dnssec_records(reply), describe(reply)
+
+
+@pytest.mark.parametrize("name", ["x.wild.nsec.test.", "x.wild.nsec3.test."])
+def test_wildcard_answer_keeps_its_proof(port: int, name: str) -> None:
+    """RFC 4035 §3.1.3.3: a wildcard expansion comes with the proof no closer name exists."""
+    reply = ask(port, name, "TXT")
+    assert has_ad(reply), describe(reply)
+    assert {r.rdtype for r in reply.authority} & {dns.rdatatype.NSEC, dns.rdatatype.NSEC3}
+
+
+def test_cname_and_dname_chains_are_whole(port: int) -> None:
+    alias = ask(port, "alias.nsec.test.")
+    assert rdata_texts(alias, dns.rdatatype.CNAME) == ["www.nsec3.test."], describe(alias)
+    dname = ask(port, "www.dname.nsec.test.")
+    assert rdata_texts(dname, dns.rdatatype.DNAME) == ["nsec3.test."], describe(dname)
+    assert rdata_texts(dname, dns.rdatatype.CNAME) == ["www.nsec3.test."], describe(dname)
+    assert dns.rdatatype.DNAME in signed_types(dname), describe(dname)
+
+
+# --- insecure -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "rdtype", "rcode", "data"), INSECURE, ids=INSECURE_IDS)
+def test_insecure_answers_have_no_ad(
+    port: int, name: str, rdtype: str, rcode: int, data: str | None
+) -> None:
+    for do, ad in ((True, False), (False, True)):
+        reply = ask(port, name, rdtype, do=do, ad=ad)
+        assert reply.rcode() == rcode and not has_ad(reply), describe(reply)
+        check_data(reply, rdtype, data)
+        # only the "why insecure" codes: unsupported algorithm, digest, NSEC3 iterations
+        assert set(ede_codes(reply)) <= {1, 2, UNSUPPORTED_NSEC3_ITERATIONS}, describe(reply)
+
+
+def test_too_many_nsec3_iterations_are_flagged(port: int) -> None:
+    """RFC 9276 §3.2: an insecure answer for this reason SHOULD carry EDE 27."""
+    reply = ask(port, "nx.manyiter.test.")
+    assert reply.rcode() == NXDOMAIN and not has_ad(reply), describe(reply)
+    assert UNSUPPORTED_NSEC3_ITERATIONS in ede_codes(reply), describe(reply)
+
+
+# --- bogus --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "codes", "cd_rcode", "cd_data"), BOGUS, ids=BOGUS_IDS)
+def test_bogus_is_servfail_with_its_ede(
+    port: int, name: str, codes: set[int], cd_rcode: int, cd_data: str | None
+) -> None:
+    for do in (True, False):
+        reply = ask(port, name, do=do)
+        assert reply.rcode() == SERVFAIL, describe(reply)
+        assert not has_ad(reply) and not reply.answer, describe(reply)
+        assert codes & set(ede_codes(reply)), f"want EDE {codes}: {describe(reply)}"
+
+
+@pytest.mark.parametrize(("name", "codes", "cd_rcode", "cd_data"), BOGUS, ids=BOGUS_IDS)
+def test_checking_disabled_gets_bogus_data_as_received(
+    port: int, name: str, codes: set[int], cd_rcode: int, cd_data: str | None
+) -> None:
+    """RFC 4035 §3.2.2: CD=1 hands over the data unvalidated; never AD (RFC 6840 §5.9)."""
+    for do in (True, False):
+        reply = ask(port, name, do=do, cd=True)
+        assert reply.rcode() == cd_rcode and not has_ad(reply), describe(reply)
+        check_data(reply, "A", cd_data)
+        if do and name in ("www.expired.test.", "www.changed.test."):
+            assert dns.rdatatype.A in signed_types(reply), describe(reply)
+        if not do:
+            assert not dnssec_records(reply), describe(reply)
+
+
+# --- DO-stripping across the table ---------------------------------------------------------------
+
+ALL = [(n, t) for n, t, _, _ in SECURE + INSECURE]
+
+
+@pytest.mark.parametrize(("name", "rdtype"), ALL, ids=[f"{n}{t}" for n, t in ALL])
+def test_no_dnssec_records_without_do(port: int, name: str, rdtype: str) -> None:
+    """RFC 4035 §3.2.1: without DO, no RRSIG, NSEC or NSEC3 in any section."""
+    for edns in (True, False):
+        reply = ask(port, name, rdtype, do=False, edns=edns)
+        assert reply.rcode() in (NOERROR, NXDOMAIN), describe(reply)
+        assert not dnssec_records(reply), describe(reply)
+        assert not has_ad(reply), describe(reply)
+
+
+# --- forged data and other upstreams -------------------------------------------------------------
+
+
+def test_forged_rdata_never_reaches_the_client(dnssec_hierarchy: Hierarchy) -> None:
+    name = "www.nsec.test."
+    with running_tamper_proxy(dnssec_hierarchy.resolver_port, name) as proxy:
+        config = make_config(
+            [f"udp://{LOOPBACK}:{proxy.port}"],
+            dnssec="validate",
+            trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+        )
+        with running_daemon(config) as daemon:
+            for do in (True, False):
+                reply = ask(daemon.port, name, do=do)
+                assert reply.rcode() == SERVFAIL and not reply.answer, describe(reply)
+                assert 6 in ede_codes(reply), describe(reply)  # DNSSEC Bogus
+            assert proxy.tampered >= 1
+            # the forgery is really there: CD=1 hands it over as received
+            unchecked = ask(daemon.port, name, cd=True)
+            assert rdata_texts(unchecked, dns.rdatatype.A) == ["192.0.2.245"], describe(unchecked)
+            assert not has_ad(unchecked)
+            # names the proxy leaves alone still validate through it
+            clean = ask(daemon.port, "www.nsec3.test.")
+            assert has_ad(clean) and rdata_texts(clean, dns.rdatatype.A) == ["192.0.2.10"]
+
+
+def test_validation_over_dot(dnssec_hierarchy: Hierarchy) -> None:
+    h = dnssec_hierarchy
+    config = make_config(
+        [h.resolver_dot_upstream],
+        str(h.ca_file),
+        dnssec="validate",
+        trust_anchors=str(h.anchor_ds_file),
+    )
+    with running_daemon(config) as daemon:
+        secure = ask(daemon.port, "www.ecdsap384.test.")
+        assert has_ad(secure) and rdata_texts(secure, dns.rdatatype.A) == ["192.0.2.14"]
+        bogus = ask(daemon.port, "www.expired.test.")
+        assert bogus.rcode() == SERVFAIL and 7 in ede_codes(bogus), describe(bogus)
+
+
+def test_validation_off_passes_bogus_data(dnssec_hierarchy: Hierarchy) -> None:
+    config = make_config([dnssec_hierarchy.resolver_upstream], dnssec="off")
+    with running_daemon(config) as daemon:
+        reply = ask(daemon.port, "www.expired.test.")
+        assert reply.rcode() == NOERROR and not has_ad(reply), describe(reply)
+        assert rdata_texts(reply, dns.rdatatype.A) == [BOGUS_ADDRESS]

@@ -31,6 +31,7 @@ from forwarding import (
     ANSWER,
     AUTH_NAME,
     CLK_TCK,
+    DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
     IDLE_LIMIT,
@@ -274,6 +275,7 @@ def stubby_py_argv(bench: Bench) -> list[str]:
         f"tls://{HOST}:{bench.ports.dot}#{AUTH_NAME}",
         "--ca-file",
         str(bench.ca),
+        *DNSSEC_OFF,
         *bench.stubby_py_args,
     ]
 
@@ -300,7 +302,9 @@ def stats_now(bench: Bench) -> dict[str, Any]:
 def hit_counts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
     """What the daemon counted over the measured runs."""
     a, b = counts(after), counts(before)
-    delta = {k: a[k] - b[k] for k in ("queries", "hits", "misses", "upstream_queries")}
+    delta: dict[str, Any] = {
+        k: a[k] - b[k] for k in ("queries", "hits", "misses", "upstream_queries")
+    }
     looked_up = delta["hits"] + delta["misses"]
     delta["hit_ratio"] = delta["hits"] / looked_up if looked_up else None
     delta["entries"] = a["entries"]

@@ -38,6 +38,7 @@ sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.upstream_server
 
 from forwarding import (  # noqa: E402
     AUTH_NAME,
+    DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
     LOAD_CPU,
@@ -212,6 +213,7 @@ def stubby_py_argv(setup: Setup, conf: Path, port: int) -> list[str]:
         f"{HOST}:{port}",
         "--ca-file",
         str(setup.certs.ca),
+        *DNSSEC_OFF,
     ]
 
 

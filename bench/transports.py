@@ -46,6 +46,7 @@ from forwarding import (  # noqa: E402
     ANSWER,
     AUTH_NAME,
     CLK_TCK,
+    DNSSEC_OFF,
     FIXED_QPS,
     FORWARDER_CPU,
     HOST,
@@ -267,6 +268,7 @@ def stubby_py_row(
         uri,
         "--ca-file",
         str(setup.certs.ca),
+        *DNSSEC_OFF,
     ]
     log = setup.tmp / f"{slug}.log"
     proc = setup.children.start(argv, log)

@@ -1,5 +1,5 @@
 """The command line: `stubby-py [run]`, `check-config FILE`, `stats`, `flush [NAME]`, `reload`,
-`import-stubby FILE`, `--version`. No logic here."""
+`explain NAME [TYPE]`, `import-stubby FILE`, `--version`. No logic here."""
 
 from __future__ import annotations
 
@@ -11,16 +11,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from stubby_py import __version__, control, stats, stubby_import
+from stubby_py import __version__, control, explain, stats, stubby_import
 from stubby_py.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
 from stubby_py.errors import StubbyError
 
-COMMANDS = ("run", "check-config", "check", "stats", "flush", "reload", "import-stubby", "bench")
+COMMANDS = (
+    "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby", "bench",
+)  # fmt: skip
+CONTROL_COMMANDS = ("stats", "flush", "reload", "explain")
 
 DESCRIPTION = """\
 An encrypted DNS stub forwarder. It answers plain DNS on 127.0.0.1:53 and [::1]:53 and forwards
-every query over DNS over TLS to a pool of upstream resolvers. With no configuration file it uses
-a built-in pool of well-known public resolvers (Quad9, Cloudflare).
+every query over DNS over TLS to a pool of upstream resolvers, validating every answer with
+DNSSEC from the root trust anchors. With no configuration file it uses a built-in pool of
+well-known public resolvers (Quad9, Cloudflare).
 """
 
 EPILOG = """\
@@ -38,6 +42,8 @@ and, with the daemon running (as root, or as the user it runs as):
   stubby-py stats [--json]                    queries, cache, upstreams
   stubby-py flush [NAME]                      forget cached answers (all, or for one name)
   stubby-py reload                            re-read the configuration (as SIGHUP does)
+  stubby-py explain example.com AAAA          how that question is answered: rule, cache, upstream,
+                                              transport, DNSSEC chain, Extended DNS Errors, timings
   stubby-py import-stubby /etc/stubby/stubby.yml > config.yaml
 """
 
@@ -94,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     flush = _control_parser(commands, "flush", "forget cached answers: all, or one name's")
     flush.add_argument("name", nargs="?", metavar="NAME", help="a domain name (every type)")
     _control_parser(commands, "reload", "make the daemon re-read its configuration (SIGHUP)")
+    _add_explain_parser(commands)
     convert = commands.add_parser(
         "import-stubby",
         help="convert a Stubby configuration (stubby.yml) to ours: YAML on stdout, notes on stderr",
@@ -139,6 +146,33 @@ def _check(args: argparse.Namespace) -> int:
     from stubby_py import check
 
     return check.run(config, args.timeout, args.format)
+
+
+EXPLAIN_EPILOG = """\
+The daemon answers the question as a client would (EDNS, AD set, DO clear unless --do),
+through its normal path: a cached answer is answered from the cache (and says so, with the TTL
+left), a miss is asked upstream. The report names the forwarding rule and group, the cache
+entry's state (fresh, stale, expired, absent, held failure), each upstream attempt (transport,
+outcome or failure class such as timeout or cert-name-mismatch, time), the DNSSEC verdict with
+its chain zone by zone, the rcode, AD and Extended DNS Errors, and the timings.
+
+examples:
+  stubby-py explain example.com               the A question
+  stubby-py explain example.com AAAA --json   as JSON
+  stubby-py explain --socket /run/stubby-py/control.sock www.example.org MX
+"""
+
+
+def _add_explain_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = _control_parser(
+        commands, "explain", "ask the running daemon one question and show how it was answered"
+    )
+    parser.epilog = EXPLAIN_EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("name", metavar="NAME", help="a domain name")
+    parser.add_argument("type", nargs="?", default="A", metavar="TYPE", help="default A")
+    parser.add_argument("--do", action="store_true", help="as a client that sets DO asks")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def _control_parser(
@@ -196,6 +230,12 @@ def _control_command(args: argparse.Namespace) -> int:
         reply = _ask(args, "stats")
         reply.pop("ok", None)
         print(json.dumps(reply, indent=2) if args.json else stats.format_table(reply), end="")
+        if args.json:
+            print()
+    elif args.command == "explain":
+        reply = _ask(args, "explain", name=args.name, type=args.type, do=args.do)
+        report = reply["explain"]
+        print(json.dumps(report, indent=2) if args.json else explain.format_table(report), end="")
         if args.json:
             print()
     elif args.command == "flush":
@@ -273,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args.file)
         if args.command == "check":
             return _check(args)
-        if args.command in ("stats", "flush", "reload"):
+        if args.command in CONTROL_COMMANDS:
             return _control_command(args)
         if args.command == "import-stubby":
             return _import_stubby(args)

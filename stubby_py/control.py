@@ -1,8 +1,9 @@
 """The local control socket: one JSON request per line in, one JSON reply per line out.
 
 A unix stream socket, created with mode 0600 (only its owner — root or the service user — may
-use it). Commands are registered by the daemon: `stats`, `flush` (all, or one name), `reload`.
-The client side (`request`) is what `stubby-py stats|flush|reload` use.
+use it). Commands are registered by the daemon: `stats`, `flush` (all, or one name), `reload`,
+`explain` (one question through the query path, traced: `explain_handler`).
+The client side (`request`) is what `stubby-py stats|flush|reload|explain` use.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stubby_py.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,10 @@ class ControlServer:
         self._handlers = dict(handlers)
         self._server: asyncio.AbstractServer | None = None
         self._inode: tuple[int, int] | None = None
+
+    @property
+    def commands(self) -> list[str]:
+        return sorted(self._handlers)
 
     async def start(self) -> None:
         """Listen on the path; a stale socket there is replaced, a live one (another daemon's)
@@ -96,6 +104,26 @@ class ControlServer:
         except Exception as exc:  # a failing command must not take the daemon down
             log.exception("control command %s failed", command)
             return {"ok": False, "error": str(exc)}
+
+
+def explain_handler(resolver: Resolver) -> Handler:
+    """`explain`: {"name": NAME, "type": "A", "do": false} → {"explain": the trace as a dict}."""
+
+    async def explain(request: Mapping[str, Any]) -> dict[str, Any]:
+        import dns.exception
+        import dns.rdatatype
+
+        name, rdtype = request.get("name"), request.get("type", "A")
+        if not isinstance(name, str) or not isinstance(rdtype, str):
+            return {"ok": False, "error": "name and type: expected strings"}
+        try:
+            qtype = dns.rdatatype.from_text(rdtype)
+            trace = await resolver.explain(name, qtype, do=bool(request.get("do")))
+        except dns.exception.DNSException as exc:
+            return {"ok": False, "error": f"{name} {rdtype}: {exc}"}
+        return {"explain": trace.to_dict()}
+
+    return explain
 
 
 def _answers(path: str) -> bool:

@@ -196,10 +196,12 @@ class Daemon:
         if setting is None:
             return
         path = control.default_path() if setting == "auto" else setting
+        assert self.resolver is not None  # start() made it
         handlers: dict[str, control.Handler] = {
             "stats": self._handle_stats,
             "flush": self._handle_flush,
             "reload": self._handle_reload,
+            "explain": control.explain_handler(self.resolver),
         }
         self.control = control.ControlServer(path, handlers)
         try:

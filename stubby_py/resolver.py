@@ -21,9 +21,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import dns.edns
 import dns.exception
+import dns.flags
 import dns.message
 import dns.name
+import dns.rdatatype
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
@@ -44,6 +47,7 @@ from stubby_py.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
+from stubby_py.explain import CacheView, ChainLink, Trace, ValidationView
 from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
@@ -317,7 +321,9 @@ class Resolver:
         self.counters["any_minimal"] += 1
         respond(response.client_reply(local.hinfo_answer(query, *_ANY_HINFO), query, limit=None))
 
-    def _answer(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> None:
+    def _answer(
+        self, query: wire.ClientQuery, respond: Respond, udp: bool, trace: Trace | None = None
+    ) -> None:
         """The cache's part: a hit is answered here and now, with no task (the hottest path)."""
         cache = self.cache
         now = self._loop.time()
@@ -342,12 +348,18 @@ class Resolver:
             self._answer_held_failure(query, respond, udp, held, now)
             return
         self.counters["cache_misses"] += 1
-        self._start(query, respond, udp)
+        self._start(query, respond, udp, trace)
 
-    def _start(self, query: wire.ClientQuery, respond: Respond | None, udp: bool) -> None:
+    def _start(
+        self,
+        query: wire.ClientQuery,
+        respond: Respond | None,
+        udp: bool,
+        trace: Trace | None = None,
+    ) -> None:
         """Ask upstream for query; identical queries arriving meanwhile wait on this one."""
         self._inflight[query.key] = []
-        task = self._loop.create_task(self._resolve(query, respond, udp))
+        task = self._loop.create_task(self._resolve(query, respond, udp, trace))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -371,11 +383,17 @@ class Resolver:
         respond(response.error_reply(query, error.rcode, ede))
 
     # -- forwarding -------------------------------------------------------------------------
-    async def _resolve(self, query: wire.ClientQuery, respond: Respond | None, udp: bool) -> None:
+    async def _resolve(
+        self,
+        query: wire.ClientQuery,
+        respond: Respond | None,
+        udp: bool,
+        trace: Trace | None = None,
+    ) -> None:
         """Ask upstream, then answer this query and every identical one that joined it."""
         outcome: Outcome = None
         try:
-            outcome = await self._fetch(query)
+            outcome = await self._fetch(query, trace)
         finally:
             waiters = self._inflight.pop(query.key, [])
             if respond is not None:
@@ -383,7 +401,7 @@ class Resolver:
             for waiter in waiters:
                 self._deliver(*waiter, outcome)
 
-    async def _fetch(self, query: wire.ClientQuery) -> Outcome:
+    async def _fetch(self, query: wire.ClientQuery, trace: Trace | None = None) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
         deadline = self._loop.time() + self.config.timeout
         name = self.router.group_for(query.key[:-5]) if self.router else None
@@ -391,19 +409,29 @@ class Resolver:
         # names a forwarding rule sends elsewhere (private zones) have no chain from the root
         validating = self.validator is not None and name is None
         status = ValidationStatus.UNCHECKED
+        started = time.perf_counter() if trace is not None else 0.0
         try:
-            body, ttl_offsets, layout = await group.forward(query, deadline, dnssec=validating)
+            body, ttl_offsets, layout = await group.forward(
+                query, deadline, dnssec=validating, trace=trace
+            )
+            if trace is not None:
+                trace.upstream_ms = (time.perf_counter() - started) * 1000
             if validating and layout.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
                 body, ttl_offsets, layout, status = await self._validated(
-                    query, (body, ttl_offsets, layout), deadline
+                    query, (body, ttl_offsets, layout), deadline, trace
                 )
         except DnssecFailureError as exc:
             self.cache.record_failure(
                 query.key, self._loop.time(), reason=exc.kind, ede=(exc.ede, str(exc))
             )
+            if trace is not None:
+                trace.failure = f"{exc.kind}: {exc}"
             return exc
         except UpstreamError as exc:
             self.cache.record_failure(query.key, self._loop.time(), reason=exc.kind)
+            if trace is not None:
+                trace.upstream_ms = (time.perf_counter() - started) * 1000
+                trace.failure = f"{exc.kind}: {exc}"
             return exc
         except Exception:
             log.exception("internal error while resolving")
@@ -419,7 +447,11 @@ class Resolver:
 
     # -- DNSSEC -------------------------------------------------------------------------------
     async def _validated(
-        self, query: wire.ClientQuery, reply: Scanned, deadline: float
+        self,
+        query: wire.ClientQuery,
+        reply: Scanned,
+        deadline: float,
+        trace: Trace | None = None,
     ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
         """The reply as this client gets it: validated (AD when secure, DnssecFailureError when
         bogus), TTLs capped by the signatures, DNSSEC records gone unless the client set DO.
@@ -435,8 +467,12 @@ class Resolver:
         else:
             assert self.validator is not None
             qname = dns.name.from_wire(query.question, 0)[0]
+            started = time.perf_counter() if trace is not None else 0.0
             step = self.validator.validate(message, qname, query.qtype, time.time())
-            verdict = await self._drive(step, deadline)
+            asked: list[Question] | None = [] if trace is not None else None
+            verdict = await self._drive(step, deadline, asked)
+            if trace is not None:
+                trace.validation = _validation_view(verdict, started, len(asked or ()))
             self.counters[f"dnssec_{verdict.security.name.lower()}"] += 1
             if verdict.security >= Security.INDETERMINATE:
                 self._log_bogus(verdict)
@@ -466,11 +502,16 @@ class Resolver:
             notes.clear()
         notes[key] = (verdict.ede, verdict.reason)
 
-    async def _drive(self, step: Step[T], deadline: float) -> T:
-        """Run a validation step to its end, asking its questions upstream, round by round."""
+    async def _drive(
+        self, step: Step[T], deadline: float, asked: list[Question] | None = None
+    ) -> T:
+        """Run a validation step to its end, asking its questions upstream, round by round;
+        `asked` (for explain) collects the questions."""
         try:
             questions = next(step)
             while True:
+                if asked is not None:
+                    asked.extend(questions)
                 answers: Answers = dict(
                     zip(questions, await asyncio.gather(
                         *(self._ask_for_validator(q, deadline) for q in questions)
@@ -587,6 +628,87 @@ class Resolver:
         text = str(exc.args[0]) if exc.args else exc.kind
         return response.error_reply(query, Rcode.SERVFAIL, (ede_code, text))
 
+    # -- explain ------------------------------------------------------------------------------
+    async def explain(self, name: str, qtype: int, *, do: bool = False) -> Trace:
+        """`stubby-py explain`: ask the question as a client would (EDNS, DO as given, AD set, CD
+        clear) through the normal path, recording what it looked at and asked on the way."""
+        started = time.perf_counter()
+        qname = dns.name.from_text(name)
+        rdtype = dns.rdatatype.RdataType.make(qtype)
+        message = dns.message.make_query(qname, rdtype, use_edns=0, want_dnssec=do)
+        message.flags |= dns.flags.AD  # RFC 6840 §5.7: AD back on a secure answer, same cache key
+        query = wire.parse_query(message.to_wire())
+        trace = Trace(qname.to_text(), dns.rdatatype.to_text(rdtype), do)
+        trace.rule, trace.group = self._rule_for(qname)
+        now = self._loop.time()
+        trace.cache = self._cache_view(query.key, now)
+        reply: asyncio.Future[bytes] = self._loop.create_future()
+
+        def capture(data: bytes) -> None:
+            if not reply.done():
+                reply.set_result(data)
+
+        if local.is_candidate(query) and self._answer_locally(query, capture, False):
+            trace.source = "local"
+        else:
+            if trace.cache.state == "fresh":
+                trace.source = "cache"
+            elif query.key in self._inflight:
+                trace.source = "joined"
+            elif trace.cache.held_failure is not None:
+                trace.source = "held-failure"
+            else:
+                trace.source = "upstream"
+            self._answer(query, capture, False, trace)
+        _describe_reply(trace, await asyncio.wait_for(reply, self.config.timeout + 2.0))
+        if trace.group == DEFAULT_GROUP:
+            trace.key_chain = self._key_chain(qname)
+        trace.total_ms = (time.perf_counter() - started) * 1000
+        return trace
+
+    def _rule_for(self, qname: dns.name.Name) -> tuple[str | None, str]:
+        """The most specific forwarding rule covering qname (domain, group), as the router picks."""
+        best: tuple[int, str, str] | None = None
+        for domain, group in self.config.rules:
+            suffix = dns.name.from_text(domain)
+            if qname.is_subdomain(suffix) and (best is None or len(suffix) > best[0]):
+                best = (len(suffix), domain, group)
+        return (best[1], best[2]) if best is not None else (None, DEFAULT_GROUP)
+
+    def _cache_view(self, key: bytes, now: float) -> CacheView:
+        view = CacheView()
+        entry = self.cache.peek(key)
+        if entry is not None:
+            left = entry.expires - now
+            if left > 0:
+                view.state = "fresh"
+            elif self.cache.stale(key, now) is not None:
+                view.state = "stale"
+            else:
+                view.state = "expired"
+            view.ttl_left = round(left, 1)
+            view.validation = entry.status.name.lower()
+            view.prefetch_due = left > 0 and entry.visited and now >= entry.prefetch_at
+        held = self.cache.failure(key, now)
+        if held is not None:
+            view.held_failure = held.reason or "failure"
+            view.retry_in = round(held.until - now, 1)
+        return view
+
+    def _key_chain(self, qname: dns.name.Name) -> list[ChainLink]:
+        """The deepest zone on qname's path the key cache holds, with its chain from the anchor."""
+        if self.validator is None:
+            return []
+        now = time.time()
+        for depth in range(len(qname), 0, -1):
+            entry = self.validator.chain.cached(qname.split(depth)[1], now)
+            if entry is None:
+                continue
+            if entry.links:
+                return [_link(link.zone, link.security, link.detail) for link in entry.links]
+            return [_link(entry.zone.to_text(), entry.security, entry.reason)]
+        return []
+
     # -- life cycle ---------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for the queries in flight to be answered."""
@@ -624,6 +746,32 @@ class Resolver:
                 for i, t in enumerate(group.transports)
             ],
         }  # fmt: skip
+
+
+def _link(zone: str, security: Security, detail: str) -> ChainLink:
+    return ChainLink(zone, security.name.lower(), detail)
+
+
+def _validation_view(verdict: Verdict, started: float, questions: int) -> ValidationView:
+    chain = [_link(link.zone, link.security, link.detail) for link in verdict.chain]
+    ms = (time.perf_counter() - started) * 1000
+    security = verdict.security.name.lower()
+    return ValidationView(security, verdict.ede, verdict.reason, verdict.zone, chain, ms, questions)
+
+
+def _describe_reply(trace: Trace, reply: bytes) -> None:
+    """The answer's rcode, AD and Extended DNS Errors, as the client got them."""
+    message = dns.message.from_wire(reply)
+    trace.rcode = Rcode.to_text(message.rcode())
+    trace.ad = bool(message.flags & dns.flags.AD)
+    trace.ede = [
+        (option.code, option.text or "")
+        for option in message.options
+        if isinstance(option, dns.edns.EDEOption)
+    ]
+    stale = {EDECode.STALE_ANSWER, EDECode.STALE_NXDOMAIN_ANSWER}
+    if trace.source in ("upstream", "held-failure") and any(c in stale for c, _ in trace.ede):
+        trace.source = "stale"
 
 
 def _ms(seconds: float | None) -> float | None:

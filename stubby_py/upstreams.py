@@ -21,6 +21,7 @@ from dns.rcode import Rcode
 from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import NoUpstreamAvailableError, UpstreamError, UpstreamProtocolError
+from stubby_py.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.pool import Pool, PoolSettings, UpstreamHealth
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
@@ -62,10 +63,14 @@ def scan(reply: bytes, transport: Transport) -> ScannedReply:
 class _QueryForms:
     """The upstream query, built once per form: padded for encrypted transports, plain else."""
 
-    __slots__ = ("_block", "_dnssec", "_padded", "_plain", "_query")
+    __slots__ = ("_block", "_dnssec", "_padded", "_plain", "_query", "trace")
 
-    def __init__(self, query: wire.ClientQuery, pad_block: int, dnssec: bool) -> None:
+    def __init__(
+        self, query: wire.ClientQuery, pad_block: int, dnssec: bool, trace: Trace | None = None
+    ) -> None:
         self._query = query
+        #: `stubby-py explain` records each attempt here; None on every ordinary query
+        self.trace = trace
         self._block = pad_block
         self._dnssec = dnssec
         self._padded: bytes | None = None
@@ -95,6 +100,9 @@ class _Race:
     newest_start: float = 0.0
     failures: list[str] | None = None
     fallback: ScannedReply | None = None
+    #: the upstream whose answer was taken (final, or kept as the fallback), for explain
+    winner: int = -1
+    fallback_index: int = -1
 
     def note_failure(self, text: str) -> None:
         if self.failures is None:
@@ -128,13 +136,19 @@ class UpstreamGroup:
         self._probes: set[asyncio.Task[None]] = set()
 
     async def forward(
-        self, query: wire.ClientQuery, deadline: float, *, dnssec: bool = False
+        self,
+        query: wire.ClientQuery,
+        deadline: float,
+        *,
+        dnssec: bool = False,
+        trace: Trace | None = None,
     ) -> ScannedReply:
         """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did.
 
         dnssec: ask with DO and CD set, for the validator (RFC 6840 §5.9).
+        trace: record the attempts and which upstream answered (`stubby-py explain`).
         """
-        forms = _QueryForms(query, self._config.padding_block_size, dnssec)
+        forms = _QueryForms(query, self._config.padding_block_size, dnssec, trace)
         now = self._loop.time()
         for index in self.pool.take_probes(now):
             self._probe(index, forms, deadline)
@@ -143,6 +157,8 @@ class UpstreamGroup:
             result = await self._one_by_one(forms, race, deadline)
         else:
             result = await self._hedged(forms, race, deadline)
+        if trace is not None:
+            self._trace_winner(trace, race, result is not None)
         if result is not None:
             return result
         if race.fallback is not None:
@@ -195,6 +211,12 @@ class UpstreamGroup:
             for task in running:
                 task.cancel()
 
+    def _trace_winner(self, trace: Trace, race: _Race, final: bool) -> None:
+        index = race.winner if final else race.fallback_index
+        if index >= 0:
+            transport = self.transports[index]
+            trace.answered_by = f"{transport.name} over {_transport_name(transport)}"
+
     def _hedge_time(self, race: _Race) -> float:
         """When to ask the next upstream if the newest attempt has not answered."""
         if race.started >= len(race.order):
@@ -236,10 +258,12 @@ class UpstreamGroup:
         """A usable answer ends the race; SERVFAIL/REFUSED is kept while others are asked."""
         rcode = scanned[2].rcode
         if rcode not in _RETRYABLE_RCODES or not self._config.retry_servfail:
+            race.winner = index
             return True
         race.note_failure(f"{self.transports[index].name}: answered {Rcode.to_text(rcode)}")
         if race.fallback is None:
             race.fallback = scanned
+            race.fallback_index = index
         return False
 
     def _probe(self, index: int, forms: _QueryForms, deadline: float) -> None:
@@ -267,15 +291,41 @@ class UpstreamGroup:
         except UpstreamError as exc:
             self.pool.record_failure(index, loop.time())
             log.debug("%s", exc)
+            if forms.trace is not None:
+                self._trace(forms.trace, index, exc.kind, started, str(exc))
+            raise
+        except asyncio.CancelledError:
+            if forms.trace is not None:
+                self._trace(forms.trace, index, "cancelled", started)
             raise
         self.pool.record_success(index, time.perf_counter() - started)
+        if forms.trace is not None:
+            rcode = scanned[2].rcode
+            outcome = (
+                "answer" if rcode not in _RETRYABLE_RCODES else f"answered {Rcode.to_text(rcode)}"
+            )
+            self._trace(forms.trace, index, outcome, started)
         return scanned
+
+    def _trace(
+        self, trace: Trace, index: int, outcome: str, started: float, detail: str = ""
+    ) -> None:
+        transport = self.transports[index]
+        ms = (time.perf_counter() - started) * 1000
+        trace.attempt(
+            Attempt(self.name, transport.name, _transport_name(transport), outcome, ms, detail)
+        )
 
     async def aclose(self) -> None:
         for task in self._probes:
             task.cancel()
         for transport in self.transports:
             await transport.aclose()
+
+
+def _transport_name(transport: Transport) -> str:
+    kind = transport.spec.transport
+    return TRANSPORT_NAMES.get(kind, kind)
 
 
 def transport_settings(config: Config) -> tuple[object, ...]:

@@ -1,0 +1,628 @@
+#!/usr/bin/env python3
+"""DNSSEC benchmark: what validation costs stubby-py, as ratios to ``--dnssec off``, in one run.
+
+A private signed hierarchy (tests/dnssec_hierarchy.py: NSD authoritative for ``.``, ``test.`` and
+its signed children, a non-validating Unbound recursive over DoT in front of it, all on
+127.0.0.1) stands in for the Internet. stubby-py (CPU 0) forwards to that Unbound over DoT with
+the private root's DS as its trust anchor; dnsperf and both servers sit on CPU 1.
+
+1. Throughput, every query a cache miss (unique names, ``dnsperf -n 1``): max queries/s and
+   stubby-py's CPU per query with validation off and on (key cache warm), for wildcard answers
+   with an NSEC or NSEC3 proof and for NXDOMAIN answers in zones of different algorithms.
+2. Latency of the first validated query to a zone (chain of trust fetched) vs a warm one (keys
+   cached) vs validation off, p50 over a bounded number of fresh daemons: ``stubby-py flush``
+   empties the answer cache but not the validator's key cache, so a cold chain needs a new
+   daemon. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dns.flags
+import dns.message
+import dns.rcode
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.dnssec_hierarchy
+
+from cache_hits import others_seconds, process_ticks  # noqa: E402
+from forwarding import (  # noqa: E402
+    CLK_TCK,
+    FORWARDER_CPU,
+    HOST,
+    IDLE_LIMIT,
+    LOAD_CPU,
+    MAX_CLIENTS,
+    READY_TIMEOUT,
+    Children,
+    Dnsperf,
+    _fmt,
+    _pct,
+    _raise_on_signal,
+    _ratio,
+    background_load,
+    busy_share,
+    check_cpus,
+    core_times,
+    cpu_ticks,
+    dnsperf,
+    free_ports,
+    read_tail,
+    rounded,
+    set_affinity,
+    stubby_py_command,
+    udp_drops,
+    workspace,
+)
+
+from stubby_py import control  # noqa: E402
+from tests.dnssec_hierarchy import Hierarchy, signed_hierarchy  # noqa: E402
+
+NAMES_PER_SECOND = 40_000  # sizes each query file: far above any rate reached here
+#: dnsperf -q: below forwarding.py's 500, so that the recursive Unbound and NSD (one core with
+#: dnsperf) are not flooded; still far more than a validating stubby-py needs to stay busy
+OUTSTANDING = 200
+CHECK_QUERIES = 3  # sent one by one before a max-rate run: rcode and AD checked, keys warmed
+OTHERS_LIMIT = 0.05  # other programs using more than this share of a core skew a row
+TOOLS = ("unbound", "nsd", "dnsperf", "taskset", "dnssec-keygen", "dnssec-signzone")
+COLD_ZONE_FULL = "ecdsap256.test."  # the first validated query of a daemon: . test. and this
+COLD_ZONE_ONLY = "ed25519.test."  # then this one: only its own DS and DNSKEY are missing
+READY_NAME = "www.test."  # answered 192.0.2.1 by the hierarchy
+
+
+@dataclass(frozen=True)
+class Load:
+    """One kind of query, every name new: ``<prefix><n>.<zone> <qtype>``."""
+
+    zone: str
+    qtype: str
+    rcode: str  # what every answer must be
+    kind: str  # loads of one kind share the validation-off baseline
+    what: str
+
+
+LOADS: dict[str, Load] = {
+    "wild-nsec": Load("wild.nsec.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC, P-256"),
+    "wild-nsec3": Load("wild.nsec3.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC3, P-256"),
+    **{
+        f"nx-{zone}": Load(f"{zone}.test.", "A", "NXDOMAIN", "nx", f"NXDOMAIN + NSEC, alg {alg}")
+        for zone, alg in (
+            ("rsasha256", 8),
+            ("rsasha512", 10),
+            ("ecdsap256", 13),
+            ("ecdsap384", 14),
+            ("ed25519", 15),
+            ("ed448", 16),
+        )
+    },
+}
+DEFAULT_LOADS = ("wild-nsec", "wild-nsec3", "nx-rsasha256", "nx-ecdsap256", "nx-ed25519")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def pin_servers(children: Children) -> list[int]:
+    """Moves every process this script started so far (NSD, Unbound) to LOAD_CPU; returns the
+    top-level ones, whose process trees are the upstream's CPU time."""
+    me = os.getpid()
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
+            except OSError:
+                continue
+    top = [p for p, pp in parents.items() if pp == me]
+    tree, frontier = set(top), list(top)
+    while frontier:
+        parent = frontier.pop()
+        kids = [p for p, pp in parents.items() if pp == parent and p not in tree]
+        tree.update(kids)
+        frontier.extend(kids)
+    for pid in tree:
+        try:
+            set_affinity(pid, LOAD_CPU)
+        except OSError:
+            continue  # a short-lived helper that has gone
+    return top
+
+
+@dataclass(frozen=True)
+class Bench:
+    children: Children
+    tmp: Path
+    hierarchy: Hierarchy
+    upstream_pids: tuple[int, ...]
+    duration: float
+    transport: str  # "dot" or "udp": how stubby-py reaches the recursive Unbound
+
+    def upstream_ticks(self) -> int:
+        return sum(cpu_ticks(pid) for pid in self.upstream_pids)
+
+
+class Daemon:
+    """One stubby-py on FORWARDER_CPU forwarding to the hierarchy's Unbound over DoT."""
+
+    def __init__(self, bench: Bench, mode: str, slug: str) -> None:
+        self.bench, self.mode = bench, mode
+        self.port = free_ports(1)[0]
+        self.sock = bench.tmp / f"{slug}.sock"
+        self.log = bench.tmp / f"{slug}.log"
+        conf = bench.tmp / f"{slug}.yaml"
+        conf.write_text(
+            f'rate_limit: 0\nuser: null\ncache_file: false\ncontrol_socket: "{self.sock}"\n'
+        )
+        h = bench.hierarchy
+        argv = [
+            "taskset",
+            "-c",
+            str(FORWARDER_CPU),
+            *stubby_py_command(),
+            "run",
+            "-c",
+            str(conf),
+            "--listen",
+            f"{HOST}:{self.port}",
+            "--upstream",
+            h.resolver_dot_upstream if bench.transport == "dot" else h.resolver_upstream,
+            "--ca-file",
+            str(h.ca_file),
+            "--trust-anchors",
+            str(h.anchor_ds_file),
+            "--dnssec",
+            mode,
+        ]
+        self.proc = bench.children.start(argv, self.log)
+
+    def __enter__(self) -> Daemon:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.bench.children.stop(self.proc)
+
+    def wait_ready(self) -> None:
+        """Polls with a CD query (never validated: no chain fetched) until it is answered."""
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"stubby-py exited with {self.proc.returncode}")
+            try:
+                reply, _ = ask(self.port, READY_NAME, "A", cd=True, timeout=1.0)
+            except OSError:
+                reply = None
+            if reply is not None and reply.rcode() == dns.rcode.NOERROR and reply.answer:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"stubby-py did not answer within {READY_TIMEOUT:.0f} s")
+
+    def stats(self) -> dict[str, Any]:
+        return control.request(str(self.sock), "stats", timeout=5.0)
+
+
+def ask(
+    port: int, name: str, qtype: str, *, cd: bool = False, timeout: float = 3.0
+) -> tuple[dns.message.Message, float]:
+    """One UDP query with AD set; (reply, seconds from send to receipt). OSError on timeout."""
+    query = dns.message.make_query(name, qtype)
+    query.flags |= dns.flags.AD  # RFC 6840 §5.7: without AD (or DO) no AD comes back
+    if cd:
+        query.flags |= dns.flags.CD
+    wire = query.to_wire()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect((HOST, port))
+        start = time.perf_counter()
+        sock.send(wire)
+        while True:  # bounded by the socket timeout
+            data = sock.recv(65535)
+            elapsed = time.perf_counter() - start
+            reply = dns.message.from_wire(data)
+            if reply.id == query.id:
+                return reply, elapsed
+
+
+def upstream_queries(stats: dict[str, Any]) -> int:
+    return sum(int(u["queries"]) for u in stats["upstreams"])
+
+
+# --------------------------------------------------------------------------- throughput
+
+
+@dataclass
+class Row:
+    load: str
+    mode: str
+    max_rate: Dnsperf | None = None
+    cpu_us_per_query: float | None = None
+    upstream_cpu_us_per_query: float | None = None
+    forwarder_core_busy: float | None = None
+    load_core_busy: float | None = None
+    others_share: float | None = None  # other programs' CPU in the run, share of one core
+    listener_drops: int | None = None
+    secure: int | None = None  # the daemon's dnssec_secure counter, over the run
+    servfail: int | None = None
+    check: str | None = None  # what the check queries got, when not what was expected
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} {self.load}"
+
+
+def write_names(path: Path, load: Load, prefix: str, count: int) -> None:
+    with path.open("w") as f:
+        for start in range(0, count, 100_000):
+            stop = min(start + 100_000, count)
+            f.write("".join(f"{prefix}{n}.{load.zone} {load.qtype}\n" for n in range(start, stop)))
+
+
+def check_answers(daemon: Daemon, load: Load, prefix: str) -> str | None:
+    """A few queries one by one: the expected rcode, AD exactly when validating."""
+    for n in range(CHECK_QUERIES):
+        reply, _ = ask(daemon.port, f"{prefix}check{n}.{load.zone}", load.qtype)
+        rcode = dns.rcode.to_text(reply.rcode())
+        ad = bool(reply.flags & dns.flags.AD)
+        if rcode != load.rcode or ad != (daemon.mode == "validate"):
+            return f"{rcode}, AD {'set' if ad else 'clear'}"
+    return None
+
+
+def measure_row(bench: Bench, index: int, key: str, mode: str) -> Row:
+    load, row = LOADS[key], Row(key, mode)
+    prefix = f"r{index}q"
+    names = bench.tmp / f"row{index}.txt"
+    write_names(names, load, prefix, int(NAMES_PER_SECOND * bench.duration))
+    print(f"-- {row.label}: {bench.duration:g} s at max rate", file=sys.stderr, flush=True)
+    try:
+        with Daemon(bench, mode, f"row{index}") as daemon:
+            row.check = check_answers(daemon, load, prefix)
+            pid, port = daemon.proc.pid, daemon.port
+            stats0 = daemon.stats()
+            ticks0, up0, drops0 = cpu_ticks(pid), bench.upstream_ticks(), udp_drops(port)
+            others0, start, cores = process_ticks(), time.monotonic(), [core_times()]
+            row.max_rate = dnsperf(
+                bench.children,
+                port,
+                names,
+                bench.duration,
+                ["-c", str(MAX_CLIENTS), "-q", str(OUTSTANDING)],
+                at=(bench.duration, lambda: cores.append(core_times())),
+            )
+            elapsed = time.monotonic() - start
+            ticks1, up1, drops1 = cpu_ticks(pid), bench.upstream_ticks(), udp_drops(port)
+            row.others_share = others_seconds(others0, process_ticks()) / elapsed
+            stats1 = daemon.stats()
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        row.error = f"{exc}\n{read_tail(bench.tmp / f'row{index}.log')}".strip()
+        return row
+    done = max(row.max_rate.completed, 1)
+    row.cpu_us_per_query = (ticks1 - ticks0) / CLK_TCK / done * 1e6
+    row.upstream_cpu_us_per_query = (up1 - up0) / CLK_TCK / done * 1e6
+    row.forwarder_core_busy = busy_share(cores[0], cores[-1], FORWARDER_CPU)
+    row.load_core_busy = busy_share(cores[0], cores[-1], LOAD_CPU)
+    row.listener_drops = drops1 - drops0
+    counters0, counters1 = stats0["counters"], stats1["counters"]
+    row.secure = counters1.get("dnssec_secure", 0) - counters0.get("dnssec_secure", 0)
+    row.servfail = stats1["servfail"] - stats0["servfail"]
+    return row
+
+
+def plan(loads: Sequence[str]) -> list[tuple[str, str]]:
+    """(load, mode) in run order: each kind's validation-off baseline first."""
+    rows: list[tuple[str, str]] = []
+    for key in loads:
+        kind = LOADS[key].kind
+        if not any(LOADS[k].kind == kind and m == "off" for k, m in rows):
+            rows.append((key, "off"))
+        rows.append((key, "validate"))
+    return rows
+
+
+def baseline(rows: Sequence[Row], row: Row) -> Row | None:
+    kind = LOADS[row.load].kind
+    return next((r for r in rows if r.mode == "off" and LOADS[r.load].kind == kind), None)
+
+
+# --------------------------------------------------------------------------- cold chain
+
+
+@dataclass
+class Cold:
+    """Latencies (ms) over fresh daemons; upstream queries the first validated query caused."""
+
+    off: list[float] = field(default_factory=list)
+    cold_full: list[float] = field(default_factory=list)
+    cold_zone: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)
+    full_upstream_queries: list[int] = field(default_factory=list)
+    zone_upstream_queries: list[int] = field(default_factory=list)
+    others_share: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+
+def timed(daemon: Daemon, name: str, qtype: str) -> tuple[float, int]:
+    """(latency in ms, upstream queries it caused); raises if the answer is not as expected."""
+    before = upstream_queries(daemon.stats())
+    reply, seconds = ask(daemon.port, name, qtype)
+    after = upstream_queries(daemon.stats())
+    ad = bool(reply.flags & dns.flags.AD)
+    if reply.rcode() != dns.rcode.NOERROR or not reply.answer or ad != (daemon.mode != "off"):
+        raise RuntimeError(f"{name} {qtype}: {dns.rcode.to_text(reply.rcode())}, AD {ad}")
+    return seconds * 1e3, after - before
+
+
+def cold_round(bench: Bench, index: int, cold: Cold | None) -> None:
+    """One fresh daemon of each mode; cold None: a warm-up round for Unbound, not recorded."""
+    full, zone = f"www.{COLD_ZONE_FULL}", f"www.{COLD_ZONE_ONLY}"
+    with Daemon(bench, "off", f"cold{index}-off") as daemon:
+        off_ms, _ = timed(daemon, full, "A")
+    with Daemon(bench, "validate", f"cold{index}-validate") as daemon:
+        full_ms, full_n = timed(daemon, full, "A")
+        warm_ms, _ = timed(daemon, full, "TXT")
+        zone_ms, zone_n = timed(daemon, zone, "A")
+        warm2_ms, _ = timed(daemon, zone, "TXT")
+    if cold is not None:
+        cold.off.append(off_ms)
+        cold.cold_full.append(full_ms)
+        cold.cold_zone.append(zone_ms)
+        cold.warm += [warm_ms, warm2_ms]
+        cold.full_upstream_queries.append(full_n)
+        cold.zone_upstream_queries.append(zone_n)
+
+
+def measure_cold(bench: Bench, rounds: int) -> Cold:
+    print(f"-- cold chain: {rounds} rounds of two fresh daemons", file=sys.stderr, flush=True)
+    cold = Cold()
+    others0, start = process_ticks(), time.monotonic()
+    for index in range(rounds + 1):
+        try:
+            cold_round(bench, index, cold if index else None)
+        except (RuntimeError, OSError, ValueError) as exc:
+            cold.failures.append(f"round {index}: {exc}")
+    cold.others_share = others_seconds(others0, process_ticks()) / (time.monotonic() - start)
+    return cold
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _p50(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+COLUMNS = (
+    ("row", 24),
+    ("max qps", 8),
+    ("lost", 6),
+    ("cpu µs/q", 9),
+    ("upstr µs/q", 11),
+    ("qps/off", 9),
+    ("cpu/off", 9),
+    ("cpu0 %", 7),
+    ("cpu1 %", 7),
+    ("others %", 9),
+)
+
+
+def throughput_table(rows: Sequence[Row]) -> list[str]:
+    def line(cells: Sequence[str]) -> str:
+        first, *rest = zip(cells, COLUMNS, strict=True)
+        return f"{first[0]:<{first[1][1]}}" + "".join(f"{c:>{w + 1}}" for c, (_, w) in rest)
+
+    lines = [
+        "throughput, every query a cache miss (dnsperf -c 4 -q 200, unique names); "
+        "qps/off, cpu/off: ratio to the validation-off row of the same kind",
+        "",
+        line([name for name, _ in COLUMNS]),
+    ]
+    for row in rows:
+        if row.max_rate is None:
+            lines.append(f"{row.label:<24} FAILED: {(row.error or '?').splitlines()[0]}")
+            continue
+        base = baseline(rows, row)
+        base_qps = base.max_rate.qps if base and base.max_rate else None
+        base_cpu = base.cpu_us_per_query if base else None
+        lines.append(
+            line(
+                [
+                    row.label,
+                    f"{row.max_rate.qps:.0f}",
+                    str(row.max_rate.lost),
+                    _fmt(row.cpu_us_per_query, ".1f"),
+                    _fmt(row.upstream_cpu_us_per_query, ".1f"),
+                    _fmt(_ratio(row.max_rate.qps, base_qps), ".2f"),
+                    _fmt(_ratio(row.cpu_us_per_query, base_cpu), ".2f"),
+                    _pct(row.forwarder_core_busy),
+                    _pct(row.load_core_busy),
+                    _pct(row.others_share),
+                ]
+            )
+        )
+    return lines
+
+
+def cold_summary(cold: Cold) -> dict[str, Any]:
+    off, warm = _p50(cold.off), _p50(cold.warm)
+    full, zone = _p50(cold.cold_full), _p50(cold.cold_zone)
+    return {
+        "p50_ms": {"off": off, "warm": warm, "cold_zone": zone, "cold_full": full},
+        "ratios": {
+            "warm/off": _ratio(warm, off),
+            "cold_zone/warm": _ratio(zone, warm),
+            "cold_full/warm": _ratio(full, warm),
+        },
+        "upstream_queries_p50": {
+            "cold_full": _p50(cold.full_upstream_queries),
+            "cold_zone": _p50(cold.zone_upstream_queries),
+        },
+    }
+
+
+def cold_table(cold: Cold) -> list[str]:
+    s = cold_summary(cold)
+    p50, ratio, ups = s["p50_ms"], s["ratios"], s["upstream_queries_p50"]
+    rounds = len(cold.cold_full)
+    return [
+        f"latency of one query through a fresh daemon, p50 over {rounds} rounds "
+        f"(others {_pct(cold.others_share)} % of a core meanwhile)",
+        "",
+        f"{'query':<44}{'p50 ms':>8}{'/warm':>8}{'upstream q':>12}",
+        f"{'off: ' + COLD_ZONE_FULL + ' A, validation off':<44}{_fmt(p50['off'], '.3f'):>8}"
+        f"{_fmt(_ratio(p50['off'], p50['warm']), '.2f'):>8}{1:>12}",
+        f"{'warm: same zone, keys cached (TXT)':<44}{_fmt(p50['warm'], '.3f'):>8}{1.0:>8.2f}"
+        f"{1:>12}",
+        f"{'cold zone: ' + COLD_ZONE_ONLY + ' (. test. cached)':<44}"
+        f"{_fmt(p50['cold_zone'], '.3f'):>8}{_fmt(ratio['cold_zone/warm'], '.2f'):>8}"
+        f"{_fmt(ups['cold_zone'], '.0f'):>12}",
+        f"{'cold chain: first query (. test. zone)':<44}{_fmt(p50['cold_full'], '.3f'):>8}"
+        f"{_fmt(ratio['cold_full/warm'], '.2f'):>8}{_fmt(ups['cold_full'], '.0f'):>12}",
+        "",
+        f"warm / off p50: {_fmt(ratio['warm/off'], '.2f')}",
+    ]
+
+
+def row_notes(row: Row) -> list[str]:
+    if row.error or row.max_rate is None:
+        return [f"{row.label} failed:\n{row.error}"]
+    out, run = [], row.max_rate
+    expected = LOADS[row.load].rcode
+    odd = {k: v for k, v in run.rcodes.items() if k != expected}
+    if odd:
+        out.append(f"{row.label}: answers other than {expected}: {odd}")
+    if row.check:
+        out.append(f"{row.label}: check queries got {row.check}")
+    if row.mode == "validate" and row.secure is not None and row.secure < run.completed:
+        out.append(f"{row.label}: only {row.secure} of {run.completed} answers validated secure")
+    if run.lost:
+        out.append(
+            f"{row.label}: {run.lost} lost ({row.listener_drops} dropped at stubby-py's full UDP "
+            "socket)"
+        )
+    if run.ran_out_of_names:
+        out.append(f"{row.label}: ran out of names; raise NAMES_PER_SECOND")
+    if row.others_share and row.others_share > OTHERS_LIMIT:
+        out.append(f"NOT CLEAN: {row.label}: other programs took {row.others_share:.0%} of a core")
+    if row.load_core_busy and row.load_core_busy > 0.9:
+        out.append(f"{row.label}: cpu{LOAD_CPU} {row.load_core_busy:.0%} busy (dnsperf + upstream)")
+    return out
+
+
+def notes(rows: Sequence[Row], cold: Cold | None, idle: dict[int, float]) -> list[str]:
+    out = []
+    if max(idle.values()) > IDLE_LIMIT:
+        busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
+        out.append(f"NOT CLEAN: the machine was busy before the run ({busy})")
+    for row in rows:
+        out += row_notes(row)
+    if cold is not None:
+        out += [f"cold chain {f}" for f in cold.failures]
+        if cold.others_share and cold.others_share > OTHERS_LIMIT:
+            out.append(
+                f"NOT CLEAN: cold chain: other programs took {cold.others_share:.0%} of a core"
+            )
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row (10)")
+    parser.add_argument(
+        "--loads",
+        default=",".join(DEFAULT_LOADS),
+        help=f"comma-separated subset of {','.join(LOADS)} (default {','.join(DEFAULT_LOADS)})",
+    )
+    parser.add_argument(
+        "--cold-rounds", type=int, default=10, help="fresh-daemon rounds for cold latency (10)"
+    )
+    parser.add_argument(
+        "--transport",
+        choices=("dot", "udp"),
+        default="dot",
+        help="stubby-py to the recursive Unbound: DoT (default) or plain UDP",
+    )
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")
+    args = parser.parse_args(argv)
+    args.loads = [key for key in args.loads.split(",") if key]
+    unknown = set(args.loads) - set(LOADS)
+    if unknown:
+        parser.error(f"unknown loads {sorted(unknown)}")
+    if not 1 <= args.duration <= 60 or not 0 <= args.cold_rounds <= 100:
+        parser.error("duration: 1..60 s; cold-rounds: 0..100")
+    return args
+
+
+def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row | Cold]:
+    with signed_hierarchy(tmp / "hierarchy") as hierarchy:
+        upstreams = tuple(pin_servers(children))
+        bench = Bench(children, tmp, hierarchy, upstreams, args.duration, args.transport)
+        for index, (key, mode) in enumerate(plan(args.loads)):
+            yield measure_row(bench, index, key, mode)
+        if args.cold_rounds:
+            yield measure_cold(bench, args.cold_rounds)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    check_cpus(TOOLS)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_on_signal)
+    idle = background_load()
+    rows: list[Row] = []
+    cold: Cold | None = None
+    with workspace(args.keep, prefix="bench-dnssec-") as (children, tmp):
+        for result in run(args, children, tmp):
+            if isinstance(result, Row):
+                rows.append(result)
+            else:
+                cold = result
+    print("\n".join(throughput_table(rows)))
+    if cold is not None:
+        print("\n" + "\n".join(cold_table(cold)))
+    found = notes(rows, cold, idle)
+    print("\nnotes:\n" + "\n".join(found) if found else "\nclean run: no notes")
+    if args.json:
+        doc = {
+            "duration_s": args.duration,
+            "transport": args.transport,
+            "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()},
+            "rows": [asdict(r) for r in rows],
+            "cold": {**asdict(cold), **cold_summary(cold)} if cold else None,
+        }
+        args.json.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    return 1 if any(r.error for r in rows) or (cold and cold.failures) else 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -259,9 +259,12 @@ class Daemon:
         return f"{figures['queries']} queries{cached}, {up}/{len(upstreams)} upstreams up"
 
     def flush_cache(self, name: str | None = None) -> int:
-        """SIGUSR2, `stubby-py flush [NAME]`: forget cached answers and held failures."""
+        """SIGUSR2, `stubby-py flush [NAME]`: forget cached answers and held failures; a full
+        flush also forgets the validator's DS/DNSKEY results (after a botched key rollover, say)."""
         assert self.resolver is not None
         dropped = self.resolver.cache.flush(name)
+        if name is None and self.resolver.validator is not None:
+            self.resolver.validator.chain.flush()
         # "one name", not the name: logs never carry query names
         log.info("cache flushed%s, %d answers dropped", " for one name" if name else "", dropped)
         return dropped

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dns.edns
 import dns.exception
@@ -33,10 +33,7 @@ from dns.rcode import Rcode
 from stubby_py import cache, local, response, wire
 from stubby_py.cache import Cache, CacheLimits, FailureEntry, ValidationStatus, default_cache_file
 from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
-from stubby_py.dnssec import anchors
-from stubby_py.dnssec.chain import KeyChain
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
-from stubby_py.dnssec.validate import Validator, without_dnssec_records
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
@@ -53,6 +50,9 @@ from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
 from stubby_py.transports.base import Transport
 from stubby_py.upstreams import UpstreamGroup, transport_settings
+
+if TYPE_CHECKING:
+    from stubby_py.dnssec.validate import Validator
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ _STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: Validati
 #: at most this many bogus answers logged a minute (never with the client's address)
 BOGUS_LOG_PER_MINUTE = 10
 MAX_ANSWER_NOTES = 10_000
+#: DS/DNSKEY questions one client query may cause (a cold chain of a few zones asks ~10)
+MAX_VALIDATION_QUESTIONS = 96
 
 
 class Resolver:
@@ -189,6 +191,11 @@ class Resolver:
             self.config.nsec3_max_iterations,
         ):  # fmt: skip
             return old
+        # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
+        from stubby_py.dnssec import anchors
+        from stubby_py.dnssec.chain import KeyChain
+        from stubby_py.dnssec.validate import Validator
+
         trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
         chain = KeyChain(
             trusted, skew=config.dnssec_clock_skew, max_iterations=config.nsec3_max_iterations
@@ -414,6 +421,9 @@ class Resolver:
             body, ttl_offsets, layout = await group.forward(
                 query, deadline, dnssec=validating, trace=trace
             )
+            if self.validator is not None and not validating:
+                # a rule's group (a LAN resolver, say) cannot vouch for what we did not check
+                body = wire.with_flag(body, wire.AD, False)
             if trace is not None:
                 trace.upstream_ms = (time.perf_counter() - started) * 1000
             if validating and layout.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
@@ -480,8 +490,10 @@ class Resolver:
                 raise DnssecFailureError(verdict.ede, verdict.reason, verdict.zone)
         self._note(query.key, verdict)
         secure = verdict.security == Security.SECURE
-        if not query.do:
-            body = without_dnssec_records(message, query.qtype)
+        if verdict.kept is not None or not query.do:
+            # only what was validated goes on, DNSSEC records only to DO clients
+            assert self.validator is not None
+            body = self.validator.render(message, verdict, query.do)
             layout = wire.scan_reply(body)
             ttl_offsets = layout.ttl_offsets
         body = wire.with_flag(body, wire.AD, secure)
@@ -506,12 +518,18 @@ class Resolver:
         self, step: Step[T], deadline: float, asked: list[Question] | None = None
     ) -> T:
         """Run a validation step to its end, asking its questions upstream, round by round;
-        `asked` (for explain) collects the questions."""
+        `asked` (for explain) collects the questions. Past MAX_VALIDATION_QUESTIONS for one
+        client query, questions go unasked (as failures): the answer is then indeterminate."""
+        budget = MAX_VALIDATION_QUESTIONS
         try:
             questions = next(step)
             while True:
                 if asked is not None:
                     asked.extend(questions)
+                budget -= len(questions)
+                if budget < 0:
+                    questions = step.send(dict.fromkeys(questions))
+                    continue
                 answers: Answers = dict(
                     zip(questions, await asyncio.gather(
                         *(self._ask_for_validator(q, deadline) for q in questions)

@@ -13,7 +13,7 @@ from dns.edns import EDECode
 
 from stubby_py.dnssec.chain import KeyChain
 from stubby_py.dnssec.outcome import Security, Verdict
-from stubby_py.dnssec.validate import Validator, without_dnssec_records
+from stubby_py.dnssec.validate import Validator, render
 from tests.signed_zones import NOW, Tree, message, name
 
 A = dns.rdatatype.A
@@ -200,11 +200,24 @@ def test_signer_that_is_not_a_zone_is_bogus(tree: Tree) -> None:
     assert verdict.security == Security.BOGUS
 
 
-def test_non_do_clients_get_no_dnssec_records(tree: Tree) -> None:
+def test_clients_get_the_validated_records_and_dnssec_ones_only_with_do(tree: Tree) -> None:
+    validator = Validator(KeyChain(tree.anchors()))
     reply = message(tree, "www.example.", "A")
-    stripped = dns.message.from_wire(without_dnssec_records(reply, A))
-    assert [r.rdtype for r in stripped.answer] == [A]
-    asked_for = dns.message.from_wire(
-        without_dnssec_records(message(tree, "example.", "DNSKEY"), dns.rdatatype.RRSIG)
-    )
+    reply.additional.append(dns.rrset.from_text("ns.evil.", 300, "IN", "A", "203.0.113.1"))
+    verdict = tree.drive(validator.validate(reply, name("www.example."), A, NOW))
+    assert verdict.security == Security.SECURE
+    with_do = dns.message.from_wire(render(reply, verdict, True))
+    assert [r.rdtype for r in with_do.answer] == [A, dns.rdatatype.RRSIG]
+    assert with_do.additional == []  # nothing unvalidated rides along
+    without_do = dns.message.from_wire(render(reply, verdict, False))
+    assert [r.rdtype for r in without_do.answer] == [A]
+
+
+def test_an_rrsig_query_is_passed_on_unexamined(tree: Tree) -> None:
+    validator = Validator(KeyChain(tree.anchors()))
+    reply = message(tree, "example.", "DNSKEY")
+    reply.question = dns.message.make_query("example.", "RRSIG").question
+    verdict = tree.drive(validator.validate(reply, name("example."), dns.rdatatype.RRSIG, NOW))
+    assert verdict.security == Security.INSECURE and verdict.kept is None
+    asked_for = dns.message.from_wire(render(reply, verdict, False))
     assert dns.rdatatype.RRSIG in [r.rdtype for r in asked_for.answer]

@@ -1,17 +1,21 @@
 """The chain of trust: from a trust anchor down to a zone's authenticated DNSKEYs (RFC 4035 §5).
 
 `KeyChain` asks for DS and DNSKEY records, never fetches them: its walks are generators (see
-outcome.Step) that yield the questions they need and are sent the replies. A cold walk asks every
-DS and DNSKEY on the path in one round, in parallel (the signer name says where the path ends);
-a warm one asks nothing. Each zone's result is kept until its records or signatures expire:
-secure zones with their keys, insecure delegations, and bogus zones for a short while (so a broken
-zone is not asked about on every query).
+outcome.Step) that yield the questions they need and are sent the replies. A cold walk to a
+signer asks the DS and DNSKEY of the next few names on the path in one round, in parallel (the
+signer name says where the path ends; for most chains that is every question in one round); a
+walk for unsigned data asks DS first and DNSKEY only where a DS is found; a warm walk asks nothing.
+How far a walk may go, and how much each round asks, is bounded, as is every verification
+(verify.Budget), so no reply can make one query cost without limit. Each zone's result is kept
+until its records or signatures expire: secure zones with their keys, insecure delegations, and
+bogus zones for a short while (so a broken zone is not asked about on every query).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import dns.dnssec
 import dns.message
@@ -29,6 +33,7 @@ from stubby_py.dnssec import denial
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
 from stubby_py.dnssec.verify import (
+    Budget,
     SignatureCheck,
     is_supported_ds,
     is_zone_key,
@@ -36,14 +41,19 @@ from stubby_py.dnssec.verify import (
     verify_rrset,
 )
 
+V = TypeVar("V")
 DS_TYPE = dns.rdatatype.DS
 DNSKEY_TYPE = dns.rdatatype.DNSKEY
 #: how long a bogus zone is remembered (Unbound's val-bogus-ttl)
 BOGUS_TTL = 60.0
 #: results are kept at most this long, whatever the TTLs say
 MAX_KEY_TTL = 86_400.0
-#: zones and non-cuts remembered at most; past it, the expired go, then everything
+#: zones and non-cuts remembered at most each; past it, the expired go, then the oldest quarter
 MAX_ENTRIES = 20_000
+#: names below the deepest known zone one walk may ask about (an ip6.arpa name has 34 labels)
+MAX_WALK = 40
+#: names asked about per round of a walk
+ROUND = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +108,14 @@ def denial_records(
     keys: Iterable[DNSKEY],
     now: float,
     skew: float,
+    budget: Budget | None = None,
 ) -> tuple[list[dns.rrset.RRset], list[dns.rrset.RRset], float, SignatureCheck | None]:
     """The NSEC and NSEC3 RRsets of `zone` in a section, each verified with the zone's keys.
 
-    Returns (nsecs, nsec3s, until, failure): until is the earliest expiry among them; failure
-    is the check of the first that did not verify (then the answer is bogus).
+    Records not signed by `zone` (another zone's proof in the same reply, or unsigned ones) are
+    left out: a proof that needs them then fails on its own. Returns (nsecs, nsec3s, until,
+    failure): until is the earliest expiry among them; failure is the check of the first record
+    signed by the zone that did not verify (then the answer is bogus).
     """
     nsecs: list[dns.rrset.RRset] = []
     nsec3s: list[dns.rrset.RRset] = []
@@ -114,9 +127,10 @@ def denial_records(
             continue
         if not rrset.name.is_subdomain(zone):
             continue
-        check = verify_rrset(
-            rrset, find_sigs(section, rrset.name, rrset.rdtype), zone, keys, now, skew
-        )
+        sigs = find_sigs(section, rrset.name, rrset.rdtype)
+        if sigs is None or all(sig.signer != zone for sig in sigs):
+            continue
+        check = verify_rrset(rrset, sigs, zone, keys, now, skew, budget=budget)
         if not check.ok:
             return [], [], now, check
         until = min(until, signature_expiry(check, rrset, now))
@@ -149,6 +163,10 @@ class KeyChain:
         self._zones.clear()
         self._not_cuts.clear()
 
+    @property
+    def not_cuts(self) -> int:
+        return len(self._not_cuts)
+
     def cached(self, zone: dns.name.Name, now: float) -> ZoneKeys | None:
         entry = self._zones.get(zone)
         if entry is None or entry.expires <= now:
@@ -156,13 +174,15 @@ class KeyChain:
         return entry
 
     # -- the two walks ------------------------------------------------------------------------
-    def keys_for(self, signer: dns.name.Name, now: float) -> Step[ZoneKeys]:
+    def keys_for(
+        self, signer: dns.name.Name, now: float, budget: Budget | None = None
+    ) -> Step[ZoneKeys]:
         """The authenticated keys of `signer` (the signer name of an RRSIG), or why there are none.
 
         INSECURE when an insecure delegation lies above it (its signatures mean nothing then);
         BOGUS when the chain is broken or `signer` is not a zone cut at all.
         """
-        result = yield from self._walk(signer, now)
+        result = yield from self._walk(signer, now, budget or Budget(), speculative=True)
         if result.security == Security.SECURE and result.zone != signer:
             return ZoneKeys(
                 signer,
@@ -174,12 +194,18 @@ class KeyChain:
             )
         return result
 
-    def zone_of(self, name: dns.name.Name, now: float) -> Step[ZoneKeys]:
+    def zone_of(
+        self, name: dns.name.Name, now: float, budget: Budget | None = None
+    ) -> Step[ZoneKeys]:
         """The deepest zone cut at or above `name`, walking down from the trust anchor: used for
         unsigned data, which is fine below an insecure delegation and bogus in a secure zone."""
-        return (yield from self._walk(name, now))
+        return (yield from self._walk(name, now, budget or Budget(), speculative=False))
 
-    def _walk(self, target: dns.name.Name, now: float) -> Step[ZoneKeys]:
+    def _walk(
+        self, target: dns.name.Name, now: float, budget: Budget, *, speculative: bool
+    ) -> Step[ZoneKeys]:
+        """Down the path from the trust anchor to `target`, ROUND names a round. speculative:
+        ask each name's DNSKEY with its DS (a signer walk, where most names are cuts)."""
         anchor_zone = self.anchors.closest(target)
         if anchor_zone is None:
             return ZoneKeys(
@@ -192,27 +218,43 @@ class KeyChain:
         current, below = self._known_part(path, now)
         if current is not None and current.security != Security.SECURE:
             return current
-        questions: list[Question] = []
-        if current is None:
-            questions.append((anchor_zone, DNSKEY_TYPE))
-        for name in below:
-            questions += [(name, DS_TYPE), (name, DNSKEY_TYPE)]
-        answers: Answers = (yield questions) if questions else {}
-        if current is None:
-            current = self._anchor_keys(anchor_zone, answers.get((anchor_zone, DNSKEY_TYPE)), now)
-            self._remember(current)
-            if current.security != Security.SECURE:
+        if len(below) > MAX_WALK:
+            why = f"{target} is more than {MAX_WALK} labels below the nearest known zone"
+            return self._indeterminate(target, why, current.links if current else ())
+        while True:
+            batch, below = below[:ROUND], below[ROUND:]
+            answers = yield from _ask(anchor_zone if current is None else None, batch, speculative)
+            if current is None:
+                reply = answers.get((anchor_zone, DNSKEY_TYPE))
+                current = self._anchor_keys(anchor_zone, reply, now, budget)
+                self._remember(current)
+                if current.security != Security.SECURE:
+                    return current
+            current = yield from self._descend_batch(current, batch, answers, now, budget)
+            if current.security != Security.SECURE or not below:
                 return current
-        for name in below:
-            child = self._descend(
-                current, name, answers.get((name, DS_TYPE)), answers.get((name, DNSKEY_TYPE)), now
-            )
+
+    def _descend_batch(
+        self,
+        current: ZoneKeys,
+        batch: list[dns.name.Name],
+        answers: Answers,
+        now: float,
+        budget: Budget,
+    ) -> Step[ZoneKeys]:
+        """Down through one round's names; the deepest zone reached (or the first not secure)."""
+        for name in batch:
+            ds_reply = answers.get((name, DS_TYPE))
+            if (name, DNSKEY_TYPE) not in answers and _has_ds(ds_reply, name):
+                answers.update((yield [(name, DNSKEY_TYPE)]))
+            dnskey_reply = answers.get((name, DNSKEY_TYPE))
+            child = self._descend(current, name, ds_reply, dnskey_reply, now, budget)
             if child is None:
                 continue
             self._remember(child)
             current = child
             if current.security != Security.SECURE:
-                return current
+                break
         return current
 
     def _known_part(
@@ -232,7 +274,7 @@ class KeyChain:
 
     # -- one zone at a time ---------------------------------------------------------------------
     def _anchor_keys(
-        self, zone: dns.name.Name, reply: dns.message.Message | None, now: float
+        self, zone: dns.name.Name, reply: dns.message.Message | None, now: float, budget: Budget
     ) -> ZoneKeys:
         """RFC 4035 §5: the anchored zone's DNSKEY RRset, signed by a key the anchor vouches for."""
         anchor = self.anchors.get(zone)
@@ -248,7 +290,9 @@ class KeyChain:
         vouched = keys_matching_ds(zone, keys, usable)
         vouched += [key for key in keys if key in anchor.dnskeys and key not in vouched]
         until = now + MAX_KEY_TTL
-        return self._authenticate(zone, keys, vouched, rrset, sigs, until, "trust anchor", (), now)
+        return self._authenticate(
+            zone, keys, vouched, rrset, sigs, until, "trust anchor", (), now, budget
+        )
 
     def _descend(
         self,
@@ -257,6 +301,7 @@ class KeyChain:
         ds_reply: dns.message.Message | None,
         dnskey_reply: dns.message.Message | None,
         now: float,
+        budget: Budget,
     ) -> ZoneKeys | None:
         """What the DS reply for `name` (below parent's zone) says: a secure cut (with its keys),
         an insecure or bogus one, or None when `name` is not a cut at all."""
@@ -270,8 +315,8 @@ class KeyChain:
         ds_rrset = find_rrset(ds_reply.answer, name, DS_TYPE)
         if ds_rrset is not None:
             sigs = find_sigs(ds_reply.answer, name, DS_TYPE)
-            return self._secure_cut(parent, name, ds_rrset, sigs, dnskey_reply, now)
-        return self._no_ds(parent, name, ds_reply, now)
+            return self._secure_cut(parent, name, ds_rrset, sigs, dnskey_reply, now, budget)
+        return self._no_ds(parent, name, ds_reply, now, budget)
 
     def _secure_cut(
         self,
@@ -281,10 +326,13 @@ class KeyChain:
         sigs: dns.rrset.RRset | None,
         dnskey_reply: dns.message.Message | None,
         now: float,
+        budget: Budget,
     ) -> ZoneKeys:
         """A signed DS RRset for `name`: its keys, if the DS vouches for them."""
         links = parent.links
-        check = verify_rrset(ds_rrset, sigs, parent.zone, parent.keys, now, self.skew)
+        check = verify_rrset(
+            ds_rrset, sigs, parent.zone, parent.keys, now, self.skew, budget=budget
+        )
         if not check.ok:
             return self._bogus(name, check.ede, f"DS: {check.reason}", links, now)
         until = signature_expiry(check, ds_rrset, now)
@@ -299,10 +347,17 @@ class KeyChain:
             return found
         keys, rrset, key_sigs = found
         vouched = keys_matching_ds(name, keys, usable)
-        return self._authenticate(name, keys, vouched, rrset, key_sigs, until, "DS", links, now)
+        return self._authenticate(
+            name, keys, vouched, rrset, key_sigs, until, "DS", links, now, budget
+        )
 
     def _no_ds(
-        self, parent: ZoneKeys, name: dns.name.Name, ds_reply: dns.message.Message, now: float
+        self,
+        parent: ZoneKeys,
+        name: dns.name.Name,
+        ds_reply: dns.message.Message,
+        now: float,
+        budget: Budget,
     ) -> ZoneKeys | None:
         """No DS for `name`: proven absent at an insecure delegation, or not a cut at all (None),
         or unproven (bogus)."""
@@ -310,7 +365,7 @@ class KeyChain:
         links = parent.links
         rcode = ds_reply.rcode()
         nsecs, nsec3s, until, failure = denial_records(
-            ds_reply.authority, zone, parent.keys, now, self.skew
+            ds_reply.authority, zone, parent.keys, now, self.skew, budget
         )
         if failure is not None:
             return self._bogus(name, failure.ede, f"no DS: {failure.reason}", links, now)
@@ -324,6 +379,7 @@ class KeyChain:
             if delegation:
                 return self._insecure(name, until, "no DS: insecure delegation", links)
             self._not_cuts[name] = until
+            _trim(self._not_cuts, now, lambda until: until)
             return None
         if outcome == denial.Denial.OPT_OUT:
             return self._insecure(name, until, "no DS: in an NSEC3 opt-out span", links)
@@ -343,9 +399,14 @@ class KeyChain:
         if reply is None:
             why = f"no reply to {zone} DNSKEY"
             return self._indeterminate(zone, why, links, EDECode.DNSKEY_MISSING)
+        rcode = reply.rcode()
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+            # a failure to fetch, not a proof of anything: not remembered
+            why = f"{zone} DNSKEY: upstream said {dns.rcode.to_text(rcode)}"
+            return self._indeterminate(zone, why, links, EDECode.DNSKEY_MISSING)
         rrset = find_rrset(reply.answer, zone, DNSKEY_TYPE)
         if rrset is None:
-            why = f"no DNSKEY RRset for {zone} ({dns.rcode.to_text(reply.rcode())})"
+            why = f"no DNSKEY RRset for {zone} ({dns.rcode.to_text(rcode)})"
             return self._bogus(zone, EDECode.DNSKEY_MISSING, why, links, now)
         keys = [key for key in rrset if isinstance(key, DNSKEY)]
         return keys, rrset, find_sigs(reply.answer, zone, DNSKEY_TYPE)
@@ -361,12 +422,13 @@ class KeyChain:
         vouched_by: str,
         links: tuple[Link, ...],
         now: float,
+        budget: Budget,
     ) -> ZoneKeys:
         """RFC 4035 §5.2: the DNSKEY RRset is signed by a key its DS (or anchor) vouches for."""
         if not vouched:
             why = f"no DNSKEY of {zone} matches its {vouched_by}"
             return self._bogus(zone, EDECode.DNSKEY_MISSING, why, links, now)
-        check = verify_rrset(rrset, sigs, zone, vouched, now, self.skew)
+        check = verify_rrset(rrset, sigs, zone, vouched, now, self.skew, budget=budget)
         if not check.ok:
             ede = check.ede
             if ede == EDECode.RRSIGS_MISSING:
@@ -416,6 +478,46 @@ class KeyChain:
     def _remember(self, entry: ZoneKeys) -> None:
         if entry.security == Security.INDETERMINATE or entry.expires <= 0:
             return
-        if len(self._zones) + len(self._not_cuts) >= MAX_ENTRIES:
-            self.flush()
         self._zones[entry.zone] = entry
+        anchored = self.anchors.zones
+        _trim(self._zones, entry.expires, lambda kept: kept.expires, keep=anchored)
+
+
+def _ask(
+    anchor_zone: dns.name.Name | None, batch: list[dns.name.Name], speculative: bool
+) -> Step[Answers]:
+    """One round of a walk's questions: the anchored zone's DNSKEY (when not known yet), each
+    name's DS, and (speculative) each name's DNSKEY."""
+    questions: list[Question] = []
+    if anchor_zone is not None:
+        questions.append((anchor_zone, DNSKEY_TYPE))
+    for name in batch:
+        questions.append((name, DS_TYPE))
+        if speculative:
+            questions.append((name, DNSKEY_TYPE))
+    if not questions:
+        return {}
+    return (yield questions)
+
+
+def _has_ds(reply: dns.message.Message | None, name: dns.name.Name) -> bool:
+    return reply is not None and find_rrset(reply.answer, name, DS_TYPE) is not None
+
+
+def _trim(
+    entries: dict[dns.name.Name, V],
+    now: float,
+    expiry: Callable[[V], float],
+    keep: Iterable[dns.name.Name] = (),
+) -> None:
+    """Bound a remembered map: past MAX_ENTRIES drop what has expired, then the oldest quarter
+    (insertion order), never the names in `keep` (the trust anchors' zones)."""
+    if len(entries) <= MAX_ENTRIES:
+        return
+    kept = set(keep)
+    for name in [n for n, value in entries.items() if expiry(value) <= now and n not in kept]:
+        del entries[name]
+    if len(entries) > MAX_ENTRIES:
+        oldest = [n for n in entries if n not in kept][: len(entries) // 4]
+        for name in oldest:
+            del entries[name]

@@ -48,6 +48,11 @@ class Denial(enum.Enum):
     NOT_PROVEN = "not-proven"
 
 
+#: distinct (salt, iterations) NSEC3 sets one proof may hash for (a zone changing its
+#: parameters has two for a while)
+MAX_NSEC3_PARAMETER_SETS = 2
+
+
 @dataclass(frozen=True, slots=True)
 class DenialResult:
     outcome: Denial
@@ -483,6 +488,11 @@ def _nsec3_verdicts(
     if not groups and unknown_algorithm:
         # RFC 5155 §8.1: such records are ignored, so "will generally be considered bogus"
         return [_Verdict(Denial.NOT_PROVEN, "only unknown NSEC3 hash algorithms")]
+    if len(groups) > MAX_NSEC3_PARAMETER_SETS:
+        # a zone has one NSEC3 chain; many sets in one reply only multiply the hashing
+        # (CVE-2023-50868), so they prove nothing
+        why = f"{len(groups)} NSEC3 parameter sets in one answer"
+        return [_Verdict(Denial.NOT_PROVEN, why)]
     verdicts = []
     for (salt, iterations), records in groups.items():
         if iterations > max_iterations:

@@ -9,6 +9,7 @@ from typing import TypeVar
 
 import dns.message
 import dns.name
+import dns.rrset
 
 T = TypeVar("T")
 
@@ -54,3 +55,6 @@ class Verdict:
     #: the longest the answer may be cached: signature expiry, RRSIG original TTLs (RFC 4035 §5.3.3)
     ttl_cap: int | None = None
     chain: tuple[Link, ...] = ()
+    #: the (answer, authority) records the verdict covers, RRSIGs included; None: the reply was
+    #: not examined (an rcode or a type that is not validated) and goes on as it is
+    kept: tuple[tuple[dns.rrset.RRset, ...], tuple[dns.rrset.RRset, ...]] | None = None

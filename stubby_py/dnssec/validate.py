@@ -30,7 +30,7 @@ from stubby_py.dnssec.chain import (
     signature_expiry,
 )
 from stubby_py.dnssec.outcome import Link, Security, Step, Verdict
-from stubby_py.dnssec.verify import verify_rrset
+from stubby_py.dnssec.verify import Budget, SignatureCheck, verify_rrset
 
 #: most CNAME/DNAME links followed (Unbound's max-query-restarts is 11)
 MAX_CHAIN = 12
@@ -38,6 +38,14 @@ RRSIG = dns.rdatatype.RRSIG
 CNAME_TYPE = dns.rdatatype.CNAME
 DNAME_TYPE = dns.rdatatype.DNAME
 SOA = dns.rdatatype.SOA
+#: signers tried for one RRset; RRsets in one ANY answer validated
+MAX_SIGNERS = 2
+MAX_ANY_RRSETS = 16
+#: types a signature may not stand for by wildcard expansion (only answer data may be expanded)
+NEVER_EXPANDED = frozenset(
+    {dns.rdatatype.DS, dns.rdatatype.DNSKEY, dns.rdatatype.SOA, dns.rdatatype.NSEC,
+     dns.rdatatype.NSEC3, dns.rdatatype.DNAME}
+)  # fmt: skip
 #: types a DO-less client never sees unless it asked for them (RFC 4035 §3.2.1)
 DNSSEC_TYPES = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
 
@@ -53,6 +61,12 @@ class _Judgement:
     zone: str = ""
     until: float = float("inf")
     links: list[Link] = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
+    #: the records the verdict covers, with their RRSIGs: all the client may be given
+    answer: list[dns.rrset.RRset] = field(default_factory=list)
+    authority: list[dns.rrset.RRset] = field(default_factory=list)
+    #: False: the reply was not examined (an rcode or type not validated): pass it on whole
+    examined: bool = True
 
     def add(
         self,
@@ -72,6 +86,11 @@ class _Judgement:
             self.reason = reason
             self.zone = zone
 
+    def keep(self, section: list[dns.rrset.RRset], *rrsets: dns.rrset.RRset | None) -> None:
+        for rrset in rrsets:
+            if rrset is not None and rrset not in section:
+                section.append(rrset)
+
     def expires(self, until: float) -> None:
         self.until = min(self.until, until)
 
@@ -83,12 +102,19 @@ class _Judgement:
         cap = None
         if self.until != float("inf"):
             cap = max(0, int(self.until - self.now))
-        return Verdict(self.security, self.ede, self.reason, self.zone, cap, tuple(self.links))
+        kept = (tuple(self.answer), tuple(self.authority)) if self.examined else None
+        return Verdict(
+            self.security, self.ede, self.reason, self.zone, cap, tuple(self.links), kept
+        )
 
 
 class Validator:
     def __init__(self, chain: KeyChain) -> None:
         self.chain = chain
+
+    @staticmethod
+    def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:
+        return render(reply, verdict, dnssec_records)
 
     @property
     def skew(self) -> float:
@@ -100,15 +126,14 @@ class Validator:
         """Judge `reply` to (qname, qtype), asked with DO and CD set."""
         judged = _Judgement(now)
         rcode = reply.rcode()
-        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-            judged.add(Security.INSECURE, reason=f"{dns.rcode.to_text(rcode)} is not validated")
+        if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or qtype == RRSIG:
+            # RFC 4035 §3.1.5: RRSIGs are not themselves signed; other rcodes carry no data
+            what = dns.rcode.to_text(rcode) if qtype != RRSIG else "an RRSIG query"
+            judged.add(Security.INSECURE, reason=f"{what} is not validated")
+            judged.examined = False
             return judged.verdict()
-        if qtype in (RRSIG, dns.rdatatype.ANY):
-            # RFC 4035 §3.1.5 / RFC 8482: answers to these are not sets a signature can cover whole
-            judged.add(
-                Security.INSECURE,
-                reason=f"{dns.rdatatype.RdataType.make(qtype).name} is not validated",
-            )
+        if qtype == dns.rdatatype.ANY:
+            yield from self._any(qname, rcode, reply, judged)
             return judged.verdict()
         answer = reply.answer
         sname: dns.name.Name | None = qname
@@ -119,6 +144,11 @@ class Validator:
             seen.add(sname)
             rrset = find_rrset(answer, sname, qtype)
             if rrset is not None:
+                if rcode != dns.rcode.NOERROR:
+                    # RFC 6604: the rcode speaks of the chain's last name, which has data
+                    why = f"{dns.rcode.to_text(rcode)} with data for {sname}"
+                    judged.add(Security.BOGUS, ede=EDECode.DNSSEC_BOGUS, reason=why)
+                    break
                 yield from self._positive(rrset, reply, judged)
                 break
             link = _redirection(answer, sname, judged)
@@ -126,8 +156,28 @@ class Validator:
                 yield from self._negative(sname, qtype, rcode, reply, judged)
                 break
             yield from self._positive(link[0], reply, judged)
+            judged.keep(judged.answer, link[2])  # a DNAME's synthesized CNAME
             sname = link[1]
+        else:
+            judged.add(Security.BOGUS, ede=EDECode.DNSSEC_BOGUS,
+                       reason=f"more than {MAX_CHAIN} CNAME/DNAME links")  # fmt: skip
         return judged.verdict()
+
+    def _any(
+        self, qname: dns.name.Name, rcode: int, reply: dns.message.Message, judged: _Judgement
+    ) -> Step[None]:
+        """ANY (over TCP; RFC 8482): every RRset at the name is validated on its own."""
+        rrsets = [r for r in reply.answer if r.name == qname and r.rdtype != RRSIG]
+        if not rrsets:
+            yield from self._negative(qname, dns.rdatatype.ANY, rcode, reply, judged)
+            return
+        for rrset in rrsets[:MAX_ANY_RRSETS]:
+            yield from self._positive(rrset, reply, judged)
+            if judged.failed:
+                return
+        if len(rrsets) > MAX_ANY_RRSETS:
+            judged.add(Security.BOGUS, ede=EDECode.DNSSEC_BOGUS,
+                       reason=f"more than {MAX_ANY_RRSETS} RRsets in an ANY answer")  # fmt: skip
 
     # -- answers --------------------------------------------------------------------------------
     def _positive(
@@ -135,36 +185,55 @@ class Validator:
     ) -> Step[None]:
         now = judged.now
         sigs = find_sigs(reply.answer, rrset.name, rrset.rdtype)
-        signer = _signer(sigs, rrset.name)
-        if signer is None:
-            zone = yield from self.chain.zone_of(rrset.name, now)
-            if zone.security == Security.BOGUS and zone.ede == EDECode.NSEC_MISSING:
-                # no signature, and no proof of an unsigned zone: the signature is what is missing
-                zone = replace(zone, security=Security.SECURE)
-            if zone.security == Security.SECURE:
-                why = f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} is unsigned"
-                why += f" in the secure zone {zone.zone}"
-                judged.add(Security.BOGUS, ede=EDECode.RRSIGS_MISSING, zone=str(zone.zone),
-                           reason=why, links=zone.links)  # fmt: skip
+        signers = _signers(sigs, rrset.name)
+        if not signers:
+            yield from self._unsigned(rrset, reply, judged)
+            return
+        # a junk RRSIG naming another signer must not spoil a good one: try each (at most two)
+        for signer in signers:
+            keys = yield from self.chain.keys_for(signer, now, judged.budget)
+            if keys.security != Security.SECURE:
+                failure: tuple[ZoneKeys, SignatureCheck | None] = (keys, None)
+                continue
+            check = verify_rrset(rrset, sigs, signer, keys.keys, now, self.skew,
+                                 budget=judged.budget, expanded_ok=_may_expand(rrset))  # fmt: skip
+            if check.ok:
+                break
+            failure = (keys, check)
+        else:
+            keys, bad = failure
+            if bad is None:
+                _take(judged, keys)
+                judged.keep(judged.answer, rrset, sigs)
             else:
-                _take(judged, zone)
-            return
-        keys = yield from self.chain.keys_for(signer, now)
-        if keys.security != Security.SECURE:
-            _take(judged, keys)
-            return
-        check = verify_rrset(rrset, sigs, signer, keys.keys, now, self.skew)
-        if not check.ok:
-            judged.add(Security.BOGUS, ede=check.ede, reason=check.reason, zone=str(signer),
-                       links=keys.links)  # fmt: skip
+                judged.add(Security.BOGUS, ede=bad.ede, reason=bad.reason,
+                           zone=str(keys.zone), links=keys.links)  # fmt: skip
             return
         judged.add(Security.SECURE, links=keys.links)
+        judged.keep(judged.answer, rrset, sigs)
         judged.expires(signature_expiry(check, rrset, now))
         assert check.labels is not None
         if check.labels < len(rrset.name) - 1 - int(rrset.name.is_wild()):
             # RFC 4035 §5.3.4: expanded from a wildcard; the name itself must be proven absent
             source = rrset.name.split(check.labels + 1)[1]
             self._wildcard(rrset.name, source, signer, keys, reply, judged)
+
+    def _unsigned(
+        self, rrset: dns.rrset.RRset, reply: dns.message.Message, judged: _Judgement
+    ) -> Step[None]:
+        """Unsigned data: fine below an insecure delegation, bogus in a secure zone."""
+        zone = yield from self.chain.zone_of(rrset.name, judged.now, judged.budget)
+        if zone.security == Security.BOGUS and zone.ede == EDECode.NSEC_MISSING:
+            # no signature, and no proof of an unsigned zone: the signature is what is missing
+            zone = replace(zone, security=Security.SECURE)
+        if zone.security == Security.SECURE:
+            why = f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)} is unsigned"
+            why += f" in the secure zone {zone.zone}"
+            judged.add(Security.BOGUS, ede=EDECode.RRSIGS_MISSING, zone=str(zone.zone),
+                       reason=why, links=zone.links)  # fmt: skip
+            return
+        _take(judged, zone)
+        judged.keep(judged.answer, rrset)
 
     def _wildcard(
         self,
@@ -176,11 +245,12 @@ class Validator:
         judged: _Judgement,
     ) -> None:
         nsecs, nsec3s, until, failure = denial_records(
-            reply.authority, signer, keys.keys, judged.now, self.skew
+            reply.authority, signer, keys.keys, judged.now, self.skew, judged.budget
         )
         if failure is not None:
             judged.add(Security.BOGUS, ede=failure.ede, reason=failure.reason, zone=str(signer))
             return
+        _keep_proof(judged, reply.authority, nsecs + nsec3s)
         proof = denial.prove_wildcard_answer(
             name, source, signer, nsecs, nsec3s, self.chain.max_iterations
         )
@@ -199,37 +269,41 @@ class Validator:
         now = judged.now
         authority = reply.authority
         soa = next((r for r in authority if r.rdtype == SOA and sname.is_subdomain(r.name)), None)
-        signer = None
-        if soa is not None:
-            signer = _signer(find_sigs(authority, soa.name, SOA), soa.name)
-        if signer is None:
-            signer = _denial_signer(authority, sname)
+        signers = _signers(find_sigs(authority, soa.name, SOA), soa.name) if soa else []
+        signer = signers[0] if signers else _denial_signer(authority, sname)
         kind = "NXDOMAIN" if rcode == dns.rcode.NXDOMAIN else "NODATA"
         if signer is None:
-            zone = yield from self.chain.zone_of(sname, now)
+            zone = yield from self.chain.zone_of(sname, now, judged.budget)
             if zone.security == Security.SECURE:
                 judged.add(Security.BOGUS, ede=EDECode.RRSIGS_MISSING, zone=str(zone.zone),
                            reason=f"unsigned {kind} for {sname} in the secure zone {zone.zone}",
                            links=zone.links)  # fmt: skip
             else:
                 _take(judged, zone)
+                judged.keep(judged.authority, soa)
             return
-        keys = yield from self.chain.keys_for(signer, now)
+        keys = yield from self.chain.keys_for(signer, now, judged.budget)
         if keys.security != Security.SECURE:
             _take(judged, keys)
+            judged.keep(judged.authority, soa)
             return
         judged.add(Security.SECURE, links=keys.links)
         if soa is not None and soa.name == signer:
-            check = verify_rrset(soa, find_sigs(authority, soa.name, SOA), signer, keys.keys,
-                                 now, self.skew)  # fmt: skip
+            soa_sigs = find_sigs(authority, soa.name, SOA)
+            check = verify_rrset(soa, soa_sigs, signer, keys.keys, now, self.skew,
+                                 budget=judged.budget)  # fmt: skip
             if not check.ok:
                 judged.add(Security.BOGUS, ede=check.ede, reason=check.reason, zone=str(signer))
                 return
+            judged.keep(judged.authority, soa, soa_sigs)
             judged.expires(signature_expiry(check, soa, now))
-        nsecs, nsec3s, until, failure = denial_records(authority, signer, keys.keys, now, self.skew)
+        nsecs, nsec3s, until, failure = denial_records(
+            authority, signer, keys.keys, now, self.skew, judged.budget
+        )
         if failure is not None:
             judged.add(Security.BOGUS, ede=failure.ede, reason=failure.reason, zone=str(signer))
             return
+        _keep_proof(judged, authority, nsecs + nsec3s)
         judged.expires(until)
         limit = self.chain.max_iterations
         if rcode == dns.rcode.NXDOMAIN:
@@ -265,30 +339,40 @@ def _take(judged: _Judgement, zone: ZoneKeys) -> None:
         judged.expires(zone.expires)
 
 
-def _signer(sigs: dns.rrset.RRset | None, owner: dns.name.Name) -> dns.name.Name | None:
-    """The deepest signer of `sigs` that could sign at `owner` (the owner is in its zone)."""
-    best: dns.name.Name | None = None
-    for sig in sigs or ():
-        signer = sig.signer
-        if owner.is_subdomain(signer) and (best is None or len(signer) > len(best)):
-            best = signer
-    return best
+def _signers(sigs: dns.rrset.RRset | None, owner: dns.name.Name) -> list[dns.name.Name]:
+    """The signers of `sigs` that could sign at `owner` (the owner is in their zone), deepest
+    first, at most MAX_SIGNERS."""
+    found = {sig.signer for sig in sigs or () if owner.is_subdomain(sig.signer)}
+    return sorted(found, key=len, reverse=True)[:MAX_SIGNERS]
+
+
+def _may_expand(rrset: dns.rrset.RRset) -> bool:
+    """Whether this answer RRset may be a wildcard expansion (data, not keys or delegations)."""
+    return rrset.rdtype not in NEVER_EXPANDED
+
+
+def _keep_proof(
+    judged: _Judgement, authority: list[dns.rrset.RRset], proofs: list[dns.rrset.RRset]
+) -> None:
+    for rrset in proofs:
+        judged.keep(judged.authority, rrset, find_sigs(authority, rrset.name, rrset.rdtype))
 
 
 def _denial_signer(authority: list[dns.rrset.RRset], sname: dns.name.Name) -> dns.name.Name | None:
     """The zone that signed the NSEC/NSEC3 records of a negative answer without a signed SOA."""
     for rrset in authority:
         if rrset.rdtype == RRSIG and rrset.covers in (dns.rdatatype.NSEC, dns.rdatatype.NSEC3):
-            signer = _signer(rrset, rrset.name)
-            if signer is not None and sname.is_subdomain(signer):
-                return signer
+            for signer in _signers(rrset, rrset.name):
+                if sname.is_subdomain(signer):
+                    return signer
     return None
 
 
 def _redirection(
     answer: list[dns.rrset.RRset], sname: dns.name.Name, judged: _Judgement
-) -> tuple[dns.rrset.RRset, dns.name.Name | None] | None:
-    """The CNAME or DNAME that leads on from sname, and where to; None when nothing does.
+) -> tuple[dns.rrset.RRset, dns.name.Name | None, dns.rrset.RRset | None] | None:
+    """The CNAME or DNAME that leads on from sname, where to, and a DNAME's synthesized CNAME;
+    None when nothing leads on.
 
     A DNAME's synthesized CNAME is unsigned (RFC 6672 §5.3.1): the signed DNAME vouches for it,
     so it must say exactly what the DNAME says.
@@ -301,9 +385,9 @@ def _redirection(
             why = f"the CNAME at {sname} does not follow the DNAME {dname.name}"
             judged.add(Security.BOGUS, ede=EDECode.DNSSEC_BOGUS, zone=str(dname.name), reason=why)
             target = None
-        return dname, target
+        return dname, target, cname
     if cname is not None:
-        return cname, _cname_target(cname)
+        return cname, _cname_target(cname), None
     return None
 
 
@@ -334,17 +418,22 @@ def _cname_target(cname: dns.rrset.RRset) -> dns.name.Name | None:
     return record.target if isinstance(record, CNAME) else None
 
 
-def without_dnssec_records(reply: dns.message.Message, qtype: int) -> bytes:
-    """The reply without RRSIG, NSEC and NSEC3 records (unless asked for by type), for a client
-    that did not set DO (RFC 4035 §3.2.1)."""
-    kept = dns.message.Message(reply.id)
-    kept.flags = reply.flags
-    kept.question = reply.question
-    for section in ("answer", "authority", "additional"):
-        rrsets = [
-            rrset
-            for rrset in getattr(reply, section)
-            if rrset.rdtype not in DNSSEC_TYPES or rrset.rdtype == qtype
-        ]
-        setattr(kept, section, rrsets)
-    return kept.to_wire()
+def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:
+    """The reply the client gets: only the records the verdict covers (RFC 4035 §3.2.3: nothing
+    unvalidated rides along with AD, no additional section), and RRSIG, NSEC and NSEC3 records
+    only for a client that set DO or asked for that type (RFC 4035 §3.2.1). A reply that was not
+    examined is passed on whole, but for the DNSSEC records."""
+    qtype = reply.question[0].rdtype if reply.question else 0
+    out = dns.message.Message(reply.id)
+    out.flags = reply.flags
+    out.question = reply.question
+    if verdict.kept is None:
+        sections = (reply.answer, reply.authority, reply.additional)
+    else:
+        sections = (list(verdict.kept[0]), list(verdict.kept[1]), [])
+    wanted = [
+        [r for r in section if dnssec_records or r.rdtype not in DNSSEC_TYPES or r.rdtype == qtype]
+        for section in sections
+    ]
+    out.answer, out.authority, out.additional = wanted
+    return out.to_wire()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import dns.dnssec
 import dns.exception
@@ -17,6 +18,7 @@ import dns.name
 import dns.rdataset
 import dns.rdatatype
 import dns.rrset
+from dns.dnssecalgs import get_algorithm_cls_from_dnskey
 from dns.edns import EDECode
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
@@ -62,16 +64,20 @@ def _candidate_keys(keys: Iterable[DNSKEY], rrsig: RRSIG) -> list[DNSKEY]:
     ]
 
 
-def _speaks_for(rrsig: RRSIG, rrset: dns.rrset.RRset, zone: dns.name.Name) -> bool:
+def _speaks_for(
+    rrsig: RRSIG, rrset: dns.rrset.RRset, zone: dns.name.Name, expanded_ok: bool
+) -> bool:
     """RFC 4035 §5.3.1: signer is the zone, the owner is in it, the type and class match, and the
-    labels field is no more than the owner's label count (less: a wildcard expansion)."""
+    labels field is no more than the owner's label count. Fewer labels means the RRset was
+    expanded from a wildcard: only answer data may be; a proof (NSEC, NSEC3, SOA) or a key or
+    delegation record (DNSKEY, DS) copied to another owner that way proves nothing."""
     owner_labels = len(rrset.name) - 1 - int(rrset.name.is_wild())
     return (
         rrsig.signer == zone
         and rrset.name.is_subdomain(zone)
         and rrsig.type_covered == rrset.rdtype
         and rrsig.rdclass == rrset.rdclass
-        and rrsig.labels <= owner_labels
+        and (rrsig.labels == owner_labels or (expanded_ok and rrsig.labels < owner_labels))
     )
 
 
@@ -87,6 +93,35 @@ _RANK = {
 }
 
 
+class Budget:
+    """How many signature verifications one client query may cost, all zones together.
+
+    KeyTrap (CVE-2023-50387): a zone can publish many keys sharing a key tag and many signatures
+    for each RRset, making a validator that tries every pair spend seconds per answer. We try at
+    most MAX_KEYS_PER_SIGNATURE keys per signature, MAX_SIGNATURES_PER_RRSET signatures per
+    RRset, and MAX_VERIFICATIONS verifications per query; past that the answer is bogus.
+    """
+
+    MAX_VERIFICATIONS = 64
+    MAX_SIGNATURES_PER_RRSET = 8
+    MAX_KEYS_PER_SIGNATURE = 4
+
+    __slots__ = ("spent",)
+
+    def __init__(self) -> None:
+        self.spent = 0
+
+    def spend(self) -> bool:
+        """Count one verification; False when there is no budget left for it."""
+        if self.spent >= self.MAX_VERIFICATIONS:
+            return False
+        self.spent += 1
+        return True
+
+
+_OVER_BUDGET = "too many signatures or keys to try (limit against KeyTrap, CVE-2023-50387)"
+
+
 def verify_rrset(
     rrset: dns.rrset.RRset,
     rrsigs: dns.rdataset.Rdataset | None,
@@ -94,27 +129,39 @@ def verify_rrset(
     keys: Iterable[DNSKEY],
     now: float,
     skew: float = 300.0,
+    *,
+    budget: Budget | None = None,
+    expanded_ok: bool = False,
 ) -> SignatureCheck:
     """Does any RRSIG in `rrsigs` by `zone`, made with one of `keys`, verify `rrset` at `now`?
 
     skew: seconds a signature may be past its expiration or before its inception and still
-    count, for clocks that are a little off (Unbound's val-sig-skew).
+    count, for clocks that are a little off (Unbound's val-sig-skew). expanded_ok: the RRset may
+    be a wildcard expansion (answer data only). budget: the query's verification budget.
     """
     keys = list(keys)
+    budget = budget if budget is not None else Budget()
     owner = rrset.name.to_text()
     rdtype = dns.rdatatype.to_text(rrset.rdtype)
     worst: tuple[int, str] = (EDECode.RRSIGS_MISSING, f"no RRSIG by {zone} for {owner} {rdtype}")
+    tried = 0
     for rrsig in rrsigs or ():
         assert isinstance(rrsig, RRSIG)
-        if not _speaks_for(rrsig, rrset, zone):
+        if not _speaks_for(rrsig, rrset, zone, expanded_ok):
             continue
-        failure = _check_one(rrset, rrsig, zone, keys, now, skew)
+        if tried >= Budget.MAX_SIGNATURES_PER_RRSET:
+            worst = (EDECode.DNSSEC_BOGUS, _OVER_BUDGET)
+            break
+        tried += 1
+        failure = _check_one(rrset, rrsig, zone, keys, now, skew, budget)
         if failure is None:
             return SignatureCheck(
                 True, None, "", rrsig.expiration, rrsig.original_ttl, rrsig.labels
             )
-        if _RANK[EDECode(failure[0])] > _RANK[EDECode(worst[0])]:
+        if failure[1] == _OVER_BUDGET or _RANK[EDECode(failure[0])] > _RANK[EDECode(worst[0])]:
             worst = failure
+        if failure[1] == _OVER_BUDGET:
+            break
     return SignatureCheck(False, worst[0], f"{owner} {rdtype}: {worst[1]}")
 
 
@@ -125,6 +172,7 @@ def _check_one(
     keys: list[DNSKEY],
     now: float,
     skew: float,
+    budget: Budget,
 ) -> tuple[int, str] | None:
     """None when `rrsig` verifies `rrset`; else (EDE code, reason)."""
     if rrsig.algorithm not in SUPPORTED_ALGORITHMS:
@@ -140,18 +188,43 @@ def _check_one(
         return EDECode.SIGNATURE_NOT_YET_VALID, (
             f"signature not valid before {_when(rrsig.inception)}"
         )
-    # within the skew allowance the signature counts: verify it as of a moment in its window
-    moment = min(max(now, rrsig.inception), rrsig.expiration)
-    keyset = dns.rdataset.Rdataset(rrset.rdclass, dns.rdatatype.DNSKEY)
-    for key in candidates:
-        keyset.add(key)
     try:
-        dns.dnssec.validate_rrsig(
-            rrset, rrsig, {zone: keyset}, now=moment, policy=dns.dnssec.allow_all_policy
-        )
+        # dnspython's canonical form (RFC 4034 §3.1.8.1, wildcard owner rebuilt from labels);
+        # a private helper, used so the data is built once for all candidate keys
+        data = dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
     except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm) as exc:
-        return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} does not verify ({exc})"
-    return None
+        return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} unusable ({exc})"
+    for key in candidates[: Budget.MAX_KEYS_PER_SIGNATURE]:
+        if not budget.spend():
+            return EDECode.DNSSEC_BOGUS, _OVER_BUDGET
+        if _verifies(rrsig.signature, data, key):
+            return None
+    if len(candidates) > Budget.MAX_KEYS_PER_SIGNATURE:
+        return EDECode.DNSSEC_BOGUS, _OVER_BUDGET
+    return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} does not verify"
+
+
+#: public key objects by DNSKEY (building one from the DNSKEY costs as much as a verification)
+_PUBLIC_KEYS: dict[bytes, Any] = {}
+_MAX_PUBLIC_KEYS = 2048
+
+
+def _verifies(signature: bytes, data: bytes, key: DNSKEY) -> bool:
+    wire = key.to_digestable()
+    public = _PUBLIC_KEYS.get(wire)
+    if public is None:
+        try:
+            public = get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
+        except (ValueError, dns.exception.DNSException):
+            return False  # not a usable key of its algorithm
+        if len(_PUBLIC_KEYS) >= _MAX_PUBLIC_KEYS:
+            _PUBLIC_KEYS.clear()
+        _PUBLIC_KEYS[wire] = public
+    try:
+        public.verify(signature, data)
+    except Exception:  # cryptography's InvalidSignature, or a malformed signature
+        return False
+    return True
 
 
 def _when(posix: int) -> str:

@@ -131,7 +131,9 @@ class DnssecFailureError(UpstreamError):
 
     kind = "dnssec-bogus"
 
-    def __init__(self, ede: int, reason: str, zone: str) -> None:
+    def __init__(self, ede: int, reason: str, zone: str, *, indeterminate: bool = False) -> None:
         super().__init__(reason)
         self.ede = EDECode(ede)
         self.zone = zone
+        #: the chain could not be fetched (rather than an answer proven wrong)
+        self.indeterminate = indeterminate

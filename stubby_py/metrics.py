@@ -42,6 +42,7 @@ COUNTER_HELP = {
     "dnssec_bogus": "Upstream answers that failed validation (SERVFAIL with an EDE)",
     "dnssec_indeterminate": "Answers whose chain of trust could not be fetched (SERVFAIL)",
     "dnssec_unchecked": "Answers passed through unchecked because the client set CD",
+    "dnssec_retries": "Bogus answers asked again of another upstream",
 }
 
 

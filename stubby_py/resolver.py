@@ -115,6 +115,8 @@ BOGUS_LOG_PER_MINUTE = 10
 MAX_ANSWER_NOTES = 10_000
 #: DS/DNSKEY questions one client query may cause (a cold chain of a few zones asks ~10)
 MAX_VALIDATION_QUESTIONS = 96
+#: other upstreams asked after a bogus answer, before SERVFAIL
+MAX_BOGUS_RETRIES = 2
 
 
 class Resolver:
@@ -127,7 +129,9 @@ class Resolver:
         self._tasks_aside: set[asyncio.Task[None]] = set()
         self.validator: Validator | None = None
         #: DS/DNSKEY questions being asked for the validator, shared by concurrent validations
-        self._chain_asks: dict[Question, asyncio.Task[dns.message.Message | None]] = {}
+        self._chain_asks: dict[
+            tuple[Question, tuple[int, ...]], asyncio.Task[dns.message.Message | None]
+        ] = {}
         self._bogus_logged: list[float] = []
         #: Extended DNS Errors that go with a cached answer (RFC 9276's EDE 27), by cache key
         self._answer_notes: dict[bytes, tuple[int, str]] = {}
@@ -141,7 +145,7 @@ class Resolver:
             "servfail": 0, "answered": 0, "cache_hits": 0, "cache_misses": 0, "joined": 0,
             "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
             "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
-            "dnssec_indeterminate": 0, "dnssec_unchecked": 0,
+            "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
         }  # fmt: skip
         if self.cache_file is not None:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
@@ -418,18 +422,17 @@ class Resolver:
         status = ValidationStatus.UNCHECKED
         started = time.perf_counter() if trace is not None else 0.0
         try:
-            body, ttl_offsets, layout = await group.forward(
-                query, deadline, dnssec=validating, trace=trace
-            )
-            if self.validator is not None and not validating:
-                # a rule's group (a LAN resolver, say) cannot vouch for what we did not check
-                body = wire.with_flag(body, wire.AD, False)
-            if trace is not None:
-                trace.upstream_ms = (time.perf_counter() - started) * 1000
-            if validating and layout.rcode in (Rcode.NOERROR, Rcode.NXDOMAIN):
-                body, ttl_offsets, layout, status = await self._validated(
-                    query, (body, ttl_offsets, layout), deadline, trace
+            if validating:
+                body, ttl_offsets, layout, status = await self._forward_validated(
+                    query, group, deadline, trace
                 )
+            else:
+                body, ttl_offsets, layout = await group.forward(query, deadline, trace=trace)
+                if trace is not None:
+                    trace.upstream_ms = (time.perf_counter() - started) * 1000
+                if self.validator is not None:
+                    # a rule's group (a LAN resolver, say) cannot vouch for what we did not check
+                    body = wire.with_flag(body, wire.AD, False)
         except DnssecFailureError as exc:
             self.cache.record_failure(
                 query.key, self._loop.time(), reason=exc.kind, ede=(exc.ede, str(exc))
@@ -456,12 +459,51 @@ class Resolver:
         return body
 
     # -- DNSSEC -------------------------------------------------------------------------------
+    async def _forward_validated(
+        self, query: wire.ClientQuery, group: UpstreamGroup, deadline: float, trace: Trace | None
+    ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
+        """Forward with DO and CD, and validate. A bogus answer may be one upstream's lie: then
+        the others are asked (up to MAX_BOGUS_RETRIES more), the DS/DNSKEY questions too, before
+        the client hears SERVFAIL (as Unbound retries other servers, val-max-restart)."""
+        avoid: list[int] = []
+        while True:
+            answered: list[int] = []
+            started = time.perf_counter() if trace is not None else 0.0
+            body, ttl_offsets, layout = await group.forward(
+                query, deadline, dnssec=True, trace=trace, avoid=avoid, answered_by=answered
+            )
+            if trace is not None:
+                trace.upstream_ms = (time.perf_counter() - started) * 1000
+            if layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+                return body, ttl_offsets, layout, ValidationStatus.UNCHECKED
+            try:
+                return await self._validated(
+                    query, (body, ttl_offsets, layout), deadline, trace, tuple(avoid)
+                )
+            except DnssecFailureError as exc:
+                liar = answered[0] if answered else -1
+                if (
+                    exc.indeterminate
+                    or liar < 0
+                    or len(avoid) >= MAX_BOGUS_RETRIES
+                    or len(avoid) + 1 >= len(group.transports)
+                    or self._loop.time() >= deadline
+                ):
+                    raise
+                group.transports[liar].stats.count_failure(exc.kind)
+                self.counters["dnssec_retries"] += 1
+                avoid.append(liar)
+                assert self.validator is not None
+                if exc.zone:
+                    self.validator.chain.forget_bogus(dns.name.from_text(exc.zone))
+
     async def _validated(
         self,
         query: wire.ClientQuery,
         reply: Scanned,
         deadline: float,
         trace: Trace | None = None,
+        avoid: tuple[int, ...] = (),
     ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
         """The reply as this client gets it: validated (AD when secure, DnssecFailureError when
         bogus), TTLs capped by the signatures, DNSSEC records gone unless the client set DO.
@@ -480,14 +522,17 @@ class Resolver:
             started = time.perf_counter() if trace is not None else 0.0
             step = self.validator.validate(message, qname, query.qtype, time.time())
             asked: list[Question] | None = [] if trace is not None else None
-            verdict = await self._drive(step, deadline, asked)
+            verdict = await self._drive(step, deadline, asked, avoid)
             if trace is not None:
                 trace.validation = _validation_view(verdict, started, len(asked or ()))
             self.counters[f"dnssec_{verdict.security.name.lower()}"] += 1
             if verdict.security >= Security.INDETERMINATE:
                 self._log_bogus(verdict)
                 assert verdict.ede is not None
-                raise DnssecFailureError(verdict.ede, verdict.reason, verdict.zone)
+                raise DnssecFailureError(
+                    verdict.ede, verdict.reason, verdict.zone,
+                    indeterminate=verdict.security == Security.INDETERMINATE,
+                )  # fmt: skip
         self._note(query.key, verdict)
         secure = verdict.security == Security.SECURE
         if verdict.kept is not None or not query.do:
@@ -515,7 +560,11 @@ class Resolver:
         notes[key] = (verdict.ede, verdict.reason)
 
     async def _drive(
-        self, step: Step[T], deadline: float, asked: list[Question] | None = None
+        self,
+        step: Step[T],
+        deadline: float,
+        asked: list[Question] | None = None,
+        avoid: tuple[int, ...] = (),
     ) -> T:
         """Run a validation step to its end, asking its questions upstream, round by round;
         `asked` (for explain) collects the questions. Past MAX_VALIDATION_QUESTIONS for one
@@ -532,7 +581,7 @@ class Resolver:
                     continue
                 answers: Answers = dict(
                     zip(questions, await asyncio.gather(
-                        *(self._ask_for_validator(q, deadline) for q in questions)
+                        *(self._ask_for_validator(q, deadline, avoid) for q in questions)
                     ), strict=True)
                 )  # fmt: skip
                 questions = step.send(answers)
@@ -541,15 +590,16 @@ class Resolver:
             return result
 
     async def _ask_for_validator(
-        self, question: Question, deadline: float
+        self, question: Question, deadline: float, avoid: tuple[int, ...] = ()
     ) -> dns.message.Message | None:
         """A DS or DNSKEY reply through the main pool; identical questions asked at the same
         time (a cold zone under many names) share one upstream query."""
-        task = self._chain_asks.get(question)
+        key = (question, avoid)
+        task = self._chain_asks.get(key)
         if task is None:
-            task = self._loop.create_task(self._chain_query(question, deadline))
-            self._chain_asks[question] = task
-            task.add_done_callback(lambda _: self._chain_asks.pop(question, None))
+            task = self._loop.create_task(self._chain_query(question, deadline, avoid))
+            self._chain_asks[key] = task
+            task.add_done_callback(lambda _: self._chain_asks.pop(key, None))
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
@@ -557,12 +607,14 @@ class Resolver:
         except Exception:
             return None
 
-    async def _chain_query(self, question: Question, deadline: float) -> dns.message.Message | None:
+    async def _chain_query(
+        self, question: Question, deadline: float, avoid: tuple[int, ...]
+    ) -> dns.message.Message | None:
         name, rdtype = question
         query = wire.chain_query(name.to_wire(), rdtype)  # type: ignore[arg-type]
         try:
             body, _offsets, _layout = await self.groups[DEFAULT_GROUP].forward(
-                query, deadline, dnssec=True
+                query, deadline, dnssec=True, avoid=avoid
             )
             return dns.message.from_wire(body)
         except (UpstreamError, dns.exception.DNSException) as exc:

@@ -142,23 +142,31 @@ class UpstreamGroup:
         *,
         dnssec: bool = False,
         trace: Trace | None = None,
+        avoid: Sequence[int] = (),
+        answered_by: list[int] | None = None,
     ) -> ScannedReply:
         """Ask upstreams until one gives a valid answer; NoUpstreamAvailableError if none did.
 
         dnssec: ask with DO and CD set, for the validator (RFC 6840 §5.9).
         trace: record the attempts and which upstream answered (`stubby-py explain`).
+        avoid: upstreams not to ask (one whose answer was bogus). answered_by: gets the index
+        of the upstream whose answer is returned.
         """
         forms = _QueryForms(query, self._config.padding_block_size, dnssec, trace)
         now = self._loop.time()
         for index in self.pool.take_probes(now):
             self._probe(index, forms, deadline)
         race = _Race(self.pool.order(now))
+        if avoid:
+            race.order = [index for index in race.order if index not in avoid]
         if len(race.order) == 1 or (self.pool.fanout == 1 and not self.pool.settings.hedge):
             result = await self._one_by_one(forms, race, deadline)
         else:
             result = await self._hedged(forms, race, deadline)
         if trace is not None:
             self._trace_winner(trace, race, result is not None)
+        if answered_by is not None:
+            answered_by.append(race.winner if result is not None else race.fallback_index)
         if result is not None:
             return result
         if race.fallback is not None:

@@ -301,6 +301,31 @@ def test_forged_rdata_never_reaches_the_client(dnssec_hierarchy: Hierarchy) -> N
             assert has_ad(clean) and rdata_texts(clean, dns.rdatatype.A) == ["192.0.2.10"]
 
 
+def test_a_lying_upstream_is_passed_over_for_an_honest_one(dnssec_hierarchy: Hierarchy) -> None:
+    """A bogus answer may be one upstream's lie: the next upstream is asked before SERVFAIL."""
+    name = "www.nsec.test."
+    with running_tamper_proxy(dnssec_hierarchy.resolver_port, name) as proxy:
+        config = make_config(
+            [f"udp://{LOOPBACK}:{proxy.port}", dnssec_hierarchy.resolver_upstream],
+            dnssec="validate",
+            trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+            strategy="failover",
+            hedge=False,
+        )
+        with running_daemon(config) as daemon:
+            reply = ask(daemon.port, name)
+            assert reply.rcode() == NOERROR and has_ad(reply), describe(reply)
+            assert rdata_texts(reply, dns.rdatatype.A) == ["192.0.2.10"], describe(reply)
+            assert proxy.tampered >= 1
+            snapshot = daemon.call(daemon.resolver.snapshot)
+            assert snapshot["counters"]["dnssec_retries"] == 1
+            liar = snapshot["upstreams"][0]
+            assert liar["failure_kinds"].get("dnssec-bogus") == 1, liar
+            # a truly bogus zone stays SERVFAIL, after asking each upstream once
+            bogus = ask(daemon.port, "www.changed.test.")
+            assert bogus.rcode() == SERVFAIL and 6 in ede_codes(bogus), describe(bogus)
+
+
 def test_validation_over_dot(dnssec_hierarchy: Hierarchy) -> None:
     h = dnssec_hierarchy
     config = make_config(

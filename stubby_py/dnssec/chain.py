@@ -50,10 +50,12 @@ BOGUS_TTL = 60.0
 MAX_KEY_TTL = 86_400.0
 #: zones and non-cuts remembered at most each; past it, the expired go, then the oldest quarter
 MAX_ENTRIES = 20_000
-#: names below the deepest known zone one walk may ask about (an ip6.arpa name has 34 labels)
+#: names below the deepest known zone one walk may ask about: for unsigned data (DS questions
+#: only; an ip6.arpa name has 34 labels), and towards a signer (DS and DNSKEY for each name)
 MAX_WALK = 40
-#: names asked about per round of a walk
-ROUND = 4
+MAX_SIGNER_WALK = 24
+#: questions one round of a walk asks at most
+ROUND_QUESTIONS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,12 @@ class KeyChain:
         self._zones.clear()
         self._not_cuts.clear()
 
+    def forget_bogus(self, zone: dns.name.Name) -> None:
+        """Forget that `zone` was found bogus: the next walk asks again (another upstream)."""
+        entry = self._zones.get(zone)
+        if entry is not None and entry.security == Security.BOGUS:
+            del self._zones[zone]
+
     @property
     def not_cuts(self) -> int:
         return len(self._not_cuts)
@@ -182,6 +190,9 @@ class KeyChain:
         INSECURE when an insecure delegation lies above it (its signatures mean nothing then);
         BOGUS when the chain is broken or `signer` is not a zone cut at all.
         """
+        known = self.cached(signer, now)
+        if known is not None:
+            return known  # the warm path: one dict lookup
         result = yield from self._walk(signer, now, budget or Budget(), speculative=True)
         if result.security == Security.SECURE and result.zone != signer:
             return ZoneKeys(
@@ -204,8 +215,8 @@ class KeyChain:
     def _walk(
         self, target: dns.name.Name, now: float, budget: Budget, *, speculative: bool
     ) -> Step[ZoneKeys]:
-        """Down the path from the trust anchor to `target`, ROUND names a round. speculative:
-        ask each name's DNSKEY with its DS (a signer walk, where most names are cuts)."""
+        """Down the path from the trust anchor to `target`, ROUND_QUESTIONS a round at most.
+        speculative: ask each name's DNSKEY with its DS (a signer walk: most names are cuts)."""
         anchor_zone = self.anchors.closest(target)
         if anchor_zone is None:
             return ZoneKeys(
@@ -218,11 +229,12 @@ class KeyChain:
         current, below = self._known_part(path, now)
         if current is not None and current.security != Security.SECURE:
             return current
-        if len(below) > MAX_WALK:
-            why = f"{target} is more than {MAX_WALK} labels below the nearest known zone"
-            return self._indeterminate(target, why, current.links if current else ())
+        limit = MAX_SIGNER_WALK if speculative else MAX_WALK
+        below, beyond = below[:limit], below[limit:]
         while True:
-            batch, below = below[:ROUND], below[ROUND:]
+            per_name = 2 if speculative else 1
+            size = (ROUND_QUESTIONS - (current is None)) // per_name
+            batch, below = below[:size], below[size:]
             answers = yield from _ask(anchor_zone if current is None else None, batch, speculative)
             if current is None:
                 reply = answers.get((anchor_zone, DNSKEY_TYPE))
@@ -231,8 +243,15 @@ class KeyChain:
                 if current.security != Security.SECURE:
                     return current
             current = yield from self._descend_batch(current, batch, answers, now, budget)
-            if current.security != Security.SECURE or not below:
+            if current.security != Security.SECURE:
                 return current
+            if not below:
+                break
+        if beyond:
+            # still secure this far down, and no further: a proof of a cut would be needed
+            why = f"{target} is more than {limit} labels below the nearest zone known"
+            return self._indeterminate(target, why, current.links)
+        return current
 
     def _descend_batch(
         self,

@@ -138,7 +138,7 @@ class Validator:
         answer = reply.answer
         sname: dns.name.Name | None = qname
         seen: set[dns.name.Name] = set()
-        for _ in range(MAX_CHAIN):
+        for _ in range(MAX_CHAIN + 1):  # the question's name, then one name per link
             if sname is None or sname in seen or judged.failed:
                 break  # a loop or a broken link: the links judged are all there is
             seen.add(sname)
@@ -185,7 +185,7 @@ class Validator:
     ) -> Step[None]:
         now = judged.now
         sigs = find_sigs(reply.answer, rrset.name, rrset.rdtype)
-        signers = _signers(sigs, rrset.name)
+        signers = _signers(sigs, rrset.name, self.chain, now)
         if not signers:
             yield from self._unsigned(rrset, reply, judged)
             return
@@ -339,11 +339,22 @@ def _take(judged: _Judgement, zone: ZoneKeys) -> None:
         judged.expires(zone.expires)
 
 
-def _signers(sigs: dns.rrset.RRset | None, owner: dns.name.Name) -> list[dns.name.Name]:
-    """The signers of `sigs` that could sign at `owner` (the owner is in their zone), deepest
-    first, at most MAX_SIGNERS."""
+def _signers(
+    sigs: dns.rrset.RRset | None,
+    owner: dns.name.Name,
+    chain: KeyChain | None = None,
+    now: float = 0.0,
+) -> list[dns.name.Name]:
+    """The signers of `sigs` that could sign at `owner` (the owner is in their zone), at most
+    MAX_SIGNERS: those whose keys are known first (a junk RRSIG naming some deep signer must
+    not cost a walk before the real one is tried), then the deepest."""
     found = {sig.signer for sig in sigs or () if owner.is_subdomain(sig.signer)}
-    return sorted(found, key=len, reverse=True)[:MAX_SIGNERS]
+
+    def rank(signer: dns.name.Name) -> tuple[bool, int]:
+        known = chain is not None and chain.cached(signer, now) is not None
+        return (not known, -len(signer))
+
+    return sorted(found, key=rank)[:MAX_SIGNERS]
 
 
 def _may_expand(rrset: dns.rrset.RRset) -> bool:

@@ -45,6 +45,7 @@ from stubby_py.errors import (
     UpstreamProtocolError,
 )
 from stubby_py.explain import CacheView, ChainLink, Trace, ValidationView
+from stubby_py.logthrottle import LogThrottle
 from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
@@ -110,8 +111,6 @@ Outcome = bytes | UpstreamError | None
 #: an upstream reply as the cache takes it: body without OPT, TTL offsets, layout
 Scanned = tuple[bytes, list[int], wire.ReplyLayout]
 _STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: ValidationStatus.INSECURE}
-#: at most this many bogus answers logged a minute (never with the client's address)
-BOGUS_LOG_PER_MINUTE = 10
 MAX_ANSWER_NOTES = 10_000
 #: DS/DNSKEY questions one client query may cause (a cold chain of a few zones asks ~10)
 MAX_VALIDATION_QUESTIONS = 96
@@ -132,7 +131,7 @@ class Resolver:
         self._chain_asks: dict[
             tuple[Question, tuple[int, ...]], asyncio.Task[dns.message.Message | None]
         ] = {}
-        self._bogus_logged: list[float] = []
+        self._bogus_log = LogThrottle()
         #: Extended DNS Errors that go with a cached answer (RFC 9276's EDE 27), by cache key
         self._answer_notes: dict[bytes, tuple[int, str]] = {}
         self._apply(config, transports)
@@ -622,15 +621,13 @@ class Resolver:
             return None
 
     def _log_bogus(self, verdict: Verdict) -> None:
-        now = self._loop.time()
-        recent = [t for t in self._bogus_logged if now - t < 60.0]
-        if len(recent) < BOGUS_LOG_PER_MINUTE:
-            recent.append(now)
-            log.warning(
-                "DNSSEC %s in zone %s: %s",
-                verdict.security.name.lower(), verdict.zone or ".", verdict.reason,
-            )  # fmt: skip
-        self._bogus_logged = recent
+        """The zone and the reason, never the client; once a minute per zone and reason."""
+        state = verdict.security.name.lower()
+        held_back = self._bogus_log.allow((verdict.zone, verdict.ede), self._loop.time())
+        if held_back is not None:
+            more = f" ({held_back} more like it since the last)" if held_back else ""
+            zone = verdict.zone or "."
+            log.warning("DNSSEC %s in zone %s: %s%s", state, zone, verdict.reason, more)
 
     def _deliver(
         self, query: wire.ClientQuery, respond: Respond, udp: bool, outcome: Outcome

@@ -22,6 +22,7 @@ from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import NoUpstreamAvailableError, UpstreamError, UpstreamProtocolError
 from stubby_py.explain import TRANSPORT_NAMES, Attempt, Trace
+from stubby_py.logthrottle import LogThrottle
 from stubby_py.pool import Pool, PoolSettings, UpstreamHealth
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
@@ -134,6 +135,8 @@ class UpstreamGroup:
         self._config = config
         self._loop = asyncio.get_running_loop()
         self._probes: set[asyncio.Task[None]] = set()
+        #: each upstream's failures, by class, logged once a minute at most
+        self._log_throttle = LogThrottle()
 
     async def forward(
         self,
@@ -297,8 +300,12 @@ class UpstreamGroup:
             reply = await transport.exchange(forms.for_transport(transport), attempt_deadline)
             scanned = scan(reply, transport)
         except UpstreamError as exc:
-            self.pool.record_failure(index, loop.time())
-            log.debug("%s", exc)
+            now = loop.time()
+            self.pool.record_failure(index, now)
+            held_back = self._log_throttle.allow((index, exc.kind), now)
+            if held_back is not None:
+                more = f" ({held_back} more like it since the last)" if held_back else ""
+                log.warning("upstream %s failed: %s: %s%s", transport.name, exc.kind, exc, more)
             if forms.trace is not None:
                 self._trace(forms.trace, index, exc.kind, started, str(exc))
             raise

@@ -184,22 +184,23 @@ class Resolver:
 
     def _validator_for(self, config: Config) -> Validator | None:
         """The validator a configuration asks for; the current one (its key cache warm) when the
-        DNSSEC settings did not change."""
+        DNSSEC settings and the trust anchors (the file is read again on reload) did not change."""
         if config.dnssec != "validate":
             return None
-        old = self.validator
-        settings = (config.trust_anchors, config.dnssec_clock_skew, config.nsec3_max_iterations)
-        if old is not None and settings == (
-            self.config.trust_anchors, self.config.dnssec_clock_skew,
-            self.config.nsec3_max_iterations,
-        ):  # fmt: skip
-            return old
         # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
         from stubby_py.dnssec import anchors
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
 
         trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
+        old = self.validator
+        if (
+            old is not None
+            and old.chain.anchors == trusted
+            and old.chain.skew == config.dnssec_clock_skew
+            and old.chain.max_iterations == config.nsec3_max_iterations
+        ):
+            return old
         chain = KeyChain(
             trusted, skew=config.dnssec_clock_skew, max_iterations=config.nsec3_max_iterations
         )

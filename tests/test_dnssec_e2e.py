@@ -224,6 +224,18 @@ def test_insecure_answers_have_no_ad(
         assert set(ede_codes(reply)) <= {1, 2, UNSUPPORTED_NSEC3_ITERATIONS}, describe(reply)
 
 
+@pytest.mark.parametrize(
+    ("name", "code"), [("www.sha1ds.test.", 2), ("www.rsasha1.test.", 1)], ids=["digest", "alg"]
+)
+def test_unsupported_algorithms_are_flagged(port: int, name: str, code: int) -> None:
+    """Insecure because of what this validator does not support: EDE 2 (DS digest) or 1
+    (algorithm) says so (RFC 8914 §4.2, §4.3), on the first answer and on cached ones."""
+    for _ in range(2):
+        reply = ask(port, name)
+        assert reply.rcode() == NOERROR and not has_ad(reply), describe(reply)
+        assert ede_codes(reply) == [code], describe(reply)
+
+
 def test_too_many_nsec3_iterations_are_flagged(port: int) -> None:
     """RFC 9276 §3.2: an insecure answer for this reason SHOULD carry EDE 27."""
     reply = ask(port, "nx.manyiter.test.")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
+import dns.name
 import trustme
 
 from stubby_py.config import parse_upstream_uri
@@ -38,3 +40,26 @@ def test_reload_keeps_unchanged_upstreams_and_drops_removed_ones(
             assert len(retired) == 1 and retired[0].spec.port == removed.port
     assert kept.state.connections == 1
     assert len(kept.state.queries) == 15
+
+
+def test_reload_keeps_the_warm_validator_unless_its_anchors_change(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    anchors = tmp_path / "anchors.txt"
+    ds = ". IN DS 20326 8 2 E06D44B80B8F1D39A95C0B0D7C65D08458E880409BBC683457104237C7F8EC8D\n"
+    anchors.write_text(ds)
+    with local_upstream(server_context(ca)) as upstream:
+        config = make_config([dot_uri(upstream)], ca_file, dnssec="validate",
+                             trust_anchors=str(anchors))  # fmt: skip
+        with running_daemon(config) as daemon:
+            first = daemon.resolver.validator
+            assert first is not None
+            daemon.call(daemon.resolver.reconfigure, replace(config, timeout=1.5))
+            assert daemon.resolver.validator is first  # same anchors: the key cache stays warm
+            anchors.write_text(ds.replace("20326", "20327"))  # the file changed under the path
+            daemon.call(daemon.resolver.reconfigure, replace(config, timeout=1.6))
+            second = daemon.resolver.validator
+            assert second is not None and second is not first
+            assert [d.key_tag for d in second.chain.anchors.get(dns.name.root).ds] == [20327]
+            daemon.call(daemon.resolver.reconfigure, replace(config, dnssec="off"))
+            assert daemon.resolver.validator is None

@@ -33,6 +33,7 @@ from stubby_py.dnssec import denial
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
 from stubby_py.dnssec.verify import (
+    SUPPORTED_ALGORITHMS,
     Budget,
     SignatureCheck,
     is_supported_ds,
@@ -360,7 +361,15 @@ class KeyChain:
         if not usable:
             # RFC 4035 §5.2, RFC 6840 §5.2: a DS we cannot use is as good as none
             kinds = ", ".join(f"alg {ds.algorithm}/digest {ds.digest_type}" for ds in ds_set)
-            return self._insecure(name, until, f"DS names only unsupported {kinds}", links)
+            # RFC 8914 §4.2/4.3: say why (an algorithm we know of, then a digest we do not)
+            known_algorithm = any(ds.algorithm in SUPPORTED_ALGORITHMS for ds in ds_set)
+            ede = (
+                EDECode.UNSUPPORTED_DS_DIGEST_TYPE
+                if known_algorithm
+                else EDECode.UNSUPPORTED_DNSKEY_ALGORITHM
+            )
+            why = f"DS names only unsupported {kinds}"
+            return self._insecure(name, until, why, links, ede)
         found = self._dnskeys(name, dnskey_reply, links, now)
         if isinstance(found, ZoneKeys):
             return found
@@ -461,10 +470,18 @@ class KeyChain:
 
     # -- results --------------------------------------------------------------------------------
     def _insecure(
-        self, zone: dns.name.Name, until: float, why: str, links: tuple[Link, ...]
+        self,
+        zone: dns.name.Name,
+        until: float,
+        why: str,
+        links: tuple[Link, ...],
+        ede: int | None = None,
     ) -> ZoneKeys:
+        """ede: an informational Extended DNS Error (1 or 2: why it is insecure)."""
         link = Link(str(zone), Security.INSECURE, why)
-        return ZoneKeys(zone, Security.INSECURE, expires=until, reason=why, links=(*links, link))
+        return ZoneKeys(
+            zone, Security.INSECURE, expires=until, ede=ede, reason=why, links=(*links, link)
+        )
 
     def _bogus(
         self,

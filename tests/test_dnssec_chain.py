@@ -221,3 +221,38 @@ def test_an_rrsig_query_is_passed_on_unexamined(tree: Tree) -> None:
     assert verdict.security == Security.INSECURE and verdict.kept is None
     asked_for = dns.message.from_wire(render(reply, verdict, False))
     assert dns.rdatatype.RRSIG in [r.rdtype for r in asked_for.answer]
+
+
+def test_a_zone_with_a_ksk_and_a_zsk(tree: Tree) -> None:
+    """The usual split (the root zone's too): the DS names the KSK, the KSK signs the DNSKEY
+    RRset, the ZSK (flags 256, no DS) signs the data."""
+    zone = tree.add_zone("split.example.")
+    zsk_private = ed25519.Ed25519PrivateKey.generate()
+    zsk = dns.dnssec.make_dnskey(zsk_private.public_key(), 15, flags=256)
+    keyset = next(r for r in zone.rrsets if r.rdtype == dns.rdatatype.DNSKEY)
+    keyset.add(zsk)
+    tree.sign(zone, keyset)  # by the KSK
+    rrset = dns.rrset.from_text("www.split.example.", 300, "IN", "A", "192.0.2.77")
+    zone.rrsets.append(rrset)
+    tree.sign(zone, rrset, key=zsk_private, dnskey=zsk)
+    verdict = judge(tree, "www.split.example.")
+    assert verdict.security == Security.SECURE, verdict
+    # data signed only by the KSK's tag but with the ZSK's key material is no good
+    bad = dns.rrset.from_text("bad.split.example.", 300, "IN", "A", "192.0.2.78")
+    zone.rrsets.append(bad)
+    tree.sign(zone, bad, key=zsk_private, dnskey=zone.dnskey)
+    assert judge(tree, "bad.split.example.").security == Security.BOGUS
+
+
+def test_an_algorithm_rollover_validates_with_either_signature(tree: Tree) -> None:
+    """RFC 6840 §5.11: a signature by any key the DS vouches for will do, during a rollover."""
+    zone = tree.zones[name("example.")]
+    old_private = ed25519.Ed25519PrivateKey.generate()
+    old = dns.dnssec.make_dnskey(old_private.public_key(), 15, flags=257)
+    keyset = next(r for r in zone.rrsets if r.rdtype == dns.rdatatype.DNSKEY)
+    keyset.add(old)
+    tree.sign(zone, keyset)
+    rrset = dns.rrset.from_text("roll.example.", 300, "IN", "A", "192.0.2.79")
+    zone.rrsets.append(rrset)
+    tree.sign(zone, rrset, key=old_private, dnskey=old)  # a key without a DS, in the signed set
+    assert judge(tree, "roll.example.").security == Security.SECURE

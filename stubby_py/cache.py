@@ -103,6 +103,8 @@ class FailureEntry:
     reason: str
     #: the Extended DNS Error to repeat (a DNSSEC failure); None: EDE 13 Cached Error
     ede: tuple[int, str] | None = None
+    #: whether a stale answer may stand in (not for a bogus one)
+    stale_ok: bool = True
 
 
 class CacheFileError(ValueError):
@@ -117,6 +119,9 @@ class CacheFileError(ValueError):
 _HEAD = struct.Struct("!dddIBBH")
 _HEAD_SIZE = _HEAD.size
 _VISITED = struct.calcsize("!dddIB")  # offset of the visited octet in _HEAD
+_STATUS = struct.calcsize("!dddI")  # offset of the validation status octet
+#: the CD bit in the last octet of a cache key (wire.parse_query: DO << 1 | CD)
+_KEY_CD = 1
 _U16 = struct.Struct("!H")
 
 
@@ -371,6 +376,7 @@ class Cache:
         reply: bytes | None = None,
         reason: str = "",
         ede: tuple[int, str] | None = None,
+        stale_ok: bool = True,
     ) -> FailureEntry:
         """RFC 9520 §3: every upstream failed for key; hold it for 1 s, doubling to 5 min while
         failures follow each other (within one hold of the previous hold's end)."""
@@ -379,7 +385,7 @@ class Cache:
         hold = FAILURE_MIN_HOLD
         if previous is not None and now < previous.until + previous.hold:
             hold = min(FAILURE_MAX_HOLD, previous.hold * 2)
-        entry = FailureEntry(now + hold, hold, reply, reason, ede)
+        entry = FailureEntry(now + hold, hold, reply, reason, ede, stale_ok)
         failures[key] = entry
         while len(failures) > max(1, self.limits.max_failures):
             failures.popitem(last=False)
@@ -410,11 +416,25 @@ class Cache:
             raise ValueError(f"not a domain name: {name!r} ({exc})") from None
         assert qname is not None
         qname = qname.lower()
-        keys = [k for k in self._records if k[:-5] == qname]
-        for key in keys:
-            self._bytes -= _cost(key, self._records.pop(key))
         for key in [k for k in self._failures if k[:-5] == qname]:
             del self._failures[key]
+        return self._drop([k for k in self._records if k[:-5] == qname])
+
+    def drop_unvalidated(self) -> int:
+        """Forget the answers that were never validated (cached with validation off, or loaded
+        from such a file), but those for clients that set CD: validation has just been turned on."""
+        unchecked = ValidationStatus.UNCHECKED
+        return self._drop(
+            [
+                key
+                for key, record in self._records.items()
+                if record[_STATUS] == unchecked and not key[-1] & _KEY_CD
+            ]
+        )
+
+    def _drop(self, keys: list[bytes]) -> int:
+        for key in keys:
+            self._bytes -= _cost(key, self._records.pop(key))
         if keys:
             before = self._slots[: self._hand]
             self._hand = sum(1 for k in before if k is not None and k in self._records)

@@ -137,3 +137,5 @@ class DnssecFailureError(UpstreamError):
         self.zone = zone
         #: the chain could not be fetched (rather than an answer proven wrong)
         self.indeterminate = indeterminate
+        if indeterminate:
+            self.kind = "dnssec-indeterminate"

@@ -33,7 +33,7 @@ from dns.rcode import Rcode
 from stubby_py import cache, local, response, wire
 from stubby_py.cache import Cache, CacheLimits, FailureEntry, ValidationStatus, default_cache_file
 from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
-from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
+from stubby_py.dnssec.outcome import Security
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
@@ -42,10 +42,8 @@ from stubby_py.errors import (
     NotImplementedOpcodeError,
     RefusedError,
     UpstreamError,
-    UpstreamProtocolError,
 )
-from stubby_py.explain import CacheView, ChainLink, Trace, ValidationView
-from stubby_py.logthrottle import LogThrottle
+from stubby_py.explain import CacheView, ChainLink, Trace
 from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
@@ -54,6 +52,7 @@ from stubby_py.upstreams import UpstreamGroup, transport_settings
 
 if TYPE_CHECKING:
     from stubby_py.dnssec.validate import Validator
+    from stubby_py.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +107,8 @@ def cache_limits(config: Config) -> CacheLimits:
 Waiter = tuple[wire.ClientQuery, Respond, bool]
 #: what asking upstream came to: a reply body, an upstream failure, or None (an internal error)
 Outcome = bytes | UpstreamError | None
-#: an upstream reply as the cache takes it: body without OPT, TTL offsets, layout
-Scanned = tuple[bytes, list[int], wire.ReplyLayout]
-_STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: ValidationStatus.INSECURE}
+#: answers whose informational Extended DNS Error is remembered (the oldest go first)
 MAX_ANSWER_NOTES = 10_000
-#: DS/DNSKEY questions one client query may cause (a cold chain of a few zones asks ~10)
-MAX_VALIDATION_QUESTIONS = 96
-#: other upstreams asked after a bogus answer, before SERVFAIL
-MAX_BOGUS_RETRIES = 2
 
 
 class Resolver:
@@ -126,16 +119,10 @@ class Resolver:
         self.query_log: Any = None
         self._retired: list[Transport] = []
         self._tasks_aside: set[asyncio.Task[None]] = set()
-        self.validator: Validator | None = None
-        #: DS/DNSKEY questions being asked for the validator, shared by concurrent validations
-        self._chain_asks: dict[
-            tuple[Question, tuple[int, ...]], asyncio.Task[dns.message.Message | None]
-        ] = {}
-        self._bogus_log = LogThrottle()
-        #: Extended DNS Errors that go with a cached answer (RFC 9276's EDE 27), by cache key
+        #: DNSSEC validation at work (None: `dnssec: off`)
+        self.validation: Validation | None = None
+        #: Extended DNS Errors that go with a cached answer (why it is insecure), by cache key
         self._answer_notes: dict[bytes, tuple[int, str]] = {}
-        self._apply(config, transports)
-        self.cache_file = default_cache_file(config.cache_file, os.environ)
         self._tasks: set[asyncio.Task[None]] = set()
         #: questions being asked upstream (by cache key) → the identical queries waiting on them
         self._inflight: dict[bytes, list[Waiter]] = {}
@@ -146,8 +133,13 @@ class Resolver:
             "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
             "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
         }  # fmt: skip
+        self._apply(config, transports)
+        self.cache_file = default_cache_file(config.cache_file, os.environ)
         if self.cache_file is not None:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
+            if self.validation is not None:
+                # answers saved while validation was off are not to be served as checked
+                loaded -= self.cache.drop_unvalidated()
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
     def _apply(
@@ -157,7 +149,9 @@ class Resolver:
         reuse: Mapping[UpstreamSpec, tuple[Transport, UpstreamHealth]] | None = None,
     ) -> None:
         """Take a configuration: upstream groups, rules, access list, rate limit, cache limits.
-        Everything is built before anything is replaced, so a failure changes nothing."""
+        Everything is built before anything is replaced, so a failure changes nothing (the
+        validation first: reading the trust anchors is what most often fails)."""
+        validation = self._validation_for(config)
         groups = {
             DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports, reuse)
         }
@@ -172,9 +166,15 @@ class Resolver:
         )
         exempt = AccessList(config.rate_limit_exempt)
         limits = cache_limits(config)
-        validator = self._validator_for(config)
+        if validation is not self.validation:
+            # what was cached under other DNSSEC settings must not pass as checked under these
+            self._answer_notes.clear()
+            if self.validation is not None:
+                self.cache.flush()
+            elif validation is not None:
+                self.cache.drop_unvalidated()
         self.config = config
-        self.validator = validator
+        self.validation = validation
         self.groups = groups
         self.router = router
         self.acl = acl
@@ -182,8 +182,8 @@ class Resolver:
         self.rate_exempt = exempt
         self.cache.apply_limits(limits)
 
-    def _validator_for(self, config: Config) -> Validator | None:
-        """The validator a configuration asks for; the current one (its key cache warm) when the
+    def _validation_for(self, config: Config) -> Validation | None:
+        """The validation a configuration asks for; the current one (its key cache warm) when the
         DNSSEC settings and the trust anchors (the file is read again on reload) did not change."""
         if config.dnssec != "validate":
             return None
@@ -191,20 +191,26 @@ class Resolver:
         from stubby_py.dnssec import anchors
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
+        from stubby_py.validation import Validation
 
         trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
-        old = self.validator
+        old = self.validation
         if (
             old is not None
-            and old.chain.anchors == trusted
-            and old.chain.skew == config.dnssec_clock_skew
-            and old.chain.max_iterations == config.nsec3_max_iterations
+            and old.validator.chain.anchors == trusted
+            and old.validator.chain.skew == config.dnssec_clock_skew
+            and old.validator.chain.max_iterations == config.nsec3_max_iterations
         ):
+            old.timeout = config.timeout
             return old
         chain = KeyChain(
             trusted, skew=config.dnssec_clock_skew, max_iterations=config.nsec3_max_iterations
         )
-        return Validator(chain)
+        return Validation(Validator(chain), config.timeout, self.counters)
+
+    @property
+    def validator(self) -> Validator | None:
+        return self.validation.validator if self.validation is not None else None
 
     def reconfigure(self, config: Config) -> None:
         """Apply a new configuration (SIGHUP) keeping the cache. Upstreams that did not change
@@ -415,28 +421,33 @@ class Resolver:
     async def _fetch(self, query: wire.ClientQuery, trace: Trace | None = None) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
         deadline = self._loop.time() + self.config.timeout
-        name = self.router.group_for(query.key[:-5]) if self.router else None
-        group = self.groups[name or DEFAULT_GROUP]
-        # names a forwarding rule sends elsewhere (private zones) have no chain from the root
-        validating = self.validator is not None and name is None
+        name = (self.router.group_for(query.key[:-5]) if self.router else None) or DEFAULT_GROUP
+        group = self.groups[name]
+        # names a forwarding rule sends to another group (private zones) have no chain from
+        # the root; the validation is taken now, so a reload meanwhile changes nothing here
+        validation = self.validation
+        validating = validation is not None and name == DEFAULT_GROUP
         status = ValidationStatus.UNCHECKED
         started = time.perf_counter() if trace is not None else 0.0
         try:
             if validating:
-                body, ttl_offsets, layout, status = await self._forward_validated(
-                    query, group, deadline, trace
-                )
+                assert validation is not None
+                validated = await validation.forward(query, group, deadline, trace)
+                body, ttl_offsets, layout = validated.body, validated.ttl_offsets, validated.layout
+                status = validated.status
+                self._note(query.key, validated.note)
             else:
                 body, ttl_offsets, layout = await group.forward(query, deadline, trace=trace)
                 if trace is not None:
                     trace.upstream_ms = (time.perf_counter() - started) * 1000
-                if self.validator is not None:
+                if validation is not None:
                     # a rule's group (a LAN resolver, say) cannot vouch for what we did not check
                     body = wire.with_flag(body, wire.AD, False)
         except DnssecFailureError as exc:
             self.cache.record_failure(
-                query.key, self._loop.time(), reason=exc.kind, ede=(exc.ede, str(exc))
-            )
+                query.key, self._loop.time(), reason=exc.kind, ede=(exc.ede, str(exc)),
+                stale_ok=exc.indeterminate,
+            )  # fmt: skip
             if trace is not None:
                 trace.failure = f"{exc.kind}: {exc}"
             return exc
@@ -458,177 +469,16 @@ class Resolver:
             body = self.cache.store(query.key, body, ttl_offsets, layout, now, status) or body
         return body
 
-    # -- DNSSEC -------------------------------------------------------------------------------
-    async def _forward_validated(
-        self, query: wire.ClientQuery, group: UpstreamGroup, deadline: float, trace: Trace | None
-    ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
-        """Forward with DO and CD, and validate. A bogus answer may be one upstream's lie: then
-        the others are asked (up to MAX_BOGUS_RETRIES more), the DS/DNSKEY questions too, before
-        the client hears SERVFAIL (as Unbound retries other servers, val-max-restart)."""
-        avoid: list[int] = []
-        while True:
-            answered: list[int] = []
-            started = time.perf_counter() if trace is not None else 0.0
-            body, ttl_offsets, layout = await group.forward(
-                query, deadline, dnssec=True, trace=trace, avoid=avoid, answered_by=answered
-            )
-            if trace is not None:
-                trace.upstream_ms = (time.perf_counter() - started) * 1000
-            if layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
-                return body, ttl_offsets, layout, ValidationStatus.UNCHECKED
-            try:
-                return await self._validated(
-                    query, (body, ttl_offsets, layout), deadline, trace, tuple(avoid)
-                )
-            except DnssecFailureError as exc:
-                liar = answered[0] if answered else -1
-                if (
-                    exc.indeterminate
-                    or liar < 0
-                    or len(avoid) >= MAX_BOGUS_RETRIES
-                    or len(avoid) + 1 >= len(group.transports)
-                    or self._loop.time() >= deadline
-                ):
-                    raise
-                group.transports[liar].stats.count_failure(exc.kind)
-                self.counters["dnssec_retries"] += 1
-                avoid.append(liar)
-                assert self.validator is not None
-                if exc.zone:
-                    self.validator.chain.forget_bogus(dns.name.from_text(exc.zone))
-
-    async def _validated(
-        self,
-        query: wire.ClientQuery,
-        reply: Scanned,
-        deadline: float,
-        trace: Trace | None = None,
-        avoid: tuple[int, ...] = (),
-    ) -> tuple[bytes, list[int], wire.ReplyLayout, ValidationStatus]:
-        """The reply as this client gets it: validated (AD when secure, DnssecFailureError when
-        bogus), TTLs capped by the signatures, DNSSEC records gone unless the client set DO.
-        A client that set CD gets the data unchecked (RFC 4035 §3.2.2), without AD."""
-        body, ttl_offsets, layout = reply
-        try:
-            message = dns.message.from_wire(body)
-        except dns.exception.DNSException as exc:
-            raise UpstreamProtocolError(f"reply unparseable for validation ({exc})") from None
-        if query.cd:
-            self.counters["dnssec_unchecked"] += 1
-            verdict = Verdict(Security.INSECURE)
-        else:
-            assert self.validator is not None
-            qname = dns.name.from_wire(query.question, 0)[0]
-            started = time.perf_counter() if trace is not None else 0.0
-            step = self.validator.validate(message, qname, query.qtype, time.time())
-            asked: list[Question] | None = [] if trace is not None else None
-            verdict = await self._drive(step, deadline, asked, avoid)
-            if trace is not None:
-                trace.validation = _validation_view(verdict, started, len(asked or ()))
-            self.counters[f"dnssec_{verdict.security.name.lower()}"] += 1
-            if verdict.security >= Security.INDETERMINATE:
-                self._log_bogus(verdict)
-                assert verdict.ede is not None
-                raise DnssecFailureError(
-                    verdict.ede, verdict.reason, verdict.zone,
-                    indeterminate=verdict.security == Security.INDETERMINATE,
-                )  # fmt: skip
-        self._note(query.key, verdict)
-        secure = verdict.security == Security.SECURE
-        if verdict.kept is not None or not query.do:
-            # only what was validated goes on, DNSSEC records only to DO clients
-            assert self.validator is not None
-            body = self.validator.render(message, verdict, query.do)
-            layout = wire.scan_reply(body)
-            ttl_offsets = layout.ttl_offsets
-        body = wire.with_flag(body, wire.AD, secure)
-        if verdict.ttl_cap is not None:
-            body = wire.cap_ttls(body, ttl_offsets, verdict.ttl_cap)
-            layout = wire.scan_reply(body)
-        status = _STATUS[verdict.security] if not query.cd else ValidationStatus.UNCHECKED
-        return body, ttl_offsets, layout, status
-
-    def _note(self, key: bytes, verdict: Verdict) -> None:
-        """Keep an informational EDE (EDE 27 on an insecure answer) to send with the answer."""
+    def _note(self, key: bytes, note: tuple[int, str] | None) -> None:
+        """Keep an informational EDE (why an answer is insecure) to send with the answer."""
         notes = self._answer_notes
-        if verdict.ede is None:
+        if note is None:
             if notes:
                 notes.pop(key, None)
             return
         if len(notes) >= MAX_ANSWER_NOTES:
-            notes.clear()
-        notes[key] = (verdict.ede, verdict.reason)
-
-    async def _drive(
-        self,
-        step: Step[T],
-        deadline: float,
-        asked: list[Question] | None = None,
-        avoid: tuple[int, ...] = (),
-    ) -> T:
-        """Run a validation step to its end, asking its questions upstream, round by round;
-        `asked` (for explain) collects the questions. Past MAX_VALIDATION_QUESTIONS for one
-        client query, questions go unasked (as failures): the answer is then indeterminate."""
-        budget = MAX_VALIDATION_QUESTIONS
-        try:
-            questions = next(step)
-            while True:
-                if asked is not None:
-                    asked.extend(questions)
-                budget -= len(questions)
-                if budget < 0:
-                    questions = step.send(dict.fromkeys(questions))
-                    continue
-                answers: Answers = dict(
-                    zip(questions, await asyncio.gather(
-                        *(self._ask_for_validator(q, deadline, avoid) for q in questions)
-                    ), strict=True)
-                )  # fmt: skip
-                questions = step.send(answers)
-        except StopIteration as done:
-            result: T = done.value
-            return result
-
-    async def _ask_for_validator(
-        self, question: Question, deadline: float, avoid: tuple[int, ...] = ()
-    ) -> dns.message.Message | None:
-        """A DS or DNSKEY reply through the main pool; identical questions asked at the same
-        time (a cold zone under many names) share one upstream query."""
-        key = (question, avoid)
-        task = self._chain_asks.get(key)
-        if task is None:
-            task = self._loop.create_task(self._chain_query(question, deadline, avoid))
-            self._chain_asks[key] = task
-            task.add_done_callback(lambda _: self._chain_asks.pop(key, None))
-        try:
-            return await asyncio.shield(task)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            return None
-
-    async def _chain_query(
-        self, question: Question, deadline: float, avoid: tuple[int, ...]
-    ) -> dns.message.Message | None:
-        name, rdtype = question
-        query = wire.chain_query(name.to_wire(), rdtype)  # type: ignore[arg-type]
-        try:
-            body, _offsets, _layout = await self.groups[DEFAULT_GROUP].forward(
-                query, deadline, dnssec=True, avoid=avoid
-            )
-            return dns.message.from_wire(body)
-        except (UpstreamError, dns.exception.DNSException) as exc:
-            log.debug("validator: %s %s failed: %s", name, rdtype, exc)
-            return None
-
-    def _log_bogus(self, verdict: Verdict) -> None:
-        """The zone and the reason, never the client; once a minute per zone and reason."""
-        state = verdict.security.name.lower()
-        held_back = self._bogus_log.allow((verdict.zone, verdict.ede), self._loop.time())
-        if held_back is not None:
-            more = f" ({held_back} more like it since the last)" if held_back else ""
-            zone = verdict.zone or "."
-            log.warning("DNSSEC %s in zone %s: %s%s", state, zone, verdict.reason, more)
+            del notes[next(iter(notes))]
+        notes[key] = note
 
     def _deliver(
         self, query: wire.ClientQuery, respond: Respond, udp: bool, outcome: Outcome
@@ -640,9 +490,10 @@ class Resolver:
             ede = notes.get(query.key) if notes else None
             respond(response.client_reply(outcome, query, limit=limit, ede=ede))
             return
-        if not isinstance(outcome, DnssecFailureError) and self._answer_stale(
-            query, respond, limit
-        ):
+        # never a stale answer in place of a bogus one; a chain that could not be fetched is an
+        # outage like any other (RFC 8767)
+        bogus = isinstance(outcome, DnssecFailureError) and not outcome.indeterminate
+        if not bogus and self._answer_stale(query, respond, limit):
             return
         if isinstance(outcome, bytes):
             self.counters["servfail"] += 1
@@ -677,7 +528,7 @@ class Resolver:
     ) -> None:
         """RFC 9520 §3: the question failed moments ago; do not ask again before the hold ends."""
         limit = response.udp_limit(query) if udp else None
-        if held.ede is None and self._answer_stale(query, respond, limit):
+        if (held.ede is None or held.stale_ok) and self._answer_stale(query, respond, limit):
             return
         self.counters["cached_failures"] += 1
         self.counters["servfail"] += 1
@@ -818,13 +669,6 @@ class Resolver:
 
 def _link(zone: str, security: Security, detail: str) -> ChainLink:
     return ChainLink(zone, security.name.lower(), detail)
-
-
-def _validation_view(verdict: Verdict, started: float, questions: int) -> ValidationView:
-    chain = [_link(link.zone, link.security, link.detail) for link in verdict.chain]
-    ms = (time.perf_counter() - started) * 1000
-    security = verdict.security.name.lower()
-    return ValidationView(security, verdict.ede, verdict.reason, verdict.zone, chain, ms, questions)
 
 
 def _describe_reply(trace: Trace, reply: bytes) -> None:

@@ -27,6 +27,7 @@ from stubby_py.dnssec import chain as chain_module
 from stubby_py.dnssec.chain import KeyChain
 from stubby_py.dnssec.outcome import Security, Verdict
 from stubby_py.dnssec.validate import MAX_CHAIN, Validator
+from stubby_py.dnssec.verify import Budget
 from tests.signed_zones import NOW, Tree, Zone, name
 
 A = dns.rdatatype.A
@@ -345,8 +346,9 @@ def test_f5_keytrap_is_cut_short(
     elapsed = time.perf_counter() - started
 
     assert elapsed < 2.0
-    assert verdict.security == Security.BOGUS, verdict
-    assert verdict.ede == EDECode.DNSSEC_BOGUS
+    # out of budget: this query fails (EDE 5, DNSSEC Indeterminate), nothing is concluded for others
+    assert verdict.security == Security.INDETERMINATE, verdict
+    assert verdict.ede == EDECode.DNSSEC_INDETERMINATE
     assert "limit" in verdict.reason.lower()
     assert budgets, "the validator made no verify.Budget"
     assert max(b.spent for b in budgets) <= Budget.MAX_VERIFICATIONS
@@ -528,3 +530,20 @@ def test_l2_other_zones_denial_records_are_ignored(
     reply.authority += make(tree, sub)
     verdict = judge(tree, reply, "mail.example.", "AAAA")
     assert verdict.security == Security.SECURE, verdict
+
+
+def test_a_spent_budget_does_not_mark_a_zone_bogus_for_other_queries() -> None:
+    """Review finding: a query that spent its verification budget on an attacker's records
+    (junk signatures along a CNAME chain) must not leave an honest zone cached as bogus."""
+    tree = Tree()
+    tree.add_zone("example.")
+    tree.add_zone("victim.example.")
+    chain = KeyChain(tree.anchors())
+    spent = Budget()
+    spent.spent = Budget.MAX_VERIFICATIONS  # as if the query's earlier links took it all
+    result = tree.drive(chain.keys_for(name("victim.example."), NOW, spent))
+    assert result.security == Security.INDETERMINATE, result
+    assert chain.cached(name("victim.example."), NOW) is None
+    assert chain.cached(dns.name.root, NOW) is None  # nothing concluded on an empty budget
+    fresh = tree.drive(chain.keys_for(name("victim.example."), NOW, Budget()))
+    assert fresh.security == Security.SECURE, fresh

@@ -12,6 +12,7 @@ delv's view of the same cases is in test_dnssec_hierarchy.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 
 import dns.edns
 import dns.flags
@@ -359,3 +360,53 @@ def test_validation_off_passes_bogus_data(dnssec_hierarchy: Hierarchy) -> None:
         reply = ask(daemon.port, "www.expired.test.")
         assert reply.rcode() == NOERROR and not has_ad(reply), describe(reply)
         assert rdata_texts(reply, dns.rdatatype.A) == [BOGUS_ADDRESS]
+
+
+# --- the daemon around the validator -------------------------------------------------------------
+
+
+def test_a_rule_naming_the_default_group_is_still_validated(dnssec_hierarchy: Hierarchy) -> None:
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+        rules=(("nsec.test.", "default"),),
+    )
+    with running_daemon(config) as daemon:
+        secure = ask(daemon.port, "www.nsec.test.")
+        assert has_ad(secure), describe(secure)
+        bogus = ask(daemon.port, "www.expired.test.")
+        assert bogus.rcode() == SERVFAIL
+
+
+def test_bogus_answers_are_logged_by_zone_and_error_never_by_query_name(
+    dnssec_hierarchy: Hierarchy, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    with caplog.at_level("DEBUG", logger="stubby_py"), running_daemon(config) as daemon:
+        for name in ("www.expired.test.", "secret-host.nosig.test.", "www.nosig.test."):
+            ask(daemon.port, name)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "DNSSEC bogus below zone test.: EDE 7 (Signature Expired)" in text, text
+    for name in ("www.expired", "secret-host", "www.nosig"):
+        assert name not in text, text
+
+
+def test_turning_validation_on_forgets_answers_cached_unchecked(
+    dnssec_hierarchy: Hierarchy,
+) -> None:
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="off",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    with running_daemon(config) as daemon:
+        unchecked = ask(daemon.port, "www.changed.test.")
+        assert unchecked.rcode() == NOERROR  # off: the upstream's data, cached
+        daemon.call(daemon.resolver.reconfigure, replace(config, dnssec="validate"))
+        checked = ask(daemon.port, "www.changed.test.")
+        assert checked.rcode() == SERVFAIL and 6 in ede_codes(checked), describe(checked)

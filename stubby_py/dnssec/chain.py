@@ -240,7 +240,7 @@ class KeyChain:
             if current is None:
                 reply = answers.get((anchor_zone, DNSKEY_TYPE))
                 current = self._anchor_keys(anchor_zone, reply, now, budget)
-                self._remember(current)
+                self._remember(current, now)
                 if current.security != Security.SECURE:
                     return current
             current = yield from self._descend_batch(current, batch, answers, now, budget)
@@ -250,8 +250,8 @@ class KeyChain:
                 break
         if beyond:
             # still secure this far down, and no further: a proof of a cut would be needed
-            why = f"{target} is more than {limit} labels below the nearest zone known"
-            return self._indeterminate(target, why, current.links)
+            why = f"more than {limit} labels below the nearest zone known"
+            return self._indeterminate(target, why, current.links, EDECode.DNSSEC_INDETERMINATE)
         return current
 
     def _descend_batch(
@@ -271,7 +271,7 @@ class KeyChain:
             child = self._descend(current, name, ds_reply, dnskey_reply, now, budget)
             if child is None:
                 continue
-            self._remember(child)
+            self._remember(child, now)
             current = child
             if current.security != Security.SECURE:
                 break
@@ -354,7 +354,7 @@ class KeyChain:
             ds_rrset, sigs, parent.zone, parent.keys, now, self.skew, budget=budget
         )
         if not check.ok:
-            return self._bogus(name, check.ede, f"DS: {check.reason}", links, now)
+            return self._failed(name, check, f"DS: {check.reason}", links, now)
         until = signature_expiry(check, ds_rrset, now)
         ds_set = [ds for ds in ds_rrset if isinstance(ds, DS)]
         usable = [ds for ds in ds_set if is_supported_ds(ds)]
@@ -396,7 +396,7 @@ class KeyChain:
             ds_reply.authority, zone, parent.keys, now, self.skew, budget
         )
         if failure is not None:
-            return self._bogus(name, failure.ede, f"no DS: {failure.reason}", links, now)
+            return self._failed(name, failure, f"no DS: {failure.reason}", links, now)
         if rcode == dns.rcode.NXDOMAIN:
             proof = denial.prove_nxdomain(name, zone, nsecs, nsec3s, self.max_iterations)
             outcome, delegation, why = proof.outcome, False, proof.reason
@@ -461,7 +461,7 @@ class KeyChain:
             ede = check.ede
             if ede == EDECode.RRSIGS_MISSING:
                 ede = EDECode.DNSKEY_MISSING  # no signature by a key the parent vouches for
-            return self._bogus(zone, ede, f"DNSKEY: {check.reason}", links, now)
+            return self._failed(zone, check, f"DNSKEY: {check.reason}", links, now, ede)
         until = min(until, signature_expiry(check, rrset, now), now + MAX_KEY_TTL)
         tags = " ".join(f"{dns.dnssec.key_id(key)}/alg {key.algorithm}" for key in vouched)
         link = Link(str(zone), Security.SECURE, f"{vouched_by} → DNSKEY {tags}")
@@ -506,17 +506,34 @@ class KeyChain:
         zone: dns.name.Name,
         why: str,
         links: tuple[Link, ...],
-        ede: int = EDECode.DNSSEC_BOGUS,
+        ede: int = EDECode.NO_REACHABLE_AUTHORITY,
     ) -> ZoneKeys:
+        """Not known: a DS or DNSKEY could not be fetched (EDE 22 unless told), or a limit was
+        reached (EDE 5 DNSSEC Indeterminate). Never remembered."""
         link = Link(str(zone), Security.INDETERMINATE, why)
         return ZoneKeys(zone, Security.INDETERMINATE, ede=ede, reason=why, links=(*links, link))
 
-    def _remember(self, entry: ZoneKeys) -> None:
-        if entry.security == Security.INDETERMINATE or entry.expires <= 0:
+    def _failed(
+        self,
+        zone: dns.name.Name,
+        check: SignatureCheck,
+        why: str,
+        links: tuple[Link, ...],
+        now: float,
+        ede: int | None = None,
+    ) -> ZoneKeys:
+        """A check that failed: bogus, or (out of budget: the query's, not the zone's fault)
+        indeterminate, which is never remembered for other queries."""
+        if check.over_budget:
+            return self._indeterminate(zone, why, links, EDECode.DNSSEC_INDETERMINATE)
+        return self._bogus(zone, ede if ede is not None else check.ede, why, links, now)
+
+    def _remember(self, entry: ZoneKeys, now: float) -> None:
+        if entry.security == Security.INDETERMINATE or entry.expires <= now:
             return
         self._zones[entry.zone] = entry
         anchored = self.anchors.zones
-        _trim(self._zones, entry.expires, lambda kept: kept.expires, keep=anchored)
+        _trim(self._zones, now, lambda kept: kept.expires, keep=anchored)
 
 
 def _ask(

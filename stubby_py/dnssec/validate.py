@@ -86,6 +86,16 @@ class _Judgement:
             self.reason = reason
             self.zone = zone
 
+    def check_failed(
+        self, check: SignatureCheck, *, zone: str = "", links: tuple[Link, ...] = ()
+    ) -> None:
+        """A failed check: bogus, or indeterminate (EDE 5) when it ran out of budget."""
+        if check.over_budget:
+            security, ede = Security.INDETERMINATE, int(EDECode.DNSSEC_INDETERMINATE)
+        else:
+            security, ede = Security.BOGUS, check.ede  # type: ignore[assignment]
+        self.add(security, ede=ede, reason=check.reason, zone=zone, links=links)
+
     def keep(self, section: list[dns.rrset.RRset], *rrsets: dns.rrset.RRset | None) -> None:
         for rrset in rrsets:
             if rrset is not None and rrset not in section:
@@ -206,8 +216,7 @@ class Validator:
                 _take(judged, keys)
                 judged.keep(judged.answer, rrset, sigs)
             else:
-                judged.add(Security.BOGUS, ede=bad.ede, reason=bad.reason,
-                           zone=str(keys.zone), links=keys.links)  # fmt: skip
+                judged.check_failed(bad, zone=str(keys.zone), links=keys.links)
             return
         judged.add(Security.SECURE, links=keys.links)
         judged.keep(judged.answer, rrset, sigs)
@@ -248,7 +257,7 @@ class Validator:
             reply.authority, signer, keys.keys, judged.now, self.skew, judged.budget
         )
         if failure is not None:
-            judged.add(Security.BOGUS, ede=failure.ede, reason=failure.reason, zone=str(signer))
+            judged.check_failed(failure, zone=str(signer))
             return
         _keep_proof(judged, reply.authority, nsecs + nsec3s)
         proof = denial.prove_wildcard_answer(
@@ -293,7 +302,7 @@ class Validator:
             check = verify_rrset(soa, soa_sigs, signer, keys.keys, now, self.skew,
                                  budget=judged.budget)  # fmt: skip
             if not check.ok:
-                judged.add(Security.BOGUS, ede=check.ede, reason=check.reason, zone=str(signer))
+                judged.check_failed(check, zone=str(signer))
                 return
             judged.keep(judged.authority, soa, soa_sigs)
             judged.expires(signature_expiry(check, soa, now))
@@ -301,7 +310,7 @@ class Validator:
             authority, signer, keys.keys, now, self.skew, judged.budget
         )
         if failure is not None:
-            judged.add(Security.BOGUS, ede=failure.ede, reason=failure.reason, zone=str(signer))
+            judged.check_failed(failure, zone=str(signer))
             return
         _keep_proof(judged, authority, nsecs + nsec3s)
         judged.expires(until)

@@ -45,6 +45,9 @@ class SignatureCheck:
     expiration: int | None = None
     original_ttl: int | None = None
     labels: int | None = None
+    #: failed for want of budget (KeyTrap limits), not for a signature proven wrong: a result
+    #: that says nothing about the zone for other queries
+    over_budget: bool = False
 
 
 def is_zone_key(key: DNSKEY) -> bool:
@@ -162,7 +165,8 @@ def verify_rrset(
             worst = failure
         if failure[1] == _OVER_BUDGET:
             break
-    return SignatureCheck(False, worst[0], f"{owner} {rdtype}: {worst[1]}")
+    over = worst[1] == _OVER_BUDGET
+    return SignatureCheck(False, worst[0], f"{owner} {rdtype}: {worst[1]}", over_budget=over)
 
 
 def _check_one(

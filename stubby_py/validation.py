@@ -1,0 +1,254 @@
+"""The validator at work in the daemon: its thin asyncio edge.
+
+stubby_py/dnssec/ judges replies and says which DS and DNSKEY records it needs; this module asks
+for them through the upstream pool (shared between concurrent validations, bounded per query),
+forwards client questions with DO and CD set, retries another upstream when an answer is bogus,
+and shapes the validated reply for the client. Everything it uses is captured per query (the
+validator, the upstream group), so a reload in the middle changes nothing for a query in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import dns.edns
+import dns.exception
+import dns.message
+import dns.name
+from dns.edns import EDECode
+from dns.rcode import Rcode
+
+from stubby_py import wire
+from stubby_py.cache import ValidationStatus
+from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
+from stubby_py.dnssec.validate import Validator
+from stubby_py.errors import DnssecFailureError, UpstreamError, UpstreamProtocolError
+from stubby_py.explain import ChainLink, Trace, ValidationView
+from stubby_py.logthrottle import LogThrottle
+from stubby_py.upstreams import UpstreamGroup
+
+log = logging.getLogger(__name__)
+
+#: an upstream reply as the cache takes it: body without OPT, TTL offsets, layout
+Scanned = tuple[bytes, list[int], wire.ReplyLayout]
+_STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: ValidationStatus.INSECURE}
+#: DS/DNSKEY questions one client query may cause (a cold chain of a few zones asks ~10)
+MAX_VALIDATION_QUESTIONS = 96
+#: other upstreams asked after a bogus answer, before SERVFAIL
+MAX_BOGUS_RETRIES = 2
+
+
+@dataclass(slots=True)
+class Validated:
+    """A reply as the client gets it, and what the cache keeps with it."""
+
+    body: bytes
+    ttl_offsets: list[int]
+    layout: wire.ReplyLayout
+    status: ValidationStatus
+    #: an Extended DNS Error that goes with the answer (why it is insecure: EDE 1, 2, 27)
+    note: tuple[int, str] | None = None
+
+
+class Validation:
+    def __init__(self, validator: Validator, timeout: float, counters: dict[str, int]) -> None:
+        self.validator = validator
+        #: seconds a DS/DNSKEY question may take (the configured query timeout)
+        self.timeout = timeout
+        self._counters = counters
+        self._loop = asyncio.get_running_loop()
+        #: DS/DNSKEY questions being asked, shared by concurrent validations
+        self._asks: dict[
+            tuple[Question, tuple[int, ...], int], asyncio.Task[dns.message.Message | None]
+        ] = {}
+        self._failure_log = LogThrottle()
+
+    async def forward(
+        self,
+        query: wire.ClientQuery,
+        group: UpstreamGroup,
+        deadline: float,
+        trace: Trace | None = None,
+    ) -> Validated:
+        """Forward with DO and CD, and validate. A bogus answer may be one upstream's lie: then
+        the others are asked (up to MAX_BOGUS_RETRIES more), the DS/DNSKEY questions too, before
+        the client hears SERVFAIL (as Unbound retries other servers, val-max-restart). An
+        upstream is charged with the failure only once another upstream's answer validated."""
+        avoid: list[int] = []
+        while True:
+            answered: list[int] = []
+            started = time.perf_counter() if trace is not None else 0.0
+            body, ttl_offsets, layout = await group.forward(
+                query, deadline, dnssec=True, trace=trace, avoid=avoid, answered_by=answered
+            )
+            if trace is not None:
+                trace.upstream_ms = (time.perf_counter() - started) * 1000
+            if layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+                return Validated(body, ttl_offsets, layout, ValidationStatus.UNCHECKED)
+            try:
+                result = await self._validated(
+                    query, (body, ttl_offsets, layout), group, deadline, trace, tuple(avoid)
+                )
+            except DnssecFailureError as exc:
+                upstream = answered[0] if answered else -1
+                if (
+                    exc.indeterminate
+                    or upstream < 0
+                    or len(avoid) >= MAX_BOGUS_RETRIES
+                    or len(avoid) + 1 >= len(group.transports)
+                    or self._loop.time() >= deadline
+                ):
+                    raise
+                self._counters["dnssec_retries"] += 1
+                avoid.append(upstream)
+                if exc.zone:
+                    self.validator.chain.forget_bogus(dns.name.from_text(exc.zone))
+                continue
+            for liar in avoid:
+                group.transports[liar].stats.count_failure("dnssec-bogus")
+            return result
+
+    async def _validated(
+        self,
+        query: wire.ClientQuery,
+        reply: Scanned,
+        group: UpstreamGroup,
+        deadline: float,
+        trace: Trace | None,
+        avoid: tuple[int, ...],
+    ) -> Validated:
+        """The reply as this client gets it: validated (AD when secure, DnssecFailureError when
+        bogus), TTLs capped by the signatures, only validated records, DNSSEC records only for
+        a client that set DO. A client that set CD gets the data unchecked (RFC 4035 §3.2.2)."""
+        body, ttl_offsets, layout = reply
+        try:
+            message = dns.message.from_wire(body)
+        except dns.exception.DNSException as exc:
+            raise UpstreamProtocolError(f"reply unparseable for validation ({exc})") from None
+        if query.cd:
+            self._counters["dnssec_unchecked"] += 1
+            verdict = Verdict(Security.INSECURE)
+        else:
+            qname = dns.name.from_wire(query.question, 0)[0]
+            started = time.perf_counter() if trace is not None else 0.0
+            step = self.validator.validate(message, qname, query.qtype, time.time())
+            asked: list[Question] | None = [] if trace is not None else None
+            verdict = await self._drive(step, group, asked, avoid)
+            if trace is not None:
+                trace.validation = validation_view(verdict, started, len(asked or ()))
+            self._counters[f"dnssec_{verdict.security.name.lower()}"] += 1
+            if verdict.security >= Security.INDETERMINATE:
+                self._log_failure(verdict)
+                indeterminate = verdict.security == Security.INDETERMINATE
+                ede = verdict.ede if verdict.ede is not None else EDECode.DNSSEC_BOGUS
+                raise DnssecFailureError(
+                    ede, verdict.reason, verdict.zone, indeterminate=indeterminate
+                )
+        if verdict.kept is not None or not query.do:
+            # only what was validated goes on, DNSSEC records only to DO clients
+            body = self.validator.render(message, verdict, query.do)
+            layout = wire.scan_reply(body)
+            ttl_offsets = layout.ttl_offsets
+        body = wire.with_flag(body, wire.AD, verdict.security == Security.SECURE)
+        if verdict.ttl_cap is not None:
+            body = wire.cap_ttls(body, ttl_offsets, verdict.ttl_cap)
+            layout = wire.scan_reply(body)
+        status = _STATUS[verdict.security] if not query.cd else ValidationStatus.UNCHECKED
+        note = (verdict.ede, verdict.reason) if verdict.ede is not None else None
+        return Validated(body, ttl_offsets, layout, status, note)
+
+    async def _drive(
+        self,
+        step: Step[T],
+        group: UpstreamGroup,
+        asked: list[Question] | None,
+        avoid: tuple[int, ...],
+    ) -> T:
+        """Run a validation step to its end, asking its questions upstream, round by round;
+        `asked` (for explain) collects the questions. Past MAX_VALIDATION_QUESTIONS for one
+        client query, questions go unasked (as failures): the answer is then indeterminate."""
+        budget = MAX_VALIDATION_QUESTIONS
+        try:
+            questions = next(step)
+            while True:
+                if asked is not None:
+                    asked.extend(questions)
+                budget -= len(questions)
+                if budget < 0:
+                    questions = step.send(dict.fromkeys(questions))
+                    continue
+                replies = await asyncio.gather(*(self._ask(q, group, avoid) for q in questions))
+                answers: Answers = dict(zip(questions, replies, strict=True))
+                questions = step.send(answers)
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _ask(
+        self, question: Question, group: UpstreamGroup, avoid: tuple[int, ...]
+    ) -> dns.message.Message | None:
+        """A DS or DNSKEY reply through the pool; identical questions asked at the same time (a
+        cold zone under many names) share one upstream query, which has a deadline of its own
+        (a query joining late must not inherit the first asker's)."""
+        key = (question, avoid, id(group))
+        task = self._asks.get(key)
+        if task is None:
+            deadline = self._loop.time() + self.timeout
+            task = self._loop.create_task(self._chain_query(question, group, deadline, avoid))
+            self._asks[key] = task
+            task.add_done_callback(lambda _: self._asks.pop(key, None))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return None
+
+    async def _chain_query(
+        self,
+        question: Question,
+        group: UpstreamGroup,
+        deadline: float,
+        avoid: tuple[int, ...],
+    ) -> dns.message.Message | None:
+        name, rdtype = question
+        query = wire.chain_query(name.to_digestable(), rdtype)
+        try:
+            body, _offsets, _layout = await group.forward(query, deadline, dnssec=True, avoid=avoid)
+            return dns.message.from_wire(body)
+        except (UpstreamError, dns.exception.DNSException) as exc:
+            # the owner name stays out of the log: it may be (a part of) a client's query name
+            kind = exc.kind if isinstance(exc, UpstreamError) else "unparseable"
+            log.debug("validator: a DS/DNSKEY question failed (%s)", kind)
+            return None
+
+    def _log_failure(self, verdict: Verdict) -> None:
+        """Logged below the deepest zone the chain proved, with the Extended DNS Error: never
+        a query name (the verdict's own reason may carry one) and never the client; once a
+        minute per zone and error."""
+        zone = next(
+            (link.zone for link in reversed(verdict.chain) if link.security == Security.SECURE),
+            ".",
+        )
+        code = verdict.ede if verdict.ede is not None else EDECode.DNSSEC_BOGUS
+        held_back = self._failure_log.allow((zone, code), self._loop.time())
+        if held_back is None:
+            return
+        more = f" ({held_back} more like it since the last)" if held_back else ""
+        what = dns.edns.EDEOption(EDECode(code)).to_text()  # "EDE 7 (Signature Expired)"
+        state = verdict.security.name.lower()
+        log.warning("DNSSEC %s below zone %s: %s%s", state, zone, what, more)
+
+
+def chain_view(zone: str, security: Security, detail: str) -> ChainLink:
+    return ChainLink(zone, security.name.lower(), detail)
+
+
+def validation_view(verdict: Verdict, started: float, questions: int) -> ValidationView:
+    chain = [chain_view(link.zone, link.security, link.detail) for link in verdict.chain]
+    ms = (time.perf_counter() - started) * 1000
+    security = verdict.security.name.lower()
+    return ValidationView(security, verdict.ede, verdict.reason, verdict.zone, chain, ms, questions)

@@ -12,7 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import dns.edns
+import dns.flags
+import dns.message
 from dns.edns import EDECode
+from dns.rcode import Rcode
+
+from stubby_py.dnssec.outcome import Security
 
 #: how the configuration names a transport → how people do
 TRANSPORT_NAMES = {
@@ -225,3 +231,22 @@ def format_table(report: Mapping[str, Any]) -> str:
         timing += f", validation {report['validation']['ms']:.1f} ms"
     lines.append(f"  timings      {timing}")
     return "\n".join(lines) + "\n"
+
+
+def chain_link(zone: str, security: Security, detail: str) -> ChainLink:
+    return ChainLink(zone, security.name.lower(), detail)
+
+
+def describe_reply(trace: Trace, reply: bytes) -> None:
+    """The answer's rcode, AD and Extended DNS Errors, as the client got them."""
+    message = dns.message.from_wire(reply)
+    trace.rcode = Rcode.to_text(message.rcode())
+    trace.ad = bool(message.flags & dns.flags.AD)
+    trace.ede = [
+        (option.code, option.text or "")
+        for option in message.options
+        if isinstance(option, dns.edns.EDEOption)
+    ]
+    stale = {EDECode.STALE_ANSWER, EDECode.STALE_NXDOMAIN_ANSWER}
+    if trace.source in ("upstream", "held-failure") and any(c in stale for c, _ in trace.ede):
+        trace.source = "stale"

@@ -25,6 +25,7 @@ class LogThrottle:
             self._keys[key] = (seen[0], seen[1] + 1)
             return None
         if seen is None and len(self._keys) >= MAX_KEYS:
-            del self._keys[next(iter(self._keys))]
+            del self._keys[next(iter(self._keys))]  # the one that logged longest ago
+        self._keys.pop(key, None)  # to the end: the oldest line is the first to go
         self._keys[key] = (now, 0)
         return seen[1] if seen is not None else 0

@@ -33,7 +33,6 @@ from dns.rcode import Rcode
 from stubby_py import cache, local, response, wire
 from stubby_py.cache import Cache, CacheLimits, FailureEntry, ValidationStatus, default_cache_file
 from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
-from stubby_py.dnssec.outcome import Security
 from stubby_py.errors import (
     BadVersionError,
     ClientError,
@@ -43,7 +42,7 @@ from stubby_py.errors import (
     RefusedError,
     UpstreamError,
 )
-from stubby_py.explain import CacheView, ChainLink, Trace
+from stubby_py.explain import CacheView, ChainLink, Trace, chain_link, describe_reply
 from stubby_py.pool import Pool, UpstreamHealth
 from stubby_py.ratelimit import RateLimiter
 from stubby_py.router import Router
@@ -579,7 +578,7 @@ class Resolver:
             else:
                 trace.source = "upstream"
             self._answer(query, capture, False, trace)
-        _describe_reply(trace, await asyncio.wait_for(reply, self.config.timeout + 2.0))
+        describe_reply(trace, await asyncio.wait_for(reply, self.config.timeout + 2.0))
         if trace.group == DEFAULT_GROUP:
             trace.key_chain = self._key_chain(qname)
         trace.total_ms = (time.perf_counter() - started) * 1000
@@ -624,8 +623,8 @@ class Resolver:
             if entry is None:
                 continue
             if entry.links:
-                return [_link(link.zone, link.security, link.detail) for link in entry.links]
-            return [_link(entry.zone.to_text(), entry.security, entry.reason)]
+                return [chain_link(link.zone, link.security, link.detail) for link in entry.links]
+            return [chain_link(entry.zone.to_text(), entry.security, entry.reason)]
         return []
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -665,25 +664,6 @@ class Resolver:
                 for i, t in enumerate(group.transports)
             ],
         }  # fmt: skip
-
-
-def _link(zone: str, security: Security, detail: str) -> ChainLink:
-    return ChainLink(zone, security.name.lower(), detail)
-
-
-def _describe_reply(trace: Trace, reply: bytes) -> None:
-    """The answer's rcode, AD and Extended DNS Errors, as the client got them."""
-    message = dns.message.from_wire(reply)
-    trace.rcode = Rcode.to_text(message.rcode())
-    trace.ad = bool(message.flags & dns.flags.AD)
-    trace.ede = [
-        (option.code, option.text or "")
-        for option in message.options
-        if isinstance(option, dns.edns.EDEOption)
-    ]
-    stale = {EDECode.STALE_ANSWER, EDECode.STALE_NXDOMAIN_ANSWER}
-    if trace.source in ("upstream", "held-failure") and any(c in stale for c, _ in trace.ede):
-        trace.source = "stale"
 
 
 def _ms(seconds: float | None) -> float | None:

@@ -26,7 +26,7 @@ from stubby_py.cache import ValidationStatus
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
 from stubby_py.dnssec.validate import Validator
 from stubby_py.errors import DnssecFailureError, UpstreamError, UpstreamProtocolError
-from stubby_py.explain import ChainLink, Trace, ValidationView
+from stubby_py.explain import Trace, ValidationView, chain_link
 from stubby_py.logthrottle import LogThrottle
 from stubby_py.upstreams import UpstreamGroup
 
@@ -243,12 +243,8 @@ class Validation:
         log.warning("DNSSEC %s below zone %s: %s%s", state, zone, what, more)
 
 
-def chain_view(zone: str, security: Security, detail: str) -> ChainLink:
-    return ChainLink(zone, security.name.lower(), detail)
-
-
 def validation_view(verdict: Verdict, started: float, questions: int) -> ValidationView:
-    chain = [chain_view(link.zone, link.security, link.detail) for link in verdict.chain]
+    chain = [chain_link(link.zone, link.security, link.detail) for link in verdict.chain]
     ms = (time.perf_counter() - started) * 1000
     security = verdict.security.name.lower()
     return ValidationView(security, verdict.ede, verdict.reason, verdict.zone, chain, ms, questions)

@@ -26,6 +26,16 @@ def test_one_line_per_key_and_interval_with_the_count_held_back() -> None:
     assert throttle.allow("a", 61.0) is None
 
 
+def test_a_key_that_logs_again_is_not_the_first_forgotten() -> None:
+    throttle = LogThrottle(interval=10.0)
+    for i in range(MAX_KEYS):
+        throttle.allow(i, 0.0)
+    assert throttle.allow(0, 20.0) == 0  # key 0 logs again: now the newest
+    throttle.allow("new", 21.0)  # one over the bound: the oldest (key 1) goes, not key 0
+    assert throttle.allow(0, 22.0) is None
+    assert throttle.allow(1, 22.0) == 0
+
+
 def test_keys_are_bounded() -> None:
     throttle = LogThrottle()
     for i in range(MAX_KEYS + 10):

@@ -10,9 +10,10 @@ the private root's DS as its trust anchor; dnsperf and both servers sit on CPU 1
    stubby-py's CPU per query with validation off and on (key cache warm), for wildcard answers
    with an NSEC or NSEC3 proof and for NXDOMAIN answers in zones of different algorithms.
 2. Latency of the first validated query to a zone (chain of trust fetched) vs a warm one (keys
-   cached) vs validation off, p50 over a bounded number of fresh daemons: ``stubby-py flush``
-   empties the answer cache but not the validator's key cache, so a cold chain needs a new
-   daemon. See bench/README.md.
+   cached) vs validation off, p50 over a bounded number of fresh daemons. A full ``stubby-py
+   flush`` would now empty the validator's key cache too, but a new daemon per round leaves
+   nothing of the round before anywhere in the process (answers, keys, held failures, the
+   upstream connection), so every round starts from the same state. See bench/README.md.
 """
 
 from __future__ import annotations

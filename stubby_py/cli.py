@@ -208,8 +208,13 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 def _ask(args: argparse.Namespace, command: str, **arguments: Any) -> dict[str, Any]:
     path = _socket_path(args)
+    timeout = control.timeout_for(command)
     try:
-        reply = control.request(path, command, **arguments)
+        reply = control.request(path, command, timeout, **arguments)
+    except TimeoutError:
+        raise StubbyError(
+            f"{path}: TimeoutError: no reply from the daemon in {timeout:g} s"
+        ) from None
     except (FileNotFoundError, ConnectionRefusedError):
         raise StubbyError(
             f"no daemon answers on {path}: is it running? (elsewhere: --socket PATH or -c FILE)"
@@ -219,9 +224,11 @@ def _ask(args: argparse.Namespace, command: str, **arguments: Any) -> dict[str, 
             f"{path}: permission denied: run as root or as the daemon's user"
         ) from None
     except (OSError, ValueError) as exc:
-        raise StubbyError(f"{path}: {exc}") from None
+        # some exceptions say nothing in str(): their class then tells what happened
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise StubbyError(f"{path}: {what}") from None
     if not reply.get("ok"):
-        raise StubbyError(str(reply.get("error", "the daemon refused the command")))
+        raise StubbyError(str(reply.get("error") or "the daemon refused the command"))
     return reply
 
 

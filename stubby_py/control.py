@@ -25,6 +25,11 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 MAX_REQUEST = 64 * 1024
+#: how long the client waits for a reply (seconds)
+REQUEST_TIMEOUT = 10.0
+#: `explain` runs a question through the query path: the daemon may take up to its `timeout`
+#: (at most 30 s) and 2 s more before it replies
+EXPLAIN_TIMEOUT = 40.0
 
 
 def default_path() -> str:
@@ -103,7 +108,8 @@ class ControlServer:
             return {"ok": True, **await handler(request)}
         except Exception as exc:  # a failing command must not take the daemon down
             log.exception("control command %s failed", command)
-            return {"ok": False, "error": str(exc)}
+            # str() of some (TimeoutError) is empty: the class still says what happened
+            return {"ok": False, "error": str(exc) or type(exc).__name__}
 
 
 def explain_handler(resolver: Resolver) -> Handler:
@@ -137,8 +143,21 @@ def _answers(path: str) -> bool:
     return True
 
 
-def request(path: str, command: str, timeout: float = 10.0, **arguments: Any) -> dict[str, Any]:
-    """Send one command to a running daemon and return its reply."""
+def timeout_for(command: str) -> float:
+    """How long a client waits for the daemon's reply to command."""
+    return EXPLAIN_TIMEOUT if command == "explain" else REQUEST_TIMEOUT
+
+
+def request(
+    path: str, command: str, timeout: float | None = None, **arguments: Any
+) -> dict[str, Any]:
+    """Send one command to a running daemon and return its reply (timeout: timeout_for).
+
+    Raises TimeoutError when no reply comes in time, ConnectionError when the daemon closes
+    the connection without one, other OSError (FileNotFoundError...) and ValueError (not JSON).
+    """
+    if timeout is None:
+        timeout = timeout_for(command)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -149,5 +168,7 @@ def request(path: str, command: str, timeout: float = 10.0, **arguments: Any) ->
             if not chunk:
                 break
             data += chunk
+    if not data:
+        raise ConnectionError("the daemon closed the connection without a reply")
     reply: dict[str, Any] = json.loads(data)
     return reply

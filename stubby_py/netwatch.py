@@ -58,15 +58,7 @@ MAX_REASONS = 4
 
 def network_changed(resolver: Resolver, reason: str) -> None:
     """The one entry point of every trigger (netlink, resume, tests)."""
-    seen: set[int] = set()
-    for group in resolver.groups.values():
-        group.pool.reset()
-        for transport in group.transports:
-            if id(transport) not in seen:  # after a reload, groups may share a transport
-                seen.add(id(transport))
-                transport.reset()
-    resolver.counters["network_changes"] = resolver.counters.get("network_changes", 0) + 1
-    log.info("network change (%s): upstream connections renewed, backoff reset", reason)
+    resolver.network_changed(reason)
 
 
 # --- rtnetlink, sans I/O -------------------------------------------------------------------------
@@ -545,8 +537,6 @@ class NetworkWatch:
         self.resume = ResumeWatcher(self._changed)
 
     def start(self) -> None:
-        # exported as a metric from the start, not only after the first change
-        self._resolver.counters.setdefault("network_changes", 0)
         self.netlink.start()
         self.resume.start()
 

@@ -131,6 +131,7 @@ class Resolver:
             "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
             "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
             "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
+            "network_changes": 0,
         }  # fmt: skip
         self._apply(config, transports)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
@@ -557,7 +558,8 @@ class Resolver:
         message.flags |= dns.flags.AD  # RFC 6840 §5.7: AD back on a secure answer, same cache key
         query = wire.parse_query(message.to_wire())
         trace = Trace(qname.to_text(), dns.rdatatype.to_text(rdtype), do)
-        trace.rule, trace.group = self._rule_for(qname)
+        rule = self.router.rule_for(query.key[:-5])
+        trace.rule, trace.group = rule if rule is not None else (None, DEFAULT_GROUP)
         now = self._loop.time()
         trace.cache = self._cache_view(query.key, now)
         reply: asyncio.Future[bytes] = self._loop.create_future()
@@ -583,15 +585,6 @@ class Resolver:
             trace.key_chain = self._key_chain(qname)
         trace.total_ms = (time.perf_counter() - started) * 1000
         return trace
-
-    def _rule_for(self, qname: dns.name.Name) -> tuple[str | None, str]:
-        """The most specific forwarding rule covering qname (domain, group), as the router picks."""
-        best: tuple[int, str, str] | None = None
-        for domain, group in self.config.rules:
-            suffix = dns.name.from_text(domain)
-            if qname.is_subdomain(suffix) and (best is None or len(suffix) > best[0]):
-                best = (len(suffix), domain, group)
-        return (best[1], best[2]) if best is not None else (None, DEFAULT_GROUP)
 
     def _cache_view(self, key: bytes, now: float) -> CacheView:
         view = CacheView()
@@ -626,6 +619,20 @@ class Resolver:
                 return [chain_link(link.zone, link.security, link.detail) for link in entry.links]
             return [chain_link(entry.zone.to_text(), entry.security, entry.reason)]
         return []
+
+    def network_changed(self, reason: str) -> None:
+        """The network changed or the machine woke up (netwatch.py): every upstream connection
+        is retired, so no later query travels on one opened before, and every backoff is
+        forgotten, so upstreams are tried again at once. The cache keeps answering meanwhile."""
+        seen: set[int] = set()
+        for group in self.groups.values():
+            group.pool.reset()
+            for transport in group.transports:
+                if id(transport) not in seen:  # groups may share a transport after a reload
+                    seen.add(id(transport))
+                    transport.reset()
+        self.counters["network_changes"] += 1
+        log.info("network change (%s): upstream connections renewed, backoff reset", reason)
 
     # -- life cycle ---------------------------------------------------------------------------
     async def drain(self, timeout: float) -> None:

@@ -19,7 +19,10 @@ def _suffix_key(domain: str) -> bytes:
 class Router:
     def __init__(self, rules: Mapping[str, str]) -> None:
         """rules: domain → group name."""
-        self._rules = {_suffix_key(domain): group for domain, group in rules.items()}
+        #: suffix key → (the domain as configured, group), for rule_for
+        self._described = {_suffix_key(domain): (domain, group) for domain, group in rules.items()}
+        #: suffix key → group, for group_for on every forwarded query
+        self._rules = {key: group for key, (_, group) in self._described.items()}
 
     def __bool__(self) -> bool:
         return bool(self._rules)
@@ -33,5 +36,18 @@ class Router:
             group = rules.get(qname_wire_lower[pos:])
             if group is not None:
                 return group
+            pos += qname_wire_lower[pos] + 1
+        return rules.get(b"\x00")
+
+    def rule_for(self, qname_wire_lower: bytes) -> tuple[str, str] | None:
+        """The most specific rule covering the name, (domain as configured, group), or None.
+        The same walk as group_for, which stays the fast path for queries."""
+        rules = self._described
+        pos = 0
+        end = len(qname_wire_lower)
+        while pos < end:
+            rule = rules.get(qname_wire_lower[pos:])
+            if rule is not None:
+                return rule
             pos += qname_wire_lower[pos] + 1
         return rules.get(b"\x00")

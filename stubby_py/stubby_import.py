@@ -21,9 +21,11 @@ Stubby options and what becomes of them:
   tls_backoff_time (s)                    backoff_max
   tls_ca_file                             ca_file
   tls_min_version                         tls_min_version
-  dnssec, dnssec_return_status            dnssec: validate (TRUE) or off (FALSE); stubby-py
-                                          validates unless told otherwise
-  dnssec_trust_anchors                    trust_anchors (when the file exists)
+  dnssec, dnssec_return_status            dnssec: validate when either is TRUE (Stubby validates
+                                          then), off when every one given is FALSE
+  dnssec_trust_anchors                    trust_anchors, when the file holds DS/DNSKEY records in
+                                          zone-file form (not IANA's root-anchors.xml: ignored,
+                                          the root KSKs are built in)
   appdata_dir, trust_anchors_*            ignored: the root KSKs are built in (no fetching)
   tls_max_version, tls_cipher_list,       ignored, with the reason
     tls_ciphersuites, tls_ca_path,
@@ -71,6 +73,7 @@ IGNORED_WHY = {
     "per TCP connection; it has no global limit",
     "command_line_arguments": "not a configuration option in stubby-py",
 }
+DNSSEC_KEYS = ("dnssec", "dnssec_return_status")
 TLS_VERSIONS = {"GETDNS_TLS1_2": "1.2", "GETDNS_TLS1_3": "1.3"}
 DEFAULT_PORT = 53
 DEFAULT_TLS_PORT = 853
@@ -309,16 +312,35 @@ class _Converter:
     def _tls_ca_file(self, key: str, value: object) -> None:
         self.out.mapped(key, "ca_file", str(value), str(value))
 
-    def _dnssec(self, key: str, value: object) -> None:
-        if str(value).strip() == "GETDNS_EXTENSION_FALSE":
-            self.out.mapped(key, "dnssec", "off", "off (as in the Stubby file)")
+    def _dnssec(self, key: str, _value: object) -> None:
+        # Stubby validates when either option is GETDNS_EXTENSION_TRUE (dnssec_return_status
+        # only adds the status to its replies): both are weighed together, once
+        if "dnssec" in self.out.options:
+            return
+        given = {k: str(self.data[k]).strip() for k in DNSSEC_KEYS if k in self.data}
+        keys = " and ".join(given)
+        if all(value == "GETDNS_EXTENSION_FALSE" for value in given.values()):
+            self.out.mapped(keys, "dnssec", "off", "off (as in the Stubby file)")
         else:
-            self.out.mapped(key, "dnssec", "validate", "validate (AD on secure, SERVFAIL on bogus)")
+            self.out.mapped(
+                keys, "dnssec", "validate", "validate (AD on secure, SERVFAIL on bogus)"
+            )
 
     def _dnssec_trust_anchors(self, key: str, value: object) -> None:
+        from stubby_py.dnssec import anchors  # imports cryptography: only when needed
+
         path = str(value)
         if not os.path.isfile(path):
             self.out.ignored(key, f"{path} does not exist: the built-in root KSKs are used")
+            return
+        try:
+            anchors.load(path)
+        except ConfigError as exc:
+            # Stubby's usual file is IANA's root-anchors.xml, which trust_anchors cannot read
+            self.out.ignored(
+                key, f"{path}: not DS/DNSKEY records in zone-file form (an XML trust anchor "
+                f"file?): the built-in root KSKs are used ({exc})",
+            )  # fmt: skip
             return
         self.out.mapped(key, "trust_anchors", path, path)
 

@@ -8,6 +8,7 @@ The sans-IO pieces (request building, response checks) are tested on their own f
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
 import time
@@ -20,7 +21,7 @@ import pytest
 import trustme
 
 from stubby_py.config import parse_upstream_uri
-from stubby_py.errors import UpstreamProtocolError
+from stubby_py.errors import UpstreamClosedError, UpstreamProtocolError
 from stubby_py.transports import doh as doh_module
 from stubby_py.transports.doh import DoHRequests, DoHResponse
 from tests.conftest import server_context
@@ -374,3 +375,66 @@ def test_dropped_connection_is_replaced(doh: DoHUpstream, ca_file: str) -> None:
         time.sleep(0.1)
         assert answer_address(ask(daemon.port, "next.example.")) == "192.0.2.1"
     assert doh.server.state.handshakes == 2
+
+
+def test_a_connection_retired_while_busy_is_closed_by_aclose(ca: trustme.CA, ca_file: str) -> None:
+    """reset() (a network change) retires a busy connection: it stays the transport's to close
+    until its last stream ends, so shutting down meanwhile still closes it."""
+    with h2_server(server_context(ca)) as server:
+        config = daemon_config(f"https://127.0.0.1:{server.port}/dns-query", ca_file)
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            transport = doh_module.DoHTransport(config.upstreams[0], config)
+            await transport.exchange(_query("first.example."), loop.time() + 5)
+            old = transport._connection
+            assert old is not None
+            server.state.behaviour = "stall"  # the next query is never answered
+            # on the connection itself: exchange() would retry it on a new one after aclose()
+            _, slow = old.send(_query("slow.example."), loop.time() + 10)
+            for _ in range(200):
+                if len(server.state.queries) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(server.state.queries) == 2
+            transport.reset()
+            assert not old._closed and old in transport._retiring  # busy: kept, and tracked
+            await transport.aclose()
+            assert old._closed and old.lost.done()
+            assert not transport._retiring and not transport._open_connections
+            with pytest.raises(UpstreamClosedError):
+                await slow
+
+        asyncio.run(run())
+        assert wait_for(lambda: not server.connections, 3.0)  # the server saw it closed
+
+
+def test_a_retired_connection_is_closed_when_its_last_stream_ends(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    with h2_server(server_context(ca)) as server:
+        config = daemon_config(f"https://127.0.0.1:{server.port}/dns-query", ca_file)
+
+        async def run() -> None:
+            loop = asyncio.get_running_loop()
+            transport = doh_module.DoHTransport(config.upstreams[0], config)
+            try:
+                await transport.exchange(_query("first.example."), loop.time() + 5)
+                old = transport._connection
+                assert old is not None
+                server.state.delay = 0.5
+                slow = loop.create_task(
+                    transport.exchange(_query("slow.example."), loop.time() + 5)
+                )
+                for _ in range(200):
+                    if len(server.state.queries) == 2:
+                        break
+                    await asyncio.sleep(0.01)
+                transport.reset()
+                assert old in transport._retiring and not old._closed
+                assert await slow  # answered on the retired connection
+                assert old._closed and old not in transport._retiring
+            finally:
+                await transport.aclose()
+
+        asyncio.run(run())

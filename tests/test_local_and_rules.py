@@ -14,6 +14,11 @@ def client_query(name: str, rdtype: str = "A") -> wire.ClientQuery:
     return wire.parse_query(dns.message.make_query(name, rdtype).to_wire())
 
 
+def wire_name(name: str) -> bytes:
+    """The lower-cased wire form of the name, as the resolver looks rules up."""
+    return client_query(name).key[:-5]
+
+
 def answer(name: str, rdtype: str = "A") -> dns.message.Message | None:
     query = client_query(name, rdtype)
     zone = local.local_zone(query)
@@ -58,7 +63,7 @@ def test_other_names_are_forwarded(name: str) -> None:
 
 def test_most_specific_rule_wins_case_insensitively() -> None:
     router = Router({"corp.example": "vpn", "dev.corp.example": "lab", "lan": "home"})
-    key = lambda n: client_query(n).key[:-5]  # noqa: E731
+    key = wire_name
     assert router.group_for(key("a.b.Dev.Corp.Example.")) == "lab"
     assert router.group_for(key("www.corp.example.")) == "vpn"
     assert router.group_for(key("corp.example.")) == "vpn"
@@ -66,3 +71,21 @@ def test_most_specific_rule_wins_case_insensitively() -> None:
     assert router.group_for(key("example.")) is None
     assert router.group_for(key("xcorp.example.")) is None
     assert Router({".": "all"}).group_for(key("anything.")) == "all"
+
+
+def test_rule_for_names_the_most_specific_rule_as_configured() -> None:
+    rules = {"corp.example": "vpn", "Dev.Corp.Example.": "lab", "lan": "home"}
+    router = Router(rules)
+    key = wire_name
+    assert router.rule_for(key("a.b.dev.corp.EXAMPLE.")) == ("Dev.Corp.Example.", "lab")
+    assert router.rule_for(key("www.corp.example.")) == ("corp.example", "vpn")
+    assert router.rule_for(key("corp.example.")) == ("corp.example", "vpn")
+    assert router.rule_for(key("NAS.LAN.")) == ("lan", "home")
+    assert router.rule_for(key("example.")) is None
+    assert router.rule_for(key("xcorp.example.")) is None
+    assert Router({".": "all"}).rule_for(key("anything.")) == (".", "all")
+    assert Router({}).rule_for(key("anything.")) is None
+    # group_for agrees with it everywhere
+    for name in ("a.dev.corp.example.", "corp.example.", "nas.lan.", "example.", "."):
+        found = router.rule_for(key(name))
+        assert router.group_for(key(name)) == (found[1] if found else None)

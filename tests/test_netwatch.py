@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import logging
@@ -85,6 +86,7 @@ from stubby_py.netwatch import (
     parse_messages,
     start_watching,
 )
+from stubby_py.resolver import Resolver
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import running_daemon
 from tests.doh_server import (
@@ -401,12 +403,20 @@ def test_resume_is_boottime_running_ahead_of_monotonic() -> None:
 
 def test_resume_watcher_reads_the_clocks(monkeypatch: pytest.MonkeyPatch) -> None:
     clocks = {time.CLOCK_BOOTTIME: 1000.0, time.CLOCK_MONOTONIC: 500.0}
-    monkeypatch.setattr(netwatch.time, "clock_gettime", lambda clock: clocks[clock])
+    # netwatch's own name for the time module, not time.clock_gettime itself: the rest of the
+    # process (the event loop, other threads) keeps the real clocks
+    fake_time = SimpleNamespace(
+        CLOCK_BOOTTIME=time.CLOCK_BOOTTIME,
+        CLOCK_MONOTONIC=time.CLOCK_MONOTONIC,
+        clock_gettime=lambda clock: clocks[clock],
+    )
+    monkeypatch.setattr(netwatch, "time", fake_time)
     seen: list[str] = []
 
     async def run() -> None:
         watcher = ResumeWatcher(seen.append, interval=0.01)
         assert watcher.start()
+        assert time.clock_gettime(time.CLOCK_BOOTTIME) != 1000.0  # the real clock, untouched
         await asyncio.sleep(0.05)
         assert seen == []
         clocks[time.CLOCK_BOOTTIME] += 42.0
@@ -442,15 +452,17 @@ def test_network_changed_resets_every_pool_and_each_transport_once(
             "default": SimpleNamespace(transports=[shared, own], pool=pools[0]),
             "lan": SimpleNamespace(transports=[shared], pool=pools[1]),
         },
-        counters={"queries": 3},
+        counters={"queries": 3, "network_changes": 0},
     )
-    with caplog.at_level(logging.INFO, logger="stubby_py.netwatch"):
+    # the resolver's own method, on the stand-in, reached through netwatch's entry point
+    resolver.network_changed = functools.partial(Resolver.network_changed, resolver)
+    with caplog.at_level(logging.INFO, logger="stubby_py.resolver"):
         network_changed(resolver, "wlan0 up")
         network_changed(resolver, "resumed")
     assert (shared.resets, own.resets) == (2, 2)
     assert [p.resets for p in pools] == [2, 2]
     assert resolver.counters == {"queries": 3, "network_changes": 2}
-    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.netwatch"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.resolver"]
     assert lines == [
         "network change (wlan0 up): upstream connections renewed, backoff reset",
         "network change (resumed): upstream connections renewed, backoff reset",
@@ -462,16 +474,21 @@ def test_watching_can_be_switched_off_and_survives_a_failing_reset(
 ) -> None:
     async def run() -> None:
         assert start_watching(SimpleNamespace(), SimpleNamespace(watch_network=False)) is None
-        broken: Any = SimpleNamespace(groups=None, counters={})
+
+        def fail(reason: str) -> None:
+            raise RuntimeError(f"cannot handle {reason}")
+
+        broken: Any = SimpleNamespace(network_changed=fail)
         watch = NetworkWatch(broken)
         watch.start()
-        assert broken.counters == {"network_changes": 0}
-        watch._changed("eth0 up")  # groups=None: the reset fails, and is logged
+        watch._changed("eth0 up")  # the reset fails, and is logged
+        watch._changed("eth0 down")  # and the watching goes on
         watch.close()
 
     with caplog.at_level(logging.ERROR, logger="stubby_py.netwatch"):
         asyncio.run(run())
     assert "network change (eth0 up) not handled" in caplog.text
+    assert "network change (eth0 down) not handled" in caplog.text
 
 
 # --- the entry point on the real daemon --------------------------------------------------------
@@ -593,7 +610,9 @@ def test_a_busy_connection_finishes_its_queries_and_takes_no_new_one(
         with ThreadPoolExecutor(1) as executor:
             slow = executor.submit(ask, daemon.port, "slow.example.")
             assert wait_for(lambda: len(state.queries) == 2, 3.0)
-            time.sleep(0.1)  # the server has read its delay for the slow query
+            # each server records a query (state.queries) before it reads state.delay for it,
+            # in its own thread: give it time to read 0.8 s before the delay goes back to 0
+            time.sleep(0.1)
             state.delay = 0.0
             daemon.call(network_changed, daemon.resolver, "test")
             assert not _really_closed(old)  # busy: it stays for the query in flight
@@ -746,8 +765,15 @@ def test_the_netlink_watcher_reports_each_burst_once(netns: tuple[str, str]) -> 
         up = _add_link(ip, namespace)  # a new link, still down: no change yet
         assert watcher.next_line(QUIET + 0.7) is None
 
-        # a burst: the link comes up and gets addresses (and so prefix routes)
-        burst = [*up, "addr add 10.201.0.1/24 dev nw0", "addr add 10.202.0.1/24 dev nw0"]
+        # a burst: the link comes up and gets addresses (and so prefix routes). Loopback-range
+        # addresses (the tests' rule), given global scope as a network's own addresses have:
+        # `ip` would make a 127/8 address host-scoped, which the watcher rightly ignores; it
+        # looks at the scope and the interface, never at the address itself
+        burst = [
+            *up,
+            "addr add 127.201.0.1/24 dev nw0 scope global",
+            "addr add 127.202.0.1/24 dev nw0 scope global",
+        ]
         assert _ip_batch(ip, namespace, burst).returncode == 0
         line = watcher.next_line(5.0)
         assert line is not None and line.startswith("change "), line
@@ -756,14 +782,14 @@ def test_the_netlink_watcher_reports_each_burst_once(netns: tuple[str, str]) -> 
 
         # no change to the paths: a lifetime refresh, loopback addresses
         quiet = [
-            "addr change 10.201.0.1/24 dev nw0 valid_lft 300 preferred_lft 300",
+            "addr change 127.201.0.1/24 dev nw0 scope global valid_lft 300 preferred_lft 300",
             "link set lo up",
-            "addr add 10.203.0.1/32 dev lo",
+            "addr add 127.203.0.1/32 dev lo scope global",  # ignored for the interface alone
         ]
         assert _ip_batch(ip, namespace, quiet).returncode == 0
         assert watcher.next_line(QUIET + 0.7) is None
 
-        assert _ip_batch(ip, namespace, ["addr del 10.201.0.1/24 dev nw0"]).returncode == 0
+        assert _ip_batch(ip, namespace, ["addr del 127.201.0.1/24 dev nw0"]).returncode == 0
         line = watcher.next_line(5.0)
         assert line == "change address removed on nw0, route removed", line
         assert watcher.next_line(QUIET + 0.7) is None

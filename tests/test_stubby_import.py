@@ -162,3 +162,79 @@ def test_run_on_a_stubby_file(
             assert ask(port, "from-stubby.example.").rcode() == dns.rcode.NOERROR
             assert "a Stubby configuration, converted" in daemon.stderr_text()
         assert upstream.state.queries
+
+
+# IANA's https://data.iana.org/root-anchors/root-anchors.xml, abridged: the file getdns fetches
+# into appdata_dir and Stubby users often name in dnssec_trust_anchors
+ROOT_ANCHORS_XML = """<?xml version="1.0" encoding="UTF-8"?>
+<TrustAnchor id="380DC50D-484E-40D0-A3AE-68F2B18F61C7" source="http://data.iana.org/root-anchors/root-anchors.xml">
+<Zone>.</Zone>
+<KeyDigest id="Kmyv6jo" validFrom="2024-07-18T00:00:00+00:00">
+<KeyTag>38696</KeyTag>
+<Algorithm>8</Algorithm>
+<DigestType>2</DigestType>
+<Digest>683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16</Digest>
+</KeyDigest>
+</TrustAnchor>
+"""
+
+
+def test_an_xml_trust_anchor_file_is_ignored_and_the_rest_converts(tmp_path: Path) -> None:
+    xml = tmp_path / "root-anchors.xml"
+    xml.write_text(ROOT_ANCHORS_XML)
+    stubby = tmp_path / "stubby.yml"
+    stubby.write_text(
+        "listen_addresses: [127.0.0.1@5353]\n"
+        "upstream_recursive_servers:\n  - address_data: 9.9.9.9\n    tls_auth_name: dns.quad9.net\n"
+        f"dnssec: GETDNS_EXTENSION_TRUE\ndnssec_trust_anchors: {xml}\n"
+    )
+    config, conversion = load(str(stubby))
+    assert config.dnssec == "validate" and config.upstreams[0].auth_name == "dns.quad9.net"
+    assert conversion is not None and "trust_anchors" not in conversion.options
+    notes = {(n.kind, n.key): n.text for n in conversion.notes}
+    text = notes[("ignored", "dnssec_trust_anchors")]
+    assert "not DS/DNSKEY records in zone-file form (an XML trust anchor file?)" in text
+    assert "the built-in root KSKs are used" in text
+
+
+def test_a_zone_file_trust_anchor_file_is_mapped(tmp_path: Path) -> None:
+    zone = tmp_path / "root.ds"
+    zone.write_text(
+        ". IN DS 38696 8 2 683D2D0ACB8C9B712A1948B27F741219298D0A450D612C483AF444A4C0FB2B16\n"
+    )
+    stubby = tmp_path / "stubby.yml"
+    stubby.write_text(
+        "upstream_recursive_servers:\n  - address_data: 9.9.9.9\n    tls_auth_name: dns.quad9.net\n"
+        f"dnssec_trust_anchors: {zone}\n"
+    )
+    config, conversion = load(str(stubby))
+    assert conversion is not None and conversion.options["trust_anchors"] == str(zone)
+    assert config.trust_anchors is not None
+    assert ("mapped", "dnssec_trust_anchors") in {(n.kind, n.key) for n in conversion.notes}
+
+
+@pytest.mark.parametrize(
+    ("dnssec", "return_status", "expected"),
+    [
+        ("GETDNS_EXTENSION_TRUE", "GETDNS_EXTENSION_FALSE", "validate"),
+        ("GETDNS_EXTENSION_FALSE", "GETDNS_EXTENSION_TRUE", "validate"),
+        ("GETDNS_EXTENSION_FALSE", "GETDNS_EXTENSION_FALSE", "off"),
+        ("GETDNS_EXTENSION_TRUE", None, "validate"),
+        (None, "GETDNS_EXTENSION_FALSE", "off"),
+    ],
+)
+def test_dnssec_validates_when_either_option_is_true(
+    dnssec: str | None, return_status: str | None, expected: str
+) -> None:
+    data: dict[str, str] = {"resolution_type": "GETDNS_RESOLUTION_STUB"}
+    # both orders: the later key must not override the earlier
+    for first, second in (("dnssec", "dnssec_return_status"), ("dnssec_return_status", "dnssec")):
+        values = {"dnssec": dnssec, "dnssec_return_status": return_status}
+        ordered = dict(data)
+        for key in (first, second):
+            if values[key] is not None:
+                ordered[key] = str(values[key])
+        conversion = convert(ordered, "stubby.yml")
+        assert conversion.options["dnssec"] == expected, ordered
+        mapped = [n for n in conversion.notes if "dnssec" in n.key]
+        assert len(mapped) == 1 and mapped[0].kind == "mapped"

@@ -292,9 +292,12 @@ class DoHConnection(asyncio.Protocol):
 
     def _retire(self) -> None:
         """No new streams here (stream IDs used up): waiting requests go elsewhere at once,
-        and the connection closes when its last stream ends."""
+        and the connection closes when its last stream ends.
+
+        It is gone for its owner (connection_gone, from _abort) only then: until it is, the
+        owner keeps it among its retiring connections and so closes it in aclose(). New
+        queries never come here meanwhile: is_closed is already true."""
         self._retired = True
-        self._owner.connection_gone(self)
         waiting, self._pending = self._pending, deque()
         for key in waiting:
             self._exchanges.reject(key, UpstreamClosedError(f"{self._label}: connection retired"))
@@ -429,8 +432,8 @@ class DoHConnection(asyncio.Protocol):
         except UpstreamProtocolError as exc:
             self._owner.stats.mismatched += 1
             self._exchanges.reject(key, exc)
-            return
-        self._exchanges.resolve(key, reply)
+        else:
+            self._exchanges.resolve(key, reply)
         self._close_if_drained()
 
     def _handle_stream_reset(self, event: h2.events.StreamReset) -> None:

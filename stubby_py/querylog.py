@@ -50,8 +50,9 @@ class QueryLog:
         self._failing = False
 
     def record(self, client_ip: str, query: wire.ClientQuery, rcode: int, source: str) -> None:
-        """Note one answered query; source says where the answer came from ("cache",
-        "upstream:NAME", "local", "stale", "refused"...)."""
+        """Note one query; source says where the answer came from ("cache", "upstream",
+        "joined", "local", "stale", "held-failure", "rejected", ...); rcode -1 and source
+        "dropped:WHY": dropped unanswered (the access list, the rate limit)."""
         pending = self._pending
         if len(pending) >= MAX_PENDING:
             self.dropped += 1
@@ -112,7 +113,7 @@ def format_line(when: float, client_ip: str, question: bytes, rcode: int, source
     qtype = int.from_bytes(question[-4:-2], "big")
     return (
         f"{stamp}.{millis:03d}Z {client_ip} {_name_text(question[:-4])} "
-        f"{RdataType.to_text(qtype)} {Rcode.to_text(rcode)} {source}\n"
+        f"{RdataType.to_text(qtype)} {Rcode.to_text(rcode) if rcode >= 0 else '-'} {source}\n"
     )
 
 

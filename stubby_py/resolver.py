@@ -63,6 +63,40 @@ TYPE_ANY = 255
 _ANY_HINFO = ("RFC8482", "")
 
 
+class LoggedRespond:
+    """A client's `respond` that also writes the query log line: where the answer came from
+    ("cache", "upstream", "joined", "stale", "held-failure", "local", "any-minimal", "rejected",
+    "rate-limited"), set on the way by `_mark`, or a line for a query dropped unanswered."""
+
+    __slots__ = ("client_ip", "log", "query", "respond", "source")
+
+    def __init__(
+        self, respond: Respond, query_log: Any, client_ip: str, query: wire.ClientQuery
+    ) -> None:
+        self.respond = respond
+        self.log = query_log
+        self.client_ip = client_ip
+        self.query = query
+        self.source = "upstream"
+
+    def __call__(self, reply: bytes) -> None:
+        self.respond(reply)
+        self.log.record(self.client_ip, self.query, response.rcode_of(reply), self.source)
+
+    def dropped(self, why: str) -> None:
+        self.log.record(self.client_ip, self.query, -1, f"dropped:{why}")
+
+
+def _mark(respond: Respond, source: str) -> None:
+    if respond.__class__ is LoggedRespond:
+        respond.source = source
+
+
+def _dropped(respond: Respond, why: str) -> None:
+    if respond.__class__ is LoggedRespond:
+        respond.dropped(why)
+
+
 class AccessList:
     """Client networks allowed to query; verdicts cached per address string."""
 
@@ -253,10 +287,12 @@ class Resolver:
         and what the access list or the rate limit say to drop."""
         self.counters["queries"] += 1
         query = self._read(data, respond)
-        if query is None or not self._admit(query, data, client_ip, respond):
+        if query is None:
             return
         if self.query_log is not None:
-            respond = self._logged(respond, client_ip, query)
+            respond = LoggedRespond(respond, self.query_log, client_ip, query)
+        if not self._admit(query, data, client_ip, respond):
+            return
         if query.qtype == TYPE_ANY and udp:
             self._answer_any(query, respond)
             return
@@ -293,12 +329,16 @@ class Resolver:
         if not self.acl.allows(client_ip):
             if self.config.deny_action == "drop":
                 self.counters["dropped"] += 1
+                _dropped(respond, "denied")
             else:
                 self._reject(respond, query, data, RefusedError())
             return False
         if self.rate_limiter is not None and not self._within_rate(client_ip):
             if self.config.rate_limit_action == "refuse":
+                _mark(respond, "rate-limited")
                 self._reject(respond, query, data, RefusedError("rate limited"))
+            else:
+                _dropped(respond, "rate-limited")
             return False
         if query.edns_version > 0:
             self._reject(respond, query, data, BadVersionError())
@@ -314,13 +354,6 @@ class Resolver:
         self.counters["rate_limited"] += 1
         return False
 
-    def _logged(self, respond: Respond, client_ip: str, query: wire.ClientQuery) -> Respond:
-        def respond_and_log(reply: bytes) -> None:
-            respond(reply)
-            self.query_log.record(client_ip, query, response.rcode_of(reply), "answer")
-
-        return respond_and_log
-
     def _answer_locally(self, query: wire.ClientQuery, respond: Respond, udp: bool) -> bool:
         """RFC 6761/6303/8375 names: answered here unless a forwarding rule claims them."""
         zone = local.local_zone(query)
@@ -329,6 +362,7 @@ class Resolver:
         if not local.is_always_local(zone) and self.router.group_for(query.key[:-5]) is not None:
             return False
         self.counters["local"] += 1
+        _mark(respond, "local")
         limit = response.udp_limit(query) if udp else None
         respond(response.client_reply(local.local_answer(query, zone), query, limit=limit))
         return True
@@ -336,6 +370,7 @@ class Resolver:
     def _answer_any(self, query: wire.ClientQuery, respond: Respond) -> None:
         """RFC 8482: no conventional ANY answer over UDP (an amplification favourite)."""
         self.counters["any_minimal"] += 1
+        _mark(respond, "any-minimal")
         respond(response.client_reply(local.hinfo_answer(query, *_ANY_HINFO), query, limit=None))
 
     def _answer(
@@ -350,6 +385,8 @@ class Resolver:
             limit = response.udp_limit(query) if udp else None
             notes = self._answer_notes
             ede = notes.get(query.key) if notes else None
+            if respond.__class__ is LoggedRespond:
+                _mark(respond, "cache")
             respond(response.client_reply(body, query, limit=limit, ede=ede))
             if cache.prefetch_due:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
@@ -358,6 +395,7 @@ class Resolver:
         waiters = self._inflight.get(query.key)
         if waiters is not None:
             self.counters["joined"] += 1
+            _mark(respond, "joined")
             waiters.append((query, respond, udp))
             return
         held = cache.failure(query.key, now)
@@ -392,6 +430,8 @@ class Resolver:
         """Answer a request we will not forward: FORMERR, NOTIMP, REFUSED or BADVERS."""
         name = Rcode.to_text(error.rcode).lower()
         self.counters[name] = self.counters.get(name, 0) + 1
+        if respond.__class__ is LoggedRespond and respond.source == "upstream":
+            _mark(respond, "rejected")
         if query is None:
             flags = wire.U16.unpack_from(data, 2)[0]
             respond(wire.header_only_reply(None, wire.header_id(data), flags, error.rcode))
@@ -510,6 +550,7 @@ class Resolver:
         if stale is None:
             return False
         self.counters["stale"] += 1
+        _mark(respond, "stale")
         # RFC 8914 §4.4 and §4.20: EDE 3 Stale Answer, or 19 for a stale NXDOMAIN
         if response.rcode_of(stale) == Rcode.NXDOMAIN:
             ede = (EDECode.STALE_NXDOMAIN_ANSWER, "")
@@ -532,6 +573,7 @@ class Resolver:
             return
         self.counters["cached_failures"] += 1
         self.counters["servfail"] += 1
+        _mark(respond, "held-failure")
         if held.reply is not None:
             respond(response.client_reply(held.reply, query, limit=limit))
             return

@@ -179,12 +179,16 @@ def test_query_log_records_answered_queries(daemon: DaemonThread, tmp_path: Path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     lines = path.read_text().splitlines()
     names = [f"{n}.example." for n in "abc"] * 2
-    assert [line.split()[1:5] for line in lines[:6]] == [
-        ["127.0.0.1", name, "A", "NOERROR"] for name in names
+    sources = ["upstream"] * 3 + ["cache"] * 3  # asked twice: the second time from the cache
+    assert [line.split()[1:6] for line in lines[:6]] == [
+        ["127.0.0.1", name, "A", "NOERROR", source]
+        for name, source in zip(names, sources, strict=True)
     ]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", lines[0].split()[0])
-    # a refused query is logged or not as the resolver decides; never as answered
-    assert all(line.split()[4] == "REFUSED" for line in lines[6:])
+    # the client outside the allow list: refused by the request checks, and logged so
+    assert [line.split()[1:6] for line in lines[6:]] == [
+        ["127.0.0.2", "refused.example.", "A", "REFUSED", "rejected"]
+    ]
 
 
 def test_query_log_batches_escapes_and_reopens(tmp_path: Path) -> None:
@@ -208,3 +212,26 @@ def test_query_log_batches_escapes_and_reopens(tmp_path: Path) -> None:
 def test_no_query_log_by_default(dot_upstream: LocalUpstream, ca_file: str) -> None:
     with running_daemon(make_config([dot_uri(dot_upstream)], ca_file)) as daemon:
         assert daemon.daemon.query_log is None and daemon.resolver.query_log is None
+
+
+def test_query_log_says_where_answers_came_from_and_what_was_dropped(
+    dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "queries.log"
+    config = make_config(
+        [dot_uri(dot_upstream)], ca_file, query_log=str(path), rate_limit=1.0,
+        rate_limit_burst=3, rate_limit_exempt=(), rate_limit_action="drop",
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        assert ask(daemon.port, "localhost.", "A").rcode() == dns.rcode.NOERROR
+        assert ask(daemon.port, "x.example.").rcode() == dns.rcode.NOERROR
+        assert ask(daemon.port, "x.example.").rcode() == dns.rcode.NOERROR
+        assert udp_burst(daemon.port, ["over.example."], "127.0.0.1", wait=0.5) == 0
+        daemon.call(daemon.daemon.query_log.flush)
+    lines = [line.split()[2:6] for line in path.read_text().splitlines()]
+    assert lines == [
+        ["localhost.", "A", "NOERROR", "local"],
+        ["x.example.", "A", "NOERROR", "upstream"],
+        ["x.example.", "A", "NOERROR", "cache"],
+        ["over.example.", "A", "-", "dropped:rate-limited"],
+    ]

@@ -31,8 +31,10 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import dns.flags
 import dns.message
 import dns.rcode
+import dns.rdatatype
 from cryptography import x509
 
 from stubby_py.config import Config, UpstreamSpec
@@ -47,7 +49,9 @@ from stubby_py.failures import connect_error
 from stubby_py.transports import make_transport
 from stubby_py.transports.tls import check_pins, client_context, server_hostname, spki_pin
 
-#: the test query: the root's name servers (every resolver answers it; it tells nothing of us)
+#: the test query: the root's name servers (every resolver answers it; it tells nothing of us),
+#: asked with DO and CD as the validator asks: the root signs them, so an upstream that hands
+#: back no RRSIG strips DNSSEC data, and validated answers through it would all fail
 QUERY_NAME = "."
 QUERY_TYPE = "NS"
 #: _ssl.ENCODING_DER (not exported by ssl)
@@ -75,6 +79,8 @@ class QueryResult:
     ms: float | None = None
     error: str | None = None
     kind: str | None = None
+    #: whether the answer carried RRSIGs (DO honoured): None when there was no answer
+    dnssec: bool | None = None
 
 
 @dataclass
@@ -291,7 +297,8 @@ async def _run_query(
     result = QueryResult(QUERY_NAME, QUERY_TYPE)
     report.query = result
     pad = config.padding_block_size if spec.is_encrypted and config.padding_block_size else 0
-    query = dns.message.make_query(QUERY_NAME, QUERY_TYPE, use_edns=0, pad=pad)
+    query = dns.message.make_query(QUERY_NAME, QUERY_TYPE, use_edns=0, pad=pad, want_dnssec=True)
+    query.flags |= dns.flags.CD
     query.id = 0
     if transport is None:
         transport = make_transport(spec, config)
@@ -302,7 +309,13 @@ async def _run_query(
         result.ms = (time.perf_counter() - started) * 1000
         reply = dns.message.from_wire(wire)
         result.rcode = dns.rcode.to_text(reply.rcode())
-        result.answers = [rr.to_text() for rrset in reply.answer for rr in rrset.to_rdataset()]
+        result.answers = [
+            rr.to_text()
+            for rrset in reply.answer
+            if rrset.rdtype != dns.rdatatype.RRSIG
+            for rr in rrset.to_rdataset()
+        ]
+        result.dnssec = any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in reply.answer)
     except UpstreamError as exc:
         result.error = str(exc.args[0]) if exc.args else exc.kind
         result.kind = exc.kind
@@ -384,6 +397,8 @@ def _format_one(r: UpstreamReport) -> str:
         lines.extend(_certificate_lines(r, r.certificate))
     if r.query is not None:
         lines.append(f"  query        {_query_text(r.query)}")
+        if r.query.dnssec is not None:
+            lines.append(f"  dnssec       {_dnssec_text(r.query.dnssec)}")
     return "\n".join(lines) + "\n\n"
 
 
@@ -413,6 +428,15 @@ def _query_text(q: QueryResult) -> str:
     shown = "; ".join(q.answers[:3]) + (" ..." if len(q.answers) > 3 else "")
     return f"{q.name} {q.type}: {q.rcode}, {len(q.answers)} answers, {_ms(q.ms)}" + (
         f": {shown}" if shown else ""
+    )
+
+
+def _dnssec_text(signed: bool) -> str:
+    if signed:
+        return "RRSIGs returned with DO: answers through it can be validated"
+    return (
+        "NO RRSIG for the signed root NS with DO set: this upstream strips DNSSEC data, "
+        "and with `dnssec: validate` answers through it will fail validation"
     )
 
 

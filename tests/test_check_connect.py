@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.conftest import AUTH_NAME, dot_uri
+from tests.dnssec_hierarchy import Hierarchy
 from tests.doh_server import h2_server, write_cert_files
 from tests.quic_servers import doq_server, h3_server
 from tests.upstream_server import local_upstream
@@ -104,7 +105,25 @@ def test_good_upstream_reports_everything(good_leaf: trustme.LeafCert, ca_file: 
     assert up["chain"][0]["spki_pin"] == pin_of(good_leaf)
     assert len(up["chain"]) == 2
     assert up["query"]["rcode"] == "NOERROR" and up["query"]["ms"] > 0
+    # this test upstream serves unsigned local data: the report says it strips DNSSEC
+    assert up["query"]["dnssec"] is False
     assert up["pins_configured"] == [] and up["pins_matched"] is None
+
+
+def test_an_upstream_that_returns_dnssec_data_is_told_apart(dnssec_hierarchy: Hierarchy) -> None:
+    """The test query goes with DO and CD: the signed (private) root's NS come back with their
+    RRSIG from a resolver that keeps DNSSEC data; the table says what that means."""
+    status, report, _ = run_check("--upstream", dnssec_hierarchy.resolver_upstream)
+    assert status == 0
+    up = only(report)
+    assert up["query"]["dnssec"] is True
+    assert up["query"]["answers"] and all("RRSIG" not in a for a in up["query"]["answers"])
+    table = subprocess.run(
+        [sys.executable, "-m", "stubby_py", "check", "--connect",
+         "--upstream", dnssec_hierarchy.resolver_upstream],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "RRSIGs returned with DO" in table.stdout, table.stdout
 
 
 def test_name_mismatch(good_leaf: trustme.LeafCert, ca_file: str) -> None:

@@ -39,6 +39,9 @@ _STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: Validati
 MAX_VALIDATION_QUESTIONS = 96
 #: other upstreams asked after a bogus answer, before SERVFAIL
 MAX_BOGUS_RETRIES = 2
+_DNSSEC_TYPES = frozenset({46, 47, 50})  # RRSIG, NSEC, NSEC3
+#: question types never answered by the shortcut: CNAME/DNAME chains, ANY, DNSSEC types
+_NOT_SHORTCUT = frozenset({5, 39, 255, 43, 48, 46, 47, 50})
 
 
 @dataclass(slots=True)
@@ -124,6 +127,10 @@ class Validation:
         bogus), TTLs capped by the signatures, only validated records, DNSSEC records only for
         a client that set DO. A client that set CD gets the data unchecked (RFC 4035 §3.2.2)."""
         body, ttl_offsets, layout = reply
+        if not query.cd:
+            shortcut = self._unsigned_in_insecure_zone(query, reply)
+            if shortcut is not None:
+                return shortcut
         try:
             message = dns.message.from_wire(body)
         except dns.exception.DNSException as exc:
@@ -159,6 +166,33 @@ class Validation:
         status = _STATUS[verdict.security] if not query.cd else ValidationStatus.UNCHECKED
         note = (verdict.ede, verdict.reason) if verdict.ede is not None else None
         return Validated(body, ttl_offsets, layout, status, note)
+
+    def _unsigned_in_insecure_zone(
+        self, query: wire.ClientQuery, reply: Scanned
+    ) -> Validated | None:
+        """Most of the DNS is unsigned. A reply with no DNSSEC record and no CNAME or DNAME to
+        follow, for a name the key cache already knows to be below an insecure delegation, is
+        insecure as it stands: no parse, no render (nothing to strip). Anything else (an RRSIG,
+        a chain that may lead into a signed zone, a name not known) takes the full path."""
+        body, ttl_offsets, layout = reply
+        if query.qtype in _NOT_SHORTCUT:
+            return None
+        answer, other = wire.record_types(body)
+        if answer - {query.qtype} or (answer | other) & _DNSSEC_TYPES:
+            return None
+        qname = dns.name.from_wire(query.question, 0)[0]
+        now = time.time()
+        zone = self.validator.chain.known_insecure(qname, now)
+        if zone is None:
+            return None
+        self._counters["dnssec_insecure"] += 1
+        body = wire.with_flag(body, wire.AD, False)
+        cap = int(zone.expires - now)
+        if layout.min_ttl is not None and layout.min_ttl > cap:
+            body = wire.cap_ttls(body, ttl_offsets, max(cap, 0))
+            layout = wire.scan_reply(body)
+        note = (zone.ede, zone.reason) if zone.ede is not None else None
+        return Validated(body, ttl_offsets, layout, ValidationStatus.INSECURE, note)
 
     async def _drive(
         self,

@@ -273,6 +273,23 @@ def scan_reply(data: bytes) -> ReplyLayout:
     )
 
 
+def record_types(data: bytes) -> tuple[set[int], set[int]]:
+    """The record types of a well-formed reply (one `scan_reply` accepted): those of the answer
+    section, and those of the other two."""
+    _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    pos = HEADER_LEN
+    for _ in range(qdcount):
+        pos = _skip_name(data, pos) + 4
+    answer: set[int] = set()
+    other: set[int] = set()
+    for index in range(ancount + nscount + arcount):
+        pos = _skip_name(data, pos)
+        rtype, _rclass, _ttl, rdlen = RR_FIXED.unpack_from(data, pos)
+        (answer if index < ancount else other).add(rtype)
+        pos += 10 + rdlen
+    return answer, other
+
+
 def opt_rcode_high(data: bytes, opt_span: tuple[int, int]) -> int:
     """The upper 8 bits of an extended RCODE, from the OPT record's TTL field."""
     return data[opt_span[0] + 5]

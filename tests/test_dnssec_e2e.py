@@ -11,8 +11,10 @@ delv's view of the same cases is in test_dnssec_hierarchy.py.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import dns.edns
 import dns.flags
@@ -235,6 +237,9 @@ def test_unsupported_algorithms_are_flagged(port: int, name: str, code: int) -> 
         reply = ask(port, name)
         assert reply.rcode() == NOERROR and not has_ad(reply), describe(reply)
         assert ede_codes(reply) == [code], describe(reply)
+    # another name in the zone, now known insecure (the short path): the same EDE
+    other = ask(port, "nx." + name.removeprefix("www."))
+    assert other.rcode() == NXDOMAIN and ede_codes(other) == [code], describe(other)
 
 
 def test_too_many_nsec3_iterations_are_flagged(port: int) -> None:
@@ -410,3 +415,40 @@ def test_turning_validation_on_forgets_answers_cached_unchecked(
         daemon.call(daemon.resolver.reconfigure, replace(config, dnssec="validate"))
         checked = ask(daemon.port, "www.changed.test.")
         assert checked.rcode() == SERVFAIL and 6 in ede_codes(checked), describe(checked)
+
+
+def test_unsigned_answers_below_a_known_insecure_delegation_take_the_short_path(
+    dnssec_hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the key cache knows insecure.test. is an unsigned delegation, an unsigned answer
+    below it (no RRSIG, no CNAME to follow) is insecure without being parsed or rewritten;
+    a CNAME into it, or signed data, still takes the whole path."""
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    parses: list[int] = []
+    real_from_wire = dns.message.from_wire
+
+    def counting_from_wire(*args: Any, **kwargs: Any) -> dns.message.Message:
+        if threading.current_thread() is not threading.main_thread():  # the daemon's, not ours
+            parses.append(1)
+        return real_from_wire(*args, **kwargs)
+
+    with running_daemon(config) as daemon:
+        first = ask(daemon.port, "www.insecure.test.", do=False)
+        assert first.rcode() == NOERROR and not has_ad(first), describe(first)
+        monkeypatch.setattr("stubby_py.validation.dns.message.from_wire", counting_from_wire)
+        for name, rdtype, rcode in (
+            ("www.insecure.test.", "TXT", NOERROR),
+            ("nx.insecure.test.", "A", NXDOMAIN),
+        ):
+            reply = ask(daemon.port, name, rdtype, do=False, ad=True)
+            assert reply.rcode() == rcode and not has_ad(reply), describe(reply)
+        assert parses == []  # the short path: not parsed
+        chained = ask(daemon.port, "to-insecure.nsec.test.", ad=True)
+        assert rdata_texts(chained, dns.rdatatype.A) == ["192.0.2.21"] and not has_ad(chained)
+        assert parses  # a chain to follow: the whole path
+        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        assert counters["dnssec_insecure"] >= 4 and counters["dnssec_bogus"] == 0

@@ -87,6 +87,8 @@ class TrustAnchors:
         """The deepest anchored zone at or above `name` (where its chain of trust starts)."""
         if not name.is_absolute():
             raise ValueError(f"{name} is not an absolute name")
+        if len(self.anchors) == 1 and dns.name.root in self.anchors:
+            return dns.name.root  # the usual case: the root's anchors only, above every name
         for _ in range(len(name)):
             if name in self.anchors:
                 return name

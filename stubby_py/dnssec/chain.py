@@ -166,6 +166,19 @@ class KeyChain:
         self._zones.clear()
         self._not_cuts.clear()
 
+    def known_insecure(self, name: dns.name.Name, now: float) -> ZoneKeys | None:
+        """The remembered insecure delegation `name` is at or below, when the deepest zone the
+        key cache knows on its path (below the nearest trust anchor) is one; else None."""
+        anchor = self.anchors.closest(name)
+        if anchor is None:
+            return None
+        zones = self._zones
+        for depth in range(len(name), len(anchor) - 1, -1):  # the deepest first
+            entry = zones.get(name.split(depth)[1])
+            if entry is not None and entry.expires > now:
+                return entry if entry.security == Security.INSECURE else None
+        return None
+
     def forget_bogus(self, zone: dns.name.Name) -> None:
         """Forget that `zone` was found bogus: the next walk asks again (another upstream)."""
         entry = self._zones.get(zone)

@@ -158,6 +158,8 @@ class Config:
     dnssec_clock_skew: int = 3600
     #: NSEC3 with more hash iterations than this is treated as insecure (RFC 9276)
     nsec3_max_iterations: int = 150
+    #: follow the trust anchors' key rollovers (RFC 5011), state kept in the state directory
+    trust_anchor_updates: bool = True
     #: renew upstream connections after network changes and resume from suspend (Linux)
     watch_network: bool = True
     #: where the configuration came from (for messages)
@@ -466,6 +468,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "dnssec_clock_skew": lambda n: r.integer(n, "dnssec_clock_skew", 0, 86_400),
         "nsec3_max_iterations": lambda n: r.integer(n, "nsec3_max_iterations", 0, 65_535),
         "watch_network": lambda n: r.boolean(n, "watch_network"),
+        "trust_anchor_updates": lambda n: r.boolean(n, "trust_anchor_updates"),
     }
 
 

@@ -18,7 +18,7 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dns.edns
@@ -205,6 +205,7 @@ class Resolver:
             self._answer_notes.clear()
             if self.validation is not None:
                 self.cache.flush()
+                self._aside(self.validation.aclose())
             elif validation is not None:
                 self.cache.drop_unvalidated()
         self.config = config
@@ -222,6 +223,7 @@ class Resolver:
         if config.dnssec != "validate":
             return None
         # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
+        from stubby_py.anchor_updates import AnchorUpdates, default_state_file
         from stubby_py.dnssec import anchors
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
@@ -231,16 +233,28 @@ class Resolver:
         old = self.validation
         if (
             old is not None
-            and old.validator.chain.anchors == trusted
+            and old.configured == trusted
+            and (old.updates is not None) == config.trust_anchor_updates
             and old.validator.chain.skew == config.dnssec_clock_skew
             and old.validator.chain.max_iterations == config.nsec3_max_iterations
         ):
             old.timeout = config.timeout
             return old
+        updates = None
+        if config.trust_anchor_updates:
+            updates = AnchorUpdates(trusted, default_state_file(os.environ))
         chain = KeyChain(
-            trusted, skew=config.dnssec_clock_skew, max_iterations=config.nsec3_max_iterations
+            updates.anchors() if updates is not None else trusted,
+            skew=config.dnssec_clock_skew,
+            max_iterations=config.nsec3_max_iterations,
+            on_anchor_keys=updates.observe if updates is not None else None,
         )
-        return Validation(Validator(chain), config.timeout, self.counters)
+        if updates is not None:
+            updates.chain = chain
+        return Validation(
+            Validator(chain), config.timeout, self.counters, configured=trusted, updates=updates,
+            main_group=lambda: self.groups[DEFAULT_GROUP],
+        )  # fmt: skip
 
     @property
     def validator(self) -> Validator | None:
@@ -262,9 +276,13 @@ class Resolver:
         retired = [t for t in old if id(t) not in kept]
         if retired:
             self._retired.extend(retired)
-            task = self._loop.create_task(self._retire(retired))
-            self._tasks_aside.add(task)
-            task.add_done_callback(self._tasks_aside.discard)
+            self._aside(self._retire(retired))
+
+    def _aside(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run work nobody waits for (retiring, closing); cancelled at shutdown."""
+        task = self._loop.create_task(work)
+        self._tasks_aside.add(task)
+        task.add_done_callback(self._tasks_aside.discard)
 
     async def _retire(self, transports: list[Transport]) -> None:
         await asyncio.sleep(self.config.timeout + 0.5)
@@ -688,8 +706,10 @@ class Resolver:
             saved = cache.save(self.cache, self.cache_file, self._loop.time(), time.time())
             if saved:
                 log.info("cache: %d answers saved to %s", len(self.cache), self.cache_file)
-        for task in self._tasks_aside:
+        for task in list(self._tasks_aside):
             task.cancel()
+        if self.validation is not None:
+            await self.validation.aclose()
         for group in self.groups.values():
             await group.aclose()
         for transport in self._retired:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.edns
@@ -22,7 +23,9 @@ from dns.edns import EDECode
 from dns.rcode import Rcode
 
 from stubby_py import wire
+from stubby_py.anchor_updates import AnchorUpdates
 from stubby_py.cache import ValidationStatus
+from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
 from stubby_py.dnssec.validate import Validator
 from stubby_py.errors import DnssecFailureError, UpstreamError, UpstreamProtocolError
@@ -57,8 +60,23 @@ class Validated:
 
 
 class Validation:
-    def __init__(self, validator: Validator, timeout: float, counters: dict[str, int]) -> None:
+    def __init__(
+        self,
+        validator: Validator,
+        timeout: float,
+        counters: dict[str, int],
+        *,
+        configured: TrustAnchors | None = None,
+        updates: AnchorUpdates | None = None,
+        main_group: Callable[[], UpstreamGroup] | None = None,
+    ) -> None:
+        """configured: the trust anchors as configured (before RFC 5011 updates); updates:
+        RFC 5011 tracking, refreshed through `main_group()`, the current main pool."""
         self.validator = validator
+        self.configured = configured
+        self.updates = updates
+        if updates is not None and main_group is not None:
+            updates.start(lambda zone: self.authenticate_keys(zone, main_group()))
         #: seconds a DS/DNSKEY question may take (the configured query timeout)
         self.timeout = timeout
         self._counters = counters
@@ -193,6 +211,15 @@ class Validation:
             layout = wire.scan_reply(body)
         note = (zone.ede, zone.reason) if zone.ede is not None else None
         return Validated(body, ttl_offsets, layout, ValidationStatus.INSECURE, note)
+
+    async def authenticate_keys(self, zone: dns.name.Name, group: UpstreamGroup) -> object:
+        """Fetch and authenticate an anchored zone's DNSKEY RRset (the RFC 5011 refresh)."""
+        step = self.validator.chain.keys_for(zone, time.time())
+        return await self._drive(step, group, None, ())
+
+    async def aclose(self) -> None:
+        if self.updates is not None:
+            await self.updates.aclose()
 
     async def _drive(
         self,

@@ -11,9 +11,13 @@ delv's view of the same cases is in test_dnssec_hierarchy.py.
 
 from __future__ import annotations
 
+import json
+import stat
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dns.edns
@@ -452,3 +456,27 @@ def test_unsigned_answers_below_a_known_insecure_delegation_take_the_short_path(
         assert parses  # a chain to follow: the whole path
         counters = daemon.call(daemon.resolver.snapshot)["counters"]
         assert counters["dnssec_insecure"] >= 4 and counters["dnssec_bogus"] == 0
+
+
+def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(
+    dnssec_hierarchy: Hierarchy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RFC 5011 §2.3: the root's keys are fetched again on a schedule of their own, with no
+    query asking; their states go to $STATE_DIRECTORY/trust-anchors.json (systemd's
+    StateDirectory=), the configured key Valid."""
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
+    monkeypatch.setattr("stubby_py.anchor_updates.FIRST_REFRESH", 0.2)
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    state = tmp_path / "trust-anchors.json"
+    with running_daemon(config):
+        deadline = time.monotonic() + 10
+        while not state.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert state.exists(), "no refresh wrote the state"
+    assert stat.S_IMODE(state.stat().st_mode) == 0o600
+    root = json.loads(state.read_text())["."]
+    assert [key["state"] for key in root["keys"]] == ["Valid"]

@@ -43,6 +43,8 @@ from stubby_py.dnssec.verify import (
 )
 
 V = TypeVar("V")
+#: (zone, its authenticated DNSKEY RRset, their RRSIGs, now)
+AnchorObserver = Callable[[dns.name.Name, dns.rrset.RRset, dns.rrset.RRset | None, float], None]
 DS_TYPE = dns.rdatatype.DS
 DNSKEY_TYPE = dns.rdatatype.DNSKEY
 #: how long a bogus zone is remembered (Unbound's val-bogus-ttl)
@@ -149,8 +151,12 @@ class KeyChain:
         skew: float = 300.0,
         max_iterations: int = 150,
         bogus_ttl: float = BOGUS_TTL,
+        on_anchor_keys: AnchorObserver | None = None,
     ) -> None:
+        """on_anchor_keys: told of every DNSKEY RRset of an anchored zone authenticated
+        through the anchors (RFC 5011 tracking); it may replace `anchors`."""
         self.anchors = anchors
+        self.on_anchor_keys = on_anchor_keys
         self.skew = skew
         self.max_iterations = max_iterations
         self.bogus_ttl = bogus_ttl
@@ -178,6 +184,10 @@ class KeyChain:
             if entry is not None and entry.expires > now:
                 return entry if entry.security == Security.INSECURE else None
         return None
+
+    def forget(self, zone: dns.name.Name) -> None:
+        """Forget what is known of `zone` (its keys are fetched and checked again when needed)."""
+        self._zones.pop(zone, None)
 
     def forget_bogus(self, zone: dns.name.Name) -> None:
         """Forget that `zone` was found bogus: the next walk asks again (another upstream)."""
@@ -323,9 +333,12 @@ class KeyChain:
         vouched = keys_matching_ds(zone, keys, usable)
         vouched += [key for key in keys if key in anchor.dnskeys and key not in vouched]
         until = now + MAX_KEY_TTL
-        return self._authenticate(
+        result = self._authenticate(
             zone, keys, vouched, rrset, sigs, until, "trust anchor", (), now, budget
         )
+        if result.security == Security.SECURE and self.on_anchor_keys is not None:
+            self.on_anchor_keys(zone, rrset, sigs, now)
+        return result
 
     def _descend(
         self,

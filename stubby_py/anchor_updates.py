@@ -1,0 +1,143 @@
+"""RFC 5011 at work: the trust anchors follow the anchored zones' key rollovers.
+
+`dnssec/rfc5011.py` keeps each anchored zone's key states (sans-IO); this module feeds it every
+DNSKEY RRset the chain of trust authenticates through the anchors, hands the resulting anchors
+back to the key chain, keeps the state in a file across restarts (under systemd's
+StateDirectory=), and asks for the DNSKEY RRset again when RFC 5011 §2.3 says to, so a daemon
+that runs for months sees a rollover through even when nobody asks about the root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import dns.name
+import dns.rrset
+
+from stubby_py.dnssec import rfc5011
+from stubby_py.dnssec.anchors import TrustAnchors
+from stubby_py.dnssec.chain import KeyChain
+
+log = logging.getLogger(__name__)
+
+#: the state file's name in the state directory
+STATE_FILE = "trust-anchors.json"
+#: the first refresh after start, seconds (then as RFC 5011 §2.3 says)
+FIRST_REFRESH = 60.0
+#: a refresh never waits longer than this, seconds (the hold-down is counted in days)
+MAX_REFRESH = 86_400.0
+
+
+def default_state_file(environ: Mapping[str, str]) -> str | None:
+    """$STATE_DIRECTORY/trust-anchors.json under systemd; else none (tracked in memory only)."""
+    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return os.path.join(state, STATE_FILE) if state else None
+
+
+class AnchorUpdates:
+    def __init__(self, configured: TrustAnchors, state_file: str | None) -> None:
+        self.configured = configured
+        self.state_file = state_file
+        self.trackers: dict[dns.name.Name, rfc5011.AnchorTracker] = {}
+        saved = self._load()
+        for zone in configured.zones:
+            anchor = configured.get(zone)
+            assert anchor is not None
+            tracker = None
+            if saved is not None and zone.to_text() in saved:
+                try:
+                    tracker = rfc5011.AnchorTracker.from_json(zone, anchor, saved[zone.to_text()])
+                except ValueError as exc:
+                    log.warning("trust anchor state for %s ignored: %s", zone, exc)
+            self.trackers[zone] = tracker or rfc5011.AnchorTracker(zone, anchor)
+        self.chain: KeyChain | None = None
+        self._refresh: asyncio.Task[None] | None = None
+
+    def anchors(self) -> TrustAnchors:
+        """The anchors to validate from now: the configured ones as the tracked states have them."""
+        return TrustAnchors({zone: t.anchors() for zone, t in self.trackers.items()})
+
+    def observe(
+        self,
+        zone: dns.name.Name,
+        dnskeys: dns.rrset.RRset,
+        rrsigs: dns.rrset.RRset | None,
+        now: float,
+    ) -> None:
+        """KeyChain's hook: an authenticated DNSKEY RRset of an anchored zone."""
+        tracker = self.trackers.get(zone)
+        if tracker is None:
+            return
+        try:
+            changed = tracker.observe(dnskeys, rrsigs, now)
+        except ValueError as exc:  # not signed by a key this tracker trusts: learn nothing
+            log.warning("trust anchor update for %s skipped: %s", zone, exc)
+            return
+        self._save()  # timers too: a hold-down survives a restart
+        if not changed:
+            return
+        log.info("trust anchors for %s updated (RFC 5011)", zone)
+        if tracker.exhausted:
+            log.error(
+                "every trust anchor of %s is revoked: answers in it cannot be validated until "
+                "new anchors are configured (trust_anchors: FILE)", zone,
+            )  # fmt: skip
+        if self.chain is not None:
+            self.chain.anchors = self.anchors()
+            self.chain.flush()  # what was authenticated with the old anchors is checked again
+
+    def start(self, ask: Callable[[dns.name.Name], Awaitable[object]]) -> None:
+        """Refresh every anchored zone's keys on RFC 5011's schedule; `ask` authenticates a
+        zone's DNSKEY RRset through the pool (which calls `observe`)."""
+        self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop(ask))
+
+    async def _refresh_loop(self, ask: Callable[[dns.name.Name], Awaitable[object]]) -> None:
+        delay = FIRST_REFRESH
+        while True:
+            await asyncio.sleep(delay)
+            delay = MAX_REFRESH
+            for zone in self.trackers:
+                if self.chain is not None:
+                    self.chain.forget(zone)
+                try:
+                    await ask(zone)
+                except Exception:  # a refresh must never end the refreshing
+                    log.exception("trust anchor refresh for %s failed", zone)
+                delay = min(delay, self._next_delay(zone))
+
+    def _next_delay(self, zone: dns.name.Name) -> float:
+        entry = self.chain.cached(zone, time.time()) if self.chain is not None else None
+        tracker = self.trackers[zone]
+        now = time.time()
+        if entry is None or not entry.keys:
+            return max(1.0, tracker.retry_after(now, 86_400, now + 86_400) - now)
+        ttl = int(max(0.0, entry.expires - now))
+        return max(1.0, min(MAX_REFRESH, tracker.next_refresh(now, ttl, entry.expires) - now))
+
+    async def aclose(self) -> None:
+        if self._refresh is not None:
+            self._refresh.cancel()
+            await asyncio.gather(self._refresh, return_exceptions=True)
+        self._save()
+
+    def _load(self) -> dict[str, object] | None:
+        if self.state_file is None:
+            return None
+        try:
+            return rfc5011.load_state(self.state_file)
+        except (OSError, ValueError) as exc:
+            log.warning("trust anchor state %s ignored: %s", self.state_file, exc)
+            return None
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        data = {zone.to_text(): t.to_json() for zone, t in self.trackers.items()}
+        try:
+            rfc5011.save_state(self.state_file, data)
+        except OSError as exc:
+            log.warning("trust anchor state %s not saved: %s", self.state_file, exc)

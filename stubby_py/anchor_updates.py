@@ -43,6 +43,7 @@ class AnchorUpdates:
         self.configured = configured
         self.state_file = state_file
         self.trackers: dict[dns.name.Name, rfc5011.AnchorTracker] = {}
+        self._fingerprint = _fingerprint(configured)
         saved = self._load()
         for zone in configured.zones:
             anchor = configured.get(zone)
@@ -54,8 +55,11 @@ class AnchorUpdates:
                 except ValueError as exc:
                     log.warning("trust anchor state for %s ignored: %s", zone, exc)
             self.trackers[zone] = tracker or rfc5011.AnchorTracker(zone, anchor)
+        if state_file is None:
+            log.info("trust anchor updates (RFC 5011) tracked in memory only: no state directory")
         self.chain: KeyChain | None = None
         self._refresh: asyncio.Task[None] | None = None
+        self._closed = False
 
     def anchors(self) -> TrustAnchors:
         """The anchors to validate from now: the configured ones as the tracked states have them."""
@@ -70,14 +74,17 @@ class AnchorUpdates:
     ) -> None:
         """KeyChain's hook: an authenticated DNSKEY RRset of an anchored zone."""
         tracker = self.trackers.get(zone)
-        if tracker is None:
+        if tracker is None or self._closed:
             return
+        states = tracker.states()
+        skew = self.chain.skew if self.chain is not None else 3600.0
         try:
-            changed = tracker.observe(dnskeys, rrsigs, now)
+            changed = tracker.observe(dnskeys, rrsigs, now, skew=skew)
         except ValueError as exc:  # not signed by a key this tracker trusts: learn nothing
-            log.warning("trust anchor update for %s skipped: %s", zone, exc)
+            log.debug("trust anchor update for %s skipped: %s", zone, exc)
             return
-        self._save()  # timers too: a hold-down survives a restart
+        if tracker.states() != states:
+            self._save()  # a key's state moved (a new hold-down begun, a revocation...)
         if not changed:
             return
         log.info("trust anchors for %s updated (RFC 5011)", zone)
@@ -91,6 +98,8 @@ class AnchorUpdates:
             self.chain.flush()  # what was authenticated with the old anchors is checked again
 
     def start(self, ask: Callable[[dns.name.Name], Awaitable[object]]) -> None:
+        if self._closed or self._refresh is not None:
+            return
         """Refresh every anchored zone's keys on RFC 5011's schedule; `ask` authenticates a
         zone's DNSKEY RRset through the pool (which calls `observe`)."""
         self._refresh = asyncio.get_running_loop().create_task(self._refresh_loop(ask))
@@ -101,8 +110,6 @@ class AnchorUpdates:
             await asyncio.sleep(delay)
             delay = MAX_REFRESH
             for zone in self.trackers:
-                if self.chain is not None:
-                    self.chain.forget(zone)
                 try:
                     await ask(zone)
                 except Exception:  # a refresh must never end the refreshing
@@ -119,25 +126,52 @@ class AnchorUpdates:
         return max(1.0, min(MAX_REFRESH, tracker.next_refresh(now, ttl, entry.expires) - now))
 
     async def aclose(self) -> None:
+        if self._closed:
+            return
         if self._refresh is not None:
             self._refresh.cancel()
             await asyncio.gather(self._refresh, return_exceptions=True)
-        self._save()
+        self._save()  # last-seen times, which alone do not trigger a save
+        self._closed = True
 
     def _load(self) -> dict[str, object] | None:
+        """The saved trackers, when they were made for the anchors configured now (a key taken
+        out of the configuration must not stay trusted through the state file)."""
         if self.state_file is None:
             return None
         try:
-            return rfc5011.load_state(self.state_file)
+            saved = rfc5011.load_state(self.state_file)
         except (OSError, ValueError) as exc:
             log.warning("trust anchor state %s ignored: %s", self.state_file, exc)
             return None
+        if saved is None:
+            return None
+        if saved.get("configured") != self._fingerprint:
+            log.warning(
+                "trust anchor state %s was kept for other configured anchors: starting afresh",
+                self.state_file,
+            )  # fmt: skip
+            return None
+        trackers = saved.get("trackers")
+        return trackers if isinstance(trackers, dict) else None
 
     def _save(self) -> None:
-        if self.state_file is None:
+        if self.state_file is None or self._closed:
             return
-        data = {zone.to_text(): t.to_json() for zone, t in self.trackers.items()}
+        trackers = {zone.to_text(): t.to_json() for zone, t in self.trackers.items()}
+        data = {"configured": self._fingerprint, "trackers": trackers}
         try:
             rfc5011.save_state(self.state_file, data)
         except OSError as exc:
             log.warning("trust anchor state %s not saved: %s", self.state_file, exc)
+
+
+def _fingerprint(anchors: TrustAnchors) -> list[str]:
+    """The configured anchors as text, in a stable order: what a saved state was made for."""
+    lines = []
+    for zone in anchors.zones:
+        anchor = anchors.get(zone)
+        assert anchor is not None
+        lines += [f"{zone} DS {ds.to_text()}" for ds in anchor.ds]
+        lines += [f"{zone} DNSKEY {key.to_text()}" for key in anchor.dnskeys]
+    return sorted(lines)

@@ -208,6 +208,8 @@ class Resolver:
                 self._aside(self.validation.aclose())
             elif validation is not None:
                 self.cache.drop_unvalidated()
+            if validation is not None:
+                validation.start()
         self.config = config
         self.validation = validation
         self.groups = groups

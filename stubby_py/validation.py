@@ -42,7 +42,6 @@ _STATUS = {Security.SECURE: ValidationStatus.SECURE, Security.INSECURE: Validati
 MAX_VALIDATION_QUESTIONS = 96
 #: other upstreams asked after a bogus answer, before SERVFAIL
 MAX_BOGUS_RETRIES = 2
-_DNSSEC_TYPES = frozenset({46, 47, 50})  # RRSIG, NSEC, NSEC3
 #: question types never answered by the shortcut: CNAME/DNAME chains, ANY, DNSSEC types
 _NOT_SHORTCUT = frozenset({5, 39, 255, 43, 48, 46, 47, 50})
 
@@ -75,8 +74,7 @@ class Validation:
         self.validator = validator
         self.configured = configured
         self.updates = updates
-        if updates is not None and main_group is not None:
-            updates.start(lambda zone: self.authenticate_keys(zone, main_group()))
+        self._main_group = main_group
         #: seconds a DS/DNSKEY question may take (the configured query timeout)
         self.timeout = timeout
         self._counters = counters
@@ -188,15 +186,13 @@ class Validation:
     def _unsigned_in_insecure_zone(
         self, query: wire.ClientQuery, reply: Scanned
     ) -> Validated | None:
-        """Most of the DNS is unsigned. A reply with no DNSSEC record and no CNAME or DNAME to
-        follow, for a name the key cache already knows to be below an insecure delegation, is
-        insecure as it stands: no parse, no render (nothing to strip). Anything else (an RRSIG,
-        a chain that may lead into a signed zone, a name not known) takes the full path."""
+        """Most of the DNS is unsigned. A reply that holds only the answer to its own question
+        (wire.is_plain_answer: no DNSSEC record, no CNAME or DNAME to follow, no record of
+        another name, no additional section), for a name the key cache already knows to be below
+        an insecure delegation, is insecure as it stands: no parse, no render (nothing to strip).
+        Anything else takes the full path, which passes on only what it validated."""
         body, ttl_offsets, layout = reply
-        if query.qtype in _NOT_SHORTCUT:
-            return None
-        answer, other = wire.record_types(body)
-        if answer - {query.qtype} or (answer | other) & _DNSSEC_TYPES:
+        if query.qtype in _NOT_SHORTCUT or not wire.is_plain_answer(body, query.qtype):
             return None
         qname = dns.name.from_wire(query.question, 0)[0]
         now = time.time()
@@ -212,9 +208,16 @@ class Validation:
         note = (zone.ede, zone.reason) if zone.ede is not None else None
         return Validated(body, ttl_offsets, layout, ValidationStatus.INSECURE, note)
 
+    def start(self) -> None:
+        """Begin the RFC 5011 refresh (once this validation is the one in use)."""
+        main_group = self._main_group
+        if self.updates is not None and main_group is not None:
+            self.updates.start(lambda zone: self.authenticate_keys(zone, main_group()))
+
     async def authenticate_keys(self, zone: dns.name.Name, group: UpstreamGroup) -> object:
-        """Fetch and authenticate an anchored zone's DNSKEY RRset (the RFC 5011 refresh)."""
-        step = self.validator.chain.keys_for(zone, time.time())
+        """Fetch and authenticate an anchored zone's DNSKEY RRset again (the RFC 5011 refresh);
+        what is known of the zone is replaced only by a secure result."""
+        step = self.validator.chain.refresh_anchor(zone, time.time())
         return await self._drive(step, group, None, ())
 
     async def aclose(self) -> None:

@@ -273,21 +273,28 @@ def scan_reply(data: bytes) -> ReplyLayout:
     )
 
 
-def record_types(data: bytes) -> tuple[set[int], set[int]]:
-    """The record types of a well-formed reply (one `scan_reply` accepted): those of the answer
-    section, and those of the other two."""
-    _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
-    pos = HEADER_LEN
-    for _ in range(qdcount):
-        pos = _skip_name(data, pos) + 4
-    answer: set[int] = set()
-    other: set[int] = set()
-    for index in range(ancount + nscount + arcount):
-        pos = _skip_name(data, pos)
-        rtype, _rclass, _ttl, rdlen = RR_FIXED.unpack_from(data, pos)
-        (answer if index < ancount else other).add(rtype)
-        pos += 10 + rdlen
-    return answer, other
+def is_plain_answer(data: bytes, qtype: int) -> bool:
+    """A reply (OPT removed) that holds nothing but the answer to its own question: answer
+    records of type `qtype` owned by the question name itself (a pointer to it, or it spelled
+    out), none at all with NXDOMAIN, at most an SOA in the authority section, no additional
+    records. The validator's short path for unsigned zones takes only these."""
+    _id, flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(data)
+    if qdcount != 1 or arcount or (ancount and flags & RCODE_MASK):
+        return False
+    qname_end = _skip_name(data, HEADER_LEN)
+    qname = data[HEADER_LEN:qname_end].lower()
+    pos = qname_end + 4
+    for index in range(ancount + nscount):
+        owner_end = _skip_name(data, pos)
+        rtype = U16.unpack_from(data, owner_end)[0]
+        if index < ancount:
+            owner = data[pos:owner_end]
+            if rtype != qtype or (owner != b"\xc0\x0c" and owner.lower() != qname):
+                return False
+        elif rtype != TYPE_SOA:
+            return False
+        pos = owner_end + 10 + U16.unpack_from(data, owner_end + 8)[0]
+    return True
 
 
 def opt_rcode_high(data: bytes, opt_span: tuple[int, int]) -> int:

@@ -478,5 +478,7 @@ def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(
             time.sleep(0.05)
     assert state.exists(), "no refresh wrote the state"
     assert stat.S_IMODE(state.stat().st_mode) == 0o600
-    root = json.loads(state.read_text())["."]
-    assert [key["state"] for key in root["keys"]] == ["Valid"]
+    saved = json.loads(state.read_text())
+    assert [key["state"] for key in saved["trackers"]["."]["keys"]] == ["Valid"]
+    # made for these anchors: with others configured, the state is not taken up
+    assert saved["configured"] and all(line.startswith(". DS ") for line in saved["configured"])

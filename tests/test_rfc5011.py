@@ -12,6 +12,7 @@ from typing import Any
 
 import dns.dnssec
 import dns.name
+import dns.rdata
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -516,3 +517,42 @@ def test_constructor_copies_and_checks_keys(old: Key) -> None:
         AnchorTracker(ZONE, AnchorSet(), [entry, TrackedKey(old.dnskey, rfc5011.VALID, T0, T0)])
     with pytest.raises(ValueError, match="absolute"):
         AnchorTracker(dns.name.from_text("example", None), AnchorSet())
+
+
+def test_the_unsigned_ttl_field_cannot_stretch_the_hold_down(old: Key, new: Key) -> None:
+    """Review finding: the reply's TTL field is not signed; only the RRSIG's original TTL may
+    lengthen the add hold-down (§2.4.1), else an upstream could park a new key for 68 years."""
+    tracker = ds_tracker(old)
+    rrset, sigs = keyset([old.dnskey, new.dnskey], [(old, old.dnskey)], T0)
+    rrset.ttl = 2**31 - 1  # after signing: the signature still verifies (original TTL 3600)
+    tracker.observe(rrset, sigs, T0)
+    (pending,) = [k for k in tracker.keys if k.state == rfc5011.ADDPEND]
+    assert pending.valid_at == T0 + 30 * DAY
+    observe(tracker, [old.dnskey, new.dnskey], [(old, old.dnskey)], T0 + 31 * DAY)
+    assert tracker.state_of(new.dnskey) == rfc5011.VALID
+
+
+def test_an_older_rrset_replayed_does_not_reset_a_pending_key(old: Key, new: Key) -> None:
+    """An RRset signed before the newest one seen (its signatures still valid) is a replay: it
+    must not send a pending key back to Start, restarting its hold-down."""
+    tracker = ds_tracker(old)
+    stale, stale_sigs = keyset([old.dnskey], [(old, old.dnskey)], T0 - 5 * DAY)
+    observe(tracker, [old.dnskey, new.dnskey], [(old, old.dnskey)], T0)
+    assert tracker.state_of(new.dnskey) == rfc5011.ADDPEND
+    tracker.observe(stale, stale_sigs, T0 + 10 * DAY)  # signed five days before T0
+    assert tracker.state_of(new.dnskey) == rfc5011.ADDPEND
+    observe(tracker, [old.dnskey, new.dnskey], [(old, old.dnskey)], T0 + 30 * DAY)
+    assert tracker.state_of(new.dnskey) == rfc5011.VALID
+
+
+def test_a_ds_digest_we_cannot_compute_never_makes_a_key_trusted(old: Key) -> None:
+    """A key tag can be ground: with a digest type we cannot check, tag and algorithm alone
+    may drop a revoked key's DS, never vouch for a key."""
+    real = old.ds()
+    unknown = dns.rdata.from_text("IN", "DS", f"{real.key_tag} {real.algorithm} 99 {'00' * 32}")
+    assert not rfc5011._ds_names(ZONE, unknown, old.dnskey)
+    assert rfc5011._ds_names(ZONE, unknown, old.dnskey, loose=True)
+    tracker = AnchorTracker(ZONE, AnchorSet(ds=(unknown,)))
+    rrset, sigs = keyset([old.dnskey], [(old, old.dnskey)], T0)
+    with pytest.raises(ValueError):
+        tracker.observe(rrset, sigs, T0)  # nothing it trusts signed this

@@ -97,3 +97,20 @@ def test_a_root_key_rollover_is_followed_and_remembered(tmp_path: Path) -> None:
     again = KeyChain(restarted.anchors(), on_anchor_keys=restarted.observe)
     restarted.chain = again
     assert secure_at(tree, again, NOW + 34 * DAY) == Security.SECURE
+
+
+def test_a_state_kept_for_other_anchors_is_not_taken_up(tmp_path: Path) -> None:
+    """A key learnt (or configured) under other anchors must not stay trusted through the
+    state file once the configuration no longer names it."""
+    tree = Tree()
+    state = tmp_path / "trust-anchors.json"
+    first = AnchorUpdates(tree.anchors(), str(state))
+    chain = KeyChain(first.anchors(), on_anchor_keys=first.observe)
+    first.chain = chain
+    tree.drive(chain.keys_for(dns.name.root, NOW))
+    first._save()
+    assert state.exists()
+    other = Tree()  # another root, another key
+    second = AnchorUpdates(other.anchors(), str(state))
+    assert second.anchors() == other.anchors()
+    assert not second.trackers[dns.name.root].keys

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import dns.edns
 import dns.flags
@@ -144,3 +145,51 @@ def test_client_reply_echoes_id_and_exact_question_and_truncates() -> None:
     assert data[12 : 12 + len(parsed.question)] == parsed.question
     whole = dns.message.from_wire(response.client_reply(reply.to_wire(), parsed, limit=None))
     assert len(whole.answer[0]) == 59
+
+
+def _plain_reply(
+    qname: str,
+    rcode: int,
+    answer: list[str],
+    authority: Sequence[str] = (),
+    additional: Sequence[str] = (),
+) -> bytes:
+    query = dns.message.make_query(qname, "A")
+    reply = dns.message.make_response(query)
+    reply.set_rcode(rcode)
+    for section, texts in ((reply.answer, answer), (reply.authority, authority),
+                           (reply.additional, additional)):  # fmt: skip
+        for text in texts:
+            owner, ttl, rdtype, rdata = text.split(maxsplit=3)
+            section.append(dns.rrset.from_text(owner, int(ttl), "IN", rdtype, rdata))
+    return reply.to_wire()
+
+
+def test_is_plain_answer_takes_only_the_answer_to_the_question() -> None:
+    """The validator's short path for unsigned zones: only the question's own data passes."""
+    from stubby_py.wire import is_plain_answer
+
+    soa = "insecure. 300 SOA ns. host. 1 2 3 4 5"
+    assert is_plain_answer(_plain_reply("x.insecure.", 0, ["x.insecure. 300 A 192.0.2.1"]), 1)
+    assert is_plain_answer(_plain_reply("X.Insecure.", 0, ["x.insecure. 300 A 192.0.2.1"]), 1)
+    assert is_plain_answer(_plain_reply("x.insecure.", 3, [], [soa]), 1)
+    assert is_plain_answer(_plain_reply("x.insecure.", 0, [], [soa]), 1)  # NODATA
+    # data of another name, even of the asked type (a signed zone's name, say)
+    assert not is_plain_answer(
+        _plain_reply("x.insecure.", 0, ["www.secure. 300 A 203.0.113.66"]), 1
+    )
+    # NXDOMAIN that carries data; a CNAME; NS or glue along
+    assert not is_plain_answer(_plain_reply("x.insecure.", 3, ["x.insecure. 300 A 192.0.2.1"]), 1)
+    assert not is_plain_answer(
+        _plain_reply("x.insecure.", 0, ["x.insecure. 300 CNAME y.secure."]), 1
+    )
+    assert not is_plain_answer(
+        _plain_reply(
+            "x.insecure.", 0, ["x.insecure. 300 A 192.0.2.1"], ["secure. 300 NS ns.evil."]
+        ),
+        1,
+    )
+    assert not is_plain_answer(
+        _plain_reply("x.insecure.", 0, ["x.insecure. 300 A 192.0.2.1"], [],
+               ["ns.evil. 300 A 203.0.113.7"]), 1,
+    )  # fmt: skip

@@ -185,6 +185,16 @@ class KeyChain:
                 return entry if entry.security == Security.INSECURE else None
         return None
 
+    def refresh_anchor(self, zone: dns.name.Name, now: float) -> Step[ZoneKeys]:
+        """Fetch and authenticate an anchored zone's DNSKEY RRset afresh (RFC 5011 §2.3 active
+        refresh; the on_anchor_keys hook hears it); kept only when secure, so a failed refresh
+        leaves what is known as it was."""
+        answers = yield [(zone, DNSKEY_TYPE)]
+        result = self._anchor_keys(zone, answers.get((zone, DNSKEY_TYPE)), now, Budget())
+        if result.security == Security.SECURE:
+            self._remember(result, now)
+        return result
+
     def forget(self, zone: dns.name.Name) -> None:
         """Forget what is known of `zone` (its keys are fetched and checked again when needed)."""
         self._zones.pop(zone, None)

@@ -112,15 +112,17 @@ def _is_sep(key: DNSKEY) -> bool:
     return is_zone_key(key) and bool(key.flags & Flag.SEP) and key.algorithm in SUPPORTED_ALGORITHMS
 
 
-def _ds_names(zone: dns.name.Name, ds: DS, key: DNSKEY) -> bool:
-    """Does `ds` commit to `key` (compared without its REVOKE bit)?"""
+def _ds_names(zone: dns.name.Name, ds: DS, key: DNSKEY, *, loose: bool = False) -> bool:
+    """Does `ds` commit to `key` (compared without its REVOKE bit)? A digest we cannot compute
+    matches only when `loose` (to drop the DS of a revoked key): never for trusting a key, as a
+    key tag can be ground."""
     key = _unrevoked(key)
     if ds.key_tag != dns.dnssec.key_id(key) or ds.algorithm != key.algorithm:
         return False
     try:
         made = dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy)
     except (dns.exception.DNSException, ValueError):
-        return True  # a digest we cannot compute: the tag and algorithm must do (it drops the DS)
+        return loose
     return made.digest == ds.digest
 
 
@@ -135,6 +137,8 @@ class AnchorTracker:
         self.zone = zone
         self.configured = configured
         self._keys: dict[bytes, TrackedKey] = {}
+        #: the newest signature inception of an RRset taken in (older ones are replays)
+        self._newest_inception = 0.0
         for tracked in keys or ():
             if tracked.state not in TRACKED_STATES:
                 raise ValueError(f"key {tracked.tag}: unknown state {tracked.state!r}")
@@ -159,13 +163,19 @@ class AnchorTracker:
         longer be validated until the anchors are replaced by hand (§8.2)."""
         return not self.anchors().is_usable
 
+    def states(self) -> list[tuple[bytes, str]]:
+        """Each tracked key's identity and state: what a saved state must not lose."""
+        return sorted((_identity(t.key), t.state) for t in self._keys.values())
+
     def anchors(self) -> AnchorSet:
         """The configured anchors less every revoked key (a revoked key is never trusted again,
         §2.1, whatever the configuration says), plus the Valid and Missing keys (§4.2)."""
         revoked = [t.key for t in self._keys.values() if t.state in (REVOKED, REMOVED)]
         revoked_ids = {_identity(key) for key in revoked}
         ds = tuple(
-            d for d in self.configured.ds if not any(_ds_names(self.zone, d, k) for k in revoked)
+            d
+            for d in self.configured.ds
+            if not any(_ds_names(self.zone, d, k, loose=True) for k in revoked)
         )
         dnskeys = [k for k in self.configured.dnskeys if _identity(k) not in revoked_ids]
         covered = {_identity(k) for k in dnskeys}
@@ -212,7 +222,9 @@ class AnchorTracker:
         budget = Budget()
         zone_keys = [key for key in dnskeys if isinstance(key, DNSKEY) and is_zone_key(key)]
         # any trusted zone key vouches (an anchor may be a non-SEP key); only SEP keys are tracked
-        vouchers, signed_ttl = self._vouchers(zone_keys, dnskeys, rrsigs, now, skew, budget)
+        vouchers, signed_ttl, inception = self._vouchers(
+            zone_keys, dnskeys, rrsigs, now, skew, budget
+        )
         published = [key for key in zone_keys if _is_sep(key)]
         revoked = self._revocations(published, dnskeys, rrsigs, now, skew, budget)
         if not vouchers and not any(self._is_trusted(key) for key in revoked):
@@ -222,8 +234,15 @@ class AnchorTracker:
             )
         for key in revoked:
             self._revoke(key, now)
+        if vouchers and inception < self._newest_inception:
+            # an RRset signed before one already seen: a replay (its signatures may still be
+            # valid) must not take a new key back to Start nor a trusted one to Missing
+            return self.anchors() != before
         if vouchers:
-            hold = max(ADD_HOLDDOWN, float(dnskeys.ttl), signed_ttl)
+            self._newest_inception = inception
+            # §2.4.1: the original TTL, which the signature covers; never the reply's TTL field,
+            # which an upstream can set to 68 years and so park a new key for good
+            hold = max(ADD_HOLDDOWN, signed_ttl)
             self._update(published, vouchers, hold, now)
         return self.anchors() != before
 
@@ -235,11 +254,12 @@ class AnchorTracker:
         now: float,
         skew: float,
         budget: Budget,
-    ) -> tuple[list[str], float]:
-        """The trusted keys whose signatures verify the RRset (what "validated" it, §2.2), and
-        the largest original TTL among those signatures."""
+    ) -> tuple[list[str], float, float]:
+        """The trusted keys whose signatures verify the RRset (what "validated" it, §2.2), the
+        largest original TTL and the latest inception among those signatures."""
         labels: list[str] = []
         signed_ttl = 0.0
+        inception = 0.0
         for key in zone_keys:
             if key.flags & Flag.REVOKE or not self._is_trusted(key):
                 continue
@@ -247,7 +267,8 @@ class AnchorTracker:
             if check.ok:
                 labels.append(_label(key))
                 signed_ttl = max(signed_ttl, float(check.original_ttl or 0))
-        return labels, signed_ttl
+                inception = max(inception, float(check.inception or 0))
+        return labels, signed_ttl, inception
 
     def _revocations(
         self,
@@ -299,6 +320,9 @@ class AnchorTracker:
         for identity, tracked in list(self._keys.items()):
             if identity in seen:
                 tracked.last_seen = now
+            if tracked.state == ADDPEND:
+                # a hold-down set longer than this RRset's signed TTL asks for is cut back
+                tracked.valid_at = min(tracked.valid_at, tracked.first_seen + hold)
             if not self._transition(tracked, identity in present, identity in seen, now):
                 del self._keys[identity]  # back to Start
         for identity, key in present.items():

@@ -45,6 +45,8 @@ class SignatureCheck:
     expiration: int | None = None
     original_ttl: int | None = None
     labels: int | None = None
+    #: when that signature's validity began (POSIX seconds): which of two RRsets is newer
+    inception: int | None = None
     #: failed for want of budget (KeyTrap limits), not for a signature proven wrong: a result
     #: that says nothing about the zone for other queries
     over_budget: bool = False
@@ -159,7 +161,7 @@ def verify_rrset(
         failure = _check_one(rrset, rrsig, zone, keys, now, skew, budget)
         if failure is None:
             return SignatureCheck(
-                True, None, "", rrsig.expiration, rrsig.original_ttl, rrsig.labels
+                True, None, "", rrsig.expiration, rrsig.original_ttl, rrsig.labels, rrsig.inception
             )
         if failure[1] == _OVER_BUDGET or _RANK[EDECode(failure[0])] > _RANK[EDECode(worst[0])]:
             worst = failure

@@ -23,6 +23,7 @@ from dns.rcode import Rcode
 from dns.rdatatype import RdataType
 
 from stubby_py import wire
+from stubby_py.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ class QueryLog:
         self.written = 0
         self.dropped = 0
         self._failing = False
+        #: dropped queries: a line per client and reason a second, not one per packet (a flood)
+        self._drops = LogThrottle(interval=1.0)
 
     def record(self, client_ip: str, query: wire.ClientQuery, rcode: int, source: str) -> None:
         """Note one query; source says where the answer came from ("cache", "upstream",
         "joined", "local", "stale", "held-failure", "rejected", ...); rcode -1 and source
-        "dropped:WHY": dropped unanswered (the access list, the rate limit)."""
+        "dropped:WHY": dropped unanswered (see record_drop)."""
         pending = self._pending
         if len(pending) >= MAX_PENDING:
             self.dropped += 1
@@ -66,6 +69,14 @@ class QueryLog:
             except RuntimeError:
                 return  # no loop (tests, shutdown): the next flush() or close() writes it
             self._timer = loop.call_later(FLUSH_SECONDS, self.flush)
+
+    def record_drop(self, client_ip: str, query: wire.ClientQuery, why: str) -> None:
+        """A query dropped unanswered (the access list, the rate limit): one line per client
+        and reason a second at most, saying how many were dropped since the last one."""
+        held_back = self._drops.allow((client_ip, why), time.monotonic())
+        if held_back is not None:
+            more = f"(+{held_back})" if held_back else ""
+            self.record(client_ip, query, -1, f"dropped:{why}{more}")
 
     def flush(self) -> None:
         """Write every waiting line now."""

@@ -84,7 +84,7 @@ class LoggedRespond:
         self.log.record(self.client_ip, self.query, response.rcode_of(reply), self.source)
 
     def dropped(self, why: str) -> None:
-        self.log.record(self.client_ip, self.query, -1, f"dropped:{why}")
+        self.log.record_drop(self.client_ip, self.query, why)
 
 
 def _mark(respond: Respond, source: str) -> None:

@@ -256,3 +256,23 @@ def test_an_algorithm_rollover_validates_with_either_signature(tree: Tree) -> No
     zone.rrsets.append(rrset)
     tree.sign(zone, rrset, key=old_private, dnskey=old)  # a key without a DS, in the signed set
     assert judge(tree, "roll.example.").security == Security.SECURE
+
+
+def test_a_walk_under_way_when_the_chain_is_flushed_keeps_nothing(tree: Tree) -> None:
+    """flush() (new trust anchors, RFC 5011) in the middle of a walk: the walk still answers,
+    but what it found under the old anchors is not remembered for anyone else."""
+    chain = KeyChain(tree.anchors())
+    step = chain.keys_for(name("sub.example."), NOW)
+    questions = next(step)
+    chain.flush()
+    try:
+        step.send({q: tree.reply(*q) for q in questions})
+    except StopIteration as done:
+        assert done.value.security == Security.SECURE
+    else:
+        raise AssertionError("the walk asked for more")
+    assert chain.cached(name("sub.example."), NOW) is None
+    assert chain.cached(dns.name.root, NOW) is None
+    again = tree.drive(chain.keys_for(name("sub.example."), NOW))
+    assert again.security == Security.SECURE
+    assert chain.cached(name("sub.example."), NOW) is not None

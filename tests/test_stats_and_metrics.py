@@ -226,12 +226,13 @@ def test_query_log_says_where_answers_came_from_and_what_was_dropped(
         assert ask(daemon.port, "localhost.", "A").rcode() == dns.rcode.NOERROR
         assert ask(daemon.port, "x.example.").rcode() == dns.rcode.NOERROR
         assert ask(daemon.port, "x.example.").rcode() == dns.rcode.NOERROR
-        assert udp_burst(daemon.port, ["over.example."], "127.0.0.1", wait=0.5) == 0
+        over = [f"over{i}.example." for i in range(10)]  # a flood: one line for it, not ten
+        assert udp_burst(daemon.port, over, "127.0.0.1", wait=0.5) == 0
         daemon.call(daemon.daemon.query_log.flush)
     lines = [line.split()[2:6] for line in path.read_text().splitlines()]
     assert lines == [
         ["localhost.", "A", "NOERROR", "local"],
         ["x.example.", "A", "NOERROR", "upstream"],
         ["x.example.", "A", "NOERROR", "cache"],
-        ["over.example.", "A", "-", "dropped:rate-limited"],
+        ["over0.example.", "A", "-", "dropped:rate-limited"],
     ]

@@ -157,6 +157,8 @@ class KeyChain:
         through the anchors (RFC 5011 tracking); it may replace `anchors`."""
         self.anchors = anchors
         self.on_anchor_keys = on_anchor_keys
+        #: bumped by flush(): a walk that began before (under other anchors, say) keeps nothing
+        self.generation = 0
         self.skew = skew
         self.max_iterations = max_iterations
         self.bogus_ttl = bogus_ttl
@@ -169,8 +171,10 @@ class KeyChain:
         return len(self._zones)
 
     def flush(self) -> None:
+        """Forget everything; walks under way then remember nothing of what they found."""
         self._zones.clear()
         self._not_cuts.clear()
+        self.generation += 1
 
     def known_insecure(self, name: dns.name.Name, now: float) -> ZoneKeys | None:
         """The remembered insecure delegation `name` is at or below, when the deepest zone the
@@ -189,10 +193,11 @@ class KeyChain:
         """Fetch and authenticate an anchored zone's DNSKEY RRset afresh (RFC 5011 §2.3 active
         refresh; the on_anchor_keys hook hears it); kept only when secure, so a failed refresh
         leaves what is known as it was."""
+        generation = self.generation
         answers = yield [(zone, DNSKEY_TYPE)]
         result = self._anchor_keys(zone, answers.get((zone, DNSKEY_TYPE)), now, Budget())
         if result.security == Security.SECURE:
-            self._remember(result, now)
+            self._remember(result, now, generation)
         return result
 
     def forget(self, zone: dns.name.Name) -> None:
@@ -259,6 +264,7 @@ class KeyChain:
                 expires=now + MAX_KEY_TTL,
                 reason=f"no trust anchor at or above {target}",
             )
+        generation = self.generation
         path = [target.split(depth)[1] for depth in range(len(anchor_zone), len(target) + 1)]
         current, below = self._known_part(path, now)
         if current is not None and current.security != Security.SECURE:
@@ -273,10 +279,12 @@ class KeyChain:
             if current is None:
                 reply = answers.get((anchor_zone, DNSKEY_TYPE))
                 current = self._anchor_keys(anchor_zone, reply, now, budget)
-                self._remember(current, now)
+                self._remember(current, now, generation)
                 if current.security != Security.SECURE:
                     return current
-            current = yield from self._descend_batch(current, batch, answers, now, budget)
+            current = yield from self._descend_batch(
+                current, batch, answers, now, budget, generation
+            )
             if current.security != Security.SECURE:
                 return current
             if not below:
@@ -294,6 +302,7 @@ class KeyChain:
         answers: Answers,
         now: float,
         budget: Budget,
+        generation: int,
     ) -> Step[ZoneKeys]:
         """Down through one round's names; the deepest zone reached (or the first not secure)."""
         for name in batch:
@@ -301,10 +310,10 @@ class KeyChain:
             if (name, DNSKEY_TYPE) not in answers and _has_ds(ds_reply, name):
                 answers.update((yield [(name, DNSKEY_TYPE)]))
             dnskey_reply = answers.get((name, DNSKEY_TYPE))
-            child = self._descend(current, name, ds_reply, dnskey_reply, now, budget)
+            child = self._descend(current, name, ds_reply, dnskey_reply, now, budget, generation)
             if child is None:
                 continue
-            self._remember(child, now)
+            self._remember(child, now, generation)
             current = child
             if current.security != Security.SECURE:
                 break
@@ -358,6 +367,7 @@ class KeyChain:
         dnskey_reply: dns.message.Message | None,
         now: float,
         budget: Budget,
+        generation: int,
     ) -> ZoneKeys | None:
         """What the DS reply for `name` (below parent's zone) says: a secure cut (with its keys),
         an insecure or bogus one, or None when `name` is not a cut at all."""
@@ -372,7 +382,7 @@ class KeyChain:
         if ds_rrset is not None:
             sigs = find_sigs(ds_reply.answer, name, DS_TYPE)
             return self._secure_cut(parent, name, ds_rrset, sigs, dnskey_reply, now, budget)
-        return self._no_ds(parent, name, ds_reply, now, budget)
+        return self._no_ds(parent, name, ds_reply, now, budget, generation)
 
     def _secure_cut(
         self,
@@ -422,6 +432,7 @@ class KeyChain:
         ds_reply: dns.message.Message,
         now: float,
         budget: Budget,
+        generation: int,
     ) -> ZoneKeys | None:
         """No DS for `name`: proven absent at an insecure delegation, or not a cut at all (None),
         or unproven (bogus)."""
@@ -442,7 +453,8 @@ class KeyChain:
         if outcome == denial.Denial.PROVEN:
             if delegation:
                 return self._insecure(name, until, "no DS: insecure delegation", links)
-            self._not_cuts[name] = until
+            if generation == self.generation:
+                self._not_cuts[name] = until
             _trim(self._not_cuts, now, lambda until: until)
             return None
         if outcome == denial.Denial.OPT_OUT:
@@ -564,9 +576,11 @@ class KeyChain:
             return self._indeterminate(zone, why, links, EDECode.DNSSEC_INDETERMINATE)
         return self._bogus(zone, ede if ede is not None else check.ede, why, links, now)
 
-    def _remember(self, entry: ZoneKeys, now: float) -> None:
+    def _remember(self, entry: ZoneKeys, now: float, generation: int) -> None:
         if entry.security == Security.INDETERMINATE or entry.expires <= now:
             return
+        if generation != self.generation:
+            return  # found under what flush() has since thrown away
         self._zones[entry.zone] = entry
         anchored = self.anchors.zones
         _trim(self._zones, now, lambda kept: kept.expires, keep=anchored)

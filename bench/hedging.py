@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,14 +21,12 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
@@ -42,12 +39,15 @@ from forwarding import (  # noqa: E402
     FORWARDER_CPU,
     HOST,
     LOAD_CPU,
-    Children,
+    _fmt,
+    _raise_on_signal,
+    check_cpus,
     free_ports,
     make_certs,
     read_tail,
     rounded,
     wait_until_answers,
+    workspace,
     write_query_file,
 )
 
@@ -268,10 +268,6 @@ def run_setting(setup: Setup, setting: str, names: Path, port: int) -> Run:
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def table(runs: Sequence[Run], queries: int) -> str:
     head = (
         f"{'setting':<10}{'sent':>6}{'stalled':>8}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}"
@@ -355,40 +351,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def check_tools() -> None:
-    if not {FORWARDER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
-        raise SystemExit(f"needs CPUs {FORWARDER_CPU} and {LOAD_CPU}")
-    for tool in ("dnsperf", "dig", "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found; see bench/README.md")
-
-
-@contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[tuple[Any, Path]]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-hedging-"))
-    children = Children()
-    try:
-        yield children, tmp
-    finally:
-        children.close()
-        if keep:
-            print(f"logs and configs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_upstreams:
         return serve_upstreams(args)
-    check_tools()
+    check_cpus(("dnsperf", "dig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
-    with workspace(args.keep) as (children, tmp):
+    with workspace(args.keep, "bench-hedging-") as (children, tmp):
         certs = make_certs(tmp)
         setup = Setup(children, tmp, certs, start_upstreams(children, tmp, certs), args.queries)
         # the same names for each setting (each to a new stubby-py, so no cache sees one twice):

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
 import resource
 import shutil
 import signal
@@ -28,14 +26,12 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 BENCH = Path(__file__).resolve().parent
@@ -56,11 +52,15 @@ from forwarding import (  # noqa: E402
     MAX_QPS_CAP,
     QUERY_TIMEOUT,
     ZONE,
-    Children,
     Dnsperf,
     Result,
     Sample,
+    _fmt,
+    _pct,
+    _raise_on_signal,
+    background_load,
     busy_share,
+    check_cpus,
     check_dot,
     core_times,
     cpu_ticks,
@@ -74,6 +74,7 @@ from forwarding import (  # noqa: E402
     target_notes,
     unbound_conf,
     wait_until_answers,
+    workspace,
     write_query_file,
 )
 
@@ -528,10 +529,6 @@ def serve_quic(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- report
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def ratio(row: Row, rows: dict[str, Row]) -> float | None:
     base = rows.get(row.baseline or "")
     mine, theirs = row.result.max_rate, base.result.max_rate if base else None
@@ -553,10 +550,6 @@ COLUMNS = (  # heading, width
     ("cpu0 %", 7),
     ("cpu1 %", 7),
 )
-
-
-def _pct(share: float | None) -> str:
-    return _fmt(None if share is None else share * 100, ".0f")
 
 
 def cells(row: Row, rows: dict[str, Row]) -> list[str]:
@@ -683,39 +676,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _raise_on_signal(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
-def check_tools() -> None:
-    if not {FORWARDER_CPU, LOAD_CPU} <= os.sched_getaffinity(0):
-        raise SystemExit(f"needs CPUs {FORWARDER_CPU} and {LOAD_CPU}")
-    for tool in ("unbound", "dnsperf", "dig", "kdig", "taskset"):
-        if not shutil.which(tool):
-            raise SystemExit(f"{tool} not found; see bench/README.md")
-
-
-@contextlib.contextmanager
-def workspace(keep: bool) -> Iterator[tuple[Any, Path]]:
-    tmp = Path(tempfile.mkdtemp(prefix="bench-transports-"))
-    children = Children()
-    try:
-        yield children, tmp
-    finally:
-        children.close()
-        if keep:
-            print(f"logs and configs kept in {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def background_load(seconds: float = 1.0) -> dict[int, float]:
-    before = core_times()
-    time.sleep(seconds)
-    after = core_times()
-    return {cpu: busy_share(before, after, cpu) for cpu in (FORWARDER_CPU, LOAD_CPU)}
-
-
 def prepare(children: Any, tmp: Path, duration: float) -> Setup:
     ports = Ports(*free_ports(3))
     certs = make_certs(tmp)
@@ -733,11 +693,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_quic(args)
     if args.direct_client:
         return run_direct_client(args)
-    check_tools()
+    check_cpus(("unbound", "dnsperf", "dig", "kdig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _raise_on_signal)
     idle = background_load()
-    with workspace(args.keep) as (children, tmp):
+    with workspace(args.keep, "bench-transports-") as (children, tmp):
         setup = prepare(children, tmp, args.duration)
         rows = {row.name: row for row in run_rows(setup, args.transports)}
     report(rows, idle, args)

@@ -406,7 +406,7 @@ class Resolver:
             notes = self._answer_notes
             ede = notes.get(query.key) if notes else None
             if respond.__class__ is LoggedRespond:
-                _mark(respond, "cache")
+                respond.source = "cache"
             respond(response.client_reply(body, query, limit=limit, ede=ede))
             if cache.prefetch_due:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
@@ -451,7 +451,7 @@ class Resolver:
         name = Rcode.to_text(error.rcode).lower()
         self.counters[name] = self.counters.get(name, 0) + 1
         if respond.__class__ is LoggedRespond and respond.source == "upstream":
-            _mark(respond, "rejected")
+            respond.source = "rejected"
         if query is None:
             flags = wire.U16.unpack_from(data, 2)[0]
             respond(wire.header_only_reply(None, wire.header_id(data), flags, error.rcode))

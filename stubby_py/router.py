@@ -19,30 +19,20 @@ def _suffix_key(domain: str) -> bytes:
 class Router:
     def __init__(self, rules: Mapping[str, str]) -> None:
         """rules: domain → group name."""
-        #: suffix key → (the domain as configured, group), for rule_for
-        self._described = {_suffix_key(domain): (domain, group) for domain, group in rules.items()}
-        #: suffix key → group, for group_for on every forwarded query
-        self._rules = {key: group for key, (_, group) in self._described.items()}
+        #: suffix key → (the domain as configured, group)
+        self._rules = {_suffix_key(domain): (domain, group) for domain, group in rules.items()}
 
     def __bool__(self) -> bool:
         return bool(self._rules)
 
     def group_for(self, qname_wire_lower: bytes) -> str | None:
         """The group of the most specific rule covering the name, or None (the default pool)."""
-        rules = self._rules
-        pos = 0
-        end = len(qname_wire_lower)
-        while pos < end:
-            group = rules.get(qname_wire_lower[pos:])
-            if group is not None:
-                return group
-            pos += qname_wire_lower[pos] + 1
-        return rules.get(b"\x00")
+        rule = self.rule_for(qname_wire_lower)
+        return rule[1] if rule is not None else None
 
     def rule_for(self, qname_wire_lower: bytes) -> tuple[str, str] | None:
-        """The most specific rule covering the name, (domain as configured, group), or None.
-        The same walk as group_for, which stays the fast path for queries."""
-        rules = self._described
+        """The most specific rule covering the name, (domain as configured, group), or None."""
+        rules = self._rules
         pos = 0
         end = len(qname_wire_lower)
         while pos < end:

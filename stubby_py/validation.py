@@ -143,8 +143,14 @@ class Validation:
         bogus), TTLs capped by the signatures, only validated records, DNSSEC records only for
         a client that set DO. A client that set CD gets the data unchecked (RFC 4035 §3.2.2)."""
         body, ttl_offsets, layout = reply
-        if not query.cd:
-            shortcut = self._unsigned_in_insecure_zone(query, reply)
+        if query.cd:
+            self._counters["dnssec_unchecked"] += 1
+            if query.do:  # the data as received, nothing to strip: no parse
+                body = wire.with_flag(body, wire.AD, False)
+                return Validated(body, ttl_offsets, layout, ValidationStatus.UNCHECKED)
+        else:
+            qname = dns.name.from_wire(query.question, 0)[0]
+            shortcut = self._unsigned_in_insecure_zone(query, qname, reply)
             if shortcut is not None:
                 return shortcut
         try:
@@ -152,10 +158,8 @@ class Validation:
         except dns.exception.DNSException as exc:
             raise UpstreamProtocolError(f"reply unparseable for validation ({exc})") from None
         if query.cd:
-            self._counters["dnssec_unchecked"] += 1
             verdict = Verdict(Security.INSECURE)
         else:
-            qname = dns.name.from_wire(query.question, 0)[0]
             started = time.perf_counter() if trace is not None else 0.0
             step = self.validator.validate(message, qname, query.qtype, time.time())
             asked: list[Question] | None = [] if trace is not None else None
@@ -184,7 +188,7 @@ class Validation:
         return Validated(body, ttl_offsets, layout, status, note)
 
     def _unsigned_in_insecure_zone(
-        self, query: wire.ClientQuery, reply: Scanned
+        self, query: wire.ClientQuery, qname: dns.name.Name, reply: Scanned
     ) -> Validated | None:
         """Most of the DNS is unsigned. A reply that holds only the answer to its own question
         (wire.is_plain_answer: no DNSSEC record, no CNAME or DNAME to follow, no record of
@@ -194,7 +198,6 @@ class Validation:
         body, ttl_offsets, layout = reply
         if query.qtype in _NOT_SHORTCUT or not wire.is_plain_answer(body, query.qtype):
             return None
-        qname = dns.name.from_wire(query.question, 0)[0]
         now = time.time()
         zone = self.validator.chain.known_insecure(qname, now)
         if zone is None:

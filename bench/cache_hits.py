@@ -34,7 +34,6 @@ from forwarding import (
     DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
-    IDLE_LIMIT,
     LOAD_CPU,
     MAX_CLIENTS,
     MAX_OUTSTANDING,
@@ -50,6 +49,7 @@ from forwarding import (
     _raise_on_signal,
     _ratio,
     background_load,
+    busy_note,
     busy_share,
     check_cpus,
     core_times,
@@ -60,11 +60,11 @@ from forwarding import (
     make_certs,
     read_tail,
     record_counters,
-    rounded,
     run_notes,
     start_unbound,
     stubby_py_command,
     workspace,
+    write_json,
     write_query_file,
 )
 
@@ -565,23 +565,20 @@ def target_notes(res: HitResult, duration: float) -> list[str]:
 def report(results: dict[str, HitResult], idle: dict[int, float], args: argparse.Namespace) -> None:
     print(table(results))
     notes = [n for r in results.values() for n in target_notes(r, args.duration)]
-    if max(idle.values()) > IDLE_LIMIT:
-        busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
-        notes.insert(0, f"the machine was busy before the run ({busy}): every figure is skewed")
+    busy = busy_note(idle)
+    notes = [busy, *notes] if busy else notes
     if notes:
         print("\nnotes:\n" + "\n".join(notes))
-    if args.json:
-        doc = {
-            "duration_s": args.duration,
-            "fixed_qps": FIXED_QPS,
-            "hot_names": HOT_NAMES,
-            "cached_names": CACHED_NAMES,
-            "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()},
-            "results": {t: asdict(r) for t, r in results.items()},
-            "ratios": ratios(results),
-            "targets": {"qps_ratio_min": QPS_TARGET, "rss_mib_max": RSS_TARGET_MIB},
-        }
-        args.json.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    doc = {
+        "duration_s": args.duration,
+        "fixed_qps": FIXED_QPS,
+        "hot_names": HOT_NAMES,
+        "cached_names": CACHED_NAMES,
+        "results": {t: asdict(r) for t, r in results.items()},
+        "ratios": ratios(results),
+        "targets": {"qps_ratio_min": QPS_TARGET, "rss_mib_max": RSS_TARGET_MIB},
+    }
+    write_json(args.json, idle, doc)
 
 
 # --------------------------------------------------------------------------- main

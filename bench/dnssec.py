@@ -19,7 +19,6 @@ the private root's DS as its trust anchor; dnsperf and both servers sit on CPU 1
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import socket
@@ -45,7 +44,6 @@ from forwarding import (  # noqa: E402
     CLK_TCK,
     FORWARDER_CPU,
     HOST,
-    IDLE_LIMIT,
     LOAD_CPU,
     MAX_CLIENTS,
     READY_TIMEOUT,
@@ -56,6 +54,7 @@ from forwarding import (  # noqa: E402
     _raise_on_signal,
     _ratio,
     background_load,
+    busy_note,
     busy_share,
     check_cpus,
     core_times,
@@ -63,11 +62,11 @@ from forwarding import (  # noqa: E402
     dnsperf,
     free_ports,
     read_tail,
-    rounded,
     set_affinity,
     stubby_py_command,
     udp_drops,
     workspace,
+    write_json,
 )
 
 from stubby_py import control  # noqa: E402
@@ -540,10 +539,8 @@ def row_notes(row: Row) -> list[str]:
 
 
 def notes(rows: Sequence[Row], cold: Cold | None, idle: dict[int, float]) -> list[str]:
-    out = []
-    if max(idle.values()) > IDLE_LIMIT:
-        busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
-        out.append(f"NOT CLEAN: the machine was busy before the run ({busy})")
+    busy = busy_note(idle)
+    out = [f"NOT CLEAN: {busy}"] if busy else []
     for row in rows:
         out += row_notes(row)
     if cold is not None:
@@ -616,15 +613,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n" + "\n".join(cold_table(cold)))
     found = notes(rows, cold, idle)
     print("\nnotes:\n" + "\n".join(found) if found else "\nclean run: no notes")
-    if args.json:
-        doc = {
-            "duration_s": args.duration,
-            "transport": args.transport,
-            "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()},
-            "rows": [asdict(r) for r in rows],
-            "cold": {**asdict(cold), **cold_summary(cold)} if cold else None,
-        }
-        args.json.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    doc = {
+        "duration_s": args.duration,
+        "transport": args.transport,
+        "rows": [asdict(r) for r in rows],
+        "cold": {**asdict(cold), **cold_summary(cold)} if cold else None,
+    }
+    write_json(args.json, idle, doc)
     return 1 if any(r.error for r in rows) or (cold and cold.failures) else 0
 
 

@@ -836,23 +836,35 @@ def rounded(value: Any) -> Any:
     return value
 
 
+def busy_note(idle: dict[int, float]) -> str | None:
+    """What to say when a core was busy before the run (every figure is then skewed)."""
+    if max(idle.values()) <= IDLE_LIMIT:
+        return None
+    busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
+    return f"the machine was busy before the run ({busy}): every figure is skewed"
+
+
+def write_json(path: Path | None, idle: dict[int, float], doc: dict[str, Any]) -> None:
+    """The figures as JSON, rounded, with how busy the cores were before the run."""
+    if path is not None:
+        doc = {**doc, "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()}}
+        path.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+
+
 def report(results: dict[str, Result], idle: dict[int, float], args: argparse.Namespace) -> None:
     print(table(results))
     notes = [n for r in results.values() for n in target_notes(r, args.duration)]
-    if max(idle.values()) > IDLE_LIMIT:
-        busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
-        notes.insert(0, f"the machine was busy before the run ({busy}): every figure is skewed")
+    busy = busy_note(idle)
+    notes = [busy, *notes] if busy else notes
     if notes:
         print("\nnotes:\n" + "\n".join(notes))
-    if args.json:
-        doc = {
-            "duration_s": args.duration,
-            "fixed_qps": FIXED_QPS,
-            "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()},
-            "results": {t: asdict(r) for t, r in results.items()},
-            "ratios": ratios(results),
-        }
-        args.json.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    doc = {
+        "duration_s": args.duration,
+        "fixed_qps": FIXED_QPS,
+        "results": {t: asdict(r) for t, r in results.items()},
+        "ratios": ratios(results),
+    }
+    write_json(args.json, idle, doc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

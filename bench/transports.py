@@ -59,6 +59,7 @@ from forwarding import (  # noqa: E402
     _pct,
     _raise_on_signal,
     background_load,
+    busy_note,
     busy_share,
     check_cpus,
     check_dot,
@@ -69,12 +70,12 @@ from forwarding import (  # noqa: E402
     make_certs,
     read_tail,
     record_counters,
-    rounded,
     set_affinity,
     target_notes,
     unbound_conf,
     wait_until_answers,
     workspace,
+    write_json,
     write_query_file,
 )
 
@@ -609,10 +610,8 @@ def daemon_notes(row: Row) -> list[str]:
 
 
 def notes(rows: dict[str, Row], duration: float, idle: dict[int, float]) -> list[str]:
-    out = []
-    if max(idle.values()) > 0.1:
-        busy = ", ".join(f"cpu{cpu} {share:.0%}" for cpu, share in idle.items())
-        out.append(f"the machine was busy before the run ({busy}): every figure is skewed")
+    busy = busy_note(idle)
+    out = [busy] if busy else []
     for row in rows.values():
         out += target_notes(row.result, duration)
         out += daemon_notes(row)
@@ -631,17 +630,15 @@ def report(rows: dict[str, Row], idle: dict[int, float], args: argparse.Namespac
     lines = notes(rows, args.duration, idle)
     if lines:
         print("\nnotes:\n" + "\n".join(lines))
-    if args.json:
-        doc = {
-            "duration_s": args.duration,
-            "fixed_qps": FIXED_QPS,
-            "busy_before_run": {f"cpu{cpu}": share for cpu, share in idle.items()},
-            "rows": {
-                name: {**asdict(row), "result": asdict(row.result), "ratio": ratio(row, rows)}
-                for name, row in rows.items()
-            },
-        }
-        args.json.write_text(json.dumps(rounded(doc), indent=2) + "\n")
+    doc = {
+        "duration_s": args.duration,
+        "fixed_qps": FIXED_QPS,
+        "rows": {
+            name: {**asdict(row), "result": asdict(row.result), "ratio": ratio(row, rows)}
+            for name, row in rows.items()
+        },
+    }
+    write_json(args.json, idle, doc)
 
 
 # --------------------------------------------------------------------------- main

@@ -21,12 +21,34 @@ StubbyError
     ├── UpstreamTimeoutError       no answer within the attempt or the deadline
     ├── UpstreamClosedError        connection lost with the query in flight
     ├── UpstreamProtocolError      garbage, wrong ID or question, HTTP error
-    ├── NoUpstreamAvailableError   every upstream is down or backing off
+    ├── NoUpstreamAvailableError   every upstream asked failed (`cause`: the failure that tells
+    │                              most, see below), or all are down or backing off
     └── DnssecFailureError         the answer is bogus, or its chain of trust could not be built:
                                    SERVFAIL with the EDE the validator chose (6-12)
+
+When the attempts for one query fail in different ways, the client is told the failure that
+says most about why there is no answer (`UpstreamError.rank`, highest first; the others follow
+in the text). From most to least telling:
+
+  60  dnssec-bogus           an answer came and was proven wrong: the verdict is the news
+  50  dnssec-indeterminate   an answer came but its chain of trust could not be built
+  (an upstream's own SERVFAIL or REFUSED answer ranks here: it is passed on as it came)
+  40  bad-response           the upstream was reached and answered, but with garbage, the wrong
+                             question or an HTTP error: its fault, not the network's
+  30  TLS, certificate, pin, ALPN
+                             the upstream was reached but could not be trusted: a setting to
+                             fix, or someone in the path
+  20  timeout, connection-closed, upstream-error
+                             maybe reached, nothing usable came back
+  10  connect-failed, connection-refused, no-route
+                             nothing there to talk to (an IPv6 upstream on an IPv4-only network)
+   0  no-upstream-available  nobody was asked (every upstream down or backing off)
+Between failures of one rank, the first in the pool's order is named.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 from dns.edns import EDECode
 from dns.rcode import Rcode
@@ -67,10 +89,18 @@ class UpstreamError(StubbyError):
     ede = EDECode.NETWORK_ERROR
     #: short stable class name, used in logs, stats and EDE extra text
     kind = "upstream-error"
+    #: how much this failure tells (the module docstring): the highest-ranked failure is named
+    rank = 20
+
+    @property
+    def reason(self) -> str:
+        """What failed, in a word, as a held failure (RFC 9520) repeats it."""
+        return self.kind
 
 
 class UpstreamConnectError(UpstreamError):
     kind = "connect-failed"
+    rank = 10
 
 
 class ConnectionRefusedUpstreamError(UpstreamConnectError):
@@ -83,14 +113,17 @@ class NoRouteError(UpstreamConnectError):
 
 class TLSHandshakeError(UpstreamConnectError):
     kind = "tls-handshake"
+    rank = 30
 
 
 class ALPNMismatchError(UpstreamConnectError):
     kind = "alpn-mismatch"
+    rank = 30
 
 
 class CertificateError(UpstreamConnectError):
     kind = "cert-rejected"
+    rank = 30
 
 
 class CertNameMismatchError(CertificateError):
@@ -107,6 +140,7 @@ class CertUntrustedError(CertificateError):
 
 class PinMismatchError(UpstreamConnectError):
     kind = "pin-mismatch"
+    rank = 30
 
 
 class UpstreamTimeoutError(UpstreamError):
@@ -119,17 +153,33 @@ class UpstreamClosedError(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     kind = "bad-response"
+    rank = 40
 
 
 class NoUpstreamAvailableError(UpstreamError):
+    """Every upstream asked failed, or none could be asked; `cause` is the failure that tells
+    most (None: nobody was asked, or nothing came back before the deadline)."""
+
     ede = EDECode.NO_REACHABLE_AUTHORITY
     kind = "no-upstream-available"
+    rank = 0
+
+    def __init__(self, summary: str, cause: UpstreamError | None = None) -> None:
+        super().__init__(f"all upstreams failed: {summary}")
+        #: what the attempts came to, the most telling first ("NAME: KIND (detail), NAME: KIND")
+        self.summary = summary
+        self.cause = cause
+
+    @property
+    def reason(self) -> str:
+        return self.cause.reason if self.cause is not None else self.kind
 
 
 class DnssecFailureError(UpstreamError):
     """Validation failed; `ede` and the message come from the validator's verdict."""
 
     kind = "dnssec-bogus"
+    rank = 60
 
     def __init__(self, ede: int, reason: str, zone: str, *, indeterminate: bool = False) -> None:
         super().__init__(reason)
@@ -139,3 +189,18 @@ class DnssecFailureError(UpstreamError):
         self.indeterminate = indeterminate
         if indeterminate:
             self.kind = "dnssec-indeterminate"
+            self.rank = 50
+
+    def followed_by(self, others: str) -> DnssecFailureError:
+        """This verdict, with what other upstreams asked afterwards came to after its text."""
+        text = f"{self.args[0]}; then {others}" if others else str(self.args[0])
+        return DnssecFailureError(self.ede, text, self.zone, indeterminate=self.indeterminate)
+
+
+def most_informative(failures: Iterable[UpstreamError]) -> UpstreamError | None:
+    """The failure that tells most (highest rank; the first of equals), None for none."""
+    best: UpstreamError | None = None
+    for failure in failures:
+        if best is None or failure.rank > best.rank:
+            best = failure
+    return best

@@ -512,7 +512,8 @@ class Resolver:
                 trace.failure = f"{exc.kind}: {exc}"
             return exc
         except UpstreamError as exc:
-            self.cache.record_failure(query.key, self._loop.time(), reason=exc.kind)
+            # the held failure names what failed (the failure that told most), not that it did
+            self.cache.record_failure(query.key, self._loop.time(), reason=exc.reason)
             if trace is not None:
                 trace.upstream_ms = (time.perf_counter() - started) * 1000
                 trace.failure = f"{exc.kind}: {exc}"
@@ -562,7 +563,7 @@ class Resolver:
             self.counters["servfail"] += 1
             respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.OTHER, "internal error")))
         else:
-            respond(self._answer_error(query, outcome))
+            respond(self._answer_error(query, outcome, limit))
 
     def _answer_stale(self, query: wire.ClientQuery, respond: Respond, limit: int | None) -> bool:
         """RFC 8767: every upstream failed; answer from an expired entry if one is recent enough."""
@@ -598,16 +599,19 @@ class Resolver:
             respond(response.client_reply(held.reply, query, limit=limit))
             return
         if held.ede is not None:
-            respond(response.error_reply(query, Rcode.SERVFAIL, held.ede))
+            respond(_error_reply(query, Rcode.SERVFAIL, held.ede, limit))
             return
         text = f"cached failure ({held.reason}), retry in {held.until - now:.0f} s"
-        respond(response.error_reply(query, Rcode.SERVFAIL, (EDECode.CACHED_ERROR, text)))
+        respond(_error_reply(query, Rcode.SERVFAIL, (EDECode.CACHED_ERROR, text), limit))
 
-    def _answer_error(self, query: wire.ClientQuery, exc: UpstreamError) -> bytes:
-        self.counters["servfail"] += 1
+    def _answer_error(
+        self, query: wire.ClientQuery, exc: UpstreamError, limit: int | None = None
+    ) -> bytes:
+        counter = Rcode.to_text(exc.rcode).lower()  # "servfail" for every upstream error today
+        self.counters[counter] = self.counters.get(counter, 0) + 1
         ede_code = exc.ede if exc.ede is not None else EDECode.OTHER
         text = str(exc.args[0]) if exc.args else exc.kind
-        return response.error_reply(query, Rcode.SERVFAIL, (ede_code, text))
+        return _error_reply(query, exc.rcode, (ede_code, text), limit)
 
     # -- explain ------------------------------------------------------------------------------
     async def explain(self, name: str, qtype: int, *, do: bool = False) -> Trace:
@@ -735,6 +739,20 @@ class Resolver:
                 for i, t in enumerate(group.transports)
             ],
         }  # fmt: skip
+
+
+def _error_reply(
+    query: wire.ClientQuery, rcode: int, ede: tuple[int, str], limit: int | None
+) -> bytes:
+    """An error reply whose Extended DNS Error text (which names every upstream that failed)
+    is cut to fit the client's UDP size rather than have the reply truncated."""
+    reply = response.error_reply(query, rcode, ede)
+    if limit is None or len(reply) <= limit:
+        return reply
+    code, text = ede
+    room = len(text.encode()) - (len(reply) - limit) - len("…".encode())
+    cut = text.encode()[: max(0, room)].decode(errors="ignore")
+    return response.error_reply(query, rcode, (code, cut + "…" if cut else ""))
 
 
 def _ms(seconds: float | None) -> float | None:

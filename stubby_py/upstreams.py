@@ -20,7 +20,12 @@ from dns.rcode import Rcode
 
 from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import NoUpstreamAvailableError, UpstreamError, UpstreamProtocolError
+from stubby_py.errors import (
+    NoUpstreamAvailableError,
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from stubby_py.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.logthrottle import LogThrottle
 from stubby_py.pool import Pool, PoolSettings, UpstreamHealth
@@ -99,16 +104,43 @@ class _Race:
     started: int = 0
     #: when the newest attempt started (the hedge timer runs from there)
     newest_start: float = 0.0
-    failures: list[str] | None = None
+    #: each failed attempt: the upstream's name and how it failed, in the order they ended
+    failures: list[tuple[str, UpstreamError]] | None = None
     fallback: ScannedReply | None = None
     #: the upstream whose answer was taken (final, or kept as the fallback), for explain
     winner: int = -1
     fallback_index: int = -1
 
-    def note_failure(self, text: str) -> None:
+    def note_failure(self, name: str, error: UpstreamError) -> None:
         if self.failures is None:
             self.failures = []
-        self.failures.append(text)
+        self.failures.append((name, error))
+
+    def all_failed(self) -> NoUpstreamAvailableError:
+        """The error for a race nobody won: the failure that tells most comes first, with its
+        detail (errors.py ranks them), then the others, most telling first."""
+        failures = sorted(self.failures or (), key=lambda failure: -failure[1].rank)
+        if not failures:
+            return NoUpstreamAvailableError("no upstream answered in time")
+        (name, cause), others = failures[0], failures[1:]
+        parts = [f"{name}: {cause.kind}{_detail(name, cause)}"]
+        parts += [f"{other}: {error.kind}" for other, error in others]
+        return NoUpstreamAvailableError(", ".join(parts), cause)
+
+
+#: the most of a failure's own words repeated in an answer's Extended DNS Error text
+MAX_DETAIL = 120
+
+
+def _detail(name: str, error: UpstreamError) -> str:
+    """' (what the error says)', without the upstream's name it usually starts with."""
+    text = str(error.args[0]) if error.args else ""
+    text = text.removeprefix(f"{name}: ").strip()
+    if not text or text == error.kind:
+        return ""
+    if len(text) > MAX_DETAIL:
+        text = text[: MAX_DETAIL - 1] + "…"
+    return f" ({text})"
 
 
 class UpstreamGroup:
@@ -174,8 +206,7 @@ class UpstreamGroup:
             return result
         if race.fallback is not None:
             return race.fallback
-        failures = ", ".join(race.failures or ()) or "no upstream answered in time"
-        raise NoUpstreamAvailableError(f"all upstreams failed: {failures}")
+        raise race.all_failed()
 
     async def _one_by_one(
         self, forms: _QueryForms, race: _Race, deadline: float
@@ -187,7 +218,7 @@ class UpstreamGroup:
             try:
                 scanned = await self._attempt(index, forms, deadline)
             except UpstreamError as exc:
-                race.note_failure(f"{self.transports[index].name}: {exc.kind}")
+                race.note_failure(self.transports[index].name, exc)
                 continue
             if self._is_final(scanned, index, race):
                 return scanned
@@ -209,6 +240,9 @@ class UpstreamGroup:
                 )
                 if not done:
                     if loop.time() >= deadline:
+                        for index in running.values():
+                            late = UpstreamTimeoutError("no answer before the query's deadline")
+                            race.note_failure(self.transports[index].name, late)
                         return None
                     self._launch(forms, race, deadline, running)  # the hedge
                     continue
@@ -259,7 +293,7 @@ class UpstreamGroup:
             try:
                 scanned = task.result()
             except UpstreamError as exc:
-                race.note_failure(f"{self.transports[index].name}: {exc.kind}")
+                race.note_failure(self.transports[index].name, exc)
                 continue
             if self._is_final(scanned, index, race):
                 return scanned
@@ -271,7 +305,7 @@ class UpstreamGroup:
         if rcode not in _RETRYABLE_RCODES or not self._config.retry_servfail:
             race.winner = index
             return True
-        race.note_failure(f"{self.transports[index].name}: answered {Rcode.to_text(rcode)}")
+        # (an upstream's own answer tells more than any failure: it is what the client gets)
         if race.fallback is None:
             race.fallback = scanned
             race.fallback_index = index

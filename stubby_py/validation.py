@@ -28,7 +28,12 @@ from stubby_py.cache import ValidationStatus
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
 from stubby_py.dnssec.validate import Validator
-from stubby_py.errors import DnssecFailureError, UpstreamError, UpstreamProtocolError
+from stubby_py.errors import (
+    DnssecFailureError,
+    NoUpstreamAvailableError,
+    UpstreamError,
+    UpstreamProtocolError,
+)
 from stubby_py.explain import Trace, ValidationView, chain_link
 from stubby_py.logthrottle import LogThrottle
 from stubby_py.upstreams import UpstreamGroup
@@ -95,40 +100,85 @@ class Validation:
         """Forward with DO and CD, and validate. A bogus answer may be one upstream's lie: then
         the others are asked (up to MAX_BOGUS_RETRIES more), the DS/DNSKEY questions too, before
         the client hears SERVFAIL (as Unbound retries other servers, val-max-restart). An
-        upstream is charged with the failure only once another upstream's answer validated."""
+        upstream is charged with the failure only once another upstream's answer validated.
+
+        When the others fail too (unreachable, SERVFAIL, bogus as well), the client hears the
+        first verdict, its EDE and its text, with what the others came to after it: a verdict
+        tells more than an upstream that could not be reached (errors.py ranks failures)."""
         avoid: list[int] = []
+        #: the first bogus verdict, and what asking other upstreams after it came to
+        verdict: DnssecFailureError | None = None
+        since: list[str] = []
         while True:
             answered: list[int] = []
-            started = time.perf_counter() if trace is not None else 0.0
-            body, ttl_offsets, layout = await group.forward(
-                query, deadline, dnssec=True, trace=trace, avoid=avoid, answered_by=answered
-            )
-            if trace is not None:
-                trace.upstream_ms = (time.perf_counter() - started) * 1000
-            if layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
-                return Validated(body, ttl_offsets, layout, ValidationStatus.UNCHECKED)
             try:
-                result = await self._validated(
-                    query, (body, ttl_offsets, layout), group, deadline, trace, tuple(avoid)
-                )
+                result = await self._forward_once(query, group, deadline, trace, avoid, answered)
             except DnssecFailureError as exc:
                 upstream = answered[0] if answered else -1
-                if (
-                    exc.indeterminate
-                    or upstream < 0
-                    or len(avoid) >= MAX_BOGUS_RETRIES
-                    or len(avoid) + 1 >= len(group.transports)
-                    or self._loop.time() >= deadline
-                ):
-                    raise
+                if verdict is None:
+                    verdict = exc
+                else:
+                    since.append(_came_to(exc, group, answered))
+                if not self._may_ask_another(exc, upstream, avoid, group, deadline):
+                    break
                 self._counters["dnssec_retries"] += 1
                 avoid.append(upstream)
                 if exc.zone:
                     self.validator.chain.forget_bogus(dns.name.from_text(exc.zone))
                 continue
+            except UpstreamError as exc:
+                if verdict is None:
+                    raise
+                since.append(_came_to(exc, group, answered))
+                break
+            if verdict is not None and result.layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+                rcode = Rcode.to_text(result.layout.rcode)
+                since.append(f"{_name(group, answered[0] if answered else -1)}: answered {rcode}")
+                break
             for liar in avoid:
                 group.transports[liar].stats.count_failure("dnssec-bogus")
             return result
+        raise verdict.followed_by("; ".join(since))
+
+    async def _forward_once(
+        self,
+        query: wire.ClientQuery,
+        group: UpstreamGroup,
+        deadline: float,
+        trace: Trace | None,
+        avoid: list[int],
+        answered: list[int],
+    ) -> Validated:
+        """One answer through the pool, validated; an answer other than NOERROR or NXDOMAIN
+        (SERVFAIL, REFUSED) as it came."""
+        started = time.perf_counter() if trace is not None else 0.0
+        body, ttl_offsets, layout = await group.forward(
+            query, deadline, dnssec=True, trace=trace, avoid=avoid, answered_by=answered
+        )
+        if trace is not None:
+            trace.upstream_ms = (time.perf_counter() - started) * 1000
+        if layout.rcode not in (Rcode.NOERROR, Rcode.NXDOMAIN):
+            return Validated(body, ttl_offsets, layout, ValidationStatus.UNCHECKED)
+        reply = (body, ttl_offsets, layout)
+        return await self._validated(query, reply, group, deadline, trace, tuple(avoid))
+
+    def _may_ask_another(
+        self,
+        verdict: DnssecFailureError,
+        upstream: int,
+        avoid: list[int],
+        group: UpstreamGroup,
+        deadline: float,
+    ) -> bool:
+        """Whether a bogus answer sends the question to another upstream: not when the chain
+        could not be built (the others share it), nor past MAX_BOGUS_RETRIES or the deadline."""
+        return not (
+            verdict.indeterminate
+            or upstream < 0
+            or len(avoid) >= MAX_BOGUS_RETRIES
+            or len(avoid) + 1 >= len(group.transports)
+            or self._loop.time() >= deadline
+        )
 
     async def _validated(
         self,
@@ -308,6 +358,17 @@ class Validation:
         what = dns.edns.EDEOption(EDECode(code)).to_text()  # "EDE 7 (Signature Expired)"
         state = verdict.security.name.lower()
         log.warning("DNSSEC %s below zone %s: %s%s", state, zone, what, more)
+
+
+def _name(group: UpstreamGroup, index: int) -> str:
+    return group.transports[index].name if index >= 0 else "an upstream"
+
+
+def _came_to(error: UpstreamError, group: UpstreamGroup, answered: list[int]) -> str:
+    """What asking another upstream came to, in a few words for the client's EDE text."""
+    if isinstance(error, NoUpstreamAvailableError):
+        return error.summary
+    return f"{_name(group, answered[0] if answered else -1)}: {error.kind}"
 
 
 def validation_view(verdict: Verdict, started: float, questions: int) -> ValidationView:

@@ -54,14 +54,20 @@ class UpstreamSpec:
 
     @property
     def label(self) -> str:
-        return self.name or self.url
+        """The upstream as clients (EDE text, stats, explain, metrics) and the logs see it: its
+        `name`, or its URL without the DoH path, where providers put account tokens."""
+        return self.name or self._url(with_path=False)
 
     @property
     def url(self) -> str:
+        """The upstream as configured, the DoH path included: for `check` on the command line."""
+        return self._url(with_path=True)
+
+    def _url(self, *, with_path: bool) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         if self.transport in ("https", "h3"):
             shown = self.auth_name or host
-            return f"{self.transport}://{shown}:{self.port}{self.path}"
+            return f"{self.transport}://{shown}:{self.port}{self.path if with_path else ''}"
         suffix = f"#{self.auth_name}" if self.auth_name else ""
         return f"{self.transport}://{host}:{self.port}{suffix}"
 
@@ -213,9 +219,10 @@ def _doh_spec(
         return UpstreamSpec(scheme, host, port, auth_name=None, path=path)
     if not fragment:
         raise ValueError(
-            f"{text!r} names a host: append its address as #IP (never resolved through ourselves)"
+            f"{scheme}://{host} names a host: append its address as #IP"
+            " (never resolved through ourselves)"
         )
-    _check_ip(fragment, text)
+    _check_ip(fragment, f"{scheme}://{host}#{fragment}")  # not the path: it may hold a token
     return UpstreamSpec(scheme, fragment, port, auth_name=host, path=path)
 
 

@@ -64,8 +64,9 @@ class DoHState(UpstreamState):
     handshakes: int = 0
     #: QUIC handshakes that resumed a session from a ticket
     resumptions: int = 0
-    #: HTTP methods of the requests, in order
+    #: HTTP methods of the requests, in order, and their paths (HTTP/2 only)
     methods: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
     #: streams the client reset (RST_STREAM / RESET_STREAM), by error code
     client_resets: list[int] = field(default_factory=list)
 
@@ -227,6 +228,7 @@ class _H2ServerConnection(asyncio.Protocol):
 
     def _request(self, stream_id: int, headers: dict[bytes, bytes], body: bytes) -> None:
         self._state.methods.append(headers.get(b":method", b"").decode())
+        self._state.paths.append(headers.get(b":path", b"").decode())
         behaviour, reply = outcome(self._state, query_from_request(headers, body))
         if behaviour == "stall":
             return

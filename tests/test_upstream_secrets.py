@@ -1,0 +1,101 @@
+"""Clients never see an upstream's secrets. DoH providers put account tokens in the URL path;
+what clients are shown (Extended DNS Error text, `stubby-py stats`, `explain`, the Prometheus
+labels) names an upstream by its configured `name` or its scheme, host and port, and so do the
+logs. The token still goes to the server: it is the upstream's own business."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import dns.edns
+import dns.message
+import dns.query
+import dns.rcode
+import pytest
+import trustme
+
+from stubby_py import cli
+from stubby_py.config import parse_upstream_uri
+from tests.conftest import AUTH_NAME, server_context
+from tests.daemon_thread import make_config, running_daemon
+from tests.doh_server import h2_server
+from tests.peers import LOOPBACK, free_ports
+from tests.test_stats_and_metrics import scrape
+
+SECRET = "ACCOUNT-TOKEN-7f3a9c"
+
+
+def ede_of(reply: dns.message.Message) -> tuple[int, str]:
+    (ede,) = [o for o in reply.options if isinstance(o, dns.edns.EDEOption)]
+    return int(ede.code), ede.text or ""
+
+
+def test_a_failing_doh_upstream_is_named_without_its_path(
+    ca: trustme.CA,
+    ca_file: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    dead = free_ports(1)[0]
+    with h2_server(server_context(ca)) as server:
+        server.state.behaviour = "http500"
+        host = f"https://{AUTH_NAME}:{server.port}"  # its address (#127.0.0.1) is not shown
+        socket_path = str(tmp_path / "run" / "control.sock")
+        config = make_config(
+            [
+                f"{host}/dns-query/{SECRET}#127.0.0.1",
+                f"https://{LOOPBACK}:{dead}/{SECRET}-2/dns-query",
+            ],
+            ca_file, strategy="failover", hedge=False, timeout=2.0, attempt_timeout=1.0,
+            control_socket=socket_path, metrics_listen=(LOOPBACK, 0),
+        )  # fmt: skip
+        named = replace(config.upstreams[1], name="refusing-provider")
+        config = replace(config, upstreams=(config.upstreams[0], named))
+        with caplog.at_level("DEBUG", logger="stubby_py"), running_daemon(config) as daemon:
+            query = dns.message.make_query("www.example.", "A", use_edns=0)
+            first = dns.query.udp(query, LOOPBACK, port=daemon.port, timeout=5)
+            held = dns.query.udp(query, LOOPBACK, port=daemon.port, timeout=5)
+            trace = asyncio.run_coroutine_threadsafe(
+                daemon.resolver.explain("other.example.", 1), daemon.loop
+            ).result(10)
+            _status, _type, metrics_text = scrape(daemon.daemon.metrics.port)
+            assert cli.main(["stats", "--json", "--socket", socket_path]) == 0
+            stats_text = capsys.readouterr().out
+            assert cli.main(["stats", "--socket", socket_path]) == 0
+            stats_table = capsys.readouterr().out
+        # the token did go where it belongs
+        assert any(SECRET in path for path in server.state.paths), server.state.paths
+
+    assert first.rcode() == dns.rcode.SERVFAIL
+    code, text = ede_of(first)
+    assert code == 22, text  # No Reachable Authority
+    assert text.startswith(f"all upstreams failed: {host}: bad-response (HTTP status 500)"), text
+    assert "refusing-provider: connection-refused" in text, text
+    held_text = ede_of(held)[1]
+    explained = json.dumps(trace.to_dict())
+    assert f'"upstream": "{host}"' in explained and "HTTP status 500" in explained, explained
+    assert f'upstream="{host}"' in metrics_text, metrics_text
+    assert 'upstream="refusing-provider"' in metrics_text, metrics_text
+    stats = json.loads(stats_text)
+    assert [u["name"] for u in stats["upstreams"]] == [host, "refusing-provider"]
+    logs = "\n".join(record.getMessage() for record in caplog.records)
+    assert f"{host}: HTTP status 500" in logs, logs
+    shown = {
+        "EDE text": text, "held EDE text": held_text, "explain": explained,
+        "metrics": metrics_text, "stats --json": stats_text, "stats": stats_table, "logs": logs,
+    }  # fmt: skip
+    for where, seen in shown.items():
+        assert SECRET not in seen and "dns-query" not in seen, f"{where}:\n{seen}"
+
+
+@pytest.mark.parametrize(
+    "uri", [f"https://dns.example/dns-query/{SECRET}", f"https://dns.example/{SECRET}#not-an-ip"]
+)
+def test_a_bad_doh_url_is_refused_without_repeating_its_path(uri: str) -> None:
+    with pytest.raises(ValueError, match=r"dns\.example") as refused:
+        parse_upstream_uri(uri)
+    assert SECRET not in str(refused.value)

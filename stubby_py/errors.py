@@ -48,8 +48,6 @@ Between failures of one rank, the first in the pool's order is named.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
@@ -196,11 +194,3 @@ class DnssecFailureError(UpstreamError):
         text = f"{self.args[0]}; then {others}" if others else str(self.args[0])
         return DnssecFailureError(self.ede, text, self.zone, indeterminate=self.indeterminate)
 
-
-def most_informative(failures: Iterable[UpstreamError]) -> UpstreamError | None:
-    """The failure that tells most (highest rank; the first of equals), None for none."""
-    best: UpstreamError | None = None
-    for failure in failures:
-        if best is None or failure.rank > best.rank:
-            best = failure
-    return best

@@ -194,7 +194,8 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
     try:
         port = parts.port or TRANSPORT_PORTS[scheme]
     except ValueError as exc:
-        raise ValueError(f"bad port in {text!r}: expected 1-65535") from exc
+        # (not the URL itself: a DoH path may hold an account token)
+        raise ValueError(f"bad port in the {scheme}:// URL: expected 1-65535") from exc
     host = parts.hostname or ""
     fragment = parts.fragment or None
     if scheme in ("https", "h3"):

@@ -93,9 +93,14 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
 
 
 @pytest.mark.parametrize(
-    "uri", [f"https://dns.example/dns-query/{SECRET}", f"https://dns.example/{SECRET}#not-an-ip"]
+    "uri",
+    [
+        f"https://dns.example/dns-query/{SECRET}",
+        f"https://dns.example/{SECRET}#not-an-ip",
+        f"https://dns.example:99999/{SECRET}#192.0.2.1",
+    ],
 )
 def test_a_bad_doh_url_is_refused_without_repeating_its_path(uri: str) -> None:
-    with pytest.raises(ValueError, match=r"dns\.example") as refused:
+    with pytest.raises(ValueError) as refused:
         parse_upstream_uri(uri)
     assert SECRET not in str(refused.value)

@@ -414,6 +414,25 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
     return replace(spec, **changes)
 
 
+def _upstreams(reader: _Reader, node: yaml.Node, key: str) -> tuple[UpstreamSpec, ...]:
+    """A pool's upstreams, each told apart from the others where it is shown (EDE texts, stats,
+    metrics labels, logs), which a DoH path is not: two that would look alike are refused."""
+    specs: list[UpstreamSpec] = []
+    for index, item in enumerate(reader.items(node, key)):
+        spec = _upstream(reader, item, f"{key}[{index}]")
+        twin = next((i for i, other in enumerate(specs) if other.label == spec.label), None)
+        if twin is not None:
+            expected = (
+                f"the same upstream as {key}[{twin}]"
+                if replace(spec, name="") == replace(specs[twin], name="")
+                else f"shown as {spec.label!r} like {key}[{twin}] (a DoH path is never shown):"
+                " give each a `name`"
+            )
+            raise reader.fail(item, f"{key}[{index}]", expected)
+        specs.append(spec)
+    return tuple(specs)
+
+
 def _list(
     reader: _Reader, node: yaml.Node, key: str, convert: Callable[[yaml.Node, str], T]
 ) -> tuple[T, ...]:
@@ -425,7 +444,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
     return {
         "listen": lambda n: _list(r, n, "listen", lambda m, k: r.converted(m, k, parse_listen)),
         "allow": lambda n: _list(r, n, "allow", lambda m, k: r.converted(m, k, _network)),
-        "upstreams": lambda n: _list(r, n, "upstreams", lambda m, k: _upstream(r, m, k)),
+        "upstreams": lambda n: _upstreams(r, n, "upstreams"),
         "timeout": lambda n: r.number(n, "timeout", 0.1, 30),
         "attempt_timeout": lambda n: r.number(n, "attempt_timeout", 0.05, 30),
         "upstream_idle_timeout": lambda n: r.number(n, "upstream_idle_timeout", 0.1, 3600),
@@ -486,7 +505,7 @@ def _groups(r: _Reader, node: yaml.Node) -> tuple[tuple[str, tuple[UpstreamSpec,
         key = f"upstream_groups.{name}"
         if name == DEFAULT_GROUP:
             raise r.fail(value, key, f"{DEFAULT_GROUP!r} is the main pool (`upstreams`)")
-        members = _list(r, value, key, lambda m, k: _upstream(r, m, k))
+        members = _upstreams(r, value, key)
         if not members:
             raise r.fail(value, key, "expected at least one upstream")
         groups.append((name, members))

@@ -18,7 +18,8 @@ import pytest
 import trustme
 
 from stubby_py import cli
-from stubby_py.config import parse_upstream_uri
+from stubby_py.config import parse_config, parse_upstream_uri
+from stubby_py.errors import ConfigError
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.doh_server import h2_server
@@ -104,3 +105,19 @@ def test_a_bad_doh_url_is_refused_without_repeating_its_path(uri: str) -> None:
     with pytest.raises(ValueError) as refused:
         parse_upstream_uri(uri)
     assert SECRET not in str(refused.value)
+
+
+def test_upstreams_that_would_be_shown_alike_are_refused() -> None:
+    """Two DoH upstreams that differ only in their path would be one name in every EDE text,
+    stats row and metrics series (duplicate series break the exposition): refused, with a way
+    out; named, they pass."""
+    one, two = (f"https://dns.example/{SECRET}-{n}#192.0.2.1" for n in (1, 2))
+    text = f"upstreams:\n  - {one}\n  - {two}\n"
+    with pytest.raises(ConfigError, match=r"upstreams\[1\]: shown as .* give each a `name`") as err:
+        parse_config(text, "pool.yaml")
+    assert SECRET not in str(err.value) and "pool.yaml:3" in str(err.value)
+    with pytest.raises(ConfigError, match=r"upstreams\[1\]: the same upstream as upstreams\[0\]"):
+        parse_config(f"upstreams:\n  - {one}\n  - {one}\n", "pool.yaml")
+    grouped = f"upstream_groups:\n  work:\n    - {one}\n    - url: {two}\n      name: second\n"
+    config = parse_config(grouped, "pool.yaml")
+    assert [s.label for s in config.upstream_groups[0][1]] == ["https://dns.example:443", "second"]

@@ -66,8 +66,11 @@ class UpstreamSpec:
     def _url(self, *, with_path: bool) -> str:
         host = f"[{self.address}]" if ":" in self.address else self.address
         if self.transport in ("https", "h3"):
-            shown = self.auth_name or host
-            return f"{self.transport}://{shown}:{self.port}{self.path if with_path else ''}"
+            path = self.path if with_path else ""
+            if self.auth_name and self.auth_name != self.address:
+                # two addresses of one provider (`https://NAME/PATH#IP`) stay apart
+                return f"{self.transport}://{self.auth_name}:{self.port}{path}#{host}"
+            return f"{self.transport}://{host}:{self.port}{path}"
         suffix = f"#{self.auth_name}" if self.auth_name else ""
         return f"{self.transport}://{host}:{self.port}{suffix}"
 

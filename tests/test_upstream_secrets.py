@@ -44,11 +44,12 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
     dead = free_ports(1)[0]
     with h2_server(server_context(ca)) as server:
         server.state.behaviour = "http500"
-        host = f"https://{AUTH_NAME}:{server.port}"  # its address (#127.0.0.1) is not shown
+        origin = f"https://{AUTH_NAME}:{server.port}"
+        host = f"{origin}#127.0.0.1"  # as shown: its path never is
         socket_path = str(tmp_path / "run" / "control.sock")
         config = make_config(
             [
-                f"{host}/dns-query/{SECRET}#127.0.0.1",
+                f"{origin}/dns-query/{SECRET}#127.0.0.1",
                 f"https://{LOOPBACK}:{dead}/{SECRET}-2/dns-query",
             ],
             ca_file, strategy="failover", hedge=False, timeout=2.0, attempt_timeout=1.0,
@@ -120,4 +121,11 @@ def test_upstreams_that_would_be_shown_alike_are_refused() -> None:
         parse_config(f"upstreams:\n  - {one}\n  - {one}\n", "pool.yaml")
     grouped = f"upstream_groups:\n  work:\n    - {one}\n    - url: {two}\n      name: second\n"
     config = parse_config(grouped, "pool.yaml")
-    assert [s.label for s in config.upstream_groups[0][1]] == ["https://dns.example:443", "second"]
+    assert [s.label for s in config.upstream_groups[0][1]] == [
+        "https://dns.example:443#192.0.2.1",
+        "second",
+    ]
+    # two addresses of one provider are two upstreams, shown apart
+    pair = "upstreams:\n  - https://dns.example/q#192.0.2.1\n  - https://dns.example/q#192.0.2.2\n"
+    labels = [s.label for s in parse_config(pair, "pool.yaml").upstreams]
+    assert labels == ["https://dns.example:443#192.0.2.1", "https://dns.example:443#192.0.2.2"]

@@ -30,7 +30,7 @@ from stubby_py.listener import TCPConnections, UDPListener
 from stubby_py.metrics import MetricsServer
 from stubby_py.privileges import Handover, drop_privileges
 from stubby_py.querylog import QueryLog
-from stubby_py.resolver import AccessList, Resolver
+from stubby_py.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
@@ -328,8 +328,7 @@ class Daemon:
         self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
         self.tcp.idle_timeout = new.tcp_idle_timeout
         if self.metrics is not None:
-            self.metrics.access = AccessList(new.metrics_allow)
-            self.metrics.max_connections = fd_plan.caps.metrics_max_connections
+            self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]

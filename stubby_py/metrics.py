@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -153,10 +154,7 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
 
 
 class MetricsServer:
-    """GET /metrics → `render(collect())`, to the networks in `allow`, `max_connections` at once.
-
-    The limits are plain attributes, so a reload can change them for connections to come.
-    """
+    """GET /metrics → `render(collect())`, to the networks in `allow`, `max_connections` at once."""
 
     def __init__(
         self,
@@ -171,8 +169,7 @@ class MetricsServer:
         self.port = port
         self._collect = collect
         self._server: asyncio.AbstractServer | None = None
-        self.access = AccessList(allow)
-        self.max_connections = max_connections
+        self.configure(allow, max_connections)
         self.head_timeout = HEAD_SECONDS
         self.write_timeout = WRITE_SECONDS
         #: connections being served now
@@ -182,11 +179,23 @@ class MetricsServer:
         self.rejected = 0
         self._log_throttle = LogThrottle()
 
+    def configure(self, allow: Sequence[str], max_connections: int) -> None:
+        """Set the access list and the cap (at start, and at a reload for connections to come)."""
+        self._allow = tuple(allow)
+        self.access = AccessList(allow)
+        self.max_connections = max_connections
+
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
         self.port = self._server.sockets[0].getsockname()[1]
         where = f"[{self.host}]" if ":" in self.host else self.host
         log.info("metrics on http://%s:%d/metrics", where, self.port)
+        if not _is_loopback(self.host) and all(_is_loopback(n) for n in self._allow):
+            log.warning(
+                "metrics on %s, but metrics_allow admits loopback only: add your Prometheus "
+                "server's address to it",
+                where,
+            )
 
     async def aclose(self) -> None:
         if self._server is not None:
@@ -241,6 +250,13 @@ class MetricsServer:
             return _http(404, "not found: try /metrics\n", "text/plain")
         body = render(self._collect())
         return _http(200, body, CONTENT_TYPE, head_only=method == b"HEAD")
+
+
+def _is_loopback(address_or_network: str) -> bool:
+    try:
+        return ipaddress.ip_network(address_or_network, strict=False).is_loopback
+    except ValueError:
+        return False
 
 
 def _http(

@@ -237,9 +237,9 @@ class MetricsServer:
             pass
         finally:
             writer.transport.abort()  # no-op once closed
+            self.open -= 1
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
-            self.open -= 1
 
     def _response(self, head: bytes) -> bytes:
         method, _, rest = head.partition(b" ")

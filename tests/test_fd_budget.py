@@ -183,3 +183,17 @@ def test_a_limit_too_low_to_serve_is_refused_at_start(tmp_path: Path, ca_file: s
     assert result.returncode != 0
     assert "the open files limit (40) is too low" in result.stderr, result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_service_units_limits_fit_the_default_caps() -> None:
+    """LimitNOFILE= holds the defaults with everything on (metrics, query log) and the socket
+    unit's listening sockets, lowering nothing; the memory and task limits are set."""
+    root = Path(__file__).resolve().parent.parent
+    service = (root / "systemd/stubby-py.service").read_text()
+    sockets = (root / "systemd/stubby-py.socket").read_text()
+    settings = dict(re.findall(r"^(LimitNOFILE|MemoryMax|TasksMax)=(\S+)$", service, re.M))
+    assert settings.keys() == {"LimitNOFILE", "MemoryMax", "TasksMax"}, settings
+    listening = len(re.findall(r"^Listen(Datagram|Stream)=", sockets, re.M))
+    config = replace(Config(), metrics_listen=("127.0.0.1", 9153), query_log="/var/log/q.log")
+    fd_plan = plan(Needs.of(config, listening), Caps.of(config), int(settings["LimitNOFILE"]))
+    assert fd_plan.lowered == () and fd_plan.spare > 0

@@ -157,6 +157,10 @@ class Config:
     control_socket: str | None = "auto"
     #: Prometheus metrics over HTTP on this (address, port); None = off
     metrics_listen: tuple[str, int] | None = None
+    #: networks that may connect to the metrics endpoint; others are closed at accept
+    metrics_allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: metrics connections open at once; more are closed at accept
+    metrics_max_connections: int = 16
     #: append one line per answered query to this file (a privacy choice); None = no query log
     query_log: str | None = None
     #: DNSSEC: "validate" answers (AD for secure, SERVFAIL for bogus) or "off" (pass through)
@@ -492,6 +496,10 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "user": lambda n: _optional_user(r, n),
         "control_socket": lambda n: _path_auto_or_off(r, n, "control_socket"),
         "metrics_listen": lambda n: _metrics_listen(r, n),
+        "metrics_allow": lambda n: _list(
+            r, n, "metrics_allow", lambda m, k: r.converted(m, k, _network)
+        ),
+        "metrics_max_connections": lambda n: r.integer(n, "metrics_max_connections", 1, 1024),
         "query_log": lambda n: r.text(n, "query_log"),
         "dnssec": lambda n: r.choice(n, "dnssec", DNSSEC_MODES),
         "trust_anchors": lambda n: r.converted(n, "trust_anchors", _trust_anchor_file),

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from stubby_py import control, netwatch, stats
+from stubby_py import control, fdbudget, netwatch, stats
 from stubby_py.config import Config
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
@@ -93,21 +93,30 @@ class Daemon:
     metrics: MetricsServer | None = None
     query_log: QueryLog | None = None
     network_watch: netwatch.NetworkWatch | None = None
+    #: RLIMIT_NOFILE once raised, and the caps planned under it (fdbudget.py)
+    fd_limit: int = 0
+    fd_plan: fdbudget.Plan | None = None
     started: float = field(default_factory=time.time)
     _servers: list[asyncio.Server] = field(default_factory=list)
+    _listening_sockets: int = 0
     _udp: list[UDPListener] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
+        inherited = inherited_sockets()
+        self._listening_sockets = len(inherited) or 2 * len(config.listen)
+        before, self.fd_limit = fdbudget.raise_open_files_limit()
+        if self.fd_limit > before:
+            log.info("open files limit raised from %d to the hard limit, %d", before, self.fd_limit)
+        self.fd_plan = fd_plan = self._plan_fds(config)
         self.resolver = resolver = Resolver(config)
         self.tcp = TCPConnections(
             resolver,
-            config.tcp_max_connections,
+            fd_plan.caps.tcp_max_connections,
             config.tcp_idle_timeout,
-            config.tcp_max_connections_per_client,
+            fd_plan.caps.tcp_max_connections_per_client,
         )
-        inherited = inherited_sockets()
         if inherited:
             await self._adopt(inherited)
         else:
@@ -121,6 +130,16 @@ class Daemon:
         self._open_query_log(config.query_log)
         await self._start_control(config.control_socket)
         await self._start_metrics(config.metrics_listen)
+
+    def _plan_fds(self, config: Config) -> fdbudget.Plan:
+        """The TCP and metrics caps that fit under the open files limit (logged; lowered caps
+        with a warning); FdBudgetError if the daemon's own needs do not fit."""
+        needs = fdbudget.Needs.of(config, self._listening_sockets)
+        fd_plan = fdbudget.plan(needs, fdbudget.Caps.of(config), self.fd_limit)
+        for lowered in fd_plan.lowered:
+            log.warning("%s", lowered)
+        log.info("%s", fd_plan.describe())
+        return fd_plan
 
     async def _listen(self, address: str, port: int) -> None:
         assert self.tcp is not None
@@ -213,7 +232,14 @@ class Daemon:
     async def _start_metrics(self, where: tuple[str, int] | None) -> None:
         if where is None:
             return
-        self.metrics = MetricsServer(where[0], where[1], self.collect_stats)
+        assert self.fd_plan is not None
+        self.metrics = MetricsServer(
+            where[0],
+            where[1],
+            self.collect_stats,
+            allow=self.config.metrics_allow,
+            max_connections=self.fd_plan.caps.metrics_max_connections,
+        )
         try:
             await self.metrics.start()
         except OSError as exc:
@@ -288,6 +314,7 @@ class Daemon:
     def _apply(self, new: Config) -> None:
         assert self.resolver is not None and self.tcp is not None
         old = self.config
+        fd_plan = self._plan_fds(new)  # may fail: nothing changed yet
         query_log = self._next_query_log(new.query_log)  # may fail: nothing changed yet
         try:
             self.resolver.reconfigure(new)
@@ -296,9 +323,12 @@ class Daemon:
                 query_log.close()
             raise
         self._switch_query_log(query_log)
-        self.tcp.max_connections = new.tcp_max_connections
-        self.tcp.max_per_client = new.tcp_max_connections_per_client
+        self.fd_plan = fd_plan
+        self.tcp.max_connections = fd_plan.caps.tcp_max_connections
+        self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
         self.tcp.idle_timeout = new.tcp_idle_timeout
+        if self.metrics is not None:
+            self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]

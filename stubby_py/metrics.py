@@ -1,22 +1,37 @@
 """Prometheus metrics: the figures of `stubby-py stats` in the text exposition format (0.0.4),
 served at GET /metrics by a small asyncio HTTP/1.x handler. Off by default (`metrics_listen`).
 
-One request per connection, read with a size and time limit; anything but GET or HEAD of /metrics
-(or /) is answered 404 or 405. No dependency: the format is a few lines of text.
+One request per connection; anything but GET or HEAD of /metrics (or /) is answered 404 or 405.
+No dependency: the format is a few lines of text.
+
+The endpoint must never cost DNS its file descriptors or its memory, whoever connects: a source
+outside `metrics_allow` (default loopback) and a connection over `metrics_max_connections` are
+closed at accept without a byte; the request head is at most MAX_HEAD octets and must arrive
+within HEAD_SECONDS of the connection, the answer must be taken within WRITE_SECONDS, or the
+connection is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
+
+from stubby_py.logthrottle import LogThrottle
+from stubby_py.resolver import AccessList
 
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
-READ_SECONDS = 5.0
+#: the request head must arrive within this many seconds of the connection
+HEAD_SECONDS = 5.0
+#: the answer must be taken within this many seconds
+WRITE_SECONDS = 10.0
+LOOPBACK = ("127.0.0.0/8", "::1/128")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 #: resolver counters exported as stubby_py_<name>_total, with their help text
@@ -139,36 +154,90 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
 
 
 class MetricsServer:
-    """GET /metrics → `render(collect())`."""
+    """GET /metrics → `render(collect())`, to the networks in `allow`, `max_connections` at once."""
 
-    def __init__(self, host: str, port: int, collect: Callable[[], Mapping[str, Any]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        collect: Callable[[], Mapping[str, Any]],
+        *,
+        allow: Sequence[str] = LOOPBACK,
+        max_connections: int = 16,
+    ) -> None:
         self.host = host
         self.port = port
         self._collect = collect
         self._server: asyncio.AbstractServer | None = None
+        self.configure(allow, max_connections)
+        self.head_timeout = HEAD_SECONDS
+        self.write_timeout = WRITE_SECONDS
+        #: connections being served now
+        self.open = 0
+        #: connections closed at accept: from outside `allow`, over `max_connections`
+        self.denied = 0
+        self.rejected = 0
+        self._log_throttle = LogThrottle()
+
+    def configure(self, allow: Sequence[str], max_connections: int) -> None:
+        """Set the access list and the cap (at start, and at a reload for connections to come)."""
+        self._allow = tuple(allow)
+        self.access = AccessList(allow)
+        self.max_connections = max_connections
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port, limit=MAX_HEAD)
         self.port = self._server.sockets[0].getsockname()[1]
         where = f"[{self.host}]" if ":" in self.host else self.host
         log.info("metrics on http://%s:%d/metrics", where, self.port)
+        if not _is_loopback(self.host) and all(_is_loopback(n) for n in self._allow):
+            log.warning(
+                "metrics on %s, but metrics_allow admits loopback only: add your Prometheus "
+                "server's address to it",
+                where,
+            )
 
     async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
 
+    def _admit(self, peer: str) -> bool:
+        """Count a new connection from `peer` in, or say why not (logged, at most once a minute)."""
+        if not self.access.allows(peer):
+            self.denied += 1
+            why = "not in metrics_allow"
+        elif self.open >= self.max_connections:
+            self.rejected += 1
+            why = f"over metrics_max_connections ({self.max_connections})"
+        else:
+            self.open += 1
+            return True
+        held_back = self._log_throttle.allow(why, time.monotonic())
+        if held_back is not None:
+            more = f" (and {held_back} more since the last such line)" if held_back else ""
+            log.warning("metrics: connection from %s closed: %s%s", peer, why, more)
+        return False
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        if not self._admit(peer[0] if peer else ""):
+            writer.transport.abort()  # no answer, no lingering: the descriptor is free at once
+            return
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
+            async with asyncio.timeout(self.head_timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
             writer.write(self._response(head))
-            await writer.drain()
+            writer.close()  # once the answer is out: a client that does not take it is cut below
+            async with asyncio.timeout(self.write_timeout):
+                await writer.wait_closed()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass  # too slow, too long or cut short: close without an answer
+            pass  # too slow, too long or cut short: closed without an answer
         except ConnectionError:
             pass
         finally:
-            writer.close()
+            writer.transport.abort()  # no-op once closed
+            self.open -= 1
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
@@ -181,6 +250,13 @@ class MetricsServer:
             return _http(404, "not found: try /metrics\n", "text/plain")
         body = render(self._collect())
         return _http(200, body, CONTENT_TYPE, head_only=method == b"HEAD")
+
+
+def _is_loopback(address_or_network: str) -> bool:
+    try:
+        return ipaddress.ip_network(address_or_network, strict=False).is_loopback
+    except ValueError:
+        return False
 
 
 def _http(

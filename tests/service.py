@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
+import select
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +68,45 @@ def udp_burst(port: int, names: list[str], source: str, wait: float) -> int:
                 break
             replies += 1
     return replies
+
+
+@contextlib.contextmanager
+def daemon_process(
+    config_path: str, log_path: Path, *, open_files: int | None = None, ready: str = "listening on"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`stubby-py run -c config_path` in a process of its own, stderr to `log_path`, with
+    RLIMIT_NOFILE set to `open_files` (soft and hard: it cannot raise it); yields once the log
+    says `ready`, stops it (SIGTERM, then SIGKILL) at the end."""
+
+    def limit_open_files() -> None:
+        if open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
+    command = [sys.executable, "-m", "stubby_py", "run", "-c", config_path]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stderr=log, preexec_fn=limit_open_files)
+    try:
+        started = wait_for(
+            lambda: process.poll() is not None or ready in log_path.read_text(), 15
+        )
+        assert started and process.poll() is None, log_path.read_text()
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True if the other end closed `sock` (FIN or RST), without waiting and reading nothing."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if not poller.poll(0):
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionError:
+        return True

@@ -2,6 +2,9 @@
 
 Never used for the default pool: cleartext only where the configuration asks for it.
 UDP replies with TC set are retried over TCP (RFC 7766 §5); TCP is the DoT stream without TLS.
+Each UDP query has a socket of its own (a fresh source port, RFC 5452); at most MAX_UDP_SOCKETS
+per upstream are open at once (the file descriptor budget counts on it: fdbudget.py), and a query
+over that waits for one, within its deadline.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
 from stubby_py.transports.base import Transport, TransportStats
 from stubby_py.transports.dot import DoTTransport
+
+MAX_UDP_SOCKETS = 64
 
 
 class TCPTransport(DoTTransport):
@@ -51,6 +56,7 @@ class UDPTransport:
         self.spec = spec
         self.stats = TransportStats()
         self._tcp = TCPTransport(spec, config)
+        self._sockets = asyncio.Semaphore(MAX_UDP_SOCKETS)
 
     @property
     def name(self) -> str:
@@ -72,6 +78,19 @@ class UDPTransport:
             raise
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._sockets.acquire()
+        except TimeoutError:
+            raise UpstreamTimeoutError(
+                f"{self.name}: timed out, {MAX_UDP_SOCKETS} queries already in flight"
+            ) from None
+        try:
+            return await self._exchange_on_new_socket(query, deadline)
+        finally:
+            self._sockets.release()
+
+    async def _exchange_on_new_socket(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
         msg_id = secrets.randbits(16)  # cleartext: unpredictable IDs (RFC 5452)
         question = query[wire.HEADER_LEN : wire.question_end(query)]

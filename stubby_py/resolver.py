@@ -66,7 +66,7 @@ _ANY_HINFO = ("RFC8482", "")
 class LoggedRespond:
     """A client's `respond` that also writes the query log line: where the answer came from
     ("cache", "upstream", "joined", "stale", "held-failure", "local", "any-minimal", "rejected",
-    "rate-limited"), set on the way by `_mark`, or a line for a query dropped unanswered."""
+    "rate-limited"), set on the way by `_mark`."""
 
     __slots__ = ("client_ip", "log", "query", "respond", "source")
 
@@ -83,18 +83,10 @@ class LoggedRespond:
         self.respond(reply)
         self.log.record(self.client_ip, self.query, response.rcode_of(reply), self.source)
 
-    def dropped(self, why: str) -> None:
-        self.log.record_drop(self.client_ip, self.query, why)
-
 
 def _mark(respond: Respond, source: str) -> None:
     if respond.__class__ is LoggedRespond:
         respond.source = source
-
-
-def _dropped(respond: Respond, why: str) -> None:
-    if respond.__class__ is LoggedRespond:
-        respond.dropped(why)
 
 
 class AccessList:
@@ -134,6 +126,22 @@ def cache_limits(config: Config) -> CacheLimits:
         stale_window=config.stale_window,
         prefetch=config.prefetch,
     )
+
+
+def _parse(data: bytes) -> wire.ClientQuery | None:
+    """`data` as a standard query (opcode QUERY, not a response), or None."""
+    if len(data) < wire.HEADER_LEN:
+        return None
+    if wire.U16.unpack_from(data, 2)[0] & (wire.QR | wire.OPCODE_MASK):
+        return None
+    try:
+        return wire.parse_query(data)
+    except wire.WireError:
+        pass
+    try:
+        return wire.parse_unusual_query(data)
+    except wire.WireError:
+        return None
 
 
 #: a query waiting for the answer to an identical one in flight: query, respond, over UDP
@@ -304,14 +312,18 @@ class Resolver:
     # -- entry point for listeners ------------------------------------------------------
     def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> None:
         """Answer `data` through `respond`, now or later; drop only what is not even a header,
-        and what the access list or the rate limit say to drop."""
+        and what the access list or the rate limit say to drop. The source is checked before
+        the message is read, so a denied or limited client gets no FORMERR or NOTIMP either."""
         self.counters["queries"] += 1
+        if not self._admit(data, client_ip, respond):
+            return
         query = self._read(data, respond)
         if query is None:
             return
         if self.query_log is not None:
             respond = LoggedRespond(respond, self.query_log, client_ip, query)
-        if not self._admit(query, data, client_ip, respond):
+        if query.edns_version > 0:
+            self._reject(respond, query, data, BadVersionError())
             return
         if query.qtype == TYPE_ANY and udp:
             self._answer_any(query, respond)
@@ -342,28 +354,47 @@ class Resolver:
             self._reject(respond, None, data, MalformedQueryError())
             return None
 
-    def _admit(
-        self, query: wire.ClientQuery, data: bytes, client_ip: str, respond: Respond
-    ) -> bool:
-        """Request checks: access list, rate limit, EDNS version. False: answered or dropped."""
+    def _admit(self, data: bytes, client_ip: str, respond: Respond) -> bool:
+        """Request checks on the source, before the message is read: the access list, the rate
+        limit. False: answered (REFUSED) or dropped."""
         if not self.acl.allows(client_ip):
             if self.config.deny_action == "drop":
                 self.counters["dropped"] += 1
-                _dropped(respond, "denied")
+                self._log_drop(data, client_ip, "denied")
             else:
-                self._reject(respond, query, data, RefusedError())
+                self._refuse(data, client_ip, respond, RefusedError(), None)
             return False
         if self.rate_limiter is not None and not self._within_rate(client_ip):
             if self.config.rate_limit_action == "refuse":
-                _mark(respond, "rate-limited")
-                self._reject(respond, query, data, RefusedError("rate limited"))
+                self._refuse(data, client_ip, respond, RefusedError("rate limited"), "rate-limited")
             else:
-                _dropped(respond, "rate-limited")
-            return False
-        if query.edns_version > 0:
-            self._reject(respond, query, data, BadVersionError())
+                self._log_drop(data, client_ip, "rate-limited")
             return False
         return True
+
+    def _refuse(
+        self,
+        data: bytes,
+        client_ip: str,
+        respond: Respond,
+        error: RefusedError,
+        source: str | None,
+    ) -> None:
+        """REFUSED to a client turned away: with the question when the message reads as a
+        query, a bare header when not; nothing to what is not a query at all."""
+        if len(data) < wire.HEADER_LEN or wire.U16.unpack_from(data, 2)[0] & wire.QR:
+            self.counters["dropped"] += 1
+            return
+        query = _parse(data)
+        if query is not None and self.query_log is not None:
+            respond = LoggedRespond(respond, self.query_log, client_ip, query)
+            if source is not None:
+                respond.source = source
+        self._reject(respond, query, data, error)
+
+    def _log_drop(self, data: bytes, client_ip: str, why: str) -> None:
+        if self.query_log is not None and (query := _parse(data)) is not None:
+            self.query_log.record_drop(client_ip, query, why)
 
     def _within_rate(self, client_ip: str) -> bool:
         assert self.rate_limiter is not None

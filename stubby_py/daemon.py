@@ -106,6 +106,7 @@ class Daemon:
             config.tcp_max_connections,
             config.tcp_idle_timeout,
             config.tcp_max_connections_per_client,
+            config.ipv6_client_prefix,
         )
         inherited = inherited_sockets()
         if inherited:
@@ -299,6 +300,7 @@ class Daemon:
         self.tcp.max_connections = new.tcp_max_connections
         self.tcp.max_per_client = new.tcp_max_connections_per_client
         self.tcp.idle_timeout = new.tcp_idle_timeout
+        self.tcp.ipv6_prefix = new.ipv6_client_prefix
         logging.getLogger().setLevel(new.log_level.upper())
         self.config = new
         pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]

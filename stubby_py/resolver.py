@@ -202,7 +202,9 @@ class Resolver:
         router = Router(dict(config.rules))
         acl = AccessList(config.allow)
         limiter = (
-            RateLimiter(config.rate_limit, config.rate_limit_burst)
+            RateLimiter(
+                config.rate_limit, config.rate_limit_burst, ipv6_prefix=config.ipv6_client_prefix
+            )
             if config.rate_limit > 0
             else None
         )

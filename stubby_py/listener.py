@@ -227,25 +227,24 @@ class TCPListener(asyncio.Protocol):
             end = len(buf)
             pos = 0
             handle = self._shared.resolver.handle
+            # (an exception from handle() is a bug: the transport closes the connection)
             self._dispatching = True
-            try:
-                while end - pos >= 2 and self._in_flight < MAX_PIPELINED:
-                    if self._writing_paused:
-                        break
-                    size = (buf[pos] << 8) | buf[pos + 1]
-                    if end - pos - 2 < size:
-                        break
-                    message = bytes(buf[pos + 2 : pos + 2 + size])
-                    pos += 2 + size
-                    self._in_flight += 1
-                    handle(message, self._peer, self._respond_once(), udp=False)
-            finally:
-                self._dispatching = False
+            while end - pos >= 2 and self._in_flight < MAX_PIPELINED and not self._writing_paused:
+                size = (buf[pos] << 8) | buf[pos + 1]
+                if end - pos - 2 < size:
+                    break
+                message = bytes(buf[pos + 2 : pos + 2 + size])
+                pos += 2 + size
+                self._in_flight += 1
+                handle(message, self._peer, self._respond_once(), udp=False)
+            self._dispatching = False
             if pos:
                 del buf[:pos]
                 self._last_message = time.monotonic()
-            self._pace_reading()
-        self._finish_if_done()
+            if self._reading_paused or self._writing_paused or self._in_flight >= MAX_PIPELINED:
+                self._pace_reading()
+        if self._eof:
+            self._finish_if_done()
 
     def _pace_reading(self) -> None:
         transport = self._transport

@@ -358,13 +358,16 @@ class Resolver:
 
     def _admit(self, data: bytes, client_ip: str, respond: Respond) -> bool:
         """Request checks on the source, before the message is read: the access list, the rate
-        limit. False: answered (REFUSED) or dropped."""
+        limit (REFUSED to a denied source counts against it too). False: answered (REFUSED) or
+        dropped."""
         if not self.acl.allows(client_ip):
-            if self.config.deny_action == "drop":
+            if self.config.deny_action == "refuse" and (
+                self.rate_limiter is None or self._within_rate(client_ip)
+            ):
+                self._refuse(data, client_ip, respond, RefusedError(), None)
+            else:
                 self.counters["dropped"] += 1
                 self._log_drop(data, client_ip, "denied")
-            else:
-                self._refuse(data, client_ip, respond, RefusedError(), None)
             return False
         if self.rate_limiter is not None and not self._within_rate(client_ip):
             if self.config.rate_limit_action == "refuse":

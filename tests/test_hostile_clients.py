@@ -84,6 +84,20 @@ def test_deny_action_refuse_refuses_malformed_and_notify(
         assert daemon.resolver.counters["formerr"] == daemon.resolver.counters["notimp"] == 0
 
 
+def test_refused_to_a_denied_source_is_rate_limited(
+    dot_upstream: LocalUpstream, ca_file: str
+) -> None:
+    config = make_config(
+        [dot_uri(dot_upstream)], ca_file, allow=("127.0.0.1/32",), deny_action="refuse",
+        rate_limit=5.0, rate_limit_burst=5, rate_limit_exempt=(),
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        flood = [dns.message.make_query(f"d{i}.example.", "A").to_wire() for i in range(100)]
+        replies = udp_replies(daemon.port, flood, "127.0.0.2", wait=1.0)
+        assert 5 <= len(replies) <= 15  # the burst, and what came back at 5 a second
+        assert all(r[3] & 0x0F == dns.rcode.REFUSED for r in replies)
+
+
 def test_formerr_flood_from_a_limited_client_is_limited(
     dot_upstream: LocalUpstream, ca_file: str
 ) -> None:

@@ -195,17 +195,40 @@ def test_a_client_that_never_reads_its_replies_is_bounded_and_closed(
             assert is_closed_by_peer(hog, wait=5)
 
 
+def test_a_client_that_reads_gets_every_large_answer(
+    dot_upstream: LocalUpstream, ca_file: str
+) -> None:
+    """Back-pressure pauses and resumes: 1,000 pipelined queries for a 10 KB answer, sent with a
+    half-close, are all answered to a client that reads (10 MB through a 64 KiB window)."""
+    dot_upstream.state.records[BIG] = [("TXT", f'"{i:03} ' + "x" * 246 + '"') for i in range(40)]
+    config = make_config([dot_uri(dot_upstream)], ca_file)
+    with running_daemon(config) as daemon:
+        assert tcp_answer(daemon.port, BIG).answer  # cached now
+        queries = [dns.message.make_query(BIG, "TXT") for _ in range(1000)]
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+            sock.sendall(b"".join(framed(q) for q in queries))
+            sock.shutdown(socket.SHUT_WR)
+            ids = []
+            for _ in queries:
+                size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+                ids.append(dns.message.from_wire(_recv_exactly(sock, size)).id)
+            assert sock.recv(1) == b""  # then closed
+        assert sorted(ids) == sorted(q.id for q in queries)
+
+
 def test_pipelining_cap_counts_queries_not_reads(
     dot_upstream: LocalUpstream, ca_file: str
 ) -> None:
     """One read of many pipelined queries that go upstream hands at most MAX_PIPELINED to the
-    resolver; the rest follow as answers go out, and every one is answered."""
+    resolver; the rest follow as answers go out, and every one is answered (the client
+    half-closes after sending: what it sent is still answered, then the connection closes)."""
     dot_upstream.state.delay = 0.3
     config = make_config([dot_uri(dot_upstream)], ca_file, timeout=5.0, attempt_timeout=5.0)
     with running_daemon(config) as daemon:
         queries = [dns.message.make_query(f"p{i}.example.", "A") for i in range(400)]
         with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
             sock.sendall(b"".join(framed(q) for q in queries))
+            sock.shutdown(socket.SHUT_WR)
             time.sleep(0.15)  # everything read, nothing answered yet
             inflight = daemon.call(lambda: len(daemon.resolver._inflight))
             assert 0 < inflight <= 128
@@ -213,6 +236,7 @@ def test_pipelining_cap_counts_queries_not_reads(
             for _ in queries:
                 size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
                 ids.add(dns.message.from_wire(_recv_exactly(sock, size)).id)
+            assert sock.recv(1) == b""
         assert ids == {q.id for q in queries}
 
 

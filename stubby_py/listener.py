@@ -236,7 +236,8 @@ class TCPListener(asyncio.Protocol):
                 message = bytes(buf[pos + 2 : pos + 2 + size])
                 pos += 2 + size
                 self._in_flight += 1
-                handle(message, self._peer, self._respond_once(), udp=False)
+                if not handle(message, self._peer, self._respond_once(), udp=False):
+                    self._in_flight -= 1  # dropped: no answer will come
             self._dispatching = False
             if pos:
                 del buf[:pos]
@@ -334,6 +335,7 @@ class TCPListener(asyncio.Protocol):
             if now - self._write_progress >= shared.idle_timeout:
                 # the client does not read its replies; close() would wait for them forever
                 shared.closed_unread += 1
+                self._closed = True  # answers still in flight are not written to it
                 transport.abort()
                 return
         elif self._in_flight == 0 and now - self._last_message >= shared.idle_timeout:

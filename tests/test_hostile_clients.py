@@ -249,6 +249,39 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
+def test_dropped_messages_free_their_pipelining_slot(
+    dot_upstream: LocalUpstream, ca_file: str
+) -> None:
+    """Messages dropped unanswered (empty, responses) do not count as in flight: else 128 of
+    them would stop the connection being read for good, and it would never be idle."""
+    config = make_config([dot_uri(dot_upstream)], ca_file, tcp_idle_timeout=1.0)
+    response = dns.message.make_response(dns.message.make_query("r.example.", "A")).to_wire()
+    with running_daemon(config) as daemon:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=3) as sock:
+            junk = b"\x00\x00" * 100 + (struct.pack("!H", len(response)) + response) * 100
+            sock.sendall(junk + framed(dns.message.make_query("after.example.", "A")))
+            size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+            assert dns.message.from_wire(_recv_exactly(sock, size)).answer
+            assert is_closed_by_peer(sock, wait=5)  # then idle
+
+
+def test_a_rate_limited_tcp_client_is_closed_when_idle(
+    dot_upstream: LocalUpstream, ca_file: str
+) -> None:
+    config = make_config(
+        [dot_uri(dot_upstream)], ca_file, rate_limit=5.0, rate_limit_burst=5,
+        rate_limit_exempt=(), tcp_idle_timeout=1.0,
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        queries = [dns.message.make_query(f"t{i}.example.", "A") for i in range(300)]
+        with socket.create_connection(
+            ("127.0.0.1", daemon.port), timeout=3, source_address=("127.0.0.2", 0)
+        ) as sock:
+            sock.sendall(b"".join(framed(q) for q in queries))
+            assert is_closed_by_peer(sock, wait=5)
+        assert daemon.resolver.counters["rate_limited"] >= 280
+
+
 def test_denied_connections_hold_no_slot(dot_upstream: LocalUpstream, ca_file: str) -> None:
     config = make_config(
         [dot_uri(dot_upstream)], ca_file, allow=("127.0.0.1/32",), tcp_max_connections=4

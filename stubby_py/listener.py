@@ -2,12 +2,13 @@
 
 TCP: 2-octet framing, many queries pipelined on one connection and answered as each completes
 (out of order, RFC 7766 §6.2.1.1), caps on connections (in total and per client, RFC 7766 §6.2.2;
-an IPv6 client is its /64) and on queries in flight per connection. A connection from outside the
-access list is closed at accept, before it counts against a cap. Reading pauses while a connection
-is at its pipelining cap or its unsent replies exceed WRITE_BUFFER_HIGH (the client is not
-reading them), so memory stays bounded whatever the client sends. A connection is closed when no
-complete query came and no answer went for `idle_timeout` (trickling bytes does not count), or
-when its unsent replies made no progress for as long.
+an IPv6 client is its /64 by default) and on queries in flight per connection. A connection from
+outside the access list is closed at accept, before it counts against a cap. Reading pauses while
+a connection is at its pipelining cap or its unsent replies exceed WRITE_BUFFER_HIGH (the client
+is not reading them), so whatever a client sends, its connection holds at most one read of
+queries (256 KiB with uvloop), WRITE_BUFFER_HIGH of replies and the answers to the queries in
+flight. A connection is closed when no complete query came and no answer went for `idle_timeout`
+(trickling bytes does not count), or when its unsent replies made no progress for as long.
 
 At shutdown the listeners stop taking queries (`stop_reading`) but keep their sockets open, so the
 queries already in flight are still answered; then they close.

@@ -256,13 +256,15 @@ def test_dropped_messages_free_their_pipelining_slot(
     them would stop the connection being read for good, and it would never be idle."""
     config = make_config([dot_uri(dot_upstream)], ca_file, tcp_idle_timeout=1.0)
     response = dns.message.make_response(dns.message.make_query("r.example.", "A")).to_wire()
-    with running_daemon(config) as daemon:
-        with socket.create_connection(("127.0.0.1", daemon.port), timeout=3) as sock:
-            junk = b"\x00\x00" * 100 + (struct.pack("!H", len(response)) + response) * 100
-            sock.sendall(junk + framed(dns.message.make_query("after.example.", "A")))
-            size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
-            assert dns.message.from_wire(_recv_exactly(sock, size)).answer
-            assert is_closed_by_peer(sock, wait=5)  # then idle
+    with (
+        running_daemon(config) as daemon,
+        socket.create_connection(("127.0.0.1", daemon.port), timeout=3) as sock,
+    ):
+        junk = b"\x00\x00" * 100 + (struct.pack("!H", len(response)) + response) * 100
+        sock.sendall(junk + framed(dns.message.make_query("after.example.", "A")))
+        size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+        assert dns.message.from_wire(_recv_exactly(sock, size)).answer
+        assert is_closed_by_peer(sock, wait=5)  # then idle
 
 
 def test_a_rate_limited_tcp_client_is_closed_when_idle(

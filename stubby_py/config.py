@@ -97,6 +97,9 @@ class Config:
     #: clients' TCP connections open at once, in total and from one client address
     tcp_max_connections: int = 512
     tcp_max_connections_per_client: int = 64
+    #: an IPv6 client is the network of this many leading bits of its address, for the per-client
+    #: TCP cap and the rate limit (one host commonly has a whole /64 to pick addresses from)
+    ipv6_client_prefix: int = 64
     log_level: str = "info"
     #: most answers cached; 0 turns the answer cache off (identical queries are still joined)
     cache_size: int = 100_000
@@ -463,6 +466,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "tcp_max_connections_per_client": lambda n: r.integer(
             n, "tcp_max_connections_per_client", 1, 100_000
         ),
+        "ipv6_client_prefix": lambda n: r.integer(n, "ipv6_client_prefix", 16, 128),
         "log_level": lambda n: r.choice(n, "log_level", LOG_LEVELS),
         "cache_size": lambda n: r.integer(n, "cache_size", 0, 10_000_000),
         "cache_max_memory": lambda n: r.integer(n, "cache_max_memory", 1, 65_536),

@@ -116,6 +116,7 @@ class Daemon:
             fd_plan.caps.tcp_max_connections,
             config.tcp_idle_timeout,
             fd_plan.caps.tcp_max_connections_per_client,
+            config.ipv6_client_prefix,
         )
         if inherited:
             await self._adopt(inherited)
@@ -327,6 +328,7 @@ class Daemon:
         self.tcp.max_connections = fd_plan.caps.tcp_max_connections
         self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
         self.tcp.idle_timeout = new.tcp_idle_timeout
+        self.tcp.ipv6_prefix = new.ipv6_client_prefix
         if self.metrics is not None:
             self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.log_level.upper())

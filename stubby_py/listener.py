@@ -1,9 +1,14 @@
 """UDP and TCP listeners: bytes in, bytes out (RFC 1035 §4.2, RFC 7766).
 
 TCP: 2-octet framing, many queries pipelined on one connection and answered as each completes
-(out of order, RFC 7766 §6.2.1.1), an idle timeout, caps on connections (in total and per client
-address, RFC 7766 §6.2.2) and on queries in flight per connection (reading pauses until answers
-drain).
+(out of order, RFC 7766 §6.2.1.1), caps on connections (in total and per client, RFC 7766 §6.2.2;
+an IPv6 client is its /64 by default) and on queries in flight per connection. A connection from
+outside the access list is closed at accept, before it counts against a cap. Reading pauses while
+a connection is at its pipelining cap or its unsent replies exceed WRITE_BUFFER_HIGH (the client
+is not reading them), so whatever a client sends, its connection holds at most one read of
+queries (256 KiB with uvloop), WRITE_BUFFER_HIGH of replies and the answers to the queries in
+flight. A connection is closed when no complete query came and no answer went for `idle_timeout`
+(trickling bytes does not count), or when its unsent replies made no progress for as long.
 
 At shutdown the listeners stop taking queries (`stop_reading`) but keep their sockets open, so the
 queries already in flight are still answered; then they close.
@@ -18,11 +23,16 @@ import time
 from typing import Any, cast
 
 from stubby_py import wire
+from stubby_py.ratelimit import client_key
 from stubby_py.resolver import Resolver
 
 log = logging.getLogger(__name__)
 
+#: queries handed to the resolver and not yet answered, per connection
 MAX_PIPELINED = 128
+#: unsent reply octets above which a connection is not read (nor its buffered queries taken)
+WRITE_BUFFER_HIGH = 64 * 1024
+WRITE_BUFFER_LOW = 16 * 1024
 
 
 #: a burst of queries waits here while the loop is busy; the kernel default (~208 KB) overflows
@@ -89,40 +99,56 @@ class TCPConnections:
         max_connections: int,
         idle_timeout: float,
         max_per_client: int | None = None,
+        ipv6_prefix: int = 64,
     ) -> None:
         self.resolver = resolver
         self.max_connections = max_connections
         self.max_per_client = max_per_client or max_connections
         self.idle_timeout = idle_timeout
+        self.ipv6_prefix = ipv6_prefix
         self.open: set[TCPListener] = set()
-        #: client address → its connections open now (addresses with none are removed)
+        #: client (client_key) → its connections open now (clients with none are removed)
         self.per_client: dict[str, int] = {}
-        #: connections closed at once: over the total cap, over the per-client cap
+        #: connections closed at once: over the total cap, over the per-client cap, from outside
+        #: the access list
         self.rejected = 0
         self.rejected_per_client = 0
+        self.denied = 0
+        #: connections closed later: idle (or never a whole query), replies not being read
+        self.closed_idle = 0
+        self.closed_unread = 0
         self.reading = True
 
     def protocol(self) -> TCPListener:
         return TCPListener(self)
 
-    def admit(self, peer: str) -> bool:
-        """Count a new connection from `peer` in, or say no (it is over a cap)."""
+    def admit(self, peer: str) -> str | None:
+        """Count a new connection from `peer` in (its client_key), or say no: it is outside the
+        access list (not counted against any cap) or over a cap."""
+        if not self.resolver.acl.allows(peer):
+            self.denied += 1
+            return None
         if len(self.open) >= self.max_connections:
             self.rejected += 1
-            return False
-        held = self.per_client.get(peer, 0)
+            return None
+        client = client_key(peer, self.ipv6_prefix)
+        held = self.per_client.get(client, 0)
         if held >= self.max_per_client:
             self.rejected_per_client += 1
-            return False
-        self.per_client[peer] = held + 1
-        return True
+            return None
+        self.per_client[client] = held + 1
+        return client
 
-    def release(self, peer: str) -> None:
-        held = self.per_client.get(peer, 0) - 1
+    def release(self, client: str) -> None:
+        held = self.per_client.get(client, 0) - 1
         if held > 0:
-            self.per_client[peer] = held
+            self.per_client[client] = held
         else:
-            self.per_client.pop(peer, None)
+            self.per_client.pop(client, None)
+
+    def unsent(self) -> int:
+        """Reply octets written and not yet taken by the kernel, over all connections."""
+        return sum(connection.unsent() for connection in self.open)
 
     def stop_reading(self) -> None:
         """Shutdown: take no new queries on open connections; answers in flight still go out."""
@@ -139,59 +165,112 @@ class TCPListener(asyncio.Protocol):
     def __init__(self, shared: TCPConnections) -> None:
         self._shared = shared
         self._transport: asyncio.Transport | None = None
+        #: received octets not yet handed on: at most one read, and what is left of a message
         self._buffer = bytearray()
         self._in_flight = 0
-        self._paused = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._dispatching = False
         self._closed = False
         self._eof = False
         self._peer = ""
-        self._counted = False
-        self._last_activity = time.monotonic()
+        self._client: str | None = None
+        now = time.monotonic()
+        #: last complete query received or answer written (a trickled byte is not activity)
+        self._last_message = now
+        #: last time the unsent replies were seen to shrink (or there were none)
+        self._write_progress = now
+        self._unsent_seen = 0
         self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self._peer = peer[0] if peer else ""
-        if not self._shared.reading or not self._shared.admit(self._peer):
+        client = self._shared.admit(self._peer) if self._shared.reading else None
+        if client is None:
             self._closed = True
             self._transport.abort()
             return
-        self._counted = True
+        self._client = client
         self._shared.open.add(self)
+        self._transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         self._schedule_idle_check()
 
     def stop_reading(self) -> None:
         self._eof = True  # as if the client had finished: close once the answers are out
         if self._transport is None or self._closed:
             return
-        if self._in_flight == 0:
-            self._transport.close()
-        elif not self._paused:
-            self._paused = True
+        if not self._reading_paused:
+            self._reading_paused = True
             self._transport.pause_reading()
+        self._finish_if_done()
+
+    def unsent(self) -> int:
+        if self._transport is None or self._closed:
+            return 0
+        return self._transport.get_write_buffer_size()
 
     def data_received(self, data: bytes) -> None:
         if not self._shared.reading:
             return
-        self._last_activity = time.monotonic()
+        self._buffer += data
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        """Hand buffered complete queries to the resolver while the connection may take more:
+        fewer than MAX_PIPELINED unanswered and its replies being read. The rest stay buffered
+        (reading paused) until answers go out."""
+        if self._dispatching:
+            return  # an answer given synchronously, from inside the loop below
+        if self._shared.reading and not self._closed:
+            buf = self._buffer
+            end = len(buf)
+            pos = 0
+            handle = self._shared.resolver.handle
+            # (an exception from handle() is a bug: the transport closes the connection)
+            self._dispatching = True
+            while end - pos >= 2 and self._in_flight < MAX_PIPELINED and not self._writing_paused:
+                size = (buf[pos] << 8) | buf[pos + 1]
+                if end - pos - 2 < size:
+                    break
+                message = bytes(buf[pos + 2 : pos + 2 + size])
+                pos += 2 + size
+                self._in_flight += 1
+                if not handle(message, self._peer, self._respond_once(), udp=False):
+                    self._in_flight -= 1  # dropped: no answer will come
+            self._dispatching = False
+            if pos:
+                del buf[:pos]
+                self._last_message = time.monotonic()
+            if self._reading_paused or self._writing_paused or self._in_flight >= MAX_PIPELINED:
+                self._pace_reading()
+        if self._eof:
+            self._finish_if_done()
+
+    def _pace_reading(self) -> None:
+        transport = self._transport
+        if transport is None or self._closed or self._eof:
+            return
+        if self._in_flight >= MAX_PIPELINED or self._writing_paused:
+            if not self._reading_paused:
+                self._reading_paused = True
+                transport.pause_reading()
+        elif self._reading_paused and self._in_flight <= MAX_PIPELINED // 2:
+            self._reading_paused = False
+            transport.resume_reading()
+
+    def _finish_if_done(self) -> None:
+        """After the client's EOF (or at shutdown): close once every query taken is answered."""
+        if not self._eof or self._in_flight or self._closed or self._transport is None:
+            return
+        if self._shared.reading and self._has_complete_message():
+            return  # queries sent before the EOF, waiting for the client to read replies
+        self._transport.close()
+
+    def _has_complete_message(self) -> bool:
         buf = self._buffer
-        buf += data
-        pos = 0
-        end = len(buf)
-        while end - pos >= 2 and not self._closed:
-            size = (buf[pos] << 8) | buf[pos + 1]
-            if end - pos - 2 < size:
-                break
-            message = bytes(buf[pos + 2 : pos + 2 + size])
-            pos += 2 + size
-            self._in_flight += 1
-            self._shared.resolver.handle(message, self._peer, self._respond_once(), udp=False)
-        if pos:
-            del buf[:pos]
-        if self._in_flight >= MAX_PIPELINED and not self._paused and self._transport is not None:
-            self._paused = True
-            self._transport.pause_reading()
+        return len(buf) >= 2 and len(buf) - 2 >= (buf[0] << 8 | buf[1])
 
     def _respond_once(self) -> Any:
         answered = False
@@ -202,31 +281,38 @@ class TCPListener(asyncio.Protocol):
                 return
             answered = True
             self._in_flight -= 1
-            self._last_activity = time.monotonic()
+            self._last_message = time.monotonic()
             if self._closed or self._transport is None:
                 return
             self._transport.write(wire.frame(reply))
-            if self._eof and self._in_flight == 0:
-                self._transport.close()
-            if self._paused and self._in_flight < MAX_PIPELINED // 2 and self._shared.reading:
-                self._paused = False
-                self._transport.resume_reading()
+            if self._reading_paused or self._eof:
+                self._dispatch()
 
         return respond
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._pace_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._write_progress = time.monotonic()
+        self._dispatch()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        self._buffer.clear()
         self._shared.open.discard(self)
-        if self._counted:
-            self._counted = False
-            self._shared.release(self._peer)
+        if self._client is not None:
+            self._shared.release(self._client)
+            self._client = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
 
     def eof_received(self) -> bool:
-        # keep the write side open so queries in flight still get their answers
+        # keep the write side open so queries taken or buffered still get their answers
         self._eof = True
-        return self._in_flight != 0
+        return self._in_flight != 0 or self._has_complete_message()
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:
@@ -237,10 +323,24 @@ class TCPListener(asyncio.Protocol):
         self._idle_timer = loop.call_later(self._shared.idle_timeout / 2, self._check_idle)
 
     def _check_idle(self) -> None:
-        if self._closed:
+        transport = self._transport
+        if self._closed or transport is None:
             return
-        idle = time.monotonic() - self._last_activity
-        if self._in_flight == 0 and idle >= self._shared.idle_timeout:
-            self.close()
+        shared = self._shared
+        now = time.monotonic()
+        unsent = transport.get_write_buffer_size()
+        if unsent == 0 or unsent < self._unsent_seen:
+            self._write_progress = now
+        self._unsent_seen = unsent
+        if unsent:
+            if now - self._write_progress >= shared.idle_timeout:
+                # the client does not read its replies; close() would wait for them forever
+                shared.closed_unread += 1
+                self._closed = True  # answers still in flight are not written to it
+                transport.abort()
+                return
+        elif self._in_flight == 0 and now - self._last_message >= shared.idle_timeout:
+            shared.closed_idle += 1
+            transport.close()
             return
         self._schedule_idle_check()

@@ -134,6 +134,15 @@ def _tcp(tcp: Mapping[str, int], family: Factory) -> None:
     )
     rejected.add(tcp["rejected_total_cap"], cap="total")
     rejected.add(tcp["rejected_per_client_cap"], cap="per_client")
+    family(
+        "tcp_denied_total", "counter", "Client TCP connections from outside allow, closed at once"
+    ).add(tcp["denied"])
+    closed = family("tcp_closed_total", "counter", "Client TCP connections closed by the daemon")
+    closed.add(tcp["closed_idle"], reason="idle")
+    closed.add(tcp["closed_unread"], reason="replies_unread")
+    family("tcp_unsent_bytes", "gauge", "Reply octets waiting for clients to read them").add(
+        tcp["unsent_bytes"]
+    )
 
 
 def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:

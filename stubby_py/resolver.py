@@ -61,12 +61,16 @@ ACL_CACHE_LIMIT = 4096
 TYPE_ANY = 255
 #: RFC 8482 §4.2: the minimal answer to ANY over UDP
 _ANY_HINFO = ("RFC8482", "")
+#: the QR bit in the header's third octet
+_QR_OCTET = wire.QR >> 8
+#: what the request checks on a query's source say (Resolver._admit)
+ADMITTED, REFUSED, DROPPED = 0, 1, 2
 
 
 class LoggedRespond:
     """A client's `respond` that also writes the query log line: where the answer came from
     ("cache", "upstream", "joined", "stale", "held-failure", "local", "any-minimal", "rejected",
-    "rate-limited"), set on the way by `_mark`, or a line for a query dropped unanswered."""
+    "rate-limited"), set on the way by `_mark`."""
 
     __slots__ = ("client_ip", "log", "query", "respond", "source")
 
@@ -83,18 +87,10 @@ class LoggedRespond:
         self.respond(reply)
         self.log.record(self.client_ip, self.query, response.rcode_of(reply), self.source)
 
-    def dropped(self, why: str) -> None:
-        self.log.record_drop(self.client_ip, self.query, why)
-
 
 def _mark(respond: Respond, source: str) -> None:
     if respond.__class__ is LoggedRespond:
         respond.source = source
-
-
-def _dropped(respond: Respond, why: str) -> None:
-    if respond.__class__ is LoggedRespond:
-        respond.dropped(why)
 
 
 class AccessList:
@@ -134,6 +130,20 @@ def cache_limits(config: Config) -> CacheLimits:
         stale_window=config.stale_window,
         prefetch=config.prefetch,
     )
+
+
+def _parse(data: bytes) -> wire.ClientQuery | None:
+    """`data` (at least a header, not a response) as a standard query, or None."""
+    if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK:
+        return None
+    try:
+        return wire.parse_query(data)
+    except wire.WireError:
+        pass
+    try:
+        return wire.parse_unusual_query(data)
+    except wire.WireError:
+        return None
 
 
 #: a query waiting for the answer to an identical one in flight: query, respond, over UDP
@@ -194,7 +204,9 @@ class Resolver:
         router = Router(dict(config.rules))
         acl = AccessList(config.allow)
         limiter = (
-            RateLimiter(config.rate_limit, config.rate_limit_burst)
+            RateLimiter(
+                config.rate_limit, config.rate_limit_burst, ipv6_prefix=config.ipv6_client_prefix
+            )
             if config.rate_limit > 0
             else None
         )
@@ -302,34 +314,35 @@ class Resolver:
         return self.groups[DEFAULT_GROUP].pool
 
     # -- entry point for listeners ------------------------------------------------------
-    def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> None:
-        """Answer `data` through `respond`, now or later; drop only what is not even a header,
-        and what the access list or the rate limit say to drop."""
+    def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> bool:
+        """Answer `data` through `respond`, now or later (True); or drop it (False): what is not
+        even a header or is a response, and what the access list or the rate limit say to drop.
+        The source is checked before the message is read, so a denied or limited client gets no
+        FORMERR or NOTIMP either."""
         self.counters["queries"] += 1
+        if len(data) < wire.HEADER_LEN or data[2] & _QR_OCTET:
+            self.counters["dropped"] += 1  # never answer a response (no loops)
+            return False
+        verdict = self._admit(data, client_ip, respond)
+        if verdict != ADMITTED:
+            return verdict == REFUSED
         query = self._read(data, respond)
         if query is None:
-            return
+            return True
         if self.query_log is not None:
             respond = LoggedRespond(respond, self.query_log, client_ip, query)
-        if not self._admit(query, data, client_ip, respond):
-            return
-        if query.qtype == TYPE_ANY and udp:
+        if query.edns_version > 0:
+            self._reject(respond, query, data, BadVersionError())
+        elif query.qtype == TYPE_ANY and udp:
             self._answer_any(query, respond)
-            return
-        if local.is_candidate(query) and self._answer_locally(query, respond, udp):
-            return
-        self._answer(query, respond, udp)
+        elif not (local.is_candidate(query) and self._answer_locally(query, respond, udp)):
+            self._answer(query, respond, udp)
+        return True
 
     def _read(self, data: bytes, respond: Respond) -> wire.ClientQuery | None:
-        """The client's query, or None when it was dropped or answered FORMERR/NOTIMP."""
-        if len(data) < wire.HEADER_LEN:
-            self.counters["dropped"] += 1
-            return None
-        flags = wire.U16.unpack_from(data, 2)[0]
-        if flags & wire.QR:
-            self.counters["dropped"] += 1  # a response sent to us: never answer it (no loops)
-            return None
-        if flags & wire.OPCODE_MASK:
+        """The client's query (at least a header, not a response), or None when it was answered
+        FORMERR or NOTIMP."""
+        if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK:
             self._reject(respond, None, data, NotImplementedOpcodeError())
             return None
         try:
@@ -342,28 +355,47 @@ class Resolver:
             self._reject(respond, None, data, MalformedQueryError())
             return None
 
-    def _admit(
-        self, query: wire.ClientQuery, data: bytes, client_ip: str, respond: Respond
-    ) -> bool:
-        """Request checks: access list, rate limit, EDNS version. False: answered or dropped."""
+    def _admit(self, data: bytes, client_ip: str, respond: Respond) -> int:
+        """Request checks on the source, before the message is read: the access list, the rate
+        limit (REFUSED to a denied source counts against it too). ADMITTED, or what became of
+        the query: REFUSED or DROPPED."""
         if not self.acl.allows(client_ip):
-            if self.config.deny_action == "drop":
-                self.counters["dropped"] += 1
-                _dropped(respond, "denied")
-            else:
-                self._reject(respond, query, data, RefusedError())
-            return False
+            if self.config.deny_action == "refuse" and (
+                self.rate_limiter is None or self._within_rate(client_ip)
+            ):
+                self._refuse(data, client_ip, respond, RefusedError(), None)
+                return REFUSED
+            self.counters["dropped"] += 1
+            self._log_drop(data, client_ip, "denied")
+            return DROPPED
         if self.rate_limiter is not None and not self._within_rate(client_ip):
             if self.config.rate_limit_action == "refuse":
-                _mark(respond, "rate-limited")
-                self._reject(respond, query, data, RefusedError("rate limited"))
-            else:
-                _dropped(respond, "rate-limited")
-            return False
-        if query.edns_version > 0:
-            self._reject(respond, query, data, BadVersionError())
-            return False
-        return True
+                self._refuse(data, client_ip, respond, RefusedError("rate limited"), "rate-limited")
+                return REFUSED
+            self._log_drop(data, client_ip, "rate-limited")
+            return DROPPED
+        return ADMITTED
+
+    def _refuse(
+        self,
+        data: bytes,
+        client_ip: str,
+        respond: Respond,
+        error: RefusedError,
+        source: str | None,
+    ) -> None:
+        """REFUSED to a client turned away: with the question when the message reads as a
+        query, a bare header when not."""
+        query = _parse(data)
+        if query is not None and self.query_log is not None:
+            respond = LoggedRespond(respond, self.query_log, client_ip, query)
+            if source is not None:
+                respond.source = source
+        self._reject(respond, query, data, error)
+
+    def _log_drop(self, data: bytes, client_ip: str, why: str) -> None:
+        if self.query_log is not None and (query := _parse(data)) is not None:
+            self.query_log.record_drop(client_ip, query, why)
 
     def _within_rate(self, client_ip: str) -> bool:
         assert self.rate_limiter is not None

@@ -56,13 +56,23 @@ def collect(resolver: Resolver, tcp: TCPConnections | None, started: float) -> d
     }
 
 
+TCP_FIGURES = (
+    "open", "rejected_total_cap", "rejected_per_client_cap", "denied", "closed_idle",
+    "closed_unread", "unsent_bytes",
+)  # fmt: skip
+
+
 def _tcp(tcp: TCPConnections | None) -> dict[str, int]:
     if tcp is None:
-        return {"open": 0, "rejected_total_cap": 0, "rejected_per_client_cap": 0}
+        return dict.fromkeys(TCP_FIGURES, 0)
     return {
         "open": len(tcp.open),
         "rejected_total_cap": tcp.rejected,
         "rejected_per_client_cap": tcp.rejected_per_client,
+        "denied": tcp.denied,
+        "closed_idle": tcp.closed_idle,
+        "closed_unread": tcp.closed_unread,
+        "unsent_bytes": tcp.unsent(),
     }
 
 
@@ -115,7 +125,9 @@ def format_table(stats: Mapping[str, Any]) -> str:
         f"cache          {cache['entries']} answers, {cache['bytes'] / 2**20:.1f} MiB, "
         f"{cache['evictions']} evicted",
         f"tcp            {tcp['open']} open; closed at once: {tcp['rejected_total_cap']} over "
-        f"the total cap, {tcp['rejected_per_client_cap']} over the per-client cap",
+        f"the total cap, {tcp['rejected_per_client_cap']} over the per-client cap, "
+        f"{tcp['denied']} denied; closed later: {tcp['closed_idle']} idle, "
+        f"{tcp['closed_unread']} not reading their replies",
         "",
     ]
     lines += _upstream_rows(stats["upstreams"])

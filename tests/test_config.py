@@ -80,6 +80,7 @@ padding_block_size: 468
         ("upstream_groups:\n  default: [udp://1.1.1.1]\n", "'default' is the main pool"),
         ("rules:\n  'a..b': default\n", "c.yaml:2: rules.a..b: expected a domain name"),
         ("rate_limit_action: ban\n", "c.yaml:1: rate_limit_action: expected one of drop, refuse"),
+        ("ipv6_client_prefix: 8\n", "c.yaml:1: ipv6_client_prefix: expected a whole number from"),
     ],
 )
 def test_errors_name_file_line_key_and_expectation(text: str, expected: str) -> None:

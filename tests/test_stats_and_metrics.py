@@ -151,7 +151,7 @@ def test_metrics_render_escapes_label_values() -> None:
     figures: dict[str, Any] = {
         "uptime_seconds": 1.5, "counters": {"queries": 1},
         "cache": {"entries": 0, "bytes": 0, "evictions": 0, "hit_ratio": None},
-        "tcp": {"open": 0, "rejected_total_cap": 0, "rejected_per_client_cap": 0},
+        "tcp": dict.fromkeys(stats.TCP_FIGURES, 0),
         "upstreams": [{"name": 'odd "name"\\\n', "queries": 1, "failures": 0,
                        "latency_ms": {"p50": None, "samples": 0}}],
     }  # fmt: skip

@@ -14,16 +14,20 @@ it kept 6-10 points more hits than LRU, within a point of S3-FIFO at 60% of its 
 and with no ghost queue (tests/test_cache_policy.py has the measurement).
 
 Persistence (`save`/`load` and the pure `Cache.dump`/`Cache.restore` under them) writes the
-entries with the wall-clock time, so TTLs lose the time the daemon was down.
+entries with the wall-clock time, so TTLs lose the time the daemon was down. A file is trusted
+no more than an unsigned answer from the network: what is loaded is unvalidated (no AD), its
+TTLs clamped; anything wrong with the file (damage, a link, a device, too big) leaves it unread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import math
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -462,21 +466,55 @@ class Cache:
     def restore(self, data: bytes, now: float, wall_now: float) -> int:
         """Load answers from a `dump` image, the wall-clock time since it was written taken off
         their TTLs; expired ones are dropped. Raises CacheFileError for a damaged or foreign image
-        (nothing is loaded then). Returns how many answers were loaded."""
+        (nothing is loaded then). Returns how many answers were loaded.
+
+        A file is trusted no more than an upstream that did not sign: every answer is loaded as
+        UNCHECKED with AD cleared (whatever the file says), and its lifetime and TTLs are
+        clamped as if it had just been received (cache_max_ttl, the negative ceiling)."""
         saved_wall, items = _parse_image(data, wall_now)
         down = wall_now - saved_wall
         kept = []
         for key, record in items:
-            age, ttl, _p, body_age, status, _v, count = _HEAD.unpack_from(record)
-            _check_record(key, record, count, status, age, ttl)
-            stored = now - age - down
-            if stored + ttl <= now:
-                continue
-            fresh = bytearray(record)
-            prefetch_at = self._prefetch_at(stored, ttl)
-            _HEAD.pack_into(fresh, 0, stored, stored + ttl, prefetch_at, body_age, status, 0, count)
-            kept.append((key, bytes(fresh)))
+            loaded = self._loaded(key, record, now, down)
+            if loaded is not None:
+                kept.append((key, loaded))
         return sum(self._insert(key, record) for key, record in kept)
+
+    def _loaded(self, key: bytes, record: bytes, now: float, down: float) -> bytes | None:
+        """A record from a file as the cache keeps it; None if it expired meanwhile."""
+        if len(record) < _HEAD_SIZE:
+            raise CacheFileError("a damaged answer (shorter than its header)")
+        age, ttl, _p, body_age, _status, _v, count = _HEAD.unpack_from(record)
+        _check_record(key, record, count, age, ttl)
+        body = record[_HEAD_SIZE + 2 * count :]
+        try:
+            layout = wire.scan_reply(body)
+        except wire.WireError as exc:
+            raise CacheFileError(f"a damaged answer ({exc})") from None
+        allowed = self.ttl_for(layout)
+        flags = wire.U16.unpack_from(body, 2)[0]
+        if allowed is None or flags & wire.TC or not flags & wire.QR or layout.opt_span:
+            raise CacheFileError("an answer of a kind that is never cached")
+        elapsed = age + down
+        # no longer than the TTLs it carries allow (clamped as a fresh reply's would be)
+        left = min(ttl - elapsed, allowed[0])
+        if left <= 0:
+            return None
+        offsets = layout.ttl_offsets
+        buf = bytearray(wire.with_flag(body, wire.AD, False))
+        seen = int(elapsed)
+        lower = seen - body_age if seen > body_age else 0
+        ceiling = math.ceil(left)
+        for offset in offsets:
+            field = _U32.unpack_from(buf, offset)[0]
+            field = field - lower if field > lower else 0
+            _U32.pack_into(buf, offset, min(field, ceiling))
+        stored = now - elapsed
+        head = _HEAD.pack(
+            stored, now + left, self._prefetch_at(stored, elapsed + left), seen,
+            ValidationStatus.UNCHECKED, 0, len(offsets),
+        )  # fmt: skip
+        return head + struct.pack(f"!{len(offsets)}H", *offsets) + bytes(buf)
 
 
 def _cost(key: bytes, record: bytes) -> int:
@@ -518,7 +556,6 @@ _MAGIC = b"stubby-py cache\n"
 _VERSION = 1
 _FILE_HEADER = struct.Struct("!16sHdI")
 _FILE_RECORD = struct.Struct("!HI")
-_STATUSES = frozenset(int(s) for s in ValidationStatus)
 
 
 def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes, bytes]]]:
@@ -549,16 +586,14 @@ def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes,
     return saved_wall, items
 
 
-def _check_record(
-    key: bytes, record: bytes, count: int, status: int, age: float, ttl: float
-) -> None:
+def _check_record(key: bytes, record: bytes, count: int, age: float, ttl: float) -> None:
     """Raise CacheFileError unless a loaded record answers `key` and its TTL offsets lie within
     its body, after the question (so patching can only ever touch TTL-sized fields of records)."""
     start = _HEAD_SIZE + 2 * count
     body_len = len(record) - start
     question_end = wire.HEADER_LEN + len(key) - 1
     if (
-        status not in _STATUSES
+        len(key) < 6
         or not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0)
         or body_len < question_end
         or wire.U16.unpack_from(record, start + 4)[0] != 1
@@ -570,7 +605,6 @@ def _check_record(
     if any(not question_end <= offset <= body_len - 4 for offset in _offsets(record, count)):
         raise CacheFileError("an answer's TTL offsets lie outside it")
 
-
 def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str | None:
     """Where the cache persists: `auto` means systemd's StateDirectory= when the daemon runs under
     it ($STATE_DIRECTORY, the first of a colon-separated list), else nowhere; None: nowhere."""
@@ -580,12 +614,24 @@ def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str |
     return os.path.join(state, "cache.bin") if state else None
 
 
+def file_limit(limits: CacheLimits) -> int:
+    """The largest cache file worth reading: the answers' own octets are less than what
+    `max_bytes` counts for them, so a bigger file holds more than the cache could keep."""
+    return limits.max_bytes + _FILE_HEADER.size + _U32.size
+
+
 def load(cache: Cache, path: str, now: float, wall_now: float) -> int:
-    """Fill the cache from a file; a missing file loads nothing, a bad one is ignored (warning)."""
+    """Fill the cache from a file; a missing file loads nothing, a bad one is ignored (warning).
+
+    The file must be a regular file (not a device or a FIFO: /dev/zero never ends), is not
+    followed if it is a symbolic link, must not be writable by others, and is read only up to
+    `file_limit`."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read_file(path, file_limit(cache.limits))
     except FileNotFoundError:
+        return 0
+    except CacheFileError as exc:
+        log.warning("cache file %s ignored: %s", path, exc)
         return 0
     except OSError as exc:
         log.warning("cache file %s not read: %s", path, exc.strerror or exc)
@@ -594,8 +640,37 @@ def load(cache: Cache, path: str, now: float, wall_now: float) -> int:
         return cache.restore(data, now, wall_now)
     except CacheFileError as exc:
         log.warning("cache file %s ignored: %s", path, exc)
-        cache.flush()
-        return 0
+    except Exception:  # whatever a file holds, the daemon starts (without it)
+        log.exception("cache file %s ignored: unreadable", path)
+    cache.flush()
+    return 0
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CacheFileError("a symbolic link (not followed)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheFileError("not a regular file")
+        if info.st_mode & 0o022:
+            raise CacheFileError("writable by other users than its owner")
+        if info.st_size > limit:
+            raise CacheFileError(f"{info.st_size} octets, more than the {limit} it may hold")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew while being read
+                raise CacheFileError(f"more than the {limit} octets it may hold")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def save(cache: Cache, path: str, now: float, wall_now: float) -> bool:

@@ -605,6 +605,7 @@ def _check_record(key: bytes, record: bytes, count: int, age: float, ttl: float)
     if any(not question_end <= offset <= body_len - 4 for offset in _offsets(record, count)):
         raise CacheFileError("an answer's TTL offsets lie outside it")
 
+
 def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str | None:
     """Where the cache persists: `auto` means systemd's StateDirectory= when the daemon runs under
     it ($STATE_DIRECTORY, the first of a colon-separated list), else nowhere; None: nowhere."""

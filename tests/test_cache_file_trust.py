@@ -152,9 +152,10 @@ def test_damaged_file_is_ignored_and_the_daemon_answers(
 ) -> None:
     path = tmp_path / "cache.bin"
     path.write_bytes(_damaged_files()[damage])
-    with caplog.at_level(logging.WARNING), running_daemon(
-        config_for(dot_upstream, ca_file, path)
-    ) as daemon:
+    with (
+        caplog.at_level(logging.WARNING),
+        running_daemon(config_for(dot_upstream, ca_file, path)) as daemon,
+    ):
         reply = ask(daemon.port, "www.bank.example.")
         assert len(daemon.resolver.cache) == 1  # only the answer just fetched
     assert reply.rcode() == dns.rcode.NOERROR
@@ -168,9 +169,10 @@ def test_a_file_too_big_for_the_cache_is_not_read(
     path = tmp_path / "cache.bin"
     with path.open("wb") as handle:  # sparse: 2 MiB of nothing for a 1 MiB cache
         handle.truncate(2 << 20)
-    with caplog.at_level(logging.WARNING), running_daemon(
-        config_for(dot_upstream, ca_file, path, cache_max_memory=1)
-    ) as daemon:
+    with (
+        caplog.at_level(logging.WARNING),
+        running_daemon(config_for(dot_upstream, ca_file, path, cache_max_memory=1)) as daemon,
+    ):
         assert ask(daemon.port, "www.bank.example.").rcode() == dns.rcode.NOERROR
     assert "more than the" in caplog.text
 
@@ -185,9 +187,10 @@ def test_a_symbolic_link_is_not_followed(
     assert Cache().restore(target.read_bytes(), 0.0, time.time()) == 1  # a loadable file
     path = tmp_path / "cache.bin"
     path.symlink_to(target)
-    with caplog.at_level(logging.WARNING), running_daemon(
-        config_for(dot_upstream, ca_file, path)
-    ) as daemon:
+    with (
+        caplog.at_level(logging.WARNING),
+        running_daemon(config_for(dot_upstream, ca_file, path)) as daemon,
+    ):
         reply = ask(daemon.port, "www.bank.example.")
     assert [r.address for r in reply.answer[0]] == [UPSTREAM_ADDRESS]
     assert "a symbolic link (not followed)" in caplog.text
@@ -197,9 +200,10 @@ def test_a_device_is_refused_at_once(
     dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     started = time.monotonic()
-    with caplog.at_level(logging.WARNING), running_daemon(
-        config_for(dot_upstream, ca_file, Path("/dev/zero"))
-    ) as daemon:
+    with (
+        caplog.at_level(logging.WARNING),
+        running_daemon(config_for(dot_upstream, ca_file, Path("/dev/zero"))) as daemon,
+    ):
         assert time.monotonic() - started < 5.0  # reading /dev/zero would never end
         assert ask(daemon.port, "www.bank.example.").rcode() == dns.rcode.NOERROR
     assert "cache file /dev/zero ignored: not a regular file" in caplog.text

@@ -51,8 +51,9 @@ def private_directory(directory: str) -> None:
     """Make the socket's directory (mode 0700), or check that the one there may be used.
 
     Where others may create entries (/tmp), a directory of that name may be anyone's: one owned
-    by another user, open to others, or a symbolic link to elsewhere is never used (OSError
-    EPERM): its owner could replace our socket or listen in its place."""
+    by another user, writable by others, or a symbolic link to elsewhere is never used (OSError
+    EPERM): its owner (or anyone who may write in it) could replace our socket or listen in its
+    place."""
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, mode=0o700, exist_ok=True)
     with contextlib.suppress(FileExistsError):
@@ -62,12 +63,12 @@ def private_directory(directory: str) -> None:
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode):
         raise OSError(errno.ENOTDIR, "not a directory (a link or a file is never followed)")
-    if shared and (info.st_uid != os.geteuid() or info.st_mode & 0o077):
+    if shared and (info.st_uid != os.geteuid() or info.st_mode & 0o022):
         raise OSError(
             errno.EPERM,
             f"not ours (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}; "
-            f"this daemon is uid {os.geteuid()} and needs mode 700): remove it, or set "
-            "control_socket",
+            f"this daemon is uid {os.geteuid()} and only it may write there): remove it, or "
+            "set control_socket",
         )
 
 

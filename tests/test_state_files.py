@@ -137,14 +137,13 @@ def test_a_control_directory_made_by_another_user_in_tmp_is_not_used(sticky_tmp:
     assert os.listdir(directory) == []
 
 
-@as_root
 def test_a_control_directory_open_to_others_is_not_used(sticky_tmp: Path) -> None:
     directory = sticky_tmp / "stubby-py-0"
-    directory.mkdir(mode=0o755)
-    directory.chmod(0o755)
+    directory.mkdir()
+    directory.chmod(0o777)
     with pytest.raises(OSError, match="not ours"):
         _start_control(directory / "control.sock")
-    directory.chmod(0o700)  # the same directory, once private, is ours
+    directory.chmod(0o755)  # the same directory, once only we may write in it, is ours
     _start_control(directory / "control.sock")
 
 

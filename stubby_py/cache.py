@@ -70,6 +70,8 @@ class ValidationStatus(enum.IntEnum):
     INSECURE = 2
     BOGUS = 3
     INDETERMINATE = 4
+    #: read from a cache file: never validated by this daemon, whatever the file said
+    LOADED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,14 +427,17 @@ class Cache:
         return self._drop([k for k in self._records if k[:-5] == qname])
 
     def drop_unvalidated(self) -> int:
-        """Forget the answers that were never validated (cached with validation off, or loaded
-        from such a file), but those for clients that set CD: validation has just been turned on."""
+        """Forget the answers that were never validated (cached with validation off), but those
+        for clients that set CD, and every answer read from a file (CD or not: a file's answer is
+        anyone's): validation has just been turned on."""
         unchecked = ValidationStatus.UNCHECKED
+        loaded = ValidationStatus.LOADED
         return self._drop(
             [
                 key
                 for key, record in self._records.items()
-                if record[_STATUS] == unchecked and not key[-1] & _KEY_CD
+                if record[_STATUS] == loaded
+                or (record[_STATUS] == unchecked and not key[-1] & _KEY_CD)
             ]
         )
 
@@ -469,8 +474,8 @@ class Cache:
         (nothing is loaded then). Returns how many answers were loaded.
 
         A file is trusted no more than an upstream that did not sign: every answer is loaded as
-        UNCHECKED with AD cleared (whatever the file says), and its lifetime and TTLs are
-        clamped as if it had just been received (cache_max_ttl, the negative ceiling)."""
+        LOADED (never validated) with AD cleared, whatever the file says, and its lifetime and
+        TTLs are clamped as if it had just been received (cache_max_ttl, the negative ceiling)."""
         saved_wall, items = _parse_image(data, wall_now)
         down = wall_now - saved_wall
         kept = []
@@ -512,7 +517,7 @@ class Cache:
         stored = now - elapsed
         head = _HEAD.pack(
             stored, now + left, self._prefetch_at(stored, elapsed + left), seen,
-            ValidationStatus.UNCHECKED, 0, len(offsets),
+            ValidationStatus.LOADED, 0, len(offsets),
         )  # fmt: skip
         return head + struct.pack(f"!{len(offsets)}H", *offsets) + bytes(buf)
 
@@ -675,8 +680,19 @@ def _read_file(path: str, limit: int) -> bytes:
 
 
 def save(cache: Cache, path: str, now: float, wall_now: float) -> bool:
-    """Write the cache to a file atomically (temporary file, fsync, rename); False on failure."""
+    """Write the cache to a file atomically (temporary file, fsync, rename); False on failure.
+    Only a regular file is replaced: a device, a FIFO or a symbolic link at the path stays."""
     directory = os.path.dirname(path) or "."
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    except OSError as exc:
+        log.warning("cache not saved to %s: %s", path, exc.strerror or exc)
+        return False
+    if not stat.S_ISREG(mode):
+        log.warning("cache not saved to %s: not a regular file (left as it is)", path)
+        return False
     try:
         fd, temporary = tempfile.mkstemp(prefix=".cache-", dir=directory)
     except OSError as exc:

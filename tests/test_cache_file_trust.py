@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import threading
 import time
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.query
 import dns.rcode
 import dns.rrset
 import pytest
@@ -199,14 +202,23 @@ def test_a_symbolic_link_is_not_followed(
 def test_a_device_is_refused_at_once(
     dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A character device like /dev/zero (made here: the real one must never be at stake)."""
+    zero = tmp_path / "zero"
+    try:
+        os.mknod(zero, stat.S_IFCHR | 0o600, os.makedev(1, 5))
+    except PermissionError:
+        pytest.skip("making a device node needs root")
     started = time.monotonic()
     with (
         caplog.at_level(logging.WARNING),
-        running_daemon(config_for(dot_upstream, ca_file, Path("/dev/zero"))) as daemon,
+        running_daemon(config_for(dot_upstream, ca_file, zero)) as daemon,
     ):
         assert time.monotonic() - started < 5.0  # reading /dev/zero would never end
         assert ask(daemon.port, "www.bank.example.").rcode() == dns.rcode.NOERROR
-    assert "cache file /dev/zero ignored: not a regular file" in caplog.text
+    assert f"cache file {zero} ignored: not a regular file" in caplog.text
+    # nor is the device replaced by the cache saved at stop
+    assert stat.S_ISCHR(zero.lstat().st_mode)
+    assert f"cache not saved to {zero}: not a regular file" in caplog.text
 
 
 def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
@@ -249,8 +261,35 @@ def test_loaded_ttls_never_outlive_the_ceiling() -> None:
     assert cache.restore(forged_file([(key, forged_record(body, offsets))]), 0.0, time.time())
     entry = cache.peek(key)
     assert entry is not None
-    assert entry.status == ValidationStatus.UNCHECKED
+    assert entry.status == ValidationStatus.LOADED
     assert entry.expires <= 600
     assert not struct.unpack_from("!H", entry.body, 2)[0] & dns.flags.AD
     assert struct.unpack_from("!I", entry.body, offsets[0])[0] <= 600
     assert cache.fresh(key, 600.0) is None
+
+
+def test_answers_from_a_file_go_when_validation_is_turned_on(
+    dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    """Read under dnssec: off, then a reload turns validation on: what came from the file goes,
+    the answers for clients that set CD too (CD asks for data unchecked, not for a file's)."""
+    path = tmp_path / "cache.bin"
+    plain_key, body, offsets = forged_answer()
+    cd_key = plain_key[:-1] + b"\x01"
+    path.write_bytes(
+        forged_file(
+            [(plain_key, forged_record(body, offsets)), (cd_key, forged_record(body, offsets))]
+        )
+    )
+    config = config_for(dot_upstream, ca_file, path)
+    with running_daemon(config) as daemon:
+        assert len(daemon.resolver.cache) == 2
+        daemon.daemon.loader = lambda: replace(
+            config, dnssec="validate", trust_anchor_updates=False
+        )
+        assert daemon.call(daemon.daemon.reload) is None
+        assert len(daemon.resolver.cache) == 0
+        query = dns.message.make_query("www.bank.example.", "A", use_edns=False)
+        query.flags |= dns.flags.CD
+        reply = dns.query.udp(query, "127.0.0.1", port=daemon.port, timeout=5)
+    assert [r.address for r in reply.answer[0]] == [UPSTREAM_ADDRESS]

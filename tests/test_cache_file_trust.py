@@ -137,6 +137,7 @@ def _damaged_files() -> dict[str, bytes]:
         "TTL offset past the end": forged_file([(key, offsets_past)]),
         "bad lengths, valid CRC": bytes(bad_lengths),
         "truncated file": image[: len(image) - 7],
+        "bad CRC": image[:-4] + bytes(4),
         "wrong magic": b"stubby-py cachX\n" + image[16:],
         "a SERVFAIL": forged_file([(key, forged_record(bytes(servfail), offsets, ttl=300.0))]),
         "a short key": forged_file([(b"\x00", good)]),

@@ -503,7 +503,7 @@ class Cache:
         elapsed = age + down
         # no longer than the TTLs it carries allow (clamped as a fresh reply's would be)
         left = min(ttl - elapsed, allowed[0])
-        if left <= 0:
+        if left <= 0 or elapsed >= 1 << 32:
             return None
         offsets = layout.ttl_offsets
         buf = bytearray(wire.with_flag(body, wire.AD, False))

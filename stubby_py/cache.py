@@ -486,40 +486,63 @@ class Cache:
         return sum(self._insert(key, record) for key, record in kept)
 
     def _loaded(self, key: bytes, record: bytes, now: float, down: float) -> bytes | None:
-        """A record from a file as the cache keeps it; None if it expired meanwhile."""
+        """A record from a file as the cache keeps it; None if it expired meanwhile. Raises
+        CacheFileError unless it is an answer to `key` whose TTL offsets are its records' own
+        (so patching can only ever touch TTL fields) and of a kind the cache keeps."""
         if len(record) < _HEAD_SIZE:
             raise CacheFileError("a damaged answer (shorter than its header)")
         age, ttl, _p, body_age, _status, _v, count = _HEAD.unpack_from(record)
-        _check_record(key, record, count, age, ttl)
-        body = record[_HEAD_SIZE + 2 * count :]
-        try:
-            layout = wire.scan_reply(body)
-        except wire.WireError as exc:
-            raise CacheFileError(f"a damaged answer ({exc})") from None
+        if not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0):
+            raise CacheFileError("a damaged answer")
+        elapsed = age + down
+        if ttl <= elapsed or elapsed >= 1 << 32:
+            return None  # expired while the daemon was down
+        start = _HEAD_SIZE + 2 * count
+        layout = _scan_loaded(key, record, count)
+        offsets = layout.ttl_offsets
+        body = record[start:]
         allowed = self.ttl_for(layout)
         flags = wire.U16.unpack_from(body, 2)[0]
         if allowed is None or flags & wire.TC or not flags & wire.QR or layout.opt_span:
             raise CacheFileError("an answer of a kind that is never cached")
-        elapsed = age + down
         # no longer than the TTLs it carries allow (clamped as a fresh reply's would be)
         left = min(ttl - elapsed, allowed[0])
-        if left <= 0 or elapsed >= 1 << 32:
+        if left <= 0:
             return None
-        offsets = layout.ttl_offsets
-        buf = bytearray(wire.with_flag(body, wire.AD, False))
+        buf = bytearray(record)
+        stored = now - elapsed
         seen = int(elapsed)
+        prefetch_at = self._prefetch_at(stored, elapsed + left)
+        _HEAD.pack_into(
+            buf, 0, stored, now + left, prefetch_at, seen, ValidationStatus.LOADED, 0, count
+        )
+        buf[start + 3] &= ~wire.AD & 0xFF  # AD is in the low octet of the flags
         lower = seen - body_age if seen > body_age else 0
         ceiling = math.ceil(left)
         for offset in offsets:
-            field = _U32.unpack_from(buf, offset)[0]
+            field = _U32.unpack_from(buf, start + offset)[0]
             field = field - lower if field > lower else 0
-            _U32.pack_into(buf, offset, min(field, ceiling))
-        stored = now - elapsed
-        head = _HEAD.pack(
-            stored, now + left, self._prefetch_at(stored, elapsed + left), seen,
-            ValidationStatus.LOADED, 0, len(offsets),
-        )  # fmt: skip
-        return head + struct.pack(f"!{len(offsets)}H", *offsets) + bytes(buf)
+            _U32.pack_into(buf, start + offset, field if field < ceiling else ceiling)
+        return bytes(buf)
+
+
+def _scan_loaded(key: bytes, record: bytes, count: int) -> wire.ReplyLayout:
+    """The layout of a loaded record's body; CacheFileError unless the body is a well-formed
+    reply to `key` whose TTL offsets (as the record lists them) are its records' own."""
+    body = record[_HEAD_SIZE + 2 * count :]
+    try:
+        layout = wire.scan_reply(body)
+    except wire.WireError as exc:
+        raise CacheFileError(f"a damaged answer ({exc})") from None
+    question_end = wire.HEADER_LEN + len(key) - 1
+    if layout.question_end != question_end or wire.U16.unpack_from(body, 4)[0] != 1:
+        raise CacheFileError("an answer does not match its key")
+    question = body[wire.HEADER_LEN : question_end]
+    if question[:-4].lower() + question[-4:] != key[:-1]:
+        raise CacheFileError("an answer does not match its key")
+    if layout.ttl_offsets != _offsets(record, count):
+        raise CacheFileError("an answer's TTL offsets are not those of its records")
+    return layout
 
 
 def _cost(key: bytes, record: bytes) -> int:
@@ -589,26 +612,6 @@ def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes,
     if pos != end:
         raise CacheFileError("records do not fill the file")
     return saved_wall, items
-
-
-def _check_record(key: bytes, record: bytes, count: int, age: float, ttl: float) -> None:
-    """Raise CacheFileError unless a loaded record answers `key` and its TTL offsets lie within
-    its body, after the question (so patching can only ever touch TTL-sized fields of records)."""
-    start = _HEAD_SIZE + 2 * count
-    body_len = len(record) - start
-    question_end = wire.HEADER_LEN + len(key) - 1
-    if (
-        len(key) < 6
-        or not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0)
-        or body_len < question_end
-        or wire.U16.unpack_from(record, start + 4)[0] != 1
-    ):
-        raise CacheFileError("a damaged answer")
-    question = record[start + wire.HEADER_LEN : start + question_end]
-    if question[:-4].lower() + question[-4:] != key[:-1]:
-        raise CacheFileError("an answer does not match its key")
-    if any(not question_end <= offset <= body_len - 4 for offset in _offsets(record, count)):
-        raise CacheFileError("an answer's TTL offsets lie outside it")
 
 
 def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str | None:

@@ -14,16 +14,20 @@ it kept 6-10 points more hits than LRU, within a point of S3-FIFO at 60% of its 
 and with no ghost queue (tests/test_cache_policy.py has the measurement).
 
 Persistence (`save`/`load` and the pure `Cache.dump`/`Cache.restore` under them) writes the
-entries with the wall-clock time, so TTLs lose the time the daemon was down.
+entries with the wall-clock time, so TTLs lose the time the daemon was down. A file is trusted
+no more than an unsigned answer from the network: what is loaded is unvalidated (no AD), its
+TTLs clamped; anything wrong with the file (damage, a link, a device, too big) leaves it unread.
 """
 
 from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import logging
 import math
 import os
+import stat
 import struct
 import tempfile
 import zlib
@@ -66,6 +70,8 @@ class ValidationStatus(enum.IntEnum):
     INSECURE = 2
     BOGUS = 3
     INDETERMINATE = 4
+    #: read from a cache file: never validated by this daemon, whatever the file said
+    LOADED = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,14 +427,17 @@ class Cache:
         return self._drop([k for k in self._records if k[:-5] == qname])
 
     def drop_unvalidated(self) -> int:
-        """Forget the answers that were never validated (cached with validation off, or loaded
-        from such a file), but those for clients that set CD: validation has just been turned on."""
+        """Forget the answers that were never validated (cached with validation off), but those
+        for clients that set CD, and every answer read from a file (CD or not: a file's answer is
+        anyone's): validation has just been turned on."""
         unchecked = ValidationStatus.UNCHECKED
+        loaded = ValidationStatus.LOADED
         return self._drop(
             [
                 key
                 for key, record in self._records.items()
-                if record[_STATUS] == unchecked and not key[-1] & _KEY_CD
+                if record[_STATUS] == loaded
+                or (record[_STATUS] == unchecked and not key[-1] & _KEY_CD)
             ]
         )
 
@@ -462,21 +471,78 @@ class Cache:
     def restore(self, data: bytes, now: float, wall_now: float) -> int:
         """Load answers from a `dump` image, the wall-clock time since it was written taken off
         their TTLs; expired ones are dropped. Raises CacheFileError for a damaged or foreign image
-        (nothing is loaded then). Returns how many answers were loaded."""
+        (nothing is loaded then). Returns how many answers were loaded.
+
+        A file is trusted no more than an upstream that did not sign: every answer is loaded as
+        LOADED (never validated) with AD cleared, whatever the file says, and its lifetime and
+        TTLs are clamped as if it had just been received (cache_max_ttl, the negative ceiling)."""
         saved_wall, items = _parse_image(data, wall_now)
         down = wall_now - saved_wall
         kept = []
         for key, record in items:
-            age, ttl, _p, body_age, status, _v, count = _HEAD.unpack_from(record)
-            _check_record(key, record, count, status, age, ttl)
-            stored = now - age - down
-            if stored + ttl <= now:
-                continue
-            fresh = bytearray(record)
-            prefetch_at = self._prefetch_at(stored, ttl)
-            _HEAD.pack_into(fresh, 0, stored, stored + ttl, prefetch_at, body_age, status, 0, count)
-            kept.append((key, bytes(fresh)))
+            loaded = self._loaded(key, record, now, down)
+            if loaded is not None:
+                kept.append((key, loaded))
         return sum(self._insert(key, record) for key, record in kept)
+
+    def _loaded(self, key: bytes, record: bytes, now: float, down: float) -> bytes | None:
+        """A record from a file as the cache keeps it; None if it expired meanwhile. Raises
+        CacheFileError unless it is an answer to `key` whose TTL offsets are its records' own
+        (so patching can only ever touch TTL fields) and of a kind the cache keeps."""
+        if len(record) < _HEAD_SIZE:
+            raise CacheFileError("a damaged answer (shorter than its header)")
+        age, ttl, _p, body_age, _status, _v, count = _HEAD.unpack_from(record)
+        if not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0):
+            raise CacheFileError("a damaged answer")
+        elapsed = age + down
+        if ttl <= elapsed or elapsed >= 1 << 32:
+            return None  # expired while the daemon was down
+        start = _HEAD_SIZE + 2 * count
+        layout = _scan_loaded(key, record, count)
+        offsets = layout.ttl_offsets
+        body = record[start:]
+        allowed = self.ttl_for(layout)
+        flags = wire.U16.unpack_from(body, 2)[0]
+        if allowed is None or flags & wire.TC or not flags & wire.QR or layout.opt_span:
+            raise CacheFileError("an answer of a kind that is never cached")
+        # no longer than the TTLs it carries allow (clamped as a fresh reply's would be)
+        left = min(ttl - elapsed, allowed[0])
+        if left <= 0:
+            return None
+        buf = bytearray(record)
+        stored = now - elapsed
+        seen = int(elapsed)
+        prefetch_at = self._prefetch_at(stored, elapsed + left)
+        _HEAD.pack_into(
+            buf, 0, stored, now + left, prefetch_at, seen, ValidationStatus.LOADED, 0, count
+        )
+        buf[start + 3] &= ~wire.AD & 0xFF  # AD is in the low octet of the flags
+        lower = seen - body_age if seen > body_age else 0
+        ceiling = math.ceil(left)
+        for offset in offsets:
+            field = _U32.unpack_from(buf, start + offset)[0]
+            field = field - lower if field > lower else 0
+            _U32.pack_into(buf, start + offset, field if field < ceiling else ceiling)
+        return bytes(buf)
+
+
+def _scan_loaded(key: bytes, record: bytes, count: int) -> wire.ReplyLayout:
+    """The layout of a loaded record's body; CacheFileError unless the body is a well-formed
+    reply to `key` whose TTL offsets (as the record lists them) are its records' own."""
+    body = record[_HEAD_SIZE + 2 * count :]
+    try:
+        layout = wire.scan_reply(body)
+    except wire.WireError as exc:
+        raise CacheFileError(f"a damaged answer ({exc})") from None
+    question_end = wire.HEADER_LEN + len(key) - 1
+    if layout.question_end != question_end or wire.U16.unpack_from(body, 4)[0] != 1:
+        raise CacheFileError("an answer does not match its key")
+    question = body[wire.HEADER_LEN : question_end]
+    if question[:-4].lower() + question[-4:] != key[:-1]:
+        raise CacheFileError("an answer does not match its key")
+    if layout.ttl_offsets != _offsets(record, count):
+        raise CacheFileError("an answer's TTL offsets are not those of its records")
+    return layout
 
 
 def _cost(key: bytes, record: bytes) -> int:
@@ -518,7 +584,6 @@ _MAGIC = b"stubby-py cache\n"
 _VERSION = 1
 _FILE_HEADER = struct.Struct("!16sHdI")
 _FILE_RECORD = struct.Struct("!HI")
-_STATUSES = frozenset(int(s) for s in ValidationStatus)
 
 
 def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes, bytes]]]:
@@ -549,28 +614,6 @@ def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes,
     return saved_wall, items
 
 
-def _check_record(
-    key: bytes, record: bytes, count: int, status: int, age: float, ttl: float
-) -> None:
-    """Raise CacheFileError unless a loaded record answers `key` and its TTL offsets lie within
-    its body, after the question (so patching can only ever touch TTL-sized fields of records)."""
-    start = _HEAD_SIZE + 2 * count
-    body_len = len(record) - start
-    question_end = wire.HEADER_LEN + len(key) - 1
-    if (
-        status not in _STATUSES
-        or not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0)
-        or body_len < question_end
-        or wire.U16.unpack_from(record, start + 4)[0] != 1
-    ):
-        raise CacheFileError("a damaged answer")
-    question = record[start + wire.HEADER_LEN : start + question_end]
-    if question[:-4].lower() + question[-4:] != key[:-1]:
-        raise CacheFileError("an answer does not match its key")
-    if any(not question_end <= offset <= body_len - 4 for offset in _offsets(record, count)):
-        raise CacheFileError("an answer's TTL offsets lie outside it")
-
-
 def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str | None:
     """Where the cache persists: `auto` means systemd's StateDirectory= when the daemon runs under
     it ($STATE_DIRECTORY, the first of a colon-separated list), else nowhere; None: nowhere."""
@@ -580,12 +623,24 @@ def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str |
     return os.path.join(state, "cache.bin") if state else None
 
 
+def file_limit(limits: CacheLimits) -> int:
+    """The largest cache file worth reading: the answers' own octets are less than what
+    `max_bytes` counts for them, so a bigger file holds more than the cache could keep."""
+    return limits.max_bytes + _FILE_HEADER.size + _U32.size
+
+
 def load(cache: Cache, path: str, now: float, wall_now: float) -> int:
-    """Fill the cache from a file; a missing file loads nothing, a bad one is ignored (warning)."""
+    """Fill the cache from a file; a missing file loads nothing, a bad one is ignored (warning).
+
+    The file must be a regular file (not a device or a FIFO: /dev/zero never ends), is not
+    followed if it is a symbolic link, must not be writable by others, and is read only up to
+    `file_limit`."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read_file(path, file_limit(cache.limits))
     except FileNotFoundError:
+        return 0
+    except CacheFileError as exc:
+        log.warning("cache file %s ignored: %s", path, exc)
         return 0
     except OSError as exc:
         log.warning("cache file %s not read: %s", path, exc.strerror or exc)
@@ -594,13 +649,53 @@ def load(cache: Cache, path: str, now: float, wall_now: float) -> int:
         return cache.restore(data, now, wall_now)
     except CacheFileError as exc:
         log.warning("cache file %s ignored: %s", path, exc)
-        cache.flush()
-        return 0
+    except Exception:  # whatever a file holds, the daemon starts (without it)
+        log.exception("cache file %s ignored: unreadable", path)
+    cache.flush()
+    return 0
+
+
+def _read_file(path: str, limit: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise CacheFileError("a symbolic link (not followed)") from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CacheFileError("not a regular file")
+        if info.st_mode & 0o022:
+            raise CacheFileError("writable by other users than its owner")
+        if info.st_size > limit:
+            raise CacheFileError(f"{info.st_size} octets, more than the {limit} it may hold")
+        chunks = []
+        size = 0
+        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew while being read
+                raise CacheFileError(f"more than the {limit} octets it may hold")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def save(cache: Cache, path: str, now: float, wall_now: float) -> bool:
-    """Write the cache to a file atomically (temporary file, fsync, rename); False on failure."""
+    """Write the cache to a file atomically (temporary file, fsync, rename); False on failure.
+    Only a regular file is replaced: a device, a FIFO or a symbolic link at the path stays."""
     directory = os.path.dirname(path) or "."
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = stat.S_IFREG
+    except OSError as exc:
+        log.warning("cache not saved to %s: %s", path, exc.strerror or exc)
+        return False
+    if not stat.S_ISREG(mode):
+        log.warning("cache not saved to %s: not a regular file (left as it is)", path)
+        return False
     try:
         fd, temporary = tempfile.mkstemp(prefix=".cache-", dir=directory)
     except OSError as exc:

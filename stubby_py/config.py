@@ -153,8 +153,8 @@ class Config:
     #: client networks never rate limited (the machine's own programs)
     rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     #: started as root (and not by socket activation into a sandbox): after binding, run as this
-    #: user; None = keep running as whoever started the daemon
-    user: str | None = "nobody"
+    #: user; "auto" = the system user stubby-py (created if missing); "root" or None = stay root
+    user: str | None = "auto"
     #: the local control socket (stats, flush, reload): a path; "auto" = control.default_path();
     #: None = no control socket
     control_socket: str | None = "auto"
@@ -562,7 +562,7 @@ def _path_auto_or_off(reader: _Reader, node: yaml.Node, key: str) -> str | None:
 
 
 def _optional_user(reader: _Reader, node: yaml.Node) -> str | None:
-    """A user name, or null/false: never change user."""
+    """A user name, auto (a user of our own), root, or null/false: never change user."""
     value = reader.scalar(node, "user")
     if value is None or value is False:
         return None

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import socket
+import stat
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -33,13 +34,42 @@ EXPLAIN_TIMEOUT = 40.0
 
 
 def default_path() -> str:
-    """$RUNTIME_DIRECTORY under systemd, else /run/stubby-py when writable, else /tmp."""
+    """$RUNTIME_DIRECTORY under systemd, else /run/stubby-py when writable, else the user's
+    $XDG_RUNTIME_DIR, else a directory of our own under /tmp (see `private_directory`)."""
     runtime = os.environ.get("RUNTIME_DIRECTORY")
     if runtime:
         return os.path.join(runtime.split(":")[0], "control.sock")
     if os.access("/run", os.W_OK):
         return "/run/stubby-py/control.sock"
+    user_runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if user_runtime and os.path.isabs(user_runtime):
+        return os.path.join(user_runtime, "stubby-py", "control.sock")
     return f"/tmp/stubby-py-{os.getuid()}/control.sock"
+
+
+def private_directory(directory: str) -> None:
+    """Make the socket's directory (mode 0700), or check that the one there may be used.
+
+    Where others may create entries (/tmp), a directory of that name may be anyone's: one owned
+    by another user, writable by others, or a symbolic link to elsewhere is never used (OSError
+    EPERM): its owner (or anyone who may write in it) could replace our socket or listen in its
+    place."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, mode=0o700, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(directory, 0o700)
+    parent_info = os.stat(parent)
+    shared = parent_info.st_mode & 0o022 or parent_info.st_uid not in (0, os.geteuid())
+    info = os.lstat(directory)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, "not a directory (a link or a file is never followed)")
+    if shared and (info.st_uid != os.geteuid() or info.st_mode & 0o022):
+        raise OSError(
+            errno.EPERM,
+            f"not ours (owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}; "
+            f"this daemon is uid {os.geteuid()} and only it may write there): remove it, or "
+            "set control_socket",
+        )
 
 
 class ControlServer:
@@ -56,8 +86,7 @@ class ControlServer:
     async def start(self) -> None:
         """Listen on the path; a stale socket there is replaced, a live one (another daemon's)
         is left alone and OSError(EADDRINUSE) raised."""
-        directory = os.path.dirname(self.path)
-        os.makedirs(directory, mode=0o700, exist_ok=True)
+        private_directory(os.path.dirname(os.path.abspath(self.path)))
         if _answers(self.path):
             raise OSError(errno.EADDRINUSE, "another daemon is answering on it", self.path)
         with contextlib.suppress(FileNotFoundError):

@@ -1,25 +1,39 @@
-"""Run as an unprivileged user once the sockets are bound (started as root without systemd).
+"""Run as an unprivileged user of our own once the sockets are bound (started as root without
+systemd).
+
+Whoever shares the daemon's user can signal it (SIGUSR2 flushes, SIGHUP reloads), use its control
+socket, read its query log and replace its cache file. So the daemon runs as a user no other
+program runs as: `user: auto` (the default) is the system user `stubby-py`, created like a
+package would create it (useradd --system) when it is missing. A configured user must work or the
+daemon does not start: one that does not exist, `nobody` (shared by unrelated daemons by design),
+or one that could not read what the daemon needs later is an error. Root is kept only when asked
+for (`user: root`, or null: stay whoever started it), with one exception for `auto`: when no
+unprivileged user could read the Python installation (a virtual environment under /root, as
+`pip install .` on Debian 12 makes), the daemon stays root and says what is in the way, so the
+first command of the README keeps working.
 
 The listening sockets, the control socket and the query log are opened while still root and stay
 open; what the daemon must still write as the new user — the directory the cache file is saved
 into (atomically, by rename), the control socket's own directory — is handed over first, but only
 when it is missing (then created) or plainly dedicated to us (it holds nothing but our files):
 a shared directory such as /tmp or /var/cache is never chowned, and a warning says what will not
-work. Then supplementary groups, group and user change, and the change is checked to be
-irreversible.
+work. Then supplementary groups, group and user change, the change is checked to be
+irreversible, and the process is made non-dumpable (no ptrace, no /proc/PID/fd or mem for
+anyone but root).
 
 Before any of that, the files the daemon reads again later — CA files (TLS contexts are made at
 connect time), the configuration (reload), and the Python modules themselves (some are imported on
-first use) — must be readable by the user. If one is not (Python installed under /root, a CA file
-in a private directory), the daemon stays root and says which path is in the way: a daemon that
-cannot connect to its upstreams after the switch would be worse.
+first use) — must be readable by the user.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import pwd
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +41,16 @@ from dataclasses import dataclass
 from stubby_py.errors import StubbyError
 
 log = logging.getLogger(__name__)
+
+#: `user: auto`: the system user of our own (also the name systemd's DynamicUser= gives the unit)
+AUTO_USER = "stubby-py"
+#: users that unrelated programs run as, by design: never ours to run as
+SHARED_USERS = frozenset({"nobody", "nfsnobody"})
+SHARED_UIDS = frozenset({65534})
+#: a uid no file belongs to: what any unprivileged user may read (checked before creating one)
+_ANYONE = -1
+#: prctl(2) option
+_PR_SET_DUMPABLE = 4
 
 
 class PrivilegeError(StubbyError):
@@ -50,32 +74,21 @@ def drop_privileges(
     user: str | None, handovers: Iterable[Handover] = (), needs: Iterable[str] = ()
 ) -> bool:
     """Become `user` if running as root; True if the user changed. `needs`: files the daemon
-    reads again later, which the user must be able to read."""
-    if user is None or os.geteuid() != 0:
+    reads again later, which the user must be able to read. PrivilegeError when a configured
+    user cannot be switched to (see the module's docstring)."""
+    if os.geteuid() != 0:
         return False
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise PrivilegeError(
-            f"user {user!r} does not exist: create it (useradd --system --no-create-home {user}) "
-            "or set `user:` in the configuration (null: keep running as root)"
-        ) from None
-    uid, gid = entry.pw_uid, entry.pw_gid
-    if uid == 0:
+    if user is None or user == "root":
+        log.info("running as root, as configured (user: %s)", user or "null")
         return False
-    groups = set(os.getgrouplist(user, gid))
-    blocked = unreadable([*needs, *module_directories()], uid, groups)
-    if blocked:
-        log.warning(
-            "staying root: user %s could not read %s, which is needed after the switch; make it "
-            "readable, or set `user:` to another user (null: run as root without this warning)",
-            user,
-            blocked[0],
-        )
+    needed = [*needs, *module_directories()]
+    entry = _auto_user(needed) if user == "auto" else _configured_user(user, needed)
+    if entry is None:
         return False
+    name, uid, gid = entry.pw_name, entry.pw_uid, entry.pw_gid
     for handover in handovers:
         _hand_over(handover, uid, gid)
-    os.initgroups(user, gid)
+    os.initgroups(name, gid)
     os.setgid(gid)
     os.setuid(uid)
     try:
@@ -84,8 +97,104 @@ def drop_privileges(
         pass
     else:  # pragma: no cover - the kernel would have to ignore setuid()
         raise PrivilegeError("could not give up root: setuid(0) still works")
-    log.info("running as user %s (uid %d, gid %d)", user, uid, gid)
+    _make_undumpable()
+    log.info("running as user %s (uid %d, gid %d)", name, uid, gid)
     return True
+
+
+def _configured_user(user: str, needed: list[str]) -> pwd.struct_passwd | None:
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise PrivilegeError(
+            f"user {user!r} does not exist: create it (useradd --system --no-create-home {user}), "
+            "or leave `user:` out (auto: a user of its own, stubby-py)"
+        ) from None
+    if entry.pw_uid == 0:
+        log.info("running as root, as configured (user: %s)", user)
+        return None
+    if user in SHARED_USERS or entry.pw_uid in SHARED_UIDS:
+        raise PrivilegeError(
+            f"user {user!r} is shared with other programs, any of which could then flush or "
+            "reload this daemon, read its query log or plant a cache file: leave `user:` out "
+            "(auto: a user of its own, stubby-py) or name a user that only this daemon uses"
+        )
+    groups = set(os.getgrouplist(user, entry.pw_gid))
+    blocked = unreadable(needed, entry.pw_uid, groups)
+    if blocked:
+        raise PrivilegeError(
+            f"user {user!r} could not read {blocked[0]}, which the daemon needs after the "
+            "switch: make it readable, or set `user:` to another user (root: stay root)"
+        )
+    return entry
+
+
+def _auto_user(needed: list[str]) -> pwd.struct_passwd | None:
+    """The user of our own, created if missing; None (staying root, with a warning) when no
+    unprivileged user could run the daemon or the user cannot be created."""
+    try:
+        entry: pwd.struct_passwd | None = pwd.getpwnam(AUTO_USER)
+    except KeyError:
+        entry = None
+    if entry is not None and (entry.pw_uid == 0 or entry.pw_uid in SHARED_UIDS):
+        raise PrivilegeError(
+            f"user {AUTO_USER!r} has uid {entry.pw_uid}: it must be a user of its own"
+        )
+    uid, groups = _ANYONE, set()
+    if entry is not None:
+        uid, groups = entry.pw_uid, set(os.getgrouplist(AUTO_USER, entry.pw_gid))
+    blocked = unreadable(needed, uid, groups)
+    if blocked:
+        log.warning(
+            "staying root: an unprivileged user could not read %s, which is needed after the "
+            "switch; install stubby-py where others may read it (not under /root), or set "
+            "`user: root` to run as root without this warning",
+            blocked[0],
+        )
+        return None
+    return entry if entry is not None else _create_user(AUTO_USER)
+
+
+def _create_user(name: str) -> pwd.struct_passwd | None:
+    """useradd --system, as a package's installation would; None (and a warning) on failure."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+    useradd = shutil.which("useradd", path=search)
+    shell = shutil.which("nologin", path=search) or "/bin/false"
+    why = "useradd not found"
+    if useradd is not None:
+        command = [
+            useradd, "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+            "--shell", shell, "--comment", "stubby-py DNS forwarder", name,
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            why = result.stderr.strip() or f"useradd exited with {result.returncode}"
+        except (OSError, subprocess.SubprocessError) as exc:
+            why = str(exc)
+    try:
+        entry = pwd.getpwnam(name)  # made now, or by another instance meanwhile
+    except KeyError:
+        log.warning(
+            "staying root: there is no user %s and it could not be created (%s); create it "
+            "(useradd --system --no-create-home %s), or set `user:` to a user of its own "
+            "(root: stay root without this warning)",
+            name,
+            why,
+            name,
+        )
+        return None
+    log.info("created the system user %s (uid %d) to run as", name, entry.pw_uid)
+    return entry
+
+
+def _make_undumpable() -> None:
+    """No core dumps, no ptrace and no /proc/PID/{fd,mem,environ} for other processes of the
+    same user (the kernel usually does this on setuid already; fs.suid_dumpable may not)."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_DUMPABLE, 0) failed: %s", os.strerror(ctypes.get_errno()))
 
 
 def _hand_over(handover: Handover, uid: int, gid: int) -> None:

@@ -1,7 +1,8 @@
 """The optional query log: one line per answered query, appended to a file; off by default.
 
 A privacy choice, made by whoever sets `query_log`: it records which client asked for which name,
-which stubby-py otherwise never writes anywhere. The file is created mode 0600.
+which stubby-py otherwise never writes anywhere. The file is created mode 0600, and opened
+only if it is a regular file reached without a symbolic link at its own name.
 
 Recording is cheap (a tuple appended to a list, on the query path); formatting and writing happen
 in batches, at most `FLUSH_SECONDS` after a query or once `FLUSH_LINES` are waiting. If the file
@@ -13,8 +14,10 @@ cannot be written, lines are dropped (and counted), never queued without bound. 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 import time
 
 import dns.exception
@@ -37,7 +40,24 @@ _Entry = tuple[float, str, bytes, int, str]
 
 
 def _open(path: str) -> int:
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    """Open for appending, never through a symbolic link (ELOOP) and only a regular file: a link
+    planted at the path would have the daemon write query names wherever it points, a FIFO
+    would hand them to whoever reads it (O_NONBLOCK: opening one never waits for a reader)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "a symbolic link (not followed)", path) from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class QueryLog:

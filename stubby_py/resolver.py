@@ -179,11 +179,12 @@ class Resolver:
         }  # fmt: skip
         self._apply(config, transports)
         self.cache_file = default_cache_file(config.cache_file, os.environ)
-        if self.cache_file is not None:
+        if self.cache_file is not None and self.validation is not None:
+            # a file cannot prove what it says (a non-DO answer is kept without its RRSIGs):
+            # under validation only what this run validated is served
+            log.info("cache: %s not loaded (dnssec: validate)", self.cache_file)
+        elif self.cache_file is not None:
             loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
-            if self.validation is not None:
-                # answers saved while validation was off are not to be served as checked
-                loaded -= self.cache.drop_unvalidated()
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
     def _apply(

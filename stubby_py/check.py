@@ -47,15 +47,19 @@ from stubby_py.errors import (
 )
 from stubby_py.failures import connect_error
 from stubby_py.transports import make_transport
-from stubby_py.transports.tls import check_pins, client_context, server_hostname, spki_pin
+from stubby_py.transports.tls import (
+    check_pins,
+    client_context,
+    server_hostname,
+    spki_pin,
+    verified_chain,
+)
 
 #: the test query: the root's name servers (every resolver answers it; it tells nothing of us),
 #: asked with DO and CD as the validator asks: the root signs them, so an upstream that hands
 #: back no RRSIG strips DNSSEC data, and validated answers through it would all fail
 QUERY_NAME = "."
 QUERY_TYPE = "NS"
-#: _ssl.ENCODING_DER (not exported by ssl)
-_ENCODING_DER = 2
 
 
 @dataclass
@@ -108,6 +112,10 @@ class UpstreamReport:
     chain: list[CertificateFacts] = field(default_factory=list)
     pins_configured: list[str] = field(default_factory=list)
     pins_matched: bool | None = None
+    #: from a DNS stamp: TBS certificate hashes (hex), whether one is in the chain, its props
+    cert_hashes: list[str] = field(default_factory=list)
+    cert_hashes_matched: bool | None = None
+    stamp_props: list[str] = field(default_factory=list)
     query: QueryResult | None = None
 
     def fail(self, error: UpstreamError) -> None:
@@ -143,7 +151,8 @@ async def check_one(
     report = UpstreamReport(
         name=spec.label, url=spec.url, group=group, transport=spec.transport,
         address=spec.address, port=spec.port, auth_name=spec.auth_name,
-        pins_configured=list(spec.spki_pins),
+        pins_configured=list(spec.spki_pins), cert_hashes=list(spec.cert_hashes),
+        stamp_props=list(spec.stamp_props),
     )  # fmt: skip
     if spec.transport in ("quic", "h3"):
         await _check_quic(report, spec, config, timeout)
@@ -204,33 +213,25 @@ def _read_session(report: UpstreamReport, spec: UpstreamSpec, ssl_object: ssl.SS
     if der is None:
         return
     _set_certificate(report, spec, der, "verified")
-    report.chain = [certificate_facts(c) for c in _verified_chain(ssl_object)] or [
+    report.chain = [certificate_facts(c) for c in verified_chain(ssl_object)] or [
         certificate_facts(der)
     ]
     if spec.transport == "https" and report.alpn != "h2":
         report.fail(ALPNMismatchError(f"{spec.label}: server does not speak HTTP/2"))
     if spec.spki_pins:
         try:
-            check_pins(spec, der)
+            check_pins(replace(spec, cert_hashes=()), der)
             report.pins_matched = True
         except PinMismatchError as exc:
             report.pins_matched = False
             report.fail(exc)
-
-
-def _verified_chain(ssl_object: ssl.SSLObject) -> list[bytes]:
-    """The verified chain, leaf first: public from Python 3.13, private (`_sslobj`) before."""
-    getter = getattr(ssl_object, "get_verified_chain", None)
-    if getter is None:
-        getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
-    if getter is None:
-        return []
-    try:
-        chain = getter()
-    except (ValueError, ssl.SSLError):
-        return []
-    # Python 3.13 returns DER bytes; 3.10-3.12's private one returns _ssl.Certificate objects
-    return [c if isinstance(c, bytes) else c.public_bytes(_ENCODING_DER) for c in chain]
+    if spec.cert_hashes:
+        try:
+            check_pins(replace(spec, spki_pins=()), der, verified_chain(ssl_object))
+            report.cert_hashes_matched = True
+        except PinMismatchError as exc:
+            report.cert_hashes_matched = False
+            report.fail(exc)
 
 
 async def _read_unverified(
@@ -281,6 +282,7 @@ async def _check_quic(
         _set_certificate(report, spec, der, "verified")
         report.chain = [certificate_facts(der)]
     report.pins_matched = True if spec.spki_pins else None
+    report.cert_hashes_matched = True if spec.cert_hashes else None
     await _run_query(report, spec, config, timeout, transport)
 
 
@@ -388,6 +390,8 @@ def _format_one(r: UpstreamReport) -> str:
     lines = [f"{r.url}  [{r.group}]  {status}"]
     if r.error:
         lines.append(f"  error        {r.error}")
+    if r.stamp_props:
+        lines.append(f"  stamp says   {', '.join(r.stamp_props)} (informal, not checked)")
     if r.tls_version or r.handshake_ms is not None:
         lines.append(
             f"  tls          {r.tls_version or '?'}, ALPN {r.alpn or '-'}, "
@@ -419,6 +423,9 @@ def _certificate_lines(r: UpstreamReport, c: CertificateFacts) -> list[str]:
     if r.pins_configured:
         state = "matched" if r.pins_matched else "NOT matched"
         lines.append(f"  pins         {len(r.pins_configured)} configured, {state}")
+    if r.cert_hashes:
+        state = "one in the chain" if r.cert_hashes_matched else "NONE in the chain"
+        lines.append(f"  stamp hashes {len(r.cert_hashes)} (SHA-256 of a TBS certificate), {state}")
     return lines
 
 

@@ -47,6 +47,10 @@ class UpstreamSpec:
     spki_pins: tuple[str, ...] = ()
     ca_file: str | None = None
     name: str = ""
+    #: from a DNS stamp: hex SHA-256 digests of a TBS certificate; one must be in the chain
+    cert_hashes: tuple[str, ...] = ()
+    #: from a DNS stamp: its informal properties (dnssec, no-log, no-filter), shown only
+    stamp_props: tuple[str, ...] = ()
 
     @property
     def is_encrypted(self) -> bool:
@@ -194,11 +198,17 @@ DEFAULT_UPSTREAMS = (
 
 def parse_upstream_uri(text: str) -> UpstreamSpec:
     """Parse `tls://IP[:PORT]#NAME`, `https://HOST[:PORT]/PATH[#IP]`, `h3://…`, `quic://IP#NAME`,
-    `udp://IP[:PORT]`, `tcp://IP[:PORT]`. Raises ValueError with what was expected."""
+    `udp://IP[:PORT]`, `tcp://IP[:PORT]` or a DNS stamp `sdns://…`. Raises ValueError with what
+    was expected."""
     scheme, sep, _rest = text.partition("://")
+    if sep and scheme == "sdns":
+        from stubby_py import stamps  # it builds on this module
+
+        return stamps.parse(text)
     if not sep or scheme not in TRANSPORT_PORTS:
         raise ValueError(
-            "expected a URI starting tls://, https://, h3://, quic://, udp:// or tcp://"
+            "expected a URI starting tls://, https://, h3://, quic://, udp://, tcp://"
+            " or a DNS stamp sdns://"
         )
     parts = urlsplit(text.replace("{?dns}", ""))  # RFC 8484 URI template: we add ?dns= per query
     try:

@@ -51,7 +51,12 @@ from stubby_py.transports.multiplex import (
     Waiter,
     checked_reply,
 )
-from stubby_py.transports.tls import check_pins, client_context, server_hostname
+from stubby_py.transports.tls import (
+    check_pins,
+    client_context,
+    server_hostname,
+    verified_chain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -535,7 +540,8 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if alpn != H2_ALPN:
             raise ALPNMismatchError(f"{self.name}: server does not speak HTTP/2 (ALPN {alpn!r})")
-        check_pins(self.spec, ssl_object.getpeercert(binary_form=True))
+        chain = verified_chain(ssl_object) if self.spec.cert_hashes else []
+        check_pins(self.spec, ssl_object.getpeercert(binary_form=True), chain)
 
 
 _: type[Transport] = DoHTransport

@@ -28,7 +28,12 @@ from stubby_py.errors import (
 from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import MultiplexedTransport
-from stubby_py.transports.tls import check_pins, client_context, server_hostname
+from stubby_py.transports.tls import (
+    check_pins,
+    client_context,
+    server_hostname,
+    verified_chain,
+)
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +277,8 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
             raise connect_error(self.name, exc) from None
         ssl_object = transport.get_extra_info("ssl_object")
         try:
-            check_pins(self.spec, ssl_object.getpeercert(binary_form=True) if ssl_object else None)
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+            check_pins(self.spec, der, verified_chain(ssl_object) if self.spec.cert_hashes else ())
         except UpstreamError:
             transport.close()
             raise

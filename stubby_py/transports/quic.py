@@ -150,6 +150,12 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         certificate = getattr(self._quic.tls, "_peer_certificate", None)
         return None if certificate is None else certificate.public_bytes(Encoding.DER)
 
+    def peer_chain(self) -> list[bytes]:
+        """The certificates the server sent, leaf first (for a stamp's TBS hashes)."""
+        leaf = self.peer_certificate()
+        rest = getattr(self._quic.tls, "_peer_certificate_chain", None) or []
+        return ([leaf] if leaf else []) + [c.public_bytes(Encoding.DER) for c in rest]
+
     # -- asyncio.DatagramProtocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -352,7 +358,7 @@ class QuicTransport(MultiplexedTransport[P]):
             # a ticket only ever comes from a session whose certificate and pins were checked
             self.resumptions += 1
             return
-        check_pins(self.spec, connection.peer_certificate())
+        check_pins(self.spec, connection.peer_certificate(), connection.peer_chain())
 
     def _take_ticket(self) -> SessionTicket | None:
         ticket, self._ticket = self._ticket, None

@@ -60,7 +60,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="upstream resolver (repeatable; replaces the configured pool): "
         "DoT tls://IP[:PORT]#AUTH-NAME; DoH https://IP[:PORT]/PATH or "
         "https://NAME[:PORT]/PATH#IP (HTTP/2), h3://... likewise (HTTP/3); "
-        "DoQ quic://IP[:PORT]#AUTH-NAME; or udp://IP[:PORT] / tcp://IP[:PORT] for a LAN resolver",
+        "DoQ quic://IP[:PORT]#AUTH-NAME; udp://IP[:PORT] / tcp://IP[:PORT] for a LAN resolver; "
+        "or a DNS stamp sdns://... (DoH, DoT, DoQ)",
     )  # fmt: skip
     parser.add_argument(
         "--ca-file", metavar="FILE",

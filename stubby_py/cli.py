@@ -1,5 +1,6 @@
 """The command line: `stubby-py [run]`, `check-config FILE`, `stats`, `flush [NAME]`, `reload`,
-`explain NAME [TYPE]`, `import-stubby FILE`, `--version`. No logic here."""
+`explain NAME [TYPE]`, `import-stubby FILE`, `import-dnscrypt-proxy FILE`, `--version`.
+No logic here."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from stubby_py.config import DNSSEC_MODES, Config, Overrides, apply_overrides, p
 from stubby_py.errors import StubbyError
 
 COMMANDS = (
-    "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby", "bench",
+    "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby",
+    "import-dnscrypt-proxy", "bench",
 )  # fmt: skip
 CONTROL_COMMANDS = ("stats", "flush", "reload", "explain")
 
@@ -45,6 +47,7 @@ and, with the daemon running (as root, or as the user it runs as):
   stubby-py explain example.com AAAA          how that question is answered: rule, cache, upstream,
                                               transport, DNSSEC chain, Extended DNS Errors, timings
   stubby-py import-stubby /etc/stubby/stubby.yml > config.yaml
+  stubby-py import-dnscrypt-proxy /etc/dnscrypt-proxy/dnscrypt-proxy.toml > config.yaml
 """
 
 
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="convert a Stubby configuration (stubby.yml) to ours: YAML on stdout, notes on stderr",
     )
     convert.add_argument("file", metavar="FILE", help="e.g. /etc/stubby/stubby.yml")
+    convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
+    convert = commands.add_parser(
+        "import-dnscrypt-proxy",
+        help="convert a dnscrypt-proxy.toml (its [static] stamps, server_names, cached source "
+        "lists) to our configuration: YAML on stdout, notes on stderr",
+    )  # fmt: skip
+    convert.add_argument("file", metavar="FILE", help="e.g. dnscrypt-proxy.toml")
     convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
     from stubby_py import bench
 
@@ -260,8 +270,28 @@ def _import_stubby(args: argparse.Namespace) -> int:
     if conversion is None:
         raise StubbyError(f"{args.file}: not a Stubby configuration (no Stubby option in it)")
     text = stubby_import.to_yaml(conversion, args.file)
+    return _write_conversion(args, conversion, text)
+
+
+def _import_dnscrypt_proxy(args: argparse.Namespace) -> int:
+    from stubby_py import dnscrypt_import
+
+    conversion = dnscrypt_import.read(args.file)
+    if not conversion.options.get("upstreams"):
+        for note in conversion.notes:
+            print(f"  {note}", file=sys.stderr)
+        raise StubbyError(
+            f"{args.file}: no server could be converted (the reasons are above); stubby-py "
+            "would fall back to its built-in upstreams, so nothing is written"
+        )
+    return _write_conversion(args, conversion, dnscrypt_import.to_yaml(conversion, args.file))
+
+
+def _write_conversion(
+    args: argparse.Namespace, conversion: stubby_import.Conversion, text: str
+) -> int:
     parse_config(text, f"{args.file} (converted)")  # what we write must load
-    print(f"stubby-py import-stubby: {args.file}", file=sys.stderr)
+    print(f"stubby-py {args.command}: {args.file}", file=sys.stderr)
     for note in conversion.notes:
         print(f"  {note}", file=sys.stderr)
     if args.output:
@@ -325,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _control_command(args)
         if args.command == "import-stubby":
             return _import_stubby(args)
+        if args.command == "import-dnscrypt-proxy":
+            return _import_dnscrypt_proxy(args)
         if args.command == "bench":
             from stubby_py import bench
 

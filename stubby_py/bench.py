@@ -343,7 +343,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--upstream", action="append", default=[], metavar="URI",
         help="upstream to measure (repeatable; replaces the pool): tls://, https://, h3://, "
-        "quic://, udp:// or tcp:// as for `run`",
+        "quic://, udp://, tcp:// or a DNS stamp sdns:// as for `run`",
     )  # fmt: skip
     parser.add_argument("--ca-file", metavar="FILE", help="PEM CA certificates to verify with")
     parser.add_argument(

@@ -4,7 +4,9 @@ For each upstream, concurrently:
 
 * DoT and DoH (h2): a TLS handshake of our own (asyncio + ssl, the daemon's verifying context,
   ALPN "h2" for DoH) gives the TLS version, ALPN, cipher, handshake time, the leaf certificate
-  and the verified chain (each certificate's SPKI pin), then the configured pins are checked.
+  and the verified chain (each certificate's SPKI pin), then the configured pins and a DNS
+  stamp's certificate hashes (TBS SHA-256 of a certificate in the chain) are checked; the
+  stamp's informal properties (DNSSEC, no-log, no-filter) are shown, never checked.
   When verification fails, a second handshake WITHOUT verification is made only to read the
   certificate the server presents (reported with ``"certificate_source": "unverified"``), so a
   name mismatch or an expiry can be seen. Then one test query goes through the real transport

@@ -351,7 +351,11 @@ def test_doh_stamp_answers_through_h2(
         with _daemon(stamp, ca_file) as daemon:
             reply = ask(daemon.port)
         assert answer_address(reply) == "192.0.2.1"
-        assert server.state.queries
+        assert len(server.state.queries) == 1
+        bad = make_stamp(0x02, "127.0.0.1", f"dns.test:{server.port}", [bytes(32)], "/dns-query")
+        with _daemon(bad, ca_file) as daemon:
+            assert ask(daemon.port, "other.example.").rcode() == dns.rcode.SERVFAIL
+        assert len(server.state.queries) == 1
 
 
 def test_doq_stamp_checks_the_sent_chain(

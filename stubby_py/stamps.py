@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec
@@ -42,6 +43,9 @@ KIND_NAMES = {
     0x81: "anonymized DNSCrypt relay",
     0x85: "Oblivious DoH relay",
 }
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
+#: what a host name may not hold (it becomes the SNI and certificate name)
+_NOT_IN_HOSTNAME = re.compile(r"[\s\x00-\x1f\x7f/#?@\[\]\\]")
 #: informal properties, shown by `check`, acted on nowhere
 PROPERTY_NAMES = ((1, "dnssec"), (2, "no-log"), (4, "no-filter"))
 
@@ -103,6 +107,18 @@ class _Fields:
             raise ValueError(f"the stamp's {what} is not UTF-8 text") from None
 
 
+def _unbase64(body: str) -> bytes:
+    """Strict base64url: a character outside the alphabet is an error, never skipped."""
+    if not _BASE64URL.fullmatch(body):
+        raise ValueError("the stamp is not valid base64url (A-Z a-z 0-9 - _ only)")
+    body = body.rstrip("=")
+    try:
+        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise ValueError("the stamp is not valid base64url (its length is impossible)") from None
+    return data
+
+
 def decode(text: str) -> Stamp:
     """Decode an `sdns://` stamp. Raises ValueError (kind refused, or what is malformed)."""
     if not text.startswith(PREFIX):
@@ -111,10 +127,7 @@ def decode(text: str) -> Stamp:
     if "/" in body:
         # a relay and a server joined by '/' (dnscrypt-proxy's anonymized routes)
         raise ValueError("a relay-and-server stamp pair is not supported: give the server's stamp")
-    try:
-        data = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-    except (binascii.Error, ValueError):
-        raise ValueError("the stamp is not valid base64url") from None
+    data = _unbase64(body)
     if not data:
         raise ValueError("the stamp is empty")
     if data[0] not in TRANSPORTS:
@@ -186,6 +199,8 @@ def to_upstream(stamp: Stamp) -> UpstreamSpec:
         raise ValueError(
             f"the stamp's address port {addr_port} and hostname port {name_port} disagree"
         )
+    if _NOT_IN_HOSTNAME.search(name):
+        raise ValueError(f"the stamp's hostname {stamp.hostname!r} is not a host name")
     port = name_port or addr_port or TRANSPORT_PORTS[transport]
     auth_name = None if not name or _is_ip(name) else name
     if name and _is_ip(name) and ipaddress.ip_address(name) != ipaddress.ip_address(host):

@@ -14,6 +14,8 @@ from pathlib import Path
 import dns.rcode
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stubby_py import check, stamps
 from stubby_py.config import parse_config, parse_upstream_uri
@@ -201,11 +203,33 @@ GOOD_RAW = base64.urlsafe_b64decode(GOOD[7:] + "==")
         (make_stamp(0x02, "192.0.2.1", "d.test", path="dns-query"), "not an absolute path"),
         (encode(b"\x03" + bytes(8) + b"\x02\xff\xfe" + b"\x00\x00"), "not UTF-8"),
         (GOOD + "/" + GOOD[7:], "relay-and-server"),
+        (GOOD[:20] + "+" + GOOD[21:], r"A-Z a-z 0-9 - _ only"),
+        (GOOD[:20] + "*" + GOOD[20:], r"A-Z a-z 0-9 - _ only"),  # not silently skipped
+        ("sdns://AAAAA", "its length is impossible"),
+        (make_stamp(0x03, "192.0.2.1", "dns test"), "is not a host name"),
+        (make_stamp(0x02, "192.0.2.1", "a.test/x", path="/q"), "is not a host name"),
     ],
 )
 def test_malformed_stamps_say_why(text: str, reason: str) -> None:
     with pytest.raises(ValueError, match=reason):
         parse_upstream_uri(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=120), st.data())
+def test_any_bytes_decode_or_say_why(raw: bytes, data: st.DataObject) -> None:
+    """Random stamps, and valid ones cut or altered at one byte: a spec or a ValueError."""
+    assert parse_upstream_uri(GOOD).transport == "tls"
+    cut = data.draw(st.integers(0, len(GOOD_RAW)))
+    flipped = bytearray(GOOD_RAW)
+    flipped[data.draw(st.integers(0, len(GOOD_RAW) - 1))] = data.draw(st.integers(0, 255))
+    for candidate in (raw, bytes([0x03]) + raw, GOOD_RAW[:cut], bytes(flipped)):
+        try:
+            spec = parse_upstream_uri(encode(candidate))
+        except ValueError as exc:
+            assert str(exc)
+        else:
+            assert spec.transport in ("https", "tls", "quic", "udp")
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def _split_host_port(text: str, what: str) -> tuple[str, int | None]:
         host, port_text = text, None  # a bare IPv6 address, or no port
     if port_text is None:
         return host, None
-    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"the stamp's {what} {text!r} has a bad port: expected 1-65535")
     return host, int(port_text)
 
@@ -205,9 +205,10 @@ def to_upstream(stamp: Stamp) -> UpstreamSpec:
     auth_name = None if not name or _is_ip(name) else name
     if name and _is_ip(name) and ipaddress.ip_address(name) != ipaddress.ip_address(host):
         raise ValueError(f"the stamp's hostname {name!r} is an IP other than its address")
-    path = stamp.path or "/dns-query"
-    if transport == "https" and (not path.startswith("/") or "?" in path):
-        raise ValueError(f"the stamp's path {stamp.path!r} is not an absolute path")
+    path = stamp.path.replace("{?dns}", "") or "/dns-query"
+    if transport == "https" and (not path.startswith("/") or "?" in path or " " in path):
+        # (not the path itself: it may hold an account token)
+        raise ValueError("the stamp's DoH path is not an absolute path without a query")
     return UpstreamSpec(
         transport, host, port, auth_name=auth_name,
         path=path if transport == "https" else "/dns-query",

@@ -149,6 +149,13 @@ def test_doh_with_port_in_hostname_path_and_bootstrap() -> None:
     assert (spec.auth_name, spec.path, spec.cert_hashes) == ("doh.example", "/q/token", ())
 
 
+def test_doh_path_template_and_token_kept_out_of_errors() -> None:
+    assert stamps.parse(make_stamp(0x02, "192.0.2.1", "d.test", path="/q{?dns}")).path == "/q"
+    with pytest.raises(ValueError) as error:
+        stamps.parse(make_stamp(0x02, "192.0.2.1", "d.test", path="/q?token=SECRET"))
+    assert "SECRET" not in str(error.value)
+
+
 def test_doq_without_hostname_verifies_the_address() -> None:
     spec = stamps.parse(make_stamp(0x04, "192.0.2.7"))
     assert (spec.transport, spec.address, spec.port, spec.auth_name) == (
@@ -201,6 +208,7 @@ GOOD_RAW = base64.urlsafe_b64decode(GOOD[7:] + "==")
         (make_stamp(0x03, "192.0.2.1:853", "dns.test:854"), "disagree"),
         (make_stamp(0x03, "192.0.2.1", "192.0.2.2"), "an IP other than its address"),
         (make_stamp(0x02, "192.0.2.1", "d.test", path="dns-query"), "not an absolute path"),
+        (make_stamp(0x03, "192.0.2.1:\u00b2", "dns.test"), "bad port"),
         (encode(b"\x03" + bytes(8) + b"\x02\xff\xfe" + b"\x00\x00"), "not UTF-8"),
         (GOOD + "/" + GOOD[7:], "relay-and-server"),
         (GOOD[:20] + "+" + GOOD[21:], r"A-Z a-z 0-9 - _ only"),

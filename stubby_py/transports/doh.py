@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
 from collections import deque
 from collections.abc import Iterable
 from typing import cast
@@ -51,7 +50,7 @@ from stubby_py.transports.multiplex import (
     Waiter,
     checked_reply,
 )
-from stubby_py.transports.tls import check_pins, client_context, server_hostname
+from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +222,10 @@ class DoHConnection(asyncio.Protocol):
     @property
     def is_closed(self) -> bool:
         return self._closed or self._retired
+
+    @property
+    def answered(self) -> int:
+        return self._exchanges.answered
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -488,7 +491,7 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         super().__init__(spec, config)
         self.requests = DoHRequests(spec)
-        self._context: ssl.SSLContext | None = None
+        self._contexts = ClientContexts(spec, config, alpn=[H2_ALPN])
         #: every connection whose transport is not gone yet, the current one and closing ones
         self._open_connections: set[DoHConnection] = set()
 
@@ -507,15 +510,14 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
             connection.abort()
 
     async def _open(self) -> DoHConnection:
-        if self._context is None:
-            self._context = client_context(self.spec, self._config, alpn=[H2_ALPN])
+        context = self._contexts.get()
         loop = asyncio.get_running_loop()
         try:
             transport, connection = await loop.create_connection(
                 lambda: DoHConnection(self),
                 self.spec.address,
                 self.spec.port,
-                ssl=self._context,
+                ssl=context,
                 server_hostname=server_hostname(self.spec),
                 ssl_handshake_timeout=self.connect_timeout,
             )

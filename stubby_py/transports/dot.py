@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import time
 from typing import Any, cast
 
@@ -28,7 +27,7 @@ from stubby_py.errors import (
 from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import MultiplexedTransport
-from stubby_py.transports.tls import check_pins, client_context, server_hostname
+from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +61,8 @@ class DoTConnection(asyncio.Protocol):
         self._retired = False
         self.received_bytes = 0
         self.replies = 0
+        #: replies delivered to their queries
+        self.answered = 0
         self.last_activity = time.monotonic()
         self.idle_timeout = owner.idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -180,6 +181,7 @@ class DoTConnection(asyncio.Protocol):
         if self.replies == 1:
             self._learn_keepalive(reply)
         waiter.future.set_result(reply)
+        self.answered += 1
 
     def _learn_keepalive(self, reply: bytes) -> None:
         try:
@@ -238,7 +240,7 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
 
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         super().__init__(spec, config)
-        self._context: ssl.SSLContext | None = None
+        self._contexts = ClientContexts(spec, config)
 
     @property
     def is_encrypted(self) -> bool:
@@ -254,13 +256,11 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
             raise
 
     async def _open(self) -> DoTConnection:
-        if self._context is None and self.uses_tls:
-            self._context = client_context(self.spec, self._config)
         loop = asyncio.get_running_loop()
         tls_options: dict[str, Any] = {}
         if self.uses_tls:
             tls_options = {
-                "ssl": self._context,
+                "ssl": self._contexts.get(),
                 "server_hostname": server_hostname(self.spec),
                 "ssl_handshake_timeout": self.connect_timeout,
             }

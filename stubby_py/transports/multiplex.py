@@ -3,9 +3,11 @@
 Each query travels on a stream of its own (RFC 9113 §5 for HTTP/2, RFC 9000 §2 for QUIC under
 HTTP/3 and RFC 9250 §4.2), so replies need no ID matching: a stream → waiter map routes them, each
 waiter with one deadline timer. A broken connection fails all its waiters at once; a query caught
-in flight by a closing connection is retried once on a fresh one (the stale cached connection of
-RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY). Connecting is single-flight and backs off exponentially
-after failures, as in dot.py.
+in flight by a closing connection goes again on a fresh one: once in any case (the stale cached
+connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as the connections that
+die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
+such an end is marked on the error (`after_answers`), so the pool does not count it against the
+upstream. Connecting is single-flight and backs off exponentially after failures, as in dot.py.
 
 reset() (a network change or a resume from suspend: netwatch.py) forgets the backoff and retires
 the connection: it takes no new query and closes once its queries in flight are answered or time
@@ -37,6 +39,10 @@ MAX_BACKOFF = 10.0
 FIRST_BACKOFF = 0.1
 #: how many times one connect opens again because resets kept arriving while it was opening
 MAX_STALE_OPENS = 3
+#: how many times one query goes again after the connections it travelled on were cut (each of
+#: them after answering others): the query's deadline is the usual bound, this one is for a
+#: query that kills every connection it is sent on
+MAX_RESENDS = 16
 
 
 class Waiter:
@@ -68,6 +74,8 @@ class Exchanges(Generic[W]):
         self._label = label
         self._on_expired = on_expired
         self._waiters: dict[int, W] = {}
+        #: replies delivered to their waiters
+        self.answered = 0
 
     def __len__(self) -> int:
         return len(self._waiters)
@@ -93,6 +101,7 @@ class Exchanges(Generic[W]):
         waiter = self.discard(key)
         if waiter is not None and not waiter.future.done():
             waiter.future.set_result(reply)
+            self.answered += 1
 
     def reject(self, key: int, error: UpstreamError) -> None:
         waiter = self.discard(key)
@@ -133,6 +142,17 @@ def with_id_zero(query: bytes) -> bytes:
     return query if query[:2] == b"\x00\x00" else wire.with_id(query, 0)
 
 
+def may_resend(resends: int, after_answers: bool) -> bool:
+    """Whether a query whose connection died under it goes once more on a fresh one.
+
+    Once always (a stale cached connection, RFC 9250 §5.5.1); after that, as long as each dead
+    connection had answered queries before it died (a NAT or middlebox that cuts long-lived
+    connections, a server that closes them after so many queries): the upstream works, only the
+    connection did not last. A bound still stops a query that itself kills every connection it
+    travels on. A connection that answered nothing is a failure of the upstream."""
+    return resends <= 1 or (after_answers and resends <= MAX_RESENDS)
+
+
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -143,6 +163,11 @@ class StreamConnection(Protocol):
 
     @property
     def is_closed(self) -> bool: ...
+
+    @property
+    def answered(self) -> int:
+        """Replies this connection has delivered."""
+        ...
 
     def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]: ...
 
@@ -201,7 +226,8 @@ class MultiplexedTransport(Generic[C]):
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
-        for attempt in range(2):
+        resends = 0
+        while True:
             connection = self._connection
             if connection is None or connection.is_closed:
                 connection = await self._connected(deadline)
@@ -211,13 +237,15 @@ class MultiplexedTransport(Generic[C]):
                     return await future
                 finally:
                     connection.forget(key, future)
-            except UpstreamClosedError:
-                # the connection went away under the query (idle close, GOAWAY, restart, a
-                # stale cached connection) or was retired by a reset before the query went out:
-                # once more on a fresh one, if time allows
-                if attempt or loop.time() >= deadline:
+            except UpstreamClosedError as exc:
+                # the connection went away under the query (idle close, GOAWAY, a restart, a
+                # middlebox cutting it, a stale cached connection) or was retired by a reset
+                # before the query went out: the query goes again on a fresh one
+                resends += 1
+                exc.after_answers = connection.answered > 0
+                if loop.time() >= deadline or not may_resend(resends, exc.after_answers):
                     raise
-        raise AssertionError("unreachable")
+                self.stats.resent += 1
 
     async def _connected(self, deadline: float) -> C:
         loop = asyncio.get_running_loop()

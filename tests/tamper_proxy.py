@@ -231,12 +231,23 @@ TLS_APPLICATION_DATA = 23
 class ResettingProxy:
     """A TCP relay that resets each connection once the server has sent it `cut_after` TLS
     application-data records (with TLS 1.3 that counts the encrypted handshake and the session
-    tickets too: a few records more than the replies). cut_after 0: never cut."""
+    tickets too: a few records more than the replies). cut_after 0: never cut.
 
-    def __init__(self, upstream_port: int, cut_after: int, *, upstream_host: str = LOOPBACK):
+    silent: cut without telling the client (a NAT that forgot the flow): its side stays open and
+    whatever it sends is swallowed, until it closes the connection itself."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        cut_after: int,
+        *,
+        upstream_host: str = LOOPBACK,
+        silent: bool = False,
+    ) -> None:
         self.upstream = (upstream_host, upstream_port)
         #: may be changed from any thread; applies to records counted from then on
         self.cut_after = cut_after
+        self.silent = silent
         self.connections = 0
         self.cuts = 0
         self.port = 0
@@ -256,13 +267,17 @@ class ResettingProxy:
             self._writers.add(up_writer)
             upward = asyncio.ensure_future(_copy_bytes(reader, up_writer))
             try:
-                if await self._copy_records(up_reader, writer):
-                    self.cuts += 1
-                    for side in (writer, up_writer):
-                        _reset(side)
+                cut = await self._copy_records(up_reader, writer)
             finally:
                 upward.cancel()
                 await asyncio.gather(upward, return_exceptions=True)
+            if cut:
+                self.cuts += 1
+                _reset(up_writer)
+                if self.silent:
+                    while await reader.read(65536):
+                        pass  # into the void
+                _reset(writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -320,13 +335,13 @@ def _reset(writer: asyncio.StreamWriter) -> None:
 
 @contextlib.contextmanager
 def running_resetting_proxy(
-    upstream_port: int, cut_after: int, *, upstream_host: str = LOOPBACK
+    upstream_port: int, cut_after: int, *, upstream_host: str = LOOPBACK, silent: bool = False
 ) -> Iterator[ResettingProxy]:
     """Run a `ResettingProxy` on an event loop in a background thread until the block ends."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="resetting-proxy", daemon=True)
     thread.start()
-    proxy = ResettingProxy(upstream_port, cut_after, upstream_host=upstream_host)
+    proxy = ResettingProxy(upstream_port, cut_after, upstream_host=upstream_host, silent=silent)
     try:
         asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
         yield proxy
@@ -359,7 +374,9 @@ def running_tamper_proxy(
 
 
 async def _serve_resetting(args: argparse.Namespace) -> None:
-    proxy = ResettingProxy(args.upstream, args.cut_after, upstream_host=args.upstream_host)
+    proxy = ResettingProxy(
+        args.upstream, args.cut_after, upstream_host=args.upstream_host, silent=args.silent
+    )
     await proxy.start(args.port, args.listen)
     print(f"listening on {args.listen}:{proxy.port}", flush=True)
     stop = asyncio.Event()
@@ -379,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream-host", default=LOOPBACK)
     parser.add_argument("--upstream", type=int, required=True, help="the upstream's port")
     parser.add_argument("--cut-after", type=int, required=True, help="TLS records per connection")
+    parser.add_argument("--silent", action="store_true", help="cut without a RST to the client")
     asyncio.run(_serve_resetting(parser.parse_args(argv)))
     return 0
 

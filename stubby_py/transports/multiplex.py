@@ -42,7 +42,7 @@ MAX_STALE_OPENS = 3
 #: how many times one query goes again after the connections it travelled on were cut (each of
 #: them after answering others): the query's deadline is the usual bound, this one is for a
 #: query that kills every connection it is sent on
-MAX_RESENDS = 16
+MAX_RESENDS = 64
 
 
 class Waiter:

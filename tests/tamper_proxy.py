@@ -226,6 +226,10 @@ class _UpstreamDatagram(asyncio.DatagramProtocol):
 TLS_RECORD = struct.Struct("!BHH")
 #: TLS 1.3 sends everything after the ServerHello as application_data (content type 23)
 TLS_APPLICATION_DATA = 23
+#: how long a silent cut swallows what the client sends before it resets the connection after all
+#: (some NATs answer a forgotten flow's packets with a RST later; and a client closing it
+#: gracefully would otherwise wait out its TLS shutdown timeout, 30 s)
+SILENT_HOLD = 3.0
 
 
 class ResettingProxy:
@@ -234,7 +238,7 @@ class ResettingProxy:
     tickets too: a few records more than the replies). cut_after 0: never cut.
 
     silent: cut without telling the client (a NAT that forgot the flow): its side stays open and
-    whatever it sends is swallowed, until it closes the connection itself."""
+    whatever it sends is swallowed for SILENT_HOLD seconds (or until it closes), then reset."""
 
     def __init__(
         self,
@@ -275,8 +279,8 @@ class ResettingProxy:
                 self.cuts += 1
                 _reset(up_writer)
                 if self.silent:
-                    while await reader.read(65536):
-                        pass  # into the void
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_swallow(reader), SILENT_HOLD)
                 _reset(writer)
         except (OSError, asyncio.IncompleteReadError):
             pass
@@ -314,6 +318,11 @@ class ResettingProxy:
         if self._server is not None:
             await self._server.wait_closed()
         await asyncio.sleep(0.01)
+
+
+async def _swallow(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass  # into the void
 
 
 async def _copy_bytes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

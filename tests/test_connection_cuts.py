@@ -103,6 +103,44 @@ def test_cuts_beside_an_upstream_with_a_broken_ca_file(
     assert stats[cut.label]["state"] == "up"
 
 
+def test_silently_dropped_dot_connections_are_noticed_and_left(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    """A NAT that forgets the flow sends no RST: the connection just goes silent. A probe
+    notices it long before the queries' deadlines, and they go again on a fresh connection."""
+    with (
+        local_upstream(server_context(ca)) as upstream,
+        running_resetting_proxy(upstream.port, CUT_AFTER, silent=True) as proxy,
+    ):
+        uri = f"tls://127.0.0.1:{proxy.port}#{AUTH_NAME}"
+        with running_daemon(make_config([uri], ca_file, cache_size=0)) as daemon:
+            names = [f"s{i}.example." for i in range(300)]
+            results = ask_many(names, daemon.port, concurrency=10, timeout=5)
+            (stats,) = upstream_stats(daemon)
+    assert_all_answered(results, proxy)
+    assert stats["state"] == "up"
+    assert max(seconds for _, seconds in results) < 1.5  # within one attempt: resent early
+
+
+def test_a_slow_answer_on_a_live_connection_is_not_taken_for_silence(
+    dot_upstream: Any, ca_file: str
+) -> None:
+    """The probe of a quiet connection is answered at once, so a slow answer is waited for on
+    the same connection, not resent on a new one."""
+    dot_upstream.state.delays = {"slow.example.": 0.8}
+    config = make_config([dot_uri(dot_upstream)], ca_file, cache_size=0, attempt_timeout=2.0)
+    with running_daemon(config) as daemon:
+        assert rcodes(ask_many([f"w{i}.example." for i in range(20)], daemon.port)) == [
+            "NOERROR"
+        ] * 20  # the usual reply time is learnt
+        ((reply, seconds),) = ask_many(["slow.example."], daemon.port, timeout=5)
+        (stats,) = upstream_stats(daemon)
+    assert reply is not None and rcodes([(reply, seconds)]) == ["NOERROR"]
+    assert dot_upstream.state.connections == 1 and stats["resent"] == 0
+    probes = [q for q in dot_upstream.state.queries if b"\x00\x00\x02\x00\x01" in q[12:17]]
+    assert probes  # the silence was noticed, and asked about
+
+
 def test_a_connection_that_never_answers_is_still_a_failure(
     dot_upstream: Any, ca_file: str
 ) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import statistics
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -43,6 +45,12 @@ MAX_STALE_OPENS = 3
 #: them after answering others): the query's deadline is the usual bound, this one is for a
 #: query that kills every connection it is sent on
 MAX_RESENDS = 64
+#: reply times kept per upstream, and how many are needed before `silence_limit` says anything
+REPLY_TIMES = 64
+MIN_REPLY_TIMES = 8
+#: a silence this many times the median reply time (and at least SILENCE_MIN seconds) is odd
+SILENCE_FACTOR = 4.0
+SILENCE_MIN = 0.1
 
 
 class Waiter:
@@ -207,6 +215,8 @@ class MultiplexedTransport(Generic[C]):
         self._generation = 0
         #: connections retired by reset() that still carry queries
         self._retiring: set[C] = set()
+        #: how long the latest replies took, seconds
+        self._reply_times: deque[float] = deque(maxlen=REPLY_TIMES)
 
     @property
     def name(self) -> str:
@@ -233,10 +243,13 @@ class MultiplexedTransport(Generic[C]):
                 connection = await self._connected(deadline)
             try:
                 key, future = connection.send(query, deadline)
+                sent_at = loop.time()
                 try:
-                    return await future
+                    reply = await future
                 finally:
                     connection.forget(key, future)
+                self._reply_times.append(loop.time() - sent_at)
+                return reply
             except UpstreamClosedError as exc:
                 # the connection went away under the query (idle close, GOAWAY, a restart, a
                 # middlebox cutting it, a stale cached connection) or was retired by a reset
@@ -246,6 +259,14 @@ class MultiplexedTransport(Generic[C]):
                 if loop.time() >= deadline or not may_resend(resends, exc.after_answers):
                     raise
                 self.stats.resent += 1
+
+    def silence_limit(self) -> float | None:
+        """How long a connection that has answered may stay silent while a query waits before
+        it is asked whether it is still there: a few times this upstream's usual reply time
+        (None until there are enough replies to know it)."""
+        if len(self._reply_times) < MIN_REPLY_TIMES:
+            return None
+        return max(SILENCE_MIN, SILENCE_FACTOR * statistics.median(self._reply_times))
 
     async def _connected(self, deadline: float) -> C:
         loop = asyncio.get_running_loop()

@@ -48,7 +48,7 @@ MAX_RESENDS = 64
 #: reply times kept per upstream, and how many are needed before `silence_limit` says anything
 REPLY_TIMES = 64
 MIN_REPLY_TIMES = 8
-#: a silence this many times the median reply time (and at least SILENCE_MIN seconds) is odd
+#: a silence this many times the quick reply time (and at least SILENCE_MIN seconds) is odd
 SILENCE_FACTOR = 4.0
 SILENCE_MIN = 0.1
 
@@ -217,6 +217,7 @@ class MultiplexedTransport(Generic[C]):
         self._retiring: set[C] = set()
         #: how long the latest replies took, seconds
         self._reply_times: deque[float] = deque(maxlen=REPLY_TIMES)
+        self._silence_max = max(SILENCE_MIN, config.attempt_timeout / 4)
 
     @property
     def name(self) -> str:
@@ -262,11 +263,14 @@ class MultiplexedTransport(Generic[C]):
 
     def silence_limit(self) -> float | None:
         """How long a connection that has answered may stay silent while a query waits before
-        it is asked whether it is still there: a few times this upstream's usual reply time
-        (None until there are enough replies to know it)."""
+        it is asked whether it is still there: a few times this upstream's quick reply time
+        (its 10th percentile: about the round trip, not the time a resolver may take to
+        resolve), but at most a quarter of an attempt, so that probe and resend fit in one.
+        None until there are enough replies to know it."""
         if len(self._reply_times) < MIN_REPLY_TIMES:
             return None
-        return max(SILENCE_MIN, SILENCE_FACTOR * statistics.median(self._reply_times))
+        quick = statistics.quantiles(self._reply_times, n=10, method="inclusive")[0]
+        return min(self._silence_max, max(SILENCE_MIN, SILENCE_FACTOR * quick))
 
     async def _connected(self, deadline: float) -> C:
         loop = asyncio.get_running_loop()

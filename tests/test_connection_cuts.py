@@ -122,6 +122,24 @@ def test_silently_dropped_dot_connections_are_noticed_and_left(
     assert max(seconds for _, seconds in results) < 1.5  # within one attempt: resent early
 
 
+def test_silently_dropped_doh_connections_are_noticed_and_left(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    """The same over DoH/HTTP2, where the probe is an HTTP/2 PING."""
+    with (
+        h2_server(server_context(ca)) as server,
+        running_resetting_proxy(server.port, CUT_AFTER, silent=True) as proxy,
+    ):
+        uri = f"https://{AUTH_NAME}:{proxy.port}/dns-query#127.0.0.1"
+        with running_daemon(make_config([uri], ca_file, cache_size=0)) as daemon:
+            names = [f"p{i}.example." for i in range(300)]
+            results = ask_many(names, daemon.port, concurrency=10, timeout=5)
+            (stats,) = upstream_stats(daemon)
+    assert_all_answered(results, proxy)
+    assert stats["state"] == "up"
+    assert max(seconds for _, seconds in results) < 1.5
+
+
 def test_a_slow_answer_on_a_live_connection_is_not_taken_for_silence(
     dot_upstream: Any, ca_file: str
 ) -> None:

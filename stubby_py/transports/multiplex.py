@@ -56,7 +56,7 @@ SILENCE_MIN = 0.1
 class Waiter:
     """One query in flight: the caller's future, its question and its deadline timer."""
 
-    __slots__ = ("future", "question", "sent_at_bytes", "timer")
+    __slots__ = ("future", "question", "sent_at", "sent_at_bytes", "timer")
 
     def __init__(self, future: asyncio.Future[bytes], query: bytes, sent_at_bytes: int) -> None:
         self.future = future
@@ -64,6 +64,8 @@ class Waiter:
         self.question = query[wire.HEADER_LEN : wire.question_end(query)]
         #: how many bytes the connection had received when this query went out
         self.sent_at_bytes = sent_at_bytes
+        #: when it went out (the event loop's clock; set by Exchanges.add)
+        self.sent_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -89,8 +91,13 @@ class Exchanges(Generic[W]):
         return len(self._waiters)
 
     def add(self, key: int, waiter: W, deadline: float) -> None:
+        waiter.sent_at = self._loop.time()
         waiter.timer = self._loop.call_at(deadline, self._expire, key)
         self._waiters[key] = waiter
+
+    def oldest(self) -> W | None:
+        """The query waiting longest (the map keeps the order they went out in)."""
+        return next(iter(self._waiters.values()), None)
 
     def get(self, key: int) -> W | None:
         return self._waiters.get(key)

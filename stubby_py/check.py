@@ -44,14 +44,15 @@ from stubby_py.errors import (
     ALPNMismatchError,
     CertificateError,
     PinMismatchError,
+    TLSConfigError,
     UpstreamError,
     UpstreamTimeoutError,
 )
 from stubby_py.failures import connect_error
 from stubby_py.transports import make_transport
 from stubby_py.transports.tls import (
+    ClientContexts,
     check_pins,
-    client_context,
     server_hostname,
     spki_pin,
     verified_chain,
@@ -188,9 +189,12 @@ async def _probe_tls(
 ) -> None:
     alpn = ["h2"] if spec.transport == "https" else None
     try:
-        transport, report.handshake_ms = await _handshake(
-            spec, client_context(spec, config, alpn), timeout
-        )
+        context = ClientContexts(spec, config, alpn).get()
+    except TLSConfigError as exc:  # the CA file broke after the configuration was read
+        report.fail(exc)
+        return
+    try:
+        transport, report.handshake_ms = await _handshake(spec, context, timeout)
     except TimeoutError:
         report.fail(UpstreamTimeoutError(f"{spec.label}: TLS handshake timed out ({timeout} s)"))
         return

@@ -396,6 +396,17 @@ def _file(text: str) -> str:
     return text
 
 
+def _ca_file(text: str) -> str:
+    """A CA file OpenSSL loads: read now, so that a broken one fails check-config, not queries."""
+    from stubby_py.transports.tls import ca_file_problem
+
+    _file(text)
+    problem = ca_file_problem(text)
+    if problem is not None:
+        raise ValueError(f"expected a PEM file of CA certificates, {text!r} {problem}")
+    return text
+
+
 def _trust_anchor_file(text: str) -> str:
     """A readable file of trust anchors: read now, so that a bad one fails check-config too."""
     from stubby_py.dnssec import anchors
@@ -426,7 +437,7 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
             reader.converted(p, f"{key}.spki_pins[{i}]", _pin) for i, p in enumerate(pins)
         )
     if "ca_file" in fields:
-        changes["ca_file"] = reader.converted(fields["ca_file"], f"{key}.ca_file", _file)
+        changes["ca_file"] = reader.converted(fields["ca_file"], f"{key}.ca_file", _ca_file)
     if "method" in fields:
         changes["method"] = reader.choice(fields["method"], f"{key}.method", ("post", "get"))
     if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
@@ -470,7 +481,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "upstream_idle_timeout": lambda n: r.number(n, "upstream_idle_timeout", 0.1, 3600),
         "padding_block_size": lambda n: r.integer(n, "padding_block_size", 0, 512),
         "tls_min_version": lambda n: r.choice(n, "tls_min_version", ("1.2", "1.3")),
-        "ca_file": lambda n: r.converted(n, "ca_file", _file),
+        "ca_file": lambda n: r.converted(n, "ca_file", _ca_file),
         "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
         "tcp_max_connections_per_client": lambda n: r.integer(
@@ -672,7 +683,7 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
         if overrides.upstreams:
             changes["upstreams"] = tuple(parse_upstream_uri(u) for u in overrides.upstreams)
         if overrides.ca_file:
-            changes["ca_file"] = _file(overrides.ca_file)
+            changes["ca_file"] = _ca_file(overrides.ca_file)
         if overrides.trust_anchors:
             changes["trust_anchors"] = _trust_anchor_file(overrides.trust_anchors)
         if overrides.dnssec:

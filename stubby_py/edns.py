@@ -54,6 +54,16 @@ def upstream_query(
     return header + query.question + opt_record(OUR_UDP_PAYLOAD, 0, do, options)
 
 
+def probe_query(pad_block: int) -> bytes:
+    """The root's NS with RD, ID 0, padded like any upstream query: the question every resolver
+    has cached, asked to learn whether a silent connection is still there (transports/dot.py)."""
+    question = b"\x00" + struct.pack("!HH", 2, 1)  # the root, NS, IN
+    header = HEADER.pack(0, RD, 1, 0, 0, 1)
+    options = _KEEPALIVE
+    options += padding_option(len(header) + len(question) + _OPT_LEN + len(options), pad_block)
+    return header + question + opt_record(OUR_UDP_PAYLOAD, 0, False, options)
+
+
 def ede_option(code: int, text: str = "") -> bytes:
     data = struct.pack("!H", code) + text.encode("utf-8")
     return _OPTION_HEADER.pack(OPTION_EDE, len(data)) + data

@@ -17,9 +17,12 @@ StubbyError
     │   │   ├── CertNameMismatchError  it does not name the auth name (or the IP address)
     │   │   ├── CertExpiredError   it has expired (or is not valid yet)
     │   │   └── CertUntrustedError no path to a trusted CA (self-signed, unknown issuer)
-    │   └── PinMismatchError       certificate SPKI not in the configured pin set
+    │   ├── PinMismatchError       certificate SPKI not in the configured pin set
+    │   └── TLSConfigError         our side: the TLS settings cannot be built (a CA file that
+    │                              is unreadable or does not parse)
     ├── UpstreamTimeoutError       no answer within the attempt or the deadline
-    ├── UpstreamClosedError        connection lost with the query in flight
+    ├── UpstreamClosedError        connection lost with the query in flight (`after_answers`:
+    │                              one that had answered before it died, not a sign of an outage)
     ├── UpstreamProtocolError      garbage, wrong ID or question, HTTP error
     ├── NoUpstreamAvailableError   every upstream asked failed (`cause`: the failure that tells
     │                              most, see below), or all are down or backing off
@@ -141,12 +144,21 @@ class PinMismatchError(UpstreamConnectError):
     rank = 30
 
 
+class TLSConfigError(UpstreamConnectError):
+    """No connection could be tried: our TLS settings for the upstream cannot be built."""
+
+    kind = "tls-config"
+
+
 class UpstreamTimeoutError(UpstreamError):
     kind = "timeout"
 
 
 class UpstreamClosedError(UpstreamError):
     kind = "connection-closed"
+    #: the connection had delivered answers before it died (a middlebox or the server cut it):
+    #: the upstream is reachable, and its pool health is not to suffer for it
+    after_answers = False
 
 
 class UpstreamProtocolError(UpstreamError):

@@ -196,6 +196,11 @@ class Pool:
             health.down_until = now + backoff * self._rng.uniform(0.5, 1.0)
             self._next_probe_at = min(self._next_probe_at, health.down_until)
 
+    def record_interrupted(self, index: int) -> None:
+        """The attempt ended with a working connection cut under it: neither an answer nor a
+        sign the upstream is down. Only a probe it was is over (the next one may go)."""
+        self.health[index].probing = False
+
     def reset(self) -> None:
         """Forget every backoff (network change, resume): re-probe everything at once."""
         for health in self.health:

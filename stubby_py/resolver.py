@@ -765,6 +765,7 @@ class Resolver:
                  "queries": t.stats.queries, "failures": t.stats.failures,
                  "failure_kinds": dict(t.stats.failure_kinds),
                  "handshakes": t.stats.handshakes, "mismatched": t.stats.mismatched,
+                 "resent": t.stats.resent,
                  "state": group.pool.health[i].state(now),
                  "latency_ewma_ms": _ms(group.pool.health[i].latency_ewma),
                  "latencies_ms": [round(x * 1000, 3) for x in group.pool.health[i].latencies]}

@@ -22,6 +22,7 @@ from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
     NoUpstreamAvailableError,
+    UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -331,11 +332,22 @@ class UpstreamGroup:
         self.pool.attempt_started(index, start)
         attempt_deadline = min(deadline, start + self._config.attempt_timeout)
         try:
-            reply = await transport.exchange(forms.for_transport(transport), attempt_deadline)
+            try:
+                reply = await transport.exchange(forms.for_transport(transport), attempt_deadline)
+            except (UpstreamError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                # a fault of ours in one transport stays with that upstream: the pool goes on
+                raise self._internal_error(index, exc) from exc
             scanned = scan(reply, transport)
         except UpstreamError as exc:
             now = loop.time()
-            self.pool.record_failure(index, now)
+            if isinstance(exc, UpstreamClosedError) and exc.after_answers:
+                # a working connection was cut under the query (and resending it did not fit in
+                # the deadline): the upstream answers, so this is no step towards marking it down
+                self.pool.record_interrupted(index)
+            else:
+                self.pool.record_failure(index, now)
             held_back = self._log_throttle.allow((index, exc.kind), now)
             if held_back is not None:
                 more = f" ({held_back} more like it since the last)" if held_back else ""
@@ -355,6 +367,13 @@ class UpstreamGroup:
             )
             self._trace(forms.trace, index, outcome, started)
         return scanned
+
+    def _internal_error(self, index: int, exc: Exception) -> UpstreamError:
+        transport = self.transports[index]
+        if self._log_throttle.allow((index, "internal-error"), self._loop.time()) is not None:
+            log.error("upstream %s: internal error", transport.name, exc_info=exc)
+        transport.stats.count_failure(UpstreamError.kind)
+        return UpstreamError(f"{transport.name}: internal error ({type(exc).__name__})")
 
     def _trace(
         self, trace: Trace, index: int, outcome: str, started: float, detail: str = ""

@@ -9,13 +9,25 @@ original one and no longer matches). A validator must turn such a reply into SER
 ``with running_tamper_proxy(upstream_port, "www.nsec.test.") as proxy:`` runs it in a thread on
 its own event loop; ``proxy.enabled`` switches the forging off and on, ``proxy.tampered`` counts
 forged replies, ``proxy.last`` holds the last (original, forged) pair.
+
+`ResettingProxy` is the other tamperer here: a TCP relay for TLS (DoT, DoH) that kills each
+connection after the server has sent it a given number of TLS records, as a NAT or middlebox that
+cuts long-lived connections does: the record that hits the limit is dropped and both sides get a
+TCP RST, so whatever was in flight on that connection is lost.
+``with running_resetting_proxy(upstream_port, cut_after=30) as proxy:`` runs it like the forging
+one; ``python -m tests.tamper_proxy --upstream PORT --cut-after 30`` runs it as a process of its
+own (bench/resets.py).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import signal
+import socket
 import struct
+import sys
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
@@ -210,6 +222,146 @@ class _UpstreamDatagram(asyncio.DatagramProtocol):
             self.received.set_result(data)
 
 
+#: TLS record header (RFC 8446 §5.1): content type, legacy version, length
+TLS_RECORD = struct.Struct("!BHH")
+#: TLS 1.3 sends everything after the ServerHello as application_data (content type 23)
+TLS_APPLICATION_DATA = 23
+#: how long a silent cut swallows what the client sends before it resets the connection after all
+#: (some NATs answer a forgotten flow's packets with a RST later; and a client closing it
+#: gracefully would otherwise wait out its TLS shutdown timeout, 30 s)
+SILENT_HOLD = 3.0
+
+
+class ResettingProxy:
+    """A TCP relay that resets each connection once the server has sent it `cut_after` TLS
+    application-data records (with TLS 1.3 that counts the encrypted handshake and the session
+    tickets too: a few records more than the replies). cut_after 0: never cut.
+
+    silent: cut without telling the client (a NAT that forgot the flow): its side stays open and
+    whatever it sends is swallowed for SILENT_HOLD seconds (or until it closes), then reset."""
+
+    def __init__(
+        self,
+        upstream_port: int,
+        cut_after: int,
+        *,
+        upstream_host: str = LOOPBACK,
+        silent: bool = False,
+    ) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        #: may be changed from any thread; applies to records counted from then on
+        self.cut_after = cut_after
+        self.silent = silent
+        self.connections = 0
+        self.cuts = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self, port: int = 0, host: str = LOOPBACK) -> None:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.add(writer)
+        up_writer: asyncio.StreamWriter | None = None
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            self._writers.add(up_writer)
+            upward = asyncio.ensure_future(_copy_bytes(reader, up_writer))
+            try:
+                cut = await self._copy_records(up_reader, writer)
+            finally:
+                upward.cancel()
+                await asyncio.gather(upward, return_exceptions=True)
+            if cut:
+                self.cuts += 1
+                _reset(up_writer)
+                if self.silent:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(_swallow(reader), SILENT_HOLD)
+                _reset(writer)
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    self._writers.discard(w)
+                    w.close()
+
+    async def _copy_records(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        """Relay the server's TLS records; True when the connection is to be cut."""
+        records = 0
+        while True:
+            try:
+                header = await reader.readexactly(TLS_RECORD.size)
+                content_type, _, length = TLS_RECORD.unpack(header)
+                body = await reader.readexactly(length)
+            except asyncio.IncompleteReadError:
+                writer.close()
+                return False
+            if content_type == TLS_APPLICATION_DATA:
+                records += 1
+                if self.cut_after and records >= self.cut_after:
+                    return True
+            writer.write(header + body)
+            await writer.drain()
+
+    async def aclose(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for w in list(self._writers):
+            w.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await asyncio.sleep(0.01)
+
+
+async def _swallow(reader: asyncio.StreamReader) -> None:
+    while await reader.read(65536):
+        pass  # into the void
+
+
+async def _copy_bytes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a middlebox that kills a connection does."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+@contextlib.contextmanager
+def running_resetting_proxy(
+    upstream_port: int, cut_after: int, *, upstream_host: str = LOOPBACK, silent: bool = False
+) -> Iterator[ResettingProxy]:
+    """Run a `ResettingProxy` on an event loop in a background thread until the block ends."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="resetting-proxy", daemon=True)
+    thread.start()
+    proxy = ResettingProxy(upstream_port, cut_after, upstream_host=upstream_host, silent=silent)
+    try:
+        asyncio.run_coroutine_threadsafe(proxy.start(), loop).result(10)
+        yield proxy
+    finally:
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(proxy.aclose(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
 @contextlib.contextmanager
 def running_tamper_proxy(
     upstream_port: int, name: str, *, upstream_host: str = LOOPBACK
@@ -228,3 +380,35 @@ def running_tamper_proxy(
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
         loop.close()
+
+
+async def _serve_resetting(args: argparse.Namespace) -> None:
+    proxy = ResettingProxy(
+        args.upstream, args.cut_after, upstream_host=args.upstream_host, silent=args.silent
+    )
+    await proxy.start(args.port, args.listen)
+    print(f"listening on {args.listen}:{proxy.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    print(f"connections {proxy.connections} cuts {proxy.cuts}", flush=True)
+    await proxy.aclose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a ResettingProxy as a process of its own (bench/resets.py) until SIGTERM."""
+    parser = argparse.ArgumentParser(description="TCP relay that resets TLS connections")
+    parser.add_argument("--listen", default=LOOPBACK)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--upstream-host", default=LOOPBACK)
+    parser.add_argument("--upstream", type=int, required=True, help="the upstream's port")
+    parser.add_argument("--cut-after", type=int, required=True, help="TLS records per connection")
+    parser.add_argument("--silent", action="store_true", help="cut without a RST to the client")
+    asyncio.run(_serve_resetting(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

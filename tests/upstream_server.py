@@ -38,6 +38,8 @@ class UpstreamState:
     connections: int = 0
     #: decides the behaviour per query (overrides `behaviour` when set)
     chooser: Callable[[dns.message.Message], Behaviour] | None = None
+    #: name (lower-case, absolute) → seconds its answer is held back (others: `delay`)
+    delays: dict[str, float] = field(default_factory=dict)
 
 
 def build_answer(query: dns.message.Message, state: UpstreamState) -> dns.message.Message:
@@ -134,7 +136,8 @@ class LocalUpstream:
             wire = reply.to_wire()
         if behaviour == "wrong_question":
             wire = _rewrite_question(query, wire)
-        return wire, behaviour, self.state.delay
+        delay = self.state.delays.get(query.question[0].name.to_text().lower(), self.state.delay)
+        return wire, behaviour, delay
 
     async def _serve_stream(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter

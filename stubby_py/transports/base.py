@@ -15,6 +15,8 @@ class TransportStats:
     handshakes: int = 0
     #: replies dropped because their ID or question matched no query in flight
     mismatched: int = 0
+    #: queries sent again because the connection they were on died under them
+    resent: int = 0
     #: failures by kind (errors.UpstreamError.kind)
     failure_kinds: dict[str, int] = field(default_factory=dict)
 

@@ -23,7 +23,6 @@ import asyncio
 import base64
 import contextlib
 import logging
-import ssl
 from collections import deque
 from collections.abc import Iterable
 from typing import cast
@@ -52,8 +51,8 @@ from stubby_py.transports.multiplex import (
     checked_reply,
 )
 from stubby_py.transports.tls import (
+    ClientContexts,
     check_pins,
-    client_context,
     server_hostname,
     verified_chain,
 )
@@ -222,12 +221,22 @@ class DoHConnection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self.received_bytes = 0
         self.last_activity = self._loop.time()
+        #: when the last bytes came in
+        self.last_received = self._loop.time()
+        #: checks, while queries wait, that the connection has not gone silent (as in dot.py)
+        self._silence_timer: asyncio.TimerHandle | None = None
+        #: received_bytes when a PING went out to a silent connection (None: none out)
+        self._ping_at_bytes: int | None = None
         #: done once the transport is gone (TLS shutdown finished or aborted)
         self.lost: asyncio.Future[None] = self._loop.create_future()
 
     @property
     def is_closed(self) -> bool:
         return self._closed or self._retired
+
+    @property
+    def answered(self) -> int:
+        return self._exchanges.answered
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -241,7 +250,7 @@ class DoHConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_bytes += len(data)
-        self.last_activity = self._loop.time()
+        self.last_activity = self.last_received = self._loop.time()
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -279,7 +288,7 @@ class DoHConnection(asyncio.Protocol):
     def _abort(self, error: UpstreamError) -> None:
         if not self._closed:
             self._closed = True
-            for handle in (self._flush_handle, self._idle_timer):
+            for handle in (self._flush_handle, self._idle_timer, self._silence_timer):
                 if handle is not None:
                     handle.cancel()
             if self._transport is not None:
@@ -325,7 +334,48 @@ class DoHConnection(asyncio.Protocol):
         self._pending.append(key)
         self.last_activity = self._loop.time()
         self._open_streams()
+        if self._silence_timer is None:
+            limit = self._owner.silence_limit()
+            if limit is not None:
+                self._silence_timer = self._loop.call_later(limit, self._check_silence)
         return key, future
+
+    def _check_silence(self) -> None:
+        """dot.py's rule, with an HTTP/2 PING (RFC 9113 §6.7) for the probe: a connection that
+        has answered, silent for a few times its quick reply time while a query waits, is
+        pinged; if nothing at all comes back in twice that time, it is dropped as dead and what
+        it carried goes again on a fresh one."""
+        self._silence_timer = None
+        limit = self._owner.silence_limit()
+        oldest = self._exchanges.oldest()
+        if self._closed or oldest is None or limit is None:
+            return
+        now = self._loop.time()
+        quiet_since = max(oldest.sent_at, self.last_received)
+        if now - quiet_since < limit or not self.answered:
+            again = quiet_since + limit if self.answered else now + limit
+            self._silence_timer = self._loop.call_at(again, self._check_silence)
+            return
+        if self._ping_at_bytes is not None:
+            return  # a PING is out already: its own check decides
+        self._ping_at_bytes = self.received_bytes
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.ping(b"stubbypy")
+        self._flush_soon()
+        self._loop.call_later(2 * limit, self._check_ping)
+
+    def _check_ping(self) -> None:
+        at_bytes, self._ping_at_bytes = self._ping_at_bytes, None
+        if self._closed or at_bytes is None:
+            return
+        if self.received_bytes == at_bytes:
+            log.info("%s: no reply to a PING of a silent connection; reconnecting", self._label)
+            self._abort(UpstreamClosedError(f"{self._label}: connection went silent"))
+            self.abort()
+        elif len(self._exchanges) and self._silence_timer is None:
+            limit = self._owner.silence_limit()
+            if limit is not None:
+                self._silence_timer = self._loop.call_later(limit, self._check_silence)
 
     def forget(self, key: int, future: asyncio.Future[bytes]) -> None:
         # stream IDs are never reused on a connection: the key alone names this query
@@ -493,7 +543,7 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         super().__init__(spec, config)
         self.requests = DoHRequests(spec)
-        self._context: ssl.SSLContext | None = None
+        self._contexts = ClientContexts(spec, config, alpn=[H2_ALPN])
         #: every connection whose transport is not gone yet, the current one and closing ones
         self._open_connections: set[DoHConnection] = set()
 
@@ -512,15 +562,14 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
             connection.abort()
 
     async def _open(self) -> DoHConnection:
-        if self._context is None:
-            self._context = client_context(self.spec, self._config, alpn=[H2_ALPN])
+        context = self._contexts.get()
         loop = asyncio.get_running_loop()
         try:
             transport, connection = await loop.create_connection(
                 lambda: DoHConnection(self),
                 self.spec.address,
                 self.spec.port,
-                ssl=self._context,
+                ssl=context,
                 server_hostname=server_hostname(self.spec),
                 ssl_handshake_timeout=self.connect_timeout,
             )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 import time
 from typing import Any, cast
 
@@ -29,8 +28,8 @@ from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import MultiplexedTransport
 from stubby_py.transports.tls import (
+    ClientContexts,
     check_pins,
-    client_context,
     server_hostname,
     verified_chain,
 )
@@ -43,14 +42,18 @@ _ids = random.Random()
 
 
 class _Waiter:
-    __slots__ = ("future", "question", "sent_at_bytes", "timer")
+    __slots__ = ("future", "question", "sent_at", "sent_at_bytes", "timer")
 
-    def __init__(self, future: asyncio.Future[bytes], question: bytes, sent_at_bytes: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[bytes], question: bytes, sent_at_bytes: int, sent_at: float
+    ) -> None:
         self.future = future
         self.question = question
         self.timer: asyncio.TimerHandle | None = None
         #: how many reply bytes the connection had received when this query was sent
         self.sent_at_bytes = sent_at_bytes
+        #: when it was sent (the event loop's clock)
+        self.sent_at = sent_at
 
 
 class DoTConnection(asyncio.Protocol):
@@ -67,9 +70,17 @@ class DoTConnection(asyncio.Protocol):
         self._retired = False
         self.received_bytes = 0
         self.replies = 0
+        #: replies delivered to their queries
+        self.answered = 0
         self.last_activity = time.monotonic()
         self.idle_timeout = owner.idle_timeout
         self._idle_timer: asyncio.TimerHandle | None = None
+        #: when the last bytes came in (the event loop's clock)
+        self.last_received = self._loop.time()
+        #: checks, while queries wait, that the connection has not gone silent
+        self._silence_timer: asyncio.TimerHandle | None = None
+        #: the query sent to ask a silent connection whether it is still there
+        self._probe: asyncio.Future[bytes] | None = None
 
     @property
     def is_closed(self) -> bool:
@@ -84,6 +95,7 @@ class DoTConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_bytes += len(data)
         self.last_activity = time.monotonic()
+        self.last_received = self._loop.time()
         buf = self._buffer
         buf += data
         pos = 0
@@ -111,15 +123,19 @@ class DoTConnection(asyncio.Protocol):
         while msg_id in self._waiters:
             msg_id = _ids.getrandbits(16)
         future: asyncio.Future[bytes] = self._loop.create_future()
-        waiter = _Waiter(
-            future, query[wire.HEADER_LEN : wire.question_end(query)], self.received_bytes
-        )
+        now = self._loop.time()
+        question = query[wire.HEADER_LEN : wire.question_end(query)]
+        waiter = _Waiter(future, question, self.received_bytes, now)
         waiter.timer = self._loop.call_at(deadline, self._expire, msg_id)
         self._waiters[msg_id] = waiter
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(wire.frame(wire.with_id(query, msg_id)))
         self.last_activity = time.monotonic()
+        if self._silence_timer is None:
+            limit = self._owner.silence_limit()
+            if limit is not None:
+                self._silence_timer = self._loop.call_at(now + limit, self._check_silence)
         return msg_id, future
 
     def forget(self, msg_id: int, future: asyncio.Future[bytes]) -> None:
@@ -142,14 +158,20 @@ class DoTConnection(asyncio.Protocol):
         if self._retired and not self._waiters and not self._closed:
             self.close()
 
-    def close(self) -> None:
+    def close(self, reason: str = "connection closed", *, dead: bool = False) -> None:
+        """dead: the connection is taken for dead (stalled, silent): abort it, as a graceful TLS
+        close would wait for the peer's close_notify that is not coming."""
         if not self._closed:
             self._closed = True
-            if self._idle_timer is not None:
-                self._idle_timer.cancel()
+            for timer in (self._idle_timer, self._silence_timer):
+                if timer is not None:
+                    timer.cancel()
             if self._transport is not None:
-                self._transport.close()
-        self._fail_all(UpstreamClosedError(f"{self._owner.name}: connection closed"))
+                if dead:
+                    self._transport.abort()
+                else:
+                    self._transport.close()
+        self._fail_all(UpstreamClosedError(f"{self._owner.name}: {reason}"))
 
     @property
     def in_flight(self) -> int:
@@ -185,6 +207,7 @@ class DoTConnection(asyncio.Protocol):
         if self.replies == 1:
             self._learn_keepalive(reply)
         waiter.future.set_result(reply)
+        self.answered += 1
 
     def _learn_keepalive(self, reply: bytes) -> None:
         try:
@@ -204,14 +227,51 @@ class DoTConnection(asyncio.Protocol):
         waiter.future.set_exception(UpstreamTimeoutError(f"{self._owner.name}: timed out"))
         if self.received_bytes == waiter.sent_at_bytes and not self._closed:
             # nothing at all came back since this query went out: the connection is stalled
+            is_probe = waiter.future is self._probe
             log.info(
-                "%s: no reply on the connection for a whole attempt; reconnecting", self._owner.name
+                "%s: %s; reconnecting",
+                self._owner.name,
+                "no reply to the probe of a silent connection"
+                if is_probe
+                else "no reply on the connection for a whole attempt",
             )
-            self.close()
+            self.close("connection went silent" if is_probe else "connection stalled", dead=True)
         self._close_if_drained()
+
+    def _check_silence(self) -> None:
+        """A connection that has answered, silent for a few times its usual reply time while a
+        query waits: a NAT or middlebox may have dropped it without a word (no RST, so no error
+        ever comes). One small query asks; if nothing at all comes back in time either, the
+        connection is closed and what it carried goes again on a fresh one (multiplex.py).
+        A merely slow answer is not mistaken for that: the probe's answer is cached anywhere."""
+        self._silence_timer = None
+        limit = self._owner.silence_limit()
+        if self._closed or not self._waiters or limit is None:
+            return
+        oldest = next(iter(self._waiters.values()))
+        now = self._loop.time()
+        quiet_since = max(oldest.sent_at, self.last_received)
+        if now - quiet_since < limit or self.answered == 0:
+            # not silent long enough; or a fresh connection, judged at its attempt's deadline
+            again = quiet_since + limit if self.answered else now + limit
+            self._silence_timer = self._loop.call_at(again, self._check_silence)
+            return
+        if self._probe is None or self._probe.done():
+            self._probe = self._send_probe(now + 2 * limit)
+
+    def _send_probe(self, deadline: float) -> asyncio.Future[bytes] | None:
+        try:
+            _, future = self.send(self._owner.probe_query, deadline)
+        except UpstreamError:
+            return None
+        future.add_done_callback(_consume_probe)
+        return future
 
     def _fail_all(self, error: UpstreamError) -> None:
         self._closed = True
+        if self._silence_timer is not None:
+            self._silence_timer.cancel()
+            self._silence_timer = None
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             if waiter.timer is not None:
@@ -235,6 +295,11 @@ class DoTConnection(asyncio.Protocol):
         self._schedule_idle_check()
 
 
+def _consume_probe(future: asyncio.Future[bytes]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class DoTTransport(MultiplexedTransport[DoTConnection]):
     """One DoT upstream: keeps one connection, reconnects with backoff (multiplex.py)."""
 
@@ -243,7 +308,9 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
 
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         super().__init__(spec, config)
-        self._context: ssl.SSLContext | None = None
+        self._contexts = ClientContexts(spec, config)
+        #: ". NS", the question every resolver has cached: asks a silent connection if it is there
+        self.probe_query = edns.probe_query(config.padding_block_size if self.uses_tls else 0)
 
     @property
     def is_encrypted(self) -> bool:
@@ -259,13 +326,11 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
             raise
 
     async def _open(self) -> DoTConnection:
-        if self._context is None and self.uses_tls:
-            self._context = client_context(self.spec, self._config)
         loop = asyncio.get_running_loop()
         tls_options: dict[str, Any] = {}
         if self.uses_tls:
             tls_options = {
-                "ssl": self._context,
+                "ssl": self._contexts.get(),
                 "server_hostname": server_hostname(self.spec),
                 "ssl_handshake_timeout": self.connect_timeout,
             }

@@ -3,9 +3,11 @@
 Each query travels on a stream of its own (RFC 9113 §5 for HTTP/2, RFC 9000 §2 for QUIC under
 HTTP/3 and RFC 9250 §4.2), so replies need no ID matching: a stream → waiter map routes them, each
 waiter with one deadline timer. A broken connection fails all its waiters at once; a query caught
-in flight by a closing connection is retried once on a fresh one (the stale cached connection of
-RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY). Connecting is single-flight and backs off exponentially
-after failures, as in dot.py.
+in flight by a closing connection goes again on a fresh one: once in any case (the stale cached
+connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as the connections that
+die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
+such an end is marked on the error (`after_answers`), so the pool does not count it against the
+upstream. Connecting is single-flight and backs off exponentially after failures, as in dot.py.
 
 reset() (a network change or a resume from suspend: netwatch.py) forgets the backoff and retires
 the connection: it takes no new query and closes once its queries in flight are answered or time
@@ -18,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import statistics
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -37,12 +41,22 @@ MAX_BACKOFF = 10.0
 FIRST_BACKOFF = 0.1
 #: how many times one connect opens again because resets kept arriving while it was opening
 MAX_STALE_OPENS = 3
+#: how many times one query goes again after the connections it travelled on were cut (each of
+#: them after answering others): the query's deadline is the usual bound, this one is for a
+#: query that kills every connection it is sent on
+MAX_RESENDS = 64
+#: reply times kept per upstream, and how many are needed before `silence_limit` says anything
+REPLY_TIMES = 64
+MIN_REPLY_TIMES = 8
+#: a silence this many times the quick reply time (and at least SILENCE_MIN seconds) is odd
+SILENCE_FACTOR = 4.0
+SILENCE_MIN = 0.1
 
 
 class Waiter:
     """One query in flight: the caller's future, its question and its deadline timer."""
 
-    __slots__ = ("future", "question", "sent_at_bytes", "timer")
+    __slots__ = ("future", "question", "sent_at", "sent_at_bytes", "timer")
 
     def __init__(self, future: asyncio.Future[bytes], query: bytes, sent_at_bytes: int) -> None:
         self.future = future
@@ -50,6 +64,8 @@ class Waiter:
         self.question = query[wire.HEADER_LEN : wire.question_end(query)]
         #: how many bytes the connection had received when this query went out
         self.sent_at_bytes = sent_at_bytes
+        #: when it went out (the event loop's clock; set by Exchanges.add)
+        self.sent_at = 0.0
         self.timer: asyncio.TimerHandle | None = None
 
 
@@ -68,13 +84,20 @@ class Exchanges(Generic[W]):
         self._label = label
         self._on_expired = on_expired
         self._waiters: dict[int, W] = {}
+        #: replies delivered to their waiters
+        self.answered = 0
 
     def __len__(self) -> int:
         return len(self._waiters)
 
     def add(self, key: int, waiter: W, deadline: float) -> None:
+        waiter.sent_at = self._loop.time()
         waiter.timer = self._loop.call_at(deadline, self._expire, key)
         self._waiters[key] = waiter
+
+    def oldest(self) -> W | None:
+        """The query waiting longest (the map keeps the order they went out in)."""
+        return next(iter(self._waiters.values()), None)
 
     def get(self, key: int) -> W | None:
         return self._waiters.get(key)
@@ -93,6 +116,7 @@ class Exchanges(Generic[W]):
         waiter = self.discard(key)
         if waiter is not None and not waiter.future.done():
             waiter.future.set_result(reply)
+            self.answered += 1
 
     def reject(self, key: int, error: UpstreamError) -> None:
         waiter = self.discard(key)
@@ -133,6 +157,17 @@ def with_id_zero(query: bytes) -> bytes:
     return query if query[:2] == b"\x00\x00" else wire.with_id(query, 0)
 
 
+def may_resend(resends: int, after_answers: bool) -> bool:
+    """Whether a query whose connection died under it goes once more on a fresh one.
+
+    Once always (a stale cached connection, RFC 9250 §5.5.1); after that, as long as each dead
+    connection had answered queries before it died (a NAT or middlebox that cuts long-lived
+    connections, a server that closes them after so many queries): the upstream works, only the
+    connection did not last. A bound still stops a query that itself kills every connection it
+    travels on. A connection that answered nothing is a failure of the upstream."""
+    return resends <= 1 or (after_answers and resends <= MAX_RESENDS)
+
+
 def _consume_outcome(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -143,6 +178,11 @@ class StreamConnection(Protocol):
 
     @property
     def is_closed(self) -> bool: ...
+
+    @property
+    def answered(self) -> int:
+        """Replies this connection has delivered."""
+        ...
 
     def send(self, query: bytes, deadline: float) -> tuple[int, asyncio.Future[bytes]]: ...
 
@@ -182,6 +222,9 @@ class MultiplexedTransport(Generic[C]):
         self._generation = 0
         #: connections retired by reset() that still carry queries
         self._retiring: set[C] = set()
+        #: how long the latest replies took, seconds
+        self._reply_times: deque[float] = deque(maxlen=REPLY_TIMES)
+        self._silence_max = max(SILENCE_MIN, config.attempt_timeout / 4)
 
     @property
     def name(self) -> str:
@@ -201,23 +244,40 @@ class MultiplexedTransport(Generic[C]):
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
-        for attempt in range(2):
+        resends = 0
+        while True:
             connection = self._connection
             if connection is None or connection.is_closed:
                 connection = await self._connected(deadline)
             try:
                 key, future = connection.send(query, deadline)
+                sent_at = loop.time()
                 try:
-                    return await future
+                    reply = await future
                 finally:
                     connection.forget(key, future)
-            except UpstreamClosedError:
-                # the connection went away under the query (idle close, GOAWAY, restart, a
-                # stale cached connection) or was retired by a reset before the query went out:
-                # once more on a fresh one, if time allows
-                if attempt or loop.time() >= deadline:
+                self._reply_times.append(loop.time() - sent_at)
+                return reply
+            except UpstreamClosedError as exc:
+                # the connection went away under the query (idle close, GOAWAY, a restart, a
+                # middlebox cutting it, a stale cached connection) or was retired by a reset
+                # before the query went out: the query goes again on a fresh one
+                resends += 1
+                exc.after_answers = connection.answered > 0
+                if loop.time() >= deadline or not may_resend(resends, exc.after_answers):
                     raise
-        raise AssertionError("unreachable")
+                self.stats.resent += 1
+
+    def silence_limit(self) -> float | None:
+        """How long a connection that has answered may stay silent while a query waits before
+        it is asked whether it is still there: a few times this upstream's quick reply time
+        (its 10th percentile: about the round trip, not the time a resolver may take to
+        resolve), but at most a quarter of an attempt, so that probe and resend fit in one.
+        None until there are enough replies to know it."""
+        if len(self._reply_times) < MIN_REPLY_TIMES:
+            return None
+        quick = statistics.quantiles(self._reply_times, n=10, method="inclusive")[0]
+        return min(self._silence_max, max(SILENCE_MIN, SILENCE_FACTOR * quick))
 
     async def _connected(self, deadline: float) -> C:
         loop = asyncio.get_running_loop()

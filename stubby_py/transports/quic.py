@@ -46,7 +46,7 @@ from stubby_py.errors import (
 )
 from stubby_py.failures import socket_error, tls_alert_error
 from stubby_py.transports.multiplex import Exchanges, MultiplexedTransport, Waiter
-from stubby_py.transports.tls import check_pins, server_hostname
+from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,10 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
     def is_closed(self) -> bool:
         """No new query here: closed, or retired and closing once those in flight are done."""
         return self._is_closed or self._retired
+
+    @property
+    def answered(self) -> int:
+        return self.exchanges.answered
 
     @property
     def is_resumed(self) -> bool:
@@ -320,6 +324,7 @@ class QuicTransport(MultiplexedTransport[P]):
         super().__init__(spec, config)
         self._ticket: SessionTicket | None = None
         self._token = b""
+        self._contexts = ClientContexts(spec, config)
         #: handshakes that resumed a session from a ticket (a subset of stats.handshakes)
         self.resumptions = 0
 
@@ -327,6 +332,7 @@ class QuicTransport(MultiplexedTransport[P]):
         raise NotImplementedError
 
     async def _open(self) -> P:
+        self._contexts.check_ca_file()
         configuration = quic_configuration(
             self.spec, self._config, self.alpn, self._take_ticket(), self._take_token()
         )

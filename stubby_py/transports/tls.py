@@ -6,22 +6,93 @@ them must match the leaf certificate's SubjectPublicKeyInfo; when a DNS stamp ga
 hashes, one of them must be the SHA-256 of the TBS part of a certificate in the chain
 (dnscrypt-proxy's check). Both come on top of the verification, never instead of it. No fall-back
 to cleartext exists.
+
+A CA file is read again when it changes (`ClientContexts`, checked at each new connection), so a
+renewed bundle is taken up without a restart; one that cannot be read or parsed makes that
+upstream fail with TLSConfigError (`tls-config`) and leaves the others alone.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import ssl
 from collections.abc import Sequence
 
 from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import PinMismatchError
+from stubby_py.errors import PinMismatchError, TLSConfigError
+
+#: what identifies one version of a file: device, inode, size, modification time
+FileVersion = tuple[int, int, int, int]
+
+
+def ca_file_problem(path: str) -> str | None:
+    """What keeps OpenSSL from loading a CA file, or None if it loads."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        return _ca_error_text(exc)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    return None
+
+
+def _ca_error_text(exc: ssl.SSLError) -> str:
+    if exc.reason == "NO_CERTIFICATE_OR_CRL_FOUND":
+        return "holds no PEM certificate"
+    return f"does not parse as PEM certificates (OpenSSL: {exc.reason or exc})"
+
+
+class ClientContexts:
+    """One upstream's TLS client context, built at its first connection and again whenever its
+    CA file has changed since (the file's identity is checked at each new connection)."""
+
+    def __init__(self, spec: UpstreamSpec, config: Config, alpn: list[str] | None = None) -> None:
+        self._spec = spec
+        self._config = config
+        self._alpn = alpn
+        self.ca_file = spec.ca_file or config.ca_file
+        self._context: ssl.SSLContext | None = None
+        self._version: FileVersion | None = None
+
+    def get(self) -> ssl.SSLContext:
+        """The context for a new connection; TLSConfigError if it cannot be built."""
+        version = self._file_version()
+        if self._context is None or version != self._version:
+            self._context = None
+            try:
+                context = client_context(self._spec, self._config, self._alpn)
+            except ssl.SSLError as exc:
+                raise self._error(_ca_error_text(exc)) from None
+            except OSError as exc:
+                raise self._error(f"cannot be read ({exc.strerror or exc})") from None
+            self._context, self._version = context, version
+        return self._context
+
+    def check_ca_file(self) -> None:
+        """For QUIC, where aioquic reads the CA file itself during the handshake (and an error
+        there would escape its event handling): TLSConfigError if the file would not load."""
+        if self.ca_file is not None:
+            self.get()
+
+    def _file_version(self) -> FileVersion | None:
+        if self.ca_file is None:
+            return None
+        try:
+            st = os.stat(self.ca_file)
+        except OSError as exc:
+            raise self._error(f"cannot be read ({exc.strerror or exc})") from None
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _error(self, problem: str) -> TLSConfigError:
+        return TLSConfigError(f"{self._spec.label}: CA file {self.ca_file} {problem}")
 
 
 def client_context(
     spec: UpstreamSpec, config: Config, alpn: list[str] | None = None
 ) -> ssl.SSLContext:
+    """Raises ssl.SSLError or OSError if the CA file cannot be loaded (ClientContexts maps it)."""
     ca_file = spec.ca_file or config.ca_file
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = (

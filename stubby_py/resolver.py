@@ -343,18 +343,12 @@ class Resolver:
     def _read(self, data: bytes, respond: Respond) -> wire.ClientQuery | None:
         """The client's query (at least a header, not a response), or None when it was answered
         FORMERR or NOTIMP."""
-        if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK:
-            self._reject(respond, None, data, NotImplementedOpcodeError())
-            return None
-        try:
-            return wire.parse_query(data)
-        except wire.WireError:
-            pass
-        try:
-            return wire.parse_unusual_query(data)
-        except wire.WireError:
-            self._reject(respond, None, data, MalformedQueryError())
-            return None
+        query = _parse(data)
+        if query is None:
+            opcode = wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK
+            error = NotImplementedOpcodeError() if opcode else MalformedQueryError()
+            self._reject(respond, None, data, error)
+        return query
 
     def _admit(self, data: bytes, client_ip: str, respond: Respond) -> int:
         """Request checks on the source, before the message is read: the access list, the rate

@@ -234,7 +234,7 @@ def _doh_spec(
     path = path or "/dns-query"
     if query:
         raise ValueError("a DoH URL takes no query string (the ?dns= part is added per query)")
-    if _is_ip(host):
+    if is_ip(host):
         if fragment:
             raise ValueError("an IP-literal DoH URL takes no #IP")
         return UpstreamSpec(scheme, host, port, auth_name=None, path=path)
@@ -247,7 +247,7 @@ def _doh_spec(
     return UpstreamSpec(scheme, fragment, port, auth_name=host, path=path)
 
 
-def _is_ip(text: str) -> bool:
+def is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -256,7 +256,7 @@ def _is_ip(text: str) -> bool:
 
 
 def _check_ip(text: str, uri: str) -> None:
-    if not _is_ip(text):
+    if not is_ip(text):
         raise ValueError(f"expected an IP address in {uri!r}, got {text!r}")
 
 
@@ -269,7 +269,7 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, _, port_text = text.partition(":")
     else:
         host, port_text = text, ""
-    if not _is_ip(host):
+    if not is_ip(host):
         raise ValueError(f"expected IP:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
     port = _port(port_text) if port_text else 53
     return host, port

@@ -27,7 +27,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec
+from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec, is_ip
 
 PREFIX = "sdns://"
 
@@ -172,21 +172,13 @@ def _split_host_port(text: str, what: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
 def to_upstream(stamp: Stamp) -> UpstreamSpec:
     """The upstream a stamp describes. Raises ValueError when we cannot use it as it is."""
     transport = TRANSPORTS[stamp.protocol]
     host, addr_port = _split_host_port(stamp.addr, "address")
     name, name_port = _split_host_port(stamp.hostname, "hostname")
     kind = KIND_NAMES[stamp.protocol]
-    if not _is_ip(host):
+    if not is_ip(host):
         about = f"names the host {host!r}" if host else f"gives no address for {name or '?'!r}"
         raise ValueError(
             f"this {kind} stamp {about}: stubby-py needs the server's IP address"
@@ -202,8 +194,8 @@ def to_upstream(stamp: Stamp) -> UpstreamSpec:
     if _NOT_IN_HOSTNAME.search(name):
         raise ValueError(f"the stamp's hostname {stamp.hostname!r} is not a host name")
     port = name_port or addr_port or TRANSPORT_PORTS[transport]
-    auth_name = None if not name or _is_ip(name) else name
-    if name and _is_ip(name) and ipaddress.ip_address(name) != ipaddress.ip_address(host):
+    auth_name = None if not name or is_ip(name) else name
+    if name and is_ip(name) and ipaddress.ip_address(name) != ipaddress.ip_address(host):
         raise ValueError(f"the stamp's hostname {name!r} is an IP other than its address")
     path = stamp.path.replace("{?dns}", "") or "/dns-query"
     if transport == "https" and (not path.startswith("/") or "?" in path or " " in path):

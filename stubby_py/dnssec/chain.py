@@ -34,6 +34,7 @@ from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
 from stubby_py.dnssec.verify import (
     SUPPORTED_ALGORITHMS,
+    VERIFIED,
     Budget,
     SignatureCheck,
     is_supported_ds,
@@ -174,6 +175,7 @@ class KeyChain:
         """Forget everything; walks under way then remember nothing of what they found."""
         self._zones.clear()
         self._not_cuts.clear()
+        VERIFIED.clear()
         self.generation += 1
 
     def known_insecure(self, name: dns.name.Name, now: float) -> ZoneKeys | None:

@@ -69,8 +69,8 @@ ADMITTED, REFUSED, DROPPED = 0, 1, 2
 
 class LoggedRespond:
     """A client's `respond` that also writes the query log line: where the answer came from
-    ("cache", "upstream", "joined", "stale", "held-failure", "local", "any-minimal", "rejected",
-    "rate-limited"), set on the way by `_mark`."""
+    ("cache", "upstream", "synthesized", "joined", "stale", "held-failure", "local",
+    "any-minimal", "rejected", "rate-limited"), set on the way by `_mark`."""
 
     __slots__ = ("client_ip", "log", "query", "respond", "source")
 
@@ -175,6 +175,7 @@ class Resolver:
             "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
             "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
             "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
+            "dnssec_synthesized": 0,
             "network_changes": 0,
         }  # fmt: skip
         self._apply(config, transports)
@@ -253,6 +254,9 @@ class Resolver:
             and old.validator.chain.max_iterations == config.nsec3_max_iterations
         ):
             old.timeout = config.timeout
+            old.validator.aggressive = config.aggressive_nsec
+            if not config.aggressive_nsec:
+                old.validator.chain.denials.flush()
             return old
         updates = None
         if config.trust_anchor_updates:
@@ -266,7 +270,8 @@ class Resolver:
         if updates is not None:
             updates.chain = chain
         return Validation(
-            Validator(chain), config.timeout, self.counters, configured=trusted, updates=updates,
+            Validator(chain, aggressive=config.aggressive_nsec), config.timeout, self.counters,
+            configured=trusted, updates=updates,
             main_group=lambda: self.groups[DEFAULT_GROUP],
         )  # fmt: skip
 
@@ -501,17 +506,24 @@ class Resolver:
     ) -> None:
         """Ask upstream, then answer this query and every identical one that joined it."""
         outcome: Outcome = None
+        how: list[str] = []
         try:
-            outcome = await self._fetch(query, trace)
+            outcome = await self._fetch(query, trace, how)
         finally:
             waiters = self._inflight.pop(query.key, [])
+            if how:
+                if trace is not None:
+                    trace.source = how[0]
+                if respond is not None:
+                    _mark(respond, how[0])
             if respond is not None:
                 self._deliver(query, respond, udp, outcome)
             for waiter in waiters:
                 self._deliver(*waiter, outcome)
 
-    async def _fetch(self, query: wire.ClientQuery, trace: Trace | None = None) -> Outcome:
-        """One upstream exchange for the question; the cache learns the answer or the failure."""
+    async def _fetch(self, query: wire.ClientQuery, trace: Trace | None, how: list[str]) -> Outcome:
+        """One upstream exchange for the question; the cache learns the answer or the failure.
+        how: told "synthesized" when the validator answered from held proofs (RFC 8198)."""
         deadline = self._loop.time() + self.config.timeout
         name = (self.router.group_for(query.key[:-5]) if self.router else None) or DEFAULT_GROUP
         group = self.groups[name]
@@ -528,6 +540,7 @@ class Resolver:
                 body, ttl_offsets, layout = validated.body, validated.ttl_offsets, validated.layout
                 status = validated.status
                 self._note(query.key, validated.note)
+                how.append(validated.source)
             else:
                 body, ttl_offsets, layout = await group.forward(query, deadline, trace=trace)
                 if trace is not None:

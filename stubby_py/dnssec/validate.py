@@ -21,6 +21,7 @@ from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
 from stubby_py.dnssec import denial
+from stubby_py.dnssec.aggressive import Held, Synthesis
 from stubby_py.dnssec.chain import (
     KeyChain,
     ZoneKeys,
@@ -67,6 +68,9 @@ class _Judgement:
     authority: list[dns.rrset.RRset] = field(default_factory=list)
     #: False: the reply was not examined (an rcode or type not validated): pass it on whole
     examined: bool = True
+    #: the key chain's generation when judging began: proofs found under keys a flush has
+    #: since thrown away are not held for later answers
+    generation: int = 0
 
     def add(
         self,
@@ -119,8 +123,39 @@ class _Judgement:
 
 
 class Validator:
-    def __init__(self, chain: KeyChain) -> None:
+    def __init__(self, chain: KeyChain, *, aggressive: bool = True) -> None:
+        """aggressive: answer from held NSEC/NSEC3 proofs (RFC 8198; `aggressive_nsec`)."""
         self.chain = chain
+        self.aggressive = aggressive
+
+    def synthesize(self, qname: dns.name.Name, qtype: int, now: float) -> Synthesis | None:
+        """An NXDOMAIN or NODATA proven from the NSEC/NSEC3 records of earlier secure answers
+        (RFC 8198), or None (then the question goes upstream)."""
+        if not self.aggressive:
+            return None
+        return self.chain.denials.synthesize(qname, qtype, now, self.chain.max_iterations)
+
+    def _hold(
+        self,
+        judged: _Judgement,
+        zone: ZoneKeys,
+        authority: list[dns.rrset.RRset],
+        proofs: list[dns.rrset.RRset],
+        until: float,
+        soa: Held | None = None,
+    ) -> None:
+        """Keep the records of a proof found secure for answers proven from them later."""
+        if not self.aggressive or judged.generation != self.chain.generation:
+            return
+        until = min(until, zone.expires)
+        held = []
+        for rrset in proofs:
+            sigs = find_sigs(authority, rrset.name, rrset.rdtype)
+            if sigs is not None:
+                held.append(Held(rrset, sigs, until))
+        if soa is not None:
+            soa = replace(soa, until=min(soa.until, zone.expires))
+        self.chain.denials.learn(zone.zone, held, judged.now, soa)
 
     @staticmethod
     def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:
@@ -134,7 +169,7 @@ class Validator:
         self, reply: dns.message.Message, qname: dns.name.Name, qtype: int, now: float
     ) -> Step[Verdict]:
         """Judge `reply` to (qname, qtype), asked with DO and CD set."""
-        judged = _Judgement(now)
+        judged = _Judgement(now, generation=self.chain.generation)
         rcode = reply.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or qtype == RRSIG:
             # RFC 4035 §3.1.5: RRSIGs are not themselves signed; other rcodes carry no data
@@ -265,6 +300,8 @@ class Validator:
         )
         self._judge_denial(proof, f"wildcard answer for {name}", signer, judged)
         judged.expires(until)
+        if proof.outcome == denial.Denial.PROVEN:
+            self._hold(judged, keys, reply.authority, nsecs + nsec3s, until)
 
     # -- NXDOMAIN and NODATA ----------------------------------------------------------------------
     def _negative(
@@ -297,6 +334,7 @@ class Validator:
             judged.keep(judged.authority, soa)
             return
         judged.add(Security.SECURE, links=keys.links)
+        held_soa = None
         if soa is not None and soa.name == signer:
             soa_sigs = find_sigs(authority, soa.name, SOA)
             check = verify_rrset(soa, soa_sigs, signer, keys.keys, now, self.skew,
@@ -306,6 +344,8 @@ class Validator:
                 return
             judged.keep(judged.authority, soa, soa_sigs)
             judged.expires(signature_expiry(check, soa, now))
+            assert soa_sigs is not None
+            held_soa = Held(soa, soa_sigs, signature_expiry(check, soa, now))
         nsecs, nsec3s, until, failure = denial_records(
             authority, signer, keys.keys, now, self.skew, judged.budget
         )
@@ -320,6 +360,8 @@ class Validator:
         else:
             proof = denial.prove_nodata(sname, qtype, signer, nsecs, nsec3s, limit)
         self._judge_denial(proof, f"{kind} for {sname}", signer, judged)
+        if proof.outcome == denial.Denial.PROVEN and held_soa is not None:
+            self._hold(judged, keys, authority, nsecs + nsec3s, until, held_soa)
 
     def _judge_denial(
         self,

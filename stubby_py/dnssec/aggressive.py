@@ -1,0 +1,277 @@
+"""Aggressive use of the validated cache (RFC 8198): answers proven from NSEC/NSEC3 already held.
+
+The validator hands over the NSEC and NSEC3 records (with their RRSIGs) of every denial or
+wildcard proof it found secure, and the zone's SOA from signed negative answers. A later
+question in the same zone may then be answered here with no upstream query: NXDOMAIN when the
+held records cover the name and the wildcard at its closest encloser, NODATA when one matches
+the name (or the wildcard) without the type. The proofs are denial.py's own, run on the few
+held records that sort around the name, so a synthesized answer is proven exactly as a received
+one would be; an NSEC3 opt-out span proves nothing (RFC 8198 §4.2). Records are kept until
+their TTL (at most the signed original TTL), their signature or the zone's keys expire,
+whichever is first; the whole is bounded and is flushed with the key cache. Sans-IO.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import dns.dnssec
+import dns.name
+import dns.rcode
+import dns.rdatatype
+import dns.rrset
+from dns.rdtypes.ANY.NSEC import NSEC
+from dns.rdtypes.ANY.NSEC3 import NSEC3
+from dns.rdtypes.ANY.SOA import SOA
+
+from stubby_py.dnssec import denial
+
+K = TypeVar("K", dns.name.Name, str)
+NSEC_TYPE = dns.rdatatype.NSEC
+NSEC3_TYPE = dns.rdatatype.NSEC3
+#: questions never answered from held proofs: DS is the parent's (a zone's apex records do not
+#: speak for it), ANY and RRSIG are not denied by a bitmap the usual way
+NOT_SYNTHESIZED = frozenset({dns.rdatatype.DS, dns.rdatatype.ANY, dns.rdatatype.RRSIG})
+#: NSEC/NSEC3 records held at most, all zones together (a few hundred bytes each)
+MAX_RECORDS = 10_000
+#: zones held at most
+MAX_ZONES = 1_000
+#: labels below the zone a name may have to be looked up (each costs NSEC3 hashing)
+MAX_DEPTH = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A validated RRset with its RRSIGs, usable until `until` (POSIX seconds)."""
+
+    rrset: dns.rrset.RRset
+    sigs: dns.rrset.RRset
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class Synthesis:
+    """An answer proven from held records."""
+
+    zone: dns.name.Name
+    rcode: int
+    #: the authority section: the SOA, then the proof, each with its RRSIGs
+    authority: tuple[dns.rrset.RRset, ...]
+    ttl: int
+    reason: str
+
+
+@dataclass(slots=True)
+class _Zone:
+    soa: Held | None = None
+    #: NSEC records by owner, and the owners in canonical order
+    nsecs: dict[dns.name.Name, Held] = field(default_factory=dict)
+    nsec_owners: list[dns.name.Name] = field(default_factory=list)
+    #: NSEC3 records of one parameter set, by hashed owner label (upper-case base32hex)
+    nsec3_params: tuple[bytes, int] | None = None
+    nsec3s: dict[str, Held] = field(default_factory=dict)
+    nsec3_hashes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.nsecs) + len(self.nsec3s)
+
+
+class DenialCache:
+    def __init__(self, max_records: int = MAX_RECORDS, max_zones: int = MAX_ZONES) -> None:
+        self.max_records = max_records
+        self.max_zones = max_zones
+        self._zones: dict[dns.name.Name, _Zone] = {}
+        self._records = 0
+
+    def __len__(self) -> int:
+        return self._records
+
+    def flush(self) -> None:
+        self._zones.clear()
+        self._records = 0
+
+    # -- learning -----------------------------------------------------------------------------
+    def learn(
+        self,
+        zone: dns.name.Name,
+        proofs: list[Held],
+        now: float,
+        soa: Held | None = None,
+    ) -> None:
+        """Hold the records of a proof found secure in `zone` (and its SOA, when signed)."""
+        held = self._zones.get(zone)
+        if held is None:
+            if len(self._zones) >= self.max_zones:
+                self._drop_zone(next(iter(self._zones)))
+            held = self._zones[zone] = _Zone()
+        if soa is not None and soa.until > now:
+            held.soa = soa
+        for proof in proofs:
+            if proof.until <= now:
+                continue
+            if proof.rrset.rdtype == NSEC_TYPE:
+                self._add_nsec(held, proof)
+            elif proof.rrset.rdtype == NSEC3_TYPE:
+                self._add_nsec3(held, zone, proof)
+        if self._records > self.max_records:
+            self._trim(now)
+
+    def _add_nsec(self, held: _Zone, proof: Held) -> None:
+        owner = proof.rrset.name
+        if owner not in held.nsecs:
+            bisect.insort(held.nsec_owners, owner)
+            self._records += 1
+        held.nsecs[owner] = proof
+
+    def _add_nsec3(self, held: _Zone, zone: dns.name.Name, proof: Held) -> None:
+        rdata = next(iter(proof.rrset), None)
+        if not isinstance(rdata, NSEC3) or len(proof.rrset.name) != len(zone) + 1:
+            return
+        params = (rdata.salt, rdata.iterations)
+        if held.nsec3_params != params:
+            # a zone has one chain; a new parameter set replaces what was held of the old one
+            self._records -= len(held.nsec3s)
+            held.nsec3s.clear()
+            held.nsec3_hashes.clear()
+            held.nsec3_params = params
+        hashed = proof.rrset.name.labels[0].decode("latin-1").upper()
+        if hashed not in held.nsec3s:
+            bisect.insort(held.nsec3_hashes, hashed)
+            self._records += 1
+        held.nsec3s[hashed] = proof
+
+    def _trim(self, now: float) -> None:
+        """Past the bound: drop the expired, then whole zones, the longest held first."""
+        for zone in list(self._zones):
+            held = self._zones[zone]
+            for owner in [o for o, p in held.nsecs.items() if p.until <= now]:
+                del held.nsecs[owner]
+                held.nsec_owners.remove(owner)
+                self._records -= 1
+            for hashed in [h for h, p in held.nsec3s.items() if p.until <= now]:
+                del held.nsec3s[hashed]
+                held.nsec3_hashes.remove(hashed)
+                self._records -= 1
+        while self._records > self.max_records * 3 // 4 and self._zones:
+            self._drop_zone(next(iter(self._zones)))
+
+    def _drop_zone(self, zone: dns.name.Name) -> None:
+        self._records -= len(self._zones.pop(zone))
+
+    # -- answering ----------------------------------------------------------------------------
+    def synthesize(
+        self, qname: dns.name.Name, qtype: int, now: float, max_iterations: int
+    ) -> Synthesis | None:
+        """NXDOMAIN or NODATA for (qname, qtype) proven from held records, or None."""
+        if qtype in NOT_SYNTHESIZED:
+            return None
+        zone, held = self._zone_of(qname)
+        if held is None or held.soa is None or held.soa.until <= now:
+            return None
+        if len(qname) - len(zone) > MAX_DEPTH:
+            return None
+        if held.nsecs:
+            proofs = self._nsec_candidates(held, qname, now)
+            nsecs, nsec3s = [p.rrset for p in proofs], []
+        else:
+            proofs = self._nsec3_candidates(held, zone, qname, now, max_iterations)
+            nsecs, nsec3s = [], [p.rrset for p in proofs]
+        if not proofs:
+            return None
+        proven = denial.prove_nxdomain(qname, zone, nsecs, nsec3s, max_iterations)
+        rcode = dns.rcode.NXDOMAIN
+        if proven.outcome != denial.Denial.PROVEN:
+            proven = denial.prove_nodata(qname, qtype, zone, nsecs, nsec3s, max_iterations)
+            rcode = dns.rcode.NOERROR
+            if proven.outcome != denial.Denial.PROVEN:
+                return None
+        return self._answer(zone, held.soa, proofs, rcode, proven.reason, now)
+
+    def _zone_of(self, qname: dns.name.Name) -> tuple[dns.name.Name, _Zone | None]:
+        """The deepest zone held at or above qname (the proofs themselves stop at its cuts)."""
+        zones = self._zones
+        for depth in range(len(qname), 0, -1):
+            zone = qname.split(depth)[1]
+            held = zones.get(zone)
+            if held is not None:
+                return zone, held
+        return dns.name.root, None
+
+    def _nsec_candidates(self, held: _Zone, qname: dns.name.Name, now: float) -> list[Held]:
+        """The NSEC sorting at or before qname, and the one at or before the wildcard at the
+        closest encloser it implies: all an NXDOMAIN or NODATA proof needs (RFC 8198 §5.1)."""
+        first = _floor(held.nsec_owners, qname)
+        if first is None:
+            return []
+        found = [held.nsecs[first]]
+        rdata = next(iter(found[0].rrset))
+        if first != qname and isinstance(rdata, NSEC):
+            common = max(qname.fullcompare(first)[2], qname.fullcompare(rdata.next)[2])
+            wildcard = dns.name.Name((b"*", *qname.split(common)[1].labels))
+            second = _floor(held.nsec_owners, wildcard)
+            if second is not None and second != first:
+                found.append(held.nsecs[second])
+        return [p for p in found if p.until > now]
+
+    def _nsec3_candidates(
+        self,
+        held: _Zone,
+        zone: dns.name.Name,
+        qname: dns.name.Name,
+        now: float,
+        max_iterations: int,
+    ) -> list[Held]:
+        """The NSEC3 records matching or covering the hash of qname, of each ancestor down to
+        the zone, and of the wildcard below each: the closest encloser proof's pieces."""
+        if held.nsec3_params is None or not held.nsec3_hashes:
+            return []
+        salt, iterations = held.nsec3_params
+        if iterations > max_iterations:
+            return []
+        found: dict[str, Held] = {}
+        for depth in range(len(qname), len(zone) - 1, -1):
+            ancestor = qname.split(depth)[1]
+            names = [ancestor]
+            if depth < len(qname):
+                names.append(dns.name.Name((b"*", *ancestor.labels)))
+            for name in names:
+                hashed = dns.dnssec.nsec3_hash(name, salt, iterations, denial.NSEC3_SHA1)
+                floor = _floor(held.nsec3_hashes, hashed)
+                if floor is not None:
+                    found[floor] = held.nsec3s[floor]
+        return [p for p in found.values() if p.until > now]
+
+    @staticmethod
+    def _answer(
+        zone: dns.name.Name,
+        soa: Held,
+        proofs: list[Held],
+        rcode: int,
+        reason: str,
+        now: float,
+    ) -> Synthesis:
+        """The authority section, every TTL the least of the held records' remaining TTLs and
+        the SOA minimum (RFC 8198 §5.4, RFC 9077)."""
+        record = next(iter(soa.rrset))
+        assert isinstance(record, SOA)
+        until = min(p.until for p in (soa, *proofs))
+        ttl = max(0, min(int(until - now), record.minimum))
+        authority = []
+        for held in (soa, *proofs):
+            for rrset in (held.rrset, held.sigs):
+                copy = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+                for rdata in rrset:
+                    copy.add(rdata, ttl)
+                authority.append(copy)
+        return Synthesis(zone, rcode, tuple(authority), ttl, reason)
+
+
+def _floor(ordered: list[K], key: K) -> K | None:
+    """The greatest entry at or before key; the last one when key sorts first (the zone's last
+    record wraps around to its apex)."""
+    if not ordered:
+        return None
+    index = bisect.bisect_right(ordered, key)
+    return ordered[index - 1] if index else ordered[-1]

@@ -184,8 +184,9 @@ class Validation:
         return await self._validated(query, reply, group, deadline, trace, tuple(avoid))
 
     def _synthesized(self, query: wire.ClientQuery, trace: Trace | None) -> Validated | None:
-        """An NXDOMAIN or NODATA proven from the NSEC/NSEC3 records of earlier secure answers
-        (RFC 8198), shaped for this client as a received one would be; None: ask upstream."""
+        """A wildcard answer, NXDOMAIN or NODATA proven from the records of earlier secure
+        answers (RFC 8198), shaped for this client as a received one would be; None: ask
+        upstream."""
         started = time.perf_counter() if trace is not None else 0.0
         qname = dns.name.from_wire(query.question, 0)[0]
         found = self.validator.synthesize(qname, query.qtype, time.time())
@@ -197,9 +198,9 @@ class Validation:
         reply.set_rcode(Rcode(found.rcode))
         question = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.RdataType(query.qtype))
         reply.question = [question]
-        reply.authority = list(found.authority)
+        reply.answer, reply.authority = list(found.answer), list(found.authority)
         verdict = Verdict(Security.SECURE, reason=found.reason, zone=str(found.zone),
-                          ttl_cap=found.ttl, kept=((), found.authority))  # fmt: skip
+                          ttl_cap=found.ttl, kept=(found.answer, found.authority))  # fmt: skip
         body = self.validator.render(reply, verdict, query.do)
         layout = wire.scan_reply(body)
         if trace is not None:

@@ -165,3 +165,36 @@ def test_an_opt_out_span_is_never_synthesized(counted: tuple[DaemonThread, Tampe
     again = ask(daemon.port, "nx.optout.test.", "TXT")
     assert proxy.forwarded == before + 1, "answered from an opt-out proof"
     assert not has_ad(again)
+
+
+@pytest.mark.parametrize("zone", ["nsec.test.", "nsec3.test."])
+def test_a_wildcard_answer_is_expanded_from_the_held_wildcard(
+    counted: tuple[DaemonThread, TamperProxy], zone: str
+) -> None:
+    daemon, proxy = counted
+    wild = dns.name.from_text(f"wild.{zone}")
+    first = ask(daemon.port, f"x.wild.{zone}", "TXT")
+    assert first.rcode() == NOERROR and has_ad(first), describe(first)
+    if zone == "nsec.test.":  # one NSEC (*.wild -> www) covers every name below wild
+        name = dns.name.from_text("y", wild)
+    else:  # a name whose hash lies in the span that covered x.wild's
+        x_hash = dns.dnssec.nsec3_hash(dns.name.from_text("x", wild), b"", 0, 1)
+        cover = next(r for r in first.authority if r.rdtype == NSEC3_TYPE and _covers(r, x_hash))
+        name = _in_span(cover.name, cover[0], wild)
+    before = proxy.forwarded
+    expanded = ask(daemon.port, name.to_text(), "TXT")
+    assert proxy.forwarded == before, "asked upstream"
+    assert expanded.rcode() == NOERROR and has_ad(expanded), describe(expanded)
+    txt = next(r for r in expanded.answer if r.rdtype == dns.rdatatype.TXT)
+    assert txt.name == name and [rd.to_text() for rd in txt] == ['"wild"'], describe(expanded)
+    sigs = next(r for r in expanded.answer if r.rdtype == dns.rdatatype.RRSIG)
+    assert {NSEC, NSEC3_TYPE} & types_in(expanded.authority), describe(expanded)
+    # the expansion verifies with the zone's key, as any validator downstream will check
+    keys = next(r for r in ask(daemon.port, zone, "DNSKEY").answer if r.rdtype == 48)
+    dns.dnssec.validate(txt, sigs, {dns.name.from_text(zone): keys})
+    # a client without DO: the data and AD, no DNSSEC records
+    plain = ask(daemon.port, f"z{name}", "TXT", do=False, ad=True)
+    assert plain.rcode() == NOERROR and plain.answer, describe(plain)
+    # a name that exists is never answered from the wildcard
+    www = ask(daemon.port, f"www.{zone}", "TXT")
+    assert www.rcode() == NOERROR and not www.answer, describe(www)

@@ -6,7 +6,9 @@ question in the same zone may then be answered here with no upstream query: NXDO
 held records cover the name and the wildcard at its closest encloser, NODATA when one matches
 the name (or the wildcard) without the type. The proofs are denial.py's own, run on the few
 held records that sort around the name, so a synthesized answer is proven exactly as a received
-one would be; an NSEC3 opt-out span proves nothing (RFC 8198 §4.2). Records are kept until
+one would be; an NSEC3 opt-out span proves nothing (RFC 8198 §4.2). A wildcard RRset that was
+a proven expansion is held too, and answers for another name the held records show to be covered
+by it (RFC 8198 §5.3), with the same proof a received expansion must carry. Records are kept until
 their TTL (at most the signed original TTL), their signature or the zone's keys expire,
 whichever is first; the whole is bounded and is flushed with the key cache. Sans-IO.
 """
@@ -57,15 +59,20 @@ class Synthesis:
 
     zone: dns.name.Name
     rcode: int
-    #: the authority section: the SOA, then the proof, each with its RRSIGs
+    #: the authority section: the SOA (not for a wildcard answer), then the proof, each with
+    #: its RRSIGs
     authority: tuple[dns.rrset.RRset, ...]
     ttl: int
     reason: str
+    #: a wildcard answer: the expanded RRset and its RRSIGs at the question's name
+    answer: tuple[dns.rrset.RRset, ...] = ()
 
 
 @dataclass(slots=True)
 class _Zone:
     soa: Held | None = None
+    #: wildcard RRsets (owner *.<closest encloser>) by owner and type
+    wildcards: dict[tuple[dns.name.Name, int], Held] = field(default_factory=dict)
     #: NSEC records by owner, and the owners in canonical order
     nsecs: dict[dns.name.Name, Held] = field(default_factory=dict)
     nsec_owners: list[dns.name.Name] = field(default_factory=list)
@@ -75,7 +82,7 @@ class _Zone:
     nsec3_hashes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.nsecs) + len(self.nsec3s)
+        return len(self.nsecs) + len(self.nsec3s) + len(self.wildcards)
 
 
 class DenialCache:
@@ -101,11 +108,7 @@ class DenialCache:
         soa: Held | None = None,
     ) -> None:
         """Hold the records of a proof found secure in `zone` (and its SOA, when signed)."""
-        held = self._zones.get(zone)
-        if held is None:
-            if len(self._zones) >= self.max_zones:
-                self._drop_zone(next(iter(self._zones)))
-            held = self._zones[zone] = _Zone()
+        held = self._zone(zone)
         if soa is not None and soa.until > now:
             held.soa = soa
         for proof in proofs:
@@ -117,6 +120,28 @@ class DenialCache:
                 self._add_nsec3(held, zone, proof)
         if self._records > self.max_records:
             self._trim(now)
+
+    def learn_wildcard(
+        self, zone: dns.name.Name, wildcard: Held, proofs: list[Held], now: float
+    ) -> None:
+        """Hold a wildcard RRset (owner *.<encloser>) whose expansion was proven in `zone`, and
+        the records of that proof."""
+        if wildcard.until <= now:
+            return
+        held = self._zone(zone)
+        key = (wildcard.rrset.name, wildcard.rrset.rdtype)
+        if key not in held.wildcards:
+            self._records += 1
+        held.wildcards[key] = wildcard
+        self.learn(zone, proofs, now)
+
+    def _zone(self, zone: dns.name.Name) -> _Zone:
+        held = self._zones.get(zone)
+        if held is None:
+            if len(self._zones) >= self.max_zones:
+                self._drop_zone(next(iter(self._zones)))
+            held = self._zones[zone] = _Zone()
+        return held
 
     def _add_nsec(self, held: _Zone, proof: Held) -> None:
         owner = proof.rrset.name
@@ -154,6 +179,9 @@ class DenialCache:
                 del held.nsec3s[hashed]
                 held.nsec3_hashes.remove(hashed)
                 self._records -= 1
+            for key in [k for k, p in held.wildcards.items() if p.until <= now]:
+                del held.wildcards[key]
+                self._records -= 1
         while self._records > self.max_records * 3 // 4 and self._zones:
             self._drop_zone(next(iter(self._zones)))
 
@@ -164,13 +192,12 @@ class DenialCache:
     def synthesize(
         self, qname: dns.name.Name, qtype: int, now: float, max_iterations: int
     ) -> Synthesis | None:
-        """NXDOMAIN or NODATA for (qname, qtype) proven from held records, or None."""
+        """A wildcard answer, NXDOMAIN or NODATA for (qname, qtype) proven from held records,
+        or None."""
         if qtype in NOT_SYNTHESIZED:
             return None
         zone, held = self._zone_of(qname)
-        if held is None or held.soa is None or held.soa.until <= now:
-            return None
-        if len(qname) - len(zone) > MAX_DEPTH:
+        if held is None or len(qname) - len(zone) > MAX_DEPTH:
             return None
         if held.nsecs:
             proofs = self._nsec_candidates(held, qname, now)
@@ -180,6 +207,14 @@ class DenialCache:
             nsecs, nsec3s = [], [p.rrset for p in proofs]
         if not proofs:
             return None
+        if held.wildcards:
+            answer = self._wildcard_answer(
+                held, zone, qname, qtype, proofs, nsecs, nsec3s, now, max_iterations
+            )
+            if answer is not None:
+                return answer
+        if held.soa is None or held.soa.until <= now:
+            return None
         proven = denial.prove_nxdomain(qname, zone, nsecs, nsec3s, max_iterations)
         rcode = dns.rcode.NXDOMAIN
         if proven.outcome != denial.Denial.PROVEN:
@@ -188,6 +223,37 @@ class DenialCache:
             if proven.outcome != denial.Denial.PROVEN:
                 return None
         return self._answer(zone, held.soa, proofs, rcode, proven.reason, now)
+
+    @staticmethod
+    def _wildcard_answer(
+        held: _Zone,
+        zone: dns.name.Name,
+        qname: dns.name.Name,
+        qtype: int,
+        proofs: list[Held],
+        nsecs: list[dns.rrset.RRset],
+        nsec3s: list[dns.rrset.RRset],
+        now: float,
+        max_iterations: int,
+    ) -> Synthesis | None:
+        """qname expanded from a held wildcard of qtype at an ancestor, when the held records
+        prove that ancestor is qname's closest encloser (RFC 4035 §5.3.4, RFC 5155 §8.8)."""
+        for depth in range(len(qname) - 1, len(zone) - 1, -1):
+            encloser = qname.split(depth)[1]
+            wildcard = held.wildcards.get((dns.name.Name((b"*", *encloser.labels)), qtype))
+            if wildcard is None or wildcard.until <= now:
+                continue
+            proven = denial.prove_wildcard_answer(
+                qname, encloser, zone, nsecs, nsec3s, max_iterations
+            )
+            if proven.outcome != denial.Denial.PROVEN:
+                return None
+            until = min(p.until for p in (wildcard, *proofs))
+            ttl = max(0, min(int(until - now), wildcard.rrset.ttl))
+            answer = (_copy(wildcard.rrset, ttl, qname), _copy(wildcard.sigs, ttl, qname))
+            authority = tuple(_copy(r, ttl) for p in proofs for r in (p.rrset, p.sigs))
+            return Synthesis(zone, dns.rcode.NOERROR, authority, ttl, proven.reason, answer)
+        return None
 
     def _zone_of(self, qname: dns.name.Name) -> tuple[dns.name.Name, _Zone | None]:
         """The deepest zone held at or above qname (the proofs themselves stop at its cuts)."""
@@ -258,14 +324,18 @@ class DenialCache:
         assert isinstance(record, SOA)
         until = min(p.until for p in (soa, *proofs))
         ttl = max(0, min(int(until - now), record.minimum))
-        authority = []
-        for held in (soa, *proofs):
-            for rrset in (held.rrset, held.sigs):
-                copy = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
-                for rdata in rrset:
-                    copy.add(rdata, ttl)
-                authority.append(copy)
-        return Synthesis(zone, rcode, tuple(authority), ttl, reason)
+        authority = tuple(_copy(r, ttl) for held in (soa, *proofs) for r in (held.rrset, held.sigs))
+        return Synthesis(zone, rcode, authority, ttl, reason)
+
+
+def _copy(
+    rrset: dns.rrset.RRset, ttl: int, owner: dns.name.Name | None = None
+) -> dns.rrset.RRset:
+    """The RRset with another TTL (and owner: a wildcard's expansion)."""
+    copy = dns.rrset.RRset(owner or rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
+    for rdata in rrset:
+        copy.add(rdata, ttl)
+    return copy
 
 
 def _floor(ordered: list[K], key: K) -> K | None:

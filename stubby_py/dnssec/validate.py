@@ -9,6 +9,7 @@ bogus link makes it bogus, one insecure link (an unsigned zone) makes it insecur
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import dns.message
@@ -17,6 +18,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 from dns.edns import EDECode
+from dns.rdata import Rdata
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
@@ -143,8 +145,11 @@ class Validator:
         proofs: list[dns.rrset.RRset],
         until: float,
         soa: Held | None = None,
+        *,
+        wildcard: Held | None = None,
     ) -> None:
-        """Keep the records of a proof found secure for answers proven from them later."""
+        """Keep the records of a proof found secure for answers proven from them later (and the
+        wildcard RRset whose expansion it proved, under its own owner name)."""
         if not self.aggressive or judged.generation != self.chain.generation:
             return
         until = min(until, zone.expires)
@@ -153,6 +158,10 @@ class Validator:
             sigs = find_sigs(authority, rrset.name, rrset.rdtype)
             if sigs is not None:
                 held.append(Held(rrset, sigs, until))
+        if wildcard is not None:
+            wildcard = replace(wildcard, until=min(wildcard.until, zone.expires))
+            self.chain.denials.learn_wildcard(zone.zone, wildcard, held, judged.now)
+            return
         if soa is not None:
             soa = replace(soa, until=min(soa.until, zone.expires))
         self.chain.denials.learn(zone.zone, held, judged.now, soa)
@@ -260,7 +269,9 @@ class Validator:
         if check.labels < len(rrset.name) - 1 - int(rrset.name.is_wild()):
             # RFC 4035 §5.3.4: expanded from a wildcard; the name itself must be proven absent
             source = rrset.name.split(check.labels + 1)[1]
-            self._wildcard(rrset.name, source, signer, keys, reply, judged)
+            assert sigs is not None
+            expansion = Held(rrset, sigs, signature_expiry(check, rrset, now))
+            self._wildcard(expansion, source, signer, keys, reply, judged)
 
     def _unsigned(
         self, rrset: dns.rrset.RRset, reply: dns.message.Message, judged: _Judgement
@@ -281,13 +292,14 @@ class Validator:
 
     def _wildcard(
         self,
-        name: dns.name.Name,
+        expansion: Held,
         source: dns.name.Name,
         signer: dns.name.Name,
         keys: ZoneKeys,
         reply: dns.message.Message,
         judged: _Judgement,
     ) -> None:
+        name = expansion.rrset.name
         nsecs, nsec3s, until, failure = denial_records(
             reply.authority, signer, keys.keys, judged.now, self.skew, judged.budget
         )
@@ -301,7 +313,16 @@ class Validator:
         self._judge_denial(proof, f"wildcard answer for {name}", signer, judged)
         judged.expires(until)
         if proof.outcome == denial.Denial.PROVEN:
-            self._hold(judged, keys, reply.authority, nsecs + nsec3s, until)
+            owner = dns.name.Name((b"*", *source.labels))
+            # only the RRSIGs that speak for the wildcard (a junk one is not replayed)
+            labels = len(source) - 1
+            sigs = [s for s in expansion.sigs if s.signer == signer and s.labels == labels]
+            wildcard = Held(
+                _renamed(expansion.rrset, owner, expansion.rrset),
+                _renamed(expansion.sigs, owner, sigs),
+                min(expansion.until, until),
+            )
+            self._hold(judged, keys, reply.authority, nsecs + nsec3s, until, wildcard=wildcard)
 
     # -- NXDOMAIN and NODATA ----------------------------------------------------------------------
     def _negative(
@@ -380,6 +401,16 @@ class Validator:
             return
         judged.add(Security.BOGUS, ede=EDECode.NSEC_MISSING, zone=str(zone),
                    reason=f"{what} not proven: {proof.reason}")  # fmt: skip
+
+
+def _renamed(
+    rrset: dns.rrset.RRset, owner: dns.name.Name, rdatas: Iterable[Rdata]
+) -> dns.rrset.RRset:
+    """`rdatas` of `rrset`'s type, TTL and class at another owner."""
+    renamed = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
+    for rdata in rdatas:
+        renamed.add(rdata, rrset.ttl)
+    return renamed
 
 
 def _take(judged: _Judgement, zone: ZoneKeys) -> None:

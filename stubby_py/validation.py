@@ -13,16 +13,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import dns.edns
 import dns.exception
-import dns.flags
 import dns.message
 import dns.name
-import dns.rdataclass
-import dns.rdatatype
-import dns.rrset
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
@@ -193,20 +189,15 @@ class Validation:
         if found is None:
             return None
         self._counters["dnssec_synthesized"] += 1
-        reply = dns.message.Message(0)
-        reply.flags = dns.flags.QR | dns.flags.RD | dns.flags.RA | dns.flags.AD
-        reply.set_rcode(Rcode(found.rcode))
-        question = dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.RdataType(query.qtype))
-        reply.question = [question]
-        reply.answer, reply.authority = list(found.answer), list(found.authority)
-        verdict = Verdict(Security.SECURE, reason=found.reason, zone=str(found.zone),
-                          ttl_cap=found.ttl, kept=(found.answer, found.authority))  # fmt: skip
-        body = self.validator.render(reply, verdict, query.do)
+        body = found.render(query.question, query.qtype, query.do)
+        layout = wire.scan_reply(body)
+        body = wire.cap_ttls(body, layout.ttl_offsets, found.ttl)
         layout = wire.scan_reply(body)
         if trace is not None:
-            chain = self.validator.chain.cached(found.zone, time.time())
-            links = chain.links if chain is not None else ()
-            verdict = replace(verdict, chain=links)
+            keys = self.validator.chain.cached(found.zone, time.time())
+            links = keys.links if keys is not None else ()
+            verdict = Verdict(Security.SECURE, reason=found.reason, zone=str(found.zone),
+                              chain=links)  # fmt: skip
             trace.validation = validation_view(verdict, started, 0)
         return Validated(body, layout.ttl_offsets, layout, ValidationStatus.SECURE,
                          source="synthesized")  # fmt: skip

@@ -61,8 +61,13 @@ def test_another_name_in_the_span_is_proven_nxdomain() -> None:
     found = validator.synthesize(name("d.example."), A, NOW)
     assert found is not None and found.rcode == dns.rcode.NXDOMAIN
     assert 0 < found.ttl <= SOA_MINIMUM
-    assert {r.rdtype for r in found.authority} == {dns.rdatatype.SOA, NSEC, dns.rdatatype.RRSIG}
-    assert all(r.ttl == found.ttl for r in found.authority)
+    question = dns.message.make_query("d.example.", A)
+    body = found.render(question.to_wire()[12:], A, True)
+    reply = dns.message.from_wire(body)
+    assert reply.rcode() == dns.rcode.NXDOMAIN and reply.question == question.question
+    assert {r.rdtype for r in reply.authority} == {dns.rdatatype.SOA, NSEC, dns.rdatatype.RRSIG}
+    plain = dns.message.from_wire(found.render(question.to_wire()[12:], A, False))
+    assert [r.rdtype for r in plain.authority] == [dns.rdatatype.SOA]
     # outside the held spans (after www: the last NSEC, not held), or a name that exists
     assert validator.synthesize(name("x.example."), A, NOW) is None
     assert validator.synthesize(name("www.example."), A, NOW) is None

@@ -16,6 +16,8 @@ whichever is first; the whole is bounded and is flushed with the key cache. Sans
 from __future__ import annotations
 
 import bisect
+import io
+import struct
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -44,13 +46,33 @@ MAX_ZONES = 1_000
 MAX_DEPTH = 16
 
 
-@dataclass(frozen=True, slots=True)
+_HEADER = struct.Struct("!HHHHHH")
+_RR_FIXED = 10  # type, class, TTL, RDLENGTH
+#: QR, RD, RA, AD: a recursive server's secure answer (the client's ID and question go in later)
+_FLAGS = 0x8000 | 0x0100 | 0x0080 | 0x0020
+_DNSSEC_TYPES = frozenset({dns.rdatatype.RRSIG, NSEC_TYPE, NSEC3_TYPE})
+
+
+@dataclass(slots=True)
 class Held:
     """A validated RRset with its RRSIGs, usable until `until` (POSIX seconds)."""
 
     rrset: dns.rrset.RRset
     sigs: dns.rrset.RRset
     until: float
+    #: the records' wire form, uncompressed, made once when first answered from
+    _wire: tuple[bytes, bytes] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def wire(self) -> tuple[bytes, bytes]:
+        if self._wire is None:
+            self._wire = (_to_wire(self.rrset), _to_wire(self.sigs))
+        return self._wire
+
+
+def _to_wire(rrset: dns.rrset.RRset) -> bytes:
+    out = io.BytesIO()
+    rrset.to_wire(out)
+    return out.getvalue()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,11 +83,56 @@ class Synthesis:
     rcode: int
     #: the authority section: the SOA (not for a wildcard answer), then the proof, each with
     #: its RRSIGs
-    authority: tuple[dns.rrset.RRset, ...]
+    authority: tuple[Held, ...]
     ttl: int
     reason: str
-    #: a wildcard answer: the expanded RRset and its RRSIGs at the question's name
-    answer: tuple[dns.rrset.RRset, ...] = ()
+    #: a wildcard answer: the held wildcard RRset and its RRSIGs, to be expanded to `qname`
+    answer: Held | None = None
+    qname: dns.name.Name | None = None
+
+    def render(self, question: bytes, qtype: int, dnssec_records: bool) -> bytes:
+        """The reply body, the records in wire form as held (TTLs as received: the caller caps
+        them to `ttl`); RRSIG, NSEC and NSEC3 records only with `dnssec_records` (DO)."""
+        parts: list[bytes] = []
+        answers = 0
+        if self.answer is not None and self.qname is not None:
+            owner = _name_wire(self.qname)
+            old = len(_name_wire(self.answer.rrset.name))
+            data, sigs = self.answer.wire()
+            parts.append(_reowned(data, len(self.answer.rrset), old, owner))
+            answers = len(self.answer.rrset)
+            if dnssec_records:
+                parts.append(_reowned(sigs, len(self.answer.sigs), old, owner))
+                answers += len(self.answer.sigs)
+        authority = 0
+        for held in self.authority:
+            data, sigs = held.wire()
+            if dnssec_records or held.rrset.rdtype not in _DNSSEC_TYPES:
+                parts.append(data)
+                authority += len(held.rrset)
+            if dnssec_records:
+                parts.append(sigs)
+                authority += len(held.sigs)
+        header = _HEADER.pack(0, _FLAGS | self.rcode, 1, answers, authority, 0)
+        return b"".join((header, question, *parts))
+
+
+def _name_wire(name: dns.name.Name) -> bytes:
+    wire = name.to_wire()
+    assert wire is not None
+    return wire
+
+
+def _reowned(data: bytes, count: int, old_owner_length: int, owner: bytes) -> bytes:
+    """Uncompressed records, all of one owner, given another owner."""
+    out: list[bytes] = []
+    pos = 0
+    for _ in range(count):
+        pos += old_owner_length
+        end = pos + _RR_FIXED + int.from_bytes(data[pos + 8 : pos + 10], "big")
+        out += (owner, data[pos:end])
+        pos = end
+    return b"".join(out)
 
 
 @dataclass(slots=True)
@@ -250,9 +317,10 @@ class DenialCache:
                 return None
             until = min(p.until for p in (wildcard, *proofs))
             ttl = max(0, min(int(until - now), wildcard.rrset.ttl))
-            answer = (_copy(wildcard.rrset, ttl, qname), _copy(wildcard.sigs, ttl, qname))
-            authority = tuple(_copy(r, ttl) for p in proofs for r in (p.rrset, p.sigs))
-            return Synthesis(zone, dns.rcode.NOERROR, authority, ttl, proven.reason, answer)
+            authority = tuple(proofs)
+            return Synthesis(
+                zone, dns.rcode.NOERROR, authority, ttl, proven.reason, wildcard, qname
+            )
         return None
 
     def _zone_of(self, qname: dns.name.Name) -> tuple[dns.name.Name, _Zone | None]:
@@ -318,24 +386,13 @@ class DenialCache:
         reason: str,
         now: float,
     ) -> Synthesis:
-        """The authority section, every TTL the least of the held records' remaining TTLs and
-        the SOA minimum (RFC 8198 §5.4, RFC 9077)."""
+        """The authority section; every TTL is to be the least of the held records' remaining
+        TTLs and the SOA minimum (RFC 8198 §5.4, RFC 9077)."""
         record = next(iter(soa.rrset))
         assert isinstance(record, SOA)
         until = min(p.until for p in (soa, *proofs))
         ttl = max(0, min(int(until - now), record.minimum))
-        authority = tuple(_copy(r, ttl) for held in (soa, *proofs) for r in (held.rrset, held.sigs))
-        return Synthesis(zone, rcode, authority, ttl, reason)
-
-
-def _copy(
-    rrset: dns.rrset.RRset, ttl: int, owner: dns.name.Name | None = None
-) -> dns.rrset.RRset:
-    """The RRset with another TTL (and owner: a wildcard's expansion)."""
-    copy = dns.rrset.RRset(owner or rrset.name, rrset.rdclass, rrset.rdtype, rrset.covers)
-    for rdata in rrset:
-        copy.add(rdata, ttl)
-    return copy
+        return Synthesis(zone, rcode, (soa, *proofs), ttl, reason)
 
 
 def _floor(ordered: list[K], key: K) -> K | None:

@@ -460,7 +460,40 @@ class Resolver:
             self._answer_held_failure(query, respond, udp, held, now)
             return
         self.counters["cache_misses"] += 1
+        synthesizing = self.validation is not None
+        if synthesizing and self._answer_synthesized(query, respond, udp, now, trace):
+            return
         self._start(query, respond, udp, trace)
+
+    def _answer_synthesized(
+        self,
+        query: wire.ClientQuery,
+        respond: Respond,
+        udp: bool,
+        now: float,
+        trace: Trace | None,
+    ) -> bool:
+        """A miss the validator can answer from the proofs it holds (RFC 8198), answered here and
+        now with no task and no upstream query, and cached as a validated answer would be."""
+        validation = self.validation
+        if validation is None or query.cd or not validation.validator.aggressive:
+            return False
+        if self.router and self.router.group_for(query.key[:-5]) not in (None, DEFAULT_GROUP):
+            return False  # another group's names are not validated
+        validated = validation.synthesized(query, trace)
+        if validated is None:
+            return False
+        body = validated.body
+        body = self.cache.store(query.key, body, validated.ttl_offsets, validated.layout, now,
+                                validated.status) or body  # fmt: skip
+        self._note(query.key, None)
+        self.counters["answered"] += 1
+        _mark(respond, "synthesized")
+        if trace is not None:
+            trace.source = "synthesized"
+        limit = response.udp_limit(query) if udp else None
+        respond(response.client_reply(body, query, limit=limit))
+        return True
 
     def _start(
         self,
@@ -506,24 +539,17 @@ class Resolver:
     ) -> None:
         """Ask upstream, then answer this query and every identical one that joined it."""
         outcome: Outcome = None
-        how: list[str] = []
         try:
-            outcome = await self._fetch(query, trace, how)
+            outcome = await self._fetch(query, trace)
         finally:
             waiters = self._inflight.pop(query.key, [])
-            if how:
-                if trace is not None:
-                    trace.source = how[0]
-                if respond is not None:
-                    _mark(respond, how[0])
             if respond is not None:
                 self._deliver(query, respond, udp, outcome)
             for waiter in waiters:
                 self._deliver(*waiter, outcome)
 
-    async def _fetch(self, query: wire.ClientQuery, trace: Trace | None, how: list[str]) -> Outcome:
-        """One upstream exchange for the question; the cache learns the answer or the failure.
-        how: told "synthesized" when the validator answered from held proofs (RFC 8198)."""
+    async def _fetch(self, query: wire.ClientQuery, trace: Trace | None = None) -> Outcome:
+        """One upstream exchange for the question; the cache learns the answer or the failure."""
         deadline = self._loop.time() + self.config.timeout
         name = (self.router.group_for(query.key[:-5]) if self.router else None) or DEFAULT_GROUP
         group = self.groups[name]
@@ -540,7 +566,6 @@ class Resolver:
                 body, ttl_offsets, layout = validated.body, validated.ttl_offsets, validated.layout
                 status = validated.status
                 self._note(query.key, validated.note)
-                how.append(validated.source)
             else:
                 body, ttl_offsets, layout = await group.forward(query, deadline, trace=trace)
                 if trace is not None:

@@ -61,8 +61,6 @@ class Validated:
     status: ValidationStatus
     #: an Extended DNS Error that goes with the answer (why it is insecure: EDE 1, 2, 27)
     note: tuple[int, str] | None = None
-    #: "upstream", or "synthesized": proven from held NSEC/NSEC3 records (RFC 8198)
-    source: str = "upstream"
 
 
 class Validation:
@@ -98,21 +96,6 @@ class Validation:
         group: UpstreamGroup,
         deadline: float,
         trace: Trace | None = None,
-    ) -> Validated:
-        """The validated answer: proven from held NSEC/NSEC3 records (RFC 8198) when they prove
-        it, else from upstream (`_forward_checked`)."""
-        if not query.cd and self.validator.aggressive and query.qclass == 1:
-            synthesized = self._synthesized(query, trace)
-            if synthesized is not None:
-                return synthesized
-        return await self._forward_checked(query, group, deadline, trace)
-
-    async def _forward_checked(
-        self,
-        query: wire.ClientQuery,
-        group: UpstreamGroup,
-        deadline: float,
-        trace: Trace | None,
     ) -> Validated:
         """Forward with DO and CD, and validate. A bogus answer may be one upstream's lie: then
         the others are asked (up to MAX_BOGUS_RETRIES more), the DS/DNSKEY questions too, before
@@ -179,10 +162,12 @@ class Validation:
         reply = (body, ttl_offsets, layout)
         return await self._validated(query, reply, group, deadline, trace, tuple(avoid))
 
-    def _synthesized(self, query: wire.ClientQuery, trace: Trace | None) -> Validated | None:
+    def synthesized(self, query: wire.ClientQuery, trace: Trace | None) -> Validated | None:
         """A wildcard answer, NXDOMAIN or NODATA proven from the records of earlier secure
         answers (RFC 8198), shaped for this client as a received one would be; None: ask
         upstream."""
+        if query.qclass != 1:
+            return None
         started = time.perf_counter() if trace is not None else 0.0
         qname = dns.name.from_wire(query.question, 0)[0]
         found = self.validator.synthesize(qname, query.qtype, time.time())
@@ -199,8 +184,7 @@ class Validation:
             verdict = Verdict(Security.SECURE, reason=found.reason, zone=str(found.zone),
                               chain=links)  # fmt: skip
             trace.validation = validation_view(verdict, started, 0)
-        return Validated(body, layout.ttl_offsets, layout, ValidationStatus.SECURE,
-                         source="synthesized")  # fmt: skip
+        return Validated(body, layout.ttl_offsets, layout, ValidationStatus.SECURE)
 
     def _may_ask_another(
         self,

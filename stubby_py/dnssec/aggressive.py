@@ -38,10 +38,12 @@ NSEC3_TYPE = dns.rdatatype.NSEC3
 #: questions never answered from held proofs: DS is the parent's (a zone's apex records do not
 #: speak for it), ANY and RRSIG are not denied by a bitmap the usual way
 NOT_SYNTHESIZED = frozenset({dns.rdatatype.DS, dns.rdatatype.ANY, dns.rdatatype.RRSIG})
-#: NSEC/NSEC3 records held at most, all zones together (a few hundred bytes each)
-MAX_RECORDS = 10_000
+#: NSEC/NSEC3 records and wildcard RRsets held at most, all zones together: ~2.7 KB each as
+#: dnspython objects with their RRSIGs and wire form (measured), so ~5 MB at most; a zone's
+#: whole neighbourhood of a flood of random names takes a handful
+MAX_RECORDS = 2_000
 #: zones held at most
-MAX_ZONES = 1_000
+MAX_ZONES = 500
 #: labels below the zone a name may have to be looked up (each costs NSEC3 hashing)
 MAX_DEPTH = 16
 

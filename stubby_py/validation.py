@@ -169,10 +169,13 @@ class Validation:
         if query.qclass != 1:
             return None
         started = time.perf_counter() if trace is not None else 0.0
-        qname = dns.name.from_wire(query.question, 0)[0]
-        found = self.validator.synthesize(qname, query.qtype, time.time())
+        now = time.time()
+        found = self.validator.synthesize_wire(query.qname_wire, query.qtype, now)
         if found is None:
-            return None
+            qname = dns.name.from_wire(query.question, 0)[0]
+            found = self.validator.synthesize(qname, query.qtype, now)
+            if found is None:
+                return None
         self._counters["dnssec_synthesized"] += 1
         body = found.render(query.question, query.qtype, query.do)
         layout = wire.scan_reply(body)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import dns.message
 import dns.name
 import dns.rcode
@@ -136,3 +138,51 @@ def test_the_held_records_are_bounded() -> None:
         cache.learn(zone, proofs, NOW)
         assert len(cache) <= 10
     assert len(cache._zones) <= 3
+
+
+def test_the_fast_path_never_answers_where_the_proof_would_not() -> None:
+    """synthesize_wire reuses a proven NSEC span by canonical keys; for every name it answers,
+    the full proof (denial.py) gives the same answer, and it answers names in a proven span."""
+    tree = Tree()
+    tree.add_zone("example.")
+    tree.add("example.", "SOA", f"ns.example. host.example. 1 3600 600 86400 {SOA_MINIMUM}")
+    tree.add("b.example.", "A", "192.0.2.1")
+    tree.add("x.y.b.example.", "A", "192.0.2.3")  # y.b.example.: an empty non-terminal
+    tree.add("d.example.", "NS", "ns.d.example.")  # an insecure delegation
+    tree.add("www.example.", "A", "192.0.2.2")
+    chain = ["example.", "b.example.", "x.y.b.example.", "d.example.", "www.example."]
+    types = ["SOA NS DNSKEY NSEC RRSIG", "A NSEC RRSIG", "A NSEC RRSIG", "NS NSEC RRSIG",
+             "A NSEC RRSIG"]  # fmt: skip
+    for owner, next_, bits in zip(chain, chain[1:] + chain[:1], types, strict=True):
+        tree.add(owner, "NSEC", f"{next_} {bits}")
+    validator = Validator(KeyChain(tree.anchors()))
+    rng = random.Random(8198)
+    alphabet = "abcdwxyz-*"
+    names = ["c.y.b.example.", "y.b.example.", "C.Y.B.Example.", "a.b.example.", "b.example.",
+             "x.y.b.example.", "e.d.example.", "d.example.", "c.example.", "zzz.example.",
+             "*.example.", "e.example.", "example.", "*.y.b.example."]  # fmt: skip
+    for _ in range(400):
+        labels = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 3)))
+                  for _ in range(rng.randint(1, 3))]  # fmt: skip
+        names.append(".".join(labels) + ".example.")
+    # every NSEC held, as the answers of a while would leave them
+    zone = tree.zones[name("example.")]
+    soa = next(r for r in zone.rrsets if r.rdtype == dns.rdatatype.SOA)
+    held = [Held(r, zone.sigs[(r.name, NSEC)], NOW + 300) for r in zone.rrsets if r.rdtype == NSEC]
+    soa_held = Held(soa, zone.sigs[(soa.name, soa.rdtype)], NOW + 300)
+    validator.chain.denials.learn(zone.origin, held, NOW, soa_held)
+    fast_answers = 0
+    for text in names:
+        qname = name(text)
+        for qtype in (A, dns.rdatatype.TXT):
+            full = validator.synthesize(qname, qtype, NOW)  # remembers proven spans
+            fast = validator.synthesize_wire(qname.to_wire() or b"", qtype, NOW)
+            if fast is not None:
+                fast_answers += 1
+                assert full is not None, f"{text}: fast path answered, the proof does not"
+                assert (fast.rcode, fast.authority) == (full.rcode, full.authority), text
+    assert fast_answers > 50
+    # the empty non-terminal after a name below it was proven: NODATA, never NXDOMAIN
+    validator.synthesize(name("c.y.b.example."), A, NOW)
+    ent = validator.synthesize_wire(name("y.b.example.").to_wire() or b"", A, NOW)
+    assert ent is None or ent.rcode == dns.rcode.NOERROR

@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import io
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import dns.dnssec
@@ -46,6 +46,8 @@ MAX_RECORDS = 2_000
 MAX_ZONES = 500
 #: labels below the zone a name may have to be looked up (each costs NSEC3 hashing)
 MAX_DEPTH = 16
+#: proven NSEC spans remembered for the fast path
+MAX_PROVEN = 4_096
 
 
 _HEADER = struct.Struct("!HHHHHH")
@@ -88,17 +90,18 @@ class Synthesis:
     authority: tuple[Held, ...]
     ttl: int
     reason: str
-    #: a wildcard answer: the held wildcard RRset and its RRSIGs, to be expanded to `qname`
+    #: a wildcard answer: the held wildcard RRset and its RRSIGs, to be expanded to the
+    #: question's name (`owner`, in wire form)
     answer: Held | None = None
-    qname: dns.name.Name | None = None
+    owner: bytes = b""
 
     def render(self, question: bytes, qtype: int, dnssec_records: bool) -> bytes:
         """The reply body, the records in wire form as held (TTLs as received: the caller caps
         them to `ttl`); RRSIG, NSEC and NSEC3 records only with `dnssec_records` (DO)."""
         parts: list[bytes] = []
         answers = 0
-        if self.answer is not None and self.qname is not None:
-            owner = _name_wire(self.qname)
+        if self.answer is not None:
+            owner = question[:-4]
             old = len(_name_wire(self.answer.rrset.name))
             data, sigs = self.answer.wire()
             parts.append(_reowned(data, len(self.answer.rrset), old, owner))
@@ -145,6 +148,9 @@ class _Zone:
     #: NSEC records by owner, and the owners in canonical order
     nsecs: dict[dns.name.Name, Held] = field(default_factory=dict)
     nsec_owners: list[dns.name.Name] = field(default_factory=list)
+    #: the same owners as canonical keys (same order), and each NSEC's span by owner key
+    owner_keys: list[Key] = field(default_factory=list)
+    spans: dict[Key, _Span] = field(default_factory=dict)
     #: NSEC3 records of one parameter set, by hashed owner label (upper-case base32hex)
     nsec3_params: tuple[bytes, int] | None = None
     nsec3s: dict[str, Held] = field(default_factory=dict)
@@ -159,13 +165,19 @@ class DenialCache:
         self.max_records = max_records
         self.max_zones = max_zones
         self._zones: dict[dns.name.Name, _Zone] = {}
+        self._by_key: dict[Key, _Zone] = {}
         self._records = 0
+        #: proven spans: (zone, NSEC owner, closest encloser, qtype) -> the answer for any name
+        #: that NSEC covers with that closest encloser (the fast path, `synthesize_wire`)
+        self._proven: dict[tuple[Key, Key, Key, int], _Proven] = {}
 
     def __len__(self) -> int:
         return self._records
 
     def flush(self) -> None:
         self._zones.clear()
+        self._by_key.clear()
+        self._proven.clear()
         self._records = 0
 
     # -- learning -----------------------------------------------------------------------------
@@ -209,15 +221,20 @@ class DenialCache:
         if held is None:
             if len(self._zones) >= self.max_zones:
                 self._drop_zone(next(iter(self._zones)))
-            held = self._zones[zone] = _Zone()
+            held = self._zones[zone] = self._by_key[name_key(zone)] = _Zone()
         return held
 
     def _add_nsec(self, held: _Zone, proof: Held) -> None:
         owner = proof.rrset.name
+        key = name_key(owner)
         if owner not in held.nsecs:
             bisect.insort(held.nsec_owners, owner)
+            bisect.insort(held.owner_keys, key)
             self._records += 1
         held.nsecs[owner] = proof
+        rdata = next(iter(proof.rrset))
+        if isinstance(rdata, NSEC):
+            held.spans[key] = _Span.of(key, rdata)
 
     def _add_nsec3(self, held: _Zone, zone: dns.name.Name, proof: Held) -> None:
         rdata = next(iter(proof.rrset), None)
@@ -238,11 +255,15 @@ class DenialCache:
 
     def _trim(self, now: float) -> None:
         """Past the bound: drop the expired, then whole zones, the longest held first."""
+        self._proven.clear()
         for zone in list(self._zones):
             held = self._zones[zone]
             for owner in [o for o, p in held.nsecs.items() if p.until <= now]:
                 del held.nsecs[owner]
                 held.nsec_owners.remove(owner)
+                owner_key = name_key(owner)
+                held.owner_keys.remove(owner_key)
+                held.spans.pop(owner_key, None)
                 self._records -= 1
             for hashed in [h for h, p in held.nsec3s.items() if p.until <= now]:
                 del held.nsec3s[hashed]
@@ -256,6 +277,8 @@ class DenialCache:
 
     def _drop_zone(self, zone: dns.name.Name) -> None:
         self._records -= len(self._zones.pop(zone))
+        self._by_key.pop(name_key(zone), None)
+        self._proven.clear()
 
     # -- answering ----------------------------------------------------------------------------
     def synthesize(
@@ -276,12 +299,34 @@ class DenialCache:
             nsecs, nsec3s = [], [p.rrset for p in proofs]
         if not proofs:
             return None
+        found = None
         if held.wildcards:
-            answer = self._wildcard_answer(
+            found = self._wildcard_answer(
                 held, zone, qname, qtype, proofs, nsecs, nsec3s, now, max_iterations
             )
-            if answer is not None:
-                return answer
+        if found is None:
+            found = self._negative(
+                held, zone, qname, qtype, proofs, nsecs, nsec3s, now, max_iterations
+            )
+        if found is None:
+            return None
+        if held.nsecs:
+            self._remember_span(zone, held, qname, qtype, found, now)
+        return found
+
+    def _negative(
+        self,
+        held: _Zone,
+        zone: dns.name.Name,
+        qname: dns.name.Name,
+        qtype: int,
+        proofs: list[Held],
+        nsecs: list[dns.rrset.RRset],
+        nsec3s: list[dns.rrset.RRset],
+        now: float,
+        max_iterations: int,
+    ) -> Synthesis | None:
+        """NXDOMAIN, else NODATA, proven from the candidate records, with the zone's SOA."""
         if held.soa is None or held.soa.until <= now:
             return None
         proven = denial.prove_nxdomain(qname, zone, nsecs, nsec3s, max_iterations)
@@ -292,6 +337,64 @@ class DenialCache:
             if proven.outcome != denial.Denial.PROVEN:
                 return None
         return self._answer(zone, held.soa, proofs, rcode, proven.reason, now)
+
+    def _remember_span(
+        self,
+        zone: dns.name.Name,
+        held: _Zone,
+        qname: dns.name.Name,
+        qtype: int,
+        found: Synthesis,
+        now: float,
+    ) -> None:
+        """After a proof from NSEC records: when one NSEC covers qname (it is no owner and no
+        empty non-terminal), the proof holds for every name that NSEC covers with the same
+        closest encloser (the wildcard part of the proof is the same), so remember it."""
+        key = name_key(qname)
+        index = bisect.bisect_right(held.owner_keys, key)
+        span = held.spans.get(held.owner_keys[index - 1] if index else held.owner_keys[-1])
+        if span is None or not span.covers(key):
+            return
+        if len(self._proven) >= MAX_PROVEN:
+            self._proven.clear()
+        records = list(found.authority)
+        if found.answer is not None:
+            records.append(found.answer)
+            cap = int(found.answer.rrset.ttl)
+        else:
+            cap = _soa_minimum(found.authority[0].rrset)
+        until = min(h.until for h in records)
+        proven_key = (name_key(zone), span.owner, span.encloser(key), qtype)
+        self._proven[proven_key] = _Proven(span, found, until, cap)
+
+    def synthesize_wire(self, qname_wire: bytes, qtype: int, now: float) -> Synthesis | None:
+        """The fast path: an answer for a name an NSEC span already proved an answer for
+        (`_remember_span`), found with no dnspython name and no proof run again."""
+        if not self._proven:
+            return None
+        key = wire_key(qname_wire)
+        if key is None:
+            return None
+        by_key = self._by_key
+        for depth in range(len(key), 0, -1):
+            zone_key = key[:depth]
+            held = by_key.get(zone_key)
+            if held is not None:
+                break
+        else:
+            return None
+        owners = held.owner_keys
+        if not owners:
+            return None
+        index = bisect.bisect_right(owners, key)
+        span = held.spans.get(owners[index - 1] if index else owners[-1])
+        if span is None or not span.covers(key):
+            return None
+        proven = self._proven.get((zone_key, span.owner, span.encloser(key), qtype))
+        if proven is None or proven.until <= now or proven.span != span:
+            return None
+        ttl = max(0, min(int(proven.until - now), proven.cap))
+        return replace(proven.found, ttl=ttl)
 
     @staticmethod
     def _wildcard_answer(
@@ -320,9 +423,7 @@ class DenialCache:
             until = min(p.until for p in (wildcard, *proofs))
             ttl = max(0, min(int(until - now), wildcard.rrset.ttl))
             authority = tuple(proofs)
-            return Synthesis(
-                zone, dns.rcode.NOERROR, authority, ttl, proven.reason, wildcard, qname
-            )
+            return Synthesis(zone, dns.rcode.NOERROR, authority, ttl, proven.reason, wildcard)
         return None
 
     def _zone_of(self, qname: dns.name.Name) -> tuple[dns.name.Name, _Zone | None]:
@@ -395,6 +496,84 @@ class DenialCache:
         until = min(p.until for p in (soa, *proofs))
         ttl = max(0, min(int(until - now), record.minimum))
         return Synthesis(zone, rcode, (soa, *proofs), ttl, reason)
+
+
+#: a name as a canonical sort key (RFC 4034 §6.1): its labels lower-cased, the root's first;
+#: tuple order is canonical order, and an ancestor's key is a prefix of its descendants'
+Key = tuple[bytes, ...]
+
+
+def name_key(name: dns.name.Name) -> Key:
+    return tuple(label.lower() for label in reversed(name.labels))
+
+
+def wire_key(wire: bytes) -> Key | None:
+    """The key of an uncompressed name in wire form (a client's question), None if malformed."""
+    labels = []
+    pos = 0
+    end = len(wire)
+    while pos < end:
+        length = wire[pos]
+        if length == 0:
+            labels.append(b"")
+            return tuple(reversed(labels)) if pos + 1 == end else None
+        if length > 63:
+            return None
+        labels.append(wire[pos + 1 : pos + 1 + length].lower())
+        pos += 1 + length
+    return None
+
+
+def _common(a: Key, b: Key) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """An NSEC's owner and next name as keys, and whether it is no authority below its owner."""
+
+    owner: Key
+    next: Key
+    hides_below: bool
+
+    @classmethod
+    def of(cls, owner: Key, rdata: NSEC) -> _Span:
+        types = denial._bitmap_types(rdata.windows)
+        return cls(owner, name_key(rdata.next), denial._hides_below(types))
+
+    def covers(self, key: Key) -> bool:
+        """The NSEC proves the name does not exist (denial._nsec_covering, on keys)."""
+        owner, next_ = self.owner, self.next
+        between = owner < key < next_ if owner < next_ else (key > owner or key < next_)
+        if not between:
+            return False
+        if len(next_) > len(key) and next_[: len(key)] == key:
+            return False  # the next name is below it: an empty non-terminal
+        below_owner = len(key) > len(owner) and key[: len(owner)] == owner
+        return not (below_owner and self.hides_below)
+
+    def encloser(self, key: Key) -> Key:
+        """The closest encloser of a name it covers (denial._nsec_closest_encloser)."""
+        return key[: max(_common(key, self.owner), _common(key, self.next))]
+
+
+@dataclass(frozen=True, slots=True)
+class _Proven:
+    span: _Span
+    found: Synthesis
+    until: float
+    cap: int
+
+
+def _soa_minimum(soa: dns.rrset.RRset) -> int:
+    record = next(iter(soa))
+    assert isinstance(record, SOA)
+    return int(record.minimum)
 
 
 def _floor(ordered: list[K], key: K) -> K | None:

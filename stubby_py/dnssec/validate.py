@@ -137,6 +137,13 @@ class Validator:
             return None
         return self.chain.denials.synthesize(qname, qtype, now, self.chain.max_iterations)
 
+    def synthesize_wire(self, qname_wire: bytes, qtype: int, now: float) -> Synthesis | None:
+        """`synthesize` for a name inside an NSEC span that already proved the same answer (the
+        fast path: no name parsed, no proof run again); None: take `synthesize`."""
+        if not self.aggressive:
+            return None
+        return self.chain.denials.synthesize_wire(qname_wire, qtype, now)
+
     def _hold(
         self,
         judged: _Judgement,

@@ -461,7 +461,7 @@ class Resolver:
             return
         self.counters["cache_misses"] += 1
         synthesizing = self.validation is not None
-        if synthesizing and self._answer_synthesized(query, respond, udp, now, trace):
+        if synthesizing and self._answer_synthesized(query, respond, udp, trace):
             return
         self._start(query, respond, udp, trace)
 
@@ -470,11 +470,12 @@ class Resolver:
         query: wire.ClientQuery,
         respond: Respond,
         udp: bool,
-        now: float,
         trace: Trace | None,
     ) -> bool:
         """A miss the validator can answer from the proofs it holds (RFC 8198), answered here and
-        now with no task and no upstream query, and cached as a validated answer would be."""
+        now with no task and no upstream query. Not stored in the answer cache: the held proofs
+        are the cache (as in Unbound), so a flood of random names under a signed zone neither
+        leaves the machine nor evicts the answers cached for everyone else."""
         validation = self.validation
         if validation is None or query.cd or not validation.validator.aggressive:
             return False
@@ -483,16 +484,12 @@ class Resolver:
         validated = validation.synthesized(query, trace)
         if validated is None:
             return False
-        body = validated.body
-        body = self.cache.store(query.key, body, validated.ttl_offsets, validated.layout, now,
-                                validated.status) or body  # fmt: skip
-        self._note(query.key, None)
         self.counters["answered"] += 1
         _mark(respond, "synthesized")
         if trace is not None:
             trace.source = "synthesized"
         limit = response.udp_limit(query) if udp else None
-        respond(response.client_reply(body, query, limit=limit))
+        respond(response.client_reply(validated.body, query, limit=limit))
         return True
 
     def _start(

@@ -180,7 +180,8 @@ class Validation:
         body = found.render(query.question, query.qtype, query.do)
         layout = wire.scan_reply(body)
         body = wire.cap_ttls(body, layout.ttl_offsets, found.ttl)
-        layout = wire.scan_reply(body)
+        if layout.min_ttl is not None:
+            layout.min_ttl = min(layout.min_ttl, found.ttl)
         if trace is not None:
             keys = self.validator.chain.cached(found.zone, time.time())
             links = keys.links if keys is not None else ()

@@ -74,6 +74,12 @@ def test_nxdomain_in_a_held_nsec_span_is_answered_without_asking(
     assert plain.rcode() == NXDOMAIN and has_ad(plain), describe(plain)
     assert types_in(plain.authority) == {SOA}, describe(plain)
     assert daemon.resolver.counters["dnssec_synthesized"] == 2
+    # a flood of random names in the span: answered, none leaves the machine, none is cached
+    cached = daemon.call(len, daemon.resolver.cache)
+    for n in range(40):
+        assert ask(daemon.port, f"o{n}.nsec.test.").rcode() == NXDOMAIN
+    assert proxy.forwarded == before
+    assert daemon.call(len, daemon.resolver.cache) == cached
     # a name outside the held spans goes upstream (www < zz: the last NSEC, not held)
     assert ask(daemon.port, "zz.nsec.test.").rcode() == NXDOMAIN
     assert proxy.forwarded > before

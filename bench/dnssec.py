@@ -162,6 +162,8 @@ class Bench:
     upstream_pids: tuple[int, ...]
     duration: float
     transport: str  # "dot" or "udp": how stubby-py reaches the recursive Unbound
+    #: False: `aggressive_nsec: false` (what verify-once alone does, without RFC 8198)
+    aggressive: bool = True
 
     def upstream_ticks(self) -> int:
         return sum(cpu_ticks(pid) for pid in self.upstream_pids)
@@ -178,6 +180,7 @@ class Daemon:
         conf = bench.tmp / f"{slug}.yaml"
         conf.write_text(
             f'rate_limit: 0\nuser: null\ncache_file: false\ncontrol_socket: "{self.sock}"\n'
+            + ("" if bench.aggressive else "aggressive_nsec: false\n")
         )
         h = bench.hierarchy
         argv = [
@@ -641,6 +644,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-unbound", action="store_true", help="leave out the Unbound validating forwarder rows"
     )
+    parser.add_argument(
+        "--no-aggressive-nsec",
+        action="store_true",
+        help="stubby-py with aggressive_nsec: false (every question goes upstream)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")
     args = parser.parse_args(argv)
@@ -656,7 +664,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row | Cold]:
     with signed_hierarchy(tmp / "hierarchy") as hierarchy:
         upstreams = tuple(pin_servers(children))
-        bench = Bench(children, tmp, hierarchy, upstreams, args.duration, args.transport)
+        bench = Bench(
+            children, tmp, hierarchy, upstreams, args.duration, args.transport,
+            not args.no_aggressive_nsec,
+        )  # fmt: skip
         for index, (key, mode) in enumerate(plan(args.loads, not args.no_unbound)):
             yield measure_row(bench, index, key, mode)
         if args.cold_rounds:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +19,11 @@ import dns.message
 import dns.name
 import dns.rcode
 import dns.rdatatype
+import dns.rrset
 import pytest
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 
+from stubby_py.dnssec.aggressive import Held
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
 from tests.peers import LOOPBACK
@@ -204,3 +207,33 @@ def test_a_wildcard_answer_is_expanded_from_the_held_wildcard(
     # a name that exists is never answered from the wildcard
     www = ask(daemon.port, f"www.{zone}", "TXT")
     assert www.rcode() == NOERROR and not www.answer, describe(www)
+
+
+def test_held_opt_out_records_never_prove_nxdomain(
+    counted: tuple[DaemonThread, TamperProxy],
+) -> None:
+    """Even held (as if validated), the records of an opt-out span prove no NXDOMAIN: an
+    unsigned delegation may lie there (RFC 8198 §4.2, RFC 5155 §6)."""
+    daemon, proxy = counted
+    first = ask(daemon.port, "nx.optout.test.")
+    assert first.rcode() == NXDOMAIN and not has_ad(first), describe(first)
+
+    def sigs(rrset: dns.rrset.RRset) -> dns.rrset.RRset:
+        return next(
+            r for r in first.authority
+            if r.rdtype == dns.rdatatype.RRSIG and r.name == rrset.name and r.covers == rrset.rdtype
+        )  # fmt: skip
+
+    until = time.time() + 300
+    nsec3s = [Held(r, sigs(r), until) for r in first.authority if r.rdtype == NSEC3_TYPE]
+    soa = next(Held(r, sigs(r), until) for r in first.authority if r.rdtype == SOA)
+    assert len(nsec3s) >= 2
+    zone = dns.name.from_text("optout.test.")
+    denials = daemon.resolver.validation.validator.chain.denials
+    daemon.call(denials.learn, zone, nsec3s, time.time(), soa)
+    found = daemon.call(denials.synthesize, dns.name.from_text("nx.optout.test."),
+                        dns.rdatatype.TXT, time.time(), 150)  # fmt: skip
+    assert found is None
+    before = proxy.forwarded
+    again = ask(daemon.port, "nx.optout.test.", "TXT")
+    assert proxy.forwarded == before + 1 and not has_ad(again), describe(again)

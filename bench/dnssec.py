@@ -101,6 +101,7 @@ class Load:
 LOADS: dict[str, Load] = {
     "wild-nsec": Load("wild.nsec.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC, P-256"),
     "wild-nsec3": Load("wild.nsec3.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC3, P-256"),
+    "nx-nsec3": Load("nsec3.test.", "A", "NXDOMAIN", "nx", "NXDOMAIN + NSEC3, P-256"),
     # NODATA under a wildcard (*.wild has TXT only): every name new, the same proof each time
     "nodata-nsec": Load("wild.nsec.test.", "MX", "NOERROR", "nodata", "wildcard NODATA + NSEC"),
     **{

@@ -8,7 +8,9 @@ the private root's DS as its trust anchor; dnsperf and both servers sit on CPU 1
 
 1. Throughput, every query a cache miss (unique names, ``dnsperf -n 1``): max queries/s and
    stubby-py's CPU per query with validation off and on (key cache warm), for wildcard answers
-   with an NSEC or NSEC3 proof and for NXDOMAIN answers in zones of different algorithms.
+   with an NSEC or NSEC3 proof and for NXDOMAIN answers in zones of different algorithms; and
+   the same loads through Unbound as a validating forwarder at its defaults (same DoT upstream,
+   same CPU, same trust anchor: the ``unbound`` rows, ``cpu/ub`` is stubby-py's ratio to it).
 2. Latency of the first validated query to a zone (chain of trust fetched) vs a warm one (keys
    cached) vs validation off, p50 over a bounded number of fresh daemons. A full ``stubby-py
    flush`` would now empty the validator's key cache too, but a new daemon per round leaves
@@ -72,7 +74,9 @@ from forwarding import (  # noqa: E402
 from stubby_py import control  # noqa: E402
 from tests.dnssec_hierarchy import Hierarchy, signed_hierarchy  # noqa: E402
 
-NAMES_PER_SECOND = 40_000  # sizes each query file: far above any rate reached here
+#: sizes each query file: above any rate reached here (Unbound answering from aggressive NSEC
+#: passes 100,000 q/s); each row's file is removed after it
+NAMES_PER_SECOND = 150_000
 #: dnsperf -q: below forwarding.py's 500, so that the recursive Unbound and NSD (one core with
 #: dnsperf) are not flooded; still far more than a validating stubby-py needs to stay busy
 OUTSTANDING = 200
@@ -99,6 +103,9 @@ class Load:
 LOADS: dict[str, Load] = {
     "wild-nsec": Load("wild.nsec.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC, P-256"),
     "wild-nsec3": Load("wild.nsec3.test.", "TXT", "NOERROR", "wild", "wildcard TXT + NSEC3, P-256"),
+    "nx-nsec3": Load("nsec3.test.", "A", "NXDOMAIN", "nx", "NXDOMAIN + NSEC3, P-256"),
+    # NODATA under a wildcard (*.wild has TXT only): every name new, the same proof each time
+    "nodata-nsec": Load("wild.nsec.test.", "MX", "NOERROR", "nodata", "wildcard NODATA + NSEC"),
     **{
         f"nx-{zone}": Load(f"{zone}.test.", "A", "NXDOMAIN", "nx", f"NXDOMAIN + NSEC, alg {alg}")
         for zone, alg in (
@@ -114,7 +121,8 @@ LOADS: dict[str, Load] = {
     "nx-insecure": Load("insecure.test.", "A", "NXDOMAIN", "nx", "NXDOMAIN, unsigned", False),
 }
 DEFAULT_LOADS = (
-    "wild-nsec", "wild-nsec3", "nx-rsasha256", "nx-ecdsap256", "nx-ed25519", "nx-insecure",
+    "wild-nsec", "wild-nsec3", "nodata-nsec", "nx-rsasha256", "nx-ecdsap256", "nx-ed25519",
+    "nx-insecure",
 )  # fmt: skip
 
 
@@ -157,6 +165,8 @@ class Bench:
     upstream_pids: tuple[int, ...]
     duration: float
     transport: str  # "dot" or "udp": how stubby-py reaches the recursive Unbound
+    #: False: `aggressive_nsec: false` (what verify-once alone does, without RFC 8198)
+    aggressive: bool = True
 
     def upstream_ticks(self) -> int:
         return sum(cpu_ticks(pid) for pid in self.upstream_pids)
@@ -173,6 +183,7 @@ class Daemon:
         conf = bench.tmp / f"{slug}.yaml"
         conf.write_text(
             f'rate_limit: 0\nuser: null\ncache_file: false\ncontrol_socket: "{self.sock}"\n'
+            + ("" if bench.aggressive else "aggressive_nsec: false\n")
         )
         h = bench.hierarchy
         argv = [
@@ -227,6 +238,50 @@ class Daemon:
 
     def stats(self) -> dict[str, Any]:
         return control.request(str(self.sock), "stats", timeout=5.0)
+
+
+class UnboundForwarder(Daemon):
+    """Unbound as a validating forwarder on FORWARDER_CPU, at its defaults (module-config
+    "validator iterator", one thread, aggressive-nsec as its version ships it), forwarding
+    everything over DoT to the hierarchy's Unbound, with the same private root anchor. The
+    only settings are where to listen, where to forward, and whom to trust; do-not-query-
+    localhost: no lets it forward to 127.0.0.1 at all, and local-zone "test." nodefault lets
+    the private hierarchy's test. through (Unbound answers it NXDOMAIN itself by default,
+    RFC 6761)."""
+
+    def __init__(self, bench: Bench, mode: str, slug: str) -> None:
+        self.bench, self.mode = bench, mode
+        self.port = free_ports(1)[0]
+        directory = bench.tmp / f"{slug}-unbound"
+        directory.mkdir()
+        self.log = bench.tmp / f"{slug}.log"
+        h = bench.hierarchy
+        conf = directory / "unbound.conf"
+        conf.write_text(
+            "server:\n"
+            "  verbosity: 0\n"
+            '  chroot: ""\n'
+            '  username: ""\n'
+            f'  directory: "{directory}"\n'
+            f'  pidfile: "{directory / "unbound.pid"}"\n'
+            "  use-syslog: no\n"
+            f"  interface: {HOST}@{self.port}\n"
+            "  do-not-query-localhost: no\n"
+            '  local-zone: "test." nodefault\n'
+            f'  trust-anchor-file: "{h.anchor_ds_file}"\n'
+            f'  tls-cert-bundle: "{h.ca_file}"\n'
+            "remote-control:\n"
+            "  control-enable: no\n"
+            "forward-zone:\n"
+            '  name: "."\n'
+            "  forward-tls-upstream: yes\n"
+            f"  forward-addr: {HOST}@{h.resolver_dot_port}#{h.dot_auth_name}\n"
+        )
+        argv = ["taskset", "-c", str(FORWARDER_CPU), "unbound", "-d", "-c", str(conf)]
+        self.proc = bench.children.start(argv, self.log)
+
+    def stats(self) -> dict[str, Any]:
+        return {}  # no control socket: the secure/servfail counts stay unknown
 
 
 def ask(
@@ -292,7 +347,8 @@ def check_answers(daemon: Daemon, load: Load, prefix: str) -> str | None:
         reply, _ = ask(daemon.port, f"{prefix}check{n}.{load.zone}", load.qtype)
         rcode = dns.rcode.to_text(reply.rcode())
         ad = bool(reply.flags & dns.flags.AD)
-        if rcode != load.rcode or ad != (daemon.mode == "validate" and load.signed):
+        validating = daemon.mode in ("validate", "unbound")
+        if rcode != load.rcode or ad != (validating and load.signed):
             return f"{rcode}, AD {'set' if ad else 'clear'}"
     return None
 
@@ -304,7 +360,8 @@ def measure_row(bench: Bench, index: int, key: str, mode: str) -> Row:
     write_names(names, load, prefix, int(NAMES_PER_SECOND * bench.duration))
     print(f"-- {row.label}: {bench.duration:g} s at max rate", file=sys.stderr, flush=True)
     try:
-        with Daemon(bench, mode, f"row{index}") as daemon:
+        forwarder = UnboundForwarder if mode == "unbound" else Daemon
+        with forwarder(bench, mode, f"row{index}") as daemon:
             row.check = check_answers(daemon, load, prefix)
             pid, port = daemon.proc.pid, daemon.port
             stats0 = daemon.stats()
@@ -325,27 +382,38 @@ def measure_row(bench: Bench, index: int, key: str, mode: str) -> Row:
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         row.error = f"{exc}\n{read_tail(bench.tmp / f'row{index}.log')}".strip()
         return row
+    finally:
+        names.unlink(missing_ok=True)
     done = max(row.max_rate.completed, 1)
     row.cpu_us_per_query = (ticks1 - ticks0) / CLK_TCK / done * 1e6
     row.upstream_cpu_us_per_query = (up1 - up0) / CLK_TCK / done * 1e6
     row.forwarder_core_busy = busy_share(cores[0], cores[-1], FORWARDER_CPU)
     row.load_core_busy = busy_share(cores[0], cores[-1], LOAD_CPU)
     row.listener_drops = drops1 - drops0
-    counters0, counters1 = stats0["counters"], stats1["counters"]
-    row.secure = counters1.get("dnssec_secure", 0) - counters0.get("dnssec_secure", 0)
-    row.servfail = stats1["servfail"] - stats0["servfail"]
+    if stats0 and stats1:
+        counters0, counters1 = stats0["counters"], stats1["counters"]
+        secure = ("dnssec_secure", "dnssec_synthesized")
+        row.secure = sum(counters1.get(k, 0) - counters0.get(k, 0) for k in secure)
+        row.servfail = stats1["servfail"] - stats0["servfail"]
     return row
 
 
-def plan(loads: Sequence[str]) -> list[tuple[str, str]]:
-    """(load, mode) in run order: each kind's validation-off baseline first."""
+def plan(loads: Sequence[str], unbound: bool = True) -> list[tuple[str, str]]:
+    """(load, mode) in run order: each kind's validation-off baseline first; with `unbound`,
+    Unbound validating the same load right after stubby-py."""
     rows: list[tuple[str, str]] = []
     for key in loads:
         kind = LOADS[key].kind
         if not any(LOADS[k].kind == kind and m == "off" for k, m in rows):
             rows.append((key, "off"))
         rows.append((key, "validate"))
+        if unbound:
+            rows.append((key, "unbound"))
     return rows
+
+
+def unbound_row(rows: Sequence[Row], row: Row) -> Row | None:
+    return next((r for r in rows if r.mode == "unbound" and r.load == row.load), None)
 
 
 def baseline(rows: Sequence[Row], row: Row) -> Row | None:
@@ -428,6 +496,7 @@ COLUMNS = (
     ("upstr µs/q", 11),
     ("qps/off", 9),
     ("cpu/off", 9),
+    ("cpu/ub", 8),
     ("cpu0 %", 7),
     ("cpu1 %", 7),
     ("others %", 9),
@@ -441,7 +510,8 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
 
     lines = [
         "throughput, every query a cache miss (dnsperf -c 4 -q 200, unique names); "
-        "qps/off, cpu/off: ratio to the validation-off row of the same kind",
+        "qps/off, cpu/off: ratio to the validation-off row of the same kind; cpu/ub: to the "
+        "unbound row (Unbound 'validator iterator' forwarding over DoT, its defaults) of the load",
         "",
         line([name for name, _ in COLUMNS]),
     ]
@@ -452,6 +522,8 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
         base = baseline(rows, row)
         base_qps = base.max_rate.qps if base and base.max_rate else None
         base_cpu = base.cpu_us_per_query if base else None
+        ub = unbound_row(rows, row) if row.mode == "validate" else None
+        ub_cpu = ub.cpu_us_per_query if ub else None
         lines.append(
             line(
                 [
@@ -462,6 +534,7 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
                     _fmt(row.upstream_cpu_us_per_query, ".1f"),
                     _fmt(_ratio(row.max_rate.qps, base_qps), ".2f"),
                     _fmt(_ratio(row.cpu_us_per_query, base_cpu), ".2f"),
+                    _fmt(_ratio(row.cpu_us_per_query, ub_cpu), ".2f"),
                     _pct(row.forwarder_core_busy),
                     _pct(row.load_core_busy),
                     _pct(row.others_share),
@@ -522,6 +595,7 @@ def row_notes(row: Row) -> list[str]:
     if row.check:
         out.append(f"{row.label}: check queries got {row.check}")
     signed = LOADS[row.load].signed
+    # secure: validated upstream answers and answers proven from held records (RFC 8198)
     if row.mode == "validate" and signed and row.secure is not None and row.secure < run.completed:
         out.append(f"{row.label}: only {row.secure} of {run.completed} answers validated secure")
     if run.lost:
@@ -572,6 +646,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="dot",
         help="stubby-py to the recursive Unbound: DoT (default) or plain UDP",
     )
+    parser.add_argument(
+        "--no-unbound", action="store_true", help="leave out the Unbound validating forwarder rows"
+    )
+    parser.add_argument(
+        "--no-aggressive-nsec",
+        action="store_true",
+        help="stubby-py with aggressive_nsec: false (every question goes upstream)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")
     args = parser.parse_args(argv)
@@ -587,8 +669,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row | Cold]:
     with signed_hierarchy(tmp / "hierarchy") as hierarchy:
         upstreams = tuple(pin_servers(children))
-        bench = Bench(children, tmp, hierarchy, upstreams, args.duration, args.transport)
-        for index, (key, mode) in enumerate(plan(args.loads)):
+        bench = Bench(
+            children, tmp, hierarchy, upstreams, args.duration, args.transport,
+            not args.no_aggressive_nsec,
+        )  # fmt: skip
+        for index, (key, mode) in enumerate(plan(args.loads, not args.no_unbound)):
             yield measure_row(bench, index, key, mode)
         if args.cold_rounds:
             yield measure_cold(bench, args.cold_rounds)

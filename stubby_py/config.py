@@ -180,6 +180,8 @@ class Config:
     nsec3_max_iterations: int = 150
     #: follow the trust anchors' key rollovers (RFC 5011), state kept in the state directory
     trust_anchor_updates: bool = True
+    #: answer NXDOMAIN/NODATA proven by validated NSEC/NSEC3 records already held (RFC 8198)
+    aggressive_nsec: bool = True
     #: renew upstream connections after network changes and resume from suspend (Linux)
     watch_network: bool = True
     #: where the configuration came from (for messages)
@@ -532,6 +534,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "nsec3_max_iterations": lambda n: r.integer(n, "nsec3_max_iterations", 0, 65_535),
         "watch_network": lambda n: r.boolean(n, "watch_network"),
         "trust_anchor_updates": lambda n: r.boolean(n, "trust_anchor_updates"),
+        "aggressive_nsec": lambda n: r.boolean(n, "aggressive_nsec"),
     }
 
 

@@ -91,7 +91,8 @@ class Trace:
     rule: str | None = None
     group: str = "default"
     cache: CacheView = field(default_factory=CacheView)
-    #: cache | joined (an identical question was in flight) | upstream | stale | held-failure
+    #: cache | joined (an identical question was in flight) | upstream | stale | held-failure |
+    #: synthesized (proven from held NSEC/NSEC3 records, RFC 8198)
     source: str = ""
     attempts: list[Attempt] = field(default_factory=list)
     answered_by: str | None = None
@@ -153,6 +154,8 @@ def _answered(report: Mapping[str, Any]) -> str:
         return f"held failure ({cache}): no upstream asked"
     if source == "joined":
         return "an identical question already in flight (joined it)"
+    if source == "synthesized":
+        return "synthesized from validated NSEC/NSEC3 records held (RFC 8198): no upstream asked"
     if source == "stale":
         return "stale cache entry (RFC 8767): every upstream failed"
     by = report.get("answered_by")

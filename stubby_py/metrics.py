@@ -58,6 +58,7 @@ COUNTER_HELP = {
     "dnssec_indeterminate": "Answers whose chain of trust could not be fetched (SERVFAIL)",
     "dnssec_unchecked": "Answers passed through unchecked because the client set CD",
     "dnssec_retries": "Bogus answers asked again of another upstream",
+    "dnssec_synthesized": "NXDOMAIN/NODATA answers proven from held NSEC/NSEC3 (RFC 8198)",
 }
 
 

@@ -69,8 +69,8 @@ ADMITTED, REFUSED, DROPPED = 0, 1, 2
 
 class LoggedRespond:
     """A client's `respond` that also writes the query log line: where the answer came from
-    ("cache", "upstream", "joined", "stale", "held-failure", "local", "any-minimal", "rejected",
-    "rate-limited"), set on the way by `_mark`."""
+    ("cache", "upstream", "synthesized", "joined", "stale", "held-failure", "local",
+    "any-minimal", "rejected", "rate-limited"), set on the way by `_mark`."""
 
     __slots__ = ("client_ip", "log", "query", "respond", "source")
 
@@ -175,6 +175,7 @@ class Resolver:
             "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
             "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
             "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
+            "dnssec_synthesized": 0,
             "network_changes": 0,
         }  # fmt: skip
         self._apply(config, transports)
@@ -254,6 +255,9 @@ class Resolver:
             and old.validator.chain.max_iterations == config.nsec3_max_iterations
         ):
             old.timeout = config.timeout
+            old.validator.aggressive = config.aggressive_nsec
+            if not config.aggressive_nsec:
+                old.validator.chain.denials.flush()
             return old
         updates = None
         if config.trust_anchor_updates:
@@ -267,7 +271,8 @@ class Resolver:
         if updates is not None:
             updates.chain = chain
         return Validation(
-            Validator(chain), config.timeout, self.counters, configured=trusted, updates=updates,
+            Validator(chain, aggressive=config.aggressive_nsec), config.timeout, self.counters,
+            configured=trusted, updates=updates,
             main_group=lambda: self.groups[DEFAULT_GROUP],
         )  # fmt: skip
 
@@ -450,7 +455,37 @@ class Resolver:
             self._answer_held_failure(query, respond, udp, held, now)
             return
         self.counters["cache_misses"] += 1
+        synthesizing = self.validation is not None
+        if synthesizing and self._answer_synthesized(query, respond, udp, trace):
+            return
         self._start(query, respond, udp, trace)
+
+    def _answer_synthesized(
+        self,
+        query: wire.ClientQuery,
+        respond: Respond,
+        udp: bool,
+        trace: Trace | None,
+    ) -> bool:
+        """A miss the validator can answer from the proofs it holds (RFC 8198), answered here and
+        now with no task and no upstream query. Not stored in the answer cache: the held proofs
+        are the cache (as in Unbound), so a flood of random names under a signed zone neither
+        leaves the machine nor evicts the answers cached for everyone else."""
+        validation = self.validation
+        if validation is None or query.cd or not validation.validator.aggressive:
+            return False
+        if self.router and self.router.group_for(query.key[:-5]) not in (None, DEFAULT_GROUP):
+            return False  # another group's names are not validated
+        validated = validation.synthesized(query, trace)
+        if validated is None:
+            return False
+        self.counters["answered"] += 1
+        _mark(respond, "synthesized")
+        if trace is not None:
+            trace.source = "synthesized"
+        limit = response.udp_limit(query) if udp else None
+        respond(response.client_reply(validated.body, query, limit=limit))
+        return True
 
     def _start(
         self,

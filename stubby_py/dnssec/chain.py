@@ -30,10 +30,12 @@ from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.dnskeybase import Flag
 
 from stubby_py.dnssec import denial
+from stubby_py.dnssec.aggressive import DenialCache
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
 from stubby_py.dnssec.verify import (
     SUPPORTED_ALGORITHMS,
+    VERIFIED,
     Budget,
     SignatureCheck,
     is_supported_ds,
@@ -166,6 +168,8 @@ class KeyChain:
         self._zones: dict[dns.name.Name, ZoneKeys] = {}
         #: names proven not to be zone cuts, until when
         self._not_cuts: dict[dns.name.Name, float] = {}
+        #: NSEC/NSEC3 records of secure proofs, for answers proven from them (RFC 8198)
+        self.denials = DenialCache()
 
     def __len__(self) -> int:
         return len(self._zones)
@@ -174,6 +178,8 @@ class KeyChain:
         """Forget everything; walks under way then remember nothing of what they found."""
         self._zones.clear()
         self._not_cuts.clear()
+        self.denials.flush()
+        VERIFIED.clear()
         self.generation += 1
 
     def known_insecure(self, name: dns.name.Name, now: float) -> ZoneKeys | None:

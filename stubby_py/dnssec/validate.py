@@ -9,6 +9,7 @@ bogus link makes it bogus, one insecure link (an unsigned zone) makes it insecur
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import dns.message
@@ -17,10 +18,12 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 from dns.edns import EDECode
+from dns.rdata import Rdata
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
 from stubby_py.dnssec import denial
+from stubby_py.dnssec.aggressive import Held, Synthesis
 from stubby_py.dnssec.chain import (
     KeyChain,
     ZoneKeys,
@@ -67,6 +70,9 @@ class _Judgement:
     authority: list[dns.rrset.RRset] = field(default_factory=list)
     #: False: the reply was not examined (an rcode or type not validated): pass it on whole
     examined: bool = True
+    #: the key chain's generation when judging began: proofs found under keys a flush has
+    #: since thrown away are not held for later answers
+    generation: int = 0
 
     def add(
         self,
@@ -119,8 +125,53 @@ class _Judgement:
 
 
 class Validator:
-    def __init__(self, chain: KeyChain) -> None:
+    def __init__(self, chain: KeyChain, *, aggressive: bool = True) -> None:
+        """aggressive: answer from held NSEC/NSEC3 proofs (RFC 8198; `aggressive_nsec`)."""
         self.chain = chain
+        self.aggressive = aggressive
+
+    def synthesize(self, qname: dns.name.Name, qtype: int, now: float) -> Synthesis | None:
+        """An NXDOMAIN or NODATA proven from the NSEC/NSEC3 records of earlier secure answers
+        (RFC 8198), or None (then the question goes upstream)."""
+        if not self.aggressive:
+            return None
+        return self.chain.denials.synthesize(qname, qtype, now, self.chain.max_iterations)
+
+    def synthesize_wire(self, qname_wire: bytes, qtype: int, now: float) -> Synthesis | None:
+        """`synthesize` for a name inside an NSEC span that already proved the same answer (the
+        fast path: no name parsed, no proof run again); None: take `synthesize`."""
+        if not self.aggressive:
+            return None
+        return self.chain.denials.synthesize_wire(qname_wire, qtype, now)
+
+    def _hold(
+        self,
+        judged: _Judgement,
+        zone: ZoneKeys,
+        authority: list[dns.rrset.RRset],
+        proofs: list[dns.rrset.RRset],
+        until: float,
+        soa: Held | None = None,
+        *,
+        wildcard: Held | None = None,
+    ) -> None:
+        """Keep the records of a proof found secure for answers proven from them later (and the
+        wildcard RRset whose expansion it proved, under its own owner name)."""
+        if not self.aggressive or judged.generation != self.chain.generation:
+            return
+        until = min(until, zone.expires)
+        held = []
+        for rrset in proofs:
+            sigs = find_sigs(authority, rrset.name, rrset.rdtype)
+            if sigs is not None:
+                held.append(Held(rrset, sigs, until))
+        if wildcard is not None:
+            wildcard = replace(wildcard, until=min(wildcard.until, zone.expires))
+            self.chain.denials.learn_wildcard(zone.zone, wildcard, held, judged.now)
+            return
+        if soa is not None:
+            soa = replace(soa, until=min(soa.until, zone.expires))
+        self.chain.denials.learn(zone.zone, held, judged.now, soa)
 
     @staticmethod
     def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:
@@ -134,7 +185,7 @@ class Validator:
         self, reply: dns.message.Message, qname: dns.name.Name, qtype: int, now: float
     ) -> Step[Verdict]:
         """Judge `reply` to (qname, qtype), asked with DO and CD set."""
-        judged = _Judgement(now)
+        judged = _Judgement(now, generation=self.chain.generation)
         rcode = reply.rcode()
         if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN) or qtype == RRSIG:
             # RFC 4035 §3.1.5: RRSIGs are not themselves signed; other rcodes carry no data
@@ -225,7 +276,9 @@ class Validator:
         if check.labels < len(rrset.name) - 1 - int(rrset.name.is_wild()):
             # RFC 4035 §5.3.4: expanded from a wildcard; the name itself must be proven absent
             source = rrset.name.split(check.labels + 1)[1]
-            self._wildcard(rrset.name, source, signer, keys, reply, judged)
+            assert sigs is not None
+            expansion = Held(rrset, sigs, signature_expiry(check, rrset, now))
+            self._wildcard(expansion, source, signer, keys, reply, judged)
 
     def _unsigned(
         self, rrset: dns.rrset.RRset, reply: dns.message.Message, judged: _Judgement
@@ -246,13 +299,14 @@ class Validator:
 
     def _wildcard(
         self,
-        name: dns.name.Name,
+        expansion: Held,
         source: dns.name.Name,
         signer: dns.name.Name,
         keys: ZoneKeys,
         reply: dns.message.Message,
         judged: _Judgement,
     ) -> None:
+        name = expansion.rrset.name
         nsecs, nsec3s, until, failure = denial_records(
             reply.authority, signer, keys.keys, judged.now, self.skew, judged.budget
         )
@@ -265,6 +319,17 @@ class Validator:
         )
         self._judge_denial(proof, f"wildcard answer for {name}", signer, judged)
         judged.expires(until)
+        if proof.outcome == denial.Denial.PROVEN:
+            owner = dns.name.Name((b"*", *source.labels))
+            # only the RRSIGs that speak for the wildcard (a junk one is not replayed)
+            labels = len(source) - 1
+            sigs = [s for s in expansion.sigs if s.signer == signer and s.labels == labels]
+            wildcard = Held(
+                _renamed(expansion.rrset, owner, expansion.rrset),
+                _renamed(expansion.sigs, owner, sigs),
+                min(expansion.until, until),
+            )
+            self._hold(judged, keys, reply.authority, nsecs + nsec3s, until, wildcard=wildcard)
 
     # -- NXDOMAIN and NODATA ----------------------------------------------------------------------
     def _negative(
@@ -297,6 +362,7 @@ class Validator:
             judged.keep(judged.authority, soa)
             return
         judged.add(Security.SECURE, links=keys.links)
+        held_soa = None
         if soa is not None and soa.name == signer:
             soa_sigs = find_sigs(authority, soa.name, SOA)
             check = verify_rrset(soa, soa_sigs, signer, keys.keys, now, self.skew,
@@ -306,6 +372,8 @@ class Validator:
                 return
             judged.keep(judged.authority, soa, soa_sigs)
             judged.expires(signature_expiry(check, soa, now))
+            assert soa_sigs is not None
+            held_soa = Held(soa, soa_sigs, signature_expiry(check, soa, now))
         nsecs, nsec3s, until, failure = denial_records(
             authority, signer, keys.keys, now, self.skew, judged.budget
         )
@@ -320,6 +388,8 @@ class Validator:
         else:
             proof = denial.prove_nodata(sname, qtype, signer, nsecs, nsec3s, limit)
         self._judge_denial(proof, f"{kind} for {sname}", signer, judged)
+        if proof.outcome == denial.Denial.PROVEN and held_soa is not None:
+            self._hold(judged, keys, authority, nsecs + nsec3s, until, held_soa)
 
     def _judge_denial(
         self,
@@ -338,6 +408,16 @@ class Validator:
             return
         judged.add(Security.BOGUS, ede=EDECode.NSEC_MISSING, zone=str(zone),
                    reason=f"{what} not proven: {proof.reason}")  # fmt: skip
+
+
+def _renamed(
+    rrset: dns.rrset.RRset, owner: dns.name.Name, rdatas: Iterable[Rdata]
+) -> dns.rrset.RRset:
+    """`rdatas` of `rrset`'s type, TTL and class at another owner."""
+    renamed = dns.rrset.RRset(owner, rrset.rdclass, rrset.rdtype, rrset.covers)
+    for rdata in rdatas:
+        renamed.add(rdata, rrset.ttl)
+    return renamed
 
 
 def _take(judged: _Judgement, zone: ZoneKeys) -> None:

@@ -7,6 +7,7 @@ Extended DNS Error vocabulary (RFC 8914) the client will see.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -200,14 +201,92 @@ def _check_one(
         data = dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
     except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm) as exc:
         return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} unusable ({exc})"
-    for key in candidates[: Budget.MAX_KEYS_PER_SIGNATURE]:
-        if not budget.spend():
-            return EDECode.DNSSEC_BOGUS, _OVER_BUDGET
-        if _verifies(rrsig.signature, data, key):
-            return None
+    verified = _verified_by_one(rrsig.signature, data, candidates, budget)
+    if verified is None:
+        return EDECode.DNSSEC_BOGUS, _OVER_BUDGET
+    if verified:
+        return None
     if len(candidates) > Budget.MAX_KEYS_PER_SIGNATURE:
         return EDECode.DNSSEC_BOGUS, _OVER_BUDGET
     return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} does not verify"
+
+
+class VerifiedSignatures:
+    """Signatures that verified, so that the same signed data is never verified twice.
+
+    An entry is a digest of the exact signed data (RFC 4034 §3.1.8.1: the RRSIG's fields, its
+    signer and the RRset in canonical form, a wildcard owner as signed), the signature and the
+    DNSKEY that verified it. The cache only answers "this key made this signature over this
+    data": a changed record changes the data and misses; a key is asked about only when the
+    caller still trusts it (a rolled, revoked or flushed key is never offered); the clock is
+    checked against the RRSIG's validity before the cache is looked at. Bounded, with
+    second-chance (CLOCK) eviction: an entry used since it was last passed over is spared once.
+    """
+
+    __slots__ = ("_entries", "hits", "limit")
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.limit = limit
+        #: digest -> visited since the hand passed; insertion order is the SIEVE queue
+        self._entries: dict[bytes, bool] = {}
+        self.hits = 0
+
+    def __contains__(self, proof: bytes) -> bool:
+        return proof in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def hit(self, proof: bytes) -> None:
+        self.hits += 1
+        self._entries[proof] = True
+
+    def add(self, proof: bytes) -> None:
+        entries = self._entries
+        if len(entries) >= self.limit:
+            self._evict()
+        entries[proof] = False
+
+    def _evict(self) -> None:
+        """From the oldest on, used entries go to the back (their bit cleared) until an unused
+        one is found and dropped."""
+        entries = self._entries
+        for _ in range(len(entries) + 1):
+            oldest = next(iter(entries))
+            visited = entries.pop(oldest)
+            if not visited:
+                return
+            entries[oldest] = False
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+#: the process's verified signatures (flushed with the key cache, KeyChain.flush)
+VERIFIED = VerifiedSignatures()
+
+
+def _proof_key(data: bytes, signature: bytes, key: DNSKEY) -> bytes:
+    parts = (len(data), len(signature), data, signature, key.to_digestable())
+    return hashlib.sha256(b"%d:%d:%b%b%b" % parts).digest()
+
+
+def _verified_by_one(
+    signature: bytes, data: bytes, candidates: list[DNSKEY], budget: Budget
+) -> bool | None:
+    """Whether one of the first MAX_KEYS_PER_SIGNATURE candidates made the signature over the
+    data (remembered, or verified now); None when the budget ran out first."""
+    for key in candidates[: Budget.MAX_KEYS_PER_SIGNATURE]:
+        proof = _proof_key(data, signature, key)
+        if proof in VERIFIED:
+            VERIFIED.hit(proof)
+            return True
+        if not budget.spend():
+            return None
+        if _verifies(signature, data, key):
+            VERIFIED.add(proof)
+            return True
+    return False
 
 
 #: public key objects by DNSKEY (building one from the DNSKEY costs as much as a verification)

@@ -564,16 +564,18 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
     async def _open(self) -> DoHConnection:
         context = self._contexts.get()
         loop = asyncio.get_running_loop()
+        address = await self.endpoint.address()
         try:
             transport, connection = await loop.create_connection(
                 lambda: DoHConnection(self),
-                self.spec.address,
+                address,
                 self.spec.port,
                 ssl=context,
                 server_hostname=server_hostname(self.spec),
                 ssl_handshake_timeout=self.connect_timeout,
             )
         except OSError as exc:  # ssl.SSLError included
+            self.endpoint.failed(address)
             raise connect_error(self.name, exc) from None
         self._open_connections.add(connection)
         try:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py import wire
+from stubby_py.bootstrap import endpoint_for
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
     UpstreamClosedError,
@@ -210,6 +211,8 @@ class MultiplexedTransport(Generic[C]):
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         self.spec = spec
         self.stats = TransportStats()
+        #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
+        self.endpoint = endpoint_for(spec, config)
         self.idle_timeout = config.upstream_idle_timeout
         self.connect_timeout = max(config.attempt_timeout, 1.0)
         self._config = config

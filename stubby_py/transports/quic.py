@@ -342,17 +342,20 @@ class QuicTransport(MultiplexedTransport[P]):
             token_handler=self._store_token,
         )
         loop = asyncio.get_running_loop()
+        address = await self.endpoint.address()
         try:
             transport, connection = await loop.create_datagram_endpoint(
-                lambda: self._new_connection(quic), remote_addr=(self.spec.address, self.spec.port)
+                lambda: self._new_connection(quic), remote_addr=(address, self.spec.port)
             )
         except OSError as exc:
+            self.endpoint.failed(address)
             raise socket_error(self.name, exc) from None
         try:
             connection.connect(transport.get_extra_info("peername"))
             await connection.handshake
             self._check_session(connection)
         except BaseException:
+            self.endpoint.failed(address)
             connection.close()
             raise
         return connection

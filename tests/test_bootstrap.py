@@ -10,11 +10,14 @@ and the rest of the pool serves.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import dns.edns
 import dns.message
@@ -25,12 +28,14 @@ import dns.rrset
 import pytest
 import trustme
 
-from stubby_py import bootstrap
+from stubby_py import bootstrap, check
 from stubby_py.config import Config, Overrides, apply_overrides, parse_config, parse_upstream_uri
 from stubby_py.errors import ConfigError
 from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
+from tests.doh_server import h2_server, write_cert_files
+from tests.quic_servers import doq_server
 from tests.upstream_server import LocalUpstream, local_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -222,6 +227,44 @@ def test_failed_refresh_keeps_the_last_good_addresses(
         assert book.refresh_failures >= 1
         assert book.addresses() == ["127.0.0.1"]
         assert kinds(daemon) == {}
+
+
+@pytest.mark.parametrize("scheme", ["quic", "https"])
+def test_doq_and_doh_by_hostname_through_an_encrypted_bootstrap(
+    scheme: str, ca: trustme.CA, dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    """The bootstrap is itself a DoT resolver given by IP address (tls://127.0.0.1#dns.test)."""
+    dot_upstream.state.records[f"{HOST}."] = [("A", "127.0.0.1")]
+    boot = f"tls://127.0.0.1:{dot_upstream.port}#dns.test"
+    with contextlib.ExitStack() as stack:
+        if scheme == "quic":
+            cert, key = write_cert_files(ca, str(tmp_path), HOST)
+            server: Any = stack.enter_context(doq_server(cert, key))
+            url = f"quic://{HOST}:{server.port}"
+        else:
+            server = stack.enter_context(h2_server(server_context(ca, HOST)))
+            url = f"https://{HOST}:{server.port}/dns-query"
+        config = make_config(
+            [url], ca_file, bootstrap=(parse_upstream_uri(boot),), bootstrap_file=None,
+            timeout=2.0,
+        )  # fmt: skip
+        with running_daemon(config) as daemon:
+            assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
+            assert kinds(daemon) == {}
+    assert sorted(questions(dot_upstream)) == [(f"{HOST}.", "A"), (f"{HOST}.", "AAAA")]
+
+
+def test_check_connect_resolves_through_the_bootstrap(
+    dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str
+) -> None:
+    config = make_config(
+        [f"tls://{HOST}:{dot_by_name.port}"], ca_file,
+        bootstrap=(parse_upstream_uri(f"udp://127.0.0.1:{resolver.port}"),), bootstrap_file=None,
+    )  # fmt: skip
+    (report,) = asyncio.run(check.check_all(config, 3.0))
+    assert report.usable, report
+    assert (report.address, report.name_matched) == ("127.0.0.1", True)
+    assert report.name == f"tls://{HOST}:{dot_by_name.port}"
 
 
 # --- the bootstrap's answer (sans-IO) -----------------------------------------------------------

@@ -17,8 +17,8 @@ The last good addresses are saved to the state directory (bootstrap_file), so th
 the bootstrap resolvers are unreachable still reaches the upstreams.
 
 Transports hold an `Endpoint` and ask it, each time they open a connection, for the address to
-use (`address()`); a connection that fails tells it (`failed()`), and the next try takes the next
-address, in order.
+use (`address()`); a connect that fails tells it (`failed()`, multiplex.py) and the next address
+is tried at once, in order, within the same connect timeout (no happy eyeballs: one at a time).
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ class Endpoint(Protocol):
         """A connection to `address` failed: the next connect tries the next address."""
         ...
 
+    def count(self) -> int:
+        """How many addresses there are to try (at least 1: the first try finds out)."""
+        ...
+
+    def network_changed(self) -> None:
+        """The network changed (netwatch.py): the addresses are worth asking again."""
+        ...
+
 
 class FixedEndpoint:
     """An upstream given by IP address."""
@@ -88,6 +96,12 @@ class FixedEndpoint:
         return self._address
 
     def failed(self, address: str) -> None:
+        pass
+
+    def count(self) -> int:
+        return 1
+
+    def network_changed(self) -> None:
         pass
 
 
@@ -324,6 +338,20 @@ class AddressBook:
         if not self._addresses:
             raise self._last_error or BootstrapError(f"{self.hostname}: bootstrap: no address")
         return self._addresses[self._index % len(self._addresses)]
+
+    def count(self) -> int:
+        return max(1, len(self._addresses))
+
+    def network_changed(self) -> None:
+        """Ask again at the next use (a LAN bootstrap may answer otherwise on the new network),
+        and put the addresses this host has no route to any more last meanwhile."""
+        self._refresh_at = 0.0
+        self._failures = 0
+        if self._addresses:
+            ipv6 = [a for a in self._addresses if ":" in a]
+            ipv4 = [a for a in self._addresses if ":" not in a]
+            self._addresses = ordered(ipv6, ipv4)
+            self._index = 0
 
     def failed(self, address: str) -> None:
         if self._addresses and self._addresses[self._index % len(self._addresses)] == address:

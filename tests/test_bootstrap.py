@@ -207,6 +207,21 @@ def test_addresses_are_asked_again_when_the_ttl_runs_out(
         assert book.resolutions >= 2
 
 
+def test_addresses_are_tried_in_order_within_one_connect(
+    dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    """The first address has nothing listening (the server binds 127.0.0.1 only): the same
+    connect goes on to the second, and the query is answered."""
+    resolver.state.records[f"{HOST}."] = [("A", "127.0.0.2"), ("A", "127.0.0.1")]
+    config = config_for(dot_by_name, f"udp://127.0.0.1:{resolver.port}", ca_file, tmp_path)
+    with running_daemon(config) as daemon:
+        assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
+        assert kinds(daemon) == {}
+        (book,) = bootstrap.books()
+        assert book.addresses() == ["127.0.0.2", "127.0.0.1"]
+    assert dot_by_name.state.connections == 1
+
+
 def test_failed_refresh_keeps_the_last_good_addresses(
     dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
 ) -> None:
@@ -265,6 +280,29 @@ def test_check_connect_resolves_through_the_bootstrap(
     assert report.usable, report
     assert (report.address, report.name_matched) == ("127.0.0.1", True)
     assert report.name == f"tls://{HOST}:{dot_by_name.port}"
+
+
+def test_network_change_asks_for_the_addresses_again(resolver: LocalUpstream) -> None:
+    config = make_config(
+        [], None, bootstrap=(parse_upstream_uri(f"udp://127.0.0.1:{resolver.port}"),),
+        bootstrap_file=None,
+    )  # fmt: skip
+    endpoint = bootstrap.endpoint_for(parse_upstream_uri(f"tls://{HOST}"), config)
+
+    async def run() -> tuple[int, int, int]:
+        assert await endpoint.address() == "127.0.0.1"
+        first = len(resolver.state.queries)
+        await endpoint.address()  # the TTL (300 s) has not run out: nothing asked
+        same = len(resolver.state.queries)
+        endpoint.network_changed()
+        assert await endpoint.address() == "127.0.0.1"  # the known address meanwhile
+        for _ in range(50):
+            await asyncio.sleep(0.02)
+            if len(resolver.state.queries) > same:
+                break
+        return first, same, len(resolver.state.queries)
+
+    assert asyncio.run(run()) == (2, 2, 4)
 
 
 # --- the bootstrap's answer (sans-IO) -----------------------------------------------------------

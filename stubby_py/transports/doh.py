@@ -575,7 +575,6 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
                 ssl_handshake_timeout=self.connect_timeout,
             )
         except OSError as exc:  # ssl.SSLError included
-            self.endpoint.failed(address)
             raise connect_error(self.name, exc) from None
         self._open_connections.add(connection)
         try:

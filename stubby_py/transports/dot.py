@@ -340,7 +340,6 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
                 lambda: DoTConnection(self), address, self.spec.port, **tls_options
             )
         except OSError as exc:  # ssl.SSLError included
-            self.endpoint.failed(address)
             raise connect_error(self.name, exc) from None
         ssl_object = transport.get_extra_info("ssl_object")
         try:

@@ -29,7 +29,9 @@ from stubby_py import wire
 from stubby_py.bootstrap import endpoint_for
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
+    BootstrapError,
     UpstreamClosedError,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -321,7 +323,7 @@ class MultiplexedTransport(Generic[C]):
         have bound an address or taken a route that the network change took away."""
         for _ in range(MAX_STALE_OPENS):
             generation = self._generation
-            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+            connection = await asyncio.wait_for(self._open_each_address(), self.connect_timeout)
             if generation == self._generation:
                 return connection
             connection.close()
@@ -329,6 +331,23 @@ class MultiplexedTransport(Generic[C]):
 
     async def _open(self) -> C:
         raise NotImplementedError
+
+    async def _open_each_address(self) -> C:
+        """The upstream's addresses in turn (an upstream by hostname may have several: each
+        failed try moves its endpoint to the next) until one connects, or the last fails."""
+        tries = 0
+        while True:
+            address = await self.endpoint.address()  # the one _open is about to get
+            try:
+                return await self._open()
+            except BootstrapError:
+                raise
+            except UpstreamConnectError as exc:
+                self.endpoint.failed(address)
+                tries += 1
+                if tries >= self.endpoint.count():
+                    raise
+                log.debug("%s; trying the next address", exc)
 
     def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
         self._failures += 1
@@ -345,6 +364,7 @@ class MultiplexedTransport(Generic[C]):
     def reset(self) -> None:
         """Network change or resume: forget the backoff, so the next query connects at once,
         and retire the connection, so that no later query travels on it."""
+        self.endpoint.network_changed()
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = None

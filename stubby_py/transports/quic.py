@@ -348,14 +348,12 @@ class QuicTransport(MultiplexedTransport[P]):
                 lambda: self._new_connection(quic), remote_addr=(address, self.spec.port)
             )
         except OSError as exc:
-            self.endpoint.failed(address)
             raise socket_error(self.name, exc) from None
         try:
             connection.connect(transport.get_extra_info("peername"))
             await connection.handshake
             self._check_session(connection)
         except BaseException:
-            self.endpoint.failed(address)
             connection.close()
             raise
         return connection

@@ -300,7 +300,7 @@ class Settings:
     resolvers: tuple[UpstreamSpec, ...]
     min_ttl: int
     max_ttl: int
-    #: how long one resolution may take in all, seconds (within an upstream's connect timeout)
+    #: how long one resolution may take in all, seconds
     timeout: float
 
 
@@ -417,6 +417,9 @@ class AddressBook:
                 return await self._ask(transport, loop.time() + share)
             except (UpstreamError, ValueError) as exc:
                 problems.append(f"{spec.label}: {_reason(exc, transport.name)}")
+            except Exception as exc:  # a fault of ours stays this upstream's bootstrap failure
+                log.error("bootstrap %s: internal error", spec.label, exc_info=exc)
+                problems.append(f"{spec.label}: internal error ({type(exc).__name__})")
             finally:
                 await transport.aclose()
         raise BootstrapError(f"{self.hostname}: bootstrap failed: {'; '.join(problems)}")
@@ -429,14 +432,20 @@ class AddressBook:
         )
         found: list[list[str]] = []
         ttls: list[int] = []
+        unanswered: list[BaseException] = []
         for kind, reply in zip(kinds, replies, strict=True):
             if isinstance(reply, BaseException):
-                raise reply
-            addresses, ttl = parse_addresses(reply, self.hostname, kind)
+                # (a resolver or middlebox that drops AAAA questions: the A answer still counts)
+                unanswered.append(reply)
+                found.append([])
+                continue
+            addresses, ttl = parse_addresses(reply, self.hostname, kind)  # a lie: all refused
             found.append(addresses)
             if addresses:
                 ttls.append(ttl)
         if not found[0] and not found[1]:
+            if unanswered:
+                raise unanswered[0]
             raise ValueError(f"no A or AAAA record for {self.hostname}")
         return ordered(found[0], found[1]), min(ttls)
 
@@ -460,7 +469,8 @@ def settings_of(config: Config) -> Settings:
         resolvers=config.bootstrap,
         min_ttl=config.bootstrap_min_ttl,
         max_ttl=config.bootstrap_max_ttl,
-        timeout=max(config.attempt_timeout, 1.0) * 0.8,
+        # within one query attempt, so that its failure is told as `bootstrap`
+        timeout=max(0.5, config.attempt_timeout * 0.6),
     )
 
 

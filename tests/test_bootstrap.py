@@ -222,6 +222,16 @@ def test_addresses_are_tried_in_order_within_one_connect(
     assert dot_by_name.state.connections == 1
 
 
+def test_a_bootstrap_that_drops_aaaa_questions_still_gives_the_a_answer(
+    dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    resolver.state.chooser = lambda q: "stall" if q.question[0].rdtype == AAAA else "answer"
+    config = config_for(dot_by_name, f"udp://127.0.0.1:{resolver.port}", ca_file, tmp_path)
+    with running_daemon(config) as daemon:
+        assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
+        assert kinds(daemon) == {}
+
+
 def test_failed_refresh_keeps_the_last_good_addresses(
     dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
 ) -> None:

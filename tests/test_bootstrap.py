@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -315,6 +318,26 @@ def test_network_change_asks_for_the_addresses_again(resolver: LocalUpstream) ->
         return first, same, len(resolver.state.queries)
 
     assert asyncio.run(run()) == (2, 2, 4)
+
+
+def test_check_connect_on_the_command_line_with_bootstrap(
+    dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str
+) -> None:
+    url = f"tls://{HOST}:{dot_by_name.port}"
+    command = [sys.executable, "-m", "stubby_py", "check", "--connect", "--format", "json"]
+    done = subprocess.run(
+        [*command, "--upstream", url, "--ca-file", ca_file, "--timeout", "3"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "needs --bootstrap" in done.stderr, done.stderr
+    boot = f"udp://127.0.0.1:{resolver.port}"
+    done = subprocess.run(
+        [*command, "--upstream", url, "--bootstrap", boot, "--ca-file", ca_file, "--timeout", "3"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (upstream,) = json.loads(done.stdout)["upstreams"]
+    assert (upstream["name"], upstream["address"], upstream["usable"]) == (url, "127.0.0.1", True)
 
 
 # --- the bootstrap's answer (sans-IO) -----------------------------------------------------------

@@ -212,8 +212,9 @@ DEFAULT_UPSTREAMS = (
 
 def parse_upstream_uri(text: str) -> UpstreamSpec:
     """Parse `tls://IP[:PORT]#NAME`, `https://HOST[:PORT]/PATH[#IP]`, `h3://…`, `quic://IP#NAME`,
-    `udp://IP[:PORT]`, `tcp://IP[:PORT]` or a DNS stamp `sdns://…`. Raises ValueError with what
-    was expected."""
+    `udp://IP[:PORT]`, `tcp://IP[:PORT]` or a DNS stamp `sdns://…`. An encrypted upstream may be
+    given by hostname alone (`tls://NAME`, `https://NAME/PATH`): `needs_bootstrap`, which the
+    configuration checks. Raises ValueError with what was expected."""
     scheme, sep, _rest = text.partition("://")
     if sep and scheme == "sdns":
         from stubby_py import stamps  # it builds on this module

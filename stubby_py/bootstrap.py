@@ -310,7 +310,7 @@ class AddressBook:
     def __init__(self, hostname: str, settings: Settings, config: Config, store: _Store) -> None:
         self.hostname = hostname
         self._settings = settings
-        self._config = config
+        self.config = config
         self._store = store
         self._addresses: list[str] = list(store.saved.get(hostname, ()))
         self._index = 0
@@ -412,7 +412,7 @@ class AddressBook:
         problems: list[str] = []
         for position, spec in enumerate(resolvers):
             share = (deadline - loop.time()) / (len(resolvers) - position)
-            transport = make_transport(spec, self._config)
+            transport = make_transport(spec, self.config)
             try:
                 return await self._ask(transport, loop.time() + share)
             except (UpstreamError, ValueError) as exc:
@@ -487,6 +487,8 @@ def endpoint_for(spec: UpstreamSpec, config: Config) -> Endpoint:
         if store is None:
             store = _stores[path] = _Store(path)
         book = _books[key] = AddressBook(spec.address, settings, config, store)
+    # the latest configuration's TLS settings (ca_file, tls_min_version) for encrypted bootstraps
+    book.config = config
     return book
 
 

@@ -38,7 +38,7 @@ from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server
+from tests.quic_servers import doq_server, h3_server
 from tests.upstream_server import LocalUpstream, local_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -257,7 +257,7 @@ def test_failed_refresh_keeps_the_last_good_addresses(
         assert kinds(daemon) == {}
 
 
-@pytest.mark.parametrize("scheme", ["quic", "https"])
+@pytest.mark.parametrize("scheme", ["quic", "https", "h3"])
 def test_doq_and_doh_by_hostname_through_an_encrypted_bootstrap(
     scheme: str, ca: trustme.CA, dot_upstream: LocalUpstream, ca_file: str, tmp_path: Path
 ) -> None:
@@ -265,10 +265,11 @@ def test_doq_and_doh_by_hostname_through_an_encrypted_bootstrap(
     dot_upstream.state.records[f"{HOST}."] = [("A", "127.0.0.1")]
     boot = f"tls://127.0.0.1:{dot_upstream.port}#dns.test"
     with contextlib.ExitStack() as stack:
-        if scheme == "quic":
+        if scheme in ("quic", "h3"):
             cert, key = write_cert_files(ca, str(tmp_path), HOST)
-            server: Any = stack.enter_context(doq_server(cert, key))
-            url = f"quic://{HOST}:{server.port}"
+            serve = doq_server if scheme == "quic" else h3_server
+            server: Any = stack.enter_context(serve(cert, key))
+            url = f"{scheme}://{HOST}:{server.port}" + ("/dns-query" if scheme == "h3" else "")
         else:
             server = stack.enter_context(h2_server(server_context(ca, HOST)))
             url = f"https://{HOST}:{server.port}/dns-query"

@@ -347,6 +347,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--ca-file", metavar="FILE", help="PEM CA certificates to verify with")
     parser.add_argument(
+        "--bootstrap", action="append", default=[], metavar="URI",
+        help="resolver for upstreams given by hostname (repeatable; replaces the configured ones)",
+    )
+    parser.add_argument(
         "--transport", metavar="LIST",
         help="only these transports, comma-separated: dot,doh,doh3,doq,udp (udp: udp:// and tcp://)",
     )  # fmt: skip
@@ -431,7 +435,9 @@ def _options(args: argparse.Namespace) -> BenchOptions:
 
 def _config(args: argparse.Namespace, timeout: float) -> Config:
     config = stubby_import.load(args.config)[0]
-    overrides = Overrides(upstreams=tuple(args.upstream), ca_file=args.ca_file)
+    overrides = Overrides(
+        upstreams=tuple(args.upstream), ca_file=args.ca_file, bootstrap=tuple(args.bootstrap)
+    )
     config = apply_overrides(config, overrides)
     # connections stay open for the whole run; one attempt per query, no pool retries
     return replace(config, timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0)

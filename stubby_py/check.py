@@ -39,6 +39,7 @@ import dns.rcode
 import dns.rdatatype
 from cryptography import x509
 
+from stubby_py.bootstrap import endpoint_for
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
     ALPNMismatchError,
@@ -157,6 +158,14 @@ async def check_one(
         pins_configured=list(spec.spki_pins), cert_hashes=list(spec.cert_hashes),
         stamp_props=list(spec.stamp_props),
     )  # fmt: skip
+    if spec.needs_bootstrap:
+        # by hostname: the address from the bootstrap resolvers; the name is still checked
+        try:
+            report.address = await endpoint_for(spec, config).address()
+        except UpstreamError as exc:
+            report.fail(exc)
+            return report
+        spec = replace(spec, address=report.address)
     if spec.transport in ("quic", "h3"):
         await _check_quic(report, spec, config, timeout)
     else:

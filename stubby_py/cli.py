@@ -71,6 +71,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         help="PEM file of CA certificates to verify upstreams against (default: system store)",
     )  # fmt: skip
     parser.add_argument(
+        "--bootstrap", action="append", default=[], metavar="URI",
+        help="resolver, given by IP address, that finds the addresses of upstreams given by "
+        "hostname (repeatable; replaces the configured ones): udp://IP[:PORT], tcp://IP, or an "
+        "encrypted upstream URI with an IP address",
+    )  # fmt: skip
+    parser.add_argument(
         "--trust-anchors", metavar="FILE",
         help="DS or DNSKEY records in zone-file form to validate from, replacing the built-in "
         "root KSKs (20326, 38696)",
@@ -137,6 +143,10 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="upstream to check (repeatable; replaces the configured pool)",
     )
     parser.add_argument("--ca-file", metavar="FILE", help="PEM file of CA certificates")
+    parser.add_argument(
+        "--bootstrap", action="append", default=[], metavar="URI",
+        help="resolver for upstreams given by hostname (repeatable; replaces the configured ones)",
+    )
     parser.add_argument("--connect", action="store_true", help="connect and send a test query")
     parser.add_argument(
         "--timeout",
@@ -149,7 +159,9 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _check(args: argparse.Namespace) -> int:
-    overrides = Overrides(upstreams=tuple(args.upstream), ca_file=args.ca_file)
+    overrides = Overrides(
+        upstreams=tuple(args.upstream), ca_file=args.ca_file, bootstrap=tuple(args.bootstrap)
+    )
     config = apply_overrides(stubby_import.load(args.config)[0], overrides)
     if not args.connect:
         print(f"{config.source}: OK ({len(config.upstreams)} upstreams); --connect to test them")
@@ -315,6 +327,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
         trust_anchors=args.trust_anchors, dnssec=args.dnssec, verbose=args.verbose,
+        bootstrap=tuple(args.bootstrap),
     )  # fmt: skip
 
     def load() -> Config:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -57,6 +58,11 @@ class UpstreamSpec:
         return self.transport in ENCRYPTED
 
     @property
+    def needs_bootstrap(self) -> bool:
+        """Given by hostname: its addresses come from the `bootstrap` resolvers (bootstrap.py)."""
+        return not is_ip(self.address)
+
+    @property
     def label(self) -> str:
         """The upstream as clients (EDE text, stats, explain, metrics) and the logs see it: its
         `name`, or its URL without the DoH path, where providers put account tokens."""
@@ -75,7 +81,7 @@ class UpstreamSpec:
                 # two addresses of one provider (`https://NAME/PATH#IP`) stay apart
                 return f"{self.transport}://{self.auth_name}:{self.port}{path}#{host}"
             return f"{self.transport}://{host}:{self.port}{path}"
-        suffix = f"#{self.auth_name}" if self.auth_name else ""
+        suffix = f"#{self.auth_name}" if self.auth_name and self.auth_name != self.address else ""
         return f"{self.transport}://{host}:{self.port}{suffix}"
 
 
@@ -184,6 +190,14 @@ class Config:
     aggressive_nsec: bool = True
     #: renew upstream connections after network changes and resume from suspend (Linux)
     watch_network: bool = True
+    #: resolvers, given by IP address, that find the addresses of upstreams given by hostname
+    bootstrap: tuple[UpstreamSpec, ...] = ()
+    #: TTL clamps for the addresses the bootstrap resolvers give, seconds
+    bootstrap_min_ttl: int = 60
+    bootstrap_max_ttl: int = 86_400
+    #: where the last good addresses are kept: a path; "auto" = $STATE_DIRECTORY/bootstrap.json
+    #: under systemd's StateDirectory=, else nowhere; None = nowhere
+    bootstrap_file: str | None = "auto"
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -200,8 +214,9 @@ DEFAULT_UPSTREAMS = (
 
 def parse_upstream_uri(text: str) -> UpstreamSpec:
     """Parse `tls://IP[:PORT]#NAME`, `https://HOST[:PORT]/PATH[#IP]`, `h3://…`, `quic://IP#NAME`,
-    `udp://IP[:PORT]`, `tcp://IP[:PORT]` or a DNS stamp `sdns://…`. Raises ValueError with what
-    was expected."""
+    `udp://IP[:PORT]`, `tcp://IP[:PORT]` or a DNS stamp `sdns://…`. An encrypted upstream may be
+    given by hostname alone (`tls://NAME`, `https://NAME/PATH`): `needs_bootstrap`, which the
+    configuration checks. Raises ValueError with what was expected."""
     scheme, sep, _rest = text.partition("://")
     if sep and scheme == "sdns":
         from stubby_py import stamps  # it builds on this module
@@ -224,9 +239,14 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
         return _doh_spec(scheme, host, port, parts.path, parts.query, fragment, text)
     if parts.path not in ("", "/") or parts.query:
         raise ValueError(f"{scheme}:// takes no path: expected {scheme}://IP[:PORT]")
-    _check_ip(host, text)
-    if scheme in ("udp", "tcp") and fragment:
-        raise ValueError(f"{scheme}:// is cleartext and takes no #AUTH-NAME")
+    if scheme in ("udp", "tcp"):
+        _check_ip(host, text)
+        if fragment:
+            raise ValueError(f"{scheme}:// is cleartext and takes no #AUTH-NAME")
+    elif not is_ip(host):
+        # by hostname: resolved through `bootstrap`; the certificate is checked for that name
+        _check_hostname(host)
+        return UpstreamSpec(scheme, host, port, auth_name=fragment or host)
     return UpstreamSpec(scheme, host, port, auth_name=fragment)
 
 
@@ -241,10 +261,9 @@ def _doh_spec(
             raise ValueError("an IP-literal DoH URL takes no #IP")
         return UpstreamSpec(scheme, host, port, auth_name=None, path=path)
     if not fragment:
-        raise ValueError(
-            f"{scheme}://{host} names a host: append its address as #IP"
-            " (never resolved through ourselves)"
-        )
+        # by hostname: resolved through `bootstrap` (never through ourselves)
+        _check_hostname(host)
+        return UpstreamSpec(scheme, host, port, auth_name=host, path=path)
     _check_ip(fragment, f"{scheme}://{host}#{fragment}")  # not the path: it may hold a token
     return UpstreamSpec(scheme, fragment, port, auth_name=host, path=path)
 
@@ -255,6 +274,20 @@ def is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_HOSTNAME_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+
+
+def _check_hostname(text: str) -> None:
+    """A host name of letters, digits and hyphens (what certificates name)."""
+    labels = text.rstrip(".").split(".")
+    if (
+        len(text) > 253
+        or len(labels) < 2
+        or not all(_HOSTNAME_LABEL.match(label) for label in labels)
+    ):
+        raise ValueError(f"expected an IP address or a host name such as dns.example, got {text!r}")
 
 
 def _check_ip(text: str, uri: str) -> None:
@@ -293,6 +326,8 @@ class _Reader:
 
     def __init__(self, source: str) -> None:
         self.source = source
+        #: upstreams given by hostname (node, key): they need `bootstrap`
+        self.by_hostname: list[tuple[yaml.Node, str]] = []
 
     def fail(self, node: yaml.Node | None, key: str, expected: str) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -453,6 +488,8 @@ def _upstreams(reader: _Reader, node: yaml.Node, key: str) -> tuple[UpstreamSpec
     specs: list[UpstreamSpec] = []
     for index, item in enumerate(reader.items(node, key)):
         spec = _upstream(reader, item, f"{key}[{index}]")
+        if spec.needs_bootstrap:
+            reader.by_hostname.append((item, f"{key}[{index}]"))
         twin = next((i for i, other in enumerate(specs) if other.label == spec.label), None)
         if twin is not None:
             expected = (
@@ -535,7 +572,70 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "watch_network": lambda n: r.boolean(n, "watch_network"),
         "trust_anchor_updates": lambda n: r.boolean(n, "trust_anchor_updates"),
         "aggressive_nsec": lambda n: r.boolean(n, "aggressive_nsec"),
+        "bootstrap": lambda n: _list(
+            r, n, "bootstrap", lambda m, k: r.converted(m, k, bootstrap_resolver)
+        ),
+        "bootstrap_min_ttl": lambda n: r.integer(n, "bootstrap_min_ttl", 1, 86_400),
+        "bootstrap_max_ttl": lambda n: r.integer(n, "bootstrap_max_ttl", 1, 7 * 86_400),
+        "bootstrap_file": lambda n: _path_auto_or_off(r, n, "bootstrap_file"),
     }
+
+
+def bootstrap_resolver(text: str) -> UpstreamSpec:
+    """A bootstrap resolver: any upstream URI, but given by IP address (nothing resolves it)."""
+    spec = parse_upstream_uri(text)
+    if spec.needs_bootstrap:
+        raise ValueError(
+            f"a bootstrap resolver must be given by IP address (nothing could resolve"
+            f" {spec.address!r}), e.g. udp://9.9.9.9 or tls://9.9.9.9#dns.quad9.net"
+        )
+    return spec
+
+
+def own_listener(spec: UpstreamSpec, listen: tuple[tuple[str, int], ...]) -> str | None:
+    """Which of our listen addresses the bootstrap resolver `spec` may be (then it would ask
+    us, and we would wait on ourselves): the same address and port; or the same port where we
+    listen on a wildcard address and it is loopback or a wildcard; or the same port where both
+    are loopback (127.0.0.53 on :53 may be a local forwarder that comes back to us when we
+    listen on 127.0.0.1:53). None when it is none of them."""
+    address = ipaddress.ip_address(spec.address)
+    for host, port in listen:
+        if port != spec.port:
+            continue
+        ours = ipaddress.ip_address(host)
+        if (
+            ours == address
+            or (ours.is_unspecified and (address.is_loopback or address.is_unspecified))
+            or (ours.is_loopback and address.is_loopback)
+        ):
+            return f"{host}:{port}" if ours.version == 4 else f"[{host}]:{port}"
+    return None
+
+
+def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    if r.by_hostname and not config.bootstrap:
+        node, key = r.by_hostname[0]
+        raise r.fail(
+            node,
+            key,
+            "an upstream given by hostname needs `bootstrap:` (resolvers given by IP address,"
+            " e.g. [udp://9.9.9.9]) to find its address, or its address written as #IP"
+            " (https://NAME/PATH#IP, tls://IP#NAME)",
+        )
+    items = r.items(fields["bootstrap"], "bootstrap") if "bootstrap" in fields else []
+    for index, spec in enumerate(config.bootstrap):
+        ours = own_listener(spec, config.listen)
+        if ours is not None:
+            raise r.fail(
+                items[index],
+                f"bootstrap[{index}]",
+                f"expected a resolver other than stubby-py itself ({ours} is where it listens):"
+                " upstreams are never resolved through ourselves",
+            )
+    if config.bootstrap_min_ttl > config.bootstrap_max_ttl:
+        raise r.fail(
+            fields["bootstrap_min_ttl"], "bootstrap_min_ttl", "expected at most bootstrap_max_ttl"
+        )
 
 
 def _groups(r: _Reader, node: yaml.Node) -> tuple[tuple[str, tuple[UpstreamSpec, ...]], ...]:
@@ -631,12 +731,13 @@ def parse_config(text: str, source: str) -> Config:
         return with_defaults(Config(source=source))
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
-    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors"):
+    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}
     config = Config(source=source, **values)
     _check_rules(reader, fields, config)
+    _check_bootstrap(reader, fields, config)
     if "upstreams" in fields and not config.upstreams:
         raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
     if config.cache_min_ttl > config.cache_max_ttl:
@@ -674,6 +775,7 @@ class Overrides:
     ca_file: str | None = None
     trust_anchors: str | None = None
     dnssec: str | None = None
+    bootstrap: tuple[str, ...] = ()
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -691,8 +793,31 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
             changes["trust_anchors"] = _trust_anchor_file(overrides.trust_anchors)
         if overrides.dnssec:
             changes["dnssec"] = overrides.dnssec
+        if overrides.bootstrap:
+            changes["bootstrap"] = tuple(bootstrap_resolver(u) for u in overrides.bootstrap)
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
+    config = replace(config, **changes)
+    changes = {}
+    _check_bootstrap_overrides(config)
     if overrides.verbose:
         changes["log_level"] = "debug"
     return replace(config, **changes)
+
+
+def _check_bootstrap_overrides(config: Config) -> None:
+    """The rules of `_check_bootstrap` for what the command line changed."""
+    specs = list(config.upstreams) + [s for _, group in config.upstream_groups for s in group]
+    by_name = next((s for s in specs if s.needs_bootstrap), None)
+    if by_name is not None and not config.bootstrap:
+        raise ConfigError(
+            f"command line: {by_name.label}: an upstream given by hostname needs --bootstrap URI"
+            " (a resolver given by IP address) or its address written as #IP"
+        )
+    for spec in config.bootstrap:
+        ours = own_listener(spec, config.listen)
+        if ours is not None:
+            raise ConfigError(
+                f"command line: bootstrap {spec.label}: expected a resolver other than stubby-py"
+                f" itself ({ours} is where it listens)"
+            )

@@ -297,6 +297,16 @@ class _Converter:
         except ValueError as exc:
             self.out.ignored(candidate.origin, str(exc))
             return
+        if spec.needs_bootstrap:
+            # (dnscrypt-proxy's bootstrap_resolvers are not converted: they are often the
+            # system's or public plain resolvers, a choice to make by hand)
+            kind = stamps.KIND_NAMES[stamp.protocol]
+            self.out.ignored(
+                candidate.origin,
+                f"this {kind} stamp gives no address for {spec.address!r}: add it by hand with"
+                " a `bootstrap:` to resolve it, or use a stamp with an IP address",
+            )
+            return
         if not candidate.static:
             reason = self._filtered_out(stamp, spec)
             if reason:

@@ -150,6 +150,13 @@ class TLSConfigError(UpstreamConnectError):
     kind = "tls-config"
 
 
+class BootstrapError(UpstreamConnectError):
+    """No address for an upstream given by hostname: its bootstrap resolvers did not answer,
+    or answered something that is not the addresses of that name (bootstrap.py)."""
+
+    kind = "bootstrap"
+
+
 class UpstreamTimeoutError(UpstreamError):
     kind = "timeout"
 

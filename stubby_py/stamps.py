@@ -27,7 +27,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec, is_ip
+from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec, _check_hostname, is_ip
 
 PREFIX = "sdns://"
 
@@ -178,12 +178,11 @@ def to_upstream(stamp: Stamp) -> UpstreamSpec:
     host, addr_port = _split_host_port(stamp.addr, "address")
     name, name_port = _split_host_port(stamp.hostname, "hostname")
     kind = KIND_NAMES[stamp.protocol]
-    if not is_ip(host):
+    if not is_ip(host) and (stamp.protocol == 0x00 or not (host or name)):
         about = f"names the host {host!r}" if host else f"gives no address for {name or '?'!r}"
         raise ValueError(
-            f"this {kind} stamp {about}: stubby-py needs the server's IP address"
-            " (upstreams by hostname are not supported yet); use a stamp with an IP"
-            f" address or a {transport}:// URI with the address"
+            f"this {kind} stamp {about}: stubby-py needs the server's IP address, or for an"
+            f" encrypted server its host name (then resolved through `bootstrap`)"
         )
     if stamp.protocol == 0x00:
         return _plain_upstream(host, addr_port)
@@ -195,6 +194,11 @@ def to_upstream(stamp: Stamp) -> UpstreamSpec:
         raise ValueError(f"the stamp's hostname {stamp.hostname!r} is not a host name")
     port = name_port or addr_port or TRANSPORT_PORTS[transport]
     auth_name = None if not name or is_ip(name) else name
+    if not is_ip(host):
+        # no address: the upstream goes by hostname, resolved through `bootstrap` (config.py)
+        host = (auth_name or host).lower()
+        _check_hostname(host)
+        auth_name = auth_name.lower() if auth_name else host
     if name and is_ip(name) and ipaddress.ip_address(name) != ipaddress.ip_address(host):
         raise ValueError(f"the stamp's hostname {name!r} is an IP other than its address")
     path = stamp.path.replace("{?dns}", "") or "/dns-query"

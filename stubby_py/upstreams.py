@@ -404,4 +404,9 @@ def transport_settings(config: Config) -> tuple[object, ...]:
         config.upstream_idle_timeout,
         config.attempt_timeout,
         config.padding_block_size,
+        # an upstream by hostname keeps the address book of these (bootstrap.py)
+        config.bootstrap,
+        config.bootstrap_min_ttl,
+        config.bootstrap_max_ttl,
+        config.bootstrap_file,
     )

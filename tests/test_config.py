@@ -58,7 +58,10 @@ padding_block_size: 468
         ("listen: 127.0.0.1:53\n", "c.yaml:1: listen: expected a list"),
         ("allow: [10.0.0.0/33]\n", "c.yaml:1: allow[0]: expected a network"),
         ("upstreams:\n  - ftp://1.2.3.4\n", "c.yaml:2: upstreams[0]: expected a URI"),
-        ("upstreams:\n  - tls://dns.quad9.net\n", "c.yaml:2: upstreams[0]: expected an IP address"),
+        ("upstreams:\n  - tls://dns.quad9.net\n", "c.yaml:2: upstreams[0]: an upstream given by"
+         " hostname needs `bootstrap:`"),
+        ("upstreams:\n  - tls://dns_quad9\n", "c.yaml:2: upstreams[0]: expected an IP address or"
+         " a host name"),
         (
             "upstreams:\n  - url: tls://1.1.1.1\n    pins: []\n",
             "c.yaml:3: upstreams[0].pins: unknown",
@@ -127,7 +130,8 @@ def test_upstream_uris(uri: str, transport: str, address: str, port: int, auth: 
 @pytest.mark.parametrize(
     "uri",
     [
-        "https://dns.google/dns-query",
+        "https://dns_google/dns-query",
+        "udp://dns.google",
         "udp://1.1.1.1#name",
         "tls://1.1.1.1/path",
         "tls://1.1.1.1:0x",

@@ -241,16 +241,26 @@ def test_any_bytes_decode_or_say_why(raw: bytes, data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize(
-    ("addr", "hostname", "said"),
-    [
-        ("", "dns.google", "gives no address for 'dns.google'"),
-        (":443", "dns.google", "gives no address for 'dns.google'"),
-        ("dns.google:443", "dns.google", "names the host 'dns.google'"),
-    ],
+    ("addr", "hostname"),
+    [("", "dns.google"), (":443", "dns.google"), ("dns.google:443", "dns.google")],
 )
-def test_stamp_without_an_ip_needs_the_address(addr: str, hostname: str, said: str) -> None:
-    with pytest.raises(ValueError, match=f"{said}.*needs the server's IP address"):
-        stamps.parse(make_stamp(0x02, addr, hostname, path="/dns-query"))
+def test_stamp_without_an_ip_is_an_upstream_by_hostname(addr: str, hostname: str) -> None:
+    spec = stamps.parse(make_stamp(0x02, addr, hostname, path="/dns-query"))
+    assert (spec.address, spec.auth_name, spec.port) == ("dns.google", "dns.google", 443)
+    assert spec.needs_bootstrap
+
+
+def test_stamp_by_hostname_needs_a_bootstrap() -> None:
+    stamp = make_stamp(0x03, "", "dot.test")
+    with pytest.raises(ConfigError, match=r"t.yaml:2: upstreams\[0\]: .*needs `bootstrap:`"):
+        parse_config(f"upstreams:\n  - {stamp}\n", "t.yaml")
+    config = parse_config(f"upstreams:\n  - {stamp}\nbootstrap: [udp://192.0.2.53]\n", "t.yaml")
+    assert config.upstreams[0].url == "tls://dot.test:853"
+
+
+def test_stamp_without_any_name_or_address_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"gives no address for '\?'.*needs the server's IP"):
+        stamps.parse(make_stamp(0x02, "", "", path="/dns-query"))
 
 
 def test_plain_stamp_only_for_private_addresses() -> None:

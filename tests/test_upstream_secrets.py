@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from stubby_py import cli
-from stubby_py.config import parse_config, parse_upstream_uri
+from stubby_py.config import Overrides, apply_overrides, parse_config, parse_upstream_uri
 from stubby_py.errors import ConfigError
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
@@ -97,7 +97,7 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
 @pytest.mark.parametrize(
     "uri",
     [
-        f"https://dns.example/dns-query/{SECRET}",
+        f"https://dns_example/dns-query/{SECRET}",
         f"https://dns.example/{SECRET}#not-an-ip",
         f"https://dns.example:99999/{SECRET}#192.0.2.1",
     ],
@@ -106,6 +106,16 @@ def test_a_bad_doh_url_is_refused_without_repeating_its_path(uri: str) -> None:
     with pytest.raises(ValueError) as refused:
         parse_upstream_uri(uri)
     assert SECRET not in str(refused.value)
+
+
+def test_a_doh_url_by_hostname_without_bootstrap_is_refused_without_its_path() -> None:
+    url = f"https://dns.example/dns-query/{SECRET}"
+    with pytest.raises(ConfigError) as refused:
+        parse_config(f"upstreams:\n  - {url}\n", "c.yaml")
+    assert "needs `bootstrap:`" in str(refused.value) and SECRET not in str(refused.value)
+    with pytest.raises(ConfigError) as refused:
+        apply_overrides(parse_config("", "c.yaml"), Overrides(upstreams=(url,)))
+    assert "needs --bootstrap" in str(refused.value) and SECRET not in str(refused.value)
 
 
 def test_upstreams_that_would_be_shown_alike_are_refused() -> None:

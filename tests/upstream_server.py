@@ -40,6 +40,8 @@ class UpstreamState:
     chooser: Callable[[dns.message.Message], Behaviour] | None = None
     #: name (lower-case, absolute) → seconds its answer is held back (others: `delay`)
     delays: dict[str, float] = field(default_factory=dict)
+    #: the TTL of the records in answers
+    ttl: int = 300
 
 
 def build_answer(query: dns.message.Message, state: UpstreamState) -> dns.message.Message:
@@ -54,7 +56,7 @@ def build_answer(query: dns.message.Message, state: UpstreamState) -> dns.messag
     rdtype = query.question[0].rdtype
     for type_text, rdata in state.records.get(key, [("A", state.address)]):
         if dns.rdatatype.from_text(type_text) == rdtype:
-            reply.answer.append(dns.rrset.from_text(name, 300, "IN", type_text, rdata))
+            reply.answer.append(dns.rrset.from_text(name, state.ttl, "IN", type_text, rdata))
     return reply
 
 

@@ -564,10 +564,11 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
     async def _open(self) -> DoHConnection:
         context = self._contexts.get()
         loop = asyncio.get_running_loop()
+        address = await self.endpoint.address()
         try:
             transport, connection = await loop.create_connection(
                 lambda: DoHConnection(self),
-                self.spec.address,
+                address,
                 self.spec.port,
                 ssl=context,
                 server_hostname=server_hostname(self.spec),

@@ -334,9 +334,10 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
                 "server_hostname": server_hostname(self.spec),
                 "ssl_handshake_timeout": self.connect_timeout,
             }
+        address = await self.endpoint.address()
         try:
             transport, protocol = await loop.create_connection(
-                lambda: DoTConnection(self), self.spec.address, self.spec.port, **tls_options
+                lambda: DoTConnection(self), address, self.spec.port, **tls_options
             )
         except OSError as exc:  # ssl.SSLError included
             raise connect_error(self.name, exc) from None

@@ -26,9 +26,12 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py import wire
+from stubby_py.bootstrap import endpoint_for
 from stubby_py.config import Config, UpstreamSpec
 from stubby_py.errors import (
+    BootstrapError,
     UpstreamClosedError,
+    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -210,6 +213,8 @@ class MultiplexedTransport(Generic[C]):
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         self.spec = spec
         self.stats = TransportStats()
+        #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
+        self.endpoint = endpoint_for(spec, config)
         self.idle_timeout = config.upstream_idle_timeout
         self.connect_timeout = max(config.attempt_timeout, 1.0)
         self._config = config
@@ -318,7 +323,7 @@ class MultiplexedTransport(Generic[C]):
         have bound an address or taken a route that the network change took away."""
         for _ in range(MAX_STALE_OPENS):
             generation = self._generation
-            connection = await asyncio.wait_for(self._open(), self.connect_timeout)
+            connection = await asyncio.wait_for(self._open_each_address(), self.connect_timeout)
             if generation == self._generation:
                 return connection
             connection.close()
@@ -326,6 +331,23 @@ class MultiplexedTransport(Generic[C]):
 
     async def _open(self) -> C:
         raise NotImplementedError
+
+    async def _open_each_address(self) -> C:
+        """The upstream's addresses in turn (an upstream by hostname may have several: each
+        failed try moves its endpoint to the next) until one connects, or the last fails."""
+        tries = 0
+        while True:
+            address = await self.endpoint.address()  # the one _open is about to get
+            try:
+                return await self._open()
+            except BootstrapError:
+                raise
+            except UpstreamConnectError as exc:
+                self.endpoint.failed(address)
+                tries += 1
+                if tries >= self.endpoint.count():
+                    raise
+                log.debug("%s; trying the next address", exc)
 
     def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
         self._failures += 1
@@ -342,6 +364,7 @@ class MultiplexedTransport(Generic[C]):
     def reset(self) -> None:
         """Network change or resume: forget the backoff, so the next query connects at once,
         and retire the connection, so that no later query travels on it."""
+        self.endpoint.network_changed()
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = None

@@ -342,9 +342,10 @@ class QuicTransport(MultiplexedTransport[P]):
             token_handler=self._store_token,
         )
         loop = asyncio.get_running_loop()
+        address = await self.endpoint.address()
         try:
             transport, connection = await loop.create_datagram_endpoint(
-                lambda: self._new_connection(quic), remote_addr=(self.spec.address, self.spec.port)
+                lambda: self._new_connection(quic), remote_addr=(address, self.spec.port)
             )
         except OSError as exc:
             raise socket_error(self.name, exc) from None

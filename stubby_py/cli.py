@@ -79,6 +79,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dnssec", choices=DNSSEC_MODES,
         help="validate answers (default: AD on secure ones, SERVFAIL on bogus ones) or off",
     )  # fmt: skip
+    parser.add_argument(
+        "--proxy", metavar="URI",
+        help="reach the upstreams through this proxy (replaces the configured global one): "
+        "socks5://[USER:PASS@]IP:PORT, socks5h://... (the proxy resolves the upstream's "
+        "authentication name: Tor), http://[USER:PASS@]IP:PORT (HTTP CONNECT)",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
 
 
@@ -137,6 +143,12 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         help="upstream to check (repeatable; replaces the configured pool)",
     )
     parser.add_argument("--ca-file", metavar="FILE", help="PEM file of CA certificates")
+    parser.add_argument(
+        "--proxy", metavar="URI",
+        help="reach the upstreams through this proxy (replaces the configured global one): "
+        "socks5://[USER:PASS@]IP:PORT, socks5h://... (the proxy resolves the upstream's "
+        "authentication name: Tor), http://[USER:PASS@]IP:PORT (HTTP CONNECT)",
+    )  # fmt: skip
     parser.add_argument("--connect", action="store_true", help="connect and send a test query")
     parser.add_argument(
         "--timeout",
@@ -149,7 +161,9 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 
 def _check(args: argparse.Namespace) -> int:
-    overrides = Overrides(upstreams=tuple(args.upstream), ca_file=args.ca_file)
+    overrides = Overrides(
+        upstreams=tuple(args.upstream), ca_file=args.ca_file, proxy=args.proxy
+    )
     config = apply_overrides(stubby_import.load(args.config)[0], overrides)
     if not args.connect:
         print(f"{config.source}: OK ({len(config.upstreams)} upstreams); --connect to test them")
@@ -314,7 +328,8 @@ def _check_config(path: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
-        trust_anchors=args.trust_anchors, dnssec=args.dnssec, verbose=args.verbose,
+        trust_anchors=args.trust_anchors, dnssec=args.dnssec, proxy=args.proxy,
+        verbose=args.verbose,
     )  # fmt: skip
 
     def load() -> Config:

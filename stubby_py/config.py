@@ -773,7 +773,7 @@ def parse_config(text: str, source: str) -> Config:
         return with_defaults(Config(source=source))
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
-    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors"):
+    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors", "proxy"):
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}

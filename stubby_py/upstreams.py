@@ -404,4 +404,5 @@ def transport_settings(config: Config) -> tuple[object, ...]:
         config.upstream_idle_timeout,
         config.attempt_timeout,
         config.padding_block_size,
+        config.proxy,
     )

@@ -86,13 +86,14 @@ def tinyproxy(
 
 
 @contextlib.contextmanager
-def garbage_proxy(reply: bytes) -> Iterator[int]:
-    """A TCP listener that answers whatever it is sent with `reply` and closes: not a proxy."""
+def garbage_proxy(reply: bytes | None) -> Iterator[int]:
+    """A TCP listener that answers whatever it is sent with `reply` and closes: not a proxy.
+    `reply` None: it never answers and holds the connection until stopped."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     port = listener.getsockname()[1]
     stop = threading.Event()
-    accepted: list[int] = []
+    held: list[socket.socket] = []
 
     def serve() -> None:
         while not stop.is_set():
@@ -102,7 +103,9 @@ def garbage_proxy(reply: bytes) -> Iterator[int]:
                 continue
             except OSError:
                 return
-            accepted.append(1)
+            if reply is None:
+                held.append(connection)
+                continue
             with connection:
                 connection.settimeout(1)
                 with contextlib.suppress(OSError):
@@ -117,3 +120,5 @@ def garbage_proxy(reply: bytes) -> Iterator[int]:
         stop.set()
         thread.join(5)
         listener.close()
+        for connection in held:
+            connection.close()

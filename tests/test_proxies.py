@@ -266,6 +266,31 @@ def test_garbage_proxy(scheme: str, reply: bytes, ca: trustme.CA, ca_file: str) 
         _fails_with(config, "proxy-error", state)
 
 
+def test_silent_proxy_times_out(ca: trustme.CA, ca_file: str) -> None:
+    """A proxy that accepts and never answers: `timeout`, and nothing reaches the server."""
+    with dot_server(ca) as (transport, port, state), garbage_proxy(None) as proxy_port:
+        config = proxied_config(
+            upstream_uri(transport, port), ca_file, f"socks5://127.0.0.1:{proxy_port}"
+        )
+        _fails_with(config, "timeout", state)
+
+
+def test_reload_puts_the_proxy_in_the_path(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
+    """A reload that sets the global proxy (the upstreams unchanged) rebuilds their transports:
+    the next connection goes through the proxy, not over the direct one kept from before."""
+    with dot_server(ca) as (transport, port, state), microsocks(tmp_path) as proxy_port:
+        direct = make_config(
+            [upstream_uri(transport, port)], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT
+        )
+        with running_daemon(direct) as daemon:
+            assert ask(daemon.port, "before.example.").rcode() == dns.rcode.NOERROR
+            proxied = replace(direct, proxy=parse_proxy_uri(f"socks5://127.0.0.1:{proxy_port}"))
+            daemon.call(daemon.resolver.reconfigure, proxied)
+            after = ask(daemon.port, "after.example.")
+    assert after.rcode() == dns.rcode.NOERROR
+    assert state.peers == ["127.0.0.1", SOCKS_OUT]
+
+
 def test_proxy_failures_back_off_without_going_direct(ca: trustme.CA, ca_file: str) -> None:
     """Repeated queries with the proxy down: the upstream is marked down like any other failing
     one, and not one query reaches the server."""

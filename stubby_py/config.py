@@ -32,9 +32,10 @@ MAX_TTL = 2**31 - 1
 
 
 PROXY_KINDS = ("socks5", "socks5h", "http")
-#: what a proxy can carry: TCP streams (SOCKS5 CONNECT, HTTP CONNECT); QUIC and UDP would need
-#: SOCKS5 UDP ASSOCIATE, which is not supported, and are never sent around the proxy instead
+#: what a proxy can carry: TCP streams (SOCKS5 CONNECT, HTTP CONNECT), and QUIC through SOCKS5
+#: UDP ASSOCIATE; plain udp:// is refused with a proxy, never sent around it
 PROXIED_TRANSPORTS = frozenset({"tls", "https", "tcp"})
+QUIC_TRANSPORTS = frozenset({"quic", "h3"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -545,12 +546,14 @@ def _proxy(reader: _Reader, node: yaml.Node, key: str) -> ProxySpec:
     )
 
 
-def proxy_problem(spec: UpstreamSpec) -> str | None:
-    """Why the upstream cannot go through a proxy, or None."""
-    if spec.transport in ("quic", "h3"):
+def proxy_problem(spec: UpstreamSpec, proxy: ProxySpec) -> str | None:
+    """Why the upstream cannot go through the proxy, or None."""
+    if spec.transport in QUIC_TRANSPORTS:
+        if proxy.kind != "http":
+            return None
         return (
-            "DoQ/HTTP/3 through a proxy needs SOCKS5 UDP ASSOCIATE, not supported yet"
-            f" ({spec.label}: give it `proxy: none` to reach it directly, or use tls:// or https://)"
+            "DoQ/HTTP/3 through a proxy needs SOCKS5 UDP ASSOCIATE; an HTTP proxy carries TCP"
+            f" only ({spec.label}: use a socks5:// proxy, tls:// or https://, or `proxy: none`)"
         )
     if spec.transport not in PROXIED_TRANSPORTS:
         return (
@@ -581,7 +584,9 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
         changes["method"] = reader.choice(fields["method"], f"{key}.method", ("post", "get"))
     if "proxy" in fields:
         changes["proxy"] = _proxy(reader, fields["proxy"], f"{key}.proxy")
-        problem = proxy_problem(spec) if changes["proxy"] is not NO_PROXY else None
+        problem = (
+            proxy_problem(spec, changes["proxy"]) if changes["proxy"] is not NO_PROXY else None
+        )
         if problem is not None:
             raise reader.fail(fields["proxy"], f"{key}.proxy", problem)
     if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
@@ -796,14 +801,16 @@ def parse_config(text: str, source: str) -> Config:
 
 def _global_proxy_problem(config: Config) -> str | None:
     """An upstream the global proxy would apply to but that cannot go through it."""
-    if config.proxy is not None and config.proxy.kind == "none":
+    if config.proxy is None:
+        return None
+    if config.proxy.kind == "none":
         return "expected socks5://, socks5h:// or http:// (`none` is for one upstream)"
     pools = [("upstreams", config.upstreams)] + [
         (f"upstream_groups.{name}", members) for name, members in config.upstream_groups
     ]
     for key, specs in pools:
         for index, spec in enumerate(specs):
-            problem = proxy_problem(spec) if spec.proxy is None else None
+            problem = proxy_problem(spec, config.proxy) if spec.proxy is None else None
             if problem is not None:
                 return f"{key}[{index}]: {problem}"
     return None

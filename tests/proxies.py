@@ -1,10 +1,11 @@
-"""Real proxies for tests: microsocks (SOCKS5) and tinyproxy (HTTP CONNECT) from Debian, each on
-a free loopback port, and a fake "proxy" that answers garbage.
+"""Real proxies for tests: microsocks (SOCKS5), Dante (SOCKS5 with UDP ASSOCIATE) and tinyproxy
+(HTTP CONNECT) from Debian, each on a free loopback port, and a fake "proxy" that answers
+garbage.
 
 Each real proxy binds its outgoing connections to an address of its own (microsocks -b
-127.0.0.2, tinyproxy Bind 127.0.0.3): the test servers record each connection's peer address,
-so a connection that came through the proxy is told apart from one that went around it
-(the daemon connects from 127.0.0.1).
+127.0.0.2, tinyproxy Bind 127.0.0.3, Dante external 127.0.0.4): the test servers record each
+connection's peer address, so a connection that came through the proxy is told apart from one
+that went around it (the daemon connects from 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tests.peers import PeerError, free_ports, require_tool
 
 SOCKS_OUT = "127.0.0.2"
 HTTP_OUT = "127.0.0.3"
+DANTE_OUT = "127.0.0.4"
 
 
 def _wait_listening(port: int, process: subprocess.Popen[bytes], name: str) -> None:
@@ -82,6 +84,34 @@ def tinyproxy(
     conf.write_text("\n".join(lines) + "\n")
     log = directory / f"tinyproxy-{port}.log"
     with _running([binary, "-d", "-c", str(conf)], port, "tinyproxy", log) as p:
+        yield p
+
+
+@contextlib.contextmanager
+def dante(directory: Path) -> Iterator[int]:
+    """Dante's SOCKS5 server on 127.0.0.1:PORT (yielded), CONNECT and UDP ASSOCIATE, no auth
+    (Dante's username method checks system accounts; microsocks covers credentials)."""
+    binary = require_tool("danted", "/usr/sbin/danted")
+    port = free_ports(1)[0]
+    conf = directory / f"danted-{port}.conf"
+    conf.write_text(
+        f"""logoutput: {directory}/danted-{port}.log
+internal: 127.0.0.1 port = {port}
+external: {DANTE_OUT}
+clientmethod: none
+socksmethod: none
+user.privileged: root
+user.unprivileged: root
+client pass {{
+  from: 127.0.0.0/8 to: 0.0.0.0/0
+}}
+socks pass {{
+  from: 127.0.0.0/8 to: 0.0.0.0/0
+  command: connect udpassociate udpreply
+}}
+"""
+    )
+    with _running([binary, "-f", str(conf), "-N", "1"], port, "danted", directory / "d.out") as p:
         yield p
 
 

@@ -41,9 +41,18 @@ from stubby_py.config import (
 from stubby_py.errors import ConfigError
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.doh_server import h2_server
+from tests.doh_server import h2_server, write_cert_files
 from tests.peers import free_ports
-from tests.proxies import HTTP_OUT, SOCKS_OUT, garbage_proxy, microsocks, tinyproxy
+from tests.proxies import (
+    DANTE_OUT,
+    HTTP_OUT,
+    SOCKS_OUT,
+    dante,
+    garbage_proxy,
+    microsocks,
+    tinyproxy,
+)
+from tests.quic_servers import doq_server, h3_server
 from tests.upstream_server import UpstreamState, local_upstream
 
 pytestmark = pytest.mark.timeout(60)
@@ -310,6 +319,60 @@ def test_proxy_failures_back_off_without_going_direct(ca: trustme.CA, ca_file: s
     assert state.connections == 0
 
 
+# --- QUIC through SOCKS5 UDP ASSOCIATE ---------------------------------------------------------
+
+
+@contextlib.contextmanager
+def quic_server(
+    kind: str, ca: trustme.CA, directory: Path
+) -> Iterator[tuple[str, UpstreamState]]:
+    cert_file, key_file = write_cert_files(ca, str(directory), AUTH_NAME, "127.0.0.1")
+    if kind == "doq":
+        with doq_server(cert_file, key_file) as server:
+            yield f"quic://127.0.0.1:{server.port}#{AUTH_NAME}", server.state
+    else:
+        with h3_server(cert_file, key_file) as server:
+            yield f"h3://{AUTH_NAME}:{server.port}/dns-query#127.0.0.1", server.state
+
+
+@pytest.mark.parametrize("kind", ["doq", "h3"])
+def test_quic_through_socks5_udp_associate(
+    kind: str, ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    """Dante relays the QUIC datagrams: answers come, and the server's every connection came
+    from Dante's external address."""
+    with quic_server(kind, ca, tmp_path) as (uri, state), dante(tmp_path) as proxy_port:
+        config = proxied_config(uri, ca_file, f"socks5://127.0.0.1:{proxy_port}")
+        with running_daemon(config) as daemon:
+            replies = [ask(daemon.port, f"q{i}.example.") for i in range(3)]
+    assert [r.rcode() for r in replies] == [dns.rcode.NOERROR] * 3
+    assert all(r.answer for r in replies)
+    assert state.peers and set(state.peers) == {DANTE_OUT}, state.peers
+
+
+def test_quic_through_a_proxy_without_udp_associate(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    """microsocks has no UDP ASSOCIATE: proxy-error, and no datagram reaches the server."""
+    with quic_server("doq", ca, tmp_path) as (uri, state), microsocks(tmp_path) as proxy_port:
+        config = proxied_config(uri, ca_file, f"socks5://127.0.0.1:{proxy_port}")
+        _fails_with(config, "proxy-error", state)
+
+
+def test_quic_proxy_down_and_garbage(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
+    dead_port = free_ports(1)[0]
+    with quic_server("doq", ca, tmp_path) as (uri, state):
+        _fails_with(
+            proxied_config(uri, ca_file, f"socks5://127.0.0.1:{dead_port}"),
+            "proxy-refused", state,
+        )  # fmt: skip
+        with garbage_proxy(b"HTTP/1.1 400 Bad Request\r\n\r\n") as proxy_port:
+            _fails_with(
+                proxied_config(uri, ca_file, f"socks5://127.0.0.1:{proxy_port}"),
+                "proxy-error", state,
+            )  # fmt: skip
+
+
 # --- check --connect --------------------------------------------------------------------------
 
 
@@ -394,16 +457,18 @@ def test_bad_proxy_uri(value: str, expected: str) -> None:
 
 
 @pytest.mark.parametrize("uri", ["quic://127.0.0.1#a.test", "h3://a.test/dns-query#127.0.0.1"])
-def test_quic_with_a_proxy_is_refused(uri: str) -> None:
-    text = f"upstreams:\n  - url: {uri}\n    proxy: socks5://127.0.0.1:1080\n"
+def test_quic_with_an_http_proxy_is_refused(uri: str) -> None:
+    text = f"upstreams:\n  - url: {uri}\n    proxy: http://127.0.0.1:3128\n"
     with pytest.raises(ConfigError, match=r"c.yaml:3: upstreams\[0\].proxy: .*UDP ASSOCIATE"):
         parse_config(text, "c.yaml")
     # the global proxy too, naming the upstream it cannot carry
-    text = f"proxy: socks5://127.0.0.1:1080\nupstreams:\n  - {uri}\n"
+    text = f"proxy: http://127.0.0.1:3128\nupstreams:\n  - {uri}\n"
     with pytest.raises(ConfigError, match=r"c.yaml:1: proxy: upstreams\[0\]: .*UDP ASSOCIATE"):
         parse_config(text, "c.yaml")
-    # unless that upstream says `proxy: none`
-    text = f"proxy: socks5://127.0.0.1:1080\nupstreams:\n  - url: {uri}\n    proxy: none\n"
+    # a SOCKS5 proxy carries it (UDP ASSOCIATE)
+    parse_config(text.replace("http://", "socks5://"), "c.yaml")
+    # and `proxy: none` takes it out of the HTTP proxy's way
+    text = f"proxy: http://127.0.0.1:3128\nupstreams:\n  - url: {uri}\n    proxy: none\n"
     config = parse_config(text, "c.yaml")
     assert upstream_proxy(config.upstreams[0], config) is None
 

@@ -217,14 +217,19 @@ def test_proxy_down(server_kind: str, ca: trustme.CA, ca_file: str) -> None:
         _fails_with(config, "proxy-refused", state)
 
 
-def test_socks5_wrong_credentials(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
+def test_socks5_wrong_credentials(
+    ca: trustme.CA, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with dot_server(ca) as (transport, port, state), microsocks(
         tmp_path, "alice", "s3cret"
     ) as proxy_port:
         config = proxied_config(
-            upstream_uri(transport, port), ca_file, f"socks5://alice:wrong@127.0.0.1:{proxy_port}"
+            upstream_uri(transport, port), ca_file, f"socks5://alice:Wr0ngPw@127.0.0.1:{proxy_port}"
         )
-        _fails_with(config, "proxy-auth", state)
+        with caplog.at_level(logging.DEBUG):
+            _fails_with(config, "proxy-auth", state)
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "proxy-auth" in logged and "Wr0ngPw" not in logged and "alice" not in logged
 
 
 def test_socks5_credentials_missing(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
@@ -371,6 +376,21 @@ def test_quic_proxy_down_and_garbage(ca: trustme.CA, ca_file: str, tmp_path: Pat
                 proxied_config(uri, ca_file, f"socks5://127.0.0.1:{proxy_port}"),
                 "proxy-error", state,
             )  # fmt: skip
+
+
+def test_socks5_udp_header_and_payload() -> None:
+    """RFC 1928 §7: RSV RSV FRAG ATYP DST.ADDR DST.PORT; the relay's replies lose theirs, and a
+    fragment (FRAG != 0) or a cut header is dropped."""
+    from stubby_py.transports.proxy import _payload_offset, _udp_header
+
+    assert _udp_header("192.0.2.1", 853) == b"\0\0\0\x01\xc0\0\x02\x01\x03\x55"
+    assert _udp_header("2001:db8::1", 443)[:4] == b"\0\0\0\x04"
+    assert _udp_header("dns.test", 853) == b"\0\0\0\x03\x08dns.test\x03\x55"
+    for header in (_udp_header("192.0.2.1", 853), _udp_header("dns.test", 853)):
+        assert _payload_offset(header + b"quic") == len(header)
+    assert _payload_offset(b"\0\0\x01\x01" + bytes(6) + b"quic") is None
+    assert _payload_offset(b"\0\0\0\x01\x7f") is None
+    assert _payload_offset(b"\0\0\0\x09" + bytes(10)) is None
 
 
 # --- check --connect --------------------------------------------------------------------------

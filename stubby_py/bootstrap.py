@@ -44,7 +44,7 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from stubby_py.config import Config, UpstreamSpec, _check_hostname
+from stubby_py.config import Config, UpstreamSpec, _check_hostname, resolved_by_proxy
 from stubby_py.errors import BootstrapError, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -476,7 +476,7 @@ def settings_of(config: Config) -> Settings:
 
 def endpoint_for(spec: UpstreamSpec, config: Config) -> Endpoint:
     """A fixed address, or the shared address book of the upstream's hostname."""
-    if not spec.needs_bootstrap:
+    if not spec.needs_bootstrap or resolved_by_proxy(spec, config):
         return FixedEndpoint(spec.address)
     settings = settings_of(config)
     path = default_file(config.bootstrap_file, os.environ)

@@ -16,6 +16,9 @@ For each upstream, concurrently:
   it. aioquic exposes no chain, cipher or version (QUIC is TLS 1.3 always).
 * udp:// and tcp://: the test query only.
 
+An upstream with a proxy is reached through it for every step (transports/proxy.py), and the
+report shows the path (`via socks5 127.0.0.1:1080`).
+
 Failure kinds are the ones the daemon counts in its stats and names in SERVFAIL EDE texts
 (stubby_py/failures.py). An upstream is usable when the handshake, the certificate, the pins and
 the test query all succeed (any rcode is an answer). JSON fields: see README, "Checking upstreams".
@@ -51,6 +54,7 @@ from stubby_py.errors import (
 )
 from stubby_py.failures import connect_error
 from stubby_py.transports import make_transport
+from stubby_py.transports.proxy import open_stream, path_text
 from stubby_py.transports.tls import (
     ClientContexts,
     check_pins,
@@ -100,6 +104,8 @@ class UpstreamReport:
     address: str
     port: int
     auth_name: str | None
+    #: how it is reached: "direct", or "via socks5 127.0.0.1:1080" (never with credentials)
+    path: str = "direct"
     usable: bool = False
     kind: str | None = None
     error: str | None = None
@@ -156,7 +162,7 @@ async def check_one(
         name=spec.label, url=spec.url, group=group, transport=spec.transport,
         address=spec.address, port=spec.port, auth_name=spec.auth_name,
         pins_configured=list(spec.spki_pins), cert_hashes=list(spec.cert_hashes),
-        stamp_props=list(spec.stamp_props),
+        stamp_props=list(spec.stamp_props), path=path_text(spec, config),
     )  # fmt: skip
     if spec.needs_bootstrap:
         # by hostname: the address from the bootstrap resolvers; the name is still checked
@@ -181,13 +187,12 @@ async def check_one(
 
 
 async def _handshake(
-    spec: UpstreamSpec, context: ssl.SSLContext, timeout: float
+    spec: UpstreamSpec, config: Config, context: ssl.SSLContext, timeout: float
 ) -> tuple[asyncio.BaseTransport, float]:
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    connecting = loop.create_connection(
-        asyncio.Protocol, spec.address, spec.port, ssl=context,
-        server_hostname=server_hostname(spec), ssl_handshake_timeout=timeout,
+    connecting = open_stream(
+        spec, config, spec.address, spec.port, asyncio.Protocol, ssl_context=context,
+        server_hostname=server_hostname(spec), timeout=timeout,
     )  # fmt: skip
     transport, _ = await asyncio.wait_for(connecting, timeout)
     return transport, (time.perf_counter() - started) * 1000
@@ -203,15 +208,18 @@ async def _probe_tls(
         report.fail(exc)
         return
     try:
-        transport, report.handshake_ms = await _handshake(spec, context, timeout)
+        transport, report.handshake_ms = await _handshake(spec, config, context, timeout)
     except TimeoutError:
         report.fail(UpstreamTimeoutError(f"{spec.label}: TLS handshake timed out ({timeout} s)"))
+        return
+    except UpstreamError as exc:  # the proxy's part (transports/proxy.py)
+        report.fail(exc)
         return
     except OSError as exc:
         error = connect_error(spec.label, exc)
         report.fail(error)
         if isinstance(error, CertificateError):
-            await _read_unverified(report, spec, alpn, timeout)
+            await _read_unverified(report, spec, config, alpn, timeout)
         return
     try:
         _read_session(report, spec, transport.get_extra_info("ssl_object"))
@@ -250,7 +258,11 @@ def _read_session(report: UpstreamReport, spec: UpstreamSpec, ssl_object: ssl.SS
 
 
 async def _read_unverified(
-    report: UpstreamReport, spec: UpstreamSpec, alpn: list[str] | None, timeout: float
+    report: UpstreamReport,
+    spec: UpstreamSpec,
+    config: Config,
+    alpn: list[str] | None,
+    timeout: float,
 ) -> None:
     """A second handshake, NOT verified, only to show which certificate the server presents."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -259,8 +271,8 @@ async def _read_unverified(
     if alpn:
         context.set_alpn_protocols(alpn)
     try:
-        transport, _ = await _handshake(spec, context, timeout)
-    except (OSError, TimeoutError):
+        transport, _ = await _handshake(spec, config, context, timeout)
+    except (OSError, TimeoutError, UpstreamError):
         return
     try:
         der = transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -403,6 +415,8 @@ def format_table(reports: list[UpstreamReport]) -> str:
 def _format_one(r: UpstreamReport) -> str:
     status = "OK" if r.usable else f"UNUSABLE  {r.kind}"
     lines = [f"{r.url}  [{r.group}]  {status}"]
+    if r.path != "direct":
+        lines.append(f"  path         {r.path}")
     if r.error:
         lines.append(f"  error        {r.error}")
     if r.stamp_props:

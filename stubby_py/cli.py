@@ -85,6 +85,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--dnssec", choices=DNSSEC_MODES,
         help="validate answers (default: AD on secure ones, SERVFAIL on bogus ones) or off",
     )  # fmt: skip
+    parser.add_argument(
+        "--proxy", metavar="URI",
+        help="reach the upstreams through this proxy (replaces the configured global one): "
+        "socks5://[USER:PASS@]IP:PORT, socks5h://... (the proxy resolves the upstream's "
+        "authentication name: Tor), http://[USER:PASS@]IP:PORT (HTTP CONNECT)",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
 
 
@@ -147,6 +153,12 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
         "--bootstrap", action="append", default=[], metavar="URI",
         help="resolver for upstreams given by hostname (repeatable; replaces the configured ones)",
     )
+    parser.add_argument(
+        "--proxy", metavar="URI",
+        help="reach the upstreams through this proxy (replaces the configured global one): "
+        "socks5://[USER:PASS@]IP:PORT, socks5h://... (the proxy resolves the upstream's "
+        "authentication name: Tor), http://[USER:PASS@]IP:PORT (HTTP CONNECT)",
+    )  # fmt: skip
     parser.add_argument("--connect", action="store_true", help="connect and send a test query")
     parser.add_argument(
         "--timeout",
@@ -160,7 +172,8 @@ def _add_check_parser(commands: argparse._SubParsersAction[argparse.ArgumentPars
 
 def _check(args: argparse.Namespace) -> int:
     overrides = Overrides(
-        upstreams=tuple(args.upstream), ca_file=args.ca_file, bootstrap=tuple(args.bootstrap)
+        upstreams=tuple(args.upstream), ca_file=args.ca_file, bootstrap=tuple(args.bootstrap),
+        proxy=args.proxy,
     )
     config = apply_overrides(stubby_import.load(args.config)[0], overrides)
     if not args.connect:
@@ -327,7 +340,7 @@ def _run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
         trust_anchors=args.trust_anchors, dnssec=args.dnssec, verbose=args.verbose,
-        bootstrap=tuple(args.bootstrap),
+        bootstrap=tuple(args.bootstrap), proxy=args.proxy,
     )  # fmt: skip
 
     def load() -> Config:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 import dns.exception
 import dns.name
@@ -30,6 +30,39 @@ DNSSEC_MODES = ("validate", "off")
 DEFAULT_GROUP = "default"
 #: RFC 2181 §8: a TTL is at most 2^31 - 1
 MAX_TTL = 2**31 - 1
+
+
+PROXY_KINDS = ("socks5", "socks5h", "http")
+#: what a proxy can carry: TCP streams (SOCKS5 CONNECT, HTTP CONNECT), and QUIC through SOCKS5
+#: UDP ASSOCIATE; plain udp:// is refused with a proxy, never sent around it
+PROXIED_TRANSPORTS = frozenset({"tls", "https", "tcp"})
+QUIC_TRANSPORTS = frozenset({"quic", "h3"})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySpec:
+    """A proxy to reach upstreams through: `socks5` (the proxy is given the upstream's address),
+    `socks5h` (given its authentication name, for Tor; the address when it has none) or `http`
+    (HTTP CONNECT). `none` (per upstream): connect directly even when a global proxy is set.
+    The credentials are never shown: not in `label`, not in repr."""
+
+    kind: str
+    host: str = ""
+    port: int = 0
+    username: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+
+    @property
+    def label(self) -> str:
+        """As logs, errors and `check` show it: `socks5 127.0.0.1:1080`, never with credentials."""
+        if self.kind == "none":
+            return "none"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.kind} {host}:{self.port}"
+
+
+#: an upstream's `proxy: none`: direct, whatever the global `proxy` says
+NO_PROXY = ProxySpec("none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +85,8 @@ class UpstreamSpec:
     cert_hashes: tuple[str, ...] = ()
     #: from a DNS stamp: its informal properties (dnssec, no-log, no-filter), shown only
     stamp_props: tuple[str, ...] = ()
+    #: the upstream's own `proxy` (NO_PROXY: direct); None: the global `proxy` applies
+    proxy: ProxySpec | None = None
 
     @property
     def is_encrypted(self) -> bool:
@@ -103,6 +138,8 @@ class Config:
     tls_min_version: str = "1.2"
     #: CA bundle for every upstream that does not name its own; None = system trust store
     ca_file: str | None = None
+    #: reach every upstream through this proxy unless it names its own (or `none`); None: direct
+    proxy: ProxySpec | None = None
     tcp_idle_timeout: float = 10.0
     #: clients' TCP connections open at once, in total and from one client address
     tcp_max_connections: int = 512
@@ -295,6 +332,82 @@ def _check_ip(text: str, uri: str) -> None:
         raise ValueError(f"expected an IP address in {uri!r}, got {text!r}")
 
 
+def upstream_proxy(spec: UpstreamSpec, config: Config) -> ProxySpec | None:
+    """The proxy the upstream's connections go through, or None for a direct connection."""
+    proxy = spec.proxy if spec.proxy is not None else config.proxy
+    return None if proxy is None or proxy.kind == "none" else proxy
+
+
+def resolved_by_proxy(spec: UpstreamSpec, config: Config) -> bool:
+    """An upstream by hostname whose proxy resolves the name (socks5h, Tor): no bootstrap is
+    asked, so the name is never looked up outside the proxy."""
+    proxy = upstream_proxy(spec, config)
+    return proxy is not None and proxy.kind == "socks5h" and spec.needs_bootstrap
+
+
+def parse_proxy_uri(text: str, credentials: tuple[str, str] | None = None) -> ProxySpec:
+    """`socks5://[USER:PASS@]HOST:PORT`, `socks5h://…`, `http://…` or `none`; HOST an IP
+    address or localhost. `credentials` (from a file) replace any in the URI."""
+    if text == "none":
+        if credentials is not None:
+            raise ValueError("`none` takes no credentials")
+        return NO_PROXY
+    expected = "expected socks5://HOST:PORT, socks5h://HOST:PORT, http://HOST:PORT or none"
+    parts = urlsplit(text)
+    if parts.scheme not in PROXY_KINDS:
+        raise ValueError(f"{expected}, got a URI of scheme {parts.scheme or '(none)'!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"{expected}: a proxy URI has no path, query or fragment")
+    host, port = _proxy_address(parts, expected)
+    username, password = parts.username, parts.password
+    if credentials is not None:
+        if username is not None:
+            raise ValueError("credentials given both in the URI and in credentials_file")
+        username, password = credentials
+    elif username is not None:
+        username, password = unquote(username), unquote(password or "")
+    return ProxySpec(parts.scheme, host, port, username, password)
+
+
+def _proxy_address(parts: SplitResult, expected: str) -> tuple[str, int]:
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    host = parts.hostname
+    if not host or not port:
+        raise ValueError(f"{expected}: the proxy's address and port, e.g. socks5://127.0.0.1:1080")
+    if host != "localhost" and not is_ip(host):
+        raise ValueError(
+            f"expected the proxy as an IP address or localhost (no name lookup happens before"
+            f" the proxy), got {host!r}"
+        )
+    return ("127.0.0.1" if host == "localhost" else host), port
+
+
+def read_proxy_credentials(path: str) -> tuple[str, str]:
+    """`USER:PASSWORD` on the file's first line. A file that others may read is used, with a
+    warning in the log (the daemon may run as a user that only a group-readable file suits)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            line = handle.readline().rstrip("\r\n")
+            mode = os.fstat(handle.fileno()).st_mode
+    except OSError as exc:
+        raise ValueError(
+            f"expected a readable file of USER:PASSWORD, {path!r}: {exc.strerror}"
+        ) from None
+    user, colon, password = line.partition(":")
+    if not colon or not user:
+        raise ValueError(f"expected USER:PASSWORD on the first line of {path!r}")
+    if mode & 0o004:
+        import logging
+
+        logging.getLogger("stubby_py.config").warning(
+            "%s: the proxy credentials file is readable by every user (chmod o-r)", path
+        )
+    return user, password
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """`127.0.0.1:53`, `[::1]:5353` or a bare address (port 53)."""
     if text.startswith("["):
@@ -327,7 +440,7 @@ class _Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         #: upstreams given by hostname (node, key): they need `bootstrap`
-        self.by_hostname: list[tuple[yaml.Node, str]] = []
+        self.by_hostname: list[tuple[yaml.Node, str, UpstreamSpec]] = []
 
     def fail(self, node: yaml.Node | None, key: str, expected: str) -> ConfigError:
         line = node.start_mark.line + 1 if node is not None else 0
@@ -455,7 +568,43 @@ def _trust_anchor_file(text: str) -> str:
     return text
 
 
-_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method"}
+_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method", "proxy"}
+_PROXY_KEYS = {"url", "credentials_file"}
+
+
+def _proxy(reader: _Reader, node: yaml.Node, key: str) -> ProxySpec:
+    """A proxy URI, or a mapping of `url` and `credentials_file` (USER:PASSWORD, kept out of
+    the configuration file)."""
+    if isinstance(node, yaml.ScalarNode):
+        return reader.converted(node, key, parse_proxy_uri)
+    fields = reader.mapping(node, key, _PROXY_KEYS)
+    if "url" not in fields:
+        raise reader.fail(node, key, "expected a url, e.g. socks5://127.0.0.1:1080")
+    credentials = None
+    if "credentials_file" in fields:
+        credentials = reader.converted(
+            fields["credentials_file"], f"{key}.credentials_file", read_proxy_credentials
+        )
+    return reader.converted(
+        fields["url"], f"{key}.url", lambda text: parse_proxy_uri(text, credentials)
+    )
+
+
+def proxy_problem(spec: UpstreamSpec, proxy: ProxySpec) -> str | None:
+    """Why the upstream cannot go through the proxy, or None."""
+    if spec.transport in QUIC_TRANSPORTS:
+        if proxy.kind != "http":
+            return None
+        return (
+            "DoQ/HTTP/3 through a proxy needs SOCKS5 UDP ASSOCIATE; an HTTP proxy carries TCP"
+            f" only ({spec.label}: use a socks5:// proxy, tls:// or https://, or `proxy: none`)"
+        )
+    if spec.transport not in PROXIED_TRANSPORTS:
+        return (
+            f"plain DNS over UDP cannot go through a proxy ({spec.label}: use tcp://, or give"
+            " it `proxy: none`)"
+        )
+    return None
 
 
 def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
@@ -477,6 +626,13 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
         changes["ca_file"] = reader.converted(fields["ca_file"], f"{key}.ca_file", _ca_file)
     if "method" in fields:
         changes["method"] = reader.choice(fields["method"], f"{key}.method", ("post", "get"))
+    if "proxy" in fields:
+        changes["proxy"] = _proxy(reader, fields["proxy"], f"{key}.proxy")
+        problem = (
+            proxy_problem(spec, changes["proxy"]) if changes["proxy"] is not NO_PROXY else None
+        )
+        if problem is not None:
+            raise reader.fail(fields["proxy"], f"{key}.proxy", problem)
     if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
         raise reader.fail(node, key, "spki_pins and ca_file apply to encrypted upstreams only")
     return replace(spec, **changes)
@@ -489,7 +645,7 @@ def _upstreams(reader: _Reader, node: yaml.Node, key: str) -> tuple[UpstreamSpec
     for index, item in enumerate(reader.items(node, key)):
         spec = _upstream(reader, item, f"{key}[{index}]")
         if spec.needs_bootstrap:
-            reader.by_hostname.append((item, f"{key}[{index}]"))
+            reader.by_hostname.append((item, f"{key}[{index}]", spec))
         twin = next((i for i, other in enumerate(specs) if other.label == spec.label), None)
         if twin is not None:
             expected = (
@@ -521,6 +677,7 @@ def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
         "padding_block_size": lambda n: r.integer(n, "padding_block_size", 0, 512),
         "tls_min_version": lambda n: r.choice(n, "tls_min_version", ("1.2", "1.3")),
         "ca_file": lambda n: r.converted(n, "ca_file", _ca_file),
+        "proxy": lambda n: _proxy(r, n, "proxy"),
         "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
         "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
         "tcp_max_connections_per_client": lambda n: r.integer(
@@ -613,8 +770,9 @@ def own_listener(spec: UpstreamSpec, listen: tuple[tuple[str, int], ...]) -> str
 
 
 def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
-    if r.by_hostname and not config.bootstrap:
-        node, key = r.by_hostname[0]
+    unresolved = [h for h in r.by_hostname if not resolved_by_proxy(h[2], config)]
+    if unresolved and not config.bootstrap:
+        node, key, _spec = unresolved[0]
         raise r.fail(
             node,
             key,
@@ -731,13 +889,19 @@ def parse_config(text: str, source: str) -> Config:
         return with_defaults(Config(source=source))
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
-    for nullable in ("ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file"):
+    for nullable in (
+        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy"
+    ):  # fmt: skip
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}
     config = Config(source=source, **values)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
+    if config.proxy is not None:
+        problem = _global_proxy_problem(config)
+        if problem is not None:
+            raise reader.fail(fields["proxy"], "proxy", problem)
     if "upstreams" in fields and not config.upstreams:
         raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
     if config.cache_min_ttl > config.cache_max_ttl:
@@ -747,6 +911,23 @@ def parse_config(text: str, source: str) -> Config:
     if config.attempt_timeout > config.timeout:
         config = replace(config, attempt_timeout=config.timeout)
     return with_defaults(config)
+
+
+def _global_proxy_problem(config: Config) -> str | None:
+    """An upstream the global proxy would apply to but that cannot go through it."""
+    if config.proxy is None:
+        return None
+    if config.proxy.kind == "none":
+        return "expected socks5://, socks5h:// or http:// (`none` is for one upstream)"
+    pools = [("upstreams", config.upstreams)] + [
+        (f"upstream_groups.{name}", members) for name, members in config.upstream_groups
+    ]
+    for key, specs in pools:
+        for index, spec in enumerate(specs):
+            problem = proxy_problem(spec, config.proxy) if spec.proxy is None else None
+            if problem is not None:
+                return f"{key}[{index}]: {problem}"
+    return None
 
 
 def with_defaults(config: Config) -> Config:
@@ -776,6 +957,8 @@ class Overrides:
     trust_anchors: str | None = None
     dnssec: str | None = None
     bootstrap: tuple[str, ...] = ()
+    #: --proxy: the global `proxy`
+    proxy: str | None = None
     verbose: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -802,13 +985,29 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
     _check_bootstrap_overrides(config)
     if overrides.verbose:
         changes["log_level"] = "debug"
-    return replace(config, **changes)
+    return _override_proxy(replace(config, **changes), overrides.proxy)
+
+
+def _override_proxy(config: Config, uri: str | None) -> Config:
+    """--proxy: the global proxy, checked against the upstreams it applies to."""
+    if not uri:
+        return config
+    try:
+        config = replace(config, proxy=parse_proxy_uri(uri))
+    except ValueError as exc:
+        raise ConfigError(f"command line: --proxy: {exc}") from None
+    problem = _global_proxy_problem(config)
+    if problem is not None:
+        raise ConfigError(f"command line: --proxy: {problem}")
+    return config
 
 
 def _check_bootstrap_overrides(config: Config) -> None:
     """The rules of `_check_bootstrap` for what the command line changed."""
     specs = list(config.upstreams) + [s for _, group in config.upstream_groups for s in group]
-    by_name = next((s for s in specs if s.needs_bootstrap), None)
+    by_name = next(
+        (s for s in specs if s.needs_bootstrap and not resolved_by_proxy(s, config)), None
+    )
     if by_name is not None and not config.bootstrap:
         raise ConfigError(
             f"command line: {by_name.label}: an upstream given by hostname needs --bootstrap URI"

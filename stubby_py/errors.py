@@ -18,8 +18,11 @@ StubbyError
     │   │   ├── CertExpiredError   it has expired (or is not valid yet)
     │   │   └── CertUntrustedError no path to a trusted CA (self-signed, unknown issuer)
     │   ├── PinMismatchError       certificate SPKI not in the configured pin set
-    │   └── TLSConfigError         our side: the TLS settings cannot be built (a CA file that
-    │                              is unreadable or does not parse)
+    │   ├── TLSConfigError         our side: the TLS settings cannot be built (a CA file that
+    │   │                          is unreadable or does not parse)
+    │   └── ProxyError             the upstream's proxy refused the tunnel or answered garbage
+    │       ├── ProxyRefusedError  the proxy itself cannot be reached
+    │       └── ProxyAuthError     the proxy wants other credentials
     ├── UpstreamTimeoutError       no answer within the attempt or the deadline
     ├── UpstreamClosedError        connection lost with the query in flight (`after_answers`:
     │                              one that had answered before it died, not a sign of an outage)
@@ -38,9 +41,9 @@ in the text). From most to least telling:
   (an upstream's own SERVFAIL or REFUSED answer ranks here: it is passed on as it came)
   40  bad-response           the upstream was reached and answered, but with garbage, the wrong
                              question or an HTTP error: its fault, not the network's
-  30  TLS, certificate, pin, ALPN
-                             the upstream was reached but could not be trusted: a setting to
-                             fix, or someone in the path
+  30  TLS, certificate, pin, ALPN, proxy-refused, proxy-auth, proxy-error
+                             the upstream was reached but could not be trusted, or its proxy
+                             would not carry us there: a setting to fix, or someone in the path
   20  timeout, connection-closed, upstream-error
                              maybe reached, nothing usable came back
   10  connect-failed, connection-refused, no-route
@@ -155,6 +158,23 @@ class BootstrapError(UpstreamConnectError):
     or answered something that is not the addresses of that name (bootstrap.py)."""
 
     kind = "bootstrap"
+
+
+class ProxyError(UpstreamConnectError):
+    """The proxy configured for the upstream would not open the tunnel: it refused the CONNECT,
+    closed the connection or answered something that is not its protocol. Never followed by a
+    direct connection."""
+
+    kind = "proxy-error"
+    rank = 30
+
+
+class ProxyRefusedError(ProxyError):
+    kind = "proxy-refused"
+
+
+class ProxyAuthError(ProxyError):
+    kind = "proxy-auth"
 
 
 class UpstreamTimeoutError(UpstreamError):

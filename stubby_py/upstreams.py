@@ -409,4 +409,5 @@ def transport_settings(config: Config) -> tuple[object, ...]:
         config.bootstrap_min_ttl,
         config.bootstrap_max_ttl,
         config.bootstrap_file,
+        config.proxy,
     )

@@ -185,6 +185,7 @@ class _H2ServerConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
         self._server.connections.add(transport)  # type: ignore[arg-type]
         self._state.connections += 1
+        self._state.peers.append(transport.get_extra_info("peername")[0])
         self._state.handshakes += 1
         codes = h2.settings.SettingCodes
         settings: dict[h2.settings.SettingCodes, int] = {}

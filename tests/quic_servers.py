@@ -65,6 +65,7 @@ class _ServerConnection(QuicConnectionProtocol):
         if isinstance(event, HandshakeCompleted):
             self.state.handshakes += 1
             self.state.connections += 1
+            self.state.peers.append(self._quic._network_paths[0].addr[0])
             self.state.resumptions += event.session_resumed
         elif isinstance(event, (StreamReset, StopSendingReceived)):
             self.state.client_resets.append(event.error_code)

@@ -36,6 +36,8 @@ class UpstreamState:
     address: str = "192.0.2.1"
     queries: list[bytes] = field(default_factory=list)
     connections: int = 0
+    #: each stream connection's peer address (a proxy's outgoing address tells it apart)
+    peers: list[str] = field(default_factory=list)
     #: decides the behaviour per query (overrides `behaviour` when set)
     chooser: Callable[[dns.message.Message], Behaviour] | None = None
     #: name (lower-case, absolute) → seconds its answer is held back (others: `delay`)
@@ -145,6 +147,7 @@ class LocalUpstream:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         self.state.connections += 1
+        self.state.peers.append(writer.get_extra_info("peername")[0])
         self._writers.add(writer)
         held: list[bytes] = []
         try:

@@ -50,6 +50,7 @@ from stubby_py.transports.multiplex import (
     Waiter,
     checked_reply,
 )
+from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (
     ClientContexts,
     check_pins,
@@ -563,17 +564,15 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
 
     async def _open(self) -> DoHConnection:
         context = self._contexts.get()
-        loop = asyncio.get_running_loop()
         address = await self.endpoint.address()
         try:
-            transport, connection = await loop.create_connection(
+            transport, connection = await open_stream(
+                self.spec, self._config, address, self.spec.port,
                 lambda: DoHConnection(self),
-                address,
-                self.spec.port,
-                ssl=context,
+                ssl_context=context,
                 server_hostname=server_hostname(self.spec),
-                ssl_handshake_timeout=self.connect_timeout,
-            )
+                timeout=self.connect_timeout,
+            )  # fmt: skip
         except OSError as exc:  # ssl.SSLError included
             raise connect_error(self.name, exc) from None
         self._open_connections.add(connection)

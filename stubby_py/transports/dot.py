@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, cast
+from typing import cast
 
 from stubby_py import edns, wire
 from stubby_py.config import Config, UpstreamSpec
@@ -27,6 +27,7 @@ from stubby_py.errors import (
 from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import MultiplexedTransport
+from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (
     ClientContexts,
     check_pins,
@@ -326,19 +327,15 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
             raise
 
     async def _open(self) -> DoTConnection:
-        loop = asyncio.get_running_loop()
-        tls_options: dict[str, Any] = {}
-        if self.uses_tls:
-            tls_options = {
-                "ssl": self._contexts.get(),
-                "server_hostname": server_hostname(self.spec),
-                "ssl_handshake_timeout": self.connect_timeout,
-            }
         address = await self.endpoint.address()
         try:
-            transport, protocol = await loop.create_connection(
-                lambda: DoTConnection(self), address, self.spec.port, **tls_options
-            )
+            transport, protocol = await open_stream(
+                self.spec, self._config, address, self.spec.port,
+                lambda: DoTConnection(self),
+                ssl_context=self._contexts.get() if self.uses_tls else None,
+                server_hostname=server_hostname(self.spec) if self.uses_tls else None,
+                timeout=self.connect_timeout,
+            )  # fmt: skip
         except OSError as exc:  # ssl.SSLError included
             raise connect_error(self.name, exc) from None
         ssl_object = transport.get_extra_info("ssl_object")

@@ -46,6 +46,7 @@ from stubby_py.errors import (
 )
 from stubby_py.failures import socket_error, tls_alert_error
 from stubby_py.transports.multiplex import Exchanges, MultiplexedTransport, Waiter
+from stubby_py.transports.proxy import open_datagram
 from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname
 
 log = logging.getLogger(__name__)
@@ -341,12 +342,12 @@ class QuicTransport(MultiplexedTransport[P]):
             session_ticket_handler=self._store_ticket,
             token_handler=self._store_token,
         )
-        loop = asyncio.get_running_loop()
         address = await self.endpoint.address()
         try:
-            transport, connection = await loop.create_datagram_endpoint(
-                lambda: self._new_connection(quic), remote_addr=(address, self.spec.port)
-            )
+            transport, connection = await open_datagram(
+                self.spec, self._config, address, self.spec.port,
+                lambda: self._new_connection(quic), timeout=self.connect_timeout,
+            )  # fmt: skip
         except OSError as exc:
             raise socket_error(self.name, exc) from None
         try:

@@ -41,7 +41,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.dnssec_hierarchy
 
-from cache_hits import others_seconds, process_ticks  # noqa: E402
+from cache_hits import others_seconds, process_ticks, vm_kib  # noqa: E402
 from forwarding import (  # noqa: E402
     CLK_TCK,
     FORWARDER_CPU,
@@ -481,6 +481,87 @@ def measure_cold(bench: Bench, rounds: int) -> Cold:
     return cold
 
 
+# --------------------------------------------------------------------------- memory
+
+MEMORY_NAMES = 100_000  # answers in the cache when the resident memory is read
+MEMORY_TARGET_MIB = 64
+MEMORY_FILL_LIMIT_S = 60  # a fill pass is cut off after this
+MEMORY_FILL_PASSES = 2
+
+
+@dataclass
+class Memory:
+    """A fresh validating daemon's resident memory before any query and with MEMORY_NAMES
+    answers cached, filled with unique names of `loads` (split evenly)."""
+
+    loads: list[str]
+    rss_start_kib: int | None = None
+    rss_full_kib: int | None = None
+    hwm_full_kib: int | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+    fill: list[Dnsperf] = field(default_factory=list)
+    error: str | None = None
+
+
+def measure_memory(bench: Bench, loads: Sequence[str], total: int = MEMORY_NAMES) -> Memory:
+    memory = Memory(list(loads))
+    print(
+        f"-- memory: {total:,} answers with validation on ({','.join(loads)})",
+        file=sys.stderr,
+        flush=True,
+    )
+    names = bench.tmp / "memory.txt"
+    with names.open("w") as f:
+        for i, key in enumerate(loads):
+            load, count = LOADS[key], total // len(loads) + (i < total % len(loads))
+            f.write("".join(f"m{n}.{load.zone} {load.qtype}\n" for n in range(count)))
+    try:
+        with Daemon(bench, "validate", "memory") as daemon:
+            memory.rss_start_kib = vm_kib(daemon.proc.pid)
+            for _ in range(MEMORY_FILL_PASSES):  # a second pass for names lost on the way
+                memory.fill.append(
+                    dnsperf(
+                        bench.children,
+                        daemon.port,
+                        names,
+                        MEMORY_FILL_LIMIT_S,
+                        ["-c", str(MAX_CLIENTS), "-q", str(OUTSTANDING)],
+                    )
+                )
+                time.sleep(0.5)  # answers still in flight settle
+                memory.cache = daemon.stats()["cache"]
+                if memory.cache["entries"] >= total:
+                    break
+            memory.rss_full_kib = vm_kib(daemon.proc.pid)
+            memory.hwm_full_kib = vm_kib(daemon.proc.pid, "VmHWM")
+    except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
+        memory.error = f"{exc}\n{read_tail(bench.tmp / 'memory.log')}".strip()
+    finally:
+        names.unlink(missing_ok=True)
+    return memory
+
+
+def memory_table(memory: Memory) -> list[str]:
+    if memory.error or memory.rss_full_kib is None or memory.rss_start_kib is None:
+        return [f"memory FAILED: {(memory.error or '?').splitlines()[0]}"]
+    full = memory.rss_full_kib / 1024
+    verdict = "met" if full < MEMORY_TARGET_MIB else "NOT met"
+    rcodes: dict[str, int] = {}
+    for run in memory.fill:
+        for k, v in run.rcodes.items():
+            rcodes[k] = rcodes.get(k, 0) + v
+    return [
+        f"resident memory with validation on, answers from {','.join(memory.loads)} "
+        "(unique names, each asked once)",
+        f"  at start, before any query  {memory.rss_start_kib / 1024:>7.1f} MiB",
+        f"  {memory.cache.get('entries', 0):,} answers cached     {full:>7.1f} MiB   "
+        f"target < {MEMORY_TARGET_MIB} MiB: {verdict}",
+        f"  the cache's share {(memory.rss_full_kib - memory.rss_start_kib) / 1024:.1f} MiB; "
+        f"peak RSS (VmHWM) {_fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; "
+        f"fill answers {rcodes}",
+    ]
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -654,11 +735,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="stubby-py with aggressive_nsec: false (every question goes upstream)",
     )
+    parser.add_argument(
+        "--memory",
+        default="nx-insecure",
+        help="loads whose unique names fill a validating daemon's cache to 100,000 answers "
+        "before its RSS is read (comma-separated; '' leaves the measurement out; default "
+        "nx-insecure: unsigned answers proven insecure below the signed test.)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")
     args = parser.parse_args(argv)
     args.loads = [key for key in args.loads.split(",") if key]
-    unknown = set(args.loads) - set(LOADS)
+    args.memory = [key for key in args.memory.split(",") if key]
+    unknown = (set(args.loads) | set(args.memory)) - set(LOADS)
     if unknown:
         parser.error(f"unknown loads {sorted(unknown)}")
     if not 1 <= args.duration <= 60 or not 0 <= args.cold_rounds <= 100:
@@ -666,7 +755,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row | Cold]:
+def run(
+    args: argparse.Namespace, children: Children, tmp: Path
+) -> Iterator[Row | Cold | Memory]:
     with signed_hierarchy(tmp / "hierarchy") as hierarchy:
         upstreams = tuple(pin_servers(children))
         bench = Bench(
@@ -677,6 +768,8 @@ def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row
             yield measure_row(bench, index, key, mode)
         if args.cold_rounds:
             yield measure_cold(bench, args.cold_rounds)
+        if args.memory:
+            yield measure_memory(bench, args.memory)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -687,15 +780,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle = background_load()
     rows: list[Row] = []
     cold: Cold | None = None
+    memory: Memory | None = None
     with workspace(args.keep, prefix="bench-dnssec-") as (children, tmp):
         for result in run(args, children, tmp):
             if isinstance(result, Row):
                 rows.append(result)
+            elif isinstance(result, Memory):
+                memory = result
             else:
                 cold = result
     print("\n".join(throughput_table(rows)))
     if cold is not None:
         print("\n" + "\n".join(cold_table(cold)))
+    if memory is not None:
+        print("\n" + "\n".join(memory_table(memory)))
     found = notes(rows, cold, idle)
     print("\nnotes:\n" + "\n".join(found) if found else "\nclean run: no notes")
     doc = {
@@ -703,9 +801,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transport": args.transport,
         "rows": [asdict(r) for r in rows],
         "cold": {**asdict(cold), **cold_summary(cold)} if cold else None,
+        "memory": asdict(memory) if memory else None,
     }
     write_json(args.json, idle, doc)
-    return 1 if any(r.error for r in rows) or (cold and cold.failures) else 0
+    failed = any(r.error for r in rows) or (cold and cold.failures) or (memory and memory.error)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

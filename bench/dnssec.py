@@ -119,6 +119,8 @@ LOADS: dict[str, Load] = {
     },
     # most of the DNS: an unsigned zone below a proven insecure delegation (the short path)
     "nx-insecure": Load("insecure.test.", "A", "NXDOMAIN", "nx", "NXDOMAIN, unsigned", False),
+    # unsigned positive answers (an unsigned wildcard A): what most cached answers look like
+    "a-insecure": Load("wild.insecure.test.", "A", "NOERROR", "a", "A, unsigned", False),
 }
 DEFAULT_LOADS = (
     "wild-nsec", "wild-nsec3", "nodata-nsec", "nx-rsasha256", "nx-ecdsap256", "nx-ed25519",
@@ -737,10 +739,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--memory",
-        default="nx-insecure",
+        default="a-insecure",
         help="loads whose unique names fill a validating daemon's cache to 100,000 answers "
         "before its RSS is read (comma-separated; '' leaves the measurement out; default "
-        "nx-insecure: unsigned answers proven insecure below the signed test.)",
+        "a-insecure: unsigned A answers proven insecure below the signed test.)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")

@@ -269,7 +269,8 @@ def zone_specs() -> list[ZoneSpec]:
         ZoneSpec("nonsec.test.", _apex(bogus_www), edits=(_drop_nsec,)),
     ]
     for origin, address in UNSIGNED_ZONES.items():
-        zones.append(ZoneSpec(origin, _apex([f"www A {address}"]), algorithm=None))
+        body = _apex([f"www A {address}", f"*.wild A {address}"])
+        zones.append(ZoneSpec(origin, body, algorithm=None))
     return zones
 
 

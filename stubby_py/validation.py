@@ -25,6 +25,7 @@ from dns.rcode import Rcode
 from stubby_py import wire
 from stubby_py.anchor_updates import AnchorUpdates
 from stubby_py.cache import ValidationStatus
+from stubby_py.dnssec.aggressive import wire_key
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
 from stubby_py.dnssec.validate import Validator
@@ -172,6 +173,9 @@ class Validation:
         now = time.time()
         found = self.validator.synthesize_wire(query.qname_wire, query.qtype, now)
         if found is None:
+            key = wire_key(query.qname_wire)
+            if key is None or self.validator.chain.known_insecure_wire(key, now) is not None:
+                return None  # no NSEC of a zone above an insecure cut proves anything below it
             qname = dns.name.from_wire(query.question, 0)[0]
             found = self.validator.synthesize(qname, query.qtype, now)
             if found is None:
@@ -227,10 +231,10 @@ class Validation:
                 body = wire.with_flag(body, wire.AD, False)
                 return Validated(body, ttl_offsets, layout, ValidationStatus.UNCHECKED)
         else:
-            qname = dns.name.from_wire(query.question, 0)[0]
-            shortcut = self._unsigned_in_insecure_zone(query, qname, reply)
+            shortcut = self._unsigned_in_insecure_zone(query, reply)
             if shortcut is not None:
                 return shortcut
+            qname = dns.name.from_wire(query.question, 0)[0]
         try:
             message = dns.message.from_wire(body)
         except dns.exception.DNSException as exc:
@@ -266,7 +270,7 @@ class Validation:
         return Validated(body, ttl_offsets, layout, status, note)
 
     def _unsigned_in_insecure_zone(
-        self, query: wire.ClientQuery, qname: dns.name.Name, reply: Scanned
+        self, query: wire.ClientQuery, reply: Scanned
     ) -> Validated | None:
         """Most of the DNS is unsigned. A reply that holds only the answer to its own question
         (wire.is_plain_answer: no DNSSEC record, no CNAME or DNAME to follow, no record of
@@ -276,8 +280,11 @@ class Validation:
         body, ttl_offsets, layout = reply
         if query.qtype in _NOT_SHORTCUT or not wire.is_plain_answer(body, query.qtype):
             return None
+        key = wire_key(query.qname_wire)
+        if key is None:
+            return None
         now = time.time()
-        zone = self.validator.chain.known_insecure(qname, now)
+        zone = self.validator.chain.known_insecure_wire(key, now)
         if zone is None:
             return None
         self._counters["dnssec_insecure"] += 1

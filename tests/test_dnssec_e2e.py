@@ -23,12 +23,14 @@ from typing import Any
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
 import pytest
 
+from stubby_py.dnssec.validate import Validator
 from tests.daemon_thread import make_config, running_daemon
 from tests.dnssec_hierarchy import (
     ALGORITHM_ZONES,
@@ -456,6 +458,52 @@ def test_unsigned_answers_below_a_known_insecure_delegation_take_the_short_path(
         assert parses  # a chain to follow: the whole path
         counters = daemon.call(daemon.resolver.snapshot)["counters"]
         assert counters["dnssec_insecure"] >= 4 and counters["dnssec_bogus"] == 0
+
+
+def test_questions_below_a_known_insecure_delegation_build_no_dnspython_name(
+    dnssec_hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unsigned short path looks the question up by its wire form: no dnspython name is
+    built for it, and no proof from held NSEC records is tried (none above an insecure cut
+    proves anything below it), yet the answers are the same."""
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    names: list[int] = []
+    proofs: list[int] = []
+    real_from_wire = dns.name.from_wire
+    real_synthesize = Validator.synthesize
+
+    def in_daemon() -> bool:
+        return threading.current_thread() is not threading.main_thread()
+
+    def counting_from_wire(*args: Any, **kwargs: Any) -> tuple[dns.name.Name, int]:
+        if in_daemon():
+            names.append(1)
+        return real_from_wire(*args, **kwargs)
+
+    def counting_synthesize(self: Validator, *args: Any) -> Any:
+        if in_daemon():
+            proofs.append(1)
+        return real_synthesize(self, *args)
+
+    with running_daemon(config) as daemon:
+        # the chain: insecure.test. proven an unsigned delegation; held NSEC records of test.
+        assert ask(daemon.port, "www.insecure.test.").rcode() == NOERROR
+        assert ask(daemon.port, "nx.nsec.test.").rcode() == NXDOMAIN
+        monkeypatch.setattr("stubby_py.validation.dns.name.from_wire", counting_from_wire)
+        monkeypatch.setattr(Validator, "synthesize", counting_synthesize)
+        for name, rcode in (("nx1.insecure.test.", NXDOMAIN), ("a.wild.insecure.test.", NOERROR)):
+            reply = ask(daemon.port, name, "A", do=False, ad=True)
+            assert reply.rcode() == rcode and not has_ad(reply), describe(reply)
+        assert names == [] and proofs == []
+        signed = ask(daemon.port, "nx2.nsec.test.", ad=True)
+        assert signed.rcode() == NXDOMAIN and has_ad(signed), describe(signed)
+        assert proofs  # a signed zone's name is still proven from held records
+        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        assert counters["dnssec_insecure"] >= 3 and counters["dnssec_bogus"] == 0
 
 
 def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(

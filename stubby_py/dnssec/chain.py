@@ -30,7 +30,7 @@ from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.dnskeybase import Flag
 
 from stubby_py.dnssec import denial
-from stubby_py.dnssec.aggressive import DenialCache
+from stubby_py.dnssec.aggressive import DenialCache, Key, name_key
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Link, Question, Security, Step
 from stubby_py.dnssec.verify import (
@@ -166,6 +166,11 @@ class KeyChain:
         self.bogus_ttl = bogus_ttl
         #: zone cuts by name: secure (with keys), insecure, bogus
         self._zones: dict[dns.name.Name, ZoneKeys] = {}
+        #: the names of `_zones` (and of some zones since forgotten) by canonical key, for
+        #: `known_insecure_wire`: a client's question looked up with no dnspython name built
+        self._zone_names: dict[Key, dns.name.Name] = {}
+        #: the trust anchors' zones by key, and the TrustAnchors they were made from
+        self._anchor_key_set: tuple[TrustAnchors | None, frozenset[Key]] = (None, frozenset())
         #: names proven not to be zone cuts, until when
         self._not_cuts: dict[dns.name.Name, float] = {}
         #: NSEC/NSEC3 records of secure proofs, for answers proven from them (RFC 8198)
@@ -177,6 +182,7 @@ class KeyChain:
     def flush(self) -> None:
         """Forget everything; walks under way then remember nothing of what they found."""
         self._zones.clear()
+        self._zone_names.clear()
         self._not_cuts.clear()
         self.denials.flush()
         VERIFIED.clear()
@@ -191,6 +197,26 @@ class KeyChain:
         zones = self._zones
         for depth in range(len(name), len(anchor) - 1, -1):  # the deepest first
             entry = zones.get(name.split(depth)[1])
+            if entry is not None and entry.expires > now:
+                return entry if entry.security == Security.INSECURE else None
+        return None
+
+    def known_insecure_wire(self, qname_key: Key, now: float) -> ZoneKeys | None:
+        """`known_insecure` for a name given as its canonical key (`aggressive.wire_key` of a
+        client's question): the unsigned short path, with no dnspython name built."""
+        anchors, anchor_keys = self._anchor_key_set
+        if anchors is not self.anchors:
+            anchor_keys = frozenset(name_key(zone) for zone in self.anchors.zones)
+            self._anchor_key_set = (self.anchors, anchor_keys)
+        depth = len(qname_key)
+        while depth and qname_key[:depth] not in anchor_keys:
+            depth -= 1
+        if not depth:
+            return None  # no anchor above it
+        names, zones = self._zone_names, self._zones
+        for cut in range(len(qname_key), depth - 1, -1):  # the deepest first
+            name = names.get(qname_key[:cut])
+            entry = zones.get(name) if name is not None else None
             if entry is not None and entry.expires > now:
                 return entry if entry.security == Security.INSECURE else None
         return None
@@ -588,8 +614,11 @@ class KeyChain:
         if generation != self.generation:
             return  # found under what flush() has since thrown away
         self._zones[entry.zone] = entry
+        self._zone_names[name_key(entry.zone)] = entry.zone
         anchored = self.anchors.zones
         _trim(self._zones, now, lambda kept: kept.expires, keep=anchored)
+        if len(self._zone_names) > 2 * len(self._zones) + 64:  # names of forgotten zones
+            self._zone_names = {name_key(zone): zone for zone in self._zones}
 
 
 def _ask(

@@ -662,10 +662,13 @@ def _write_anchors(workdir: Path, root_key: _Key, dsfromkey: str) -> tuple[Path,
     return ds_file, dnskey_file, delv_file
 
 
-def build_zones(workdir: Path) -> tuple[list[ZoneSpec], dict[str, Path], tuple[Path, Path, Path]]:
-    """Keys, DS records, signed (and broken) zone files, trust anchors; no server started."""
+def build_zones(
+    workdir: Path, extra_zones: Sequence[ZoneSpec] = ()
+) -> tuple[list[ZoneSpec], dict[str, Path], tuple[Path, Path, Path]]:
+    """Keys, DS records, signed (and broken) zone files, trust anchors; no server started.
+    extra_zones: more zones below those of `zone_specs` (parents first)."""
     tools = _tools()
-    zones = zone_specs()
+    zones = [*zone_specs(), *extra_zones]
     builder = _Builder(workdir, tools)
     builder.build(zones)
     files = {z.origin: builder.zonedir / f"{z.file_stem}.zone" for z in zones}
@@ -674,10 +677,10 @@ def build_zones(workdir: Path) -> tuple[list[ZoneSpec], dict[str, Path], tuple[P
 
 
 @contextlib.contextmanager
-def signed_hierarchy(workdir: Path) -> Iterator[Hierarchy]:
+def signed_hierarchy(workdir: Path, extra_zones: Sequence[ZoneSpec] = ()) -> Iterator[Hierarchy]:
     """Build the hierarchy in ``workdir`` and serve it; both servers stop on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
-    zones, files, (ds_file, dnskey_file, delv_file) = build_zones(workdir)
+    zones, files, (ds_file, dnskey_file, delv_file) = build_zones(workdir, extra_zones)
     tls = write_tls_files(workdir / "tls", (DOT_AUTH_NAME, LOOPBACK))
     nsd_dir = workdir / "nsd"
     nsd_dir.mkdir(exist_ok=True)

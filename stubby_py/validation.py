@@ -25,7 +25,7 @@ from dns.rcode import Rcode
 from stubby_py import wire
 from stubby_py.anchor_updates import AnchorUpdates
 from stubby_py.cache import ValidationStatus
-from stubby_py.dnssec.aggressive import wire_key
+from stubby_py.dnssec.aggressive import Key, wire_key
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
 from stubby_py.dnssec.validate import Validator
@@ -174,8 +174,8 @@ class Validation:
         found = self.validator.synthesize_wire(query.qname_wire, query.qtype, now)
         if found is None:
             key = wire_key(query.qname_wire)
-            if key is None or self.validator.chain.known_insecure_wire(key, now) is not None:
-                return None  # no NSEC of a zone above an insecure cut proves anything below it
+            if key is None or not self._may_synthesize(key, now):
+                return None
             qname = dns.name.from_wire(query.question, 0)[0]
             found = self.validator.synthesize(qname, query.qtype, now)
             if found is None:
@@ -193,6 +193,20 @@ class Validation:
                               chain=links)  # fmt: skip
             trace.validation = validation_view(verdict, started, 0)
         return Validated(body, layout.ttl_offsets, layout, ValidationStatus.SECURE)
+
+    def _may_synthesize(self, qname_key: Key, now: float) -> bool:
+        """Whether records held for some zone could prove anything about the name: not when the
+        key cache knows a zone cut at or above it that is deeper than every zone with held
+        records (the name lies in that zone or below it, where their NSECs say nothing), nor
+        when that cut is an insecure one."""
+        chain = self.validator.chain
+        held = chain.denials.held_depth(qname_key)
+        if not held:
+            return False
+        known = chain.deepest_known(qname_key, now)
+        if known is None:
+            return True
+        return known.security != Security.INSECURE and len(known.zone) <= held
 
     def _may_ask_another(
         self,

@@ -506,6 +506,39 @@ def test_questions_below_a_known_insecure_delegation_build_no_dnspython_name(
         assert counters["dnssec_insecure"] >= 3 and counters["dnssec_bogus"] == 0
 
 
+def test_no_proof_from_held_records_is_tried_below_a_deeper_known_zone_cut(
+    dnssec_hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NSEC records held for test. say nothing about names in ecdsap256.test., a zone the key
+    cache knows: a question there goes upstream without an RFC 8198 proof being tried; one
+    for a name in test. itself is still answered from them."""
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    proofs: list[int] = []
+    real_synthesize = Validator.synthesize
+
+    def counting_synthesize(self: Validator, *args: Any) -> Any:
+        if threading.current_thread() is not threading.main_thread():
+            proofs.append(1)
+        return real_synthesize(self, *args)
+
+    with running_daemon(config) as daemon:
+        assert ask(daemon.port, "www.ecdsap256.test.").rcode() == NOERROR  # the zone known
+        assert ask(daemon.port, "nx1.test.").rcode() == NXDOMAIN  # test.'s NSEC held
+        monkeypatch.setattr(Validator, "synthesize", counting_synthesize)
+        reply = ask(daemon.port, "www.ecdsap256.test.", "TXT", ad=True)
+        assert reply.rcode() == NOERROR and has_ad(reply), describe(reply)
+        assert proofs == []
+        denied = ask(daemon.port, "nx2.test.", ad=True)
+        assert denied.rcode() == NXDOMAIN and has_ad(denied), describe(denied)
+        assert proofs  # a name in test. itself: proven from the held records
+        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        assert counters["dnssec_synthesized"] >= 1 and counters["dnssec_bogus"] == 0
+
+
 def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(
     dnssec_hierarchy: Hierarchy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

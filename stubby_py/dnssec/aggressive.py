@@ -367,6 +367,15 @@ class DenialCache:
         proven_key = (name_key(zone), span.owner, span.encloser(key), qtype)
         self._proven[proven_key] = _Proven(span, found, until, cap)
 
+    def held_depth(self, qname_key: Key) -> int:
+        """The label count of the deepest zone with held records at or above the name (its
+        canonical key); 0 when there is none."""
+        by_key = self._by_key
+        for depth in range(len(qname_key), 0, -1):
+            if qname_key[:depth] in by_key:
+                return depth
+        return 0
+
     def synthesize_wire(self, qname_wire: bytes, qtype: int, now: float) -> Synthesis | None:
         """The fast path: an answer for a name an NSEC span already proved an answer for
         (`_remember_span`), found with no dnspython name and no proof run again."""

@@ -204,6 +204,12 @@ class KeyChain:
     def known_insecure_wire(self, qname_key: Key, now: float) -> ZoneKeys | None:
         """`known_insecure` for a name given as its canonical key (`aggressive.wire_key` of a
         client's question): the unsigned short path, with no dnspython name built."""
+        entry = self.deepest_known(qname_key, now)
+        return entry if entry is not None and entry.security == Security.INSECURE else None
+
+    def deepest_known(self, qname_key: Key, now: float) -> ZoneKeys | None:
+        """The deepest zone the key cache knows (unexpired) at or above the name given as its
+        canonical key, from the nearest trust anchor down; None when it knows none."""
         anchors, anchor_keys = self._anchor_key_set
         if anchors is not self.anchors:
             anchor_keys = frozenset(name_key(zone) for zone in self.anchors.zones)
@@ -218,7 +224,7 @@ class KeyChain:
             name = names.get(qname_key[:cut])
             entry = zones.get(name) if name is not None else None
             if entry is not None and entry.expires > now:
-                return entry if entry.security == Security.INSECURE else None
+                return entry
         return None
 
     def refresh_anchor(self, zone: dns.name.Name, now: float) -> Step[ZoneKeys]:

@@ -272,7 +272,7 @@ class Validation:
                 )
         if verdict.kept is not None or not query.do:
             # only what was validated goes on, DNSSEC records only to DO clients
-            body = self.validator.render(message, verdict, query.do)
+            body = self.validator.render(message, verdict, query.do, body)
             layout = wire.scan_reply(body)
             ttl_offsets = layout.ttl_offsets
         body = wire.with_flag(body, wire.AD, verdict.security == Security.SECURE)

@@ -227,6 +227,11 @@ def parse_unusual_query(data: bytes) -> ClientQuery:
     return query
 
 
+def skip_name(data: bytes, pos: int) -> int:
+    """End of a possibly compressed name at pos (a pointer ends it), for other modules."""
+    return _skip_name(data, pos)
+
+
 def question_end(data: bytes) -> int:
     return _name_end(data, HEADER_LEN) + 4
 

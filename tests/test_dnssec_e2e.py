@@ -539,6 +539,35 @@ def test_no_proof_from_held_records_is_tried_below_a_deeper_known_zone_cut(
         assert counters["dnssec_synthesized"] >= 1 and counters["dnssec_bogus"] == 0
 
 
+def test_a_validated_answer_is_copied_from_the_upstream_octets_not_rendered(
+    dnssec_hierarchy: Hierarchy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A secure answer for a client without DO loses its RRSIGs by copying the other records'
+    octets: dnspython renders nothing, and the client gets the data, AD, and no RRSIG."""
+    config = make_config(
+        [dnssec_hierarchy.resolver_upstream],
+        dnssec="validate",
+        trust_anchors=str(dnssec_hierarchy.anchor_ds_file),
+    )
+    renders: list[int] = []
+    real_to_wire = dns.message.Message.to_wire
+
+    def counting_to_wire(self: dns.message.Message, *args: Any, **kwargs: Any) -> bytes:
+        if threading.current_thread() is not threading.main_thread():
+            renders.append(1)
+        return real_to_wire(self, *args, **kwargs)
+
+    with running_daemon(config) as daemon:
+        assert ask(daemon.port, "www.ecdsap256.test.").rcode() == NOERROR  # keys cached
+        monkeypatch.setattr(dns.message.Message, "to_wire", counting_to_wire)
+        reply = ask(daemon.port, "www.ecdsap256.test.", "TXT", do=False, ad=True)
+        assert reply.rcode() == NOERROR and has_ad(reply), describe(reply)
+        assert [r.rdtype for r in reply.answer] == [dns.rdatatype.TXT]
+        assert renders == []
+        signed = ask(daemon.port, "www.ed25519.test.", "TXT", do=True)  # a new zone's keys
+        assert has_ad(signed) and any(r.rdtype == dns.rdatatype.RRSIG for r in signed.answer)
+
+
 def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(
     dnssec_hierarchy: Hierarchy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

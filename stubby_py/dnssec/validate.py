@@ -9,6 +9,7 @@ bogus link makes it bogus, one insecure link (an unsigned zone) makes it insecur
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
@@ -22,6 +23,7 @@ from dns.rdata import Rdata
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
+from stubby_py import wire
 from stubby_py.dnssec import denial
 from stubby_py.dnssec.aggressive import Held, Synthesis
 from stubby_py.dnssec.chain import (
@@ -174,7 +176,14 @@ class Validator:
         self.chain.denials.learn(zone.zone, held, judged.now, soa)
 
     @staticmethod
-    def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:
+    def render(
+        reply: dns.message.Message, verdict: Verdict, dnssec_records: bool, body: bytes = b""
+    ) -> bytes:
+        """The client's reply; copied from the received octets `body` when that can be done."""
+        if body:
+            copied = render_wire(body, reply, verdict, dnssec_records)
+            if copied is not None:
+                return copied
         return render(reply, verdict, dnssec_records)
 
     @property
@@ -516,6 +525,111 @@ def _synthesize(sname: dns.name.Name, dname: dns.rrset.RRset) -> dns.name.Name |
 def _cname_target(cname: dns.rrset.RRset) -> dns.name.Name | None:
     record = next(iter(cname), None)
     return record.target if isinstance(record, CNAME) else None
+
+
+#: record types whose RDATA holds no domain name: a record of these types carries no
+#: compression pointer past its owner name
+_NAMELESS_RDATA = frozenset({1, 13, 16, 28, 43, 44, 48, 50, 51, 52, 257})
+_RR_FIXED = struct.Struct("!HHIH")
+_HEADER = struct.Struct("!HHHHHH")
+
+
+def _name_segments(data: bytes, pos: int) -> tuple[bytes, int, int]:
+    """The name at pos, lower-cased and uncompressed; where it ends in place; and the end of
+    the furthest octet any pointer in it led to (0: none). WireError when malformed."""
+    labels: list[bytes] = []
+    end = 0
+    reach = 0
+    hops = 0
+    while True:
+        if pos >= len(data):
+            raise wire.WireError("name runs past the end")
+        length = data[pos]
+        if length >= 0xC0:
+            if pos + 2 > len(data) or hops > 64:
+                raise wire.WireError("bad pointer")
+            if not end:
+                end = pos + 2
+            pos = ((length & 0x3F) << 8) | data[pos + 1]
+            hops += 1
+            reach = max(reach, wire.skip_name(data, pos))
+            continue
+        if length > 63:
+            raise wire.WireError("unknown label type")
+        labels.append(data[pos : pos + 1 + length].lower())
+        pos += 1 + length
+        if length == 0:
+            return b"".join(labels), end or pos, reach
+
+
+_Wanted = dict[tuple[int, bytes, int, int], int]
+
+
+def render_wire(
+    body: bytes, reply: dns.message.Message, verdict: Verdict, dnssec_records: bool
+) -> bytes | None:
+    """`render` by copying the kept records' octets out of the reply as received (`body`, the
+    octets `reply` was parsed from), with no dnspython rendering; None when that cannot be
+    done safely (a kept RRset that is not one of the reply's, a count that does not match, a
+    compression pointer that would lead elsewhere once records before it are left out): the
+    caller renders then. Records keep their order and TTLs as received."""
+    if len(reply.question) != 1:
+        return None
+    qtype = reply.question[0].rdtype
+    wanted: _Wanted | None = None
+    if verdict.kept is not None:
+        wanted = {}
+        for index, (kept, received) in enumerate(
+            ((verdict.kept[0], reply.answer), (verdict.kept[1], reply.authority))
+        ):
+            for rrset in kept:
+                if not any(rrset is r for r in received):
+                    return None  # made by the validator (a DNAME's CNAME): not in the octets
+                if dnssec_records or rrset.rdtype not in DNSSEC_TYPES or rrset.rdtype == qtype:
+                    key = (index, rrset.name.to_digestable(), rrset.rdtype, rrset.covers)
+                    wanted[key] = wanted.get(key, 0) + len(rrset)
+    try:
+        return _copy_records(body, wanted, dnssec_records, qtype)
+    except (wire.WireError, struct.error, IndexError):
+        return None
+
+
+def _copy_records(
+    body: bytes, wanted: _Wanted | None, dnssec_records: bool, qtype: int
+) -> bytes | None:
+    """The records `wanted` counts (section, owner, type, type covered), or with None every
+    record but the DNSSEC ones a client without DO is not given; see render_wire."""
+    msg_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(body)
+    pos = wire.question_end(body)
+    parts = [body[wire.HEADER_LEN : pos]]
+    counts = [0, 0, 0]
+    first_dropped = 0  # where the first record left out began (0: none yet)
+    for index in range(ancount + nscount + arcount):
+        section = 0 if index < ancount else 1 if index < ancount + nscount else 2
+        start = pos
+        owner, owner_end, reach = _name_segments(body, pos)
+        rtype, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(body, owner_end)
+        pos = owner_end + 10 + rdlength
+        if wanted is None:
+            keep = dnssec_records or rtype not in DNSSEC_TYPES or rtype == qtype
+        elif section == 2:
+            keep = False
+        else:
+            covers = body[owner_end + 10] << 8 | body[owner_end + 11] if rtype == 46 else 0
+            key = (section, owner, rtype, covers)
+            keep = wanted.get(key, 0) > 0
+            if keep:
+                wanted[key] -= 1
+        if not keep:
+            first_dropped = first_dropped or start
+            continue
+        if first_dropped and (reach > first_dropped or rtype not in _NAMELESS_RDATA):
+            return None  # a pointer into what moved or went
+        parts.append(body[start:pos])
+        counts[section] += 1
+    if pos != len(body) or qdcount != 1 or (wanted is not None and any(wanted.values())):
+        return None
+    return _HEADER.pack(msg_id, flags, 1, *counts) + b"".join(parts)
 
 
 def render(reply: dns.message.Message, verdict: Verdict, dnssec_records: bool) -> bytes:

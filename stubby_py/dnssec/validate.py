@@ -562,7 +562,8 @@ def _name_segments(data: bytes, pos: int) -> tuple[bytes, int, int]:
             return b"".join(labels), end or pos, reach
 
 
-_Wanted = dict[tuple[int, bytes, int, int], int]
+#: (section, owner in canonical form, type, type covered, class) -> records still to copy
+_Wanted = dict[tuple[int, bytes, int, int, int], int]
 
 
 def render_wire(
@@ -586,7 +587,8 @@ def render_wire(
                 if not any(rrset is r for r in received):
                     return None  # made by the validator (a DNAME's CNAME): not in the octets
                 if dnssec_records or rrset.rdtype not in DNSSEC_TYPES or rrset.rdtype == qtype:
-                    key = (index, rrset.name.to_digestable(), rrset.rdtype, rrset.covers)
+                    name = rrset.name.to_digestable()
+                    key = (index, name, rrset.rdtype, rrset.covers, rrset.rdclass)
                     wanted[key] = wanted.get(key, 0) + len(rrset)
     try:
         return _copy_records(body, wanted, dnssec_records, qtype)
@@ -597,7 +599,7 @@ def render_wire(
 def _copy_records(
     body: bytes, wanted: _Wanted | None, dnssec_records: bool, qtype: int
 ) -> bytes | None:
-    """The records `wanted` counts (section, owner, type, type covered), or with None every
+    """The records `wanted` counts (section, owner, type, type covered, class), or with None every
     record but the DNSSEC ones a client without DO is not given; see render_wire."""
     msg_id, flags, qdcount, ancount, nscount, arcount = _HEADER.unpack_from(body)
     pos = wire.question_end(body)
@@ -608,7 +610,7 @@ def _copy_records(
         section = 0 if index < ancount else 1 if index < ancount + nscount else 2
         start = pos
         owner, owner_end, reach = _name_segments(body, pos)
-        rtype, _rclass, _ttl, rdlength = _RR_FIXED.unpack_from(body, owner_end)
+        rtype, rclass, _ttl, rdlength = _RR_FIXED.unpack_from(body, owner_end)
         pos = owner_end + 10 + rdlength
         if wanted is None:
             keep = dnssec_records or rtype not in DNSSEC_TYPES or rtype == qtype
@@ -616,7 +618,7 @@ def _copy_records(
             keep = False
         else:
             covers = body[owner_end + 10] << 8 | body[owner_end + 11] if rtype == 46 else 0
-            key = (section, owner, rtype, covers)
+            key = (section, owner, rtype, covers, rclass)
             keep = wanted.get(key, 0) > 0
             if keep:
                 wanted[key] -= 1

@@ -98,3 +98,6 @@ class TLSServer:
             self.failed_handshakes += 1
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
+        except asyncio.CancelledError:  # the listener closes (shutdown)
+            conn.close()
+            raise

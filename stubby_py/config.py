@@ -974,7 +974,8 @@ def parse_config(text: str, source: str) -> Config:
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
     for nullable in (
-        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy"
+        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy",
+        "tls_cert", "tls_key",
     ):  # fmt: skip
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]

@@ -163,15 +163,23 @@ def test_kdig_over_tls_gets_answer_and_padding(served: Served) -> None:
     assert "Received 468 B" in result.stdout  # RFC 8467: padded to the 468-octet block
 
 
-def test_dig_over_tls(served: Served) -> None:
+def test_dig_over_tls_with_keepalive(served: Served) -> None:
     dig = require_tool("dig")
     result = subprocess.run(
         [dig, "@127.0.0.1", "-p", str(served.dot), "+tls", f"+tls-ca={served.ca_file}",
-         f"+tls-hostname={NAME}", "example.com", "A"],
+         f"+tls-hostname={NAME}", "+keepalive", "example.com", "A"],
         capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert "status: NOERROR" in result.stdout, result.stdout + result.stderr
     assert "192.0.2.1" in result.stdout
+    idle = served.daemon.config.tcp_idle_timeout
+    assert f"TCP KEEPALIVE: {idle:.1f} secs" in result.stdout  # RFC 7828, only when asked
+    plain = subprocess.run(
+        [dig, "@127.0.0.1", "-p", str(served.dot), "+tls", f"+tls-ca={served.ca_file}",
+         f"+tls-hostname={NAME}", "example.com", "A"],
+        capture_output=True, text=True, timeout=20,
+    )  # fmt: skip
+    assert "status: NOERROR" in plain.stdout and "KEEPALIVE" not in plain.stdout
 
 
 def test_dnspython_tls_pipelined_on_one_connection(served: Served) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stubby_py import control, fdbudget, netwatch, stats
+from stubby_py import control, fdbudget, local, netwatch, stats
 from stubby_py.config import Config, EncryptedListen
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
@@ -138,6 +138,7 @@ class Daemon:
             log.info("listening on %s (UDP and TCP)", _where(address, port))
         for listener in config.encrypted_listen:
             await self._listen_encrypted(listener)
+        self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(resolver, config)
         self._make_cache_directory()
@@ -201,6 +202,13 @@ class Daemon:
         bound = replace(listener, port=tls_server.port)
         self.encrypted_bound.append(bound)
         log.info("listening on %s", bound.label)
+
+    def _designate(self) -> None:
+        """DDR: what `_dns.resolver.arpa` SVCB says (the certificate's name may have changed)."""
+        assert self.resolver is not None
+        hostname = self.certificate.hostname if self.certificate is not None else None
+        listeners = tuple((e.scheme, e.address, e.port, e.path) for e in self.encrypted_bound)
+        self.resolver.designated = local.designated_resolvers(listeners, hostname)
 
     async def _adopt(self, sockets: list[socket.socket]) -> None:
         """Serve on sockets systemd passed us (socket activation): no bind, no privilege."""
@@ -376,6 +384,7 @@ class Daemon:
         self.tcp.ipv6_prefix = new.ipv6_client_prefix
         if self.certificate is not None and new.tls_cert and new.tls_key:
             self.certificate.configure(new.tls_cert, new.tls_key)
+        self._designate()
         if self.metrics is not None:
             self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.log_level.upper())

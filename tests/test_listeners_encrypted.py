@@ -17,6 +17,7 @@ from pathlib import Path
 
 import dns.message
 import dns.query
+import dns.rcode
 import dns.rdatatype
 import h2.config
 import h2.connection
@@ -317,3 +318,40 @@ def test_curl_resolves_through_doh(served: Served) -> None:
         capture_output=True, text=True, timeout=20,
     )  # fmt: skip
     assert "Connected to curl.home.test (127.0.0.1)" in result.stderr, result.stderr
+
+
+# -- DDR (RFC 9462) --------------------------------------------------------------------------------
+def test_ddr_lists_the_encrypted_listeners_and_is_never_forwarded(served: Served) -> None:
+    asked_before = len(served.upstream.state.queries)
+    svcb = dns.message.make_query("_dns.resolver.arpa", "SVCB")
+    reply = dns.query.udp(svcb, "127.0.0.1", port=served.plain, timeout=5)
+    records = sorted(reply.answer[0], key=lambda r: r.priority)
+    texts = [r.to_text() for r in records]
+    assert texts == [
+        f'1 {NAME}. alpn="dot" port="{served.dot}" ipv4hint="127.0.0.1"',
+        f'2 {NAME}. alpn="h2" port="{served.doh}" ipv4hint="127.0.0.1"'
+        ' dohpath="/dns-query{?dns}"',
+    ]
+    over_dot = dns.query.tls(
+        svcb, "127.0.0.1", port=served.dot, timeout=5,
+        ssl_context=client_context(served, "dot"), server_hostname=NAME,
+    )  # fmt: skip
+    assert over_dot.answer == reply.answer
+    nodata = dns.query.udp(dns.message.make_query("resolver.arpa", "A"), "127.0.0.1",
+                           port=served.plain, timeout=5)  # fmt: skip
+    assert nodata.rcode() == dns.rcode.NOERROR and not nodata.answer
+    other = dns.query.udp(dns.message.make_query("x.resolver.arpa", "A"), "127.0.0.1",
+                          port=served.plain, timeout=5)  # fmt: skip
+    assert other.rcode() == dns.rcode.NXDOMAIN
+    assert len(served.upstream.state.queries) == asked_before
+
+
+def test_ddr_without_encrypted_listeners_is_nodata() -> None:
+    with local_upstream(None) as upstream:
+        config = make_config([f"udp://127.0.0.1:{upstream.port}"])
+        with running_daemon(config) as daemon:
+            svcb = dns.message.make_query("_dns.resolver.arpa", "SVCB")
+            reply = dns.query.udp(svcb, "127.0.0.1", port=daemon.port, timeout=5)
+            assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
+            assert reply.authority  # the SOA of a negative answer
+            assert upstream.state.queries == []

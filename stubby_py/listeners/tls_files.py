@@ -35,6 +35,19 @@ def _signature(*paths: str) -> Signature:
     return tuple(stats)
 
 
+def certificate_hostname(path: str) -> str | None:
+    """The first DNS name (not a wildcard) the leaf certificate in `path` is for, if any."""
+    from cryptography import x509
+
+    try:
+        with open(path, "rb") as handle:
+            leaf = x509.load_pem_x509_certificates(handle.read())[0]
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, IndexError, x509.ExtensionNotFound):
+        return None
+    return next((n for n in names.get_values_for_type(x509.DNSName) if "*" not in n), None)
+
+
 class ServerCertificate:
     def __init__(self, cert: str, key: str) -> None:
         self.cert = cert
@@ -42,6 +55,8 @@ class ServerCertificate:
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._signature = _signature(cert, key)
         self._checked = time.monotonic()
+        #: the name DDR gives as the listeners' (the certificate's first DNS name)
+        self.hostname = certificate_hostname(cert)
         #: times a changed pair was loaded, and changed pairs refused
         self.reloaded = 0
         self.refused = 0
@@ -87,4 +102,5 @@ class ServerCertificate:
         for context in self._contexts.values():
             context.load_cert_chain(self.cert, self.key)
         self.reloaded += 1
+        self.hostname = certificate_hostname(self.cert)
         log.info("TLS certificate %s loaded for new connections", self.cert)

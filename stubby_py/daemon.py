@@ -447,7 +447,17 @@ class Daemon:
             udp.close()
         if self.tcp is not None:
             self.tcp.close_all()
+            if self._tls_servers:
+                await self._tls_connections_closed()
         await self._close_resolver()
+
+    async def _tls_connections_closed(self) -> None:
+        """TLS connections close once the client's close_notify came, or after
+        SHUTDOWN_TIMEOUT: wait for them (a little longer), so none is left open at exit."""
+        assert self.tcp is not None
+        deadline = time.monotonic() + tls_accept.SHUTDOWN_TIMEOUT + 0.5
+        while self.tcp.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     def _close_listening_sockets(self) -> None:
         for listening in self._servers:

@@ -17,6 +17,7 @@ import dns.message
 import dns.query
 import h2.config
 import h2.connection
+import h2.events
 import pytest
 import trustme
 
@@ -270,3 +271,105 @@ def test_doh_request_that_never_completes_is_cut(
         assert tcp is not None and wait_for(lambda: not tcp.open)
         reply = dns.query.udp(dns.message.make_query("a.test", "A"), "127.0.0.1", port=daemon.port)
         assert reply.answer
+
+
+@contextlib.contextmanager
+def h2_connection(
+    port: int, ca_file: str
+) -> Iterator[tuple[ssl.SSLSocket, h2.connection.H2Connection]]:
+    context = ssl.create_default_context(cafile=ca_file)
+    context.set_alpn_protocols(["h2"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname=NAME) as tls,
+    ):
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(header_encoding=None))
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        conn.receive_data(tls.recv(65536))  # the server's SETTINGS (acknowledged below)
+        yield tls, conn
+
+
+def post_headers(*extra: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    return [
+        (b":method", b"POST"),
+        (b":scheme", b"https"),
+        (b":authority", NAME.encode()),
+        (b":path", b"/dns-query"),
+        (b"content-type", b"application/dns-message"),
+        *extra,
+    ]
+
+
+def events_until(
+    tls: ssl.SSLSocket, conn: h2.connection.H2Connection, kinds: tuple[type, ...]
+) -> list[h2.events.Event]:
+    """Read (bounded) until an event of one of `kinds` or the close; every event seen."""
+    seen: list[h2.events.Event] = []
+    for _ in range(50):
+        tls.sendall(conn.data_to_send())
+        try:
+            data = tls.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            return seen
+        seen += conn.receive_data(data)
+        if any(isinstance(e, kinds) for e in seen):
+            return seen
+    return seen
+
+
+def test_doh_header_list_over_the_limit_ends_the_connection(tmp_path: Path, ca: trustme.CA) -> None:
+    with encrypted_daemon(tmp_path, ca) as (daemon, _, ca_file):
+        _, https = ports(daemon)
+        with h2_connection(https, ca_file) as (tls, conn):
+            conn.send_headers(1, post_headers((b"x-filler", b"a" * (doh.MAX_HEADER_LIST + 1))))
+            seen = events_until(tls, conn, (h2.events.ConnectionTerminated,))
+            assert any(isinstance(e, h2.events.ConnectionTerminated) for e in seen)
+            assert not any(isinstance(e, h2.events.ResponseReceived) for e in seen)
+        reply = dns.query.udp(dns.message.make_query("a.test", "A"), "127.0.0.1", port=daemon.port)
+        assert reply.answer
+
+
+def test_doh_body_over_65535_octets_without_a_length_is_413(tmp_path: Path, ca: trustme.CA) -> None:
+    with encrypted_daemon(tmp_path, ca) as (daemon, _, ca_file):
+        _, https = ports(daemon)
+        with h2_connection(https, ca_file) as (tls, conn):
+            conn.send_headers(1, post_headers())
+            status = None
+            sent = 0
+            for _ in range(20):  # bounded: the window opens as the server takes the body
+                while sent <= 70_000:  # all the window allows
+                    room = min(conn.local_flow_control_window(1), conn.max_outbound_frame_size)
+                    if not room:
+                        break
+                    conn.send_data(1, b"\0" * room)
+                    sent += room
+                seen = events_until(
+                    tls, conn, (h2.events.ResponseReceived, h2.events.WindowUpdated)
+                )
+                response = [e for e in seen if isinstance(e, h2.events.ResponseReceived)]
+                if response:
+                    status = dict(response[0].headers or [])[b":status"]
+                    break
+            assert status == b"413" and sent > 65_535
+
+
+def test_shutdown_with_doh_and_dot_connections_open(tmp_path: Path, ca: trustme.CA) -> None:
+    with encrypted_daemon(tmp_path, ca) as (daemon, _, ca_file):
+        dot, https = ports(daemon)
+        with (
+            h2_connection(https, ca_file) as (tls, conn),
+            socket.create_connection(("127.0.0.1", dot), timeout=5) as raw,
+            client_context(ca_file).wrap_socket(raw, server_hostname=NAME) as dot_tls,
+        ):
+            dns.query.tls(dns.message.make_query("a.test", "A"), "127.0.0.1", sock=dot_tls)
+            tcp = daemon.daemon.tcp
+            assert tcp is not None and wait_for(lambda: len(tcp.open) == 2)
+            started = time.monotonic()
+            daemon.stop()
+            assert time.monotonic() - started < 5
+            seen = events_until(tls, conn, (h2.events.ConnectionTerminated,))
+            assert any(isinstance(e, h2.events.ConnectionTerminated) for e in seen)  # GOAWAY
+            daemon.stop = lambda: None  # type: ignore[method-assign]  # stopped already

@@ -112,6 +112,9 @@ class DoHListener(asyncio.Protocol):
                 codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
             },
         )
+        # h2 gives its HPACK decoder a new limit only on an ACK that changes the setting, and
+        # initial values are no change: set it here (a bigger header list is a protocol error)
+        self._h2.decoder.max_header_list_size = MAX_HEADER_LIST
         self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -21,6 +21,8 @@ from stubby_py.listeners.tls_files import ServerCertificate
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 10.0
+#: at a close, how long to wait for the client's close_notify before the connection is cut
+SHUTDOWN_TIMEOUT = 1.0
 #: after accept() fails (out of file descriptors), wait this long before the next
 ACCEPT_BACKOFF = 0.1
 
@@ -90,7 +92,11 @@ class TLSServer:
             context = self._certificate.context(self._alpn)
             await asyncio.wait_for(
                 loop.connect_accepted_socket(
-                    self._protocol, conn, ssl=context, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
+                    self._protocol,
+                    conn,
+                    ssl=context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                    ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
                 ),
                 HANDSHAKE_TIMEOUT + 1,
             )

@@ -128,6 +128,8 @@ class TCPConnections:
         #: connections closed later: idle (or never a whole query), replies not being read
         self.closed_idle = 0
         self.closed_unread = 0
+        #: DoT/DoH connections whose TLS handshake failed or timed out (listeners/server.py)
+        self.tls_handshake_failures = 0
         self.reading = True
 
     def protocol(self) -> TCPListener:

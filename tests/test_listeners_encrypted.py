@@ -222,6 +222,8 @@ def test_garbage_instead_of_tls_is_closed_and_plain_still_answers(served: Served
                     received += chunk
             assert received[:1] in (b"", b"\x15")  # nothing, or a TLS alert record
     assert wait_for(lambda: sum(s.failed_handshakes for s in servers) == failed_before + 2)
+    figures = served.daemon.call(served.daemon.daemon.collect_stats)
+    assert figures["tcp"]["tls_handshake_failures"] >= 2
     reply = dns.query.udp(query(), "127.0.0.1", port=served.plain, timeout=5)
     assert reply.answer
 

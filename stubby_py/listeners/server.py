@@ -102,6 +102,7 @@ class TLSServer:
             )
         except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
             self.failed_handshakes += 1
+            self._shared.tls_handshake_failures += 1
             log.debug("TLS handshake failed: %s", exc)
             conn.close()
         except asyncio.CancelledError:  # the listener closes (shutdown)

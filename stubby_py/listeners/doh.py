@@ -248,6 +248,9 @@ class DoHListener(asyncio.Protocol):
     def _body(self, stream_id: int, data: bytes) -> None:
         request = self._requests.get(stream_id)
         if request is None or request.done:
+            # answered already (an error status): the rest of the body is not wanted
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
             return
         if request.method != b"POST":
             self._error(stream_id, 400, b"a GET has no body")

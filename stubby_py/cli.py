@@ -56,7 +56,15 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen", action="append", default=[], metavar="ADDR:PORT",
         help="address to listen on, UDP and TCP (repeatable; replaces the configured ones; "
-        "IPv6 as [::1]:53)",
+        "IPv6 as [::1]:53); tls://ADDR:PORT for DoT, https://ADDR:PORT/PATH for DoH "
+        "(with --tls-cert and --tls-key)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-cert", metavar="FILE",
+        help="PEM certificate chain the tls:// and https:// listeners present",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tls-key", metavar="FILE", help="PEM private key of --tls-cert",
     )  # fmt: skip
     parser.add_argument(
         "--upstream", action="append", default=[], metavar="URI",
@@ -340,7 +348,8 @@ def _run(args: argparse.Namespace) -> int:
     overrides = Overrides(
         listen=tuple(args.listen), upstreams=tuple(args.upstream), ca_file=args.ca_file,
         trust_anchors=args.trust_anchors, dnssec=args.dnssec, verbose=args.verbose,
-        bootstrap=tuple(args.bootstrap), proxy=args.proxy,
+        bootstrap=tuple(args.bootstrap), proxy=args.proxy, tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )  # fmt: skip
 
     def load() -> Config:

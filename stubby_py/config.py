@@ -121,9 +121,34 @@ class UpstreamSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class EncryptedListen:
+    """A listener for clients that speak DoT (`tls://IP:PORT`) or DoH over HTTP/2
+    (`https://IP:PORT/PATH`)."""
+
+    scheme: str
+    address: str
+    port: int
+    #: the DoH path (`https` only)
+    path: str = ""
+
+    @property
+    def label(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.scheme}://{host}:{self.port}{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     #: addresses to listen on, UDP and TCP each
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
+    #: DoT and DoH listeners (`listen:` entries written as tls:// or https:// URIs)
+    encrypted_listen: tuple[EncryptedListen, ...] = ()
+    #: the certificate chain and private key (PEM) the encrypted listeners present
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: replies on encrypted listeners to queries that carry EDNS Padding are padded to a
+    #: multiple of this (RFC 8467 §4.1); 0 = never
+    listen_padding_block: int = 468
     #: client networks that get answers; everyone else gets REFUSED
     allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     upstreams: tuple[UpstreamSpec, ...] = ()
@@ -408,7 +433,7 @@ def read_proxy_credentials(path: str) -> tuple[str, str]:
     return user, password
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, default_port: int = 53) -> tuple[str, int]:
     """`127.0.0.1:53`, `[::1]:5353` or a bare address (port 53)."""
     if text.startswith("["):
         host, sep, port_text = text[1:].partition("]")
@@ -419,8 +444,62 @@ def parse_listen(text: str) -> tuple[str, int]:
         host, port_text = text, ""
     if not is_ip(host):
         raise ValueError(f"expected IP:PORT (IPv6 as [ADDR]:PORT), got {text!r}")
-    port = _port(port_text) if port_text else 53
+    port = _port(port_text) if port_text else default_port
     return host, port
+
+
+DEFAULT_DOT_PORT = 853
+DEFAULT_DOH_PORT = 443
+DEFAULT_DOH_PATH = "/dns-query"
+
+
+def parse_listen_uri(text: str) -> tuple[str, int] | EncryptedListen:
+    """A plain `IP:PORT` (UDP and TCP), `tls://IP[:PORT]` (DoT, port 853) or
+    `https://IP[:PORT][/PATH]` (DoH over HTTP/2, port 443, path /dns-query)."""
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return parse_listen(text)
+    if scheme not in ("tls", "https"):
+        raise ValueError(f"expected IP:PORT, tls://IP:PORT or https://IP:PORT/PATH, got {text!r}")
+    address, slash, path = rest.partition("/")
+    path = slash + path
+    if scheme == "tls" and path:
+        raise ValueError(f"expected tls://IP:PORT (no path), got {text!r}")
+    if "?" in path or "#" in path or " " in path:
+        raise ValueError(f"expected a plain path in {text!r}")
+    default_port = DEFAULT_DOT_PORT if scheme == "tls" else DEFAULT_DOH_PORT
+    try:
+        host, port = parse_listen(address, default_port)
+    except ValueError:
+        raise ValueError(
+            f"expected {scheme}://IP:PORT{'/PATH' if scheme == 'https' else ''}"
+            f" (IPv6 as [ADDR]:PORT), got {text!r}"
+        ) from None
+    if scheme == "https" and path in ("", "/"):
+        path = DEFAULT_DOH_PATH
+    return EncryptedListen(scheme, host, port, path if scheme == "https" else "")
+
+
+def split_listen(entries: tuple[tuple[str, int] | EncryptedListen, ...]) -> dict[str, Any]:
+    """`listen` entries as the Config fields `listen` (plain) and `encrypted_listen`."""
+    return {
+        "listen": tuple(e for e in entries if not isinstance(e, EncryptedListen)),
+        "encrypted_listen": tuple(e for e in entries if isinstance(e, EncryptedListen)),
+    }
+
+
+def tls_files_problem(cert: str, key: str) -> str | None:
+    """Why OpenSSL would not serve with this certificate chain and key, or None."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key)
+    except ssl.SSLError as exc:
+        return f"not a PEM certificate chain and its private key ({exc.reason or exc})"
+    except OSError as exc:
+        return f"cannot read them: {exc.strerror or exc}"
+    return None
 
 
 def _port(text: str) -> int:
@@ -668,7 +747,12 @@ def _list(
 def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
     """One converter per top-level key: the keys are exactly the options a file may set."""
     return {
-        "listen": lambda n: _list(r, n, "listen", lambda m, k: r.converted(m, k, parse_listen)),
+        "listen": lambda n: _list(
+            r, n, "listen", lambda m, k: r.converted(m, k, parse_listen_uri)
+        ),
+        "tls_cert": lambda n: r.converted(n, "tls_cert", _file),
+        "tls_key": lambda n: r.converted(n, "tls_key", _file),
+        "listen_padding_block": lambda n: r.integer(n, "listen_padding_block", 0, 4096),
         "allow": lambda n: _list(r, n, "allow", lambda m, k: r.converted(m, k, _network)),
         "upstreams": lambda n: _upstreams(r, n, "upstreams"),
         "timeout": lambda n: r.number(n, "timeout", 0.1, 30),
@@ -890,12 +974,15 @@ def parse_config(text: str, source: str) -> Config:
     converters = _converters(reader)
     fields = reader.mapping(root, "", set(converters))
     for nullable in (
-        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy"
+        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy",
+        "tls_cert", "tls_key",
     ):  # fmt: skip
         if nullable in fields and _is_null(fields[nullable]):
             del fields[nullable]
     values = {name: converters[name](node) for name, node in fields.items()}
+    values.update(split_listen(values["listen"]) if "listen" in values else {})
     config = Config(source=source, **values)
+    _check_tls_files(reader, fields, config)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
     if config.proxy is not None:
@@ -911,6 +998,29 @@ def parse_config(text: str, source: str) -> Config:
     if config.attempt_timeout > config.timeout:
         config = replace(config, attempt_timeout=config.timeout)
     return with_defaults(config)
+
+
+def _check_tls_files(reader: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    """An encrypted listener needs tls_cert and tls_key, and they must load together."""
+    if not config.encrypted_listen:
+        return
+    for key in ("tls_cert", "tls_key"):
+        if getattr(config, key) is None:
+            index = next(
+                i
+                for i, item in enumerate(reader.items(fields["listen"], "listen"))
+                if isinstance(parse_listen_uri(reader.scalar(item, "listen")), EncryptedListen)
+            )
+            item = reader.items(fields["listen"], "listen")[index]
+            raise reader.fail(
+                item,
+                f"listen[{index}]",
+                f"an encrypted listener needs `{key}` (a PEM file): set tls_cert and tls_key",
+            )
+    assert config.tls_cert is not None and config.tls_key is not None
+    problem = tls_files_problem(config.tls_cert, config.tls_key)
+    if problem is not None:
+        raise reader.fail(fields["tls_cert"], "tls_cert", f"{config.tls_cert!r}: {problem}")
 
 
 def _global_proxy_problem(config: Config) -> str | None:
@@ -954,6 +1064,8 @@ class Overrides:
     listen: tuple[str, ...] = ()
     upstreams: tuple[str, ...] = ()
     ca_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
     trust_anchors: str | None = None
     dnssec: str | None = None
     bootstrap: tuple[str, ...] = ()
@@ -966,8 +1078,7 @@ class Overrides:
 def apply_overrides(config: Config, overrides: Overrides) -> Config:
     changes: dict[str, Any] = {}
     try:
-        if overrides.listen:
-            changes["listen"] = tuple(parse_listen(x) for x in overrides.listen)
+        changes.update(_listen_overrides(overrides))
         if overrides.upstreams:
             changes["upstreams"] = tuple(parse_upstream_uri(u) for u in overrides.upstreams)
         if overrides.ca_file:
@@ -982,10 +1093,23 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
         raise ConfigError(f"command line: {exc}") from None
     config = replace(config, **changes)
     changes = {}
+    _check_tls_overrides(config)
     _check_bootstrap_overrides(config)
     if overrides.verbose:
         changes["log_level"] = "debug"
     return _override_proxy(replace(config, **changes), overrides.proxy)
+
+
+def _listen_overrides(overrides: Overrides) -> dict[str, Any]:
+    changes: dict[str, Any] = {}
+    if overrides.listen:
+        entries = tuple(parse_listen_uri(x) for x in overrides.listen)
+        changes.update(split_listen(entries))
+    if overrides.tls_cert:
+        changes["tls_cert"] = _file(overrides.tls_cert)
+    if overrides.tls_key:
+        changes["tls_key"] = _file(overrides.tls_key)
+    return changes
 
 
 def _override_proxy(config: Config, uri: str | None) -> Config:
@@ -1000,6 +1124,19 @@ def _override_proxy(config: Config, uri: str | None) -> Config:
     if problem is not None:
         raise ConfigError(f"command line: --proxy: {problem}")
     return config
+
+
+def _check_tls_overrides(config: Config) -> None:
+    if not config.encrypted_listen:
+        return
+    if config.tls_cert is None or config.tls_key is None:
+        raise ConfigError(
+            f"command line: {config.encrypted_listen[0].label}: an encrypted listener needs"
+            " --tls-cert FILE and --tls-key FILE (PEM)"
+        )
+    problem = tls_files_problem(config.tls_cert, config.tls_key)
+    if problem is not None:
+        raise ConfigError(f"command line: --tls-cert {config.tls_cert!r}: {problem}")
 
 
 def _check_bootstrap_overrides(config: Config) -> None:

@@ -20,13 +20,16 @@ import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stubby_py import control, fdbudget, netwatch, stats
-from stubby_py.config import Config
+from stubby_py import control, fdbudget, local, netwatch, stats
+from stubby_py.config import Config, EncryptedListen
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
+from stubby_py.listeners import doh, dot
+from stubby_py.listeners import server as tls_accept
+from stubby_py.listeners.tls_files import ServerCertificate
 from stubby_py.metrics import MetricsServer
 from stubby_py.privileges import Handover, drop_privileges
 from stubby_py.querylog import QueryLog
@@ -39,7 +42,9 @@ SD_LISTEN_FDS_START = 3
 #: how often STATUS= is refreshed under systemd, seconds
 STATUS_SECONDS = 10.0
 #: options a reload cannot apply to a running daemon
-RESTART_OPTIONS = ("listen", "user", "control_socket", "metrics_listen", "watch_network")
+RESTART_OPTIONS = (
+    "listen", "encrypted_listen", "user", "control_socket", "metrics_listen", "watch_network"
+)  # fmt: skip
 
 
 class ListenError(StubbyError):
@@ -88,6 +93,9 @@ class Daemon:
     config_path: str | None = None
     resolver: Resolver | None = None
     bound: list[tuple[str, int]] = field(default_factory=list)
+    #: the encrypted listeners, with the ports they got (port 0 in the configuration)
+    encrypted_bound: list[EncryptedListen] = field(default_factory=list)
+    certificate: ServerCertificate | None = None
     tcp: TCPConnections | None = None
     control: control.ControlServer | None = None
     metrics: MetricsServer | None = None
@@ -100,12 +108,15 @@ class Daemon:
     _servers: list[asyncio.Server] = field(default_factory=list)
     _listening_sockets: int = 0
     _udp: list[UDPListener] = field(default_factory=list)
+    _tls_servers: list[tls_accept.TLSServer] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
         inherited = inherited_sockets()
-        self._listening_sockets = len(inherited) or 2 * len(config.listen)
+        self._listening_sockets = (len(inherited) or 2 * len(config.listen)) + len(
+            config.encrypted_listen
+        )
         before, self.fd_limit = fdbudget.raise_open_files_limit()
         if self.fd_limit > before:
             log.info("open files limit raised from %d to the hard limit, %d", before, self.fd_limit)
@@ -125,6 +136,9 @@ class Daemon:
                 await self._listen(address, port)
         for address, port in self.bound:
             log.info("listening on %s (UDP and TCP)", _where(address, port))
+        for listener in config.encrypted_listen:
+            await self._listen_encrypted(listener)
+        self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(resolver, config)
         self._make_cache_directory()
@@ -158,6 +172,43 @@ class Daemon:
         self._servers.append(server)
         self._udp.append(udp)
         self.bound.append((address, port))
+
+    async def _listen_encrypted(self, listener: EncryptedListen) -> None:
+        assert self.tcp is not None
+        config = self.config
+        if self.certificate is None:
+            assert config.tls_cert is not None and config.tls_key is not None  # config.py checks
+            self.certificate = ServerCertificate(config.tls_cert, config.tls_key)
+        try:
+            sock = tls_accept.bind(listener.address, listener.port)
+        except OSError as exc:
+            raise _listen_error(listener.address, listener.port, exc) from None
+        tcp = self.tcp
+        if listener.scheme == "tls":
+            alpn = dot.ALPN
+
+            def protocol() -> asyncio.Protocol:
+                return dot.DoTListener(tcp, self.config.listen_padding_block)
+        else:
+            alpn = doh.ALPN
+            path = listener.path
+
+            def protocol() -> asyncio.Protocol:
+                return doh.DoHListener(tcp, path, self.config.listen_padding_block)
+
+        tls_server = tls_accept.TLSServer(sock, tcp, self.certificate, alpn, protocol)
+        tls_server.start()
+        self._tls_servers.append(tls_server)
+        bound = replace(listener, port=tls_server.port)
+        self.encrypted_bound.append(bound)
+        log.info("listening on %s", bound.label)
+
+    def _designate(self) -> None:
+        """DDR: what `_dns.resolver.arpa` SVCB says (the certificate's name may have changed)."""
+        assert self.resolver is not None
+        hostname = self.certificate.hostname if self.certificate is not None else None
+        listeners = tuple((e.scheme, e.address, e.port, e.path) for e in self.encrypted_bound)
+        self.resolver.designated = local.designated_resolvers(listeners, hostname)
 
     async def _adopt(self, sockets: list[socket.socket]) -> None:
         """Serve on sockets systemd passed us (socket activation): no bind, no privilege."""
@@ -269,6 +320,8 @@ class Daemon:
         config = self.config
         specs = [*config.upstreams, *(s for _, group in config.upstream_groups for s in group)]
         paths = {config.ca_file, *(spec.ca_file for spec in specs)}
+        if config.encrypted_listen:
+            paths |= {config.tls_cert, config.tls_key}
         paths.add(self.config_path)
         return sorted(p for p in paths if p is not None)
 
@@ -329,6 +382,9 @@ class Daemon:
         self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
         self.tcp.idle_timeout = new.tcp_idle_timeout
         self.tcp.ipv6_prefix = new.ipv6_client_prefix
+        if self.certificate is not None and new.tls_cert and new.tls_key:
+            self.certificate.configure(new.tls_cert, new.tls_key)
+        self._designate()
         if self.metrics is not None:
             self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.log_level.upper())
@@ -377,8 +433,7 @@ class Daemon:
         sd_notify("STOPPING=1")
         if self.network_watch is not None:
             self.network_watch.close()
-        for server in self._servers:
-            server.close()
+        self._close_listening_sockets()
         for udp in self._udp:
             udp.stop_reading()
         if self.tcp is not None:
@@ -392,7 +447,23 @@ class Daemon:
             udp.close()
         if self.tcp is not None:
             self.tcp.close_all()
+            if self._tls_servers:
+                await self._tls_connections_closed()
         await self._close_resolver()
+
+    async def _tls_connections_closed(self) -> None:
+        """TLS connections close once the client's close_notify came, or after
+        SHUTDOWN_TIMEOUT: wait for them (a little longer), so none is left open at exit."""
+        assert self.tcp is not None
+        deadline = time.monotonic() + tls_accept.SHUTDOWN_TIMEOUT + 0.5
+        while self.tcp.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    def _close_listening_sockets(self) -> None:
+        for listening in self._servers:
+            listening.close()
+        for tls_server in self._tls_servers:
+            tls_server.close()
 
     async def _close_resolver(self) -> None:
         """Save the cache, close the upstream connections and the query log."""

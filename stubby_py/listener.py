@@ -20,11 +20,11 @@ import asyncio
 import logging
 import socket
 import time
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from stubby_py import wire
 from stubby_py.ratelimit import client_key
-from stubby_py.resolver import Resolver
+from stubby_py.resolver import Resolver, Respond
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,16 @@ class UDPListener(asyncio.DatagramProtocol):
         log.debug("UDP listener: %s", exc)
 
 
+class Connection(Protocol):
+    """What the shared caps and shutdown need of a connection."""
+
+    def unsent(self) -> int: ...
+
+    def stop_reading(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class TCPConnections:
     """Shared state of all TCP connections: the caps, the idle timeout, who holds how many.
 
@@ -106,7 +116,8 @@ class TCPConnections:
         self.max_per_client = max_per_client or max_connections
         self.idle_timeout = idle_timeout
         self.ipv6_prefix = ipv6_prefix
-        self.open: set[TCPListener] = set()
+        #: TCP connections, DoT ones included, and DoH connections (listeners/doh.py)
+        self.open: set[Connection] = set()
         #: client (client_key) → its connections open now (clients with none are removed)
         self.per_client: dict[str, int] = {}
         #: connections closed at once: over the total cap, over the per-client cap, from outside
@@ -117,6 +128,8 @@ class TCPConnections:
         #: connections closed later: idle (or never a whole query), replies not being read
         self.closed_idle = 0
         self.closed_unread = 0
+        #: DoT/DoH connections whose TLS handshake failed or timed out (listeners/server.py)
+        self.tls_handshake_failures = 0
         self.reading = True
 
     def protocol(self) -> TCPListener:
@@ -227,7 +240,7 @@ class TCPListener(asyncio.Protocol):
             buf = self._buffer
             end = len(buf)
             pos = 0
-            handle = self._shared.resolver.handle
+            handle = self._handle
             # (an exception from handle() is a bug: the transport closes the connection)
             self._dispatching = True
             while end - pos >= 2 and self._in_flight < MAX_PIPELINED and not self._writing_paused:
@@ -237,7 +250,7 @@ class TCPListener(asyncio.Protocol):
                 message = bytes(buf[pos + 2 : pos + 2 + size])
                 pos += 2 + size
                 self._in_flight += 1
-                if not handle(message, self._peer, self._respond_once(), udp=False):
+                if not handle(message, self._respond_once()):
                     self._in_flight -= 1  # dropped: no answer will come
             self._dispatching = False
             if pos:
@@ -247,6 +260,10 @@ class TCPListener(asyncio.Protocol):
                 self._pace_reading()
         if self._eof:
             self._finish_if_done()
+
+    def _handle(self, message: bytes, respond: Respond) -> bool:
+        """One query to the resolver (DoT wraps this to pad its replies)."""
+        return self._shared.resolver.handle(message, self._peer, respond, udp=False)
 
     def _pace_reading(self) -> None:
         transport = self._transport

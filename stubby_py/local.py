@@ -3,6 +3,8 @@
 - `localhost` and every name below it: A 127.0.0.1, AAAA ::1, nothing else (RFC 6761 §6.3);
 - reverse loopback (127.in-addr.arpa, ::1 in ip6.arpa): PTR localhost.;
 - `invalid` (RFC 6761 §6.4): NXDOMAIN;
+- `resolver.arpa` (DDR, RFC 9462): `_dns.resolver.arpa` SVCB lists our encrypted listeners
+  (NODATA when there are none); never forwarded, whatever the rules say;
 - private, link-local and other locally-served reverse zones (RFC 6303 §4), `home.arpa`
   (RFC 8375) and `local` (mDNS, RFC 6762 §22): NXDOMAIN, unless a forwarding rule sends them
   somewhere (the resolver consults the rules first). Special-use names such as `test` and
@@ -21,6 +23,10 @@ import dns.rrset
 from stubby_py.wire import ClientQuery
 
 TTL = 3600
+#: the SVCB records of DDR: listeners change with a restart, so they are not kept for long
+DDR_TTL = 300
+RESOLVER_ARPA = dns.name.from_text("resolver.arpa.")
+_DDR_NAME = dns.name.from_text("_dns.resolver.arpa.")
 _LOCALHOST = dns.name.from_text("localhost.")
 _SOA_TEXT = "localhost. nobody.invalid. 1 3600 1200 604800 10800"
 
@@ -61,11 +67,16 @@ def local_zone(query: ClientQuery) -> dns.name.Name | None:
     name = dns.name.from_wire(query.question, 0)[0]
     if name.is_subdomain(_LOCALHOST):
         return _LOCALHOST
+    if name.is_subdomain(RESOLVER_ARPA):
+        return RESOLVER_ARPA
     return _zone_of(name, _LOOPBACK_REVERSE) or _zone_of(name, _NXDOMAIN_ZONES)
 
 
-def local_answer(query: ClientQuery, zone: dns.name.Name) -> bytes:
-    """A reply body (no OPT) for a query in a locally served zone."""
+def local_answer(
+    query: ClientQuery, zone: dns.name.Name, designated: tuple[str, ...] = ()
+) -> bytes:
+    """A reply body (no OPT) for a query in a locally served zone; `designated`: the SVCB
+    records (presentation form) of DDR."""
     name = dns.name.from_wire(query.question, 0)[0]
     message = dns.message.make_query(
         name,
@@ -74,7 +85,10 @@ def local_answer(query: ClientQuery, zone: dns.name.Name) -> bytes:
     )
     reply = dns.message.make_response(message)
     reply.flags |= dns.flags.AA | dns.flags.RA
-    records = _records(name, zone, query.qtype)
+    if zone == RESOLVER_ARPA:
+        records = _ddr_records(name, query.qtype, designated)
+    else:
+        records = _records(name, zone, query.qtype)
     if records is None:
         reply.set_rcode(dns.rcode.NXDOMAIN)
     else:
@@ -101,9 +115,37 @@ def _records(name: dns.name.Name, zone: dns.name.Name, qtype: int) -> list[dns.r
     return [] if name == zone else None
 
 
+def _ddr_records(
+    name: dns.name.Name, qtype: int, designated: tuple[str, ...]
+) -> list[dns.rrset.RRset] | None:
+    if name == _DDR_NAME and qtype == dns.rdatatype.SVCB and designated:
+        return [dns.rrset.from_text_list(name, DDR_TTL, "IN", "SVCB", list(designated))]
+    return [] if name in (_DDR_NAME, RESOLVER_ARPA) else None
+
+
+def designated_resolvers(
+    listeners: tuple[tuple[str, str, int, str], ...], hostname: str | None
+) -> tuple[str, ...]:
+    """SVCB records (RFC 9461, RFC 9462 §4) for our encrypted listeners, each given as
+    (scheme, address, port, DoH path): ALPN, port, DoH path, the address as a hint (not for a
+    wildcard address). The target is the certificate's hostname, which a client checks the
+    certificate against; "." (the owner) without one."""
+    target = f"{hostname.rstrip('.')}." if hostname else "."
+    records = []
+    for priority, (scheme, address, port, path) in enumerate(listeners, start=1):
+        text = f"{priority} {target} alpn={'dot' if scheme == 'tls' else 'h2'} port={port}"
+        if address not in ("0.0.0.0", "::"):
+            text += f" {'ipv6hint' if ':' in address else 'ipv4hint'}={address}"
+        if scheme == "https":
+            text += f" dohpath={path}{{?dns}}"
+        records.append(text)
+    return tuple(records)
+
+
 def is_always_local(zone: dns.name.Name) -> bool:
-    """localhost and loopback reverse names are never forwarded, whatever the rules say."""
-    return zone == _LOCALHOST or zone in _LOOPBACK_REVERSE
+    """localhost, loopback reverse names and resolver.arpa are never forwarded, whatever the
+    rules say."""
+    return zone in (_LOCALHOST, RESOLVER_ARPA) or zone in _LOOPBACK_REVERSE
 
 
 def hinfo_answer(query: ClientQuery, cpu: str, os: str) -> bytes:

@@ -144,6 +144,9 @@ def _tcp(tcp: Mapping[str, int], family: Factory) -> None:
     family("tcp_unsent_bytes", "gauge", "Reply octets waiting for clients to read them").add(
         tcp["unsent_bytes"]
     )
+    family(
+        "tls_handshake_failures_total", "counter", "DoT/DoH client TLS handshakes failed"
+    ).add(tcp["tls_handshake_failures"])
 
 
 def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:

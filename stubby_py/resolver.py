@@ -160,6 +160,8 @@ class Resolver:
         self.cache = Cache(cache_limits(config))
         #: set by the daemon when a query log is configured (querylog.QueryLog)
         self.query_log: Any = None
+        #: DDR (RFC 9462): SVCB records of our encrypted listeners, set by the daemon
+        self.designated: tuple[str, ...] = ()
         self._retired: list[Transport] = []
         self._tasks_aside: set[asyncio.Task[None]] = set()
         #: DNSSEC validation at work (None: `dnssec: off`)
@@ -416,7 +418,8 @@ class Resolver:
         self.counters["local"] += 1
         _mark(respond, "local")
         limit = response.udp_limit(query) if udp else None
-        respond(response.client_reply(local.local_answer(query, zone), query, limit=limit))
+        body = local.local_answer(query, zone, self.designated)
+        respond(response.client_reply(body, query, limit=limit))
         return True
 
     def _answer_any(self, query: wire.ClientQuery, respond: Respond) -> None:

@@ -58,7 +58,7 @@ def collect(resolver: Resolver, tcp: TCPConnections | None, started: float) -> d
 
 TCP_FIGURES = (
     "open", "rejected_total_cap", "rejected_per_client_cap", "denied", "closed_idle",
-    "closed_unread", "unsent_bytes",
+    "closed_unread", "unsent_bytes", "tls_handshake_failures",
 )  # fmt: skip
 
 
@@ -73,6 +73,7 @@ def _tcp(tcp: TCPConnections | None) -> dict[str, int]:
         "closed_idle": tcp.closed_idle,
         "closed_unread": tcp.closed_unread,
         "unsent_bytes": tcp.unsent(),
+        "tls_handshake_failures": tcp.tls_handshake_failures,
     }
 
 

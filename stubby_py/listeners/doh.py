@@ -1,0 +1,398 @@
+"""DNS over HTTPS for clients, HTTP/2 only (RFC 8484), on the h2 library (sans-IO).
+
+One path (default /dns-query): GET with `?dns=` (base64url, no padding) or POST with an
+`application/dns-message` body. Errors as HTTP statuses: 404 another path, 405 another method,
+415 a POST of another content type, 413 a message over 65535 octets, 400 a request without a DNS
+query in it. Answers carry `Cache-Control: max-age=` the smallest TTL in them (RFC 8484 §5.1);
+the message ID is the client's (0, usually), echoed as it came.
+
+Limits: at most MAX_STREAMS requests at once per connection and MAX_HEADER_LIST octets of headers
+(announced in SETTINGS, h2 enforces them); a request must have arrived whole within
+REQUEST_TIMEOUT of its headers, or the connection is closed (no slowloris); a connection with
+no request open is closed after the TCP idle timeout, and one whose replies are not read for as
+long is cut. Connections count against the TCP caps (listener.py), checked with the access list
+before the TLS handshake (server.py). HTTP/1 on this port gets `505 HTTP Version Not Supported`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import parse_qs
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from stubby_py import wire
+from stubby_py.listener import TCPConnections
+from stubby_py.listeners.padding import asks_padding, pad_reply
+from stubby_py.resolver import Respond
+
+log = logging.getLogger(__name__)
+
+ALPN = "h2"
+CONTENT_TYPE = b"application/dns-message"
+MAX_STREAMS = 100
+MAX_HEADER_LIST = 16 * 1024
+#: from a request's headers to its last octet, seconds
+REQUEST_TIMEOUT = 10.0
+#: how often a connection looks at its timeouts, seconds
+TICK = 1.0
+_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HTTP1_REFUSAL = (
+    b"HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 29\r\nConnection: close\r\n\r\nDNS over HTTPS needs HTTP/2.\n"
+)
+
+
+@dataclass(slots=True)
+class _Request:
+    started: float
+    method: bytes = b""
+    body: bytearray = field(default_factory=bytearray)
+    #: the query from a GET's `dns=` parameter
+    query: bytes | None = None
+    #: handed to the resolver (or answered with an error): no longer subject to REQUEST_TIMEOUT
+    done: bool = False
+
+
+def _h2_config() -> h2.config.H2Configuration:
+    return h2.config.H2Configuration(client_side=False, header_encoding=None)
+
+
+class DoHListener(asyncio.Protocol):
+    def __init__(self, shared: TCPConnections, path: str, padding_block: int) -> None:
+        self._shared = shared
+        self._path = path.encode()
+        self._padding_block = padding_block
+        self._h2 = h2.connection.H2Connection(config=_h2_config())
+        self._transport: asyncio.Transport | None = None
+        self._peer = ""
+        self._client: str | None = None
+        self._closed = False
+        self._stopping = False
+        self._preface_seen = bytearray()
+        self._requests: dict[int, _Request] = {}
+        #: response octets waiting for HTTP/2 flow control, per stream
+        self._pending: dict[int, bytes] = {}
+        self._in_flight = 0
+        now = time.monotonic()
+        self._last_activity = now
+        self._write_progress = now
+        self._unsent_seen = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    # -- connection --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = peer[0] if peer else ""
+        client = self._shared.admit(self._peer) if self._shared.reading else None
+        if client is None:
+            self._closed = True
+            self._transport.abort()
+            return
+        self._client = client
+        self._shared.open.add(self)
+        codes = h2.settings.SettingCodes
+        self._h2.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                codes.MAX_CONCURRENT_STREAMS: MAX_STREAMS,
+                codes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST,
+            },
+        )
+        # h2 gives its HPACK decoder a new limit only on an ACK that changes the setting, and
+        # initial values are no change: set it here (a bigger header list is a protocol error)
+        self._h2.decoder.max_header_list_size = MAX_HEADER_LIST
+        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._requests.clear()
+        self._pending.clear()
+        self._shared.open.discard(self)
+        if self._client is not None:
+            self._shared.release(self._client)
+            self._client = None
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def unsent(self) -> int:
+        if self._transport is None or self._closed:
+            return 0
+        return self._transport.get_write_buffer_size()
+
+    def stop_reading(self) -> None:
+        """Shutdown: GOAWAY, answer the requests taken, then close."""
+        self._stopping = True
+        if self._closed:
+            return
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self._h2.close_connection()
+        self._flush()
+        self._close_if_done()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._closed = True
+            self._transport.close()
+
+    def _close_if_done(self) -> None:
+        if self._stopping and not self._in_flight and not self._pending:
+            self.close()
+
+    def _flush(self) -> None:
+        data = self._h2.data_to_send()
+        if data and self._transport is not None and not self._closed:
+            self._transport.write(data)
+
+    def _fail(self, why: str) -> None:
+        """A protocol error: GOAWAY (h2 has queued it) and close."""
+        log.debug("DoH client %s: %s", self._peer, why)
+        self._flush()
+        self.close()
+
+    # -- receiving ---------------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._closed:
+            return
+        if len(self._preface_seen) < len(_PREFACE):
+            self._preface_seen += data[: len(_PREFACE) - len(self._preface_seen)]
+            if not _PREFACE.startswith(self._preface_seen):
+                assert self._transport is not None
+                if self._preface_seen[:1].isalpha():  # an HTTP/1 request line
+                    self._transport.write(_HTTP1_REFUSAL)
+                self._fail("not HTTP/2")
+                return
+            if len(self._preface_seen) == len(_PREFACE):
+                # our SETTINGS once the client has shown it speaks HTTP/2
+                self._h2.initiate_connection()
+        try:
+            events = self._h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail(f"HTTP/2 protocol error: {exc}")
+            return
+        for event in events:
+            self._event(event)
+        self._flush()
+
+    def _event(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RequestReceived):
+            self._request(event.stream_id, event.headers or [])
+        elif isinstance(event, h2.events.DataReceived):
+            self._h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            self._body(event.stream_id, event.data or b"")
+        elif isinstance(event, h2.events.StreamEnded):
+            self._complete(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self._forget(event.stream_id)
+        elif isinstance(event, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+            self._send_pending()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._stopping = True
+            self._close_if_done()
+
+    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        request = self._requests[stream_id] = _Request(time.monotonic())
+        fields: dict[bytes, bytes] = {}
+        for name, value in headers:
+            fields.setdefault(bytes(name).lower(), bytes(value))
+        if self._stopping:
+            self._error(stream_id, 503, b"shutting down")
+            return
+        path, _, query_string = fields.get(b":path", b"").partition(b"?")
+        method = request.method = fields.get(b":method", b"")
+        if path != self._path:
+            self._error(stream_id, 404, b"not found: DNS queries go to " + self._path)
+        elif method == b"GET":
+            self._get(stream_id, request, query_string)
+        elif method == b"POST":
+            self._post(stream_id, fields)
+        else:
+            self._error(stream_id, 405, b"expected GET or POST", ((b"allow", b"GET, POST"),))
+
+    def _get(self, stream_id: int, request: _Request, query_string: bytes) -> None:
+        values = parse_qs(query_string.decode("latin-1")).get("dns")
+        if not values:
+            self._error(stream_id, 400, b"expected ?dns=BASE64URL")
+            return
+        try:
+            text = values[0]
+            request.query = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        except (binascii.Error, ValueError):
+            self._error(stream_id, 400, b"the dns parameter is not base64url")
+            return
+        if len(request.query) > wire.MAX_MESSAGE_LEN:
+            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
+
+    def _post(self, stream_id: int, fields: dict[bytes, bytes]) -> None:
+        content_type = fields.get(b"content-type", b"").split(b";")[0].strip().lower()
+        if content_type != CONTENT_TYPE:
+            self._error(stream_id, 415, b"expected Content-Type: application/dns-message")
+            return
+        length = fields.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > wire.MAX_MESSAGE_LEN:
+            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
+
+    def _body(self, stream_id: int, data: bytes) -> None:
+        request = self._requests.get(stream_id)
+        if request is None or request.done:
+            # answered already (an error status): the rest of the body is not wanted
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
+            return
+        if request.method != b"POST":
+            self._error(stream_id, 400, b"a GET has no body")
+            return
+        request.body += data
+        if len(request.body) > wire.MAX_MESSAGE_LEN:
+            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
+
+    def _complete(self, stream_id: int) -> None:
+        request = self._requests.get(stream_id)
+        if request is None or request.done:
+            return
+        request.done = True
+        query = request.query if request.method == b"GET" else bytes(request.body)
+        if query is None or len(query) < wire.HEADER_LEN or query[2] & 0x80:
+            self._error(stream_id, 400, b"expected a DNS query")
+            return
+        self._last_activity = time.monotonic()
+        respond = self._responder(stream_id)
+        if self._padding_block and asks_padding(query):
+            block, plain = self._padding_block, respond
+
+            def respond(reply: bytes) -> None:
+                plain(pad_reply(reply, block))
+
+        self._in_flight += 1
+        if not self._shared.resolver.handle(query, self._peer, respond, udp=False):
+            self._in_flight -= 1  # dropped (rate limit, say): refuse the stream
+            self._requests.pop(stream_id, None)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._flush()
+
+    def _forget(self, stream_id: int) -> None:
+        self._requests.pop(stream_id, None)
+        self._pending.pop(stream_id, None)
+
+    # -- answering ---------------------------------------------------------------------------
+    def _responder(self, stream_id: int) -> Respond:
+        answered = False
+
+        def respond(reply: bytes) -> None:
+            nonlocal answered
+            if answered:
+                return
+            answered = True
+            self._in_flight -= 1
+            self._last_activity = time.monotonic()
+            if self._closed or self._requests.pop(stream_id, None) is None:
+                self._close_if_done()
+                return
+            try:
+                min_ttl = wire.scan_reply(reply).min_ttl
+            except wire.WireError:
+                min_ttl = None
+            headers = [
+                (b":status", b"200"),
+                (b"content-type", CONTENT_TYPE),
+                (b"content-length", str(len(reply)).encode()),
+                (b"cache-control", b"max-age=%d" % (min_ttl or 0)),
+            ]
+            self._send(stream_id, headers, reply)
+            self._close_if_done()
+
+        return respond
+
+    def _error(
+        self,
+        stream_id: int,
+        status: int,
+        text: bytes,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        request = self._requests.get(stream_id)
+        if request is not None:
+            request.done = True
+        body = text + b"\n"
+        headers = [
+            (b":status", str(status).encode()),
+            (b"content-type", b"text/plain"),
+            (b"content-length", str(len(body)).encode()),
+            *extra,
+        ]
+        self._send(stream_id, headers, body)
+        self._requests.pop(stream_id, None)
+
+    def _send(self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        try:
+            self._h2.send_headers(stream_id, headers)
+        except h2.exceptions.ProtocolError:
+            return  # the stream is gone (reset by the client)
+        self._pending[stream_id] = body
+        self._send_pending()
+
+    def _send_pending(self) -> None:
+        """Response bodies as far as HTTP/2 flow control lets them go."""
+        for stream_id, body in list(self._pending.items()):
+            try:
+                window = self._h2.local_flow_control_window(stream_id)
+                room = min(window, self._h2.max_outbound_frame_size, len(body))
+                while room > 0 or not body:
+                    chunk, body = body[:room], body[room:]
+                    self._h2.send_data(stream_id, chunk, end_stream=not body)
+                    if not body:
+                        break
+                    window = self._h2.local_flow_control_window(stream_id)
+                    room = min(window, self._h2.max_outbound_frame_size, len(body))
+            except (h2.exceptions.ProtocolError, KeyError):
+                body = b""
+                self._pending.pop(stream_id, None)
+                continue
+            if body:
+                self._pending[stream_id] = body
+            else:
+                self._pending.pop(stream_id, None)
+        self._flush()
+
+    # -- timeouts ----------------------------------------------------------------------------
+    def _tick(self) -> None:
+        transport = self._transport
+        if self._closed or transport is None:
+            return
+        now = time.monotonic()
+        if any(not r.done and now - r.started > REQUEST_TIMEOUT for r in self._requests.values()):
+            self._fail("a request did not arrive whole in time")
+            return
+        unsent = transport.get_write_buffer_size()
+        if unsent == 0 or unsent < self._unsent_seen:
+            self._write_progress = now
+        self._unsent_seen = unsent
+        idle_timeout = self._shared.idle_timeout
+        if unsent and now - self._write_progress >= idle_timeout:
+            self._shared.closed_unread += 1
+            self._closed = True
+            transport.abort()
+            return
+        quiet = not self._requests and not self._in_flight and not self._pending
+        if quiet and now - self._last_activity >= idle_timeout:
+            self._shared.closed_idle += 1
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.close_connection()
+            self._flush()
+            self.close()
+            return
+        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)

@@ -1,0 +1,110 @@
+"""Accepting TLS connections: the access list and the connection caps before the handshake.
+
+asyncio's `create_server(ssl=...)` tells the protocol about a connection only once the handshake
+is done, so a client outside `allow` would get a whole TLS handshake first. Here the socket is
+accepted by hand, the client checked, and only then is TLS started on it
+(`connect_accepted_socket`). Handshakes under way count against the shared TCP cap, and each is
+bounded by HANDSHAKE_TIMEOUT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+from collections.abc import Callable
+
+from stubby_py.listener import TCPConnections
+from stubby_py.listeners.tls_files import ServerCertificate
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 10.0
+#: at a close, how long to wait for the client's close_notify before the connection is cut
+SHUTDOWN_TIMEOUT = 1.0
+#: after accept() fails (out of file descriptors), wait this long before the next
+ACCEPT_BACKOFF = 0.1
+
+
+def bind(address: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.create_server((address, port), family=family, backlog=1024)
+    sock.setblocking(False)
+    return sock
+
+
+class TLSServer:
+    def __init__(
+        self,
+        sock: socket.socket,
+        shared: TCPConnections,
+        certificate: ServerCertificate,
+        alpn: str,
+        protocol: Callable[[], asyncio.Protocol],
+    ) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self._shared = shared
+        self._certificate = certificate
+        self._alpn = alpn
+        self._protocol = protocol
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+        #: handshakes that failed or timed out (garbage instead of TLS, no common ALPN...)
+        self.failed_handshakes = 0
+
+    def start(self) -> None:
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    def close(self) -> None:
+        if self._accepting is not None:
+            self._accepting.cancel()
+        for task in list(self._handshakes):
+            task.cancel()
+        self.sock.close()
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        shared = self._shared
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(self.sock)
+            except OSError as exc:
+                log.warning("TLS listener: accept failed: %s", exc.strerror or exc)
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            if not shared.reading or not shared.resolver.acl.allows(addr[0]):
+                shared.denied += shared.reading
+                conn.close()
+                continue
+            if len(shared.open) + len(self._handshakes) >= shared.max_connections:
+                shared.rejected += 1
+                conn.close()
+                continue
+            task = loop.create_task(self._handshake(conn))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            context = self._certificate.context(self._alpn)
+            await asyncio.wait_for(
+                loop.connect_accepted_socket(
+                    self._protocol,
+                    conn,
+                    ssl=context,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                    ssl_shutdown_timeout=SHUTDOWN_TIMEOUT,
+                ),
+                HANDSHAKE_TIMEOUT + 1,
+            )
+        except (TimeoutError, OSError, ssl.SSLError, EOFError) as exc:
+            self.failed_handshakes += 1
+            self._shared.tls_handshake_failures += 1
+            log.debug("TLS handshake failed: %s", exc)
+            conn.close()
+        except asyncio.CancelledError:  # the listener closes (shutdown)
+            conn.close()
+            raise

@@ -5,8 +5,9 @@ One daemon (validation off, strategy round_robin, a small cache) forwards to one
 transport asked for: DoT and DoH over HTTP/2 to a local Unbound, each through a relay that resets
 every connection after a number of TLS records (tests/tamper_proxy.py, as bench/resets.py);
 DoH over HTTP/3 and DoQ to the aioquic test servers (tests/quic_servers.py, as
-bench/transports.py). dnsperf sends unique names at a bounded rate, so the cache turns over past
-its bound within minutes. Meanwhile, on their own clocks:
+bench/transports.py). dnsperf sends names never asked before at a bounded rate, so every query
+goes upstream and the cache turns over past its bound within seconds.
+Meanwhile, on their own clocks:
 
 - SIGHUP reloads, alternating two configurations whose transport settings differ, so that every
   reload retires all transports and builds new ones;
@@ -342,7 +343,7 @@ def start_daemon(soak: Soak) -> subprocess.Popen[bytes]:
     return proc
 
 
-def run(soak: Soak, names: Path) -> list[Sample]:
+def run(soak: Soak) -> list[Sample]:
     args = soak.args
     proc = start_daemon(soak)
     soak.pid = proc.pid
@@ -356,11 +357,16 @@ def run(soak: Soak, names: Path) -> list[Sample]:
     thread.start()
     warm = args.minutes * 60 / 4
     try:
-        index = 0
+        index, first = 0, 0
+        names = soak.tmp / "names.txt"
         while (elapsed := time.monotonic() - begin) < args.minutes * 60 - 1:
             length = min(args.interval, args.minutes * 60 - elapsed)
+            # names never asked before: every chunk starts where the last one ended
+            count = int(args.rate * length * 1.2) + 100
+            write_query_file(names, first, count)
+            first += count
             extra = ["-Q", str(args.rate), "-q", "200", "-v"]
-            run_figures = dnsperf(soak.children, soak.port, names, length, extra, passes=None)
+            run_figures = dnsperf(soak.children, soak.port, names, length, extra)
             index += 1
             if proc.poll() is not None:
                 raise RuntimeError(f"stubby-py exited:\n{read_tail(soak.tmp / 'stubby-py.log')}")
@@ -387,7 +393,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         type=lambda s: [t for t in s.split(",") if t],
                         help=f"comma-separated, of {','.join(TRANSPORTS)}")  # fmt: skip
     parser.add_argument("--cache-size", type=int, default=5000, help="the daemon's cache_size")
-    parser.add_argument("--names", type=int, default=200_000, help="unique names dnsperf cycles")
     parser.add_argument("--cut-after", type=int, default=30,
                         help="TLS records the relays let through per connection (0: no resets)")
     parser.add_argument("--reload-every", type=float, default=60.0, help="seconds; 0: never")
@@ -422,10 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         uris = start_upstreams(soak, certs)
         soak.upstreams = "\n".join(f'  - "{uri}"' for uri in uris)
         write_conf(soak, IDLE_TIMEOUTS[0])
-        names = tmp / "names.txt"
-        write_query_file(names, 0, args.names)
         print(f"soak: {args.minutes:g} min at {args.rate} q/s over {', '.join(uris)}", flush=True)
-        samples = run(soak, names)
+        samples = run(soak)
         for _, _, proc in soak.relays.values():
             children.stop(proc)
         relays = {p.name: proxy_counts(p) for p in sorted(tmp.glob("relay-*.log"))}

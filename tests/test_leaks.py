@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 import trustme
 
@@ -31,6 +34,8 @@ from tests.upstream_server import local_upstream
 TRANSPORTS = ("dot", "doh", "h3", "doq")
 #: queries per round: enough for several connections to come and go
 QUERIES = 40
+#: streams over one DoH connection in the sans-IO test: past any sensible bound, below h2's own
+STREAMS_PER_CONNECTION = 6000
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +178,32 @@ def test_per_upstream_maps_stay_bounded(ca: trustme.CA, ca_file: str) -> None:
             }
             assert all(size <= 64 for size in sizes.values()), sizes
 
+
+
+def test_doh_connection_remembers_a_bounded_number_of_closed_streams(
+    ca: trustme.CA, ca_file: str
+) -> None:
+    """h2 remembers every closed stream of a connection up to 65,536 (about 5 MiB): a DoH
+    connection that lives for weeks would carry them all. The h2 state machine the daemon's
+    connection runs is driven here, sans I/O, against an h2 server through more streams."""
+    with h2_server(server_context(ca)) as server:
+        uri = f"https://{AUTH_NAME}:{server.port}/dns-query#127.0.0.1"
+        with running_daemon(make_config([uri], ca_file, cache_size=0)) as daemon:
+            answered(daemon, "h", 2)
+            client_class = type(current_connection(daemon)._h2)
+    client = client_class(config=h2.config.H2Configuration(client_side=True))
+    peer = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+    client.initiate_connection()
+    peer.initiate_connection()
+    peer.receive_data(client.data_to_send())
+    client.receive_data(peer.data_to_send())
+    peer.receive_data(client.data_to_send())
+    request = [(":method", "GET"), (":scheme", "https"), (":authority", "x"), (":path", "/")]
+    for _ in range(STREAMS_PER_CONNECTION):
+        client.send_headers(client.get_next_available_stream_id(), request, end_stream=True)
+        for event in peer.receive_data(client.data_to_send()):
+            if isinstance(event, h2.events.RequestReceived) and event.stream_id is not None:
+                peer.send_headers(event.stream_id, [(":status", "200")], end_stream=True)
+        client.receive_data(peer.data_to_send())
+    client.get_next_available_stream_id()  # h2 files closed streams away when counting
+    assert len(client._closed_streams) <= 4096

@@ -15,6 +15,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import h2.config
@@ -23,6 +24,7 @@ import h2.events
 import pytest
 import trustme
 
+from stubby_py import control
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
@@ -207,3 +209,22 @@ def test_doh_connection_remembers_a_bounded_number_of_closed_streams(
         client.receive_data(peer.data_to_send())
     client.get_next_available_stream_id()  # h2 files closed streams away when counting
     assert len(client._closed_streams) <= 4096
+
+
+def test_control_socket_network_change_and_task_count(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    """What bench/soak.py uses: `network-changed` does what netwatch does on a route change
+    (the connection is retired and collected), and `stats` counts the event loop's tasks."""
+    path = str(tmp_path / "control.sock")
+    with local_upstream(server_context(ca)) as server:
+        uri = f"tls://127.0.0.1:{server.port}#{AUTH_NAME}"
+        with running_daemon(make_config([uri], ca_file, control_socket=path)) as daemon:
+            answered(daemon, "t", 4)
+            refs = [weakref.ref(current_connection(daemon))]
+            assert control.request(path, "network-changed") == {"ok": True}
+            stats = control.request(path, "stats")
+            assert stats["counters"]["network_changes"] == 1
+            assert isinstance(stats["tasks"], int) and stats["tasks"] >= 1
+            answered(daemon, "u", 4)
+            assert gone(daemon, refs) == []

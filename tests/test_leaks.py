@@ -108,6 +108,8 @@ def test_connections_retired_by_network_changes_are_gone(upstream_uri: str, ca_f
         assert gone(daemon, refs) == []
         transport = daemon.resolver.transports[0]
         assert len(transport._retiring) == 0
+        # finished queries leave nothing either
+        assert wait_until(lambda: not daemon.resolver._tasks and not daemon.resolver._inflight)
 
 
 def test_connections_closed_idle_are_gone(upstream_uri: str, ca_file: str) -> None:

@@ -67,6 +67,11 @@ def scan(reply: bytes, transport: Transport) -> ScannedReply:
     return body, ttl_offsets, layout
 
 
+def _consume_outcome(task: asyncio.Task[ScannedReply]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _QueryForms:
     """The upstream query, built once per form: padded for encrypted transports, plain else."""
 
@@ -255,7 +260,10 @@ class UpstreamGroup:
             return None
         finally:
             for task in running:
+                # one may have finished with the winner (same turn) and not been looked at:
+                # its failure is read here, never left to "Task exception was never retrieved"
                 task.cancel()
+                task.add_done_callback(_consume_outcome)
 
     def _trace_winner(self, trace: Trace, race: _Race, final: bool) -> None:
         index = race.winner if final else race.fallback_index

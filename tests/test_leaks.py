@@ -230,3 +230,5 @@ def test_control_socket_network_change_and_task_count(
             assert isinstance(stats["tasks"], int) and stats["tasks"] >= 1
             answered(daemon, "u", 4)
             assert gone(daemon, refs) == []
+
+

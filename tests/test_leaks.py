@@ -230,5 +230,3 @@ def test_control_socket_network_change_and_task_count(
             assert isinstance(stats["tasks"], int) and stats["tasks"] >= 1
             answered(daemon, "u", 4)
             assert gone(daemon, refs) == []
-
-

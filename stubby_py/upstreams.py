@@ -260,8 +260,10 @@ class UpstreamGroup:
             return None
         finally:
             for task in running:
-                # one may have finished with the winner (same turn) and not been looked at:
-                # its failure is read here, never left to "Task exception was never retrieved"
+                # a cancelled attempt may still end in a failure of its own (Python 3.11's
+                # wait_for returns a result that is ready when the cancellation comes, so an
+                # attempt caught connecting goes on to send): read it whenever it comes, never
+                # leave it to "Task exception was never retrieved" with its traceback
                 task.cancel()
                 task.add_done_callback(_consume_outcome)
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stubby_py import control, fdbudget, local, netwatch, stats
+from stubby_py import control, fdbudget, local, memtrace, netwatch, stats
 from stubby_py.config import Config, EncryptedListen
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
@@ -273,6 +273,7 @@ class Daemon:
             "flush": self._handle_flush,
             "reload": self._handle_reload,
             "explain": control.explain_handler(self.resolver),
+            "network-changed": self._handle_network_changed,
         }
         self.control = control.ControlServer(path, handlers)
         try:
@@ -398,6 +399,12 @@ class Daemon:
     async def _handle_stats(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         return self.collect_stats()
 
+    async def _handle_network_changed(self, _request: Mapping[str, Any]) -> dict[str, Any]:
+        """What netwatch does on a route change, on request (a VPN script, bench/soak.py)."""
+        assert self.resolver is not None
+        netwatch.network_changed(self.resolver, "asked on the control socket")
+        return {"ok": True}
+
     async def _handle_flush(self, request: Mapping[str, Any]) -> dict[str, Any]:
         name = request.get("name")
         if name is not None and not isinstance(name, str):
@@ -508,6 +515,7 @@ async def serve(
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     loop.add_signal_handler(signal.SIGUSR2, daemon.flush_cache)
+    memtrace.start_if_asked(loop)
     sd_notify(f"READY=1\nSTATUS=answering queries: {daemon.status_line()}")
     heartbeat = None
     if os.environ.get("NOTIFY_SOCKET"):

@@ -7,6 +7,7 @@ Latency percentiles are over each upstream's recent answers (the pool's window, 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,16 @@ def collect(resolver: Resolver, tcp: TCPConnections | None, started: float) -> d
         "tcp": _tcp(tcp),
         "upstreams": [_upstream(u) for u in snapshot["upstreams"]],
         "counters": counters,
+        #: the event loop's tasks (a soak watches it stay flat: bench/soak.py)
+        "tasks": _task_count(),
     }
+
+
+def _task_count() -> int | None:
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # no running loop (a caller outside the daemon)
+        return None
 
 
 TCP_FIGURES = (

@@ -67,6 +67,11 @@ def scan(reply: bytes, transport: Transport) -> ScannedReply:
     return body, ttl_offsets, layout
 
 
+def _consume_outcome(task: asyncio.Task[ScannedReply]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 class _QueryForms:
     """The upstream query, built once per form: padded for encrypted transports, plain else."""
 
@@ -255,7 +260,12 @@ class UpstreamGroup:
             return None
         finally:
             for task in running:
+                # a cancelled attempt may still end in a failure of its own (Python 3.11's
+                # wait_for returns a result that is ready when the cancellation comes, so an
+                # attempt caught connecting goes on to send): read it whenever it comes, never
+                # leave it to "Task exception was never retrieved" with its traceback
                 task.cancel()
+                task.add_done_callback(_consume_outcome)
 
     def _trace_winner(self, trace: Trace, race: _Race, final: bool) -> None:
         index = race.winner if final else race.fallback_index

@@ -270,9 +270,12 @@ class DoTConnection(asyncio.Protocol):
 
     def _fail_all(self, error: UpstreamError) -> None:
         self._closed = True
-        if self._silence_timer is not None:
-            self._silence_timer.cancel()
-            self._silence_timer = None
+        # a connection cut by the peer never went through close(): its timers still hold it,
+        # the idle check for up to half the idle timeout (#21: dozens alive under resets)
+        for timer in (self._idle_timer, self._silence_timer):
+            if timer is not None:
+                timer.cancel()
+        self._idle_timer = self._silence_timer = None
         waiters, self._waiters = self._waiters, {}
         for waiter in waiters.values():
             if waiter.timer is not None:

@@ -188,6 +188,17 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
     def transmit(self) -> None:
         if self._udp is not None and not self._udp.is_closing():
             super().transmit()
+        else:
+            self._stop_quic_timer()
+
+    def _stop_quic_timer(self) -> None:
+        """Once the socket is closed nothing is sent or received any more, but aioquic's timer
+        (loss detection, idle timeout: up to upstream_idle_timeout away) would keep the whole
+        connection alive until it fired (#21)."""
+        timer = getattr(self, "_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
 
     # -- QUIC events ----------------------------------------------------------------------------
     def quic_event_received(self, event: QuicEvent) -> None:
@@ -209,6 +220,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         self._is_closed = True
         if self._udp is not None:
             self._udp.close()
+            self._stop_quic_timer()
         self._fail_all(UpstreamClosedError(f"{self._label}: {reason}"))
 
     def _handle_stream_reset(self, event: StreamReset) -> None:
@@ -256,6 +268,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
             self.transmit()
             if self._udp is not None:
                 self._udp.close()
+            self._stop_quic_timer()
         self._fail_all(UpstreamClosedError(f"{self._label}: connection closed"))
 
     def _fail_all(self, error: UpstreamError) -> None:

@@ -189,6 +189,39 @@ def test_client_outside_allow_is_closed_before_the_handshake(
         assert all(s.failed_handshakes == 0 for s in daemon.daemon._tls_servers)
 
 
+def test_unfinished_handshakes_count_against_the_per_client_cap(
+    tmp_path: Path, ca: trustme.CA
+) -> None:
+    """A client that opens connections and never finishes the TLS handshake holds at most its
+    per-client share: past it, its connections are closed at accept, while another client
+    (here 127.0.0.2) still gets a handshake and an answer."""
+    capped = encrypted_daemon(tmp_path, ca, tcp_max_connections_per_client=2)
+    with capped as (daemon, _, ca_file):
+        dot, _ = ports(daemon)
+        held = [socket.create_connection(("127.0.0.1", dot), timeout=5) for _ in range(2)]
+        try:
+            assert daemon.daemon.tcp is not None
+            servers = daemon.daemon._tls_servers
+            assert wait_for(lambda: sum(s._pending.get("127.0.0.1", 0) for s in servers) == 2)
+            with (
+                socket.create_connection(("127.0.0.1", dot), timeout=5) as third,
+                contextlib.suppress(ConnectionResetError),
+            ):
+                assert third.recv(16) == b""  # closed at accept
+            assert daemon.daemon.tcp.rejected_per_client == 1
+            context = client_context(ca_file)
+            other = ("127.0.0.2", 0)
+            with (
+                socket.create_connection(("127.0.0.1", dot), 5, source_address=other) as raw,
+                context.wrap_socket(raw, server_hostname=NAME) as tls,
+            ):
+                reply = dns.query.tls(dns.message.make_query("a.test", "A"), "127.0.0.1", sock=tls)
+            assert reply.rcode() == dns.rcode.NOERROR
+        finally:
+            for sock in held:
+                sock.close()
+
+
 def test_renewed_certificate_is_served_to_new_connections_and_sessions_resume(
     tmp_path: Path, ca: trustme.CA, monkeypatch: pytest.MonkeyPatch
 ) -> None:

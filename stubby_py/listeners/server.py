@@ -3,13 +3,15 @@
 asyncio's `create_server(ssl=...)` tells the protocol about a connection only once the handshake
 is done, so a client outside `allow` would get a whole TLS handshake first. Here the socket is
 accepted by hand, the client checked, and only then is TLS started on it
-(`connect_accepted_socket`). Handshakes under way count against the shared TCP cap, and each is
-bounded by HANDSHAKE_TIMEOUT.
+(`connect_accepted_socket`). Handshakes under way count against the shared TCP caps, the total
+and the client's (so one client cannot hold every slot with handshakes it never finishes), and
+each is bounded by HANDSHAKE_TIMEOUT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import ssl
@@ -17,6 +19,7 @@ from collections.abc import Callable
 
 from stubby_py.listener import TCPConnections
 from stubby_py.listeners.tls_files import ServerCertificate
+from stubby_py.ratelimit import client_key
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ class TLSServer:
         self._alpn = alpn
         self._protocol = protocol
         self._handshakes: set[asyncio.Task[None]] = set()
+        #: client (client_key) → its handshakes under way
+        self._pending: dict[str, int] = {}
         self._accepting: asyncio.Task[None] | None = None
         #: handshakes that failed or timed out (garbage instead of TLS, no common ALPN...)
         self.failed_handshakes = 0
@@ -82,9 +87,24 @@ class TLSServer:
                 shared.rejected += 1
                 conn.close()
                 continue
+            client = client_key(addr[0], shared.ipv6_prefix)
+            pending = self._pending.get(client, 0)
+            if shared.per_client.get(client, 0) + pending >= shared.max_per_client:
+                shared.rejected_per_client += 1
+                conn.close()
+                continue
+            self._pending[client] = pending + 1
             task = loop.create_task(self._handshake(conn))
             self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(functools.partial(self._handshake_done, client=client))
+
+    def _handshake_done(self, task: asyncio.Task[None], *, client: str) -> None:
+        self._handshakes.discard(task)
+        left = self._pending.get(client, 0) - 1
+        if left > 0:
+            self._pending[client] = left
+        else:
+            self._pending.pop(client, None)
 
     async def _handshake(self, conn: socket.socket) -> None:
         loop = asyncio.get_running_loop()

@@ -202,7 +202,7 @@ def test_unfinished_handshakes_count_against_the_per_client_cap(
         try:
             assert daemon.daemon.tcp is not None
             servers = daemon.daemon._tls_servers
-            assert wait_for(lambda: sum(s._pending.get("127.0.0.1", 0) for s in servers) == 2)
+            assert wait_for(lambda: sum(len(s._handshakes) for s in servers) == 2)
             with (
                 socket.create_connection(("127.0.0.1", dot), timeout=5) as third,
                 contextlib.suppress(ConnectionResetError),

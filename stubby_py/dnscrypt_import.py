@@ -25,8 +25,12 @@ dnscrypt-proxy options and what becomes of them:
     cache_max_ttl                         cache_max_ttl
   anything else                         ignored, with the reason
 
-Only DoH stamps (and DoT/DoQ ones) that carry an IP address can be used: DNSCrypt, ODoH, relays
-and stamps with only a host name are left out, each with the reason.
+  bootstrap_resolvers                   bootstrap (udp://IP:PORT): stamps with only a host name
+                                        are then resolved through them
+  proxy                                 proxy (the global one)
+
+DoH, DoT and DoQ stamps can be used (those with only a host name when bootstrap_resolvers
+are given): DNSCrypt, ODoH and relays are left out, each with the reason.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from typing import Any
 import yaml
 
 from stubby_py import stamps
-from stubby_py.config import UpstreamSpec, parse_listen
+from stubby_py.config import UpstreamSpec, parse_listen, parse_proxy_uri
 from stubby_py.errors import ConfigError
 from stubby_py.stubby_import import Conversion, Note
 
@@ -63,16 +67,15 @@ HANDLED = frozenset(
     {
         "server_names", "disabled_server_names", "listen_addresses", "timeout", "lb_strategy",
         "cache", "cache_size", "cache_min_ttl", "cache_max_ttl", "static", "sources",
-        *FILTER_DEFAULTS,
+        "bootstrap_resolvers", "proxy", *FILTER_DEFAULTS,
     }
 )  # fmt: skip
 IGNORED_WHY = {
-    "fallback_resolvers": "upstreams are given by IP address: no bootstrap resolver is needed",
-    "bootstrap_resolvers": "upstreams are given by IP address: no bootstrap resolver is needed",
-    "fallback_resolver": "upstreams are given by IP address: no bootstrap resolver is needed",
+    "fallback_resolvers": "the old name of bootstrap_resolvers: name them there",
+    "fallback_resolver": "the old name of bootstrap_resolvers: name them there",
     "ignore_system_dns": "stubby-py never resolves through the system's DNS",
-    "proxy": "proxies are not converted: configure them in stubby-py by hand",
-    "http_proxy": "proxies are not converted: configure them in stubby-py by hand",
+    "http_proxy": "dnscrypt-proxy's proxy for DoH and list downloads only: stubby-py takes one"
+    " `proxy:` for every upstream (set it from `proxy`, or by hand)",
     "force_tcp": "stubby-py speaks DoH, DoT and DoQ to encrypted upstreams only",
     "max_clients": "stubby-py bounds clients by tcp_max_connections and the rate limit",
     "block_ipv6": "no equivalent (stubby-py answers AAAA queries as the upstream does)",
@@ -98,6 +101,8 @@ class _State:
     conversion: Conversion = field(default_factory=Conversion)
     upstreams: list[dict[str, str]] = field(default_factory=list)
     specs: list[UpstreamSpec] = field(default_factory=list)
+    #: bootstrap resolvers converted from bootstrap_resolvers (udp:// URIs)
+    bootstrap: list[str] = field(default_factory=list)
     from_sources: int = 0
 
 
@@ -145,6 +150,8 @@ class _Converter:
             self.out.notes.append(Note("note", "require_dnssec", text))
         self._listen()
         self._simple()
+        self._bootstrap()
+        self._proxy()
         self._servers()
         if self.state.upstreams:
             self.out.options["upstreams"] = self.state.upstreams
@@ -196,6 +203,39 @@ class _Converter:
             if key in self.data:
                 ttl = self._whole(key, 0, 2**31 - 1)
                 self.out.mapped(key, key, ttl, f"{ttl} s")
+
+    def _bootstrap(self) -> None:
+        """bootstrap_resolvers (plain IP:PORT) → bootstrap: [udp://IP:PORT], so that stamps with
+        only a host name can be used (never resolved through stubby-py itself)."""
+        value = self.data.get("bootstrap_resolvers")
+        if value is None:
+            return
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(self.source, "bootstrap_resolvers", "expected a list of 'IP:PORT'")
+        resolvers = []
+        for item in value:
+            try:
+                address, port = parse_listen(item)
+            except ValueError as exc:
+                self.out.ignored(f"bootstrap_resolvers: {item}", str(exc))
+                continue
+            host = f"[{address}]" if ":" in address else address
+            resolvers.append(f"udp://{host}:{port}")
+        if resolvers:
+            self.state.bootstrap = resolvers
+            self.out.mapped("bootstrap_resolvers", "bootstrap", resolvers, ", ".join(resolvers))
+
+    def _proxy(self) -> None:
+        value = self.data.get("proxy")
+        if value is None:
+            return
+        try:
+            parse_proxy_uri(str(value))
+        except ValueError as exc:
+            self.out.ignored("proxy", f"{exc}: configure the proxy in stubby-py by hand")
+            return
+        # the URI may hold credentials: the note names the proxy without them
+        self.out.mapped("proxy", "proxy", str(value), "the global proxy")
 
     def _whole(self, key: str, low: int, high: int) -> int:
         value = self.data[key]
@@ -297,14 +337,12 @@ class _Converter:
         except ValueError as exc:
             self.out.ignored(candidate.origin, str(exc))
             return
-        if spec.needs_bootstrap:
-            # (dnscrypt-proxy's bootstrap_resolvers are not converted: they are often the
-            # system's or public plain resolvers, a choice to make by hand)
+        if spec.needs_bootstrap and not self.state.bootstrap:
             kind = stamps.KIND_NAMES[stamp.protocol]
             self.out.ignored(
                 candidate.origin,
-                f"this {kind} stamp gives no address for {spec.address!r}: add it by hand with"
-                " a `bootstrap:` to resolve it, or use a stamp with an IP address",
+                f"this {kind} stamp gives no address for {spec.address!r}: it needs"
+                " bootstrap_resolvers (none here) to be resolved, or a stamp with an IP address",
             )
             return
         if not candidate.static:
@@ -324,7 +362,7 @@ class _Converter:
         for key, prop in FILTER_PROPS.items():
             if self._flag(key) and prop not in stamp.property_names:
                 return f"{key}: the list does not say it is {prop}"
-        version = ipaddress.ip_address(spec.address).version
+        version = ipaddress.ip_address(spec.address).version if not spec.needs_bootstrap else 0
         if version == 4 and not self._flag("ipv4_servers"):
             return "ipv4_servers = false"
         if version == 6 and not self._flag("ipv6_servers"):

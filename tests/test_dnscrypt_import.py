@@ -117,11 +117,36 @@ def test_every_server_is_taken_or_left_out_with_the_reason(
         "pr-two-stamps-2: in disabled_server_names",
         "other.md: No such file or directory: lists are never downloaded here",
         "7 stamps (signature not checked here)",
-        "fallback_resolvers: upstreams are given by IP address",
+        "fallback_resolvers: the old name of bootstrap_resolvers",
         "block_ipv6: no equivalent",
         "require_dnssec: stubby-py validates DNSSEC itself",
     ):
         assert expected in err, expected
+
+
+def test_bootstrap_resolvers_and_proxy_are_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bootstrap_resolvers become `bootstrap:`, so a stamp with only a host name is taken (and
+    resolved through them, never through stubby-py); `proxy` becomes the global proxy."""
+    body = (
+        "server_names = ['pr-doh-name-only']\n"
+        "bootstrap_resolvers = ['192.0.2.1:53', '[2001:db8::1]:53']\n"
+        "proxy = 'socks5h://127.0.0.1:9050'\n"
+        "require_nolog = false\nrequire_nofilter = false\n"
+        + TOML_ALL[TOML_ALL.index("[sources]") :]
+    )
+    path = write_toml(tmp_path, body.format(dot=make_stamp(0x03, "192.0.2.53", "dot.example", [])))
+    out = tmp_path / "config.yaml"
+    assert cli.main(["import-dnscrypt-proxy", str(path), "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    data = yaml.safe_load(out.read_text())
+    assert data["bootstrap"] == ["udp://192.0.2.1:53", "udp://[2001:db8::1]:53"]
+    assert data["proxy"] == "socks5h://127.0.0.1:9050"
+    assert [u["name"] for u in data["upstreams"]] == ["pr-doh-name-only"], err
+    config = load_config(str(out))
+    assert config.upstreams[0].needs_bootstrap and config.upstreams[0].address == "name.example"
+    assert [b.label for b in config.bootstrap] == ["udp://192.0.2.1:53", "udp://[2001:db8::1]:53"]
 
 
 def test_server_names_pick_and_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -178,6 +178,23 @@ def test_pin_mismatch_is_refused(doq: DoQServer, ca_file: str) -> None:
     _assert_refused(doq, uri(doq), ca_file, spki_pins=(OTHER_PIN,))
 
 
+def test_pin_mismatch_leaves_no_ticket_to_resume_with(doq: DoQServer, ca_file: str) -> None:
+    """aioquic hands the session ticket over during the handshake, before the pins are checked:
+    a connection refused for its pin must not leave a ticket that the next connection resumes
+    with (a resumed session skips the certificate, so the pin would never be checked again)."""
+    config = daemon_config(uri(doq), ca_file, spki_pins=(OTHER_PIN,))
+    with running_daemon(replace(config, backoff_min=0.05, backoff_max=0.1)) as daemon:
+        for name in ("first.example.", "second.example.", "third.example."):
+            reply = ask(daemon.port, name)
+            assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer, name
+            time.sleep(0.2)
+        transport = daemon.resolver.transports[0]
+        assert transport.resumptions == 0
+        assert transport._ticket is None
+    assert doq.state.queries == []
+    assert doq.state.resumptions == 0
+
+
 def test_wrong_alpn_is_refused(ca_file: str, cert_files: tuple[str, str]) -> None:
     """An HTTP/3 server is not a DoQ server: the handshake fails on ALPN."""
     with (

@@ -33,6 +33,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 from aioquic.tls import SessionTicket
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from stubby_py.config import Config, UpstreamSpec
@@ -156,10 +157,21 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
         return None if certificate is None else certificate.public_bytes(Encoding.DER)
 
     def peer_chain(self) -> list[bytes]:
-        """The certificates the server sent, leaf first (for a stamp's TBS hashes)."""
-        leaf = self.peer_certificate()
-        rest = getattr(self._quic.tls, "_peer_certificate_chain", None) or []
-        return ([leaf] if leaf else []) + [c.public_bytes(Encoding.DER) for c in rest]
+        """The leaf and the certificates the server sent that issued it, one after the other,
+        leaf first (for a stamp's TBS hashes). A sent certificate off that path (any CA's
+        certificate is public, and verification ignores extras) is left out."""
+        current = getattr(self._quic.tls, "_peer_certificate", None)
+        if current is None:
+            return []
+        chain = [current.public_bytes(Encoding.DER)]
+        for issuer in getattr(self._quic.tls, "_peer_certificate_chain", None) or []:
+            try:
+                current.verify_directly_issued_by(issuer)
+            except (ValueError, TypeError, InvalidSignature):
+                break
+            chain.append(issuer.public_bytes(Encoding.DER))
+            current = issuer
+        return chain
 
     # -- asyncio.DatagramProtocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -350,9 +362,20 @@ class QuicTransport(MultiplexedTransport[P]):
         configuration = quic_configuration(
             self.spec, self._config, self.alpn, self._take_ticket(), self._take_token()
         )
+        # a ticket is kept only from a connection whose certificate and pins passed: aioquic
+        # hands it over during the handshake, before _check_session has looked
+        checked = False
+        held: list[SessionTicket] = []
+
+        def store_ticket(ticket: SessionTicket) -> None:
+            if checked:
+                self._ticket = ticket
+            else:
+                held[:] = [ticket]
+
         quic = QuicConnection(
             configuration=configuration,
-            session_ticket_handler=self._store_ticket,
+            session_ticket_handler=store_ticket,
             token_handler=self._store_token,
         )
         address = await self.endpoint.address()
@@ -370,6 +393,9 @@ class QuicTransport(MultiplexedTransport[P]):
         except BaseException:
             connection.close()
             raise
+        checked = True
+        if held:
+            self._ticket = held[-1]
         return connection
 
     def _check_session(self, connection: P) -> None:
@@ -387,9 +413,6 @@ class QuicTransport(MultiplexedTransport[P]):
             return None
         # never offer early data (0-RTT): see the module docstring
         return dataclasses.replace(ticket, max_early_data_size=None)
-
-    def _store_ticket(self, ticket: SessionTicket) -> None:
-        self._ticket = ticket
 
     def _take_token(self) -> bytes:
         token, self._token = self._token, b""

@@ -413,6 +413,25 @@ def test_doq_stamp_checks_the_sent_chain(
             assert ask(daemon.port, "other.example.").rcode() == dns.rcode.SERVFAIL
 
 
+def test_doq_stamp_ignores_a_sent_certificate_off_the_issuing_path(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    """Any CA's certificate is public: a server may send the one a stamp pins beside its own
+    chain, and verification ignores the extra. The hash must match a certificate that issued
+    the leaf, so this is refused (aioquic shows what was sent, not the verified chain)."""
+    pinned = ca.create_child_ca()  # what the stamp pins; it issued nothing for this server
+    cert, key = write_cert_files(ca.create_child_ca(), str(tmp_path), "dns.test", "127.0.0.1")
+    with open(cert, "ab") as chain:
+        chain.write(pinned.cert_pem.bytes())
+    pinned_hash = bytes.fromhex(tbs_hash(_der(pinned.cert_pem.bytes())))
+    with doq_server(cert, key) as server:
+        stamp = make_stamp(0x04, f"127.0.0.1:{server.port}", "dns.test", [pinned_hash])
+        with _daemon(stamp, ca_file) as daemon:
+            reply = ask(daemon.port)
+        assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer
+        assert not server.state.queries
+
+
 def test_check_shows_props_and_hashes(
     dot_server: LocalUpstream, ca_file: str, intermediate_hash: bytes
 ) -> None:

@@ -1032,9 +1032,13 @@ def _global_proxy_problem(config: Config) -> str | None:
     pools = [("upstreams", config.upstreams)] + [
         (f"upstream_groups.{name}", members) for name, members in config.upstream_groups
     ]
+    # the bootstrap resolvers go through the global proxy too: nothing is sent around it
+    pools.append(("bootstrap", config.bootstrap))
     for key, specs in pools:
         for index, spec in enumerate(specs):
             problem = proxy_problem(spec, config.proxy) if spec.proxy is None else None
+            if problem is not None and key == "bootstrap":
+                problem = problem.replace(", or give it `proxy: none`", " or an encrypted one")
             if problem is not None:
                 return f"{key}[{index}]: {problem}"
     return None
@@ -1157,3 +1161,6 @@ def _check_bootstrap_overrides(config: Config) -> None:
                 f"command line: bootstrap {spec.label}: expected a resolver other than stubby-py"
                 f" itself ({ours} is where it listens)"
             )
+    problem = _global_proxy_problem(config)
+    if problem is not None:
+        raise ConfigError(f"command line: proxy: {problem}")

@@ -187,6 +187,16 @@ def test_socks5h_resolves_an_upstream_by_hostname_without_a_bootstrap() -> None:
         parse_config(text.replace("socks5h", "socks5"), "tor.yaml")
 
 
+def test_a_udp_bootstrap_under_a_global_proxy_is_refused() -> None:
+    """The bootstrap resolvers go through the global proxy like the upstreams: plain UDP cannot,
+    so it is refused rather than sent around the proxy; tcp:// is taken."""
+    text = "proxy: socks5://127.0.0.1:1080\nupstreams:\n  - tls://dns.example\nbootstrap:\n"
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: proxy: bootstrap\[0\]: plain DNS over UDP"):
+        parse_config(text + "  - udp://192.0.2.1\n", "c.yaml")
+    config = parse_config(text + "  - tcp://192.0.2.1\n", "c.yaml")
+    assert upstream_proxy(config.bootstrap[0], config) == config.proxy
+
+
 def test_per_upstream_none_overrides_global(ca: trustme.CA, ca_file: str) -> None:
     """`proxy: none` on one upstream: it is reached directly although the global proxy (here
     one that is down) would fail it."""

@@ -177,3 +177,17 @@ def test_damaged_octets_are_not_copied() -> None:
     message, verdict = kept_all(POSITIVE)
     assert render_wire(POSITIVE[:-3], message, verdict, False) is None
     assert render_wire(POSITIVE + b"\x00", message, verdict, False) is None
+
+
+def test_a_pointer_into_the_header_is_not_copied() -> None:
+    """A name may point into the header (dnspython reads it), whose counts, ID and flags the copy
+    rewrites: the name would change after it was validated, so dnspython renders instead."""
+    question = b"\x02nx\x03pos\x04test\x00" + struct.pack("!HH", 1, 1)
+    # owner: the label "\x00\x01" read from offset 10 (ARCOUNT), then the root (offset 12 is
+    # not reached: the label at 10 is length 0 = the root itself)
+    a_record = struct.pack("!H", 0xC000 | 10) + struct.pack("!HHIH", 1, 1, 300, 4)
+    a_record += bytes([192, 0, 2, 1])
+    wire = struct.pack("!HHHHHH", 7, 0x8400, 1, 1, 0, 0) + question + a_record
+    message = dns.message.from_wire(wire)
+    verdict = Verdict(Security.SECURE, kept=(tuple(message.answer), ()))
+    assert render_wire(wire, message, verdict, True) is None

@@ -551,6 +551,9 @@ def _name_segments(data: bytes, pos: int) -> tuple[bytes, int, int]:
             if not end:
                 end = pos + 2
             pos = ((length & 0x3F) << 8) | data[pos + 1]
+            if pos < wire.HEADER_LEN:
+                # into the header, whose counts, ID and flags the copy rewrites: render instead
+                raise wire.WireError("pointer into the header")
             hops += 1
             reach = max(reach, wire.skip_name(data, pos))
             continue

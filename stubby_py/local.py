@@ -13,6 +13,9 @@
 
 from __future__ import annotations
 
+import logging
+
+import dns.exception
 import dns.message
 import dns.name
 import dns.rcode
@@ -21,6 +24,8 @@ import dns.rdatatype
 import dns.rrset
 
 from stubby_py.wire import ClientQuery
+
+log = logging.getLogger(__name__)
 
 TTL = 3600
 #: the SVCB records of DDR: listeners change with a restart, so they are not kept for long
@@ -130,7 +135,8 @@ def designated_resolvers(
     (scheme, address, port, DoH path): ALPN, port, DoH path, the address as a hint (not for a
     wildcard address). The target is the certificate's hostname, which a client checks the
     certificate against; "." (the owner) without one."""
-    target = f"{hostname.rstrip('.')}." if hostname else "."
+    usable = hostname and not hostname.startswith("*")  # a wildcard SAN names no one host
+    target = f"{hostname.rstrip('.')}." if hostname and usable else "."
     records = []
     for priority, (scheme, address, port, path) in enumerate(listeners, start=1):
         text = f"{priority} {target} alpn={'dot' if scheme == 'tls' else 'h2'} port={port}"
@@ -139,6 +145,12 @@ def designated_resolvers(
         if scheme == "https":
             text += f" dohpath={path}{{?dns}}"
         records.append(text)
+    try:
+        # parsed here once, so that a query never meets a record that does not parse
+        dns.rrset.from_text_list(_DDR_NAME, DDR_TTL, "IN", "SVCB", records)
+    except dns.exception.DNSException as exc:
+        log.warning("DDR: no designated resolvers announced: the records do not parse (%s)", exc)
+        return ()
     return tuple(records)
 
 

@@ -89,3 +89,21 @@ def test_rule_for_names_the_most_specific_rule_as_configured() -> None:
     for name in ("a.dev.corp.example.", "corp.example.", "nas.lan.", "example.", "."):
         found = router.rule_for(key(name))
         assert router.group_for(key(name)) == (found[1] if found else None)
+
+
+def test_designated_resolvers_that_would_not_parse_are_not_announced() -> None:
+    """DDR records come from the certificate's name: one that cannot be a target (a label over
+    63 octets) means no records at all, decided once at start, never a query that raises; a
+    wildcard name is no one host, so the target is the owner."""
+    from stubby_py import local as local_answers
+
+    listeners = (("tls", "127.0.0.1", 853, ""), ("https", "0.0.0.0", 443, "/dns-query"))
+    good = local_answers.designated_resolvers(listeners, "dns.home.example")
+    assert good == (
+        "1 dns.home.example. alpn=dot port=853 ipv4hint=127.0.0.1",
+        "2 dns.home.example. alpn=h2 port=443 dohpath=/dns-query{?dns}",
+    )
+    assert local_answers.designated_resolvers(listeners, "a" * 70 + ".example") == ()
+    assert local_answers.designated_resolvers(listeners[:1], "*.home.example") == (
+        "1 . alpn=dot port=853 ipv4hint=127.0.0.1",
+    )

@@ -357,3 +357,58 @@ def test_ddr_without_encrypted_listeners_is_nodata() -> None:
             assert reply.rcode() == dns.rcode.NOERROR and not reply.answer
             assert reply.authority  # the SOA of a negative answer
             assert upstream.state.queries == []
+
+
+def test_streams_reset_by_the_client_still_count_against_the_pipelining_cap(
+    tmp_path: Path,
+) -> None:
+    """A client that sends a query on a stream and resets it at once, again and again (the
+    'rapid reset' pattern), never has more than MAX_STREAMS streams open, but every query it sent
+    is still in flight in the resolver: those count against the TCP pipelining cap too, so the
+    connection hands on at most MAX_PIPELINED and refuses the rest."""
+    from stubby_py.listener import MAX_PIPELINED
+    from stubby_py.listeners.doh import DoHListener
+
+    ca = trustme.CA()
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    cert, key = write_pair(ca, tmp_path)
+    with local_upstream(None) as upstream:
+        upstream.state.behaviour = "stall"  # every query stays in flight until its deadline
+        config = make_config(
+            [f"udp://127.0.0.1:{upstream.port}"],
+            encrypted_listen=(EncryptedListen("https", "127.0.0.1", 0, "/dns-query"),),
+            tls_cert=cert, tls_key=key, timeout=5.0, attempt_timeout=5.0,
+        )  # fmt: skip
+        with running_daemon(config) as daemon:
+            port = daemon.daemon.encrypted_bound[0].port
+            context = ssl.create_default_context(cafile=ca_file)
+            context.set_alpn_protocols(["h2"])
+            with (
+                socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+                context.wrap_socket(raw, server_hostname=NAME) as tls,
+            ):
+                conn = h2.connection.H2Connection(
+                    h2.config.H2Configuration(client_side=True, header_encoding=None)
+                )
+                conn.initiate_connection()
+                for n in range(3 * MAX_PIPELINED):
+                    stream = conn.get_next_available_stream_id()
+                    body = query(f"q{n}.example").to_wire()
+                    conn.send_headers(stream, [
+                        (b":method", b"POST"), (b":scheme", b"https"),
+                        (b":authority", NAME.encode()), (b":path", b"/dns-query"),
+                        (b"content-type", b"application/dns-message"),
+                    ])  # fmt: skip
+                    conn.send_data(stream, body, end_stream=True)
+                    conn.reset_stream(stream)
+                    tls.sendall(conn.data_to_send())
+                tcp = daemon.daemon.tcp
+                assert tcp is not None
+                connections = [c for c in tcp.open if isinstance(c, DoHListener)]
+                assert wait_for(lambda: daemon.resolver.counters["queries"] >= MAX_PIPELINED)
+                time_for_the_rest = wait_for(
+                    lambda: daemon.resolver.counters["queries"] > MAX_PIPELINED, 1.0
+                )
+                assert not time_for_the_rest, daemon.resolver.counters["queries"]
+                assert connections and all(c._in_flight <= MAX_PIPELINED for c in connections)

@@ -34,7 +34,7 @@ import h2.exceptions
 import h2.settings
 
 from stubby_py import wire
-from stubby_py.listener import TCPConnections
+from stubby_py.listener import MAX_PIPELINED, WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, TCPConnections
 from stubby_py.listeners.padding import asks_padding, pad_reply
 from stubby_py.resolver import Respond
 
@@ -104,6 +104,7 @@ class DoHListener(asyncio.Protocol):
             return
         self._client = client
         self._shared.open.add(self)
+        self._transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         codes = h2.settings.SettingCodes
         self._h2.local_settings = h2.settings.Settings(
             client=False,
@@ -132,6 +133,15 @@ class DoHListener(asyncio.Protocol):
         if self._transport is None or self._closed:
             return 0
         return self._transport.get_write_buffer_size()
+
+    def pause_writing(self) -> None:
+        # the client is not reading its replies: stop reading its requests meanwhile
+        if self._transport is not None and not self._closed:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self._transport is not None and not self._closed:
+            self._transport.resume_reading()
 
     def stop_reading(self) -> None:
         """Shutdown: GOAWAY, answer the requests taken, then close."""
@@ -276,6 +286,14 @@ class DoHListener(asyncio.Protocol):
             def respond(reply: bytes) -> None:
                 plain(pad_reply(reply, block))
 
+        if self._in_flight >= MAX_PIPELINED:
+            # streams reset by the client still have their queries in flight: a client that
+            # opens and resets streams in a loop is held to the TCP pipelining cap too
+            self._requests.pop(stream_id, None)
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            self._flush()
+            return
         self._in_flight += 1
         if not self._shared.resolver.handle(query, self._peer, respond, udp=False):
             self._in_flight -= 1  # dropped (rate limit, say): refuse the stream

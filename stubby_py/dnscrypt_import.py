@@ -25,7 +25,8 @@ dnscrypt-proxy options and what becomes of them:
     cache_max_ttl                         cache_max_ttl
   anything else                         ignored, with the reason
 
-  bootstrap_resolvers                   bootstrap (udp://IP:PORT): stamps with only a host name
+  bootstrap_resolvers                   bootstrap (udp://IP:PORT, tcp:// behind a proxy): stamps
+                                        with only a host name
                                         are then resolved through them
   proxy                                 proxy (the global one)
 
@@ -220,7 +221,9 @@ class _Converter:
                 self.out.ignored(f"bootstrap_resolvers: {item}", str(exc))
                 continue
             host = f"[{address}]" if ":" in address else address
-            resolvers.append(f"udp://{host}:{port}")
+            # behind a proxy (converted below) plain DNS must go over TCP: UDP cannot be proxied
+            scheme = "tcp" if self.data.get("proxy") is not None else "udp"
+            resolvers.append(f"{scheme}://{host}:{port}")
         if resolvers:
             self.state.bootstrap = resolvers
             self.out.mapped("bootstrap_resolvers", "bootstrap", resolvers, ", ".join(resolvers))

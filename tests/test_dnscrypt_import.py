@@ -141,12 +141,13 @@ def test_bootstrap_resolvers_and_proxy_are_converted(
     assert cli.main(["import-dnscrypt-proxy", str(path), "-o", str(out)]) == 0
     err = capsys.readouterr().err
     data = yaml.safe_load(out.read_text())
-    assert data["bootstrap"] == ["udp://192.0.2.1:53", "udp://[2001:db8::1]:53"]
+    # behind the proxy, over TCP: UDP cannot go through it
+    assert data["bootstrap"] == ["tcp://192.0.2.1:53", "tcp://[2001:db8::1]:53"]
     assert data["proxy"] == "socks5h://127.0.0.1:9050"
     assert [u["name"] for u in data["upstreams"]] == ["pr-doh-name-only"], err
     config = load_config(str(out))
     assert config.upstreams[0].needs_bootstrap and config.upstreams[0].address == "name.example"
-    assert [b.label for b in config.bootstrap] == ["udp://192.0.2.1:53", "udp://[2001:db8::1]:53"]
+    assert [b.label for b in config.bootstrap] == ["tcp://192.0.2.1:53", "tcp://[2001:db8::1]:53"]
 
 
 def test_server_names_pick_and_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

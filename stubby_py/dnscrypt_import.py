@@ -23,12 +23,10 @@ dnscrypt-proxy options and what becomes of them:
                                         fastest → fastest
   cache, cache_size, cache_min_ttl,     cache_size (0 when cache = false), cache_min_ttl,
     cache_max_ttl                         cache_max_ttl
-  anything else                         ignored, with the reason
-
   bootstrap_resolvers                   bootstrap (udp://IP:PORT, tcp:// behind a proxy): stamps
-                                        with only a host name
-                                        are then resolved through them
+                                        with only a host name are resolved through them
   proxy                                 proxy (the global one)
+  anything else                         ignored, with the reason
 
 DoH, DoT and DoQ stamps can be used (those with only a host name when bootstrap_resolvers
 are given): DNSCrypt, ODoH and relays are left out, each with the reason.

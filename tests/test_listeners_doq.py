@@ -30,7 +30,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 from aioquic.tls import SessionTicket
 
 from stubby_py.config import EncryptedListen
-from stubby_py.listeners import doq
+from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.test_listeners_encrypted import NAME, query, write_pair
 from tests.upstream_server import LocalUpstream, local_upstream
@@ -297,3 +297,45 @@ def test_per_client_cap(tmp_path: Path) -> None:
             run(go())
             figures = served.doq_stats()
             assert figures["rejected_per_client_cap"] >= 1
+
+
+# -- DDR, certificate files ------------------------------------------------------------------------
+def test_ddr_lists_the_doq_listener(served: Served) -> None:
+    svcb = dns.message.make_query("_dns.resolver.arpa", "SVCB")
+    reply = dns.query.udp(svcb, "127.0.0.1", port=served.plain, timeout=5)
+    texts = [r.to_text() for r in reply.answer[0]]
+    assert texts == [f'1 {NAME}. alpn="doq" port="{served.doq}" ipv4hint="127.0.0.1"']
+
+
+def test_renewed_certificate_is_served_to_new_connections(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls_files, "CHECK_INTERVAL", 0.0)
+    ca = trustme.CA()
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    cert, key = write_pair(ca, tmp_path)
+    with local_upstream(None) as upstream:
+        config = make_config(
+            [f"udp://127.0.0.1:{upstream.port}"],
+            encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
+            tls_cert=cert,
+            tls_key=key,
+        )
+        with running_daemon(config) as daemon:
+            (bound,) = daemon.daemon.encrypted_bound
+            served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
+
+            async def serial() -> int:
+                async with doq_client(served) as client:
+                    await client.reply(client.send(query().to_wire()))
+                    peer = client.protocol._quic.tls._peer_certificate
+                    assert peer is not None
+                    number: int = peer.serial_number
+                    return number
+
+            first = run(serial())
+            write_pair(ca, tmp_path)  # renewed: same paths, new files
+            assert run(serial()) != first
+            assert daemon.daemon.certificate is not None
+            assert daemon.daemon.certificate.reloaded == 1

@@ -149,8 +149,16 @@ def format_table(stats: Mapping[str, Any]) -> str:
         f"the total cap, {tcp['rejected_per_client_cap']} over the per-client cap, "
         f"{tcp['denied']} denied; closed later: {tcp['closed_idle']} idle, "
         f"{tcp['closed_unread']} not reading their replies",
-        "",
     ]
+    doq = stats.get("doq")
+    if doq is not None:
+        lines.append(
+            f"doq            {doq['open']} open, {doq['queries']} queries; "
+            f"{doq['protocol_errors']} protocol errors, "
+            f"{doq['rejected_total_cap'] + doq['rejected_per_client_cap']} over a cap, "
+            f"{doq['denied_datagrams']} datagrams denied"
+        )
+    lines.append("")
     lines += _upstream_rows(stats["upstreams"])
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from aioquic.tls import SessionTicket
 
+from stubby_py import metrics, stats
 from stubby_py.config import EncryptedListen
 from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
@@ -339,3 +340,27 @@ def test_renewed_certificate_is_served_to_new_connections(
             assert run(serial()) != first
             assert daemon.daemon.certificate is not None
             assert daemon.daemon.certificate.reloaded == 1
+
+
+def test_cancelled_stream_leaves_the_connection_usable(served: Served) -> None:
+    errors_before = served.doq_stats()["protocol_errors"]
+
+    async def go() -> dns.message.Message:
+        async with doq_client(served) as client:
+            cancelled = client.send(query("cancelled.example.com").to_wire())
+            client.protocol._quic.reset_stream(cancelled, doq.DOQ_REQUEST_CANCELLED)
+            client.protocol.transmit()
+            return dns.message.from_wire(await client.reply(client.send(query().to_wire())))
+
+    assert run(go()).rcode() == dns.rcode.NOERROR
+    assert served.doq_stats()["protocol_errors"] == errors_before
+
+
+def test_stats_table_and_metrics_show_doq(served: Served) -> None:
+    dnspython_doq(served)
+    figures = served.daemon.daemon.collect_stats()
+    assert figures["doq"]["queries"] >= 1
+    assert "doq            " in stats.format_table(figures)
+    text = metrics.render(figures)
+    assert "stubby_py_doq_queries_total" in text
+    assert 'stubby_py_doq_rejected_total{cap="per_client"}' in text

@@ -364,3 +364,35 @@ def test_stats_table_and_metrics_show_doq(served: Served) -> None:
     text = metrics.render(figures)
     assert "stubby_py_doq_queries_total" in text
     assert 'stubby_py_doq_rejected_total{cap="per_client"}' in text
+
+
+def test_shutdown_closes_doq_connections_with_no_error(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    ca_file = str(tmp_path / "ca.pem")
+    ca.cert_pem.write_to_path(ca_file)
+    cert, key = write_pair(ca, tmp_path)
+    with local_upstream(None) as upstream:
+        config = make_config(
+            [f"udp://127.0.0.1:{upstream.port}"],
+            encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
+            tls_cert=cert,
+            tls_key=key,
+        )
+        daemon = DaemonThread(config).start()
+        stopped = False
+        try:
+            (bound,) = daemon.daemon.encrypted_bound
+            served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
+
+            async def go() -> int:
+                nonlocal stopped
+                async with doq_client(served) as client:
+                    await client.reply(client.send(query().to_wire()))
+                    stopped = True
+                    await asyncio.get_running_loop().run_in_executor(None, daemon.stop)
+                    return await client.closed_with()
+
+            assert run(go()) == doq.DOQ_NO_ERROR
+        finally:
+            if not stopped:
+                daemon.stop()

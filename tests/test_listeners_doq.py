@@ -396,3 +396,16 @@ def test_shutdown_closes_doq_connections_with_no_error(tmp_path: Path) -> None:
         finally:
             if not stopped:
                 daemon.stop()
+
+
+def test_unfinished_queries_over_the_buffer_cap_close_with_excessive_load(served: Served) -> None:
+    async def go() -> int:
+        async with doq_client(served) as client:
+            quic = client.protocol._quic
+            for _ in range(doq.MAX_BUFFERED // 60_000 + 1):  # each announces 65535, sends less
+                stream_id = quic.get_next_available_stream_id()
+                quic.send_stream_data(stream_id, b"\xff\xff" + b"\0" * 60_000, False)
+            client.protocol.transmit()
+            return await client.closed_with()
+
+    assert run(go()) == doq.DOQ_EXCESSIVE_LOAD

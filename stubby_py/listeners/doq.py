@@ -12,7 +12,8 @@ Before any QUIC processing, each datagram's source is checked against the access
 client's packets are dropped, no Initial is answered. A new connection counts against a total
 and a per-client cap (the numbers of the TCP caps, counted apart); over them its Initial is
 dropped. At most MAX_STREAMS queries at once per connection (the stream credit; unidirectional
-credit 0), the idle timeout is the TCP one.
+credit 0) and MAX_BUFFERED octets of unfinished ones (over it: DOQ_EXCESSIVE_LOAD); the idle
+timeout is the TCP one.
 
 0-RTT is refused: aioquic's server takes 0-RTT data from any client that resumes a session, and
 0-RTT queries can be replayed (RFC 9250 §4.5), so no session tickets are issued on DoQ (no
@@ -60,6 +61,9 @@ DOQ_EXCESSIVE_LOAD = 0x4
 MAX_STREAMS = 100
 #: flow-control credit per stream: one query and its length prefix
 MAX_STREAM_DATA = 2 + wire.MAX_MESSAGE_LEN
+#: octets of unfinished queries one connection may hold (a query is at most 65537 with its
+#: length, but real ones are a few hundred); over this, DOQ_EXCESSIVE_LOAD
+MAX_BUFFERED = 4 * MAX_STREAM_DATA
 
 
 class DoQStats:
@@ -89,19 +93,21 @@ class DoQConnection(QuicConnectionProtocol):
         self._waiting: set[int] = set()
         #: streams whose whole query came: anything more on them is a protocol error
         self._complete: set[int] = set()
+        #: octets in _buffers
+        self._buffered = 0
         self._finished = False
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, StreamDataReceived):
             self._data(event.stream_id, event.data, event.end_stream)
         elif isinstance(event, StreamReset):
-            self._buffers.pop(event.stream_id, None)
+            self._buffered -= len(self._buffers.pop(event.stream_id, b""))
             self._waiting.discard(event.stream_id)
             self._complete.discard(event.stream_id)
         elif isinstance(event, StopSendingReceived):
             if event.stream_id in self._waiting or event.stream_id in self._buffers:
                 self._waiting.discard(event.stream_id)
-                self._buffers.pop(event.stream_id, None)
+                self._buffered -= len(self._buffers.pop(event.stream_id, b""))
                 self._quic.reset_stream(event.stream_id, DOQ_REQUEST_CANCELLED)
         elif isinstance(event, HandshakeCompleted):
             self._server.stats.connections += 1
@@ -118,11 +124,15 @@ class DoQConnection(QuicConnectionProtocol):
             self._client = None
 
     def _protocol_error(self, why: str) -> None:
-        log.debug("DoQ client %s: %s", self._peer, why)
         self._server.stats.protocol_errors += 1
+        self._close(DOQ_PROTOCOL_ERROR, why)
+
+    def _close(self, error_code: int, why: str) -> None:
+        log.debug("DoQ client %s: %s", self._peer, why)
         self._buffers.clear()
+        self._buffered = 0
         self._waiting.clear()
-        self._quic.close(error_code=DOQ_PROTOCOL_ERROR, reason_phrase=why)
+        self._quic.close(error_code=error_code, reason_phrase=why)
         self._finished = True
 
     def _data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
@@ -132,23 +142,32 @@ class DoQConnection(QuicConnectionProtocol):
             self._protocol_error("not a client bidirectional stream")
             return
         if stream_id in self._complete:
-            if data:
-                self._protocol_error("more than one message on a stream")
-            elif end_stream:
-                self._complete.discard(stream_id)
+            self._after_query(stream_id, data, end_stream)
             return
         buffer = self._buffers.setdefault(stream_id, bytearray())
         buffer += data
+        self._buffered += len(data)
+        if self._buffered > MAX_BUFFERED:
+            self._close(DOQ_EXCESSIVE_LOAD, "too many octets of unfinished queries")
+            return
         need = 2 + wire.U16.unpack_from(buffer)[0] if len(buffer) >= 2 else None
         if need is not None and len(buffer) > need:
             self._protocol_error("more than one message on a stream")
         elif need is not None and len(buffer) == need:
             del self._buffers[stream_id]
+            self._buffered -= len(buffer)
             if not end_stream:
                 self._complete.add(stream_id)
             self._query(stream_id, bytes(buffer[2:]))
         elif end_stream:
             self._protocol_error("FIN before the whole message")
+
+    def _after_query(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        """The client's side of a stream whose query came whole: only its FIN may follow."""
+        if data:
+            self._protocol_error("more than one message on a stream")
+        elif end_stream:
+            self._complete.discard(stream_id)
 
     def _query(self, stream_id: int, query: bytes) -> None:
         if len(query) < wire.HEADER_LEN or query[2] & 0x80:

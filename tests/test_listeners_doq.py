@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import dns.asyncquery
+import dns.edns
 import dns.exception
 import dns.message
 import dns.query
@@ -409,3 +410,17 @@ def test_unfinished_queries_over_the_buffer_cap_close_with_excessive_load(served
             return await client.closed_with()
 
     assert run(go()) == doq.DOQ_EXCESSIVE_LOAD
+
+
+def test_keepalive_option_is_a_protocol_error(served: Served) -> None:
+    """RFC 9250 §5.5.2: edns-tcp-keepalive has no meaning on DoQ."""
+    option = dns.edns.GenericOption(dns.edns.OptionType.TCP_KEEPALIVE, b"")
+    keepalive = dns.message.make_query("example.com", "A", use_edns=0, options=[option])
+    keepalive.id = 0
+
+    async def go() -> int:
+        async with doq_client(served) as client:
+            client.send(keepalive.to_wire())
+            return await client.closed_with()
+
+    assert run(go()) == doq.DOQ_PROTOCOL_ERROR

@@ -414,7 +414,7 @@ def test_unfinished_queries_over_the_buffer_cap_close_with_excessive_load(served
 
 def test_keepalive_option_is_a_protocol_error(served: Served) -> None:
     """RFC 9250 §5.5.2: edns-tcp-keepalive has no meaning on DoQ."""
-    option = dns.edns.GenericOption(dns.edns.OptionType.TCP_KEEPALIVE, b"")
+    option = dns.edns.GenericOption(dns.edns.OptionType.KEEPALIVE, b"")
     keepalive = dns.message.make_query("example.com", "A", use_edns=0, options=[option])
     keepalive.id = 0
 

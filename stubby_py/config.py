@@ -122,8 +122,8 @@ class UpstreamSpec:
 
 @dataclass(frozen=True, slots=True)
 class EncryptedListen:
-    """A listener for clients that speak DoT (`tls://IP:PORT`) or DoH over HTTP/2
-    (`https://IP:PORT/PATH`)."""
+    """A listener for clients that speak DoT (`tls://IP:PORT`), DoH over HTTP/2
+    (`https://IP:PORT/PATH`) or DoQ (`quic://IP:PORT`, UDP)."""
 
     scheme: str
     address: str
@@ -141,7 +141,7 @@ class EncryptedListen:
 class Config:
     #: addresses to listen on, UDP and TCP each
     listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
-    #: DoT and DoH listeners (`listen:` entries written as tls:// or https:// URIs)
+    #: DoT, DoH and DoQ listeners (`listen:` entries written as tls://, https:// or quic:// URIs)
     encrypted_listen: tuple[EncryptedListen, ...] = ()
     #: the certificate chain and private key (PEM) the encrypted listeners present
     tls_cert: str | None = None
@@ -454,20 +454,23 @@ DEFAULT_DOH_PATH = "/dns-query"
 
 
 def parse_listen_uri(text: str) -> tuple[str, int] | EncryptedListen:
-    """A plain `IP:PORT` (UDP and TCP), `tls://IP[:PORT]` (DoT, port 853) or
-    `https://IP[:PORT][/PATH]` (DoH over HTTP/2, port 443, path /dns-query)."""
+    """A plain `IP:PORT` (UDP and TCP), `tls://IP[:PORT]` (DoT, port 853),
+    `https://IP[:PORT][/PATH]` (DoH over HTTP/2, port 443, path /dns-query) or
+    `quic://IP[:PORT]` (DoQ, UDP port 853)."""
     scheme, sep, rest = text.partition("://")
     if not sep:
         return parse_listen(text)
-    if scheme not in ("tls", "https"):
-        raise ValueError(f"expected IP:PORT, tls://IP:PORT or https://IP:PORT/PATH, got {text!r}")
+    if scheme not in ("tls", "https", "quic"):
+        raise ValueError(
+            f"expected IP:PORT, tls://IP:PORT, https://IP:PORT/PATH or quic://IP:PORT, got {text!r}"
+        )
     address, slash, path = rest.partition("/")
     path = slash + path
-    if scheme == "tls" and path:
-        raise ValueError(f"expected tls://IP:PORT (no path), got {text!r}")
+    if scheme in ("tls", "quic") and path:
+        raise ValueError(f"expected {scheme}://IP:PORT (no path), got {text!r}")
     if "?" in path or "#" in path or " " in path:
         raise ValueError(f"expected a plain path in {text!r}")
-    default_port = DEFAULT_DOT_PORT if scheme == "tls" else DEFAULT_DOH_PORT
+    default_port = DEFAULT_DOH_PORT if scheme == "https" else DEFAULT_DOT_PORT
     try:
         host, port = parse_listen(address, default_port)
     except ValueError:

@@ -27,7 +27,7 @@ from stubby_py import control, fdbudget, local, memtrace, netwatch, stats
 from stubby_py.config import Config, EncryptedListen
 from stubby_py.errors import StubbyError
 from stubby_py.listener import TCPConnections, UDPListener
-from stubby_py.listeners import doh, dot
+from stubby_py.listeners import doh, doq, dot
 from stubby_py.listeners import server as tls_accept
 from stubby_py.listeners.tls_files import ServerCertificate
 from stubby_py.metrics import MetricsServer
@@ -109,6 +109,7 @@ class Daemon:
     _listening_sockets: int = 0
     _udp: list[UDPListener] = field(default_factory=list)
     _tls_servers: list[tls_accept.TLSServer] = field(default_factory=list)
+    _doq_servers: list[doq.DoQServer] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -179,6 +180,9 @@ class Daemon:
         if self.certificate is None:
             assert config.tls_cert is not None and config.tls_key is not None  # config.py checks
             self.certificate = ServerCertificate(config.tls_cert, config.tls_key)
+        if listener.scheme == "quic":
+            await self._listen_doq(listener, self.certificate)
+            return
         try:
             sock = tls_accept.bind(listener.address, listener.port)
         except OSError as exc:
@@ -202,6 +206,22 @@ class Daemon:
         bound = replace(listener, port=tls_server.port)
         self.encrypted_bound.append(bound)
         log.info("listening on %s", bound.label)
+
+    async def _listen_doq(self, listener: EncryptedListen, certificate: ServerCertificate) -> None:
+        assert self.tcp is not None
+        tcp = self.tcp
+        loop = asyncio.get_running_loop()
+        try:
+            _, server = await loop.create_datagram_endpoint(
+                lambda: doq.DoQServer(tcp, certificate, lambda: self.config.listen_padding_block),
+                local_addr=(listener.address, listener.port),
+            )
+        except OSError as exc:
+            raise _listen_error(listener.address, listener.port, exc) from None
+        self._doq_servers.append(server)
+        bound = replace(listener, port=server.port)
+        self.encrypted_bound.append(bound)
+        log.info("listening on %s (UDP)", bound.label)
 
     def _designate(self) -> None:
         """DDR: what `_dns.resolver.arpa` SVCB says (the certificate's name may have changed)."""
@@ -329,7 +349,10 @@ class Daemon:
     # -- while running ----------------------------------------------------------------------------
     def collect_stats(self) -> dict[str, Any]:
         assert self.resolver is not None
-        return stats.collect(self.resolver, self.tcp, self.started)
+        figures = stats.collect(self.resolver, self.tcp, self.started)
+        if self._doq_servers:
+            figures["doq"] = stats.doq(self._doq_servers)
+        return figures
 
     def status_line(self) -> str:
         figures = self.collect_stats()
@@ -450,8 +473,7 @@ class Daemon:
                 await side.aclose()
         if self.resolver is not None:
             await self.resolver.drain(DRAIN_SECONDS)
-        for udp in self._udp:
-            udp.close()
+        self._close_datagram_listeners()
         if self.tcp is not None:
             self.tcp.close_all()
             if self._tls_servers:
@@ -465,6 +487,12 @@ class Daemon:
         deadline = time.monotonic() + tls_accept.SHUTDOWN_TIMEOUT + 0.5
         while self.tcp.open and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+
+    def _close_datagram_listeners(self) -> None:
+        for udp in self._udp:
+            udp.close()
+        for doq_server in self._doq_servers:
+            doq_server.close()  # CONNECTION_CLOSE to each client, then the socket
 
     def _close_listening_sockets(self) -> None:
         for listening in self._servers:

@@ -139,7 +139,8 @@ def designated_resolvers(
     target = f"{hostname.rstrip('.')}." if hostname and usable else "."
     records = []
     for priority, (scheme, address, port, path) in enumerate(listeners, start=1):
-        text = f"{priority} {target} alpn={'dot' if scheme == 'tls' else 'h2'} port={port}"
+        alpn = {"tls": "dot", "quic": "doq"}.get(scheme, "h2")
+        text = f"{priority} {target} alpn={alpn} port={port}"
         if address not in ("0.0.0.0", "::"):
             text += f" {'ipv6hint' if ':' in address else 'ipv4hint'}={address}"
         if scheme == "https":

@@ -110,6 +110,8 @@ def render(stats: Mapping[str, Any]) -> str:
         family(f"{name}_total", "counter", help_text).add(value)
     _cache(stats["cache"], family)
     _tcp(stats["tcp"], family)
+    if "doq" in stats:
+        _doq(stats["doq"], family)
     _upstreams(stats["upstreams"], family)
     return "".join(line + "\n" for f in families for line in f.lines())
 
@@ -126,6 +128,22 @@ def _cache(cache: Mapping[str, Any], family: Factory) -> None:
     family("cache_hit_ratio", "gauge", "Cache hits / (hits + misses) since start").add(
         cache["hit_ratio"]
     )
+
+
+def _doq(doq: Mapping[str, int], family: Factory) -> None:
+    family("doq_connections", "gauge", "Client DoQ connections open").add(doq["open"])
+    family("doq_queries_total", "counter", "Queries taken on DoQ listeners").add(doq["queries"])
+    rejected = family(
+        "doq_rejected_total", "counter", "New DoQ connections dropped, over a cap"
+    )
+    rejected.add(doq["rejected_total_cap"], cap="total")
+    rejected.add(doq["rejected_per_client_cap"], cap="per_client")
+    family(
+        "doq_denied_datagrams_total", "counter", "DoQ datagrams from outside allow, dropped"
+    ).add(doq["denied_datagrams"])
+    family(
+        "doq_protocol_errors_total", "counter", "DoQ connections closed with DOQ_PROTOCOL_ERROR"
+    ).add(doq["protocol_errors"])
 
 
 def _tcp(tcp: Mapping[str, int], family: Factory) -> None:

@@ -16,6 +16,7 @@ from stubby_py import __version__, benchstats
 
 if TYPE_CHECKING:
     from stubby_py.listener import TCPConnections
+    from stubby_py.listeners.doq import DoQServer
     from stubby_py.resolver import Resolver
 
 PERCENTILES = (50, 90, 99)
@@ -70,6 +71,15 @@ TCP_FIGURES = (
     "open", "rejected_total_cap", "rejected_per_client_cap", "denied", "closed_idle",
     "closed_unread", "unsent_bytes", "tls_handshake_failures",
 )  # fmt: skip
+
+
+def doq(servers: Sequence[DoQServer]) -> dict[str, int]:
+    """The DoQ listeners' counters, summed, and their connections open now."""
+    figures = {"open": sum(len(server.open) for server in servers)}
+    for server in servers:
+        for name, value in vars(server.stats).items():
+            figures[name] = figures.get(name, 0) + value
+    return figures
 
 
 def _tcp(tcp: TCPConnections | None) -> dict[str, int]:
@@ -139,8 +149,16 @@ def format_table(stats: Mapping[str, Any]) -> str:
         f"the total cap, {tcp['rejected_per_client_cap']} over the per-client cap, "
         f"{tcp['denied']} denied; closed later: {tcp['closed_idle']} idle, "
         f"{tcp['closed_unread']} not reading their replies",
-        "",
     ]
+    doq = stats.get("doq")
+    if doq is not None:
+        lines.append(
+            f"doq            {doq['open']} open, {doq['queries']} queries; "
+            f"{doq['protocol_errors']} protocol errors, "
+            f"{doq['rejected_total_cap'] + doq['rejected_per_client_cap']} over a cap, "
+            f"{doq['denied_datagrams']} datagrams denied"
+        )
+    lines.append("")
     lines += _upstream_rows(stats["upstreams"])
     return "\n".join(lines) + "\n"
 

@@ -113,7 +113,8 @@ def test_connections_retired_by_network_changes_are_gone(upstream_uri: str, ca_f
 
 
 def test_connections_closed_idle_are_gone(upstream_uri: str, ca_file: str) -> None:
-    config = make_config([upstream_uri], ca_file, cache_size=0, upstream_idle_timeout=0.3)
+    # long enough that the connection is still there to be looked at under a loaded machine
+    config = make_config([upstream_uri], ca_file, cache_size=0, upstream_idle_timeout=1.0)
     with running_daemon(config) as daemon:
         refs = []
         for round_ in range(2):

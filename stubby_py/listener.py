@@ -152,6 +152,21 @@ class TCPConnections:
         self.per_client[client] = held + 1
         return client
 
+    def accept(
+        self, connection: Connection, transport: asyncio.Transport
+    ) -> tuple[str, str | None]:
+        """A new connection: (peer address, client key), counted in and open; or (peer, None)
+        when it is refused (shutting down, outside the access list, over a cap) and aborted."""
+        peername = transport.get_extra_info("peername")
+        peer = peername[0] if peername else ""
+        client = self.admit(peer) if self.reading else None
+        if client is None:
+            transport.abort()
+            return peer, None
+        self.open.add(connection)
+        transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
+        return peer, client
+
     def release(self, client: str) -> None:
         held = self.per_client.get(client, 0) - 1
         if held > 0:
@@ -198,16 +213,10 @@ class TCPListener(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._peer = peer[0] if peer else ""
-        client = self._shared.admit(self._peer) if self._shared.reading else None
-        if client is None:
+        self._peer, self._client = self._shared.accept(self, self._transport)
+        if self._client is None:
             self._closed = True
-            self._transport.abort()
             return
-        self._client = client
-        self._shared.open.add(self)
-        self._transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         self._schedule_idle_check()
 
     def stop_reading(self) -> None:

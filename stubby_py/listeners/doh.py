@@ -34,7 +34,7 @@ import h2.exceptions
 import h2.settings
 
 from stubby_py import wire
-from stubby_py.listener import MAX_PIPELINED, WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW, TCPConnections
+from stubby_py.listener import MAX_PIPELINED, TCPConnections
 from stubby_py.listeners.padding import asks_padding, pad_reply
 from stubby_py.resolver import Respond
 
@@ -95,16 +95,10 @@ class DoHListener(asyncio.Protocol):
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._peer = peer[0] if peer else ""
-        client = self._shared.admit(self._peer) if self._shared.reading else None
-        if client is None:
+        self._peer, self._client = self._shared.accept(self, self._transport)
+        if self._client is None:
             self._closed = True
-            self._transport.abort()
             return
-        self._client = client
-        self._shared.open.add(self)
-        self._transport.set_write_buffer_limits(WRITE_BUFFER_HIGH, WRITE_BUFFER_LOW)
         codes = h2.settings.SettingCodes
         self._h2.local_settings = h2.settings.Settings(
             client=False,

@@ -31,7 +31,7 @@ from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataRecei
 from aioquic.tls import SessionTicket
 
 from stubby_py import metrics, stats
-from stubby_py.config import EncryptedListen
+from stubby_py.config import Config, EncryptedListen
 from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.test_listeners_encrypted import NAME, query, write_pair
@@ -51,10 +51,13 @@ class Served:
         return figures
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    ca = trustme.CA()
-    directory = tmp_path_factory.mktemp("doq")
+@contextlib.contextmanager
+def doq_setup(
+    directory: Path, ca: trustme.CA | None = None, **changes: Any
+) -> Iterator[tuple[Config, LocalUpstream, str]]:
+    """A daemon configuration with one DoQ listener on a certificate made here, forwarding to a
+    local upstream: (config, upstream, CA file)."""
+    ca = ca or trustme.CA()
     ca_file = str(directory / "ca.pem")
     ca.cert_pem.write_to_path(ca_file)
     cert, key = write_pair(ca, directory)
@@ -64,11 +67,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
             tls_cert=cert,
             tls_key=key,
-            allow=("127.0.0.1/32",),
+            **changes,
         )
-        with running_daemon(config) as daemon:
-            (bound,) = daemon.daemon.encrypted_bound
-            yield Served(daemon, upstream, ca_file, daemon.port, bound.port)
+        yield config, upstream, ca_file
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    directory = tmp_path_factory.mktemp("doq")
+    with (
+        doq_setup(directory, allow=("127.0.0.1/32",)) as (config, upstream, ca_file),
+        running_daemon(config) as daemon,
+    ):
+        (bound,) = daemon.daemon.encrypted_bound
+        yield Served(daemon, upstream, ca_file, daemon.port, bound.port)
 
 
 # -- aioquic's client, by hand -------------------------------------------------------------------
@@ -264,41 +276,30 @@ def test_garbage_datagrams_do_not_stop_the_listeners(served: Served) -> None:
 
 # -- caps -----------------------------------------------------------------------------------------
 def test_per_client_cap(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    ca_file = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(ca_file)
-    cert, key = write_pair(ca, tmp_path)
-    with local_upstream(None) as upstream:
-        config = make_config(
-            [f"udp://127.0.0.1:{upstream.port}"],
-            encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
-            tls_cert=cert,
-            tls_key=key,
-            tcp_max_connections_per_client=2,
-        )
-        with running_daemon(config) as daemon:
-            (bound,) = daemon.daemon.encrypted_bound
-            served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
+    capped = doq_setup(tmp_path, tcp_max_connections_per_client=2)
+    with capped as (config, upstream, ca_file), running_daemon(config) as daemon:
+        (bound,) = daemon.daemon.encrypted_bound
+        served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
 
-            async def go() -> None:
-                async with doq_client(served) as one, doq_client(served) as two:
-                    for client in (one, two):
-                        await client.reply(client.send(query().to_wire()))
-                    with pytest.raises((ConnectionError, TimeoutError)):
-                        async with asyncio.timeout(2):
-                            async with doq_client(served):
-                                pass
-                # the two closed (once drained, RFC 9000 §10.2): room again
-                for _ in range(10):
-                    with contextlib.suppress(ConnectionError, TimeoutError):
-                        async with asyncio.timeout(2), doq_client(served) as three:
-                            await three.reply(three.send(query().to_wire()))
-                            return
-                raise AssertionError("no connection after the others closed")
+        async def go() -> None:
+            async with doq_client(served) as one, doq_client(served) as two:
+                for client in (one, two):
+                    await client.reply(client.send(query().to_wire()))
+                with pytest.raises((ConnectionError, TimeoutError)):
+                    async with asyncio.timeout(2):
+                        async with doq_client(served):
+                            pass
+            # the two closed (once drained, RFC 9000 §10.2): room again
+            for _ in range(10):
+                with contextlib.suppress(ConnectionError, TimeoutError):
+                    async with asyncio.timeout(2), doq_client(served) as three:
+                        await three.reply(three.send(query().to_wire()))
+                        return
+            raise AssertionError("no connection after the others closed")
 
-            run(go())
-            figures = served.doq_stats()
-            assert figures["rejected_per_client_cap"] >= 1
+        run(go())
+        figures = served.doq_stats()
+        assert figures["rejected_per_client_cap"] >= 1
 
 
 # -- DDR, certificate files ------------------------------------------------------------------------
@@ -314,33 +315,26 @@ def test_renewed_certificate_is_served_to_new_connections(
 ) -> None:
     monkeypatch.setattr(tls_files, "CHECK_INTERVAL", 0.0)
     ca = trustme.CA()
-    ca_file = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(ca_file)
-    cert, key = write_pair(ca, tmp_path)
-    with local_upstream(None) as upstream:
-        config = make_config(
-            [f"udp://127.0.0.1:{upstream.port}"],
-            encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
-            tls_cert=cert,
-            tls_key=key,
-        )
-        with running_daemon(config) as daemon:
-            (bound,) = daemon.daemon.encrypted_bound
-            served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
+    with (
+        doq_setup(tmp_path, ca) as (config, upstream, ca_file),
+        running_daemon(config) as daemon,
+    ):
+        (bound,) = daemon.daemon.encrypted_bound
+        served = Served(daemon, upstream, ca_file, daemon.port, bound.port)
 
-            async def serial() -> int:
-                async with doq_client(served) as client:
-                    await client.reply(client.send(query().to_wire()))
-                    peer = client.protocol._quic.tls._peer_certificate
-                    assert peer is not None
-                    number: int = peer.serial_number
-                    return number
+        async def serial() -> int:
+            async with doq_client(served) as client:
+                await client.reply(client.send(query().to_wire()))
+                peer = client.protocol._quic.tls._peer_certificate
+                assert peer is not None
+                number: int = peer.serial_number
+                return number
 
-            first = run(serial())
-            write_pair(ca, tmp_path)  # renewed: same paths, new files
-            assert run(serial()) != first
-            assert daemon.daemon.certificate is not None
-            assert daemon.daemon.certificate.reloaded == 1
+        first = run(serial())
+        write_pair(ca, tmp_path)  # renewed: same paths, new files
+        assert run(serial()) != first
+        assert daemon.daemon.certificate is not None
+        assert daemon.daemon.certificate.reloaded == 1
 
 
 def test_cancelled_stream_leaves_the_connection_usable(served: Served) -> None:
@@ -368,17 +362,7 @@ def test_stats_table_and_metrics_show_doq(served: Served) -> None:
 
 
 def test_shutdown_closes_doq_connections_with_no_error(tmp_path: Path) -> None:
-    ca = trustme.CA()
-    ca_file = str(tmp_path / "ca.pem")
-    ca.cert_pem.write_to_path(ca_file)
-    cert, key = write_pair(ca, tmp_path)
-    with local_upstream(None) as upstream:
-        config = make_config(
-            [f"udp://127.0.0.1:{upstream.port}"],
-            encrypted_listen=(EncryptedListen("quic", "127.0.0.1", 0),),
-            tls_cert=cert,
-            tls_key=key,
-        )
+    with doq_setup(tmp_path) as (config, upstream, ca_file):
         daemon = DaemonThread(config).start()
         stopped = False
         try:

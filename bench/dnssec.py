@@ -71,7 +71,7 @@ from forwarding import (  # noqa: E402
     write_json,
 )
 
-from stubby_py import control  # noqa: E402
+from stubby_py.daemon import control  # noqa: E402
 from tests.dnssec_hierarchy import (  # noqa: E402
     Hierarchy,
     ZoneSpec,

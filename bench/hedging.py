@@ -178,7 +178,7 @@ def parse(run: Run, out: str) -> None:
 
 
 def daemon_stats(run: Run, sock: Path) -> None:
-    from stubby_py import control
+    from stubby_py.daemon import control
 
     with contextlib.suppress(OSError, ValueError):
         reply = control.request(str(sock), "stats", timeout=5)

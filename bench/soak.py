@@ -23,8 +23,9 @@ interval (latency percentiles from its -v lines), prints them as a table, fits t
 (MiB/hour) over the second half of the run (and the last 30 minutes when the run is longer than
 an hour... or is an hour), writes JSON and, with matplotlib, a PNG. See bench/README.md.
 
---tracemalloc FILE runs the daemon with STUBBY_PY_TRACEMALLOC=FILE (stubby_py/memtrace.py) and
-sends it SIGUSR1 after each sample from the warm-up on: FILE then holds what grew.
+--tracemalloc FILE runs the daemon with STUBBY_PY_TRACEMALLOC=FILE
+(stubby_py/daemon/memtrace.py) and sends it SIGUSR1 after each sample from the warm-up on:
+FILE then holds what grew.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def read_rss_mib(pid: int) -> float:
 
 
 def daemon_stats(soak: Soak) -> dict[str, Any]:
-    from stubby_py import control
+    from stubby_py.daemon import control
 
     try:
         return control.request(str(soak.socket), "stats", timeout=10)
@@ -208,7 +209,7 @@ def take_sample(soak: Soak, t: float, run: Any) -> Sample:
 
 def churn(soak: Soak, stop: threading.Event) -> None:
     """Reloads, network changes and outages on their own clocks, until stop."""
-    from stubby_py import control
+    from stubby_py.daemon import control
 
     args = soak.args
     start = time.monotonic()

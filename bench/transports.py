@@ -233,7 +233,7 @@ def measure(setup: Setup, name: str, pid: int, port: int, upstream: int | None) 
 
 
 def daemon_stats(sock: Path) -> dict[str, Any] | None:
-    from stubby_py import control
+    from stubby_py.daemon import control
 
     try:
         reply = control.request(str(sock), "stats", timeout=5)
@@ -441,8 +441,8 @@ async def direct_load(uri: str, ca_file: str, duration: float, rate: int, first:
     """Queries one upstream through stubby-py's own transport: at `rate` per second, or (0)
     as fast as DIRECT_CONCURRENCY workers can; each name once; a reply after QUERY_TIMEOUT
     seconds, or none, is lost."""
-    from stubby_py.config import Config, parse_upstream_uri
-    from stubby_py.errors import UpstreamError
+    from stubby_py.core.config import Config, parse_upstream_uri
+    from stubby_py.core.errors import UpstreamError
     from stubby_py.transports import make_transport
 
     loop = asyncio.get_running_loop()

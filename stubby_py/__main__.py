@@ -1,5 +1,5 @@
 """`python -m stubby_py` runs the command line."""
 
-from stubby_py.cli import main
+from stubby_py.commands.cli import main
 
 raise SystemExit(main())

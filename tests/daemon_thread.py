@@ -11,8 +11,8 @@ from typing import Any
 
 import uvloop
 
-from stubby_py.config import Config, parse_upstream_uri
-from stubby_py.daemon import Daemon
+from stubby_py.core.config import Config, parse_upstream_uri
+from stubby_py.daemon.service import Daemon
 
 
 class DaemonThread:

@@ -33,7 +33,7 @@ import h2.exceptions
 import h2.settings
 import trustme
 
-from stubby_py.config import Config
+from stubby_py.core.config import Config
 from stubby_py.transports.tls import spki_pin
 from tests.daemon_thread import make_config
 from tests.upstream_server import UpstreamState, build_answer

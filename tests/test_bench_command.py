@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import trustme
 
-from stubby_py import bench, benchstats, cli
-from stubby_py.benchstats import Job, Tally, UpstreamResult
-from stubby_py.errors import StubbyError
+from stubby_py.commands import bench, cli
+from stubby_py.core import benchstats
+from stubby_py.core.benchstats import Job, Tally, UpstreamResult
+from stubby_py.core.errors import StubbyError
 from tests.conftest import dot_uri, server_context
 from tests.doh_server import h2_server, write_cert_files
 from tests.quic_servers import doq_server, h3_server

@@ -1,4 +1,4 @@
-"""Upstreams by hostname (stubby_py/bootstrap.py): resolved through the bootstrap resolvers only.
+"""Upstreams by hostname (transports/bootstrap.py): resolved through the bootstrap resolvers only.
 
 A DoT upstream `tls://dot.test:PORT`, its certificate issued by the test CA for dot.test, whose
 bootstrap is a local plain resolver (tests/upstream_server.py) that knows dot.test: the daemon
@@ -31,9 +31,16 @@ import dns.rrset
 import pytest
 import trustme
 
-from stubby_py import bootstrap, check
-from stubby_py.config import Config, Overrides, apply_overrides, parse_config, parse_upstream_uri
-from stubby_py.errors import ConfigError
+from stubby_py.commands import check
+from stubby_py.core.config import (
+    Config,
+    Overrides,
+    apply_overrides,
+    parse_config,
+    parse_upstream_uri,
+)
+from stubby_py.core.errors import ConfigError
+from stubby_py.transports import bootstrap
 from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon

@@ -21,9 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stubby_py import cache as cache_module
-from stubby_py import wire
-from stubby_py.cache import (
+from stubby_py.core import cache as cache_module
+from stubby_py.core import wire
+from stubby_py.core.cache import (
     FAILURE_MAX_HOLD,
     NO_SOA_NEGATIVE_TTL,
     STALE_TTL,
@@ -538,7 +538,7 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(
     path = tmp_path / "cache.bin"
     path.write_bytes(_corruptions(cache.dump(now=0.0, wall_now=1000.0))[damage])
     restored = Cache()
-    with caplog.at_level(logging.WARNING, logger="stubby_py.cache"):
+    with caplog.at_level(logging.WARNING, logger="stubby_py.core.cache"):
         assert cache_module.load(restored, str(path), now=0.0, wall_now=1001.0) == 0
     assert len(restored) == 0
     assert "ignored" in caplog.text
@@ -585,7 +585,7 @@ def test_unwritable_place_is_a_warning_not_a_crash(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache, _ = filled_cache(now=0.0)
-    with caplog.at_level(logging.WARNING, logger="stubby_py.cache"):
+    with caplog.at_level(logging.WARNING, logger="stubby_py.core.cache"):
         assert not cache_module.save(
             cache, str(tmp_path / "no" / "such" / "dir" / "c.bin"), 0.0, 1.0
         )

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from stubby_py.cache import CacheLimits
-from stubby_py.config import load_config, parse_config
-from stubby_py.errors import ConfigError
-from stubby_py.resolver import cache_limits
+from stubby_py.core.cache import CacheLimits
+from stubby_py.core.config import load_config, parse_config
+from stubby_py.core.errors import ConfigError
+from stubby_py.daemon.query_path import cache_limits
 
 
 def test_defaults() -> None:

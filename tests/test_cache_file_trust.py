@@ -22,8 +22,8 @@ import dns.rcode
 import dns.rrset
 import pytest
 
-from stubby_py import cache as cache_module
-from stubby_py.cache import Cache, ValidationStatus
+from stubby_py.core import cache as cache_module
+from stubby_py.core.cache import Cache, ValidationStatus
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
 from tests.service import ask

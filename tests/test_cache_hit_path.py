@@ -15,9 +15,9 @@ from dataclasses import replace
 import dns.message
 import dns.rrset
 
-from stubby_py import response, wire
-from stubby_py.config import Config
-from stubby_py.resolver import Resolver
+from stubby_py.core import response, wire
+from stubby_py.core.config import Config
+from stubby_py.daemon.query_path import Resolver
 
 
 def _stored_answer(resolver: Resolver, name: str = "www.example.com.") -> bytes:

@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Iterator
 import dns.message
 import dns.rrset
 
-from stubby_py import wire
-from stubby_py.cache import Cache, CacheLimits
+from stubby_py.core import wire
+from stubby_py.core.cache import Cache, CacheLimits
 
 # --------------------------------------------------------------------------- the candidates
 
@@ -185,7 +185,7 @@ class S3FIFO:
 
 
 class CacheUnderTest:
-    """The real stubby_py.cache.Cache, fed one small answer per miss (its bookkeeping included)."""
+    """The real core.cache.Cache, fed one small answer per miss (its bookkeeping included)."""
 
     name = "cache.py"
 

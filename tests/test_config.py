@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stubby_py.config import (
+from stubby_py.core.config import (
     Config,
     load_config,
     parse_config,
     parse_listen,
     parse_upstream_uri,
 )
-from stubby_py.errors import ConfigError
+from stubby_py.core.errors import ConfigError
 
 
 def test_no_file_gives_builtin_encrypted_pool_on_loopback() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trustme
 
-from stubby_py.pool import Pool, PoolSettings
+from stubby_py.core.pool import Pool, PoolSettings
 from stubby_py.transports.multiplex import MAX_RESENDS, may_resend
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, dot_uri, server_context

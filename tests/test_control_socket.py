@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from stubby_py import cli
-from stubby_py import control as control_client
-from stubby_py.control import ControlServer, request
+from stubby_py.commands import cli
+from stubby_py.daemon import control as control_client
+from stubby_py.daemon.control import ControlServer, request
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ import pytest
 import trustme
 import yaml
 
-from stubby_py import cli, dnscrypt_import
-from stubby_py.config import load_config
+from stubby_py.commands import cli, dnscrypt_import
+from stubby_py.core.config import load_config
 from stubby_py.transports.tls import tbs_hash
 from tests.conftest import server_context
 from tests.daemon_thread import running_daemon

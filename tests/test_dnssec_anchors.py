@@ -14,8 +14,8 @@ import pytest
 from dns.dnssectypes import DSDigest
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
+from stubby_py.core.errors import ConfigError
 from stubby_py.dnssec import anchors, verify
-from stubby_py.errors import ConfigError
 
 ROOT = dns.name.root
 #: IANA root-anchors.xml <PublicKey> of KSK-2017 (20326) and KSK-2024 (38696), the same keys

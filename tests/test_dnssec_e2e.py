@@ -445,7 +445,7 @@ def test_unsigned_answers_below_a_known_insecure_delegation_take_the_short_path(
     with running_daemon(config) as daemon:
         first = ask(daemon.port, "www.insecure.test.", do=False)
         assert first.rcode() == NOERROR and not has_ad(first), describe(first)
-        monkeypatch.setattr("stubby_py.validation.dns.message.from_wire", counting_from_wire)
+        monkeypatch.setattr("stubby_py.daemon.validation.dns.message.from_wire", counting_from_wire)
         for name, rdtype, rcode in (
             ("www.insecure.test.", "TXT", NOERROR),
             ("nx.insecure.test.", "A", NXDOMAIN),
@@ -493,7 +493,7 @@ def test_questions_below_a_known_insecure_delegation_build_no_dnspython_name(
         # the chain: insecure.test. proven an unsigned delegation; held NSEC records of test.
         assert ask(daemon.port, "www.insecure.test.").rcode() == NOERROR
         assert ask(daemon.port, "nx.nsec.test.").rcode() == NXDOMAIN
-        monkeypatch.setattr("stubby_py.validation.dns.name.from_wire", counting_from_wire)
+        monkeypatch.setattr("stubby_py.daemon.validation.dns.name.from_wire", counting_from_wire)
         monkeypatch.setattr(Validator, "synthesize", counting_synthesize)
         for name, rcode in (("nx1.insecure.test.", NXDOMAIN), ("a.wild.insecure.test.", NOERROR)):
             reply = ask(daemon.port, name, "A", do=False, ad=True)
@@ -575,7 +575,7 @@ def test_trust_anchor_state_is_refreshed_and_kept_in_the_state_directory(
     query asking; their states go to $STATE_DIRECTORY/trust-anchors.json (systemd's
     StateDirectory=), the configured key Valid."""
     monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path))
-    monkeypatch.setattr("stubby_py.anchor_updates.FIRST_REFRESH", 0.2)
+    monkeypatch.setattr("stubby_py.daemon.anchor_updates.FIRST_REFRESH", 0.2)
     config = make_config(
         [dnssec_hierarchy.resolver_upstream],
         dnssec="validate",

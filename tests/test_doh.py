@@ -20,8 +20,8 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py.config import parse_upstream_uri
-from stubby_py.errors import UpstreamClosedError, UpstreamProtocolError
+from stubby_py.core.config import parse_upstream_uri
+from stubby_py.core.errors import UpstreamClosedError, UpstreamProtocolError
 from stubby_py.transports import doh as doh_module
 from stubby_py.transports.doh import DoHRequests, DoHResponse
 from tests.conftest import server_context

@@ -18,8 +18,10 @@ from typing import Any
 import pytest
 from dns.edns import EDECode
 
-from stubby_py import cache, control, explain
-from stubby_py.config import Config
+from stubby_py.commands import explain
+from stubby_py.core import cache
+from stubby_py.core.config import Config
+from stubby_py.daemon import control
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.upstream_server import LocalUpstream
@@ -98,7 +100,7 @@ def test_forwarding_rule_is_named(
 
 
 def _spec(uri: str) -> Any:
-    from stubby_py.config import parse_upstream_uri
+    from stubby_py.core.config import parse_upstream_uri
 
     return parse_upstream_uri(uri)
 

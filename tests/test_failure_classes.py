@@ -1,4 +1,4 @@
-"""Connect failures get precise kinds (stubby_py/failures.py), and the daemon shows them.
+"""Connect failures get precise kinds (stubby_py/transports/failures.py), and the daemon shows them.
 
 The mapping is tested on the exceptions ssl, the socket layer and aioquic give; then each fault
 is injected into a real daemon's upstream (DoT, DoH over h2, DoQ) and its kind must appear both
@@ -24,9 +24,9 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py import errors
-from stubby_py.config import Config
-from stubby_py.failures import connect_error, socket_error, tls_alert_error
+from stubby_py.core import errors
+from stubby_py.core.config import Config
+from stubby_py.transports.failures import connect_error, socket_error, tls_alert_error
 from tests.conftest import AUTH_NAME, dot_uri
 from tests.daemon_thread import make_config, running_daemon
 from tests.doh_server import h2_server, write_cert_files

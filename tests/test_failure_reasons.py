@@ -19,8 +19,8 @@ import dns.query
 import dns.rcode
 import pytest
 
-from stubby_py import errors
-from stubby_py.upstreams import _Race
+from stubby_py.core import errors
+from stubby_py.daemon.upstreams import _Race
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
 from tests.peers import LOOPBACK, free_ports

@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stubby_py.config import Config, parse_upstream_uri
-from stubby_py.fdbudget import (
+from stubby_py.core.config import Config, parse_upstream_uri
+from stubby_py.daemon.fdbudget import (
     MIN_TCP_CONNECTIONS,
     PER_UPSTREAM_FDS,
     PLAIN_UDP_SOCKETS,

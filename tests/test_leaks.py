@@ -24,7 +24,7 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py import control
+from stubby_py.daemon import control
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon

@@ -30,8 +30,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from aioquic.tls import SessionTicket
 
-from stubby_py import metrics, stats
-from stubby_py.config import Config, EncryptedListen
+from stubby_py.core.config import Config, EncryptedListen
+from stubby_py.daemon import metrics, stats
 from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.test_listeners_encrypted import NAME, query, write_pair

@@ -25,7 +25,7 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py.config import EncryptedListen
+from stubby_py.core.config import EncryptedListen
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.peers import require_tool
 from tests.service import wait_for
@@ -366,8 +366,8 @@ def test_streams_reset_by_the_client_still_count_against_the_pipelining_cap(
     'rapid reset' pattern), never has more than MAX_STREAMS streams open, but every query it sent
     is still in flight in the resolver: those count against the TCP pipelining cap too, so the
     connection hands on at most MAX_PIPELINED and refuses the rest."""
-    from stubby_py.listener import MAX_PIPELINED
     from stubby_py.listeners.doh import DoHListener
+    from stubby_py.listeners.plain import MAX_PIPELINED
 
     ca = trustme.CA()
     ca_file = str(tmp_path / "ca.pem")

@@ -21,7 +21,7 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py.config import (
+from stubby_py.core.config import (
     Config,
     EncryptedListen,
     Overrides,
@@ -29,7 +29,7 @@ from stubby_py.config import (
     parse_config,
     parse_listen_uri,
 )
-from stubby_py.errors import ConfigError
+from stubby_py.core.errors import ConfigError
 from stubby_py.listeners import doh, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.service import wait_for

@@ -6,8 +6,8 @@ import dns.message
 import dns.rcode
 import pytest
 
-from stubby_py import local, wire
-from stubby_py.router import Router
+from stubby_py.core import local, wire
+from stubby_py.core.router import Router
 
 
 def client_query(name: str, rdtype: str = "A") -> wire.ClientQuery:
@@ -95,7 +95,7 @@ def test_designated_resolvers_that_would_not_parse_are_not_announced() -> None:
     """DDR records come from the certificate's name: one that cannot be a target (a label over
     63 octets) means no records at all, decided once at start, never a query that raises; a
     wildcard name is no one host, so the target is the owner."""
-    from stubby_py import local as local_answers
+    from stubby_py.core import local as local_answers
 
     listeners = (("tls", "127.0.0.1", 853, ""), ("https", "0.0.0.0", 443, "/dns-query"))
     good = local_answers.designated_resolvers(listeners, "dns.home.example")

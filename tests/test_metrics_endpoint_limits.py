@@ -15,7 +15,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from stubby_py.config import Config
+from stubby_py.core.config import Config
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.peers import free_ports

@@ -37,9 +37,9 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stubby_py import netwatch
-from stubby_py.errors import UpstreamConnectError
-from stubby_py.netwatch import (
+from stubby_py.core.errors import UpstreamConnectError
+from stubby_py.daemon import netwatch
+from stubby_py.daemon.netwatch import (
     ARPHRD_LOOPBACK,
     IFA_ADDRESS,
     IFA_F_TENTATIVE,
@@ -86,7 +86,7 @@ from stubby_py.netwatch import (
     parse_messages,
     start_watching,
 )
-from stubby_py.resolver import Resolver
+from stubby_py.daemon.query_path import Resolver
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import running_daemon
 from tests.doh_server import (
@@ -456,13 +456,13 @@ def test_network_changed_resets_every_pool_and_each_transport_once(
     )
     # the resolver's own method, on the stand-in, reached through netwatch's entry point
     resolver.network_changed = functools.partial(Resolver.network_changed, resolver)
-    with caplog.at_level(logging.INFO, logger="stubby_py.resolver"):
+    with caplog.at_level(logging.INFO, logger="stubby_py.daemon.query_path"):
         network_changed(resolver, "wlan0 up")
         network_changed(resolver, "resumed")
     assert (shared.resets, own.resets) == (2, 2)
     assert [p.resets for p in pools] == [2, 2]
     assert resolver.counters == {"queries": 3, "network_changes": 2}
-    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.resolver"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.daemon.query_path"]
     assert lines == [
         "network change (wlan0 up): upstream connections renewed, backoff reset",
         "network change (resumed): upstream connections renewed, backoff reset",
@@ -485,7 +485,7 @@ def test_watching_can_be_switched_off_and_survives_a_failing_reset(
         watch._changed("eth0 down")  # and the watching goes on
         watch.close()
 
-    with caplog.at_level(logging.ERROR, logger="stubby_py.netwatch"):
+    with caplog.at_level(logging.ERROR, logger="stubby_py.daemon.netwatch"):
         asyncio.run(run())
     assert "network change (eth0 up) not handled" in caplog.text
     assert "network change (eth0 down) not handled" in caplog.text
@@ -655,7 +655,7 @@ def test_a_change_while_connecting_opens_again(dot_upstream: LocalUpstream, ca_f
 
 WATCHER = """
 import asyncio, sys
-from stubby_py.netwatch import NetlinkWatcher
+from stubby_py.daemon.netwatch import NetlinkWatcher
 
 async def main() -> None:
     watcher = NetlinkWatcher(

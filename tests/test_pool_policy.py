@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from stubby_py.pool import Pool, PoolSettings
+from stubby_py.core.pool import Pool, PoolSettings
 
 
 def pool(strategy: str = "failover", size: int = 3, **kw: object) -> Pool:

@@ -21,8 +21,8 @@ import dns.exception
 import dns.rcode
 import pytest
 
-from stubby_py import privileges
-from stubby_py.privileges import Handover
+from stubby_py.daemon import privileges
+from stubby_py.daemon.privileges import Handover
 from tests.conftest import dot_uri
 from tests.peers import ROOT, free_port
 from tests.service import ask, wait_for, write_config
@@ -67,7 +67,7 @@ def test_only_dedicated_directories_are_handed_over(
     shared = shared_tmp / "shared"
     shared.mkdir(mode=0o755)
     (shared / "someone-else").write_text("x")
-    with caplog.at_level(logging.WARNING, "stubby_py.privileges"):
+    with caplog.at_level(logging.WARNING, "stubby_py.daemon.privileges"):
         for path in (missing, dedicated / "cache.bin", shared / "cache.bin"):
             privileges._hand_over(Handover(str(path), prefix=".cache-"), uid, gid)
     owner = {p: os.stat(p).st_uid for p in (missing.parent, dedicated, shared)}
@@ -110,7 +110,7 @@ def own_user(user_name: str) -> pwd.struct_passwd:
 
 CHILD = """
 import json, os, sys
-from stubby_py import privileges
+from stubby_py.daemon import privileges
 privileges.module_directories = set  # this interpreter may live where nobody can read
 cache = sys.argv[1]
 changed = privileges.drop_privileges(sys.argv[2], [privileges.Handover(cache)], [])
@@ -148,10 +148,10 @@ def test_the_switch_is_complete_and_final(shared_tmp: Path, own_user: pwd.struct
 # a user whose name the test chooses (so the machine's own stubby-py user is left alone)
 DAEMON = """
 import sys
-from stubby_py import privileges
+from stubby_py.daemon import privileges
 privileges.module_directories = set
 privileges.AUTO_USER = sys.argv[1]
-from stubby_py.cli import main
+from stubby_py.commands.cli import main
 raise SystemExit(main(sys.argv[2:]))
 """
 

@@ -28,8 +28,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py.bootstrap import FixedEndpoint, endpoint_for
-from stubby_py.config import (
+from stubby_py.core.config import (
     NO_PROXY,
     Config,
     Overrides,
@@ -39,7 +38,8 @@ from stubby_py.config import (
     parse_proxy_uri,
     upstream_proxy,
 )
-from stubby_py.errors import ConfigError
+from stubby_py.core.errors import ConfigError
+from stubby_py.transports.bootstrap import FixedEndpoint, endpoint_for
 from stubby_py.transports.proxy import tunnel_destination
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon

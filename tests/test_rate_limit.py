@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stubby_py.ratelimit import RateLimiter
+from stubby_py.core.ratelimit import RateLimiter
 
 
 def test_burst_then_rate() -> None:

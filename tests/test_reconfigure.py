@@ -8,7 +8,7 @@ from pathlib import Path
 import dns.name
 import trustme
 
-from stubby_py.config import parse_upstream_uri
+from stubby_py.core.config import parse_upstream_uri
 from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon

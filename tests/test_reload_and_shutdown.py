@@ -17,7 +17,7 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py import cli
+from stubby_py.commands import cli
 from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon

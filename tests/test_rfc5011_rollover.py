@@ -14,7 +14,7 @@ import dns.rrset
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
-from stubby_py.anchor_updates import AnchorUpdates
+from stubby_py.daemon.anchor_updates import AnchorUpdates
 from stubby_py.dnssec.chain import KeyChain
 from stubby_py.dnssec.outcome import Security
 from stubby_py.dnssec.validate import Validator

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stubby_py.config import Config, load_config
+from stubby_py.core.config import Config, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -17,9 +17,10 @@ import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stubby_py import check, stamps
-from stubby_py.config import parse_config, parse_upstream_uri
-from stubby_py.errors import ConfigError
+from stubby_py.commands import check
+from stubby_py.core import stamps
+from stubby_py.core.config import parse_config, parse_upstream_uri
+from stubby_py.core.errors import ConfigError
 from stubby_py.transports.tls import tbs_hash
 from tests.doh_server import (
     answer_address,
@@ -301,7 +302,7 @@ def test_bad_stamp_in_config_names_file_line_and_key() -> None:
 
 
 def test_stamps_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from stubby_py.cli import main
+    from stubby_py.commands.cli import main
 
     config = tmp_path / "c.yaml"
     config.write_text("upstreams: [tls://192.0.2.9#dns.test]\n")

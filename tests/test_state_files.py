@@ -17,9 +17,9 @@ from pathlib import Path
 import dns.rcode
 import pytest
 
-from stubby_py import control
-from stubby_py.errors import StubbyError
-from stubby_py.querylog import QueryLog
+from stubby_py.core.errors import StubbyError
+from stubby_py.daemon import control
+from stubby_py.daemon.querylog import QueryLog
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.service import ask
@@ -100,7 +100,7 @@ def test_a_link_planted_after_rotation_is_not_followed_on_reopen(
     query_log = QueryLog(str(path))
     path.rename(tmp_path / "queries.log.1")  # logrotate moved it away
     path.symlink_to(target)  # and someone planted a link in its place
-    with caplog.at_level(logging.ERROR, "stubby_py.querylog"):
+    with caplog.at_level(logging.ERROR, "stubby_py.daemon.querylog"):
         query_log.reopen()
     query_log.close()
     assert "not reopened: a symbolic link (not followed)" in caplog.text

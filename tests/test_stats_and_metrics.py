@@ -16,9 +16,10 @@ import dns.message
 import dns.rcode
 import pytest
 
-from stubby_py import cli, metrics, stats
-from stubby_py.querylog import QueryLog
-from stubby_py.wire import parse_query
+from stubby_py.commands import cli
+from stubby_py.core.wire import parse_query
+from stubby_py.daemon import metrics, stats
+from stubby_py.daemon.querylog import QueryLog
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.service import ask, udp_burst

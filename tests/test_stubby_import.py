@@ -16,9 +16,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from stubby_py import cli
-from stubby_py.config import parse_config
-from stubby_py.stubby_import import convert, load
+from stubby_py.commands import cli
+from stubby_py.commands.stubby_import import convert, load
+from stubby_py.core.config import parse_config
 from tests.conftest import AUTH_NAME
 from tests.peers import Daemon, free_port
 from tests.service import ask

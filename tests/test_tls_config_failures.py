@@ -24,8 +24,8 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py.config import parse_config
-from stubby_py.errors import ConfigError
+from stubby_py.core.config import parse_config
+from stubby_py.core.errors import ConfigError
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, dot_uri, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon

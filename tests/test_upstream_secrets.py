@@ -17,9 +17,9 @@ import dns.rcode
 import pytest
 import trustme
 
-from stubby_py import cli
-from stubby_py.config import Overrides, apply_overrides, parse_config, parse_upstream_uri
-from stubby_py.errors import ConfigError
+from stubby_py.commands import cli
+from stubby_py.core.config import Overrides, apply_overrides, parse_config, parse_upstream_uri
+from stubby_py.core.errors import ConfigError
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.doh_server import h2_server

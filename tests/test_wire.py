@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from stubby_py import edns, response, wire
+from stubby_py.core import edns, response, wire
 
 
 def make_query(name: str = "Www.Example.", rdtype: str = "A", **kw) -> dns.message.QueryMessage:  # type: ignore[no-untyped-def]
@@ -167,7 +167,7 @@ def _plain_reply(
 
 def test_is_plain_answer_takes_only_the_answer_to_the_question() -> None:
     """The validator's short path for unsigned zones: only the question's own data passes."""
-    from stubby_py.wire import is_plain_answer
+    from stubby_py.core.wire import is_plain_answer
 
     soa = "insecure. 300 SOA ns. host. 1 2 3 4 5"
     assert is_plain_answer(_plain_reply("x.insecure.", 0, ["x.insecure. 300 A 192.0.2.1"]), 1)

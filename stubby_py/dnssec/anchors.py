@@ -25,13 +25,13 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.dnskeybase import Flag
 
+from stubby_py.core.errors import ConfigError
 from stubby_py.dnssec.verify import (
     DNSKEY_PROTOCOL,
     SUPPORTED_ALGORITHMS,
     SUPPORTED_DIGESTS,
     is_supported_ds,
 )
-from stubby_py.errors import ConfigError
 
 #: The root KSKs as DS records, copied from IANA's https://data.iana.org/root-anchors/root-anchors.xml
 #: (KeyDigest "Klajeyz": KSK-2017, validFrom 2017-02-02; KeyDigest "Kmyv6jo": KSK-2024,

@@ -23,7 +23,7 @@ from dns.rdata import Rdata
 from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
-from stubby_py import wire
+from stubby_py.core import wire
 from stubby_py.dnssec import denial
 from stubby_py.dnssec.aggressive import Held, Synthesis
 from stubby_py.dnssec.chain import (

@@ -33,10 +33,10 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from stubby_py import wire
-from stubby_py.listener import MAX_PIPELINED, TCPConnections
+from stubby_py.core import wire
+from stubby_py.daemon.query_path import Respond
 from stubby_py.listeners.padding import asks_padding, pad_reply
-from stubby_py.resolver import Respond
+from stubby_py.listeners.plain import MAX_PIPELINED, TCPConnections
 
 log = logging.getLogger(__name__)
 

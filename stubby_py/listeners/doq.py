@@ -42,12 +42,12 @@ from aioquic.quic.events import (
 )
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
-from stubby_py import wire
-from stubby_py.edns import OPTION_KEEPALIVE, OPTION_PADDING
-from stubby_py.listener import TCPConnections
+from stubby_py.core import wire
+from stubby_py.core.edns import OPTION_KEEPALIVE, OPTION_PADDING
+from stubby_py.core.ratelimit import client_key
 from stubby_py.listeners.padding import option_codes, pad_reply
+from stubby_py.listeners.plain import TCPConnections
 from stubby_py.listeners.tls_files import ServerCertificate
-from stubby_py.ratelimit import client_key
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ gets one back, with the idle timeout the connection has."""
 
 from __future__ import annotations
 
-from stubby_py import wire
-from stubby_py.edns import OPTION_KEEPALIVE, OPTION_PADDING, padding_option
+from stubby_py.core import wire
+from stubby_py.core.edns import OPTION_KEEPALIVE, OPTION_PADDING, padding_option
 
 
 def option_codes(query: bytes) -> set[int]:

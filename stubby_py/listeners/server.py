@@ -17,9 +17,9 @@ import socket
 import ssl
 from collections.abc import Callable
 
-from stubby_py.listener import TCPConnections
+from stubby_py.core.ratelimit import client_key
+from stubby_py.listeners.plain import TCPConnections
 from stubby_py.listeners.tls_files import ServerCertificate
-from stubby_py.ratelimit import client_key
 
 log = logging.getLogger(__name__)
 

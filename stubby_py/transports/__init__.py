@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from stubby_py.config import Config, UpstreamSpec
+from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.transports.base import Transport
 
 #: URI scheme → (module, class)

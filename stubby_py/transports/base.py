@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from stubby_py.config import UpstreamSpec
+from stubby_py.core.config import UpstreamSpec
 
 
 @dataclass(slots=True)

@@ -34,16 +34,16 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from stubby_py import wire
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.core import wire
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     ALPNMismatchError,
     UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
 )
-from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
+from stubby_py.transports.failures import connect_error
 from stubby_py.transports.multiplex import (
     Exchanges,
     MultiplexedTransport,

@@ -19,8 +19,8 @@ from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent
 
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import UpstreamProtocolError
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import UpstreamProtocolError
 from stubby_py.transports.base import Transport
 from stubby_py.transports.doh import DoHRequests, DoHResponse, Headers
 from stubby_py.transports.multiplex import Waiter

@@ -19,8 +19,8 @@ from typing import ClassVar
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import QuicEvent, StreamDataReceived
 
-from stubby_py import wire
-from stubby_py.errors import UpstreamProtocolError
+from stubby_py.core import wire
+from stubby_py.core.errors import UpstreamProtocolError
 from stubby_py.transports.base import Transport
 from stubby_py.transports.multiplex import Waiter, checked_reply
 from stubby_py.transports.quic import QuicStreamConnection, QuicTransport

@@ -16,16 +16,16 @@ import random
 import time
 from typing import cast
 
-from stubby_py import edns, wire
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.core import edns, wire
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from stubby_py.failures import connect_error
 from stubby_py.transports.base import Transport
+from stubby_py.transports.failures import connect_error
 from stubby_py.transports.multiplex import MultiplexedTransport
 from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (

@@ -25,10 +25,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
-from stubby_py import wire
-from stubby_py.bootstrap import endpoint_for
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.core import wire
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     BootstrapError,
     UpstreamClosedError,
     UpstreamConnectError,
@@ -37,6 +36,7 @@ from stubby_py.errors import (
     UpstreamTimeoutError,
 )
 from stubby_py.transports.base import TransportStats
+from stubby_py.transports.bootstrap import endpoint_for
 
 log = logging.getLogger(__name__)
 

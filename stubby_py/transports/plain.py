@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from stubby_py import wire
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
+from stubby_py.core import wire
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
 from stubby_py.transports.base import Transport, TransportStats
 from stubby_py.transports.dot import DoTTransport
 

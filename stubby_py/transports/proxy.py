@@ -33,8 +33,8 @@ from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
 from python_socks import ProxyError as SocksProxyError
 from python_socks.async_.asyncio import Proxy
 
-from stubby_py.config import Config, ProxySpec, UpstreamSpec, upstream_proxy
-from stubby_py.errors import (
+from stubby_py.core.config import Config, ProxySpec, UpstreamSpec, upstream_proxy
+from stubby_py.core.errors import (
     ProxyAuthError,
     ProxyError,
     ProxyRefusedError,

@@ -36,8 +36,8 @@ from aioquic.tls import SessionTicket
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     ALPNMismatchError,
     UpstreamClosedError,
     UpstreamConnectError,
@@ -45,7 +45,7 @@ from stubby_py.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from stubby_py.failures import socket_error, tls_alert_error
+from stubby_py.transports.failures import socket_error, tls_alert_error
 from stubby_py.transports.multiplex import Exchanges, MultiplexedTransport, Waiter
 from stubby_py.transports.proxy import open_datagram
 from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname

@@ -20,8 +20,8 @@ import os
 import ssl
 from collections.abc import Sequence
 
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import PinMismatchError, TLSConfigError
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import PinMismatchError, TLSConfigError
 
 #: what identifies one version of a file: device, inode, size, modification time
 FileVersion = tuple[int, int, int, int]

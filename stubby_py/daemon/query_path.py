@@ -30,10 +30,17 @@ import dns.rdatatype
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
-from stubby_py import cache, local, response, wire
-from stubby_py.cache import Cache, CacheLimits, FailureEntry, ValidationStatus, default_cache_file
-from stubby_py.config import DEFAULT_GROUP, Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.commands.explain import CacheView, ChainLink, Trace, chain_link, describe_reply
+from stubby_py.core import cache, local, response, wire
+from stubby_py.core.cache import (
+    Cache,
+    CacheLimits,
+    FailureEntry,
+    ValidationStatus,
+    default_cache_file,
+)
+from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
+from stubby_py.core.errors import (
     BadVersionError,
     ClientError,
     DnssecFailureError,
@@ -42,16 +49,15 @@ from stubby_py.errors import (
     RefusedError,
     UpstreamError,
 )
-from stubby_py.explain import CacheView, ChainLink, Trace, chain_link, describe_reply
-from stubby_py.pool import Pool, UpstreamHealth
-from stubby_py.ratelimit import RateLimiter
-from stubby_py.router import Router
+from stubby_py.core.pool import Pool, UpstreamHealth
+from stubby_py.core.ratelimit import RateLimiter
+from stubby_py.core.router import Router
+from stubby_py.daemon.upstreams import UpstreamGroup, transport_settings
 from stubby_py.transports.base import Transport
-from stubby_py.upstreams import UpstreamGroup, transport_settings
 
 if TYPE_CHECKING:
+    from stubby_py.daemon.validation import Validation
     from stubby_py.dnssec.validate import Validator
-    from stubby_py.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +247,11 @@ class Resolver:
         if config.dnssec != "validate":
             return None
         # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
-        from stubby_py.anchor_updates import AnchorUpdates, default_state_file
+        from stubby_py.daemon.anchor_updates import AnchorUpdates, default_state_file
+        from stubby_py.daemon.validation import Validation
         from stubby_py.dnssec import anchors
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
-        from stubby_py.validation import Validation
 
         trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
         old = self.validation

@@ -19,7 +19,7 @@ import dns.exception
 import dns.name
 import yaml
 
-from stubby_py.errors import ConfigError
+from stubby_py.core.errors import ConfigError
 
 TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, "tcp": 53}
 ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
@@ -281,7 +281,7 @@ def parse_upstream_uri(text: str) -> UpstreamSpec:
     configuration checks. Raises ValueError with what was expected."""
     scheme, sep, _rest = text.partition("://")
     if sep and scheme == "sdns":
-        from stubby_py import stamps  # it builds on this module
+        from stubby_py.core import stamps  # it builds on this module
 
         return stamps.parse(text)
     if not sep or scheme not in TRANSPORT_PORTS:
@@ -427,7 +427,7 @@ def read_proxy_credentials(path: str) -> tuple[str, str]:
     if mode & 0o004:
         import logging
 
-        logging.getLogger("stubby_py.config").warning(
+        logging.getLogger("stubby_py.core.config").warning(
             "%s: the proxy credentials file is readable by every user (chmod o-r)", path
         )
     return user, password

@@ -12,9 +12,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from stubby_py import __version__, control, explain, stats, stubby_import
-from stubby_py.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
-from stubby_py.errors import StubbyError
+from stubby_py import __version__
+from stubby_py.commands import explain, stubby_import
+from stubby_py.core.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
+from stubby_py.core.errors import StubbyError
+from stubby_py.daemon import control, stats
 
 COMMANDS = (
     "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby",
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     convert.add_argument("file", metavar="FILE", help="e.g. dnscrypt-proxy.toml")
     convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
-    from stubby_py import bench
+    from stubby_py.commands import bench
 
     text = "compare upstreams' latency (cached, uncached, handshake) from here"
     bench.add_arguments(commands.add_parser("bench", help=text, description=text))
@@ -187,7 +189,7 @@ def _check(args: argparse.Namespace) -> int:
     if not args.connect:
         print(f"{config.source}: OK ({len(config.upstreams)} upstreams); --connect to test them")
         return 0
-    from stubby_py import check
+    from stubby_py.commands import check
 
     return check.run(config, args.timeout, args.format)
 
@@ -307,7 +309,7 @@ def _import_stubby(args: argparse.Namespace) -> int:
 
 
 def _import_dnscrypt_proxy(args: argparse.Namespace) -> int:
-    from stubby_py import dnscrypt_import
+    from stubby_py.commands import dnscrypt_import
 
     conversion = dnscrypt_import.read(args.file)
     if not conversion.options.get("upstreams"):
@@ -364,7 +366,7 @@ def _run(args: argparse.Namespace) -> int:
         for note in conversion.notes:
             level = logging.WARNING if note.kind == "ignored" else logging.INFO
             logger.log(level, "stubby.yml %s", note)
-    from stubby_py.daemon import run
+    from stubby_py.daemon.service import run
 
     try:
         run(config, load, args.config)
@@ -393,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "import-dnscrypt-proxy":
             return _import_dnscrypt_proxy(args)
         if args.command == "bench":
-            from stubby_py import bench
+            from stubby_py.commands import bench
 
             return bench.main(args)
         return _run(args)

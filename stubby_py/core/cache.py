@@ -39,7 +39,7 @@ import dns.exception
 import dns.name
 from dns.rcode import Rcode
 
-from stubby_py import wire
+from stubby_py.core import wire
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,9 @@ An upstream with a proxy is reached through it for every step (transports/proxy.
 report shows the path (`via socks5 127.0.0.1:1080`).
 
 Failure kinds are the ones the daemon counts in its stats and names in SERVFAIL EDE texts
-(stubby_py/failures.py). An upstream is usable when the handshake, the certificate, the pins and
-the test query all succeed (any rcode is an answer). JSON fields: see README, "Checking upstreams".
+(stubby_py/transports/failures.py). An upstream is usable when the handshake, the certificate,
+the pins and the test query all succeed (any rcode is an answer). JSON fields: see README,
+"Checking upstreams".
 """
 
 from __future__ import annotations
@@ -42,9 +43,8 @@ import dns.rcode
 import dns.rdatatype
 from cryptography import x509
 
-from stubby_py.bootstrap import endpoint_for
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     ALPNMismatchError,
     CertificateError,
     PinMismatchError,
@@ -52,8 +52,9 @@ from stubby_py.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from stubby_py.failures import connect_error
 from stubby_py.transports import make_transport
+from stubby_py.transports.bootstrap import endpoint_for
+from stubby_py.transports.failures import connect_error
 from stubby_py.transports.proxy import open_stream, path_text
 from stubby_py.transports.tls import (
     ClientContexts,

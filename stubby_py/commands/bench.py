@@ -35,10 +35,11 @@ from typing import Any, TextIO
 
 import dns.message
 
-from stubby_py import benchstats, edns, stubby_import, wire
-from stubby_py.benchstats import Job, Tally, UpstreamResult
-from stubby_py.config import Config, Overrides, UpstreamSpec, apply_overrides
-from stubby_py.errors import StubbyError, UpstreamError
+from stubby_py.commands import stubby_import
+from stubby_py.core import benchstats, edns, wire
+from stubby_py.core.benchstats import Job, Tally, UpstreamResult
+from stubby_py.core.config import Config, Overrides, UpstreamSpec, apply_overrides
+from stubby_py.core.errors import StubbyError, UpstreamError
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import ssl
 
-from stubby_py.errors import (
+from stubby_py.core.errors import (
     CertExpiredError,
     CertificateError,
     CertNameMismatchError,

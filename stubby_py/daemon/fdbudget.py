@@ -18,8 +18,8 @@ from __future__ import annotations
 import resource
 from dataclasses import dataclass
 
-from stubby_py.config import Config
-from stubby_py.errors import StubbyError
+from stubby_py.core.config import Config
+from stubby_py.core.errors import StubbyError
 from stubby_py.transports.plain import MAX_UDP_SOCKETS
 
 #: the process itself: stdio, the event loop (epoll, wake-up pipes, eventfd), logging; measured

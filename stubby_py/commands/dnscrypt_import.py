@@ -43,10 +43,10 @@ from typing import Any
 
 import yaml
 
-from stubby_py import stamps
-from stubby_py.config import UpstreamSpec, parse_listen, parse_proxy_uri
-from stubby_py.errors import ConfigError
-from stubby_py.stubby_import import Conversion, Note
+from stubby_py.commands.stubby_import import Conversion, Note
+from stubby_py.core import stamps
+from stubby_py.core.config import UpstreamSpec, parse_listen, parse_proxy_uri
+from stubby_py.core.errors import ConfigError
 
 #: without server_names, how many of the sources' servers become upstreams
 MAX_FROM_SOURCES = 8

@@ -27,7 +27,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from stubby_py.config import TRANSPORT_PORTS, UpstreamSpec, _check_hostname, is_ip
+from stubby_py.core.config import TRANSPORT_PORTS, UpstreamSpec, _check_hostname, is_ip
 
 PREFIX = "sdns://"
 

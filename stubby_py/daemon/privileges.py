@@ -38,7 +38,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stubby_py.errors import StubbyError
+from stubby_py.core.errors import StubbyError
 
 log = logging.getLogger(__name__)
 

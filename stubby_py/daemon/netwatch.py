@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stubby_py.config import Config
-    from stubby_py.resolver import Resolver
+    from stubby_py.core.config import Config
+    from stubby_py.daemon.query_path import Resolver
 
 log = logging.getLogger(__name__)
 

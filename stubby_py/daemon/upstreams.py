@@ -18,18 +18,18 @@ from dataclasses import dataclass
 
 from dns.rcode import Rcode
 
-from stubby_py import edns, wire
-from stubby_py.config import Config, UpstreamSpec
-from stubby_py.errors import (
+from stubby_py.commands.explain import TRANSPORT_NAMES, Attempt, Trace
+from stubby_py.core import edns, wire
+from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.errors import (
     NoUpstreamAvailableError,
     UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from stubby_py.explain import TRANSPORT_NAMES, Attempt, Trace
-from stubby_py.logthrottle import LogThrottle
-from stubby_py.pool import Pool, PoolSettings, UpstreamHealth
+from stubby_py.core.pool import Pool, PoolSettings, UpstreamHealth
+from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
 

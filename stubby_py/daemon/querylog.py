@@ -25,8 +25,8 @@ import dns.name
 from dns.rcode import Rcode
 from dns.rdatatype import RdataType
 
-from stubby_py import wire
-from stubby_py.logthrottle import LogThrottle
+from stubby_py.core import wire
+from stubby_py.daemon.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from stubby_py.resolver import Resolver
+    from stubby_py.daemon.query_path import Resolver
 
 log = logging.getLogger(__name__)
 

@@ -23,17 +23,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from stubby_py import control, fdbudget, local, memtrace, netwatch, stats
-from stubby_py.config import Config, EncryptedListen
-from stubby_py.errors import StubbyError
-from stubby_py.listener import TCPConnections, UDPListener
+from stubby_py.core import local
+from stubby_py.core.config import Config, EncryptedListen
+from stubby_py.core.errors import StubbyError
+from stubby_py.daemon import control, fdbudget, memtrace, netwatch, stats
+from stubby_py.daemon.metrics import MetricsServer
+from stubby_py.daemon.privileges import Handover, drop_privileges
+from stubby_py.daemon.query_path import Resolver
+from stubby_py.daemon.querylog import QueryLog
 from stubby_py.listeners import doh, doq, dot
 from stubby_py.listeners import server as tls_accept
+from stubby_py.listeners.plain import TCPConnections, UDPListener
 from stubby_py.listeners.tls_files import ServerCertificate
-from stubby_py.metrics import MetricsServer
-from stubby_py.privileges import Handover, drop_privileges
-from stubby_py.querylog import QueryLog
-from stubby_py.resolver import Resolver
 
 log = logging.getLogger(__name__)
 

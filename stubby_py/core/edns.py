@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from stubby_py.wire import CD, EDNS_DO, HEADER, OPT_FIXED, RD, TYPE_OPT, ClientQuery
+from stubby_py.core.wire import CD, EDNS_DO, HEADER, OPT_FIXED, RD, TYPE_OPT, ClientQuery
 
 #: the payload size we advertise and ask for (DNS Flag Day 2020)
 OUR_UDP_PAYLOAD = 1232

@@ -12,12 +12,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stubby_py import __version__, benchstats
+from stubby_py import __version__
+from stubby_py.core import benchstats
 
 if TYPE_CHECKING:
-    from stubby_py.listener import TCPConnections
+    from stubby_py.daemon.query_path import Resolver
     from stubby_py.listeners.doq import DoQServer
-    from stubby_py.resolver import Resolver
+    from stubby_py.listeners.plain import TCPConnections
 
 PERCENTILES = (50, 90, 99)
 

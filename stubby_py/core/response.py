@@ -7,8 +7,8 @@ larger than the client's buffer to header + question with TC set (RFC 1035 §4.2
 
 from __future__ import annotations
 
-from stubby_py import edns
-from stubby_py.wire import (
+from stubby_py.core import edns
+from stubby_py.core.wire import (
     AD,
     CD,
     HEADER,

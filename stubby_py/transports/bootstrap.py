@@ -44,8 +44,8 @@ import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from stubby_py.config import Config, UpstreamSpec, _check_hostname, resolved_by_proxy
-from stubby_py.errors import BootstrapError, UpstreamError
+from stubby_py.core.config import Config, UpstreamSpec, _check_hostname, resolved_by_proxy
+from stubby_py.core.errors import BootstrapError, UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
-from stubby_py.wire import ClientQuery
+from stubby_py.core.wire import ClientQuery
 
 log = logging.getLogger(__name__)
 

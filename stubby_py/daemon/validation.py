@@ -22,22 +22,22 @@ import dns.name
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
-from stubby_py import wire
-from stubby_py.anchor_updates import AnchorUpdates
-from stubby_py.cache import ValidationStatus
-from stubby_py.dnssec.aggressive import Key, wire_key
-from stubby_py.dnssec.anchors import TrustAnchors
-from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
-from stubby_py.dnssec.validate import Validator
-from stubby_py.errors import (
+from stubby_py.commands.explain import Trace, ValidationView, chain_link
+from stubby_py.core import wire
+from stubby_py.core.cache import ValidationStatus
+from stubby_py.core.errors import (
     DnssecFailureError,
     NoUpstreamAvailableError,
     UpstreamError,
     UpstreamProtocolError,
 )
-from stubby_py.explain import Trace, ValidationView, chain_link
-from stubby_py.logthrottle import LogThrottle
-from stubby_py.upstreams import UpstreamGroup
+from stubby_py.daemon.anchor_updates import AnchorUpdates
+from stubby_py.daemon.logthrottle import LogThrottle
+from stubby_py.daemon.upstreams import UpstreamGroup
+from stubby_py.dnssec.aggressive import Key, wire_key
+from stubby_py.dnssec.anchors import TrustAnchors
+from stubby_py.dnssec.outcome import Answers, Question, Security, Step, T, Verdict
+from stubby_py.dnssec.validate import Validator
 
 log = logging.getLogger(__name__)
 

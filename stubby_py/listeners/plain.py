@@ -22,9 +22,9 @@ import socket
 import time
 from typing import Any, Protocol, cast
 
-from stubby_py import wire
-from stubby_py.ratelimit import client_key
-from stubby_py.resolver import Resolver, Respond
+from stubby_py.core import wire
+from stubby_py.core.ratelimit import client_key
+from stubby_py.daemon.query_path import Resolver, Respond
 
 log = logging.getLogger(__name__)
 

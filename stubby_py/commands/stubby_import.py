@@ -42,8 +42,8 @@ from typing import Any
 
 import yaml
 
-from stubby_py.config import Config, load_config, parse_config
-from stubby_py.errors import ConfigError
+from stubby_py.core.config import Config, load_config, parse_config
+from stubby_py.core.errors import ConfigError
 
 #: keys only a Stubby file has; any of them makes a file a Stubby configuration
 STUBBY_KEYS = frozenset(

@@ -424,6 +424,10 @@ def test_state_file_is_untrusted(tmp_path: Path) -> None:
     assert bootstrap.read_saved(str(path)) == {}  # never followed
     assert bootstrap.read_saved(str(tmp_path / "missing.json")) == {}
     assert bootstrap.read_saved("/dev/zero") == {}
+    real.chmod(0o666)  # another user may have put it there
+    assert bootstrap.read_saved(str(real)) == {}
+    real.chmod(0o644)
+    assert bootstrap.read_saved(str(real)) == {"dot.test": ["127.0.0.1"]}
 
 
 def test_state_file_written_atomically_and_privately(tmp_path: Path) -> None:
@@ -432,6 +436,11 @@ def test_state_file_written_atomically_and_privately(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert bootstrap.read_saved(str(path)) == {"dot.test": ["127.0.0.1", "::1"]}
     assert os.listdir(tmp_path) == ["bootstrap.json"]
+    link = tmp_path / "link.json"
+    link.symlink_to(path)
+    bootstrap.write_saved(str(link), {"dot.test": ["127.0.0.2"]})  # a warning, not a crash
+    assert link.is_symlink()
+    assert bootstrap.read_saved(str(path)) == {"dot.test": ["127.0.0.1", "::1"]}
     assert bootstrap.default_file("auto", {"STATE_DIRECTORY": "/var/lib/s:/x"}) == (
         "/var/lib/s/bootstrap.json"
     )

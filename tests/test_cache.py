@@ -31,8 +31,9 @@ from stubby_py.core.cache import (
     CacheFileError,
     CacheLimits,
     ValidationStatus,
-    default_cache_file,
 )
+from stubby_py.daemon import cache_persistence
+from stubby_py.daemon.cache_persistence import default_cache_file
 
 SOA = "ns.example. hostmaster.example. 1 7200 900 1209600 {minimum}"
 
@@ -488,10 +489,10 @@ def test_persistence_round_trip_takes_off_the_time_the_daemon_was_down(tmp_path:
     cache, keys = filled_cache(now=1000.0)
     cache.fresh(keys["long.example."], 1010.5)  # 10 s old when saved
     path = str(tmp_path / "cache.bin")
-    assert cache_module.save(cache, path, now=1010.5, wall_now=50_000.0)
+    assert cache_persistence.save(cache, path, now=1010.5, wall_now=50_000.0)
     # a new process: another monotonic clock, and 30 s of wall-clock time later
     restored = Cache()
-    assert cache_module.load(restored, path, now=5.0, wall_now=50_030.0) == 3
+    assert cache_persistence.load(restored, path, now=5.0, wall_now=50_030.0) == 3
     assert restored.fresh(keys["short.example."], 5.0) is None  # 20 s TTL: expired while down
     assert ttls(restored.fresh(keys["long.example."], 5.0)) == [3560]  # type: ignore[arg-type]
     assert ttls(restored.fresh(keys["mid.example."], 5.0)) == [560]  # type: ignore[arg-type]
@@ -538,8 +539,8 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(
     path = tmp_path / "cache.bin"
     path.write_bytes(_corruptions(cache.dump(now=0.0, wall_now=1000.0))[damage])
     restored = Cache()
-    with caplog.at_level(logging.WARNING, logger="stubby_py.core.cache"):
-        assert cache_module.load(restored, str(path), now=0.0, wall_now=1001.0) == 0
+    with caplog.at_level(logging.WARNING, logger="stubby_py.daemon.cache_persistence"):
+        assert cache_persistence.load(restored, str(path), now=0.0, wall_now=1001.0) == 0
     assert len(restored) == 0
     assert "ignored" in caplog.text
 
@@ -577,7 +578,7 @@ def test_missing_file_loads_nothing_quietly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        assert cache_module.load(Cache(), str(tmp_path / "none.bin"), 0.0, 0.0) == 0
+        assert cache_persistence.load(Cache(), str(tmp_path / "none.bin"), 0.0, 0.0) == 0
     assert caplog.text == ""
 
 
@@ -585,8 +586,8 @@ def test_unwritable_place_is_a_warning_not_a_crash(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     cache, _ = filled_cache(now=0.0)
-    with caplog.at_level(logging.WARNING, logger="stubby_py.core.cache"):
-        assert not cache_module.save(
+    with caplog.at_level(logging.WARNING, logger="stubby_py.daemon.cache_persistence"):
+        assert not cache_persistence.save(
             cache, str(tmp_path / "no" / "such" / "dir" / "c.bin"), 0.0, 1.0
         )
     assert "not saved" in caplog.text

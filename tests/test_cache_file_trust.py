@@ -24,6 +24,7 @@ import pytest
 
 from stubby_py.core import cache as cache_module
 from stubby_py.core.cache import Cache, ValidationStatus
+from stubby_py.daemon import cache_persistence
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
 from tests.service import ask
@@ -228,7 +229,7 @@ def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     result: list[int] = []
     worker = threading.Thread(
-        target=lambda: result.append(cache_module.load(Cache(), str(fifo), 0.0, time.time())),
+        target=lambda: result.append(cache_persistence.load(Cache(), str(fifo), 0.0, time.time())),
         daemon=True,
     )
     worker.start()
@@ -249,10 +250,10 @@ def test_a_file_others_may_write_is_refused(
     path.write_bytes(forged_file([(key, forged_record(body, offsets, ttl=300.0))]))
     path.chmod(0o666)
     with caplog.at_level(logging.WARNING):
-        assert cache_module.load(Cache(), str(path), 0.0, time.time()) == 0
+        assert cache_persistence.load(Cache(), str(path), 0.0, time.time()) == 0
     assert "writable by other users" in caplog.text
     path.chmod(0o600)
-    assert cache_module.load(Cache(), str(path), 0.0, time.time()) == 1
+    assert cache_persistence.load(Cache(), str(path), 0.0, time.time()) == 1
 
 
 def test_loaded_ttls_never_outlive_the_ceiling() -> None:

@@ -19,9 +19,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 
+from stubby_py.daemon import anchor_updates
 from stubby_py.dnssec import rfc5011
 from stubby_py.dnssec.anchors import AnchorSet
 from stubby_py.dnssec.rfc5011 import AnchorTracker, TrackedKey
+from stubby_py.state_files import StateFileError
 
 ZONE = dns.name.from_text("example.")
 T0 = 1_700_000_000.0
@@ -414,11 +416,11 @@ def test_state_round_trip_through_a_file(tmp_path: Path, old: Key, new: Key) -> 
     states = sorted(k.state for k in tracker.keys)
     assert states == [rfc5011.ADDPEND, rfc5011.REVOKED, rfc5011.VALID]
     path = str(tmp_path / "trust-anchors.json")
-    assert rfc5011.load_state(path) is None
-    rfc5011.save_state(path, {ZONE.to_text(): tracker.to_json()})
+    assert anchor_updates.load_state(path) is None
+    anchor_updates.save_state(path, {ZONE.to_text(): tracker.to_json()})
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert [p.name for p in tmp_path.iterdir()] == ["trust-anchors.json"]  # no temporary left
-    loaded = rfc5011.load_state(path)
+    loaded = anchor_updates.load_state(path)
     assert loaded is not None
     again = AnchorTracker.from_json(ZONE, tracker.configured, loaded[ZONE.to_text()])
     assert again.keys == tracker.keys
@@ -431,9 +433,9 @@ def test_state_round_trip_through_a_file(tmp_path: Path, old: Key, new: Key) -> 
 
 def test_save_replaces_the_old_file(tmp_path: Path) -> None:
     path = str(tmp_path / "state.json")
-    rfc5011.save_state(path, {"a": 1})
-    rfc5011.save_state(path, {"b": 2})
-    assert rfc5011.load_state(path) == {"b": 2}
+    anchor_updates.save_state(path, {"a": 1})
+    anchor_updates.save_state(path, {"b": 2})
+    assert anchor_updates.load_state(path) == {"b": 2}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
 
 
@@ -445,7 +447,30 @@ def test_damaged_state_file_is_rejected(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "state.json"
     path.write_bytes(content)
     with pytest.raises(ValueError, match="damaged trust anchor state"):
-        rfc5011.load_state(str(path))
+        anchor_updates.load_state(str(path))
+
+
+def test_a_state_file_that_is_a_link_open_to_others_or_too_big_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The state file is read as every state file is (state_files.py): a key planted in it
+    through a link or by another user is never trusted."""
+    path = tmp_path / "state.json"
+    real = tmp_path / "real.json"
+    anchor_updates.save_state(str(real), {"a": 1})
+    path.symlink_to(real)
+    with pytest.raises(StateFileError, match="a symbolic link"):
+        anchor_updates.load_state(str(path))
+    with pytest.raises(StateFileError, match="not a regular file"):
+        anchor_updates.save_state(str(path), {"b": 2})
+    assert anchor_updates.load_state(str(real)) == {"a": 1}
+    real.chmod(0o666)
+    with pytest.raises(StateFileError, match="writable by other users"):
+        anchor_updates.load_state(str(real))
+    path.unlink()
+    path.write_bytes(b" " * (rfc5011.MAX_STATE_BYTES + 1))
+    with pytest.raises(StateFileError, match="more than the"):
+        anchor_updates.load_state(str(path))
 
 
 def _set(field: str, value: Any) -> Callable[[dict[str, Any]], None]:

@@ -13,26 +13,19 @@ and unmarking visited ones, and evicts the first one that was not. On Zipf trace
 it kept 6-10 points more hits than LRU, within a point of S3-FIFO at 60% of its bookkeeping cost
 and with no ghost queue (tests/test_cache_policy.py has the measurement).
 
-Persistence (`save`/`load` and the pure `Cache.dump`/`Cache.restore` under them) writes the
-entries with the wall-clock time, so TTLs lose the time the daemon was down. A file is trusted
-no more than an unsigned answer from the network: what is loaded is unvalidated (no AD), its
-TTLs clamped; anything wrong with the file (damage, a link, a device, too big) leaves it unread.
+Persistence: `Cache.dump` makes an image of the entries with the wall-clock time, so TTLs lose
+the time the daemon was down, and `Cache.restore` takes one back (daemon/cache_persistence.py
+keeps it in a file). An image is trusted no more than an unsigned answer from the network: what is
+restored is unvalidated (no AD), its TTLs clamped; a damaged or foreign image is refused whole.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
-import errno
-import logging
 import math
-import os
-import stat
 import struct
-import tempfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import dns.exception
@@ -40,8 +33,6 @@ import dns.name
 from dns.rcode import Rcode
 
 from stubby_py.core import wire
-
-log = logging.getLogger(__name__)
 
 #: RFC 8767 §4: a stale answer is served with this TTL
 STALE_TTL = 30
@@ -614,102 +605,7 @@ def _parse_image(data: bytes, wall_now: float) -> tuple[float, list[tuple[bytes,
     return saved_wall, items
 
 
-def default_cache_file(setting: str | None, environ: Mapping[str, str]) -> str | None:
-    """Where the cache persists: `auto` means systemd's StateDirectory= when the daemon runs under
-    it ($STATE_DIRECTORY, the first of a colon-separated list), else nowhere; None: nowhere."""
-    if setting != "auto":
-        return setting or None
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return os.path.join(state, "cache.bin") if state else None
-
-
 def file_limit(limits: CacheLimits) -> int:
     """The largest cache file worth reading: the answers' own octets are less than what
     `max_bytes` counts for them, so a bigger file holds more than the cache could keep."""
     return limits.max_bytes + _FILE_HEADER.size + _U32.size
-
-
-def load(cache: Cache, path: str, now: float, wall_now: float) -> int:
-    """Fill the cache from a file; a missing file loads nothing, a bad one is ignored (warning).
-
-    The file must be a regular file (not a device or a FIFO: /dev/zero never ends), is not
-    followed if it is a symbolic link, must not be writable by others, and is read only up to
-    `file_limit`."""
-    try:
-        data = _read_file(path, file_limit(cache.limits))
-    except FileNotFoundError:
-        return 0
-    except CacheFileError as exc:
-        log.warning("cache file %s ignored: %s", path, exc)
-        return 0
-    except OSError as exc:
-        log.warning("cache file %s not read: %s", path, exc.strerror or exc)
-        return 0
-    try:
-        return cache.restore(data, now, wall_now)
-    except CacheFileError as exc:
-        log.warning("cache file %s ignored: %s", path, exc)
-    except Exception:  # whatever a file holds, the daemon starts (without it)
-        log.exception("cache file %s ignored: unreadable", path)
-    cache.flush()
-    return 0
-
-
-def _read_file(path: str, limit: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise CacheFileError("a symbolic link (not followed)") from None
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise CacheFileError("not a regular file")
-        if info.st_mode & 0o022:
-            raise CacheFileError("writable by other users than its owner")
-        if info.st_size > limit:
-            raise CacheFileError(f"{info.st_size} octets, more than the {limit} it may hold")
-        chunks = []
-        size = 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:  # it grew while being read
-                raise CacheFileError(f"more than the {limit} octets it may hold")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def save(cache: Cache, path: str, now: float, wall_now: float) -> bool:
-    """Write the cache to a file atomically (temporary file, fsync, rename); False on failure.
-    Only a regular file is replaced: a device, a FIFO or a symbolic link at the path stays."""
-    directory = os.path.dirname(path) or "."
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = stat.S_IFREG
-    except OSError as exc:
-        log.warning("cache not saved to %s: %s", path, exc.strerror or exc)
-        return False
-    if not stat.S_ISREG(mode):
-        log.warning("cache not saved to %s: not a regular file (left as it is)", path)
-        return False
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=".cache-", dir=directory)
-    except OSError as exc:
-        log.warning("cache not saved to %s: %s", path, exc.strerror or exc)
-        return False
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(cache.dump(now, wall_now))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        log.warning("cache not saved to %s: %s", path, exc.strerror or exc)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        return False
-    return True

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import dns.name
 import dns.rrset
@@ -21,6 +21,7 @@ import dns.rrset
 from stubby_py.dnssec import rfc5011
 from stubby_py.dnssec.anchors import TrustAnchors
 from stubby_py.dnssec.chain import KeyChain
+from stubby_py.state_files import StateFileError, read_state, state_path, write_state
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +35,20 @@ MAX_REFRESH = 86_400.0
 
 def default_state_file(environ: Mapping[str, str]) -> str | None:
     """$STATE_DIRECTORY/trust-anchors.json under systemd; else none (tracked in memory only)."""
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return os.path.join(state, STATE_FILE) if state else None
+    return state_path("auto", STATE_FILE, environ)
+
+
+def load_state(path: str) -> dict[str, Any] | None:
+    """The state saved at `path` (rfc5011.parse_state); None if there is no file; ValueError
+    (state_files.StateFileError among them) if it is refused or damaged, OSError if unreadable."""
+    text = read_state(path, rfc5011.MAX_STATE_BYTES)
+    return None if text is None else rfc5011.parse_state(text)
+
+
+def save_state(path: str, data: dict[str, Any]) -> None:
+    """Write the state atomically, readable by the owner only (state_files.write_state);
+    StateFileError or OSError when it cannot be."""
+    write_state(path, rfc5011.state_text(data))
 
 
 class AnchorUpdates:
@@ -140,7 +153,7 @@ class AnchorUpdates:
         if self.state_file is None:
             return None
         try:
-            saved = rfc5011.load_state(self.state_file)
+            saved = load_state(self.state_file)
         except (OSError, ValueError) as exc:
             log.warning("trust anchor state %s ignored: %s", self.state_file, exc)
             return None
@@ -161,8 +174,8 @@ class AnchorUpdates:
         trackers = {zone.to_text(): t.to_json() for zone, t in self.trackers.items()}
         data = {"configured": self._fingerprint, "trackers": trackers}
         try:
-            rfc5011.save_state(self.state_file, data)
-        except OSError as exc:
+            save_state(self.state_file, data)
+        except (OSError, StateFileError) as exc:
             log.warning("trust anchor state %s not saved: %s", self.state_file, exc)
 
 

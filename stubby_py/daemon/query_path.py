@@ -31,13 +31,12 @@ from dns.edns import EDECode
 from dns.rcode import Rcode
 
 from stubby_py.commands.explain import CacheView, ChainLink, Trace, chain_link, describe_reply
-from stubby_py.core import cache, local, response, wire
+from stubby_py.core import local, response, wire
 from stubby_py.core.cache import (
     Cache,
     CacheLimits,
     FailureEntry,
     ValidationStatus,
-    default_cache_file,
 )
 from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.core.errors import (
@@ -52,6 +51,8 @@ from stubby_py.core.errors import (
 from stubby_py.core.pool import Pool, UpstreamHealth
 from stubby_py.core.ratelimit import RateLimiter
 from stubby_py.core.router import Router
+from stubby_py.daemon import cache_persistence
+from stubby_py.daemon.cache_persistence import default_cache_file
 from stubby_py.daemon.upstreams import UpstreamGroup, transport_settings
 from stubby_py.transports.base import Transport
 
@@ -193,7 +194,9 @@ class Resolver:
             # under validation only what this run validated is served
             log.info("cache: %s not loaded (dnssec: validate)", self.cache_file)
         elif self.cache_file is not None:
-            loaded = cache.load(self.cache, self.cache_file, self._loop.time(), time.time())
+            loaded = cache_persistence.load(
+                self.cache, self.cache_file, self._loop.time(), time.time()
+            )
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
     def _apply(
@@ -780,7 +783,9 @@ class Resolver:
     async def aclose(self) -> None:
         """Save the cache (if it persists) and close the upstream connections."""
         if self.cache_file is not None:
-            saved = cache.save(self.cache, self.cache_file, self._loop.time(), time.time())
+            saved = cache_persistence.save(
+                self.cache, self.cache_file, self._loop.time(), time.time()
+            )
             if saved:
                 log.info("cache: %d answers saved to %s", len(self.cache), self.cache_file)
         for task in list(self._tasks_aside):

@@ -5,7 +5,8 @@ RFC 5011 §4 (Start, AddPend, Valid, Missing, Revoked, Removed), fed the zone's 
 the validator authenticates them, and says which anchors to validate from (`anchors()`): the
 configured ones, plus keys that have waited out the add hold-down, minus every revoked key. It
 also says when to look again (§2.3). Sans-IO: the caller fetches, authenticates and keeps the
-clock; only `load_state` and `save_state`, at the bottom, touch files.
+clock; `state_text` and `parse_state`, at the bottom, turn the state into text and back (the
+daemon keeps it in a file).
 
 The one rule the caller must keep: `observe` is only ever given a DNSKEY RRset that it has
 authenticated through a currently trusted key (the anchors this tracker last gave it). A key
@@ -15,13 +16,10 @@ again itself and raises ValueError when no trusted key signs the RRset.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
-import tempfile
 from typing import Any
 
 import dns.dnssec
@@ -57,6 +55,8 @@ REMOVE_HOLDDOWN = 30 * DAY
 #: whatever a zone publishes; revocations of trusted keys are always recorded)
 MAX_TRACKED = 64
 STATE_VERSION = 1
+#: the largest state file worth reading: MAX_TRACKED keys of a few kB each, for many zones
+MAX_STATE_BYTES = 4 << 20
 
 _VOUCHER = re.compile(r"\A[0-9]{1,5}/[0-9]{1,3}\Z")
 
@@ -477,47 +477,20 @@ def _key(where: str, text: object) -> DNSKEY:
     return key
 
 
-# -- files (the only I/O here) ------------------------------------------------------------------
-def load_state(path: str) -> dict[str, Any] | None:
-    """The JSON object saved at `path`; None if there is no file; ValueError if damaged."""
+# -- the state as text (daemon/anchor_updates.py keeps it in a file) ----------------------------
+def state_text(data: dict[str, Any]) -> bytes:
+    """`data` (trackers' `to_json`, and what else the caller keeps) as the state file's text."""
+    return (json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n").encode()
+
+
+def parse_state(text: bytes) -> dict[str, Any]:
+    """The JSON object `state_text` wrote; ValueError if damaged."""
     try:
-        with open(path, encoding="utf-8") as file:
-            text = file.read()
-    except FileNotFoundError:
-        return None
+        data = json.loads(text.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: damaged trust anchor state (not UTF-8 text)") from None
-    try:
-        data = json.loads(text)
+        raise ValueError("damaged trust anchor state (not UTF-8 text)") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(
-            f"{path}: damaged trust anchor state (line {exc.lineno}: {exc.msg})"
-        ) from None
+        raise ValueError(f"damaged trust anchor state (line {exc.lineno}: {exc.msg})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: damaged trust anchor state (not a JSON object)")
+        raise ValueError("damaged trust anchor state (not a JSON object)")
     return data
-
-
-def save_state(path: str, data: dict[str, Any]) -> None:
-    """Write `data` as JSON to `path` atomically (a temporary file beside it, then rename),
-    readable by the owner only."""
-    text = json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(file.fileno(), 0o600)
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where we can
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

@@ -24,13 +24,11 @@ is tried at once, in order, within the same connect timeout (no happy eyeballs: 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import json
 import logging
 import os
 import socket
-import stat
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +44,7 @@ import dns.rdatatype
 
 from stubby_py.core.config import Config, UpstreamSpec, _check_hostname, resolved_by_proxy
 from stubby_py.core.errors import BootstrapError, UpstreamError
+from stubby_py.state_files import StateFileError, read_state, state_path, write_state
 
 log = logging.getLogger(__name__)
 
@@ -206,33 +205,23 @@ def _has_route(address: str) -> bool:
 
 def default_file(setting: str | None, environ: Mapping[str, str]) -> str | None:
     """`auto`: $STATE_DIRECTORY/bootstrap.json under systemd's StateDirectory= (the first of a
-    colon-separated list), else nowhere; a path as it is; None: nowhere (as cache.py does)."""
-    if setting != "auto":
-        return setting or None
-    state = environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return os.path.join(state, "bootstrap.json") if state else None
+    colon-separated list), else nowhere; a path as it is; None: nowhere (as the cache's)."""
+    return state_path(setting, "bootstrap.json", environ)
 
 
 def read_saved(path: str) -> dict[str, list[str]]:
-    """The addresses saved by an earlier run, by hostname. The file is untrusted: not followed
-    if a symbolic link, regular files only, at most MAX_FILE_BYTES, and only well-formed host
-    names with IP addresses are taken; anything else is skipped (a damaged file: nothing)."""
+    """The addresses saved by an earlier run, by hostname. The file is untrusted: read as
+    state_files.read_state reads (at most MAX_FILE_BYTES), and only well-formed host names with
+    IP addresses are taken; anything else is skipped (a damaged or refused file: nothing)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
+        data = read_state(path, MAX_FILE_BYTES)
+    except StateFileError as exc:
+        log.warning("%s: %s: ignored", path, exc)
         return {}
     except OSError as exc:
         log.warning("%s: not read: %s", path, exc.strerror or exc)
         return {}
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            log.warning("%s: not a regular file: ignored", path)
-            return {}
-        data = os.read(fd, MAX_FILE_BYTES + 1)
-    finally:
-        os.close(fd)
-    if len(data) > MAX_FILE_BYTES:
-        log.warning("%s: larger than %d bytes: ignored", path, MAX_FILE_BYTES)
+    if data is None:
         return {}
     try:
         document = json.loads(data.decode("utf-8"))
@@ -259,23 +248,15 @@ def _saved_addresses(hostname: object, addresses: object) -> list[str]:
 
 
 def write_saved(path: str, saved: Mapping[str, Sequence[str]]) -> None:
-    """Atomically (a new file renamed over the old), mode 0600, never through a symbolic link."""
+    """Atomically, mode 0600, never through a symbolic link (state_files.write_state)."""
     document = {"version": 1, "hosts": {name: list(addrs) for name, addrs in saved.items()}}
     data = json.dumps(document, indent=1, sort_keys=True).encode()
-    temporary = f"{path}.{os.getpid()}.tmp"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(temporary, flags, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temporary, path)
+        write_state(path, data)
+    except StateFileError as exc:
+        log.warning("%s: the upstreams' addresses not saved: %s", path, exc)
     except OSError as exc:
         log.warning("%s: the upstreams' addresses not saved: %s", path, exc.strerror or exc)
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
 
 
 class _Store:

@@ -26,8 +26,8 @@ from stubby_py.core import cache as cache_module
 from stubby_py.core.cache import Cache, ValidationStatus
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import ask
-from tests.upstream_server import LocalUpstream
 
 # the file format, spelled out here so the forger does not lean on the code it attacks:
 # header (magic, version, wall-clock time, count); per answer (key length, record length, key,

@@ -81,13 +81,13 @@ def stalls(name: str) -> bool:
 
 
 def serve_upstreams(args: argparse.Namespace) -> int:
-    from tests.servers import LocalUpstream
+    from tests.servers import LocalUpstream, Misbehaviour
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
     servers = [LocalUpstream(context).start() for _ in range(3)]
     servers[0].state.chooser = lambda q: (
-        "stall" if stalls(q.question[0].name.to_text()) else "answer"
+        Misbehaviour.STALL if stalls(q.question[0].name.to_text()) else Misbehaviour.NONE
     )
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -87,7 +87,8 @@ def outcome(state: ServerState, data: bytes, *, udp: bool = False) -> Outcome:
         query = dns.message.from_wire(data)
     except Exception:
         return Outcome(Misbehaviour.STALL)
-    misbehaviour = state.chooser(query) if state.chooser else state.misbehaviour
+    # by name too: Misbehaviour("stall") is STALL, and a misspelt name fails loudly here
+    misbehaviour = Misbehaviour(state.chooser(query) if state.chooser else state.misbehaviour)
     delay = state.delays.get(query.question[0].name.to_text().lower(), state.delay)
     if misbehaviour in SILENT:
         return Outcome(misbehaviour, None, delay)

@@ -6,7 +6,7 @@ dict and send back the stored answer with the query's ID in it. No parsing, no c
 arithmetic, no statistics. Its socket asks for the same 4 MiB receive buffer as stubby-py's UDP
 listener. bench/cache_hits.py measures stubby-py's cache hits against it.
 
-    python bench/bare_responder.py --port 5300 --names names.txt
+    python -m bench.bare_responder --port 5300 --names names.txt
 
 names.txt is a dnsperf query file (``NAME TYPE`` per line, TYPE A or AAAA); every name gets the
 answer ``NAME 3600 IN A 192.0.2.1`` (or AAAA 2001:db8::1), built with dnspython at start. The key

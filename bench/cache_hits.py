@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import signal
@@ -27,10 +26,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forwarding import (
+from bench.harness import (
     ANSWER,
     AUTH_NAME,
-    CLK_TCK,
     DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
@@ -44,25 +42,31 @@ from forwarding import (
     Ports,
     Result,
     Sample,
-    _fmt,
-    _pct,
-    _raise_on_signal,
-    _ratio,
     background_load,
     busy_note,
     busy_share,
     check_cpus,
+    common_options,
     core_times,
     dig_answer,
     dnsperf,
+    fmt,
     free_ports,
     lost_note,
     make_certs,
+    module_argv,
+    others_seconds,
+    pct,
+    process_ticks,
+    raise_on_signal,
+    ratio_of,
     read_tail,
     record_counters,
+    run_main,
     run_notes,
     start_unbound,
     stubby_py_command,
+    vm_kib,
     workspace,
     write_json,
     write_query_file,
@@ -77,8 +81,6 @@ QPS_TARGET = 0.6  # stubby-py / bare responder, queries/s
 RSS_TARGET_MIB = 64
 OTHERS_LIMIT = 0.05  # other programs' CPU during a run (share of one core) worth a note
 TARGETS = ("stubby-py", "bare")
-KTHREADD = 2  # the parent of the kernel's threads
-BARE_RESPONDER = Path(__file__).with_name("bare_responder.py")
 
 # --------------------------------------------------------------------------- setup
 
@@ -126,14 +128,6 @@ def prepare(children: Children, tmp: Path, args: argparse.Namespace) -> Bench:
 # --------------------------------------------------------------------------- probes
 
 
-def vm_kib(pid: int, what: str = "VmRSS") -> int:
-    """A size from /proc/PID/status (VmRSS, VmHWM, ...), in KiB."""
-    match = re.search(rf"^{what}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.M)
-    if match is None:
-        raise RuntimeError(f"no {what} in /proc/{pid}/status")
-    return int(match.group(1))
-
-
 def stubby_py_stats(bench: Bench) -> dict[str, Any] | None:
     """`stubby-py stats --json` over the control socket; None if it does not answer (yet)."""
     out, _ = bench.children.run(
@@ -170,38 +164,6 @@ def wait_for_answer(bench: Bench, proc: subprocess.Popen[bytes], port: int, what
             return
         time.sleep(0.2)
     raise RuntimeError(f"{what} did not answer within {READY_TIMEOUT:.0f} s")
-
-
-def process_ticks() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, utime+stime+cutime+cstime) of every process but the kernel's threads."""
-    ticks = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ppid = int(fields[1])
-        if ppid != KTHREADD and int(entry.name) != KTHREADD:
-            ticks[int(entry.name)] = (ppid, sum(int(f) for f in fields[11:15]))
-    return ticks
-
-
-def others_seconds(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]]) -> float:
-    """CPU seconds used meanwhile by processes outside this script's tree. A process that ended
-    in between has all its time added to its parent's children time: what it had used before is
-    taken off again."""
-    family = {**before, **after}
-    ours, frontier = {os.getpid()}, [os.getpid()]
-    while frontier:
-        parent = frontier.pop()
-        kids = [p for p, (pp, _) in family.items() if pp == parent and p not in ours]
-        ours.update(kids)
-        frontier.extend(kids)
-    used = sum(t - before.get(p, (0, 0))[1] for p, (_, t) in after.items() if p not in ours)
-    ended = sum(t for p, (_, t) in before.items() if p not in after and p not in ours)
-    return max(used - ended, 0) / CLK_TCK
 
 
 # --------------------------------------------------------------------------- measurements
@@ -354,8 +316,7 @@ def run_bare(bench: Bench, result: HitResult) -> None:
         "taskset",
         "-c",
         str(FORWARDER_CPU),
-        sys.executable,
-        str(BARE_RESPONDER),
+        *module_argv("bench.bare_responder"),
         "--port",
         str(bench.bare_port),
         "--names",
@@ -395,7 +356,7 @@ def guarded(bench: Bench, target: str) -> HitResult:
 
 
 def _mib(kib: int | None) -> str:
-    return _fmt(None if kib is None else kib / 1024, ".1f")
+    return fmt(None if kib is None else kib / 1024, ".1f")
 
 
 COLUMNS = (  # heading, width
@@ -421,14 +382,14 @@ def row(res: HitResult) -> list[str]:
         res.target,
         f"{m.qps:.0f}",
         str(m.lost),
-        _fmt(f.p50_latency_ms, ".3f"),
-        _fmt(f.p99_latency_ms, ".3f"),
+        fmt(f.p50_latency_ms, ".3f"),
+        fmt(f.p99_latency_ms, ".3f"),
         f"{f.avg_latency_ms:.3f}",
         str(f.lost),
-        _fmt(res.cpu_us_per_query, ".1f"),
-        _pct(res.forwarder_core_busy),
-        _pct(res.load_core_busy),
-        _pct(max(res.others_fixed_share or 0, res.others_max_share or 0)),
+        fmt(res.cpu_us_per_query, ".1f"),
+        pct(res.forwarder_core_busy),
+        pct(res.load_core_busy),
+        pct(max(res.others_fixed_share or 0, res.others_max_share or 0)),
         _mib(res.rss_hot_kib),
     ]
 
@@ -449,7 +410,7 @@ def ratios(results: dict[str, HitResult]) -> dict[str, float | None]:
             return None
         return WHAT[what](res)
 
-    return {f"stubby-py/bare {w}": _ratio(get(ours, w), get(bare, w)) for w in WHAT}
+    return {f"stubby-py/bare {w}": ratio_of(get(ours, w), get(bare, w)) for w in WHAT}
 
 
 def _verdict(value: float | None, ok: bool) -> str:
@@ -460,10 +421,10 @@ def ratio_lines(results: dict[str, HitResult]) -> list[str]:
     r = ratios(results)
     qps = r["stubby-py/bare qps"]
     return [
-        f"stubby-py / bare   max qps {_fmt(qps, '.2f')}   target >= {QPS_TARGET}"
+        f"stubby-py / bare   max qps {fmt(qps, '.2f')}   target >= {QPS_TARGET}"
         + _verdict(qps, qps is not None and qps >= QPS_TARGET),
-        f"stubby-py / bare   cpu per query {_fmt(r['stubby-py/bare cpu'], '.2f')}   "
-        f"p50 {_fmt(r['stubby-py/bare p50'], '.2f')}   p99 {_fmt(r['stubby-py/bare p99'], '.2f')}",
+        f"stubby-py / bare   cpu per query {fmt(r['stubby-py/bare cpu'], '.2f')}   "
+        f"p50 {fmt(r['stubby-py/bare p50'], '.2f')}   p99 {fmt(r['stubby-py/bare p99'], '.2f')}",
     ]
 
 
@@ -526,7 +487,7 @@ def hit_notes(res: HitResult) -> list[str]:
         ratio = None if hits["hit_ratio"] is None else hits["hit_ratio"] * 100
         notes.append(
             f"stubby-py over the measured runs counted {hits['queries']} queries: "
-            f"{hits['hits']} cache hits, {hits['misses']} misses (hit ratio {_fmt(ratio, '.3f')} "
+            f"{hits['hits']} cache hits, {hits['misses']} misses (hit ratio {fmt(ratio, '.3f')} "
             f"%), {hits['upstream_queries']} sent upstream"
         )
     for i, fill in enumerate(res.fill, 1):
@@ -586,17 +547,12 @@ def report(results: dict[str, HitResult], idle: dict[int, float], args: argparse
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--duration",
-        type=float,
-        default=10.0,
-        help="seconds per dnsperf run (two runs per target; default 10)",
+    common_options(
+        parser, duration=10.0, duration_help="seconds per dnsperf run, two runs per target"
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument(
         "--stubby-py-args", default="", help="extra arguments appended to 'stubby-py run ...'"
     )
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     args = parser.parse_args(argv)
     if not 1 <= args.duration <= 20:
         parser.error("duration: 1..20 s")
@@ -607,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_cpus(("unbound", "dnsperf", "dig", "kdig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     idle = background_load()
     with workspace(args.keep, "bench-cache-hits-") as (children, tmp):
         bench = prepare(children, tmp, args)
@@ -617,7 +573,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -37,12 +37,7 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.dnssec_hierarchy
-
-from cache_hits import others_seconds, process_ticks, vm_kib  # noqa: E402
-from forwarding import (  # noqa: E402
+from bench.harness import (
     CLK_TCK,
     FORWARDER_CPU,
     HOST,
@@ -51,28 +46,32 @@ from forwarding import (  # noqa: E402
     READY_TIMEOUT,
     Children,
     Dnsperf,
-    _fmt,
-    _pct,
-    _raise_on_signal,
-    _ratio,
     background_load,
     busy_note,
     busy_share,
     check_cpus,
+    common_options,
     core_times,
     cpu_ticks,
     dnsperf,
+    fmt,
     free_ports,
+    others_seconds,
+    pct,
+    process_ticks,
+    raise_on_signal,
+    ratio_of,
     read_tail,
+    run_main,
     set_affinity,
     stubby_py_command,
     udp_drops,
+    vm_kib,
     workspace,
     write_json,
 )
-
-from stubby_py.daemon import control  # noqa: E402
-from tests.dnssec_hierarchy import (  # noqa: E402
+from stubby_py.daemon import control
+from tests.dnssec_hierarchy import (
     Hierarchy,
     ZoneSpec,
     _apex,
@@ -620,7 +619,7 @@ def memory_table(memory: Memory) -> list[str]:
         f"  {memory.cache.get('entries', 0):,} answers cached     {full:>7.1f} MiB   "
         f"target < {MEMORY_TARGET_MIB} MiB: {verdict}",
         f"  the cache's share {(memory.rss_full_kib - memory.rss_start_kib) / 1024:.1f} MiB; "
-        f"peak RSS (VmHWM) {_fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; "
+        f"peak RSS (VmHWM) {fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; "
         f"fill answers {rcodes}",
     ]
 
@@ -674,14 +673,14 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
                     row.label,
                     f"{row.max_rate.qps:.0f}",
                     str(row.max_rate.lost),
-                    _fmt(row.cpu_us_per_query, ".1f"),
-                    _fmt(row.upstream_cpu_us_per_query, ".1f"),
-                    _fmt(_ratio(row.max_rate.qps, base_qps), ".2f"),
-                    _fmt(_ratio(row.cpu_us_per_query, base_cpu), ".2f"),
-                    _fmt(_ratio(row.cpu_us_per_query, ub_cpu), ".2f"),
-                    _pct(row.forwarder_core_busy),
-                    _pct(row.load_core_busy),
-                    _pct(row.others_share),
+                    fmt(row.cpu_us_per_query, ".1f"),
+                    fmt(row.upstream_cpu_us_per_query, ".1f"),
+                    fmt(ratio_of(row.max_rate.qps, base_qps), ".2f"),
+                    fmt(ratio_of(row.cpu_us_per_query, base_cpu), ".2f"),
+                    fmt(ratio_of(row.cpu_us_per_query, ub_cpu), ".2f"),
+                    pct(row.forwarder_core_busy),
+                    pct(row.load_core_busy),
+                    pct(row.others_share),
                 ]
             )
         )
@@ -694,9 +693,9 @@ def cold_summary(cold: Cold) -> dict[str, Any]:
     return {
         "p50_ms": {"off": off, "warm": warm, "cold_zone": zone, "cold_full": full},
         "ratios": {
-            "warm/off": _ratio(warm, off),
-            "cold_zone/warm": _ratio(zone, warm),
-            "cold_full/warm": _ratio(full, warm),
+            "warm/off": ratio_of(warm, off),
+            "cold_zone/warm": ratio_of(zone, warm),
+            "cold_full/warm": ratio_of(full, warm),
         },
         "upstream_queries_p50": {
             "cold_full": _p50(cold.full_upstream_queries),
@@ -711,20 +710,19 @@ def cold_table(cold: Cold) -> list[str]:
     rounds = len(cold.cold_full)
     return [
         f"latency of one query through a fresh daemon, p50 over {rounds} rounds "
-        f"(others {_pct(cold.others_share)} % of a core meanwhile)",
+        f"(others {pct(cold.others_share)} % of a core meanwhile)",
         "",
         f"{'query':<44}{'p50 ms':>8}{'/warm':>8}{'upstream q':>12}",
-        f"{'off: ' + COLD_ZONE_FULL + ' A, validation off':<44}{_fmt(p50['off'], '.3f'):>8}"
-        f"{_fmt(_ratio(p50['off'], p50['warm']), '.2f'):>8}{1:>12}",
-        f"{'warm: same zone, keys cached (TXT)':<44}{_fmt(p50['warm'], '.3f'):>8}{1.0:>8.2f}"
-        f"{1:>12}",
+        f"{'off: ' + COLD_ZONE_FULL + ' A, validation off':<44}{fmt(p50['off'], '.3f'):>8}"
+        f"{fmt(ratio_of(p50['off'], p50['warm']), '.2f'):>8}{1:>12}",
+        f"{'warm: same zone, keys cached (TXT)':<44}{fmt(p50['warm'], '.3f'):>8}{1.0:>8.2f}{1:>12}",
         f"{'cold zone: ' + COLD_ZONE_ONLY + ' (. test. cached)':<44}"
-        f"{_fmt(p50['cold_zone'], '.3f'):>8}{_fmt(ratio['cold_zone/warm'], '.2f'):>8}"
-        f"{_fmt(ups['cold_zone'], '.0f'):>12}",
-        f"{'cold chain: first query (. test. zone)':<44}{_fmt(p50['cold_full'], '.3f'):>8}"
-        f"{_fmt(ratio['cold_full/warm'], '.2f'):>8}{_fmt(ups['cold_full'], '.0f'):>12}",
+        f"{fmt(p50['cold_zone'], '.3f'):>8}{fmt(ratio['cold_zone/warm'], '.2f'):>8}"
+        f"{fmt(ups['cold_zone'], '.0f'):>12}",
+        f"{'cold chain: first query (. test. zone)':<44}{fmt(p50['cold_full'], '.3f'):>8}"
+        f"{fmt(ratio['cold_full/warm'], '.2f'):>8}{fmt(ups['cold_full'], '.0f'):>12}",
         "",
-        f"warm / off p50: {_fmt(ratio['warm/off'], '.2f')}",
+        f"warm / off p50: {fmt(ratio['warm/off'], '.2f')}",
     ]
 
 
@@ -775,7 +773,12 @@ def notes(rows: Sequence[Row], cold: Cold | None, idle: dict[int, float]) -> lis
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per row (10)")
+    common_options(
+        parser,
+        duration=10.0,
+        duration_help="seconds per row",
+        keep_help="keep the temp dir (logs, zones)",
+    )
     parser.add_argument(
         "--loads",
         default=",".join(DEFAULT_LOADS),
@@ -805,8 +808,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "before its RSS is read (comma-separated; '' leaves the measurement out; default "
         "a-insecure: unsigned A answers proven insecure below the signed test.)",
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, zones)")
     args = parser.parse_args(argv)
     args.loads = [key for key in args.loads.split(",") if key]
     args.memory = [key for key in args.memory.split(",") if key]
@@ -837,7 +838,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_cpus(TOOLS)
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     idle = background_load()
     rows: list[Row] = []
     cold: Cold | None = None
@@ -870,7 +871,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

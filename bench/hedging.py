@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hedging benchmark: tail latency of stubby-py with hedging on and off, one upstream stalling.
 
-Three local DoT upstreams (tests/upstream_server.py LocalUpstream, trustme CA, in one process of
+Three local DoT upstreams (tests/servers/stream.py LocalUpstream, trustme CA, in one process of
 their own on CPU 1); the first, listed first, never answers 10 % of names. stubby-py (CPU 0) runs
 `strategy: failover`, `attempt_timeout: 1.0` and `failures_to_down: 100` (the most it accepts; the
 stalling upstream stays first), once with `hedge: false`, once with `hedge: true, hedge_max: 0.2`.
@@ -29,23 +29,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.upstream_server
-
-from forwarding import (  # noqa: E402
+from bench.harness import (
     AUTH_NAME,
     DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
     LOAD_CPU,
-    _fmt,
-    _raise_on_signal,
     check_cpus,
+    common_options,
+    fmt,
     free_ports,
     make_certs,
+    module_argv,
+    raise_on_signal,
     read_tail,
     rounded,
+    run_main,
     wait_until_answers,
     workspace,
     write_query_file,
@@ -78,17 +77,17 @@ def stalls(name: str) -> bool:
 
 
 # --------------------------------------------------------------------------- upstreams
-# (run in a child process: `hedging.py --serve-upstreams ...`)
+# (run in a child process: `python -m bench.hedging --serve-upstreams ...`)
 
 
 def serve_upstreams(args: argparse.Namespace) -> int:
-    from tests.upstream_server import LocalUpstream
+    from tests.servers import LocalUpstream, Misbehaviour
 
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
     servers = [LocalUpstream(context).start() for _ in range(3)]
     servers[0].state.chooser = lambda q: (
-        "stall" if stalls(q.question[0].name.to_text()) else "answer"
+        Misbehaviour.STALL if stalls(q.question[0].name.to_text()) else Misbehaviour.NONE
     )
     done = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -108,8 +107,7 @@ def start_upstreams(children: Any, tmp: Path, certs: Any) -> list[int]:
         "taskset",
         "-c",
         str(LOAD_CPU),
-        sys.executable,
-        __file__,
+        *module_argv("bench.hedging"),
         "--serve-upstreams",
         "--cert",
         str(certs.cert),
@@ -287,9 +285,9 @@ def table(runs: Sequence[Run], queries: int) -> str:
         other = sum(v for k, v in run.rcodes.items() if k not in ("NOERROR", "SERVFAIL"))
         attempts = " / ".join(str(u.get("queries", "?")) for u in run.upstreams) or "-"
         lines.append(
-            f"{run.setting:<10}{run.sent:>6}{run.stalled_names:>8}{_fmt(run.p50_ms, '.2f'):>9}"
-            f"{_fmt(run.p90_ms, '.2f'):>9}{_fmt(run.p99_ms, '.2f'):>9}"
-            f"{_fmt(run.max_ms, '.1f'):>9}{run.lost:>6}{servfail:>9}{other:>6}  {attempts}"
+            f"{run.setting:<10}{run.sent:>6}{run.stalled_names:>8}{fmt(run.p50_ms, '.2f'):>9}"
+            f"{fmt(run.p90_ms, '.2f'):>9}{fmt(run.p99_ms, '.2f'):>9}"
+            f"{fmt(run.max_ms, '.1f'):>9}{run.lost:>6}{servfail:>9}{other:>6}  {attempts}"
         )
     return "\n".join(lines)
 
@@ -335,11 +333,10 @@ def report(runs: Sequence[Run], args: argparse.Namespace) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    common_options(parser)
     parser.add_argument(
         "--queries", type=int, default=2000, help="queries per setting (default 2000)"
     )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     # the script's own child process
     parser.add_argument("--serve-upstreams", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
@@ -357,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_upstreams(args)
     check_cpus(("dnsperf", "dig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     with workspace(args.keep, "bench-hedging-") as (children, tmp):
         certs = make_certs(tmp)
         setup = Setup(children, tmp, certs, start_upstreams(children, tmp, certs), args.queries)
@@ -374,7 +371,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

@@ -3,7 +3,7 @@
 
 One local Unbound serves ``*.bench`` over DoT (as in forwarding.py). Between it and each forwarder
 sits a TCP relay that kills every connection with a TCP RST after the server has sent a given
-number of TLS records on it (tests/tamper_proxy.py, ResettingProxy; 30 by default: about 25
+number of TLS records on it (tests/servers/tamper_proxy.py, ResettingProxy; 30 by default: about 25
 replies, the encrypted TLS 1.3 handshake and session tickets count too), as a NAT or firewall that
 cuts long-lived TLS does. dnsperf sends unique names at a fixed rate to stubby-py, Stubby and an
 Unbound configured as a DoT forwarder, in turn, each through its own fresh relay; the table gives
@@ -16,34 +16,31 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.tamper_proxy
-
-from forwarding import (  # noqa: E402
+from bench.harness import (
     AUTH_NAME,
     DNSSEC_OFF,
     FORWARDER_CPU,
     HOST,
-    LOAD_CPU,
     Certs,
     Children,
     Ports,
-    _fmt,
-    _raise_on_signal,
     background_load,
     busy_note,
     check_cpus,
+    common_options,
     dnsperf,
+    fmt,
     free_ports,
     make_certs,
+    proxy_counts,
+    raise_on_signal,
     read_tail,
+    run_main,
+    start_resetting_proxy,
     start_unbound,
     stubby_conf,
     stubby_py_command,
@@ -58,41 +55,16 @@ OUTSTANDING = 500  # dnsperf -q: never the limit at the default rate
 QUERY_TIMEOUT = 5  # dnsperf -t: above every forwarder's own deadline, so its SERVFAILs are seen
 
 # --------------------------------------------------------------------------- the relay
-# (run in a child process: `resets.py --serve-proxy ...`)
+# (bench.harness.start_resetting_proxy runs it as tests.servers.tamper_proxy; `--serve-proxy`
+# runs the same relay in this script's process)
 
 
 def serve_proxy(args: argparse.Namespace) -> int:
-    from tests.tamper_proxy import main as proxy_main
+    from tests.servers.tamper_proxy import main as proxy_main
 
     port, upstream, cut_after = str(args.proxy_port), str(args.upstream), str(args.cut_after)
     silent = ["--silent"] if args.silent else []
     return proxy_main(["--port", port, "--upstream", upstream, "--cut-after", cut_after, *silent])
-
-
-def start_proxy(children: Children, log: Path, port: int, upstream: int, args: Any) -> Any:
-    argv = [
-        "taskset", "-c", str(LOAD_CPU), sys.executable, __file__, "--serve-proxy",
-        "--proxy-port", str(port), "--upstream", str(upstream), "--cut-after", str(args.cut_after),
-        *(["--silent"] if args.silent else []),
-    ]  # fmt: skip
-    proc = children.start(argv, log)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if "listening on" in read_tail(log):
-            return proc
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    raise RuntimeError(f"the relay did not start:\n{read_tail(log)}")
-
-
-def proxy_counts(log: Path) -> tuple[int | None, int | None]:
-    """(connections, cuts) from the line the relay prints when it stops."""
-    for line in read_tail(log, 4000).splitlines():
-        if line.startswith("connections "):
-            _, connections, _, cuts = line.split()
-            return int(connections), int(cuts)
-    return None, None
 
 
 # --------------------------------------------------------------------------- the forwarders
@@ -179,7 +151,9 @@ def run_target(setup: Setup, target: str) -> Result:
     args = setup.args
     port, proxy_port = free_ports(2)
     proxy_log = setup.tmp / f"relay-{target}.log"
-    proxy = start_proxy(setup.children, proxy_log, proxy_port, setup.dot, args)
+    proxy = start_resetting_proxy(
+        setup.children, proxy_log, proxy_port, setup.dot, args.cut_after, args.silent
+    )
     result = Result(target)
     log = setup.tmp / f"{target}.log"
     try:
@@ -240,8 +214,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         share = r.noerror_share
         other = r.sent - r.noerror - r.servfail - r.lost
         lines.append(line([
-            r.target, str(r.sent), _fmt(None if share is None else share * 100, ".1f"),
-            str(r.servfail), str(r.lost), str(other), _fmt(r.cuts, "d"),
+            r.target, str(r.sent), fmt(None if share is None else share * 100, ".1f"),
+            str(r.servfail), str(r.lost), str(other), fmt(r.cuts, "d"),
         ]))  # fmt: skip
     return "\n".join(lines)
 
@@ -268,7 +242,7 @@ def report(results: list[Result], idle: dict[int, float], args: argparse.Namespa
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per target (10)")
+    common_options(parser, duration=10.0, duration_help="seconds per target")
     parser.add_argument("--rate", type=int, default=1000, help="queries per second (1000)")
     parser.add_argument(
         "--cut-after", type=int, default=30, help="TLS records per connection before the cut (30)"
@@ -279,8 +253,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="cut silently (no RST to the forwarder: a NAT that forgot the flow)",
     )
     parser.add_argument("--targets", default=",".join(TARGETS), help=f"subset of {TARGETS}")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     # the relay's own process
     parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--proxy-port", type=int, default=0, help=argparse.SUPPRESS)
@@ -301,7 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve_proxy(args)
     check_cpus(("unbound", "dnsperf", "stubby", "dig", "kdig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     idle = background_load()
     with workspace(args.keep, "bench-resets-") as (children, tmp):
         plain, dot = free_ports(2)
@@ -320,7 +292,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

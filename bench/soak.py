@@ -3,8 +3,8 @@
 
 One daemon (validation off, strategy round_robin, a small cache) forwards to one upstream per
 transport asked for: DoT and DoH over HTTP/2 to a local Unbound, each through a relay that resets
-every connection after a number of TLS records (tests/tamper_proxy.py, as bench/resets.py);
-DoH over HTTP/3 and DoQ to the aioquic test servers (tests/quic_servers.py, as
+every connection after a number of TLS records (tests/servers/tamper_proxy.py, as bench/resets.py);
+DoH over HTTP/3 and DoQ to the aioquic test servers (tests/servers/quic.py, as
 bench/transports.py). dnsperf sends names never asked before at a bounded rate, so every query
 goes upstream and the cache turns over past its bound within seconds.
 Meanwhile, on their own clocks:
@@ -43,27 +43,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO)]
-
-from forwarding import (  # noqa: E402
+from bench.harness import (
     AUTH_NAME,
+    DOH_PATH,
     FORWARDER_CPU,
     HOST,
     Children,
-    _raise_on_signal,
+    DoHPorts,
     check_cpus,
+    common_options,
     dnsperf,
     free_ports,
     make_certs,
+    proxy_counts,
+    quic_uri,
+    raise_on_signal,
     read_tail,
+    run_main,
+    start_doh_unbound,
+    start_quic_server,
+    start_resetting_proxy,
     wait_until_answers,
     workspace,
     write_query_file,
 )
-from resets import proxy_counts, start_proxy  # noqa: E402
-from transports import DOH_PATH, Ports, quic_uri, start_quic_server, start_unbound  # noqa: E402
 
 TRANSPORTS = ("dot", "doh", "h3", "doq")
 MIB = 1024 * 1024
@@ -141,7 +144,9 @@ def write_conf(soak: Soak, idle: float) -> None:
 
 def relay(soak: Soak, name: str, upstream: int, port: int) -> Any:
     log = soak.tmp / f"relay-{name}-{time.monotonic():.0f}.log"
-    return start_proxy(soak.children, log, port, upstream, soak.args)
+    return start_resetting_proxy(
+        soak.children, log, port, upstream, soak.args.cut_after, silent=False
+    )
 
 
 def start_upstreams(soak: Soak, certs: Any) -> list[str]:
@@ -149,8 +154,8 @@ def start_upstreams(soak: Soak, certs: Any) -> list[str]:
     args, tmp = soak.args, soak.tmp
     uris = []
     if {"dot", "doh"} & set(args.transports):
-        ports = Ports(*free_ports(3))
-        start_unbound(soak.children, tmp, ports, certs)
+        ports = DoHPorts(*free_ports(3))
+        start_doh_unbound(soak.children, tmp, ports, certs)
         for name, server in (("dot", ports.dot), ("doh", ports.doh)):
             if name not in args.transports:
                 continue
@@ -387,6 +392,9 @@ def run(soak: Soak) -> list[Sample]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common_options(
+        parser, keep_help="keep logs and configs", json_help="write the samples as JSON here"
+    )
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the run")
     parser.add_argument("--rate", type=int, default=500, help="queries per second (dnsperf -Q)")
     parser.add_argument("--interval", type=float, default=30.0, help="seconds between samples")
@@ -394,21 +402,30 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         type=lambda s: [t for t in s.split(",") if t],
                         help=f"comma-separated, of {','.join(TRANSPORTS)}")  # fmt: skip
     parser.add_argument("--cache-size", type=int, default=5000, help="the daemon's cache_size")
-    parser.add_argument("--cut-after", type=int, default=30,
-                        help="TLS records the relays let through per connection (0: no resets)")
+    parser.add_argument(
+        "--cut-after",
+        type=int,
+        default=30,
+        help="TLS records the relays let through per connection (0: no resets)",
+    )
     parser.add_argument("--reload-every", type=float, default=60.0, help="seconds; 0: never")
     parser.add_argument("--netchange-every", type=float, default=90.0, help="seconds; 0: never")
-    parser.add_argument("--outage-every", type=float, default=300.0,
-                        help="seconds between DoT upstream outages; 0: never")
+    parser.add_argument(
+        "--outage-every",
+        type=float,
+        default=300.0,
+        help="seconds between DoT upstream outages; 0: never",
+    )
     parser.add_argument("--outage-seconds", type=float, default=20.0)
-    parser.add_argument("--idle-gap-every", type=int, default=4,
-                        help=f"a {IDLE_GAP} s pause in the load after every N samples; 0: never")
+    parser.add_argument(
+        "--idle-gap-every",
+        type=int,
+        default=4,
+        help=f"a {IDLE_GAP} s pause in the load after every N samples; 0: never",
+    )
     parser.add_argument("--tracemalloc", metavar="FILE", help="tracemalloc diffs to FILE")
-    parser.add_argument("--json", type=Path, help="write the samples as JSON here")
     parser.add_argument("--png", type=Path, help="plot here (needs matplotlib)")
-    parser.add_argument("--keep", action="store_true", help="keep logs and configs")
     args = parser.parse_args(argv)
-    args.silent = False  # what resets.start_proxy reads
     unknown = set(args.transports) - set(TRANSPORTS)
     if unknown or not args.transports:
         parser.error(f"--transports: expected some of {','.join(TRANSPORTS)}")
@@ -419,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     check_cpus(("unbound", "dnsperf", "dig", "kdig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     with workspace(args.keep, "bench-soak-") as (children, tmp):
         certs = make_certs(tmp)
         soak = Soak(args, children, tmp)
@@ -454,7 +471,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

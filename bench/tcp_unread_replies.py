@@ -3,12 +3,12 @@
 connection's fate.
 
 Starts stubby-py as a subprocess (tcp_idle_timeout 2 s) forwarding to a local plain-TCP upstream
-(tests/upstream_server.py) that answers ``big.example TXT`` with ~11.6 KB; caches that answer;
+(tests/servers/stream.py) that answers ``big.example TXT`` with ~11.6 KB; caches that answer;
 then one client sends 10,000 pipelined queries for it on one connection and reads nothing. Prints
 the daemon's RSS before and one second after, whether another client is still answered, and when
 the daemon closed the connection (polled with ``ss``).
 
-    PYTHONPATH=$PWD python bench/tcp_unread_replies.py
+    PYTHONPATH=$PWD python -m bench.tcp_unread_replies
 """
 
 from __future__ import annotations
@@ -24,10 +24,8 @@ from pathlib import Path
 import dns.message
 import dns.query
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from tests.servers import local_upstream
 from tests.service import write_config
-from tests.upstream_server import local_upstream
 
 BIG = "big.example."
 QUERIES = 10_000

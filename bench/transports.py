@@ -7,7 +7,7 @@ CPU 1, stubby-py to CPU 0), through stubby-py with one upstream on each transpor
 - DoT (RFC 7858) and DoH over HTTP/2 (RFC 8484) to one local Unbound (its nghttp2 DoH server),
   each compared with Unbound's plain port queried directly;
 - DoH over HTTP/3 (RFC 9114) and DoQ (RFC 9250) to the aioquic test servers of
-  tests/quic_servers.py, each in a process of its own, each compared with that server queried
+  tests/servers/quic.py, each in a process of its own, each compared with that server queried
   directly by a Python client (stubby-py's own transport, no listener). Those servers are
   Python, so they, not stubby-py, set the pace on these rows.
 
@@ -34,15 +34,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-sys.path[:0] = [str(BENCH), str(REPO)]  # bench helpers; tests.quic_servers
-
-from forwarding import (  # noqa: E402
-    ANSWER,
+from bench.harness import (
     AUTH_NAME,
     CLK_TCK,
     DNSSEC_OFF,
+    DOH_PATH,
     FIXED_QPS,
     FORWARDER_CPU,
     HOST,
@@ -53,33 +49,37 @@ from forwarding import (  # noqa: E402
     QUERY_TIMEOUT,
     ZONE,
     Dnsperf,
+    DoHPorts,
     Result,
     Sample,
-    _fmt,
-    _pct,
-    _raise_on_signal,
     background_load,
     busy_note,
     busy_share,
     check_cpus,
-    check_dot,
+    common_options,
     core_times,
     cpu_ticks,
     dnsperf,
+    fmt,
     free_ports,
     make_certs,
+    module_argv,
+    pct,
+    quic_uri,
+    raise_on_signal,
     read_tail,
     record_counters,
+    run_main,
     set_affinity,
+    start_doh_unbound,
+    start_quic_server,
     target_notes,
-    unbound_conf,
     wait_until_answers,
     workspace,
     write_json,
     write_query_file,
 )
 
-DOH_PATH = "/dns-query"
 #: queries in flight from the direct client to a Python QUIC server at max rate
 DIRECT_CONCURRENCY = 200
 TRANSPORTS = ("dot", "doh", "h3", "doq")
@@ -89,89 +89,6 @@ user: null
 cache_file: false
 control_socket: "{socket}"
 """
-
-# --------------------------------------------------------------------------- setup
-
-
-@dataclass(frozen=True)
-class Ports:
-    plain: int
-    dot: int
-    doh: int
-
-
-def unbound_doh_conf(tmp: Path, ports: Ports, certs: Any) -> str:
-    """forwarding.py's Unbound, plus its nghttp2 DoH server on ports.doh (same certificate)."""
-    doh = (
-        f"    interface: {HOST}@{ports.doh}\n"
-        f"    https-port: {ports.doh}\n"
-        f"    http-endpoint: {DOH_PATH}\n"
-        "    http-notls-downstream: no\n"
-    )
-    return unbound_conf(tmp, ports, certs).replace("server:\n", "server:\n" + doh, 1)
-
-
-def check_doh(children: Any, ports: Ports, certs: Any) -> None:
-    argv = [
-        "kdig",
-        f"+https={DOH_PATH}",
-        f"+tls-ca={certs.ca}",
-        f"+tls-hostname={AUTH_NAME}",
-        f"@{HOST}",
-        "-p",
-        str(ports.doh),
-        f"x.{ZONE}",
-    ]
-    out, err = children.run(argv, timeout=10)
-    if ANSWER not in out:
-        raise RuntimeError(f"Unbound does not serve DoH: {' '.join(argv)}\n{out}{err}")
-
-
-def start_unbound(children: Any, tmp: Path, ports: Ports, certs: Any) -> subprocess.Popen[bytes]:
-    conf = tmp / "unbound.conf"
-    conf.write_text(unbound_doh_conf(tmp, ports, certs))
-    argv = ["taskset", "-c", str(LOAD_CPU), "unbound", "-d", "-c", str(conf)]
-    proc = children.start(argv, tmp / "unbound.stderr")
-    try:
-        wait_until_answers(children, proc, ports.plain, "unbound")
-        check_dot(children, ports, certs)
-        check_doh(children, ports, certs)
-    except RuntimeError as exc:
-        raise RuntimeError(f"{exc}\n{read_tail(tmp / 'unbound.log')}") from None
-    return proc
-
-
-def start_quic_server(
-    children: Any, tmp: Path, certs: Any, kind: str
-) -> tuple[subprocess.Popen[bytes], int]:
-    """One tests/quic_servers.py server ("doq" or "h3") in a process of its own on LOAD_CPU."""
-    port_file = tmp / f"{kind}-server.port"
-    argv = [
-        "taskset",
-        "-c",
-        str(LOAD_CPU),
-        sys.executable,
-        __file__,
-        "--serve-quic",
-        kind,
-        "--cert",
-        str(certs.cert),
-        "--key",
-        str(certs.key),
-        "--port-file",
-        str(port_file),
-    ]
-    proc = children.start(argv, tmp / f"{kind}-server.log")
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        if port_file.exists() and port_file.read_text().strip():
-            return proc, int(port_file.read_text())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.1)
-    children.stop(proc)
-    raise RuntimeError(f"{kind} server did not start:\n{read_tail(tmp / f'{kind}-server.log')}")
-
 
 # --------------------------------------------------------------------------- rows
 
@@ -195,7 +112,7 @@ class Row:
 class Setup:
     children: Any
     tmp: Path
-    ports: Ports
+    ports: DoHPorts
     certs: Any
     unbound: subprocess.Popen[bytes]
     max_names: Path
@@ -305,8 +222,7 @@ def direct_client(setup: Setup, uri: str, rate: int, first: int) -> dict[str, An
         "taskset",
         "-c",
         str(FORWARDER_CPU),
-        sys.executable,
-        __file__,
+        *module_argv("bench.transports"),
         "--direct-client",
         uri,
         "--ca-file",
@@ -359,12 +275,6 @@ def quic_direct_row(setup: Setup, name: str, transport: str, uri: str, server: i
 
 def announce(text: str) -> None:
     print(f"-- {text}", file=sys.stderr, flush=True)
-
-
-def quic_uri(kind: str, port: int) -> str:
-    if kind == "h3":
-        return f"h3://{HOST}:{port}{DOH_PATH}"
-    return f"quic://{HOST}:{port}#{AUTH_NAME}"
 
 
 def quic_rows(setup: Setup, kind: str) -> list[Row]:
@@ -505,11 +415,11 @@ def run_direct_client(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- QUIC server
-# (runs in a child process: `transports.py --serve-quic doq|h3 ...`)
+# (runs in a child process: `python -m bench.transports --serve-quic doq|h3 ...`)
 
 
 def serve_quic(args: argparse.Namespace) -> int:
-    from tests.quic_servers import DoQServer, H3DoHServer
+    from tests.servers import DoQServer, H3DoHServer
 
     server = (DoQServer if args.serve_quic == "doq" else H3DoHServer)(args.cert, args.key)
     # the test server records every query; a benchmark keeps none
@@ -558,15 +468,15 @@ def cells(row: Row, rows: dict[str, Row]) -> list[str]:
     return [
         row.name,
         f"{m.qps:.0f}",
-        _fmt(ratio(row, rows), ".2f"),
+        fmt(ratio(row, rows), ".2f"),
         str(m.lost),
-        _fmt(f.avg_latency_ms if f else None, ".3f"),
-        _fmt(f.p50_latency_ms if f else None, ".3f"),
-        _fmt(f.p99_latency_ms if f else None, ".3f"),
-        _fmt(res.cpu_us_per_query, ".1f"),
-        _fmt(res.upstream_cpu_us_per_query, ".1f"),
-        _pct(res.forwarder_core_busy),
-        _pct(res.load_core_busy),
+        fmt(f.avg_latency_ms if f else None, ".3f"),
+        fmt(f.p50_latency_ms if f else None, ".3f"),
+        fmt(f.p99_latency_ms if f else None, ".3f"),
+        fmt(res.cpu_us_per_query, ".1f"),
+        fmt(res.upstream_cpu_us_per_query, ".1f"),
+        pct(res.forwarder_core_busy),
+        pct(res.load_core_busy),
     ]
 
 
@@ -646,16 +556,12 @@ def report(rows: dict[str, Row], idle: dict[int, float], args: argparse.Namespac
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument(
-        "--duration", type=float, default=5.0, help="seconds per load run (default 5)"
-    )
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    common_options(parser, duration=5.0, duration_help="seconds per load run")
     parser.add_argument(
         "--transports",
         default=",".join(TRANSPORTS),
         help=f"comma-separated subset of {','.join(TRANSPORTS)} (default: all)",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, configs)")
     # the script's own child processes
     parser.add_argument("--serve-quic", choices=("doq", "h3"), help=argparse.SUPPRESS)
     parser.add_argument("--cert", help=argparse.SUPPRESS)
@@ -674,9 +580,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def prepare(children: Any, tmp: Path, duration: float) -> Setup:
-    ports = Ports(*free_ports(3))
+    ports = DoHPorts(*free_ports(3))
     certs = make_certs(tmp)
-    unbound = start_unbound(children, tmp, ports, certs)
+    unbound = start_doh_unbound(children, tmp, ports, certs)
     max_count = int(MAX_QPS_CAP * duration)
     max_names, fixed_names = tmp / "max.txt", tmp / "fixed.txt"
     write_query_file(max_names, 0, max_count)
@@ -692,7 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_direct_client(args)
     check_cpus(("unbound", "dnsperf", "dig", "kdig", "taskset"))
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_on_signal)
+        signal.signal(signum, raise_on_signal)
     idle = background_load()
     with workspace(args.keep, "bench-transports-") as (children, tmp):
         setup = prepare(children, tmp, args.duration)
@@ -702,7 +608,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        sys.exit(130)
+    run_main(main)

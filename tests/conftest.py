@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import LocalUpstream, local_upstream
 
 AUTH_NAME = "dns.test"
 

@@ -26,9 +26,15 @@ from stubby_py.core import benchstats
 from stubby_py.core.benchstats import Job, Tally, UpstreamResult
 from stubby_py.core.errors import StubbyError
 from tests.conftest import dot_uri, server_context
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server, h3_server
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import (
+    LocalUpstream,
+    Misbehaviour,
+    doq_server,
+    h2_server,
+    h3_server,
+    local_upstream,
+    write_cert_files,
+)
 
 pytestmark = pytest.mark.timeout(30)
 Capture = pytest.CaptureFixture[str]
@@ -208,7 +214,7 @@ def test_stalling_upstream_timeouts_are_counted(
     three_dot: list[LocalUpstream], ca_file: str, names_file: str, capsys: Capture
 ) -> None:
     stalling = three_dot[0]
-    stalling.state.behaviour = "stall"
+    stalling.state.misbehaviour = Misbehaviour.STALL
     uris = [dot_uri(s) for s in three_dot[:2]]
     args = ["--ca-file", ca_file, "--names", names_file, "--queries", "4", "--timeout", "0.25"]
     code, out, _ = _bench(capsys, *args, "--format", "json", *_upstream_args(*uris))

@@ -1,7 +1,7 @@
 """Upstreams by hostname (transports/bootstrap.py): resolved through the bootstrap resolvers only.
 
 A DoT upstream `tls://dot.test:PORT`, its certificate issued by the test CA for dot.test, whose
-bootstrap is a local plain resolver (tests/upstream_server.py) that knows dot.test: the daemon
+bootstrap is a local plain resolver (tests/servers/stream.py) that knows dot.test: the daemon
 answers through it, the bootstrap saw the A and AAAA questions, stubby-py's own listener never
 saw one for dot.test, and the addresses saved let a restart work with the bootstrap down. A
 bootstrap that lies or is unreachable is that upstream's `bootstrap` (or certificate) failure,
@@ -44,9 +44,15 @@ from stubby_py.transports import bootstrap
 from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server, h3_server
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import (
+    LocalUpstream,
+    Misbehaviour,
+    doq_server,
+    h2_server,
+    h3_server,
+    local_upstream,
+    write_cert_files,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -159,17 +165,17 @@ def test_unreachable_bootstrap_is_a_bootstrap_failure_and_the_pool_serves(
     ("behaviour", "said"),
     [
         # well-formed DNS, but no address of dot.test in it
-        ("answer", "no A or AAAA record for dot.test"),
+        (Misbehaviour.NONE, "no A or AAAA record for dot.test"),
         # random octets after the right ID: dropped as no reply at all (RFC 5452)
-        ("garbage", "timed out"),
+        (Misbehaviour.GARBAGE, "timed out"),
     ],
 )
 def test_bootstrap_reply_without_an_address_is_a_bootstrap_failure(
-    behaviour: str, said: str,
+    behaviour: Misbehaviour, said: str,
     dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path,
 ) -> None:  # fmt: skip
     resolver.state.records[f"{HOST}."] = [("CNAME", "elsewhere.test.")]
-    resolver.state.behaviour = behaviour
+    resolver.state.misbehaviour = behaviour
     config = config_for(dot_by_name, f"udp://127.0.0.1:{resolver.port}", ca_file, tmp_path)
     with running_daemon(config) as daemon:
         query = dns.message.make_query("a.example.", "A", use_edns=0)
@@ -235,7 +241,9 @@ def test_addresses_are_tried_in_order_within_one_connect(
 def test_a_bootstrap_that_drops_aaaa_questions_still_gives_the_a_answer(
     dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
 ) -> None:
-    resolver.state.chooser = lambda q: "stall" if q.question[0].rdtype == AAAA else "answer"
+    resolver.state.chooser = lambda q: (
+        Misbehaviour.STALL if q.question[0].rdtype == AAAA else Misbehaviour.NONE
+    )
     config = config_for(dot_by_name, f"udp://127.0.0.1:{resolver.port}", ca_file, tmp_path)
     with running_daemon(config) as daemon:
         assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
@@ -252,7 +260,7 @@ def test_failed_refresh_keeps_the_last_good_addresses(
     )  # fmt: skip
     with running_daemon(config) as daemon:
         assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
-        resolver.state.behaviour = "garbage"
+        resolver.state.misbehaviour = Misbehaviour.GARBAGE
         (book,) = bootstrap.books()
         for attempt in range(40):
             time.sleep(0.1)

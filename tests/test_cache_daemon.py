@@ -26,7 +26,7 @@ from dns.edns import EDECode
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 
 
 def config_for(server: LocalUpstream, ca_file: str, **changes):  # type: ignore[no-untyped-def]
@@ -146,16 +146,16 @@ def test_hundred_identical_queries_cause_one_upstream_query(
     assert counters["joined"] + counters["cache_hits"] == 99
 
 
-@pytest.mark.parametrize("fault", ["stall", "close"])
+@pytest.mark.parametrize("fault", [Misbehaviour.STALL, Misbehaviour.CLOSE])
 def test_stale_answer_when_the_upstream_fails_after_expiry(
-    dot_upstream: LocalUpstream, ca_file: str, fault: str
+    dot_upstream: LocalUpstream, ca_file: str, fault: Misbehaviour
 ) -> None:
     config = config_for(dot_upstream, ca_file, cache_max_ttl=1, timeout=0.6, attempt_timeout=0.5)
     with running_daemon(config) as daemon:
         fresh = ask(daemon.port, "stale.example.", use_edns=0)
         assert fresh.answer[0].ttl == 1 and not ede_codes(fresh)
         time.sleep(1.2)
-        dot_upstream.state.behaviour = fault
+        dot_upstream.state.misbehaviour = fault
         stale = ask(daemon.port, "stale.example.", use_edns=0)
         assert stale.rcode() == dns.rcode.NOERROR
         assert stale.answer[0][0].address == "192.0.2.1"
@@ -178,12 +178,12 @@ def test_stale_serving_can_be_switched_off(dot_upstream: LocalUpstream, ca_file:
     with running_daemon(config) as daemon:
         ask(daemon.port, "nostale.example.")
         time.sleep(1.2)
-        dot_upstream.state.behaviour = "close"
+        dot_upstream.state.misbehaviour = Misbehaviour.CLOSE
         assert ask(daemon.port, "nostale.example.").rcode() == dns.rcode.SERVFAIL
 
 
 def test_failed_question_is_held_then_retried(dot_upstream: LocalUpstream, ca_file: str) -> None:
-    dot_upstream.state.behaviour = "close"
+    dot_upstream.state.misbehaviour = Misbehaviour.CLOSE
     config = config_for(dot_upstream, ca_file, timeout=1.0, attempt_timeout=1.0)
     with running_daemon(config) as daemon:
         first = ask(daemon.port, "broken.example.", use_edns=0)
@@ -194,7 +194,7 @@ def test_failed_question_is_held_then_retried(dot_upstream: LocalUpstream, ca_fi
         assert held.rcode() == dns.rcode.SERVFAIL
         assert ede_codes(held) == [EDECode.CACHED_ERROR]
         assert len(dot_upstream.state.queries) == asked  # no retry storm
-        dot_upstream.state.behaviour = "answer"
+        dot_upstream.state.misbehaviour = Misbehaviour.NONE
         time.sleep(1.05)  # the first hold is 1 s
         assert ask(daemon.port, "broken.example.").rcode() == dns.rcode.NOERROR
 
@@ -297,7 +297,7 @@ def test_state_directory_persistence_and_sigusr2_flush(
         stderr = _stop_process(process)
     assert "cache flushed, 1 answers dropped" in stderr
     assert (tmp_path / "cache.bin").stat().st_size > 0
-    dot_upstream.state.behaviour = "stall"  # only the reloaded cache can answer now
+    dot_upstream.state.misbehaviour = Misbehaviour.STALL  # only the reloaded cache can answer now
     process, port = _start_process(dot_upstream, ca_file, tmp_path)
     try:
         reply = ask(port, "persist.example.")

@@ -27,8 +27,8 @@ from stubby_py.core.cache import Cache, ValidationStatus
 from stubby_py.daemon import cache_persistence
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import ask
-from tests.upstream_server import LocalUpstream
 
 # the file format, spelled out here so the forger does not lean on the code it attacks:
 # header (magic, version, wall-clock time, count); per answer (key length, record length, key,

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream
 
 pytestmark = pytest.mark.interop
 

@@ -29,9 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.conftest import AUTH_NAME, dot_uri
 from tests.dnssec_hierarchy import Hierarchy
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server, h3_server
-from tests.upstream_server import local_upstream
+from tests.servers import doq_server, h2_server, h3_server, local_upstream, write_cert_files
 
 pytestmark = pytest.mark.timeout(60)
 

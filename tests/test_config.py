@@ -58,10 +58,14 @@ padding_block_size: 468
         ("listen: 127.0.0.1:53\n", "c.yaml:1: listen: expected a list"),
         ("allow: [10.0.0.0/33]\n", "c.yaml:1: allow[0]: expected a network"),
         ("upstreams:\n  - ftp://1.2.3.4\n", "c.yaml:2: upstreams[0]: expected a URI"),
-        ("upstreams:\n  - tls://dns.quad9.net\n", "c.yaml:2: upstreams[0]: an upstream given by"
-         " hostname needs `bootstrap:`"),
-        ("upstreams:\n  - tls://dns_quad9\n", "c.yaml:2: upstreams[0]: expected an IP address or"
-         " a host name"),
+        (
+            "upstreams:\n  - tls://dns.quad9.net\n",
+            "c.yaml:2: upstreams[0]: an upstream given by hostname needs `bootstrap:`",
+        ),
+        (
+            "upstreams:\n  - tls://dns_quad9\n",
+            "c.yaml:2: upstreams[0]: expected an IP address or a host name",
+        ),
         (
             "upstreams:\n  - url: tls://1.1.1.1\n    pins: []\n",
             "c.yaml:3: upstreams[0].pins: unknown",

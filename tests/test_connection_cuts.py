@@ -1,6 +1,6 @@
 """Connections cut under their queries are not failures of the upstream (issue #14 item 8).
 
-A middlebox that kills long-lived TLS connections after some traffic (tests/tamper_proxy.py,
+A middlebox that kills long-lived TLS connections after some traffic (tests/servers/tamper_proxy.py,
 ResettingProxy: a TCP RST to both sides after so many TLS records from the server) used to turn
 most queries at any concurrency into SERVFAIL: each query went once more on a fresh connection,
 which was cut too, and the failures marked the one upstream down. Now what a dead connection
@@ -23,9 +23,8 @@ from stubby_py.transports.multiplex import MAX_RESENDS, may_resend
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, dot_uri, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.doh_server import h2_server
-from tests.tamper_proxy import ResettingProxy, running_resetting_proxy
-from tests.upstream_server import local_upstream
+from tests.servers import Misbehaviour, h2_server, local_upstream
+from tests.servers.tamper_proxy import ResettingProxy, running_resetting_proxy
 
 #: TLS records the server may send on one connection before the proxy cuts it (about 25 replies
 #: with TLS 1.3: the encrypted handshake and the session tickets count too)
@@ -148,9 +147,9 @@ def test_a_slow_answer_on_a_live_connection_is_not_taken_for_silence(
     dot_upstream.state.delays = {"slow.example.": 0.8}
     config = make_config([dot_uri(dot_upstream)], ca_file, cache_size=0, attempt_timeout=2.0)
     with running_daemon(config) as daemon:
-        assert rcodes(ask_many([f"w{i}.example." for i in range(20)], daemon.port)) == [
-            "NOERROR"
-        ] * 20  # the usual reply time is learnt
+        assert (
+            rcodes(ask_many([f"w{i}.example." for i in range(20)], daemon.port)) == ["NOERROR"] * 20
+        )  # the usual reply time is learnt
         ((reply, seconds),) = ask_many(["slow.example."], daemon.port, timeout=5)
         (stats,) = upstream_stats(daemon)
     assert reply is not None and rcodes([(reply, seconds)]) == ["NOERROR"]
@@ -164,7 +163,7 @@ def test_a_connection_that_never_answers_is_still_a_failure(
 ) -> None:
     """The other side of the rule: a server that drops every connection at its first query
     gets two tries per query (not a resend loop) and is marked down."""
-    dot_upstream.state.behaviour = "close"
+    dot_upstream.state.misbehaviour = Misbehaviour.CLOSE
     config = make_config([dot_uri(dot_upstream)], ca_file, cache_size=0, timeout=1.5)
     with running_daemon(config) as daemon:
         results = ask_many([f"n{i}.example." for i in range(6)], daemon.port, concurrency=1)

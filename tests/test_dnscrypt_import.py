@@ -17,9 +17,9 @@ from stubby_py.core.config import load_config
 from stubby_py.transports.tls import tbs_hash
 from tests.conftest import server_context
 from tests.daemon_thread import running_daemon
-from tests.doh_server import answer_address, ask
+from tests.servers import local_upstream
+from tests.servers.client_side import answer_address, ask
 from tests.test_stamps import _der, make_stamp
-from tests.upstream_server import local_upstream
 
 NO_LOG_DNSSEC = 0b111  # dnssec, no-log, no-filter
 

@@ -1,8 +1,8 @@
 """Aggressive use of the validated cache (RFC 8198) against the private signed hierarchy.
 
 The daemon asks the hierarchy's Unbound through a relaying proxy that counts what it forwards
-(tests/tamper_proxy.py, told to tamper with a name never asked), so "no upstream query" is seen
-on the wire, not taken from the daemon's word.
+(tests/servers/tamper_proxy.py, told to tamper with a name never asked), so "no upstream query" is
+seen on the wire, not taken from the daemon's word.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from stubby_py.dnssec.aggressive import Held
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
 from tests.peers import LOOPBACK
-from tests.tamper_proxy import TamperProxy, running_tamper_proxy
+from tests.servers.tamper_proxy import TamperProxy, running_tamper_proxy
 from tests.test_dnssec_e2e import ask, describe, has_ad
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]

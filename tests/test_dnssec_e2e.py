@@ -40,7 +40,7 @@ from tests.dnssec_hierarchy import (
     Hierarchy,
 )
 from tests.peers import LOOPBACK
-from tests.tamper_proxy import running_tamper_proxy
+from tests.servers.tamper_proxy import running_tamper_proxy
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

@@ -35,7 +35,7 @@ from tests.dnssec_hierarchy import (
     signed_hierarchy,
 )
 from tests.peers import LOOPBACK, answers_on_udp, require_tool
-from tests.tamper_proxy import find_rdata, flip_rdata_byte, running_tamper_proxy
+from tests.servers.tamper_proxy import find_rdata, flip_rdata_byte, running_tamper_proxy
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 

@@ -1,6 +1,6 @@
 """DoH upstreams (RFC 8484) over HTTP/2 and HTTP/3, end to end through the real daemon.
 
-Local servers (tests/doh_server.py: h2; tests/quic_servers.py: aioquic) answer or misbehave on
+Local servers (tests/servers/doh.py: h2; tests/servers/quic.py: aioquic) answer or misbehave on
 demand; dnspython clients ask the daemon. Every misbehaviour must end in SERVFAIL within the
 deadline, never in a wrong answer, and the daemon must answer again once the server behaves.
 The sans-IO pieces (request building, response checks) are tested on their own first.
@@ -26,21 +26,24 @@ from stubby_py.transports import doh as doh_module
 from stubby_py.transports.doh import DoHRequests, DoHResponse
 from tests.conftest import server_context
 from tests.daemon_thread import running_daemon
-from tests.doh_server import (
-    TIMEOUT,
+from tests.servers import (
     H2DoHServer,
+    Misbehaviour,
     ServerThread,
+    h2_server,
+    h3_server,
+    server_pin,
+    write_cert_files,
+)
+from tests.servers.client_side import (
+    TIMEOUT,
     answer_address,
     ask,
     ask_many,
     daemon_config,
-    h2_server,
-    server_pin,
     wait_for,
     wire_queries_ok,
-    write_cert_files,
 )
-from tests.quic_servers import h3_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -262,24 +265,26 @@ def test_matching_pin_is_accepted(
 
 
 FAULTS = [
-    "stall",
-    "close",
-    "reset",
-    "http500",
-    "content_type",
-    "truncated",
-    "short_dns",
-    "oversized",
-    "wrong_id",
-    "wrong_question",
-    "garbage",
+    Misbehaviour.STALL,
+    Misbehaviour.CLOSE,
+    Misbehaviour.RESET,
+    Misbehaviour.HTTP500,
+    Misbehaviour.CONTENT_TYPE,
+    Misbehaviour.TRUNCATED,
+    Misbehaviour.SHORT_DNS,
+    Misbehaviour.OVERSIZED,
+    Misbehaviour.WRONG_ID,
+    Misbehaviour.WRONG_QUESTION,
+    Misbehaviour.GARBAGE,
 ]
 
 
 @pytest.mark.parametrize("behaviour", FAULTS)
-def test_misbehaviour_is_servfail_in_time(doh: DoHUpstream, ca_file: str, behaviour: str) -> None:
+def test_misbehaviour_is_servfail_in_time(
+    doh: DoHUpstream, ca_file: str, behaviour: Misbehaviour
+) -> None:
     state = doh.server.state
-    state.behaviour = behaviour
+    state.misbehaviour = behaviour
     with running_daemon(daemon_config(doh.uri, ca_file)) as daemon:
         start = time.monotonic()
         reply = ask(daemon.port)
@@ -287,14 +292,14 @@ def test_misbehaviour_is_servfail_in_time(doh: DoHUpstream, ca_file: str, behavi
         assert reply.rcode() == dns.rcode.SERVFAIL
         assert not reply.answer
         assert elapsed < TIMEOUT + 0.5
-        state.behaviour = "answer"
+        state.misbehaviour = Misbehaviour.NONE
         assert answer_address(ask(daemon.port, "after.example.")) == "192.0.2.1"
     assert state.queries
 
 
 def test_abandoned_streams_are_cancelled(doh: DoHUpstream, ca_file: str) -> None:
     """A query that times out resets its stream, so the server's stream slots never leak."""
-    doh.server.state.behaviour = "stall"
+    doh.server.state.misbehaviour = Misbehaviour.STALL
     with running_daemon(daemon_config(doh.uri, ca_file)) as daemon:
         assert ask(daemon.port).rcode() == dns.rcode.SERVFAIL
         expected = H2_CANCEL if doh.scheme == "https" else H3_REQUEST_CANCELLED
@@ -305,9 +310,9 @@ def test_goaway_reconnects(ca: trustme.CA, ca_file: str) -> None:
     with h2_server(server_context(ca)) as server:
         seen: list[str] = []
 
-        def goaway_once(query: dns.message.Message) -> str:
+        def goaway_once(query: dns.message.Message) -> Misbehaviour:
             seen.append(query.question[0].name.to_text())
-            return "goaway" if len(seen) == 1 else "answer"
+            return Misbehaviour.GOAWAY if len(seen) == 1 else Misbehaviour.NONE
 
         server.state.chooser = goaway_once
         with running_daemon(
@@ -389,7 +394,7 @@ def test_a_connection_retired_while_busy_is_closed_by_aclose(ca: trustme.CA, ca_
             await transport.exchange(_query("first.example."), loop.time() + 5)
             old = transport._connection
             assert old is not None
-            server.state.behaviour = "stall"  # the next query is never answered
+            server.state.misbehaviour = Misbehaviour.STALL  # the next query is never answered
             # on the connection itself: exchange() would retry it on a new one after aclose()
             _, slow = old.send(_query("slow.example."), loop.time() + 10)
             for _ in range(200):

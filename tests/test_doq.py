@@ -1,6 +1,6 @@
 """DoQ upstreams (RFC 9250), end to end through the real daemon to a local aioquic server.
 
-The server (tests/quic_servers.py) answers or misbehaves on demand, keeps session tickets and
+The server (tests/servers/quic.py) answers or misbehaves on demand, keeps session tickets and
 can cap the client's stream credit. Checked: answers, ID 0 and padding on the wire, one
 connection for a burst and for a sequence, stream credit waited for, resumption after the server
 drops the connection or the connection idles out, authentication failures refused, and every
@@ -21,18 +21,23 @@ import trustme
 
 from stubby_py.transports.doq import DOQ_REQUEST_CANCELLED, DoQProtocolError, stream_reply
 from tests.daemon_thread import running_daemon
-from tests.doh_server import (
+from tests.servers import (
+    DoQServer,
+    Misbehaviour,
+    doq_server,
+    h3_server,
+    server_pin,
+    write_cert_files,
+)
+from tests.servers.client_side import (
     TIMEOUT,
     answer_address,
     ask,
     ask_many,
     daemon_config,
-    server_pin,
     wait_for,
     wire_queries_ok,
-    write_cert_files,
 )
-from tests.quic_servers import DoQServer, doq_server, h3_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -208,23 +213,25 @@ def test_wrong_alpn_is_refused(ca_file: str, cert_files: tuple[str, str]) -> Non
 
 
 FAULTS = [
-    "stall",
-    "close",
-    "reset",
-    "excessive_load",
-    "short_frame",
-    "two_messages",
-    "short_dns",
-    "oversized",
-    "wrong_id",
-    "wrong_question",
-    "garbage",
+    Misbehaviour.STALL,
+    Misbehaviour.CLOSE,
+    Misbehaviour.RESET,
+    Misbehaviour.EXCESSIVE_LOAD,
+    Misbehaviour.SHORT_FRAME,
+    Misbehaviour.TWO_MESSAGES,
+    Misbehaviour.SHORT_DNS,
+    Misbehaviour.OVERSIZED,
+    Misbehaviour.WRONG_ID,
+    Misbehaviour.WRONG_QUESTION,
+    Misbehaviour.GARBAGE,
 ]
 
 
 @pytest.mark.parametrize("behaviour", FAULTS)
-def test_misbehaviour_is_servfail_in_time(doq: DoQServer, ca_file: str, behaviour: str) -> None:
-    doq.state.behaviour = behaviour
+def test_misbehaviour_is_servfail_in_time(
+    doq: DoQServer, ca_file: str, behaviour: Misbehaviour
+) -> None:
+    doq.state.misbehaviour = behaviour
     with running_daemon(daemon_config(uri(doq), ca_file)) as daemon:
         start = time.monotonic()
         reply = ask(daemon.port)
@@ -232,7 +239,7 @@ def test_misbehaviour_is_servfail_in_time(doq: DoQServer, ca_file: str, behaviou
         assert reply.rcode() == dns.rcode.SERVFAIL
         assert not reply.answer
         assert elapsed < TIMEOUT + 0.5
-        doq.state.behaviour = "answer"
+        doq.state.misbehaviour = Misbehaviour.NONE
         assert answer_address(ask(daemon.port, "after.example.")) == "192.0.2.1"
 
 
@@ -256,7 +263,7 @@ def test_vanished_server_fails_fast(cert_files: tuple[str, str], ca_file: str) -
 
 def test_abandoned_query_is_cancelled(doq: DoQServer, ca_file: str) -> None:
     """RFC 9250 §4.3.1: a query we give up on is cancelled with DOQ_REQUEST_CANCELLED."""
-    doq.state.behaviour = "stall"
+    doq.state.misbehaviour = Misbehaviour.STALL
     with running_daemon(daemon_config(uri(doq), ca_file)) as daemon:
         assert ask(daemon.port).rcode() == dns.rcode.SERVFAIL
         assert wait_for(lambda: DOQ_REQUEST_CANCELLED in doq.state.client_resets)

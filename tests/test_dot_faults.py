@@ -16,7 +16,7 @@ from stubby_py.transports.tls import spki_pin
 from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import LocalUpstream, Misbehaviour, local_upstream
 
 TIMEOUT = 1.5
 
@@ -40,7 +40,7 @@ def test_thousand_queries_share_one_tls_connection(
 
 
 def test_replies_out_of_order_are_matched_by_id(dot_upstream: LocalUpstream, ca_file: str) -> None:
-    dot_upstream.state.behaviour = "reverse"
+    dot_upstream.state.misbehaviour = Misbehaviour.REVERSE
     dot_upstream.state.records = {f"n{i}.example.": [("A", f"192.0.2.{i}")] for i in range(1, 21)}
     with running_daemon(config_for(dot_upstream, ca_file)) as daemon:
         results = ask_many([f"n{i}.example." for i in range(1, 21)], daemon.port, concurrency=20)
@@ -49,11 +49,20 @@ def test_replies_out_of_order_are_matched_by_id(dot_upstream: LocalUpstream, ca_
         assert reply.answer[0][0].address == f"192.0.2.{i}"
 
 
-@pytest.mark.parametrize("behaviour", ["stall", "close", "wrong_id", "wrong_question", "garbage"])
+@pytest.mark.parametrize(
+    "behaviour",
+    [
+        Misbehaviour.STALL,
+        Misbehaviour.CLOSE,
+        Misbehaviour.WRONG_ID,
+        Misbehaviour.WRONG_QUESTION,
+        Misbehaviour.GARBAGE,
+    ],
+)
 def test_misbehaving_upstream_gives_servfail_in_time(
-    dot_upstream: LocalUpstream, ca_file: str, behaviour: str
+    dot_upstream: LocalUpstream, ca_file: str, behaviour: Misbehaviour
 ) -> None:
-    dot_upstream.state.behaviour = behaviour
+    dot_upstream.state.misbehaviour = behaviour
     with running_daemon(config_for(dot_upstream, ca_file)) as daemon:
         results = ask_many([f"f{i}.example." for i in range(10)], daemon.port, timeout=4)
         assert rcodes(results) == ["SERVFAIL"] * 10
@@ -62,7 +71,7 @@ def test_misbehaving_upstream_gives_servfail_in_time(
         reply = dns.query.udp(query, "127.0.0.1", port=daemon.port, timeout=4)
         assert reply.rcode() == dns.rcode.SERVFAIL
         assert ede_codes(reply), "SERVFAIL carries an Extended DNS Error"
-        if behaviour in ("wrong_id", "wrong_question"):
+        if behaviour in (Misbehaviour.WRONG_ID, Misbehaviour.WRONG_QUESTION):
             stats = daemon.resolver.transports[0].stats
             assert stats.mismatched > 0
 

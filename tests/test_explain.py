@@ -24,7 +24,7 @@ from stubby_py.core.config import Config
 from stubby_py.daemon import control
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 
 
 def run_explain(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -124,7 +124,7 @@ def test_stale_serve(
     with explained_daemon(config, tmp_path) as (_daemon, sock):
         assert explain_json(sock, "stale.example.")["source"] == "upstream"
         time.sleep(1.2)
-        dot_upstream.state.behaviour = "stall"
+        dot_upstream.state.misbehaviour = Misbehaviour.STALL
         stale = explain_json(sock, "stale.example.")
         assert stale["cache"]["state"] == "stale" and stale["cache"]["ttl_left"] < 0
         assert stale["source"] == "stale"

@@ -29,9 +29,7 @@ from stubby_py.core.config import Config
 from stubby_py.transports.failures import connect_error, socket_error, tls_alert_error
 from tests.conftest import AUTH_NAME, dot_uri
 from tests.daemon_thread import make_config, running_daemon
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server
-from tests.upstream_server import local_upstream
+from tests.servers import doq_server, h2_server, local_upstream, write_cert_files
 
 pytestmark = pytest.mark.timeout(60)
 

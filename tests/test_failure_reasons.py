@@ -24,7 +24,7 @@ from stubby_py.daemon.upstreams import _Race
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
 from tests.peers import LOOPBACK, free_ports
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 
 SERVFAIL = dns.rcode.SERVFAIL
 SIGNATURE_EXPIRED, SIGNATURE_NOT_YET_VALID, RRSIGS_MISSING = 7, 8, 10
@@ -124,14 +124,14 @@ def test_explain_shows_the_verdict_and_every_attempt(
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "kind"), [("garbage", "bad-response"), ("stall", "timeout")]
+    ("behaviour", "kind"), [(Misbehaviour.GARBAGE, "bad-response"), (Misbehaviour.STALL, "timeout")]
 )
 def test_the_most_telling_failure_is_named_first(
-    plain_upstream: LocalUpstream, dead_port: int, behaviour: str, kind: str
+    plain_upstream: LocalUpstream, dead_port: int, behaviour: Misbehaviour, kind: str
 ) -> None:
     """The dead upstream is asked first and fails first; the answer still names the upstream
     that was reached (and failed in a way that says something) before it."""
-    plain_upstream.state.behaviour = behaviour
+    plain_upstream.state.misbehaviour = behaviour
     # over TCP: garbage over UDP is dropped as a possible spoof, and so times out
     reached, dead = f"tcp://{LOOPBACK}:{plain_upstream.port}", f"tcp://{LOOPBACK}:{dead_port}"
     config = make_config(

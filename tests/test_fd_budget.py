@@ -30,8 +30,8 @@ from stubby_py.daemon.fdbudget import (
 )
 from tests.conftest import dot_uri
 from tests.peers import free_port
+from tests.servers import LocalUpstream
 from tests.service import ask, closed_by_peer, daemon_process, wait_for, write_config
-from tests.upstream_server import LocalUpstream
 
 DEFAULT_CAPS = Caps(512, 64, 16)
 NEEDS = Needs(listening_sockets=4, upstreams=6, control_socket=True, metrics=True)
@@ -106,8 +106,10 @@ def test_a_plan_always_fits_and_never_raises_a_cap(
     assert sum(fd_plan.reserved.values()) + caps.total() <= limit
     floor = min(MIN_TCP_CONNECTIONS, wanted.tcp_max_connections)
     assert floor <= caps.tcp_max_connections <= wanted.tcp_max_connections
-    assert 1 <= caps.tcp_max_connections_per_client <= min(
-        wanted.tcp_max_connections_per_client, caps.tcp_max_connections
+    assert (
+        1
+        <= caps.tcp_max_connections_per_client
+        <= min(wanted.tcp_max_connections_per_client, caps.tcp_max_connections)
     )
     assert (metrics > 0) <= caps.metrics_max_connections <= metrics
     assert bool(fd_plan.lowered) == (caps != wanted)

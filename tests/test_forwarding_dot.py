@@ -8,7 +8,7 @@ import dns.rcode
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream
 
 
 def ask(port: int, name: str = "www.example.", rdtype: str = "A", tcp: bool = False, **kw):  # type: ignore[no-untyped-def]

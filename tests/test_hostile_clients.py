@@ -22,8 +22,8 @@ from stubby_py.daemon.query_path import AccessList
 from stubby_py.listeners.plain import TCPConnections
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import wait_for
-from tests.upstream_server import LocalUpstream
 
 MALFORMED = struct.pack("!HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x05abc"
 
@@ -216,9 +216,7 @@ def test_a_client_that_reads_gets_every_large_answer(
         assert sorted(ids) == sorted(q.id for q in queries)
 
 
-def test_pipelining_cap_counts_queries_not_reads(
-    dot_upstream: LocalUpstream, ca_file: str
-) -> None:
+def test_pipelining_cap_counts_queries_not_reads(dot_upstream: LocalUpstream, ca_file: str) -> None:
     """One read of many pipelined queries that go upstream hands at most MAX_PIPELINED to the
     resolver; the rest follow as answers go out, and every one is answered (the client
     half-closes after sending: what it sent is still answered, then the connection closes)."""

@@ -23,8 +23,8 @@ import pytest
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
 from tests.peers import PeerError, _stop, answers_on_udp, free_port, require_tool
+from tests.servers import LocalUpstream
 from tests.service import wait_for
-from tests.upstream_server import LocalUpstream
 
 pytestmark = pytest.mark.interop
 

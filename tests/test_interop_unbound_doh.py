@@ -15,8 +15,8 @@ import dns.rcode
 import pytest
 
 from tests.daemon_thread import running_daemon
-from tests.doh_server import ask, ask_many, daemon_config
 from tests.peers import TLSFiles, Unbound, write_tls_files
+from tests.servers.client_side import ask, ask_many, daemon_config
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(30)]
 

@@ -28,10 +28,8 @@ from stubby_py.daemon import control
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server, h3_server
-from tests.tamper_proxy import running_resetting_proxy
-from tests.upstream_server import local_upstream
+from tests.servers import doq_server, h2_server, h3_server, local_upstream, write_cert_files
+from tests.servers.tamper_proxy import running_resetting_proxy
 
 TRANSPORTS = ("dot", "doh", "h3", "doq")
 #: queries per round: enough for several connections to come and go
@@ -182,7 +180,6 @@ def test_per_upstream_maps_stay_bounded(ca: trustme.CA, ca_file: str) -> None:
                 if isinstance(value, (dict, set, list))
             }
             assert all(size <= 64 for size in sizes.values()), sizes
-
 
 
 def test_doh_connection_remembers_a_bounded_number_of_closed_streams(

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream
 
 
 @pytest.fixture

@@ -34,8 +34,8 @@ from stubby_py.core.config import Config, EncryptedListen
 from stubby_py.daemon import metrics, stats
 from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
+from tests.servers import LocalUpstream, local_upstream
 from tests.test_listeners_encrypted import NAME, query, write_pair
-from tests.upstream_server import LocalUpstream, local_upstream
 
 
 @dataclass

@@ -28,8 +28,8 @@ import trustme
 from stubby_py.core.config import EncryptedListen
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.peers import require_tool
+from tests.servers import LocalUpstream, Misbehaviour, local_upstream
 from tests.service import wait_for
-from tests.upstream_server import LocalUpstream, local_upstream
 
 NAME = "dns.home.test"
 
@@ -374,7 +374,9 @@ def test_streams_reset_by_the_client_still_count_against_the_pipelining_cap(
     ca.cert_pem.write_to_path(ca_file)
     cert, key = write_pair(ca, tmp_path)
     with local_upstream(None) as upstream:
-        upstream.state.behaviour = "stall"  # every query stays in flight until its deadline
+        upstream.state.misbehaviour = (
+            Misbehaviour.STALL
+        )  # every query stays in flight until its deadline
         config = make_config(
             [f"udp://127.0.0.1:{upstream.port}"],
             encrypted_listen=(EncryptedListen("https", "127.0.0.1", 0, "/dns-query"),),

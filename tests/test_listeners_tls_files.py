@@ -32,8 +32,8 @@ from stubby_py.core.config import (
 from stubby_py.core.errors import ConfigError
 from stubby_py.listeners import doh, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
+from tests.servers import LocalUpstream, local_upstream
 from tests.service import wait_for
-from tests.upstream_server import LocalUpstream, local_upstream
 
 NAME = "dns.home.test"
 

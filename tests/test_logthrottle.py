@@ -13,7 +13,7 @@ import pytest
 from stubby_py.daemon.logthrottle import MAX_KEYS, LogThrottle
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 
 
 def test_one_line_per_key_and_interval_with_the_count_held_back() -> None:
@@ -48,7 +48,7 @@ def test_keys_are_bounded() -> None:
 def test_upstream_failures_are_logged_with_their_class_once(
     dot_upstream: LocalUpstream, ca_file: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dot_upstream.state.behaviour = "garbage"
+    dot_upstream.state.misbehaviour = Misbehaviour.GARBAGE
     config = make_config([dot_uri(dot_upstream)], ca_file, timeout=1.0, attempt_timeout=1.0)
     with caplog.at_level(logging.WARNING, logger="stubby_py"), running_daemon(config) as daemon:
         for i in range(5):

@@ -19,8 +19,8 @@ from stubby_py.core.config import Config
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.peers import free_ports
+from tests.servers import LocalUpstream
 from tests.service import ask, closed_by_peer, daemon_process, wait_for, write_config
-from tests.upstream_server import LocalUpstream
 
 REQUEST = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
 #: idle connections opened in the flood: well past the daemon's open files limit below

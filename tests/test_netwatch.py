@@ -89,18 +89,17 @@ from stubby_py.daemon.netwatch import (
 from stubby_py.daemon.query_path import Resolver
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import running_daemon
-from tests.doh_server import (
-    DoHState,
-    answer_address,
-    ask,
-    daemon_config,
+from tests.peers import require_tool
+from tests.servers import (
+    LocalUpstream,
+    ServerState,
+    doq_server,
     h2_server,
-    wait_for,
+    h3_server,
+    local_upstream,
     write_cert_files,
 )
-from tests.peers import require_tool
-from tests.quic_servers import doq_server, h3_server
-from tests.upstream_server import LocalUpstream, UpstreamState, local_upstream
+from tests.servers.client_side import answer_address, ask, daemon_config, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -560,7 +559,7 @@ def test_a_change_forgets_every_backoff(dot_upstream: LocalUpstream, ca_file: st
 @dataclass
 class Upstream:
     uri: str
-    state: UpstreamState | DoHState
+    state: ServerState | ServerState
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream
 
 LABEL = st.from_regex(r"[a-z0-9]{1,63}", fullmatch=True)
 

@@ -10,8 +10,8 @@ import dns.query
 import dns.rcode
 
 from tests.daemon_thread import make_config, running_daemon
+from tests.servers import LocalUpstream, Misbehaviour
 from tests.service import wait_for
-from tests.upstream_server import LocalUpstream
 
 
 def test_udp_upstream_answers_unpadded_and_falls_back_to_tcp(plain_upstream: LocalUpstream) -> None:
@@ -51,7 +51,7 @@ def test_a_stalled_udp_upstream_holds_at_most_max_udp_sockets(
     100 descriptors (any number, with more queries), which the fd budget cannot allow."""
     from stubby_py.transports.plain import MAX_UDP_SOCKETS
 
-    plain_upstream.state.behaviour = "stall"
+    plain_upstream.state.misbehaviour = Misbehaviour.STALL
     config = make_config(
         [f"udp://127.0.0.1:{plain_upstream.port}"], timeout=5.0, attempt_timeout=5.0, hedge=False
     )

@@ -20,7 +20,7 @@ import trustme
 from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import LocalUpstream, Misbehaviour, local_upstream
 
 TIMEOUT = 2.0
 
@@ -46,8 +46,8 @@ def addresses(results: list) -> list[str]:  # type: ignore[type-arg]
 @pytest.mark.parametrize("strategy", ["failover", "round_robin", "fastest", "parallel"])
 def test_no_query_lost_with_broken_upstreams(ca: trustme.CA, ca_file: str, strategy: str) -> None:
     with upstreams(ca, 3) as (stalling, garbage, healthy):
-        stalling.state.behaviour = "stall"
-        garbage.state.behaviour = "garbage"
+        stalling.state.misbehaviour = Misbehaviour.STALL
+        garbage.state.misbehaviour = Misbehaviour.GARBAGE
         uris = [f"tls://127.0.0.1:{closed_port()}#dns.test"] + [
             dot_uri(s) for s in (stalling, garbage, healthy)
         ]
@@ -68,7 +68,7 @@ def test_no_query_lost_with_broken_upstreams(ca: trustme.CA, ca_file: str, strat
 
 def test_failover_is_quick_once_an_upstream_is_down(ca: trustme.CA, ca_file: str) -> None:
     with upstreams(ca, 2) as (first, second):
-        first.state.behaviour = "stall"
+        first.state.misbehaviour = Misbehaviour.STALL
         config = make_config([dot_uri(first), dot_uri(second)], ca_file, timeout=TIMEOUT,
                              attempt_timeout=0.4, hedge=False, failures_to_down=2)  # fmt: skip
         with running_daemon(config) as daemon:
@@ -81,13 +81,13 @@ def test_failover_is_quick_once_an_upstream_is_down(ca: trustme.CA, ca_file: str
 
 def test_recovered_upstream_takes_traffic_again(ca: trustme.CA, ca_file: str) -> None:
     with upstreams(ca, 2) as (first, second):
-        first.state.behaviour = "close"
+        first.state.misbehaviour = Misbehaviour.CLOSE
         quick_recovery = {"failures_to_down": 1, "backoff_min": 0.2, "backoff_max": 0.4}
         config = make_config([dot_uri(first), dot_uri(second)], ca_file, timeout=TIMEOUT,
                              hedge=False, **quick_recovery)  # fmt: skip
         with running_daemon(config) as daemon:
             assert addresses(ask_many(["x1.example."], daemon.port)) == ["192.0.2.2"]
-            first.state.behaviour = "answer"
+            first.state.misbehaviour = Misbehaviour.NONE
             deadline = time.monotonic() + 5
             seen = []
             while time.monotonic() < deadline and seen[-3:] != ["192.0.2.1"] * 3:
@@ -122,7 +122,9 @@ def test_parallel_asks_two_and_takes_the_first(ca: trustme.CA, ca_file: str) -> 
 def test_hedging_rescues_queries_stuck_on_a_stalling_upstream(ca: trustme.CA, ca_file: str) -> None:
     rng = random.Random(3)
     with upstreams(ca, 2) as (flaky, backup):
-        flaky.state.chooser = lambda _q: "stall" if rng.random() < 0.1 else "answer"
+        flaky.state.chooser = lambda _q: (
+            Misbehaviour.STALL if rng.random() < 0.1 else Misbehaviour.NONE
+        )
         hedging = {"hedge": True, "hedge_max": 0.2, "failures_to_down": 100}
         config = make_config([dot_uri(flaky), dot_uri(backup)], ca_file, timeout=TIMEOUT,
                              attempt_timeout=1.5, **hedging)  # fmt: skip
@@ -136,7 +138,7 @@ def test_hedging_rescues_queries_stuck_on_a_stalling_upstream(ca: trustme.CA, ca
 
 def test_servfail_is_retried_on_another_upstream(ca: trustme.CA, ca_file: str) -> None:
     with upstreams(ca, 2) as (failing, good):
-        failing.state.behaviour = "servfail"
+        failing.state.misbehaviour = Misbehaviour.SERVFAIL
         config = make_config([dot_uri(failing), dot_uri(good)], ca_file, hedge=False)
         with running_daemon(config) as daemon:
             assert addresses(ask_many(["s.example."], daemon.port)) == ["192.0.2.2"]
@@ -152,7 +154,7 @@ def test_all_upstreams_failed_gives_servfail_with_extended_error(
 ) -> None:
     with upstreams(ca, 2) as servers:
         for server in servers:
-            server.state.behaviour = "close"
+            server.state.misbehaviour = Misbehaviour.CLOSE
         config = make_config([dot_uri(s) for s in servers], ca_file, timeout=TIMEOUT)
         with running_daemon(config) as daemon:
             query = dns.message.make_query("dead.example.", "A", use_edns=0)

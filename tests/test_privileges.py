@@ -25,8 +25,8 @@ from stubby_py.daemon import privileges
 from stubby_py.daemon.privileges import Handover
 from tests.conftest import dot_uri
 from tests.peers import ROOT, free_port
+from tests.servers import LocalUpstream
 from tests.service import ask, wait_for, write_config
-from tests.upstream_server import LocalUpstream
 
 NOBODY = pwd.getpwnam("nobody")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -1,8 +1,8 @@
 """Upstreams through proxies: DoT and DoH (HTTP/2) through microsocks (SOCKS5) and tinyproxy
 (HTTP CONNECT), the daemon and `check --connect` alike.
 
-Each proxy binds its outgoing connections to an address of its own (tests/proxies.py); the test
-servers record each connection's peer address, so every connection is seen to come from the
+Each proxy binds its outgoing connections to an address of its own (tests/servers/proxies.py); the
+test servers record each connection's peer address, so every connection is seen to come from the
 proxy, and in the bad cases (proxy down, wrong credentials, garbage, CONNECT refused) none
 reaches the server at all: a failing proxy is that upstream's failure, never a reason to go
 around it.
@@ -43,9 +43,16 @@ from stubby_py.transports.bootstrap import FixedEndpoint, endpoint_for
 from stubby_py.transports.proxy import tunnel_destination
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.doh_server import h2_server, write_cert_files
 from tests.peers import free_ports
-from tests.proxies import (
+from tests.servers import (
+    ServerState,
+    doq_server,
+    h2_server,
+    h3_server,
+    local_upstream,
+    write_cert_files,
+)
+from tests.servers.proxies import (
     DANTE_OUT,
     HTTP_OUT,
     SOCKS_OUT,
@@ -54,8 +61,6 @@ from tests.proxies import (
     microsocks,
     tinyproxy,
 )
-from tests.quic_servers import doq_server, h3_server
-from tests.upstream_server import UpstreamState, local_upstream
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,13 +68,13 @@ TIMEOUT = 1.5
 
 
 @contextlib.contextmanager
-def dot_server(ca: trustme.CA, *names: str) -> Iterator[tuple[str, int, UpstreamState]]:
+def dot_server(ca: trustme.CA, *names: str) -> Iterator[tuple[str, int, ServerState]]:
     with local_upstream(server_context(ca, *names)) as server:
         yield "tls", server.port, server.state
 
 
 @contextlib.contextmanager
-def doh_server(ca: trustme.CA, *names: str) -> Iterator[tuple[str, int, UpstreamState]]:
+def doh_server(ca: trustme.CA, *names: str) -> Iterator[tuple[str, int, ServerState]]:
     with h2_server(server_context(ca, *names)) as server:
         yield "https", server.port, server.state
 
@@ -111,9 +116,10 @@ def test_through_socks5_with_credentials_file(
     secret = tmp_path / "proxy.cred"
     secret.write_text("alice:s3cret\n")
     secret.chmod(0o600)
-    with SERVERS[server_kind](ca) as (transport, port, state), microsocks(
-        tmp_path, "alice", "s3cret"
-    ) as proxy_port:
+    with (
+        SERVERS[server_kind](ca) as (transport, port, state),
+        microsocks(tmp_path, "alice", "s3cret") as proxy_port,
+    ):
         text = f"""
 upstreams:
   - url: {upstream_uri(transport, port)}
@@ -137,9 +143,10 @@ upstreams:
 def test_through_http_connect(
     server_kind: str, ca: trustme.CA, ca_file: str, tmp_path: Path
 ) -> None:
-    with SERVERS[server_kind](ca) as (transport, port, state), tinyproxy(
-        tmp_path, [port]
-    ) as proxy_port:
+    with (
+        SERVERS[server_kind](ca) as (transport, port, state),
+        tinyproxy(tmp_path, [port]) as proxy_port,
+    ):
         config = proxied_config(
             upstream_uri(transport, port), ca_file, f"http://127.0.0.1:{proxy_port}"
         )
@@ -153,9 +160,10 @@ def test_socks5h_gives_the_proxy_the_name(ca: trustme.CA, ca_file: str, tmp_path
     """The upstream's address is one where nothing listens (127.0.0.9): with socks5h the proxy
     is given the authentication name (`localhost`, which it resolves to 127.0.0.1) and the
     query is answered; with socks5 the proxy is given the address, and it fails."""
-    with local_upstream(server_context(ca, "localhost")) as server, microsocks(
-        tmp_path
-    ) as proxy_port:
+    with (
+        local_upstream(server_context(ca, "localhost")) as server,
+        microsocks(tmp_path) as proxy_port,
+    ):
         uri = f"tls://127.0.0.9:{server.port}#localhost"
         named = proxied_config(uri, ca_file, f"socks5h://127.0.0.1:{proxy_port}")
         with running_daemon(named) as daemon:
@@ -224,7 +232,7 @@ upstreams:
 # --- a proxy that fails: a failure of that upstream, never a way around -----------------------
 
 
-def _fails_with(config: Config, kind: str, state: UpstreamState) -> None:
+def _fails_with(config: Config, kind: str, state: ServerState) -> None:
     with running_daemon(config) as daemon:
         reply = ask(daemon.port)
         kinds = daemon.call(lambda: dict(daemon.resolver.transports[0].stats.failure_kinds))
@@ -248,9 +256,10 @@ def test_proxy_down(server_kind: str, ca: trustme.CA, ca_file: str) -> None:
 def test_socks5_wrong_credentials(
     ca: trustme.CA, ca_file: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with dot_server(ca) as (transport, port, state), microsocks(
-        tmp_path, "alice", "s3cret"
-    ) as proxy_port:
+    with (
+        dot_server(ca) as (transport, port, state),
+        microsocks(tmp_path, "alice", "s3cret") as proxy_port,
+    ):
         config = proxied_config(
             upstream_uri(transport, port), ca_file, f"socks5://alice:Wr0ngPw@127.0.0.1:{proxy_port}"
         )
@@ -261,9 +270,10 @@ def test_socks5_wrong_credentials(
 
 
 def test_socks5_credentials_missing(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
-    with dot_server(ca) as (transport, port, state), microsocks(
-        tmp_path, "alice", "s3cret"
-    ) as proxy_port:
+    with (
+        dot_server(ca) as (transport, port, state),
+        microsocks(tmp_path, "alice", "s3cret") as proxy_port,
+    ):
         config = proxied_config(
             upstream_uri(transport, port), ca_file, f"socks5://127.0.0.1:{proxy_port}"
         )
@@ -271,9 +281,10 @@ def test_socks5_credentials_missing(ca: trustme.CA, ca_file: str, tmp_path: Path
 
 
 def test_http_proxy_wrong_credentials(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
-    with doh_server(ca) as (transport, port, state), tinyproxy(
-        tmp_path, [port], basic_auth=("alice", "s3cret")
-    ) as proxy_port:
+    with (
+        doh_server(ca) as (transport, port, state),
+        tinyproxy(tmp_path, [port], basic_auth=("alice", "s3cret")) as proxy_port,
+    ):
         config = proxied_config(
             upstream_uri(transport, port), ca_file, f"http://alice:wrong@127.0.0.1:{proxy_port}"
         )
@@ -282,9 +293,10 @@ def test_http_proxy_wrong_credentials(ca: trustme.CA, ca_file: str, tmp_path: Pa
 
 def test_http_connect_refused(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
     """tinyproxy allows CONNECT to another port only: it answers 403, a proxy-error."""
-    with dot_server(ca) as (transport, port, state), tinyproxy(
-        tmp_path, [port + 1 if port < 65535 else port - 1]
-    ) as proxy_port:
+    with (
+        dot_server(ca) as (transport, port, state),
+        tinyproxy(tmp_path, [port + 1 if port < 65535 else port - 1]) as proxy_port,
+    ):
         config = proxied_config(
             upstream_uri(transport, port), ca_file, f"http://127.0.0.1:{proxy_port}"
         )
@@ -356,9 +368,7 @@ def test_proxy_failures_back_off_without_going_direct(ca: trustme.CA, ca_file: s
 
 
 @contextlib.contextmanager
-def quic_server(
-    kind: str, ca: trustme.CA, directory: Path
-) -> Iterator[tuple[str, UpstreamState]]:
+def quic_server(kind: str, ca: trustme.CA, directory: Path) -> Iterator[tuple[str, ServerState]]:
     cert_file, key_file = write_cert_files(ca, str(directory), AUTH_NAME, "127.0.0.1")
     if kind == "doq":
         with doq_server(cert_file, key_file) as server:

@@ -12,7 +12,7 @@ from stubby_py.core.config import parse_upstream_uri
 from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.upstream_server import local_upstream
+from tests.servers import local_upstream
 
 
 def test_reload_keeps_unchanged_upstreams_and_drops_removed_ones(

@@ -22,8 +22,8 @@ from tests.clients import ask_many, rcodes
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.peers import Daemon, free_port
+from tests.servers import LocalUpstream, local_upstream
 from tests.service import ask, wait_for, write_config
-from tests.upstream_server import LocalUpstream, local_upstream
 
 
 def asked(upstream: LocalUpstream, name: str) -> bool:

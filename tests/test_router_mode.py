@@ -15,8 +15,8 @@ import pytest
 
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import udp_burst, wait_for
-from tests.upstream_server import LocalUpstream
 
 
 def tcp_ask(port: int, name: str, *, source: str = "127.0.0.1") -> dns.message.Message:

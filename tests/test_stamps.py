@@ -22,15 +22,8 @@ from stubby_py.core import stamps
 from stubby_py.core.config import parse_config, parse_upstream_uri
 from stubby_py.core.errors import ConfigError
 from stubby_py.transports.tls import tbs_hash
-from tests.doh_server import (
-    answer_address,
-    ask,
-    daemon_config,
-    h2_server,
-    write_cert_files,
-)
-from tests.quic_servers import doq_server
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import LocalUpstream, doq_server, h2_server, local_upstream, write_cert_files
+from tests.servers.client_side import answer_address, ask, daemon_config
 
 # go-dnsstamps' test vectors (its hash is a certificate fingerprint: any 32 bytes do)
 GO_HASH = "c3846bf24b9e93ca64274c0ec67c1ecc5e024ffcacd2d74019350e81fe546ae4"
@@ -362,9 +355,7 @@ def test_dot_stamp_answers_with_matching_hash(
     assert dot_server.state.connections == 1
 
 
-def test_dot_stamp_with_foreign_hash_is_refused(
-    dot_server: LocalUpstream, ca_file: str
-) -> None:
+def test_dot_stamp_with_foreign_hash_is_refused(dot_server: LocalUpstream, ca_file: str) -> None:
     stamp = make_stamp(0x03, f"127.0.0.1:{dot_server.port}", "dns.test", [bytes(32)])
     with _daemon(stamp, ca_file) as daemon:
         reply = ask(daemon.port)

@@ -22,8 +22,8 @@ from stubby_py.daemon import control
 from stubby_py.daemon.querylog import QueryLog
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import ask
-from tests.upstream_server import LocalUpstream
 
 NOBODY = pwd.getpwnam("nobody")
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (to act as another user)")

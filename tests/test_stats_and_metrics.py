@@ -22,8 +22,8 @@ from stubby_py.daemon import metrics, stats
 from stubby_py.daemon.querylog import QueryLog
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
+from tests.servers import LocalUpstream
 from tests.service import ask, udp_burst
-from tests.upstream_server import LocalUpstream
 
 
 @pytest.fixture

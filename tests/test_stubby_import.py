@@ -21,8 +21,8 @@ from stubby_py.commands.stubby_import import convert, load
 from stubby_py.core.config import parse_config
 from tests.conftest import AUTH_NAME
 from tests.peers import Daemon, free_port
+from tests.servers import local_upstream
 from tests.service import ask
-from tests.upstream_server import local_upstream
 
 DEBIAN_STUBBY_YML = Path("/etc/stubby/stubby.yml")
 

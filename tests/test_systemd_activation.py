@@ -15,7 +15,7 @@ import dns.query
 import dns.rcode
 
 from tests.conftest import dot_uri
-from tests.upstream_server import LocalUpstream
+from tests.servers import LocalUpstream
 
 
 def _bound_pair() -> tuple[socket.socket, socket.socket, int]:

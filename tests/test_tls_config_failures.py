@@ -29,9 +29,7 @@ from stubby_py.core.errors import ConfigError
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, dot_uri, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
-from tests.doh_server import h2_server, write_cert_files
-from tests.quic_servers import doq_server
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers import LocalUpstream, doq_server, h2_server, local_upstream, write_cert_files
 
 GARBAGE = "this is not a certificate\n"
 BROKEN_ADDRESS = "192.0.2.66"
@@ -102,9 +100,7 @@ def test_ca_file_turned_garbage_mid_run_is_noticed_and_recovered_from(
     shutil.copyfile(ca_file, own_ca)
     with local_upstream(server_context(ca)) as first:
         first.state.address = BROKEN_ADDRESS
-        config = make_config(
-            [dot_uri(first), dot_uri(healthy)], ca_file, cache_size=0, hedge=False
-        )
+        config = make_config([dot_uri(first), dot_uri(healthy)], ca_file, cache_size=0, hedge=False)
         first_spec = replace(config.upstreams[0], ca_file=str(own_ca))
         config = replace(config, upstreams=(first_spec, config.upstreams[1]))
         with running_daemon(config) as daemon:

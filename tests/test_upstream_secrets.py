@@ -22,8 +22,8 @@ from stubby_py.core.config import Overrides, apply_overrides, parse_config, pars
 from stubby_py.core.errors import ConfigError
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.doh_server import h2_server
 from tests.peers import LOOPBACK, free_ports
+from tests.servers import Misbehaviour, h2_server
 from tests.test_stats_and_metrics import scrape
 
 SECRET = "ACCOUNT-TOKEN-7f3a9c"
@@ -43,7 +43,7 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
 ) -> None:
     dead = free_ports(1)[0]
     with h2_server(server_context(ca)) as server:
-        server.state.behaviour = "http500"
+        server.state.misbehaviour = Misbehaviour.HTTP500
         origin = f"https://{AUTH_NAME}:{server.port}"
         host = f"{origin}#127.0.0.1"  # as shown: its path never is
         socket_path = str(tmp_path / "run" / "control.sock")

@@ -1,10 +1,10 @@
-"""Local QUIC upstreams for tests: DoH over HTTP/3 and DoQ (RFC 9250), on aioquic, in a thread.
+"""QUIC test servers on aioquic: DoH over HTTP/3 (`H3DoHServer`) and DoQ (`DoQServer`, RFC 9250).
 
-Both answer through doh_server.outcome (dnspython) and misbehave on demand (doh_server.BEHAVIOURS
-plus the DoQ-only "short_frame", "two_messages" and "excessive_load"). They keep session tickets
-so clients can resume, count handshakes and resumptions, record raw queries and the streams the
-client reset, and can cap the client's stream credit (`max_streams`) or drop every connection
-with CONNECTION_CLOSE (`drop_connections`, as a restart would).
+Both answer through `answers.outcome` and misbehave on demand (the DoQ-only misbehaviours are
+SHORT_FRAME, TWO_MESSAGES and EXCESSIVE_LOAD). They keep session tickets so clients can resume,
+count handshakes and resumptions, record raw queries and the streams the client reset, and can
+cap the client's stream credit (`max_streams`) or drop every connection with CONNECTION_CLOSE
+(`drop_connections`, as a restart would).
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from aioquic.quic.events import (
 )
 from aioquic.tls import SessionTicket
 
-from tests.doh_server import DoHState, ServerThread, http_response, outcome, query_from_request
+from tests.servers.answers import ServerState, http_response, outcome, query_from_request
+from tests.servers.misbehaviour import Misbehaviour
+from tests.servers.thread import ServerThread
 
 DOQ_INTERNAL_ERROR = 0x1
 DOQ_EXCESSIVE_LOAD = 0x4
@@ -54,7 +56,7 @@ class _ServerConnection(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, server: QuicServerThread, **kwargs: Any) -> None:
         super().__init__(quic, **kwargs)
         self.server = server
-        self.state: DoHState = server.state
+        self.state: ServerState = server.state
         if server.max_streams is not None:
             # aioquic has no setting for this: the initial credit is its transport parameter
             quic._local_max_streams_bidi.value = server.max_streams
@@ -97,27 +99,29 @@ class _DoQServerConnection(_ServerConnection):
             self._query(event.stream_id, bytes(buffer[2:]))
 
     def _query(self, stream_id: int, data: bytes) -> None:
-        behaviour, reply = outcome(self.state, data)
-        if behaviour == "stall":
+        result = outcome(self.state, data)
+        misbehaviour = result.misbehaviour
+        if misbehaviour is Misbehaviour.STALL:
             return
-        if behaviour == "close":
+        if misbehaviour is Misbehaviour.CLOSE:
             self.close(error_code=DOQ_INTERNAL_ERROR, reason_phrase="told to close")
-        elif behaviour in ("reset", "excessive_load"):
-            code = DOQ_EXCESSIVE_LOAD if behaviour == "excessive_load" else DOQ_INTERNAL_ERROR
+        elif misbehaviour in (Misbehaviour.RESET, Misbehaviour.EXCESSIVE_LOAD):
+            excessive = misbehaviour is Misbehaviour.EXCESSIVE_LOAD
+            code = DOQ_EXCESSIVE_LOAD if excessive else DOQ_INTERNAL_ERROR
             self._quic.reset_stream(stream_id, code)
             self.transmit()
-        elif self.state.delay:
-            self.later(self.state.delay, self._respond, stream_id, behaviour, reply or b"")
+        elif result.delay:
+            self.later(result.delay, self._respond, stream_id, misbehaviour, result.reply or b"")
         else:
-            self._respond(stream_id, behaviour, reply or b"")
+            self._respond(stream_id, misbehaviour, result.reply or b"")
 
-    def _respond(self, stream_id: int, behaviour: str, reply: bytes) -> None:
+    def _respond(self, stream_id: int, misbehaviour: Misbehaviour, reply: bytes) -> None:
         framed = struct.pack("!H", len(reply)) + reply
-        if behaviour == "short_frame":
+        if misbehaviour is Misbehaviour.SHORT_FRAME:
             framed = struct.pack("!H", len(reply) + 10) + reply
-        elif behaviour == "two_messages":
+        elif misbehaviour is Misbehaviour.TWO_MESSAGES:
             framed += framed
-        elif behaviour == "oversized":
+        elif misbehaviour is Misbehaviour.OVERSIZED:
             framed = b"\xff\xff" + reply
         self._quic.send_stream_data(stream_id, framed, end_stream=True)
         self.transmit()
@@ -146,22 +150,23 @@ class _H3ServerConnection(_ServerConnection):
 
     def _request(self, stream_id: int, headers: dict[bytes, bytes], body: bytes) -> None:
         self.state.methods.append(headers.get(b":method", b"").decode())
-        behaviour, reply = outcome(self.state, query_from_request(headers, body))
-        if behaviour == "stall":
+        result = outcome(self.state, query_from_request(headers, body))
+        misbehaviour = result.misbehaviour
+        if misbehaviour is Misbehaviour.STALL:
             return
-        if behaviour in ("close", "goaway"):
+        if misbehaviour in (Misbehaviour.CLOSE, Misbehaviour.GOAWAY):
             self.close(error_code=ErrorCode.H3_INTERNAL_ERROR, reason_phrase="told to close")
-        elif behaviour == "reset":
+        elif misbehaviour is Misbehaviour.RESET:
             self._quic.reset_stream(stream_id, ErrorCode.H3_INTERNAL_ERROR)
             self.transmit()
-        elif self.state.delay:
-            self.later(self.state.delay, self._respond, stream_id, behaviour, reply or b"")
+        elif result.delay:
+            self.later(result.delay, self._respond, stream_id, misbehaviour, result.reply or b"")
         else:
-            self._respond(stream_id, behaviour, reply or b"")
+            self._respond(stream_id, misbehaviour, result.reply or b"")
 
-    def _respond(self, stream_id: int, behaviour: str, body: bytes) -> None:
+    def _respond(self, stream_id: int, misbehaviour: Misbehaviour, body: bytes) -> None:
         assert self._h3 is not None
-        headers, body = http_response(behaviour, body)
+        headers, body = http_response(misbehaviour, body)
         self._h3.send_headers(stream_id, headers)
         self._h3.send_data(stream_id, body, end_stream=True)
         self.transmit()

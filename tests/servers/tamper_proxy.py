@@ -15,8 +15,8 @@ connection after the server has sent it a given number of TLS records, as a NAT 
 cuts long-lived connections does: the record that hits the limit is dropped and both sides get a
 TCP RST, so whatever was in flight on that connection is lost.
 ``with running_resetting_proxy(upstream_port, cut_after=30) as proxy:`` runs it like the forging
-one; ``python -m tests.tamper_proxy --upstream PORT --cut-after 30`` runs it as a process of its
-own (bench/resets.py).
+one; ``python -m tests.servers.tamper_proxy --upstream PORT --cut-after 30`` runs it as a
+process of its own (bench/resets.py).
 """
 
 from __future__ import annotations

@@ -24,8 +24,9 @@ from stubby_py.core.errors import (
 )
 from stubby_py.core.ratelimit import RateLimiter
 
-#: the QR bit in the header's third octet
+#: the QR bit and the opcode in the header's third octet
 _QR_OCTET = wire.QR >> 8
+_OPCODE_OCTET = wire.OPCODE_MASK >> 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,9 +83,15 @@ def admit(data: bytes, client_ip: str, now: float, rules: Rules) -> wire.ClientQ
         return DENIED_REFUSED
     if limiter is not None and not _within_rate(client_ip, now, limiter, rules.exempt):
         return RATE_LIMITED_REFUSED if rules.refuse_limited else RATE_LIMITED_DROPPED
-    query = parse(data)
-    if query is None:
-        return NOTIMP if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK else FORMERR
+    if data[2] & _OPCODE_OCTET:
+        return NOTIMP
+    try:
+        query = wire.parse_query(data)
+    except wire.WireError:
+        try:
+            query = wire.parse_unusual_query(data)
+        except wire.WireError:
+            return FORMERR
     if query.edns_version > 0:
         return BADVERS
     return query
@@ -92,7 +99,7 @@ def admit(data: bytes, client_ip: str, now: float, rules: Rules) -> wire.ClientQ
 
 def parse(data: bytes) -> wire.ClientQuery | None:
     """`data` (at least a header, not a response) as a standard query, or None."""
-    if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK:
+    if data[2] & _OPCODE_OCTET:
         return None
     try:
         return wire.parse_query(data)

@@ -24,7 +24,7 @@ from dns.rcode import Rcode
 
 from stubby_py.core import local, wire
 from stubby_py.core.config import DEFAULT_GROUP
-from stubby_py.daemon.query_path import QueryContext
+from stubby_py.daemon.context import QueryContext
 from stubby_py.dnssec.outcome import Security
 
 if TYPE_CHECKING:

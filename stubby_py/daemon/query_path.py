@@ -18,18 +18,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from dns.rcode import Rcode
 
 from stubby_py.core import admission, answers, local, response, wire
 from stubby_py.core.access import AccessList
+from stubby_py.core.admission import Rejection
 from stubby_py.core.cache import Cache, ValidationStatus
 from stubby_py.core.config import DEFAULT_GROUP, Config
 from stubby_py.core.errors import DnssecFailureError, InternalError, UpstreamError
 from stubby_py.core.pool import Pool
 from stubby_py.core.router import Router
+from stubby_py.daemon.context import QueryContext
+from stubby_py.daemon.context import Respond as Respond  # the listeners' callback type
 
 if TYPE_CHECKING:
     from stubby_py.daemon.explain import Trace
@@ -41,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Respond = Callable[[bytes], None]
 TYPE_ANY = 255
 #: RFC 8482 §4.2: the minimal answer to ANY over UDP
 _ANY_HINFO = ("RFC8482", "")
@@ -49,49 +50,6 @@ _ANY_HINFO = ("RFC8482", "")
 Outcome = bytes | UpstreamError | InternalError
 #: answers whose informational Extended DNS Error is remembered (the oldest go first)
 MAX_ANSWER_NOTES = 10_000
-
-
-class Observer(Protocol):
-    """Told of every answered query (the query log, explain)."""
-
-    def answered(self, context: QueryContext, reply: bytes) -> None: ...
-
-
-class QueryContext:
-    """One admitted query on its way: built once in `handle`, passed down the path."""
-
-    __slots__ = (
-        "client_ip", "limit", "observer", "query", "received", "respond", "source", "trace",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        query: wire.ClientQuery,
-        respond: Respond,
-        client_ip: str,
-        limit: int | None,
-        received: float,
-        observer: Observer | None,
-        trace: Trace | None = None,
-    ) -> None:
-        self.query = query
-        self.respond = respond
-        self.client_ip = client_ip
-        #: the largest reply the client takes over UDP; None over a stream
-        self.limit = limit
-        #: loop time at arrival
-        self.received = received
-        self.observer = observer
-        #: `stubby-py explain`: what the path looked at and asked on the way
-        self.trace = trace
-        #: where the answer came from ("cache", "upstream", "synthesized", "joined", "stale",
-        #: "held-failure", "local", "any-minimal")
-        self.source = "upstream"
-
-    def answer(self, reply: bytes) -> None:
-        self.respond(reply)
-        if self.observer is not None:
-            self.observer.answered(self, reply)
 
 
 class Resolver:
@@ -147,7 +105,7 @@ class Resolver:
         self.counters["queries"] += 1
         now = self._loop.time()
         query = admission.admit(data, client_ip, now, self.rules)
-        if isinstance(query, admission.Rejection):
+        if isinstance(query, Rejection):
             return self._turn_away(data, client_ip, respond, query)
         context = QueryContext(
             query, respond, client_ip, response.udp_limit(query) if udp else None, now,
@@ -160,7 +118,7 @@ class Resolver:
         return True
 
     def _turn_away(
-        self, data: bytes, client_ip: str, respond: Respond, rejection: admission.Rejection
+        self, data: bytes, client_ip: str, respond: Respond, rejection: Rejection
     ) -> bool:
         """What admission said no to: answered with its error, or dropped (and logged)."""
         counters = self.counters

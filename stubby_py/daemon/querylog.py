@@ -30,7 +30,7 @@ from stubby_py.core import response, wire
 from stubby_py.daemon.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
-    from stubby_py.daemon.query_path import QueryContext
+    from stubby_py.daemon.context import QueryContext
 
 log = logging.getLogger(__name__)
 

@@ -50,6 +50,12 @@ _ANY_HINFO = ("RFC8482", "")
 Outcome = bytes | UpstreamError | InternalError
 #: answers whose informational Extended DNS Error is remembered (the oldest go first)
 MAX_ANSWER_NOTES = 10_000
+COUNTERS = (
+    "queries", "dropped", "formerr", "refused", "notimp", "servfail", "answered", "cache_hits",
+    "cache_misses", "joined", "stale", "cached_failures", "prefetches", "rate_limited", "local",
+    "any_minimal", "dnssec_secure", "dnssec_insecure", "dnssec_bogus", "dnssec_indeterminate",
+    "dnssec_unchecked", "dnssec_retries", "dnssec_synthesized", "network_changes",
+)  # fmt: skip
 
 
 class Resolver:
@@ -75,15 +81,7 @@ class Resolver:
         self._tasks: set[asyncio.Task[None]] = set()
         #: questions being asked upstream (by cache key) → the identical queries waiting on them
         self._inflight: dict[bytes, list[QueryContext]] = {}
-        self.counters: dict[str, int] = {
-            "queries": 0, "dropped": 0, "formerr": 0, "refused": 0, "notimp": 0,
-            "servfail": 0, "answered": 0, "cache_hits": 0, "cache_misses": 0, "joined": 0,
-            "stale": 0, "cached_failures": 0, "prefetches": 0, "rate_limited": 0, "local": 0,
-            "any_minimal": 0, "dnssec_secure": 0, "dnssec_insecure": 0, "dnssec_bogus": 0,
-            "dnssec_indeterminate": 0, "dnssec_unchecked": 0, "dnssec_retries": 0,
-            "dnssec_synthesized": 0,
-            "network_changes": 0,
-        }  # fmt: skip
+        self.counters: dict[str, int] = dict.fromkeys(COUNTERS, 0)
 
     @property
     def validator(self) -> Validator | None:
@@ -124,17 +122,16 @@ class Resolver:
         counters = self.counters
         for name in rejection.counters:
             counters[name] = counters.get(name, 0) + 1
-        query = admission.parse(data) if rejection.log_as else None
+        query_log = self.query_log
         if rejection.error is None:
-            if query is not None and self.query_log is not None:
-                self.query_log.record_drop(client_ip, query, rejection.log_as)
+            if rejection.log_as and query_log is not None and (query := admission.parse(data)):
+                query_log.record_drop(client_ip, query, rejection.log_as)
             return False
+        query = admission.parse(data) if rejection.log_as else None
         reply = answers.rejection(data, query, rejection.error)
         respond(reply)
-        if query is not None and self.query_log is not None:
-            context = QueryContext(query, respond, client_ip, None, 0.0, None)
-            context.source = rejection.log_as
-            self.query_log.answered(context, reply)
+        if query is not None and query_log is not None:
+            query_log.record(client_ip, query, response.rcode_of(reply), rejection.log_as)
         return True
 
     def answer_locally(self, context: QueryContext) -> bool:

@@ -1,8 +1,9 @@
 """The running daemon: sockets, privileges, signals, reload, sd_notify, watchdog, orderly shutdown.
 
-Start: the resolver (which loads the saved cache), the listening sockets (bound here, or inherited
-from systemd: socket activation), the query log, the control socket and the metrics endpoint; if
-started as root, the switch to the configured user; then READY=1 (sd_notify(3)).
+Start: the runtime and its query path (runtime.py, which loads the saved cache), the listening
+sockets (bound here, or inherited from systemd: socket activation), the query log, the control
+socket and the metrics endpoint; if started as root, the switch to the configured user; then
+READY=1 (sd_notify(3)).
 
 Signals: SIGHUP (or `stubby-py reload`) re-reads the configuration; a bad file is refused with its
 file:line: key error and the running configuration stays; a good one is applied keeping the cache

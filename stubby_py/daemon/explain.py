@@ -179,9 +179,7 @@ async def explain(resolver: Resolver, name: str, qtype: int, *, do: bool = False
     if not (local.is_candidate(query) and resolver.answer_locally(context)):
         resolver.answer(context)
     reply = await asyncio.wait_for(captured.reply, resolver.config.timeout + 2.0)
-    # where the answer came from, as the query path says (before it answered, for a question
-    # that is still in flight)
-    trace.source = context.source
+    trace.source = context.source  # where the answer came from, as the query path marked it
     describe_reply(trace, reply)
     if trace.group == DEFAULT_GROUP:
         trace.key_chain = key_chain(resolver, qname)

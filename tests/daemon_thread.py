@@ -30,6 +30,10 @@ class DaemonThread:
     def resolver(self) -> Any:
         return self.daemon.resolver
 
+    @property
+    def runtime(self) -> Any:
+        return self.daemon.runtime
+
     def start(self) -> DaemonThread:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self.daemon.start(), self.loop).result(10)

@@ -7,7 +7,7 @@ import pytest
 from stubby_py.core.cache import CacheLimits
 from stubby_py.core.config import load_config, parse_config
 from stubby_py.core.errors import ConfigError
-from stubby_py.daemon.query_path import cache_limits
+from stubby_py.daemon.runtime import cache_limits
 
 
 def test_defaults() -> None:

@@ -18,6 +18,7 @@ import dns.rrset
 from stubby_py.core import response, wire
 from stubby_py.core.config import Config
 from stubby_py.daemon.query_path import Resolver
+from stubby_py.daemon.runtime import Runtime
 
 
 def _stored_answer(resolver: Resolver, name: str = "www.example.com.") -> bytes:
@@ -33,7 +34,7 @@ def _stored_answer(resolver: Resolver, name: str = "www.example.com.") -> bytes:
 
 
 def _resolver() -> Resolver:
-    return Resolver(replace(Config(), cache_file=None), [])
+    return Runtime(replace(Config(), cache_file=None), {}, []).resolver
 
 
 def test_a_hit_is_answered_at_once_without_a_task() -> None:

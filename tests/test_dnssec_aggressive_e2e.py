@@ -23,6 +23,7 @@ import dns.rrset
 import pytest
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 
+from stubby_py.daemon.explain import explain
 from stubby_py.dnssec.aggressive import Held
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
@@ -87,7 +88,7 @@ def test_nxdomain_in_a_held_nsec_span_is_answered_without_asking(
     assert ask(daemon.port, "zz.nsec.test.").rcode() == NXDOMAIN
     assert proxy.forwarded > before
     trace = asyncio.run_coroutine_threadsafe(
-        daemon.resolver.explain("nw.nsec.test.", dns.rdatatype.A), daemon.loop
+        explain(daemon.resolver, "nw.nsec.test.", dns.rdatatype.A), daemon.loop
     ).result(10)
     assert trace.source == "synthesized" and trace.validation is not None, trace
     assert trace.validation.security == "secure" and trace.rcode == "NXDOMAIN", trace

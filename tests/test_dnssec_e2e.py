@@ -341,7 +341,7 @@ def test_a_lying_upstream_is_passed_over_for_an_honest_one(dnssec_hierarchy: Hie
             assert reply.rcode() == NOERROR and has_ad(reply), describe(reply)
             assert rdata_texts(reply, dns.rdatatype.A) == ["192.0.2.10"], describe(reply)
             assert proxy.tampered >= 1
-            snapshot = daemon.call(daemon.resolver.snapshot)
+            snapshot = daemon.call(daemon.runtime.snapshot)
             assert snapshot["counters"]["dnssec_retries"] == 1
             liar = snapshot["upstreams"][0]
             assert liar["failure_kinds"].get("dnssec-bogus") == 1, liar
@@ -418,7 +418,7 @@ def test_turning_validation_on_forgets_answers_cached_unchecked(
     with running_daemon(config) as daemon:
         unchecked = ask(daemon.port, "www.changed.test.")
         assert unchecked.rcode() == NOERROR  # off: the upstream's data, cached
-        daemon.call(daemon.resolver.reconfigure, replace(config, dnssec="validate"))
+        daemon.call(daemon.runtime.reconfigure, replace(config, dnssec="validate"))
         checked = ask(daemon.port, "www.changed.test.")
         assert checked.rcode() == SERVFAIL and 6 in ede_codes(checked), describe(checked)
 
@@ -456,7 +456,7 @@ def test_unsigned_answers_below_a_known_insecure_delegation_take_the_short_path(
         chained = ask(daemon.port, "to-insecure.nsec.test.", ad=True)
         assert rdata_texts(chained, dns.rdatatype.A) == ["192.0.2.21"] and not has_ad(chained)
         assert parses  # a chain to follow: the whole path
-        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        counters = daemon.call(daemon.runtime.snapshot)["counters"]
         assert counters["dnssec_insecure"] >= 4 and counters["dnssec_bogus"] == 0
 
 
@@ -502,7 +502,7 @@ def test_questions_below_a_known_insecure_delegation_build_no_dnspython_name(
         signed = ask(daemon.port, "nx2.nsec.test.", ad=True)
         assert signed.rcode() == NXDOMAIN and has_ad(signed), describe(signed)
         assert proofs  # a signed zone's name is still proven from held records
-        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        counters = daemon.call(daemon.runtime.snapshot)["counters"]
         assert counters["dnssec_insecure"] >= 3 and counters["dnssec_bogus"] == 0
 
 
@@ -535,7 +535,7 @@ def test_no_proof_from_held_records_is_tried_below_a_deeper_known_zone_cut(
         denied = ask(daemon.port, "nx2.test.", ad=True)
         assert denied.rcode() == NXDOMAIN and has_ad(denied), describe(denied)
         assert proofs  # a name in test. itself: proven from the held records
-        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        counters = daemon.call(daemon.runtime.snapshot)["counters"]
         assert counters["dnssec_synthesized"] >= 1 and counters["dnssec_bogus"] == 0
 
 

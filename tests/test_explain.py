@@ -22,6 +22,7 @@ from stubby_py.commands import explain
 from stubby_py.core import cache
 from stubby_py.core.config import Config
 from stubby_py.daemon import control
+from stubby_py.daemon import explain as daemon_explain
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.servers import LocalUpstream, Misbehaviour
@@ -170,11 +171,15 @@ def test_no_daemon_is_an_error(tmp_path: Path) -> None:
 
 
 def test_table_renders_a_validated_miss() -> None:
-    trace = explain.Trace("www.ecdsap256.test.", "A", source="upstream", rcode="NOERROR", ad=True)
-    trace.attempt(explain.Attempt("default", "tls://127.0.0.1:853#dns.test", "DoT", "answer", 4.2))
+    trace = daemon_explain.Trace(
+        "www.ecdsap256.test.", "A", source="upstream", rcode="NOERROR", ad=True
+    )
+    trace.attempt(
+        daemon_explain.Attempt("default", "tls://127.0.0.1:853#dns.test", "DoT", "answer", 4.2)
+    )
     trace.answered_by = "tls://127.0.0.1:853#dns.test over DoT"
-    trace.validation = explain.ValidationView(
-        "secure", None, "", "", [explain.ChainLink(".", "secure", "trust anchor")], 1.5, 4
+    trace.validation = daemon_explain.ValidationView(
+        "secure", None, "", "", [daemon_explain.ChainLink(".", "secure", "trust anchor")], 1.5, 4
     )
     table = explain.format_table(trace.to_dict())
     assert "answered by  upstream tls://127.0.0.1:853#dns.test over DoT" in table

@@ -20,6 +20,7 @@ import dns.rcode
 import pytest
 
 from stubby_py.core import errors
+from stubby_py.daemon.explain import explain
 from stubby_py.daemon.upstreams import _Race
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.dnssec_hierarchy import Hierarchy
@@ -90,7 +91,7 @@ def test_bogus_answer_keeps_its_verdict_past_a_dead_upstream(
     assert held.rcode() == SERVFAIL
     assert the_ede(held) == (first_code, first_text)
 
-    snapshot = daemon.call(daemon.resolver.snapshot)
+    snapshot = daemon.call(daemon.runtime.snapshot)
     counters = snapshot["counters"]
     assert counters["dnssec_bogus"] == 1 and counters["cached_failures"] == 1, counters
     assert counters["dnssec_retries"] == 1, counters
@@ -107,7 +108,7 @@ def test_explain_shows_the_verdict_and_every_attempt(
 ) -> None:
     daemon = bogus_pool_daemon
     trace = asyncio.run_coroutine_threadsafe(
-        daemon.resolver.explain("www.future.test.", 1), daemon.loop
+        explain(daemon.resolver, "www.future.test.", 1), daemon.loop
     ).result(20)
     report = trace.to_dict()
     assert report["rcode"] == "SERVFAIL"
@@ -148,7 +149,7 @@ def test_the_most_telling_failure_is_named_first(
         held = ask(daemon.port, "broken.example.")
         code, text = the_ede(held)
         assert code == CACHED_ERROR and text.startswith(f"cached failure ({kind})"), text
-        counters = daemon.call(daemon.resolver.snapshot)["counters"]
+        counters = daemon.call(daemon.runtime.snapshot)["counters"]
         assert counters["servfail"] == 2 and counters["cached_failures"] == 1, counters
 
 

@@ -17,8 +17,8 @@ import dns.query
 import dns.rcode
 import pytest
 
+from stubby_py.core.access import AccessList
 from stubby_py.core.ratelimit import RateLimiter, client_key
-from stubby_py.daemon.query_path import AccessList
 from stubby_py.listeners.plain import TCPConnections
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon

@@ -101,7 +101,7 @@ def test_connections_retired_by_network_changes_are_gone(upstream_uri: str, ca_f
         for round_ in range(3):
             answered(daemon, f"n{round_}-")
             refs.append(weakref.ref(current_connection(daemon)))
-            daemon.call(daemon.resolver.network_changed, "test")
+            daemon.call(daemon.runtime.network_changed, "test")
         answered(daemon, "after-")
         assert gone(daemon, refs) == []
         transport = daemon.resolver.transports[0]
@@ -135,10 +135,10 @@ def test_transports_retired_by_reloads_are_gone(upstream_uri: str, ca_file: str)
             del transport
             # another idle timeout: a transport setting, so every transport is built anew
             changed = replace(config, upstream_idle_timeout=10.0 + round_)
-            daemon.call(daemon.resolver.reconfigure, changed)
+            daemon.call(daemon.runtime.reconfigure, changed)
         answered(daemon, "after-")
         # retired transports close after the query timeout (+0.5 s)
-        assert wait_until(lambda: not daemon.resolver._retired, 5.0)
+        assert wait_until(lambda: not daemon.runtime._retired, 5.0)
         assert gone(daemon, refs) == []
 
 
@@ -171,7 +171,7 @@ def test_per_upstream_maps_stay_bounded(ca: trustme.CA, ca_file: str) -> None:
         with running_daemon(make_config([uri], ca_file, cache_size=0)) as daemon:
             for round_ in range(10):
                 answered(daemon, f"m{round_}-", 20)
-                daemon.call(daemon.resolver.network_changed, "test")
+                daemon.call(daemon.runtime.network_changed, "test")
             assert proxy.cuts >= 3
             transport = daemon.resolver.transports[0]
             sizes = {

@@ -30,8 +30,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
 from aioquic.tls import SessionTicket
 
+from stubby_py.commands import stats as stats_table
 from stubby_py.core.config import Config, EncryptedListen
-from stubby_py.daemon import metrics, stats
+from stubby_py.daemon import metrics
 from stubby_py.listeners import doq, tls_files
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.servers import LocalUpstream, local_upstream
@@ -355,7 +356,7 @@ def test_stats_table_and_metrics_show_doq(served: Served) -> None:
     dnspython_doq(served)
     figures = served.daemon.daemon.collect_stats()
     assert figures["doq"]["queries"] >= 1
-    assert "doq            " in stats.format_table(figures)
+    assert "doq            " in stats_table.format_table(figures)
     text = metrics.render(figures)
     assert "stubby_py_doq_queries_total" in text
     assert 'stubby_py_doq_rejected_total{cap="per_client"}' in text

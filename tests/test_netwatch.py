@@ -86,7 +86,7 @@ from stubby_py.daemon.netwatch import (
     parse_messages,
     start_watching,
 )
-from stubby_py.daemon.query_path import Resolver
+from stubby_py.daemon.runtime import Runtime
 from tests.conftest import dot_uri, server_context
 from tests.daemon_thread import running_daemon
 from tests.peers import require_tool
@@ -447,21 +447,23 @@ def test_network_changed_resets_every_pool_and_each_transport_once(
     shared, own = _Resettable(), _Resettable()
     pools = [_Resettable(), _Resettable()]
     resolver: Any = SimpleNamespace(
-        groups={
-            "default": SimpleNamespace(transports=[shared, own], pool=pools[0]),
-            "lan": SimpleNamespace(transports=[shared], pool=pools[1]),
-        },
-        counters={"queries": 3, "network_changes": 0},
+        resolver=SimpleNamespace(
+            groups={
+                "default": SimpleNamespace(transports=[shared, own], pool=pools[0]),
+                "lan": SimpleNamespace(transports=[shared], pool=pools[1]),
+            },
+            counters={"queries": 3, "network_changes": 0},
+        )
     )
     # the resolver's own method, on the stand-in, reached through netwatch's entry point
-    resolver.network_changed = functools.partial(Resolver.network_changed, resolver)
-    with caplog.at_level(logging.INFO, logger="stubby_py.daemon.query_path"):
+    resolver.network_changed = functools.partial(Runtime.network_changed, resolver)
+    with caplog.at_level(logging.INFO, logger="stubby_py.daemon.runtime"):
         network_changed(resolver, "wlan0 up")
         network_changed(resolver, "resumed")
     assert (shared.resets, own.resets) == (2, 2)
     assert [p.resets for p in pools] == [2, 2]
-    assert resolver.counters == {"queries": 3, "network_changes": 2}
-    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.daemon.query_path"]
+    assert resolver.resolver.counters == {"queries": 3, "network_changes": 2}
+    lines = [r.getMessage() for r in caplog.records if r.name == "stubby_py.daemon.runtime"]
     assert lines == [
         "network change (wlan0 up): upstream connections renewed, backoff reset",
         "network change (resumed): upstream connections renewed, backoff reset",
@@ -515,7 +517,7 @@ def test_after_a_change_no_query_uses_an_idle_connection_from_before(
         old = transport._connection
         assert old is not None and dot_upstream.state.connections == 1
 
-        daemon.call(network_changed, daemon.resolver, "test")
+        daemon.call(network_changed, daemon.runtime, "test")
         assert _really_closed(old)  # idle: closed at once
         assert wait_for(lambda: _upstream_connections(dot_upstream) == 0, 3.0)
 
@@ -545,7 +547,7 @@ def test_a_change_forgets_every_backoff(dot_upstream: LocalUpstream, ca_file: st
         assert ask(daemon.port, "refused.example.").rcode() == 2
         assert dot_upstream.state.connections == 0
 
-        daemon.call(network_changed, resolver, "resumed")
+        daemon.call(network_changed, daemon.runtime, "resumed")
         health = resolver.pool.health[0]
         assert (health.is_down, health.consecutive_failures, health.down_until) == (False, 0, 0.0)
         assert (transport._failures, transport._retry_at, transport._last_error) == (0, 0.0, None)
@@ -613,7 +615,7 @@ def test_a_busy_connection_finishes_its_queries_and_takes_no_new_one(
             # in its own thread: give it time to read 0.8 s before the delay goes back to 0
             time.sleep(0.1)
             state.delay = 0.0
-            daemon.call(network_changed, daemon.resolver, "test")
+            daemon.call(network_changed, daemon.runtime, "test")
             assert not _really_closed(old)  # busy: it stays for the query in flight
 
             assert answer_address(ask(daemon.port, "after.example.")) == "192.0.2.1"
@@ -639,7 +641,7 @@ def test_a_change_while_connecting_opens_again(dot_upstream: LocalUpstream, ca_f
             connection = await original_open()
             opened.append(connection)
             if len(opened) == 1:
-                network_changed(daemon.resolver, "test")  # arrives while this one was opening
+                network_changed(daemon.runtime, "test")  # arrives while this one was opening
             return connection
 
         transport._open = open_then_change

@@ -339,7 +339,7 @@ def test_reload_puts_the_proxy_in_the_path(ca: trustme.CA, ca_file: str, tmp_pat
         with running_daemon(direct) as daemon:
             assert ask(daemon.port, "before.example.").rcode() == dns.rcode.NOERROR
             proxied = replace(direct, proxy=parse_proxy_uri(f"socks5://127.0.0.1:{proxy_port}"))
-            daemon.call(daemon.resolver.reconfigure, proxied)
+            daemon.call(daemon.runtime.reconfigure, proxied)
             after = ask(daemon.port, "after.example.")
     assert after.rcode() == dns.rcode.NOERROR
     assert state.peers == ["127.0.0.1", SOCKS_OUT]

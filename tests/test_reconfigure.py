@@ -30,13 +30,13 @@ def test_reload_keeps_unchanged_upstreams_and_drops_removed_ones(
             new = replace(
                 config, upstreams=(parse_upstream_uri(dot_uri(kept)),), rules=(("x.", "default"),)
             )
-            daemon.call(daemon.resolver.reconfigure, new)
+            daemon.call(daemon.runtime.reconfigure, new)
             assert daemon.resolver.transports == [before]
             assert (
                 rcodes(ask_many([f"b{i}.example." for i in range(10)], daemon.port))
                 == ["NOERROR"] * 10
             )
-            retired = daemon.call(lambda: list(daemon.resolver._retired))
+            retired = daemon.call(lambda: list(daemon.runtime._retired))
             assert len(retired) == 1 and retired[0].spec.port == removed.port
     assert kept.state.connections == 1
     assert len(kept.state.queries) == 15
@@ -54,12 +54,12 @@ def test_reload_keeps_the_warm_validator_unless_its_anchors_change(
         with running_daemon(config) as daemon:
             first = daemon.resolver.validator
             assert first is not None
-            daemon.call(daemon.resolver.reconfigure, replace(config, timeout=1.5))
+            daemon.call(daemon.runtime.reconfigure, replace(config, timeout=1.5))
             assert daemon.resolver.validator is first  # same anchors: the key cache stays warm
             anchors.write_text(ds.replace("20326", "20327"))  # the file changed under the path
-            daemon.call(daemon.resolver.reconfigure, replace(config, timeout=1.6))
+            daemon.call(daemon.runtime.reconfigure, replace(config, timeout=1.6))
             second = daemon.resolver.validator
             assert second is not None and second is not first
             assert [d.key_tag for d in second.chain.anchors.get(dns.name.root).ds] == [20327]
-            daemon.call(daemon.resolver.reconfigure, replace(config, dnssec="off"))
+            daemon.call(daemon.runtime.reconfigure, replace(config, dnssec="off"))
             assert daemon.resolver.validator is None

@@ -108,7 +108,7 @@ def test_ca_file_turned_garbage_mid_run_is_noticed_and_recovered_from(
             assert addresses(before) == {BROKEN_ADDRESS}  # the first upstream answers
 
             own_ca.write_text(GARBAGE)
-            daemon.call(daemon.resolver.network_changed, "test")  # a new connection is due
+            daemon.call(daemon.runtime.network_changed, "test")  # a new connection is due
             during = ask_many([f"b{i}.example." for i in range(20)], daemon.port, concurrency=5)
             assert rcodes(during) == ["NOERROR"] * 20
             assert addresses(during) == {HEALTHY_ADDRESS}
@@ -116,7 +116,7 @@ def test_ca_file_turned_garbage_mid_run_is_noticed_and_recovered_from(
             assert set(kinds) == {"tls-config"}
 
             shutil.copyfile(ca_file, own_ca)
-            daemon.call(daemon.resolver.network_changed, "test")  # forget the backoff
+            daemon.call(daemon.runtime.network_changed, "test")  # forget the backoff
             after = ask_many([f"c{i}.example." for i in range(5)], daemon.port)
             assert addresses(after) == {BROKEN_ADDRESS}
 

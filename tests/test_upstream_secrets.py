@@ -20,6 +20,7 @@ import trustme
 from stubby_py.commands import cli
 from stubby_py.core.config import Overrides, apply_overrides, parse_config, parse_upstream_uri
 from stubby_py.core.errors import ConfigError
+from stubby_py.daemon.explain import explain
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.peers import LOOPBACK, free_ports
@@ -62,7 +63,7 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
             first = dns.query.udp(query, LOOPBACK, port=daemon.port, timeout=5)
             held = dns.query.udp(query, LOOPBACK, port=daemon.port, timeout=5)
             trace = asyncio.run_coroutine_threadsafe(
-                daemon.resolver.explain("other.example.", 1), daemon.loop
+                explain(daemon.resolver, "other.example.", 1), daemon.loop
             ).result(10)
             _status, _type, metrics_text = scrape(daemon.daemon.metrics.port)
             assert cli.main(["stats", "--json", "--socket", socket_path]) == 0

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from stubby_py import __version__
-from stubby_py.commands import explain, stubby_import
+from stubby_py.commands import explain, stats, stubby_import
 from stubby_py.core.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
 from stubby_py.core.errors import StubbyError
-from stubby_py.daemon import control, stats
+from stubby_py.daemon import control
 
 COMMANDS = (
     "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby",

@@ -1,117 +1,15 @@
-"""`stubby-py explain NAME [TYPE]`: what happened to one question, as data and as a table.
+"""`stubby-py explain NAME [TYPE]`: the report on one question, as a terminal reads it.
 
-Pure: the resolver fills a `Trace` as the question goes through the normal query path (the
-cache, the rule, each upstream attempt, the validator) and sends `Trace.to_dict()` over the
-control socket; `format_table` renders that dict for a terminal. No clock and no I/O here: the
-resolver measures and passes milliseconds in.
+The daemon traces the question through its query path (daemon/explain.py) and sends the trace as
+a dict over the control socket; `format_table` renders that dict. No clock and no I/O here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import dns.edns
-import dns.flags
-import dns.message
 from dns.edns import EDECode
-from dns.rcode import Rcode
-
-from stubby_py.dnssec.outcome import Security
-
-#: how the configuration names a transport → how people do
-TRANSPORT_NAMES = {
-    "tls": "DoT",
-    "https": "DoH (HTTP/2)",
-    "h3": "DoH (HTTP/3)",
-    "quic": "DoQ",
-    "udp": "plain UDP",
-    "tcp": "plain TCP",
-}
-
-
-@dataclass(slots=True)
-class CacheView:
-    """The cache entry a client's question maps to, before it was answered."""
-
-    #: fresh | stale (expired, within the serve-stale window) | expired | absent
-    state: str = "absent"
-    #: fresh: seconds left; stale/expired: seconds since expiry (negative)
-    ttl_left: float | None = None
-    #: the DNSSEC status stored with the answer (cache.ValidationStatus name, lower case)
-    validation: str | None = None
-    #: a prefetch would refresh it on a popular hit now (RFC 8767 §5)
-    prefetch_due: bool = False
-    #: a failure held for the question (RFC 9520): its reason and when the hold ends
-    held_failure: str | None = None
-    retry_in: float | None = None
-
-
-@dataclass(slots=True)
-class Attempt:
-    """One upstream asked once."""
-
-    group: str
-    upstream: str
-    transport: str
-    #: answer | answered SERVFAIL/REFUSED/... | cancelled | an errors.py kind (timeout, ...)
-    outcome: str
-    ms: float
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ChainLink:
-    zone: str
-    security: str
-    detail: str
-
-
-@dataclass(slots=True)
-class ValidationView:
-    security: str
-    ede: int | None
-    reason: str
-    zone: str
-    chain: list[ChainLink]
-    ms: float
-    #: DS/DNSKEY questions the validator asked upstream; 0: the key cache knew the whole chain
-    questions: int
-
-
-@dataclass(slots=True)
-class Trace:
-    """What the resolver records while it answers one explained question."""
-
-    name: str
-    qtype: str
-    do: bool = False
-    #: the forwarding rule (domain suffix) that matched, and the group it sends to
-    rule: str | None = None
-    group: str = "default"
-    cache: CacheView = field(default_factory=CacheView)
-    #: cache | joined (an identical question was in flight) | upstream | stale | held-failure |
-    #: synthesized (proven from held NSEC/NSEC3 records, RFC 8198)
-    source: str = ""
-    attempts: list[Attempt] = field(default_factory=list)
-    answered_by: str | None = None
-    validation: ValidationView | None = None
-    #: the key cache's view of the zones on the path (also when the answer came from the cache)
-    key_chain: list[ChainLink] = field(default_factory=list)
-    rcode: str = ""
-    ad: bool = False
-    ede: list[tuple[int, str]] = field(default_factory=list)
-    #: why the query path ended in SERVFAIL when it did (every upstream failed, bogus, ...)
-    failure: str | None = None
-    upstream_ms: float | None = None
-    total_ms: float = 0.0
-
-    def attempt(self, attempt: Attempt) -> None:
-        self.attempts.append(attempt)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def ede_name(code: int) -> str:
@@ -234,22 +132,3 @@ def format_table(report: Mapping[str, Any]) -> str:
         timing += f", validation {report['validation']['ms']:.1f} ms"
     lines.append(f"  timings      {timing}")
     return "\n".join(lines) + "\n"
-
-
-def chain_link(zone: str, security: Security, detail: str) -> ChainLink:
-    return ChainLink(zone, security.name.lower(), detail)
-
-
-def describe_reply(trace: Trace, reply: bytes) -> None:
-    """The answer's rcode, AD and Extended DNS Errors, as the client got them."""
-    message = dns.message.from_wire(reply)
-    trace.rcode = Rcode.to_text(message.rcode())
-    trace.ad = bool(message.flags & dns.flags.AD)
-    trace.ede = [
-        (option.code, option.text or "")
-        for option in message.options
-        if isinstance(option, dns.edns.EDEOption)
-    ]
-    stale = {EDECode.STALE_ANSWER, EDECode.STALE_NXDOMAIN_ANSWER}
-    if trace.source in ("upstream", "held-failure") and any(c in stale for c, _ in trace.ede):
-        trace.source = "stale"

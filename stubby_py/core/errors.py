@@ -7,6 +7,7 @@ StubbyError
 │   ├── NotImplementedOpcodeError  NOTIMP
 │   ├── BadVersionError            BADVERS (EDNS version > 0)
 │   └── RefusedError               REFUSED, EDE 18 Prohibited
+├── InternalError                  a bug of ours while answering: SERVFAIL, EDE 0 Other
 └── UpstreamError                  an upstream failed: SERVFAIL, EDE 22/23
     ├── UpstreamConnectError       connect failed (any other reason)
     │   ├── ConnectionRefusedUpstreamError  the port is closed (RST, ICMP port unreachable)
@@ -86,6 +87,17 @@ class BadVersionError(ClientError):
 class RefusedError(ClientError):
     rcode = Rcode.REFUSED
     ede = EDECode.PROHIBITED
+
+
+class InternalError(StubbyError):
+    """Answering failed on our side (an unexpected exception, a task cancelled at shutdown):
+    the client still hears SERVFAIL, with EDE 0 and no detail (the log has the traceback)."""
+
+    ede = EDECode.OTHER
+    kind = "internal-error"
+
+    def __init__(self, text: str = "internal error") -> None:
+        super().__init__(text)
 
 
 class UpstreamError(StubbyError):
@@ -232,4 +244,3 @@ class DnssecFailureError(UpstreamError):
         """This verdict, with what other upstreams asked afterwards came to after its text."""
         text = f"{self.args[0]}; then {others}" if others else str(self.args[0])
         return DnssecFailureError(self.ede, text, self.zone, indeterminate=self.indeterminate)
-

@@ -151,9 +151,11 @@ def explain_handler(resolver: Resolver) -> Handler:
         name, rdtype = request.get("name"), request.get("type", "A")
         if not isinstance(name, str) or not isinstance(rdtype, str):
             return {"ok": False, "error": "name and type: expected strings"}
+        from stubby_py.daemon.explain import explain as trace_question
+
         try:
             qtype = dns.rdatatype.from_text(rdtype)
-            trace = await resolver.explain(name, qtype, do=bool(request.get("do")))
+            trace = await trace_question(resolver, name, qtype, do=bool(request.get("do")))
         except dns.exception.DNSException as exc:
             return {"ok": False, "error": f"{name} {rdtype}: {exc}"}
         return {"explain": trace.to_dict()}

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from stubby_py.core.access import AccessList
 from stubby_py.daemon.logthrottle import LogThrottle
-from stubby_py.daemon.query_path import AccessList
 
 log = logging.getLogger(__name__)
 

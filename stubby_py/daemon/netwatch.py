@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stubby_py.core.config import Config
-    from stubby_py.daemon.query_path import Resolver
+    from stubby_py.daemon.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ RECEIVE_BUFFER = 1 << 20
 MAX_REASONS = 4
 
 
-def network_changed(resolver: Resolver, reason: str) -> None:
+def network_changed(resolver: Runtime, reason: str) -> None:
     """The one entry point of every trigger (netlink, resume, tests)."""
     resolver.network_changed(reason)
 
@@ -531,7 +531,7 @@ class ResumeWatcher:
 class NetworkWatch:
     """Both triggers, wired to `network_changed` for one resolver (the daemon's)."""
 
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: Runtime) -> None:
         self._resolver = resolver
         self.netlink = NetlinkWatcher(self._changed)
         self.resume = ResumeWatcher(self._changed)
@@ -551,7 +551,7 @@ class NetworkWatch:
             log.exception("network change (%s) not handled", reason)
 
 
-def start_watching(resolver: Resolver, config: Config) -> NetworkWatch | None:
+def start_watching(resolver: Runtime, config: Config) -> NetworkWatch | None:
     """The daemon's hook: watch unless the configuration says `watch_network: false`."""
     if not config.watch_network:
         log.debug("network changes not watched: watch_network is off")

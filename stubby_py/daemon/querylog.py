@@ -19,14 +19,18 @@ import logging
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
 import dns.exception
 import dns.name
 from dns.rcode import Rcode
 from dns.rdatatype import RdataType
 
-from stubby_py.core import wire
+from stubby_py.core import response, wire
 from stubby_py.daemon.logthrottle import LogThrottle
+
+if TYPE_CHECKING:
+    from stubby_py.daemon.context import QueryContext
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,10 @@ class QueryLog:
         self._failing = False
         #: dropped queries: a line per client and reason a second, not one per packet (a flood)
         self._drops = LogThrottle(interval=1.0)
+
+    def answered(self, context: QueryContext, reply: bytes) -> None:
+        """The query path's observer: a query was answered (query_path.QueryContext)."""
+        self.record(context.client_ip, context.query, response.rcode_of(reply), context.source)
 
     def record(self, client_ip: str, query: wire.ClientQuery, rcode: int, source: str) -> None:
         """Note one query; source says where the answer came from ("cache", "upstream",

@@ -1,8 +1,9 @@
 """The running daemon: sockets, privileges, signals, reload, sd_notify, watchdog, orderly shutdown.
 
-Start: the resolver (which loads the saved cache), the listening sockets (bound here, or inherited
-from systemd: socket activation), the query log, the control socket and the metrics endpoint; if
-started as root, the switch to the configured user; then READY=1 (sd_notify(3)).
+Start: the runtime and its query path (runtime.py, which loads the saved cache), the listening
+sockets (bound here, or inherited from systemd: socket activation), the query log, the control
+socket and the metrics endpoint; if started as root, the switch to the configured user; then
+READY=1 (sd_notify(3)).
 
 Signals: SIGHUP (or `stubby-py reload`) re-reads the configuration; a bad file is refused with its
 file:line: key error and the running configuration stays; a good one is applied keeping the cache
@@ -31,6 +32,7 @@ from stubby_py.daemon.metrics import MetricsServer
 from stubby_py.daemon.privileges import Handover, drop_privileges
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.querylog import QueryLog
+from stubby_py.daemon.runtime import Runtime
 from stubby_py.listeners import doh, doq, dot
 from stubby_py.listeners import server as tls_accept
 from stubby_py.listeners.plain import TCPConnections, UDPListener
@@ -92,6 +94,8 @@ class Daemon:
     loader: Callable[[], Config] | None = None
     #: the configuration file, if any (it must stay readable after privileges are dropped)
     config_path: str | None = None
+    #: the query path's configuration, cache file and state (runtime.py), and the query path
+    runtime: Runtime | None = None
     resolver: Resolver | None = None
     bound: list[tuple[str, int]] = field(default_factory=list)
     #: the encrypted listeners, with the ports they got (port 0 in the configuration)
@@ -123,7 +127,9 @@ class Daemon:
         if self.fd_limit > before:
             log.info("open files limit raised from %d to the hard limit, %d", before, self.fd_limit)
         self.fd_plan = fd_plan = self._plan_fds(config)
-        self.resolver = resolver = Resolver(config)
+        # the state paths come from this process's environment (STATE_DIRECTORY under systemd)
+        self.runtime = runtime = Runtime(config, os.environ)
+        self.resolver = resolver = runtime.resolver
         self.tcp = TCPConnections(
             resolver,
             fd_plan.caps.tcp_max_connections,
@@ -142,7 +148,7 @@ class Daemon:
             await self._listen_encrypted(listener)
         self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
-        self.network_watch = netwatch.start_watching(resolver, config)
+        self.network_watch = netwatch.start_watching(runtime, config)
         self._make_cache_directory()
         self._open_query_log(config.query_log)
         await self._start_control(config.control_socket)
@@ -250,10 +256,10 @@ class Daemon:
 
     def _make_cache_directory(self) -> None:
         """The cache is saved at stop into a directory that must exist by then: make it now."""
-        assert self.resolver is not None
-        if self.resolver.cache_file is None:
+        assert self.runtime is not None
+        if self.runtime.cache_file is None:
             return
-        directory = os.path.dirname(os.path.abspath(self.resolver.cache_file))
+        directory = os.path.dirname(os.path.abspath(self.runtime.cache_file))
         try:
             os.makedirs(directory, mode=0o700, exist_ok=True)
         except OSError as exc:
@@ -322,10 +328,10 @@ class Daemon:
 
     def _handovers(self) -> list[Handover]:
         """What the daemon still writes after it gives up root."""
-        assert self.resolver is not None
+        assert self.runtime is not None
         handovers = []
-        if self.resolver.cache_file is not None:
-            handovers.append(Handover(self.resolver.cache_file, prefix=".cache-"))
+        if self.runtime.cache_file is not None:
+            handovers.append(Handover(self.runtime.cache_file, prefix=".cache-"))
         if self.control is not None:
             handovers.append(Handover(self.control.path))
         if self.query_log is not None:
@@ -349,8 +355,8 @@ class Daemon:
 
     # -- while running ----------------------------------------------------------------------------
     def collect_stats(self) -> dict[str, Any]:
-        assert self.resolver is not None
-        figures = stats.collect(self.resolver, self.tcp, self.started)
+        assert self.runtime is not None
+        figures = stats.collect(self.runtime, self.tcp, self.started)
         if self._doq_servers:
             figures["doq"] = stats.doq(self._doq_servers)
         return figures
@@ -391,12 +397,12 @@ class Daemon:
         return None
 
     def _apply(self, new: Config) -> None:
-        assert self.resolver is not None and self.tcp is not None
+        assert self.runtime is not None and self.tcp is not None
         old = self.config
         fd_plan = self._plan_fds(new)  # may fail: nothing changed yet
         query_log = self._next_query_log(new.query_log)  # may fail: nothing changed yet
         try:
-            self.resolver.reconfigure(new)
+            self.runtime.reconfigure(new)
         except BaseException:
             if query_log is not None and query_log is not self.query_log:
                 query_log.close()
@@ -417,7 +423,7 @@ class Daemon:
         pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]
         if pending:
             log.warning("reload: %s changed; takes effect at the next restart", ", ".join(pending))
-        names = ", ".join(t.name for t in self.resolver.transports)
+        names = ", ".join(t.name for t in self.runtime.resolver.transports)
         log.info("reloaded %s: forwarding to %s", new.source, names)
 
     async def _handle_stats(self, _request: Mapping[str, Any]) -> dict[str, Any]:
@@ -425,8 +431,8 @@ class Daemon:
 
     async def _handle_network_changed(self, _request: Mapping[str, Any]) -> dict[str, Any]:
         """What netwatch does on a route change, on request (a VPN script, bench/soak.py)."""
-        assert self.resolver is not None
-        netwatch.network_changed(self.resolver, "asked on the control socket")
+        assert self.runtime is not None
+        netwatch.network_changed(self.runtime, "asked on the control socket")
         return {"ok": True}
 
     async def _handle_flush(self, request: Mapping[str, Any]) -> dict[str, Any]:
@@ -503,8 +509,8 @@ class Daemon:
 
     async def _close_resolver(self) -> None:
         """Save the cache, close the upstream connections and the query log."""
-        if self.resolver is not None:
-            await self.resolver.aclose()
+        if self.runtime is not None:
+            await self.runtime.aclose()
         if self.query_log is not None:
             self.query_log.close()
 

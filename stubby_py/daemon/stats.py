@@ -1,7 +1,7 @@
 """Statistics: what `stubby-py stats` shows and the metrics endpoint exports, from one snapshot.
 
-`collect` turns the resolver's snapshot (counters, cache, per-upstream figures) and the TCP
-listener's counts into one JSON-ready mapping; `format_table` renders that mapping for people.
+`collect` turns the runtime's snapshot (counters, cache, per-upstream figures) and the TCP
+listener's counts into one JSON-ready mapping; commands/stats.py renders it for people.
 Latency percentiles are over each upstream's recent answers (the pool's window, 64 answers).
 """
 
@@ -16,7 +16,7 @@ from stubby_py import __version__
 from stubby_py.core import benchstats
 
 if TYPE_CHECKING:
-    from stubby_py.daemon.query_path import Resolver
+    from stubby_py.daemon.runtime import Runtime
     from stubby_py.listeners.doq import DoQServer
     from stubby_py.listeners.plain import TCPConnections
 
@@ -35,8 +35,8 @@ def hit_ratio(hits: int, misses: int) -> float | None:
     return hits / total if total else None
 
 
-def collect(resolver: Resolver, tcp: TCPConnections | None, started: float) -> dict[str, Any]:
-    snapshot = resolver.snapshot()
+def collect(runtime: Runtime, tcp: TCPConnections | None, started: float) -> dict[str, Any]:
+    snapshot = runtime.snapshot()
     counters: dict[str, int] = dict(snapshot["counters"])
     hits, misses = counters.get("cache_hits", 0), counters.get("cache_misses", 0)
     return {
@@ -104,83 +104,3 @@ def _upstream(upstream: Mapping[str, Any]) -> dict[str, Any]:
     summary["latency_ms"] = {f"p{p}": percentile(latencies, p) for p in PERCENTILES}
     summary["latency_ms"]["samples"] = len(latencies)
     return summary
-
-
-# --- for people -------------------------------------------------------------------------------
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    days, hours = divmod(hours, 24)
-    if days:
-        return f"{days}d {hours}h {minutes:02d}m"
-    if hours:
-        return f"{hours}h {minutes:02d}m"
-    return f"{minutes}m {secs:02d}s"
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def format_table(stats: Mapping[str, Any]) -> str:
-    cache = stats["cache"]
-    tcp = stats["tcp"]
-    counters = stats["counters"]
-    lines = [
-        f"stubby-py {stats['version']}, up {_duration(stats['uptime_seconds'])}",
-        "",
-        f"queries        {stats['queries']}",
-        f"  from cache   {cache['hits']}   (hit ratio {_percent(cache['hit_ratio'])}; "
-        f"{cache['misses']} misses, {counters.get('joined', 0)} joined in flight)",
-        f"  local        {counters.get('local', 0)}   (localhost, private reverse zones)",
-        f"  stale        {counters.get('stale', 0)}   (every upstream failed, RFC 8767)",
-        f"  SERVFAIL     {stats['servfail']}",
-        f"  refused      {stats['refused']}",
-        f"  rate-limited {stats['rate_limited']}",
-        f"  dropped      {stats['dropped']}",
-        f"cache          {cache['entries']} answers, {cache['bytes'] / 2**20:.1f} MiB, "
-        f"{cache['evictions']} evicted",
-        f"tcp            {tcp['open']} open; closed at once: {tcp['rejected_total_cap']} over "
-        f"the total cap, {tcp['rejected_per_client_cap']} over the per-client cap, "
-        f"{tcp['denied']} denied; closed later: {tcp['closed_idle']} idle, "
-        f"{tcp['closed_unread']} not reading their replies",
-    ]
-    doq = stats.get("doq")
-    if doq is not None:
-        lines.append(
-            f"doq            {doq['open']} open, {doq['queries']} queries; "
-            f"{doq['protocol_errors']} protocol errors, "
-            f"{doq['rejected_total_cap'] + doq['rejected_per_client_cap']} over a cap, "
-            f"{doq['denied_datagrams']} datagrams denied"
-        )
-    lines.append("")
-    lines += _upstream_rows(stats["upstreams"])
-    return "\n".join(lines) + "\n"
-
-
-def _upstream_rows(upstreams: Sequence[Mapping[str, Any]]) -> list[str]:
-    header = ("upstream", "group", "state", "queries", "failures", "p50 ms", "p90 ms", "p99 ms")
-    rows = [header]
-    for u in upstreams:
-        latency = u["latency_ms"]
-        rows.append(
-            (
-                str(u["name"]), str(u.get("group", "default")), str(u.get("state", "?")),
-                str(u["queries"]), str(u["failures"]),
-                _ms(latency["p50"]), _ms(latency["p90"]), _ms(latency["p99"]),
-            )
-        )  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    out = []
-    for row in rows:
-        cells = [
-            cell.ljust(widths[i]) if i < 3 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 from dns.rcode import Rcode
 
-from stubby_py.commands.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.core import edns, wire
 from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import (
@@ -29,6 +28,7 @@ from stubby_py.core.errors import (
     UpstreamTimeoutError,
 )
 from stubby_py.core.pool import Pool, PoolSettings, UpstreamHealth
+from stubby_py.daemon.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport

@@ -22,7 +22,6 @@ import dns.name
 from dns.edns import EDECode
 from dns.rcode import Rcode
 
-from stubby_py.commands.explain import Trace, ValidationView, chain_link
 from stubby_py.core import wire
 from stubby_py.core.cache import ValidationStatus
 from stubby_py.core.errors import (
@@ -32,6 +31,7 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
 )
 from stubby_py.daemon.anchor_updates import AnchorUpdates
+from stubby_py.daemon.explain import Trace, ValidationView, chain_link
 from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.daemon.upstreams import UpstreamGroup
 from stubby_py.dnssec.aggressive import Key, wire_key

@@ -81,7 +81,15 @@ def test_upstream_connection_killed_mid_run_loses_no_query(
 ) -> None:
     dot_upstream.state.delay = 0.002
     with running_daemon(config_for(dot_upstream, ca_file)) as daemon:
-        killer = threading.Timer(0.3, dot_upstream.drop_connections)
+
+        def kill_mid_run() -> None:
+            # cut once queries are flowing on the connection, however slow the machine is
+            deadline = time.monotonic() + 20
+            while len(dot_upstream.state.queries) < 200 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            dot_upstream.drop_connections()
+
+        killer = threading.Thread(target=kill_mid_run)
         killer.start()
         results = ask_many([f"k{i}.example." for i in range(1500)], daemon.port, concurrency=100)
         killer.join()

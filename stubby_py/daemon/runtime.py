@@ -12,13 +12,15 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from stubby_py.core import admission, cache
+from stubby_py.core import admission
 from stubby_py.core.access import AccessList
-from stubby_py.core.cache import Cache, CacheLimits, default_cache_file
+from stubby_py.core.cache import Cache, CacheLimits
 from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.core.pool import UpstreamHealth
 from stubby_py.core.ratelimit import RateLimiter
 from stubby_py.core.router import Router
+from stubby_py.daemon import cache_persistence
+from stubby_py.daemon.cache_persistence import default_cache_file
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.upstreams import UpstreamGroup, transport_settings
 from stubby_py.transports.base import Transport
@@ -82,7 +84,9 @@ class Runtime:
             # under validation only what this run validated is served
             log.info("cache: %s not loaded (dnssec: validate)", self.cache_file)
         elif self.cache_file is not None:
-            loaded = cache.load(resolver.cache, self.cache_file, self._loop.time(), time.time())
+            loaded = cache_persistence.load(
+                resolver.cache, self.cache_file, self._loop.time(), time.time()
+            )
             log.info("cache: %d answers loaded from %s", loaded, self.cache_file)
 
     @property
@@ -219,7 +223,9 @@ class Runtime:
         """Save the cache (if it persists) and close the upstream connections."""
         resolver = self.resolver
         if self.cache_file is not None:
-            saved = cache.save(resolver.cache, self.cache_file, self._loop.time(), time.time())
+            saved = cache_persistence.save(
+                resolver.cache, self.cache_file, self._loop.time(), time.time()
+            )
             if saved:
                 log.info("cache: %d answers saved to %s", len(resolver.cache), self.cache_file)
         for task in list(self._tasks_aside):

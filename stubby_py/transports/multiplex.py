@@ -22,7 +22,6 @@ import logging
 import random
 import statistics
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py.core import wire
@@ -37,6 +36,7 @@ from stubby_py.core.errors import (
 )
 from stubby_py.transports.base import TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
+from stubby_py.transports.toolkit import ConnectionLinks
 
 log = logging.getLogger(__name__)
 
@@ -54,93 +54,6 @@ MIN_REPLY_TIMES = 8
 #: a silence this many times the quick reply time (and at least SILENCE_MIN seconds) is odd
 SILENCE_FACTOR = 4.0
 SILENCE_MIN = 0.1
-
-
-class Waiter:
-    """One query in flight: the caller's future, its question and its deadline timer."""
-
-    __slots__ = ("future", "question", "sent_at", "sent_at_bytes", "timer")
-
-    def __init__(self, future: asyncio.Future[bytes], query: bytes, sent_at_bytes: int) -> None:
-        self.future = future
-        #: the question section of the query, to check the reply against
-        self.question = query[wire.HEADER_LEN : wire.question_end(query)]
-        #: how many bytes the connection had received when this query went out
-        self.sent_at_bytes = sent_at_bytes
-        #: when it went out (the event loop's clock; set by Exchanges.add)
-        self.sent_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-
-
-W = TypeVar("W", bound=Waiter)
-
-
-class Exchanges(Generic[W]):
-    """The queries in flight on one connection, by key (a stream ID or a request number).
-
-    A waiter leaves the map when it is answered, fails, expires or is forgotten; `on_expired` is
-    told about expiries so that the connection can cancel the stream and check for a stall.
-    """
-
-    def __init__(self, label: str, on_expired: Callable[[int, W], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._label = label
-        self._on_expired = on_expired
-        self._waiters: dict[int, W] = {}
-        #: replies delivered to their waiters
-        self.answered = 0
-
-    def __len__(self) -> int:
-        return len(self._waiters)
-
-    def add(self, key: int, waiter: W, deadline: float) -> None:
-        waiter.sent_at = self._loop.time()
-        waiter.timer = self._loop.call_at(deadline, self._expire, key)
-        self._waiters[key] = waiter
-
-    def oldest(self) -> W | None:
-        """The query waiting longest (the map keeps the order they went out in)."""
-        return next(iter(self._waiters.values()), None)
-
-    def get(self, key: int) -> W | None:
-        return self._waiters.get(key)
-
-    def keys(self) -> list[int]:
-        return list(self._waiters)
-
-    def discard(self, key: int) -> W | None:
-        """Take a waiter out without settling it (the caller gave up on it)."""
-        waiter = self._waiters.pop(key, None)
-        if waiter is not None and waiter.timer is not None:
-            waiter.timer.cancel()
-        return waiter
-
-    def resolve(self, key: int, reply: bytes) -> None:
-        waiter = self.discard(key)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_result(reply)
-            self.answered += 1
-
-    def reject(self, key: int, error: UpstreamError) -> None:
-        waiter = self.discard(key)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_exception(error)
-
-    def fail_all(self, error: UpstreamError) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
-
-    def _expire(self, key: int) -> None:
-        waiter = self._waiters.pop(key, None)
-        if waiter is None:
-            return
-        if not waiter.future.done():
-            waiter.future.set_exception(UpstreamTimeoutError(f"{self._label}: timed out"))
-        self._on_expired(key, waiter)
 
 
 def checked_reply(reply: bytes, question: bytes, label: str) -> bytes:
@@ -355,6 +268,19 @@ class MultiplexedTransport(Generic[C]):
         self._retry_at = now + backoff * random.uniform(0.5, 1.0)
         self._last_error = exc
         log.warning("%s", exc)
+
+    def links(self) -> ConnectionLinks:
+        """What a new connection of this transport reports to it, and asks of it."""
+        return ConnectionLinks(
+            label=self.name,
+            idle_timeout=self.idle_timeout,
+            on_closed=self.connection_gone,
+            on_mismatched=self._count_mismatched,
+            silence_limit=self.silence_limit,
+        )
+
+    def _count_mismatched(self, count: int) -> None:
+        self.stats.mismatched += count
 
     def connection_gone(self, connection: object) -> None:
         if self._connection is connection:

@@ -3,7 +3,8 @@
 Queries get an ID unique on their connection and are written as 2-octet-framed messages
 (RFC 7766 §8), batched per event-loop turn; replies are matched by ID and question, in any order
 (RFC 7766 §6.2.1.1). A broken connection fails all its waiters at once; a query caught in flight
-is retried once on a fresh connection. Reconnects back off exponentially after failures.
+is retried once on a fresh connection. When to connect again after a failed connect is the
+pool's call (core/pool.py).
 Idle connections close after the configured time or the server's edns-tcp-keepalive (RFC 7828).
 A retired connection (after a network change) takes no new query and closes once it has none.
 """
@@ -268,7 +269,7 @@ def _consume_probe(future: asyncio.Future[bytes]) -> None:
 
 
 class DoTTransport(MultiplexedTransport[DoTConnection]):
-    """One DoT upstream: keeps one connection, reconnects with backoff (multiplex.py)."""
+    """One DoT upstream: keeps one connection, reconnects when asked (multiplex.py)."""
 
     #: TCPTransport turns this off: the same pipelined stream, in cleartext (LAN resolvers only)
     uses_tls = True
@@ -285,12 +286,7 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
         # no ID-zeroing: every query gets an ID of its own on the connection
-        self.stats.queries += 1
-        try:
-            return await self._exchange(query, deadline)
-        except UpstreamError as exc:
-            self.stats.count_failure(exc.kind)
-            raise
+        return await self._exchange(query, deadline)
 
     async def _open(self) -> DoTConnection:
         address = await self.endpoint.address()

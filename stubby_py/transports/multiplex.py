@@ -7,9 +7,10 @@ in flight by a closing connection goes again on a fresh one: once in any case (t
 connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as the connections that
 die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
 such an end is marked on the error (`after_answers`), so the pool does not count it against the
-upstream. Connecting is single-flight and backs off exponentially after failures, as in dot.py.
+upstream. Connecting is single-flight; a failed connect is marked on its error (`no_connection`)
+and the pool (core/pool.py) decides when this upstream is asked to connect again.
 
-reset() (a network change or a resume from suspend: netwatch.py) forgets the backoff and retires
+reset() (a network change or a resume from suspend: netwatch.py) retires
 the connection: it takes no new query and closes once its queries in flight are answered or time
 out (at once if it has none). A connection whose opening began before a reset is closed unused and
 opened again, so no query that comes after a reset travels on a connection from before it.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import statistics
 from collections import deque
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -40,8 +40,6 @@ from stubby_py.transports.toolkit import ConnectionLinks
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 10.0
-FIRST_BACKOFF = 0.1
 #: how many times one connect opens again because resets kept arriving while it was opening
 MAX_STALE_OPENS = 3
 #: how many times one query goes again after the connections it travelled on were cut (each of
@@ -117,7 +115,7 @@ C = TypeVar("C", bound=StreamConnection)
 
 
 class MultiplexedTransport(Generic[C]):
-    """Keeps one connection to one upstream: connects on demand, reconnects with backoff.
+    """Keeps one connection to one upstream: connects when a query needs one.
 
     Subclasses open the connection (`_open`); the connection calls `connection_gone` when it
     closes for any reason.
@@ -133,9 +131,6 @@ class MultiplexedTransport(Generic[C]):
         self._config = config
         self._connection: C | None = None
         self._connecting: asyncio.Task[C] | None = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error: UpstreamError | None = None
         #: counts reset() calls: a connection opened across one is stale
         self._generation = 0
         #: connections retired by reset() that still carry queries
@@ -153,12 +148,7 @@ class MultiplexedTransport(Generic[C]):
         return True
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
-        self.stats.queries += 1
-        try:
-            return await self._exchange(with_id_zero(query), deadline)
-        except UpstreamError as exc:
-            self.stats.count_failure(exc.kind)
-            raise
+        return await self._exchange(with_id_zero(query), deadline)
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
@@ -201,8 +191,6 @@ class MultiplexedTransport(Generic[C]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._connecting is None:
-            if now < self._retry_at and self._last_error is not None:
-                raise type(self._last_error)(f"{self._last_error} (backing off)")
             self._connecting = loop.create_task(self._connect())
             # every waiter may time out first: the outcome is then read here, never lost
             self._connecting.add_done_callback(_consume_outcome)
@@ -213,20 +201,17 @@ class MultiplexedTransport(Generic[C]):
             raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
 
     async def _connect(self) -> C:
-        loop = asyncio.get_running_loop()
         try:
             connection = await self._open_fresh()
         except UpstreamError as exc:
-            self._record_connect_failure(exc, loop.time())
+            self._connect_failed(exc)
             raise
         except TimeoutError:
             error = UpstreamTimeoutError(f"{self.name}: handshake timed out")
-            self._record_connect_failure(error, loop.time())
+            self._connect_failed(error)
             raise error from None
         finally:
             self._connecting = None
-        self._failures = 0
-        self._last_error = None
         self._connection = connection
         self.stats.handshakes += 1
         return connection
@@ -262,11 +247,9 @@ class MultiplexedTransport(Generic[C]):
                     raise
                 log.debug("%s; trying the next address", exc)
 
-    def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
-        self._failures += 1
-        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
-        self._retry_at = now + backoff * random.uniform(0.5, 1.0)
-        self._last_error = exc
+    @staticmethod
+    def _connect_failed(exc: UpstreamError) -> None:
+        exc.no_connection = True
         log.warning("%s", exc)
 
     def links(self) -> ConnectionLinks:
@@ -288,12 +271,9 @@ class MultiplexedTransport(Generic[C]):
         self._retiring.discard(cast(C, connection))
 
     def reset(self) -> None:
-        """Network change or resume: forget the backoff, so the next query connects at once,
-        and retire the connection, so that no later query travels on it."""
+        """Network change or resume: retire the connection, so that no later query travels
+        on it (the pool forgets its backoffs: pool.Pool.reset)."""
         self.endpoint.network_changed()
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error = None
         self._generation += 1
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:

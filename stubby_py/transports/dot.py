@@ -77,11 +77,6 @@ class DoTConnection(asyncio.Protocol):
         """Replies delivered to their queries."""
         return self._exchanges.answered
 
-    @property
-    def last_activity(self) -> float:
-        """When a query last went out or bytes last came in (the event loop's clock)."""
-        return self._idle.last_activity
-
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)

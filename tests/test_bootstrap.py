@@ -97,7 +97,7 @@ def config_for(
 
 
 def kinds(daemon: object) -> dict[str, int]:
-    return dict(daemon.resolver.transports[0].stats.failure_kinds)  # type: ignore[attr-defined]
+    return dict(daemon.resolver.pool.health[0].failure_kinds)  # type: ignore[attr-defined]
 
 
 # --- through the daemon -------------------------------------------------------------------------

@@ -370,7 +370,7 @@ def test_connection_retires_before_stream_ids_run_out(
                 assert answer_address(ask(d.port, f"r{i}.example.")) == "192.0.2.1"
             # streams 1, 3, 5 on the first connection, 1, 3 on the second
             assert server.state.connections == 2
-            assert d.resolver.transports[0].stats.failures == 0
+            assert d.resolver.pool.health[0].failures == 0
 
 
 def test_dropped_connection_is_replaced(doh: DoHUpstream, ca_file: str) -> None:

@@ -115,7 +115,7 @@ def test_certificate_name_mismatch_is_refused(dot_upstream: LocalUpstream, ca_fi
     config = make_config([dot_uri(dot_upstream, "other.test")], ca_file, timeout=TIMEOUT)
     with running_daemon(config) as daemon:
         assert rcodes(ask_many(["a.example."], daemon.port)) == ["SERVFAIL"]
-        kinds = daemon.resolver.transports[0].stats.failure_kinds
+        kinds = daemon.resolver.pool.health[0].failure_kinds
     assert kinds == {"cert-name-mismatch": 1}
     assert dot_upstream.state.queries == []
 

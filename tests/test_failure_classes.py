@@ -2,7 +2,8 @@
 
 The mapping is tested on the exceptions ssl, the socket layer and aioquic give; then each fault
 is injected into a real daemon's upstream (DoT, DoH over h2, DoQ) and its kind must appear both
-in the transport's stats (failure_kinds) and in the SERVFAIL's Extended DNS Error text.
+in the upstream's stats (failure_kinds, kept by the pool) and in the SERVFAIL's Extended DNS
+Error text.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ def _servfail_kind(config: Config, kind: str) -> None:
     with running_daemon(config) as daemon:
         query = dns.message.make_query("a.example.", "A", use_edns=0)
         reply = dns.query.udp(query, "127.0.0.1", port=daemon.port, timeout=5)
-        kinds = daemon.call(lambda: dict(daemon.resolver.transports[0].stats.failure_kinds))
+        kinds = daemon.call(lambda: dict(daemon.resolver.pool.health[0].failure_kinds))
     assert reply.rcode() == dns.rcode.SERVFAIL
     texts = [o.text or "" for o in reply.options if isinstance(o, dns.edns.EDEOption)]
     name = config.upstreams[0].label

@@ -55,7 +55,7 @@ def test_answers_match_unbound(unbound: Unbound, tls_files: TLSFiles, method: st
         assert missing.rcode() == dns.rcode.NXDOMAIN
         transport = daemon.resolver.transports[0]
         assert transport.stats.handshakes == 1
-        assert transport.stats.failures == 0
+        assert daemon.resolver.pool.health[0].failures == 0
 
 
 def test_concurrent_queries_over_one_connection(unbound: Unbound, tls_files: TLSFiles) -> None:

@@ -537,20 +537,25 @@ def test_a_change_forgets_every_backoff(dot_upstream: LocalUpstream, ca_file: st
             now = asyncio.get_running_loop().time()
             for _ in range(3):
                 resolver.pool.record_failure(0, now)
-            transport._failures = 6
-            transport._retry_at = now + 60.0
-            transport._last_error = UpstreamConnectError(f"{transport.name}: refused")
+            health = resolver.pool.health[0]
+            health.connect_failures = 6
+            health.connect_held_until = now + 60.0
+            health.connect_error = UpstreamConnectError(f"{transport.name}: refused")
 
         daemon.call(back_off)
         assert resolver.pool.health[0].state(0.0) == "down"
-        # the transport refuses to connect while it backs off: the client gets SERVFAIL
+        # the pool holds connects off: the client gets SERVFAIL
         assert ask(daemon.port, "refused.example.").rcode() == 2
         assert dot_upstream.state.connections == 0
 
         daemon.call(network_changed, daemon.runtime, "resumed")
         health = resolver.pool.health[0]
         assert (health.is_down, health.consecutive_failures, health.down_until) == (False, 0, 0.0)
-        assert (transport._failures, transport._retry_at, transport._last_error) == (0, 0.0, None)
+        assert (health.connect_failures, health.connect_held_until, health.connect_error) == (
+            0,
+            0.0,
+            None,
+        )
         assert answer_address(ask(daemon.port, "again.example.")) == "192.0.2.1"
         assert dot_upstream.state.connections == 1
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -162,3 +164,53 @@ def test_all_upstreams_failed_gives_servfail_with_extended_error(
     assert reply.rcode() == dns.rcode.SERVFAIL
     (ede,) = [o for o in reply.options if o.otype == 15]
     assert ede.code == 22 and "all upstreams failed" in (ede.text or "")
+
+
+
+class Door:
+    """A port that accepts every connection and closes it at once: each TLS handshake fails."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.port: int = listener.getsockname()[1]
+        self.accepted = 0
+
+
+@contextlib.contextmanager
+def slamming_door() -> Iterator[Door]:
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(256)
+        listener.settimeout(0.05)
+        door = Door(listener)
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                door.accepted += 1
+                connection.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield door
+        finally:
+            stop.set()
+            thread.join()
+
+
+def test_an_upstream_that_cannot_be_connected_to_is_not_stormed(ca_file: str) -> None:
+    """The transports keep no connect backoff: the pool holds connects off after one fails, so
+    a busy client's queries fail at once meanwhile instead of each opening a connection."""
+    with slamming_door() as door:
+        config = make_config([f"tls://127.0.0.1:{door.port}#dot.test"], ca_file, timeout=TIMEOUT)
+        with running_daemon(config) as daemon:
+            started = time.monotonic()
+            results = ask_many([f"s{i}.example." for i in range(300)], daemon.port, concurrency=20)
+            elapsed = time.monotonic() - started
+    assert rcodes(results) == ["SERVFAIL"] * 300
+    # holds of 0.05-0.1 s, doubling up to 10 s: a handful of connects, not one per query
+    assert door.accepted <= 4 + 2 * elapsed, (door.accepted, elapsed)

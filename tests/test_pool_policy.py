@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from stubby_py.core.errors import UpstreamClosedError, UpstreamConnectError, UpstreamTimeoutError
 from stubby_py.core.pool import Pool, PoolSettings
 
 
@@ -102,3 +103,55 @@ def test_hedge_uses_the_percentile_of_recent_latencies() -> None:
     delay = p.hedge_delay(0)
     assert delay is not None and 0.010 <= delay <= 0.300
     assert pool(hedge=False).hedge_delay(0) is None
+
+
+# --- the one record of failures, and the connect hold -----------------------------------------
+
+
+def test_every_failed_attempt_is_counted_once_by_kind() -> None:
+    p = pool(size=1)
+    p.attempt_started(0, now=0.0)
+    p.record_error(0, UpstreamTimeoutError("up: timed out"), now=0.0)
+    cut = UpstreamClosedError("up: connection closed")
+    cut.after_answers = True
+    p.attempt_started(0, now=0.0)
+    p.record_error(0, cut, now=0.0)
+    p.count_failure(0, "dnssec-bogus")
+    health = p.health[0]
+    assert health.attempts == 2 and health.failures == 3
+    assert health.failure_kinds == {"timeout": 1, "connection-closed": 1, "dnssec-bogus": 1}
+    assert health.consecutive_failures == 1  # the cut connection is no step towards down
+
+
+def test_a_failed_connect_holds_further_connects_off() -> None:
+    p = pool(size=1)
+    refused = UpstreamConnectError("up: refused")
+    refused.no_connection = True
+    for _ in range(5):  # the queries that waited on the same connect: one hold
+        p.record_error(0, refused, now=0.0)
+    assert p.health[0].connect_failures == 1
+    held = p.held_failure(0, now=0.01)
+    assert isinstance(held, UpstreamConnectError) and str(held) == "up: refused (backing off)"
+    assert not held.no_connection  # a held failure does not lengthen the hold
+    assert p.held_failure(0, now=0.1) is None  # 0.05-0.1 s
+    p.record_error(0, refused, now=0.1)
+    assert p.health[0].connect_failures == 2 and p.held_failure(0, now=0.14) is not None
+    assert p.held_failure(0, now=0.3) is None  # 0.1-0.2 s
+    p.record_error(0, refused, now=0.3)
+    p.reset()
+    assert p.held_failure(0, now=0.31) is None
+    p.record_error(0, refused, now=1.0)
+    p.record_success(0, 0.01)
+    assert p.held_failure(0, now=1.01) is None and p.health[0].connect_failures == 0
+
+
+def test_the_connect_hold_grows_to_ten_seconds() -> None:
+    p = pool(size=1)
+    refused = UpstreamConnectError("up: refused")
+    refused.no_connection = True
+    now = 0.0
+    for _ in range(12):
+        p.record_error(0, refused, now)
+        now = p.health[0].connect_held_until
+    p.record_error(0, refused, now)
+    assert 5.0 <= p.health[0].connect_held_until - now <= 10.0

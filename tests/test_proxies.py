@@ -235,7 +235,7 @@ upstreams:
 def _fails_with(config: Config, kind: str, state: ServerState) -> None:
     with running_daemon(config) as daemon:
         reply = ask(daemon.port)
-        kinds = daemon.call(lambda: dict(daemon.resolver.transports[0].stats.failure_kinds))
+        kinds = daemon.call(lambda: dict(daemon.resolver.pool.health[0].failure_kinds))
     assert reply.rcode() == dns.rcode.SERVFAIL
     texts = ede_texts(reply)
     assert any(f"{config.upstreams[0].label}: {kind}" in t for t in texts), texts

@@ -107,6 +107,9 @@ class UpstreamError(StubbyError):
     kind = "upstream-error"
     #: how much this failure tells (the module docstring): the highest-ranked failure is named
     rank = 20
+    #: no connection to the upstream could be made (a transport's connect failed): the pool
+    #: holds further connects off for a while (pool.Pool.record_unreachable)
+    no_connection = False
 
     @property
     def reason(self) -> str:

@@ -11,6 +11,15 @@ with jitter; when the backoff ends it gets a single probe query, and takes traff
 when that probe succeeds. Upstreams that are down come last in every order, so a query is never
 refused while any upstream might answer.
 
+Connecting: an upstream that could not be connected to (`record_unreachable`: refused, TLS
+failed, no address) is not asked to connect again for a short backoff of its own (0.1 s doubling
+up to 10 s, with jitter), whatever its health: meanwhile its attempts fail at once with the held
+failure (`held_failure`), so the queries of a busy client do not each open a connection to an
+upstream that is not there. The transports keep no backoff of their own.
+
+Failures: every failed attempt is counted here, by kind (`UpstreamHealth.failure_kinds`): this
+is the record the stats show.
+
 Hedging: if the upstream asked first has not answered within a percentile of its own recent
 latencies (bounded below and above), the resolver asks the next one too.
 """
@@ -22,10 +31,15 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from stubby_py.core.errors import UpstreamClosedError, UpstreamError
+
 EWMA_WEIGHT = 0.2
 LATENCY_WINDOW = 64
 #: latencies needed before a percentile means anything; until then the hedge waits `hedge_max`
 MIN_SAMPLES = 8
+#: the hold after connects that failed in a row: FIRST, doubling up to MAX (with jitter)
+FIRST_CONNECT_BACKOFF = 0.1
+MAX_CONNECT_BACKOFF = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +67,20 @@ class UpstreamHealth:
     probing: bool = False
     latency_ewma: float | None = None
     latencies: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    #: attempts started (asked, or failed at once while connects are held off)
+    attempts: int = 0
     successes: int = 0
+    #: failed attempts, in all and by kind (errors.UpstreamError.kind)
     failures: int = 0
+    failure_kinds: dict[str, int] = field(default_factory=dict)
+    #: connects that failed in a row, the latest failure, and until when no connect may go
+    connect_failures: int = 0
+    connect_error: UpstreamError | None = None
+    connect_held_until: float = 0.0
+
+    def count_failure(self, kind: str) -> None:
+        self.failures += 1
+        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
     @property
     def is_down(self) -> bool:
@@ -164,12 +190,17 @@ class Pool:
 
     def attempt_started(self, index: int, now: float) -> None:
         health = self.health[index]
+        health.attempts += 1
         if health.is_down and now >= health.down_until:
             health.probing = True
 
     def record_success(self, index: int, latency: float) -> None:
         health = self.health[index]
         health.successes += 1
+        if health.connect_error is not None:
+            health.connect_failures = 0
+            health.connect_error = None
+            health.connect_held_until = 0.0
         health.consecutive_failures = 0
         health.downs = 0
         health.down_until = 0.0
@@ -180,9 +211,9 @@ class Pool:
         )
         health.latencies.append(latency)
 
-    def record_failure(self, index: int, now: float) -> None:
+    def record_failure(self, index: int, now: float, kind: str = UpstreamError.kind) -> None:
         health = self.health[index]
-        health.failures += 1
+        health.count_failure(kind)
         health.consecutive_failures += 1
         was_probing = health.probing
         health.probing = False
@@ -196,18 +227,60 @@ class Pool:
             health.down_until = now + backoff * self._rng.uniform(0.5, 1.0)
             self._next_probe_at = min(self._next_probe_at, health.down_until)
 
-    def record_interrupted(self, index: int) -> None:
+    def record_error(self, index: int, error: UpstreamError, now: float) -> None:
+        """An attempt failed: counted by kind, and then as its error says."""
+        if isinstance(error, UpstreamClosedError) and error.after_answers:
+            # a working connection was cut under the query (and resending it did not fit in
+            # the deadline): the upstream answers, so this is no step towards marking it down
+            self.record_interrupted(index, error.kind)
+            return
+        self.record_failure(index, now, error.kind)
+        if error.no_connection:
+            self.record_unreachable(index, error, now)
+
+    def record_interrupted(self, index: int, kind: str = UpstreamError.kind) -> None:
         """The attempt ended with a working connection cut under it: neither an answer nor a
         sign the upstream is down. Only a probe it was is over (the next one may go)."""
-        self.health[index].probing = False
+        health = self.health[index]
+        health.count_failure(kind)
+        health.probing = False
+
+    def count_failure(self, index: int, kind: str) -> None:
+        """A failure that is no attempt's (an answer found bogus later): counted, no more."""
+        self.health[index].count_failure(kind)
+
+    def record_unreachable(self, index: int, error: UpstreamError, now: float) -> None:
+        """No connection could be made: hold further connects off. The queries that waited
+        on the same connect all learn of it at once: only the first starts a hold."""
+        health = self.health[index]
+        if now < health.connect_held_until:
+            return
+        health.connect_failures += 1
+        health.connect_error = error
+        backoff = FIRST_CONNECT_BACKOFF * 2 ** (health.connect_failures - 1)
+        backoff = min(MAX_CONNECT_BACKOFF, backoff)
+        health.connect_held_until = now + backoff * self._rng.uniform(0.5, 1.0)
+
+    def held_failure(self, index: int, now: float) -> UpstreamError | None:
+        """The failure an attempt on this upstream ends in at once, without connecting, while
+        connects to it are held off (None: it may be asked)."""
+        health = self.health[index]
+        error = health.connect_error
+        if error is None or now >= health.connect_held_until:
+            return None
+        return type(error)(f"{error} (backing off)")
 
     def reset(self) -> None:
-        """Forget every backoff (network change, resume): re-probe everything at once."""
+        """Forget every backoff (network change, resume): re-probe everything at once, and
+        connect again at the next query."""
         for health in self.health:
             health.consecutive_failures = 0
             health.downs = 0
             health.down_until = 0.0
             health.probing = False
+            health.connect_failures = 0
+            health.connect_error = None
+            health.connect_held_until = 0.0
 
     def hedge_delay(self, index: int) -> float | None:
         """How long to wait for `index` before asking the next upstream too (None: never)."""

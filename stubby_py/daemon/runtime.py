@@ -246,8 +246,9 @@ class Runtime:
                       "evictions": resolver.cache.evictions},
             "upstreams": [
                 {"group": group.name, "name": t.name, "transport": t.spec.transport,
-                 "queries": t.stats.queries, "failures": t.stats.failures,
-                 "failure_kinds": dict(t.stats.failure_kinds),
+                 "queries": group.pool.health[i].attempts,
+                 "failures": group.pool.health[i].failures,
+                 "failure_kinds": dict(group.pool.health[i].failure_kinds),
                  "handshakes": t.stats.handshakes, "mismatched": t.stats.mismatched,
                  "resent": t.stats.resent,
                  "state": group.pool.health[i].state(now),

@@ -22,7 +22,6 @@ from stubby_py.core import edns, wire
 from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import (
     NoUpstreamAvailableError,
-    UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -342,6 +341,9 @@ class UpstreamGroup:
         self.pool.attempt_started(index, start)
         attempt_deadline = min(deadline, start + self._config.attempt_timeout)
         try:
+            held = self.pool.held_failure(index, start)
+            if held is not None:
+                raise held
             try:
                 reply = await transport.exchange(forms.for_transport(transport), attempt_deadline)
             except (UpstreamError, asyncio.CancelledError):
@@ -352,12 +354,7 @@ class UpstreamGroup:
             scanned = scan(reply, transport)
         except UpstreamError as exc:
             now = loop.time()
-            if isinstance(exc, UpstreamClosedError) and exc.after_answers:
-                # a working connection was cut under the query (and resending it did not fit in
-                # the deadline): the upstream answers, so this is no step towards marking it down
-                self.pool.record_interrupted(index)
-            else:
-                self.pool.record_failure(index, now)
+            self.pool.record_error(index, exc, now)
             held_back = self._log_throttle.allow((index, exc.kind), now)
             if held_back is not None:
                 more = f" ({held_back} more like it since the last)" if held_back else ""
@@ -382,7 +379,6 @@ class UpstreamGroup:
         transport = self.transports[index]
         if self._log_throttle.allow((index, "internal-error"), self._loop.time()) is not None:
             log.error("upstream %s: internal error", transport.name, exc_info=exc)
-        transport.stats.count_failure(UpstreamError.kind)
         return UpstreamError(f"{transport.name}: internal error ({type(exc).__name__})")
 
     def _trace(

@@ -137,7 +137,7 @@ class Validation:
                 since.append(f"{_name(group, answered[0] if answered else -1)}: answered {rcode}")
                 break
             for liar in avoid:
-                group.transports[liar].stats.count_failure("dnssec-bogus")
+                group.pool.count_failure(liar, "dnssec-bogus")
             return result
         raise verdict.followed_by("; ".join(since))
 

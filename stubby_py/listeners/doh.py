@@ -21,7 +21,6 @@ import base64
 import binascii
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import cast
 from urllib.parse import parse_qs
@@ -37,6 +36,7 @@ from stubby_py.core import wire
 from stubby_py.daemon.query_path import Respond
 from stubby_py.listeners.padding import asks_padding, pad_reply
 from stubby_py.listeners.plain import MAX_PIPELINED, TCPConnections
+from stubby_py.transports.toolkit import IdleTimer
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,11 @@ class DoHListener(asyncio.Protocol):
         #: response octets waiting for HTTP/2 flow control, per stream
         self._pending: dict[int, bytes] = {}
         self._in_flight = 0
-        now = time.monotonic()
-        self._last_activity = now
-        self._write_progress = now
+        self._loop = asyncio.get_running_loop()
+        #: also checks requests that do not arrive whole and replies that are not read
+        self._idle = IdleTimer(self._loop, TICK, self._tick)
+        self._write_progress = self._idle.last_activity
         self._unsent_seen = 0
-        self._timer: asyncio.TimerHandle | None = None
 
     # -- connection --------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,7 +110,7 @@ class DoHListener(asyncio.Protocol):
         # h2 gives its HPACK decoder a new limit only on an ACK that changes the setting, and
         # initial values are no change: set it here (a bigger header list is a protocol error)
         self._h2.decoder.max_header_list_size = MAX_HEADER_LIST
-        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+        self._idle.start()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -120,8 +120,7 @@ class DoHListener(asyncio.Protocol):
         if self._client is not None:
             self._shared.release(self._client)
             self._client = None
-        if self._timer is not None:
-            self._timer.cancel()
+        self._idle.cancel()
 
     def unsent(self) -> int:
         if self._transport is None or self._closed:
@@ -208,7 +207,7 @@ class DoHListener(asyncio.Protocol):
             self._close_if_done()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
-        request = self._requests[stream_id] = _Request(time.monotonic())
+        request = self._requests[stream_id] = _Request(self._loop.time())
         fields: dict[bytes, bytes] = {}
         for name, value in headers:
             fields.setdefault(bytes(name).lower(), bytes(value))
@@ -272,7 +271,7 @@ class DoHListener(asyncio.Protocol):
         if query is None or len(query) < wire.HEADER_LEN or query[2] & 0x80:
             self._error(stream_id, 400, b"expected a DNS query")
             return
-        self._last_activity = time.monotonic()
+        self._idle.touch()
         respond = self._responder(stream_id)
         if self._padding_block and asks_padding(query):
             block, plain = self._padding_block, respond
@@ -310,7 +309,7 @@ class DoHListener(asyncio.Protocol):
                 return
             answered = True
             self._in_flight -= 1
-            self._last_activity = time.monotonic()
+            self._idle.touch()
             if self._closed or self._requests.pop(stream_id, None) is None:
                 self._close_if_done()
                 return
@@ -381,14 +380,13 @@ class DoHListener(asyncio.Protocol):
         self._flush()
 
     # -- timeouts ----------------------------------------------------------------------------
-    def _tick(self) -> None:
+    def _tick(self, now: float) -> bool:
         transport = self._transport
         if self._closed or transport is None:
-            return
-        now = time.monotonic()
+            return False
         if any(not r.done and now - r.started > REQUEST_TIMEOUT for r in self._requests.values()):
             self._fail("a request did not arrive whole in time")
-            return
+            return False
         unsent = transport.get_write_buffer_size()
         if unsent == 0 or unsent < self._unsent_seen:
             self._write_progress = now
@@ -398,13 +396,13 @@ class DoHListener(asyncio.Protocol):
             self._shared.closed_unread += 1
             self._closed = True
             transport.abort()
-            return
+            return False
         quiet = not self._requests and not self._in_flight and not self._pending
-        if quiet and now - self._last_activity >= idle_timeout:
+        if quiet and self._idle.idle_for(now) >= idle_timeout:
             self._shared.closed_idle += 1
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.close_connection()
             self._flush()
             self.close()
-            return
-        self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+            return False
+        return True

@@ -19,12 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from typing import Any, Protocol, cast
 
 from stubby_py.core import wire
 from stubby_py.core.ratelimit import client_key
 from stubby_py.daemon.query_path import Resolver, Respond
+from stubby_py.transports.toolkit import FrameReader, IdleTimer
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class TCPListener(asyncio.Protocol):
         self._shared = shared
         self._transport: asyncio.Transport | None = None
         #: received octets not yet handed on: at most one read, and what is left of a message
-        self._buffer = bytearray()
+        self._frames = FrameReader()
         self._in_flight = 0
         self._reading_paused = False
         self._writing_paused = False
@@ -203,13 +203,13 @@ class TCPListener(asyncio.Protocol):
         self._eof = False
         self._peer = ""
         self._client: str | None = None
-        now = time.monotonic()
+        loop = asyncio.get_running_loop()
+        self._loop = loop
         #: last complete query received or answer written (a trickled byte is not activity)
-        self._last_message = now
+        self._idle = IdleTimer(loop, shared.idle_timeout / 2, self._check_idle)
         #: last time the unsent replies were seen to shrink (or there were none)
-        self._write_progress = now
+        self._write_progress = self._idle.last_activity
         self._unsent_seen = 0
-        self._idle_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -217,7 +217,7 @@ class TCPListener(asyncio.Protocol):
         if self._client is None:
             self._closed = True
             return
-        self._schedule_idle_check()
+        self._idle.start()
 
     def stop_reading(self) -> None:
         self._eof = True  # as if the client had finished: close once the answers are out
@@ -236,7 +236,7 @@ class TCPListener(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if not self._shared.reading:
             return
-        self._buffer += data
+        self._frames.feed(data)
         self._dispatch()
 
     def _dispatch(self) -> None:
@@ -246,25 +246,22 @@ class TCPListener(asyncio.Protocol):
         if self._dispatching:
             return  # an answer given synchronously, from inside the loop below
         if self._shared.reading and not self._closed:
-            buf = self._buffer
-            end = len(buf)
-            pos = 0
+            frames = self._frames
             handle = self._handle
+            taken = False
             # (an exception from handle() is a bug: the transport closes the connection)
             self._dispatching = True
-            while end - pos >= 2 and self._in_flight < MAX_PIPELINED and not self._writing_paused:
-                size = (buf[pos] << 8) | buf[pos + 1]
-                if end - pos - 2 < size:
+            while self._in_flight < MAX_PIPELINED and not self._writing_paused:
+                message = frames.next_message()
+                if message is None:
                     break
-                message = bytes(buf[pos + 2 : pos + 2 + size])
-                pos += 2 + size
+                taken = True
                 self._in_flight += 1
                 if not handle(message, self._respond_once()):
                     self._in_flight -= 1  # dropped: no answer will come
             self._dispatching = False
-            if pos:
-                del buf[:pos]
-                self._last_message = time.monotonic()
+            if taken:
+                self._idle.touch()
             if self._reading_paused or self._writing_paused or self._in_flight >= MAX_PIPELINED:
                 self._pace_reading()
         if self._eof:
@@ -290,13 +287,9 @@ class TCPListener(asyncio.Protocol):
         """After the client's EOF (or at shutdown): close once every query taken is answered."""
         if not self._eof or self._in_flight or self._closed or self._transport is None:
             return
-        if self._shared.reading and self._has_complete_message():
+        if self._shared.reading and self._frames.has_message():
             return  # queries sent before the EOF, waiting for the client to read replies
         self._transport.close()
-
-    def _has_complete_message(self) -> bool:
-        buf = self._buffer
-        return len(buf) >= 2 and len(buf) - 2 >= (buf[0] << 8 | buf[1])
 
     def _respond_once(self) -> Any:
         answered = False
@@ -307,7 +300,7 @@ class TCPListener(asyncio.Protocol):
                 return
             answered = True
             self._in_flight -= 1
-            self._last_message = time.monotonic()
+            self._idle.touch()
             if self._closed or self._transport is None:
                 return
             self._transport.write(wire.frame(reply))
@@ -322,38 +315,32 @@ class TCPListener(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._write_progress = time.monotonic()
+        self._write_progress = self._loop.time()
         self._dispatch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
-        self._buffer.clear()
+        self._frames.clear()
         self._shared.open.discard(self)
         if self._client is not None:
             self._shared.release(self._client)
             self._client = None
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self._idle.cancel()
 
     def eof_received(self) -> bool:
         # keep the write side open so queries taken or buffered still get their answers
         self._eof = True
-        return self._in_flight != 0 or self._has_complete_message()
+        return self._in_flight != 0 or self._frames.has_message()
 
     def close(self) -> None:
         if self._transport is not None and not self._closed:
             self._transport.close()
 
-    def _schedule_idle_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self._shared.idle_timeout / 2, self._check_idle)
-
-    def _check_idle(self) -> None:
+    def _check_idle(self, now: float) -> bool:
         transport = self._transport
         if self._closed or transport is None:
-            return
+            return False
         shared = self._shared
-        now = time.monotonic()
         unsent = transport.get_write_buffer_size()
         if unsent == 0 or unsent < self._unsent_seen:
             self._write_progress = now
@@ -364,9 +351,9 @@ class TCPListener(asyncio.Protocol):
                 shared.closed_unread += 1
                 self._closed = True  # answers still in flight are not written to it
                 transport.abort()
-                return
-        elif self._in_flight == 0 and now - self._last_message >= shared.idle_timeout:
+                return False
+        elif self._in_flight == 0 and self._idle.idle_for(now) >= shared.idle_timeout:
             shared.closed_idle += 1
             transport.close()
-            return
-        self._schedule_idle_check()
+            return False
+        return True

@@ -1,8 +1,11 @@
-"""The interface every upstream transport offers, and the counters each keeps."""
+"""The interface every upstream transport offers, and the counters each keeps.
+
+Attempts and failures are not counted here: the upstream group's pool keeps them with the
+upstream's health (core/pool.py), the one record of how each attempt ended."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from stubby_py.core.config import UpstreamSpec
@@ -10,19 +13,11 @@ from stubby_py.core.config import UpstreamSpec
 
 @dataclass(slots=True)
 class TransportStats:
-    queries: int = 0
-    failures: int = 0
     handshakes: int = 0
     #: replies dropped because their ID or question matched no query in flight
     mismatched: int = 0
     #: queries sent again because the connection they were on died under them
     resent: int = 0
-    #: failures by kind (errors.UpstreamError.kind)
-    failure_kinds: dict[str, int] = field(default_factory=dict)
-
-    def count_failure(self, kind: str) -> None:
-        self.failures += 1
-        self.failure_kinds[kind] = self.failure_kinds.get(kind, 0) + 1
 
 
 class Transport(Protocol):
@@ -45,8 +40,8 @@ class Transport(Protocol):
     async def exchange(self, query: bytes, deadline: float) -> bytes: ...
 
     def reset(self) -> None:
-        """A network change or a resume (netwatch.py): forget any connect backoff, and take no
-        later query over a connection opened before this call. Idle connections close at once;
+        """A network change or a resume (netwatch.py): take no later query over a connection
+        opened before this call. Idle connections close at once;
         busy ones when their queries in flight are answered or time out."""
         ...
 

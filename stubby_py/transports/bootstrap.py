@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import socket
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -295,7 +294,7 @@ class AddressBook:
         self._store = store
         self._addresses: list[str] = list(store.saved.get(hostname, ()))
         self._index = 0
-        #: when to ask again (time.monotonic(); 0: at the first use)
+        #: when to ask again (the event loop's clock; 0: at the first use)
         self._refresh_at = 0.0
         self._failures = 0
         self._last_error: BootstrapError | None = None
@@ -309,11 +308,12 @@ class AddressBook:
         return list(self._addresses)
 
     async def address(self) -> str:
+        now = asyncio.get_running_loop().time()
         if self._addresses:
-            if time.monotonic() >= self._refresh_at:
+            if now >= self._refresh_at:
                 self._start_refresh()
             return self._addresses[self._index % len(self._addresses)]
-        if time.monotonic() < self._refresh_at and self._last_error is not None:
+        if now < self._refresh_at and self._last_error is not None:
             raise BootstrapError(f"{self._last_error} (backing off)")
         await asyncio.shield(self._start_refresh())
         if not self._addresses:
@@ -357,7 +357,7 @@ class AddressBook:
         loop = asyncio.get_running_loop()
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(0.0, self._refresh_at - time.monotonic())
+        delay = max(0.0, self._refresh_at - loop.time())
         self._timer = loop.call_later(delay, self._start_refresh)
 
     async def _resolve_and_keep(self) -> None:
@@ -368,7 +368,7 @@ class AddressBook:
             self.refresh_failures += 1
             self._last_error = exc
             retry = min(RETRY_MAX, RETRY_MIN * 2 ** (self._failures - 1))
-            self._refresh_at = time.monotonic() + retry
+            self._refresh_at = asyncio.get_running_loop().time() + retry
             kept = f"; keeping {', '.join(self._addresses)}" if self._addresses else ""
             log.warning("%s%s (next try in %.0f s)", exc, kept, retry)
             return
@@ -376,7 +376,7 @@ class AddressBook:
         self._failures = 0
         self._last_error = None
         ttl = max(self._settings.min_ttl, min(self._settings.max_ttl, ttl))
-        self._refresh_at = time.monotonic() + ttl * REFRESH_AT
+        self._refresh_at = asyncio.get_running_loop().time() + ttl * REFRESH_AT
         if addresses != self._addresses:
             log.info("%s is at %s (bootstrap, TTL %d s)", self.hostname, ", ".join(addresses), ttl)
             self._addresses = addresses

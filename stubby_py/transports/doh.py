@@ -24,7 +24,7 @@ import base64
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import cast
 
 import h2.config
@@ -44,12 +44,7 @@ from stubby_py.core.errors import (
 )
 from stubby_py.transports.base import Transport
 from stubby_py.transports.failures import connect_error
-from stubby_py.transports.multiplex import (
-    Exchanges,
-    MultiplexedTransport,
-    Waiter,
-    checked_reply,
-)
+from stubby_py.transports.multiplex import MultiplexedTransport, checked_reply
 from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (
     ClientContexts,
@@ -57,6 +52,7 @@ from stubby_py.transports.tls import (
     server_hostname,
     verified_chain,
 )
+from stubby_py.transports.toolkit import ConnectionLinks, Exchanges, IdleTimer, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -206,13 +202,22 @@ class _H2Waiter(Waiter):
 class DoHConnection(asyncio.Protocol):
     """One HTTP/2 connection: requests in, a request → waiter map, streams mapped to requests."""
 
-    def __init__(self, owner: DoHTransport) -> None:
-        self._owner = owner
-        self._label = owner.name
+    def __init__(
+        self,
+        links: ConnectionLinks,
+        build_request: Callable[[bytes], tuple[Headers, bytes]],
+        on_lost: Callable[[DoHConnection], None],
+    ) -> None:
+        """build_request: the HTTP request for a query; on_lost: the transport (TCP and TLS)
+        is gone, after the connection was closed for queries (links.on_closed)."""
+        self._links = links
+        self._label = links.label
+        self._build_request = build_request
+        self._on_lost = on_lost
         self._loop = asyncio.get_running_loop()
         self._h2 = _H2Connection(config=_h2_config())
         self._transport: asyncio.Transport | None = None
-        self._exchanges: Exchanges[_H2Waiter] = Exchanges(owner.name, self._expired)
+        self._exchanges: Exchanges[_H2Waiter] = Exchanges(links.label, self._expired)
         #: stream ID → request key, for the streams open now
         self._keys: dict[int, int] = {}
         #: request keys waiting for a stream (concurrency limit)
@@ -227,9 +232,8 @@ class DoHConnection(asyncio.Protocol):
         #: stream IDs (nearly) used up: no new requests here (RFC 9113 §5.1.1)
         self._retired = False
         self._flush_handle: asyncio.Handle | None = None
-        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle = IdleTimer(self._loop, max(0.05, links.idle_timeout / 2), self._check_idle)
         self.received_bytes = 0
-        self.last_activity = self._loop.time()
         #: when the last bytes came in
         self.last_received = self._loop.time()
         #: checks, while queries wait, that the connection has not gone silent (as in dot.py)
@@ -259,7 +263,7 @@ class DoHConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received_bytes += len(data)
-        self.last_activity = self.last_received = self._loop.time()
+        self._idle.last_activity = self.last_received = self._loop.time()
         try:
             events = self._h2.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
@@ -274,12 +278,12 @@ class DoHConnection(asyncio.Protocol):
         self._abort(UpstreamClosedError(f"{self._label}: connection closed"))
         if not self.lost.done():
             self.lost.set_result(None)
-        self._owner.connection_lost(self)
+        self._on_lost(self)
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         """Open for queries (after the certificate checks)."""
-        self._schedule_idle_check()
+        self._idle.start()
 
     def abort(self) -> None:
         """Drop the TCP connection now, even in the middle of a TLS shutdown."""
@@ -297,7 +301,8 @@ class DoHConnection(asyncio.Protocol):
     def _abort(self, error: UpstreamError) -> None:
         if not self._closed:
             self._closed = True
-            for handle in (self._flush_handle, self._idle_timer, self._silence_timer):
+            self._idle.cancel()
+            for handle in (self._flush_handle, self._silence_timer):
                 if handle is not None:
                     handle.cancel()
             if self._transport is not None:
@@ -306,7 +311,7 @@ class DoHConnection(asyncio.Protocol):
         self._unsent.clear()
         self._keys.clear()
         self._exchanges.fail_all(error)
-        self._owner.connection_gone(self)
+        self._links.on_closed(self)
 
     def retire(self) -> None:
         """After a network change (MultiplexedTransport.reset): as when stream IDs run out."""
@@ -337,14 +342,14 @@ class DoHConnection(asyncio.Protocol):
         key = self._next_key
         self._next_key += 1
         future: asyncio.Future[bytes] = self._loop.create_future()
-        request = self._owner.requests.build(query)
+        request = self._build_request(query)
         waiter = _H2Waiter(future, query, self.received_bytes, request, self._label)
         self._exchanges.add(key, waiter, deadline)
         self._pending.append(key)
-        self.last_activity = self._loop.time()
+        self._idle.touch()
         self._open_streams()
         if self._silence_timer is None:
-            limit = self._owner.silence_limit()
+            limit = self._links.silence_limit()
             if limit is not None:
                 self._silence_timer = self._loop.call_later(limit, self._check_silence)
         return key, future
@@ -355,7 +360,7 @@ class DoHConnection(asyncio.Protocol):
         pinged; if nothing at all comes back in twice that time, it is dropped as dead and what
         it carried goes again on a fresh one."""
         self._silence_timer = None
-        limit = self._owner.silence_limit()
+        limit = self._links.silence_limit()
         oldest = self._exchanges.oldest()
         if self._closed or oldest is None or limit is None:
             return
@@ -382,7 +387,7 @@ class DoHConnection(asyncio.Protocol):
             self._abort(UpstreamClosedError(f"{self._label}: connection went silent"))
             self.abort()
         elif len(self._exchanges) and self._silence_timer is None:
-            limit = self._owner.silence_limit()
+            limit = self._links.silence_limit()
             if limit is not None:
                 self._silence_timer = self._loop.call_later(limit, self._check_silence)
 
@@ -494,7 +499,7 @@ class DoHConnection(asyncio.Protocol):
         try:
             reply = waiter.response.reply(waiter.question)
         except UpstreamProtocolError as exc:
-            self._owner.stats.mismatched += 1
+            self._links.on_mismatched(1)
             self._exchanges.reject(key, exc)
         else:
             self._exchanges.resolve(key, reply)
@@ -531,19 +536,14 @@ class DoHConnection(asyncio.Protocol):
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
-    def _schedule_idle_check(self) -> None:
-        delay = max(0.05, self._owner.idle_timeout / 2)
-        self._idle_timer = self._loop.call_later(delay, self._check_idle)
-
-    def _check_idle(self) -> None:
+    def _check_idle(self, now: float) -> bool:
         if self._closed:
-            return
-        idle = self._loop.time() - self.last_activity
-        if not len(self._exchanges) and idle >= self._owner.idle_timeout:
+            return False
+        if not len(self._exchanges) and self._idle.idle_for(now) >= self._links.idle_timeout:
             log.debug("%s: closing idle connection", self._label)
             self.close()
-            return
-        self._schedule_idle_check()
+            return False
+        return True
 
 
 class DoHTransport(MultiplexedTransport[DoHConnection]):
@@ -576,7 +576,7 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
         try:
             transport, connection = await open_stream(
                 self.spec, self._config, address, self.spec.port,
-                lambda: DoHConnection(self),
+                lambda: DoHConnection(self.links(), self.requests.build, self.connection_lost),
                 ssl_context=context,
                 server_hostname=server_hostname(self.spec),
                 timeout=self.connect_timeout,

@@ -23,8 +23,8 @@ from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import UpstreamProtocolError
 from stubby_py.transports.base import Transport
 from stubby_py.transports.doh import DoHRequests, DoHResponse, Headers
-from stubby_py.transports.multiplex import Waiter
 from stubby_py.transports.quic import QuicStreamConnection, QuicTransport
+from stubby_py.transports.toolkit import ConnectionLinks, Waiter
 
 
 class _H3Waiter(Waiter):
@@ -41,9 +41,9 @@ class DoH3Connection(QuicStreamConnection[_H3Waiter]):
     no_error_code = ErrorCode.H3_NO_ERROR
     cancel_code = ErrorCode.H3_REQUEST_CANCELLED
 
-    def __init__(self, quic: QuicConnection, owner: DoH3Transport) -> None:
-        super().__init__(quic, owner)
-        self._requests = owner.requests
+    def __init__(self, quic: QuicConnection, links: ConnectionLinks, requests: DoHRequests) -> None:
+        super().__init__(quic, links)
+        self._requests = requests
         self._h3 = H3Connection(quic)
 
     def error_name(self, code: int) -> str:
@@ -80,7 +80,7 @@ class DoH3Connection(QuicStreamConnection[_H3Waiter]):
                 response.data_received(data)
             reply = response.reply(waiter.question) if ended else None
         except UpstreamProtocolError as exc:
-            self._owner.stats.mismatched += ended
+            self._links.on_mismatched(ended)
             self.exchanges.reject(stream_id, exc)
             self._cancel_stream(stream_id)
             return
@@ -98,7 +98,7 @@ class DoH3Transport(QuicTransport[DoH3Connection]):
         self.requests = DoHRequests(spec)
 
     def _new_connection(self, quic: QuicConnection) -> DoH3Connection:
-        return DoH3Connection(quic, self)
+        return DoH3Connection(quic, self.links(), self.requests)
 
 
 _: type[Transport] = DoH3Transport

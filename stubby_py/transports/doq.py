@@ -22,8 +22,9 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 from stubby_py.core import wire
 from stubby_py.core.errors import UpstreamProtocolError
 from stubby_py.transports.base import Transport
-from stubby_py.transports.multiplex import Waiter, checked_reply
+from stubby_py.transports.multiplex import checked_reply
 from stubby_py.transports.quic import QuicStreamConnection, QuicTransport
+from stubby_py.transports.toolkit import Waiter
 
 DOQ_ALPN = "doq"
 #: RFC 9250 §4.3
@@ -109,7 +110,7 @@ class DoQConnection(QuicStreamConnection[_DoQWaiter]):
         try:
             checked_reply(reply, waiter.question, self._label)
         except UpstreamProtocolError as exc:
-            self._owner.stats.mismatched += 1
+            self._links.on_mismatched(1)
             self.exchanges.reject(stream_id, exc)
             return
         self.exchanges.resolve(stream_id, reply)
@@ -121,7 +122,7 @@ class DoQTransport(QuicTransport[DoQConnection]):
     alpn: ClassVar[list[str]] = [DOQ_ALPN]
 
     def _new_connection(self, quic: QuicConnection) -> DoQConnection:
-        return DoQConnection(quic, self)
+        return DoQConnection(quic, self.links())
 
 
 _: type[Transport] = DoQTransport

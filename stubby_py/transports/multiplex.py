@@ -7,9 +7,10 @@ in flight by a closing connection goes again on a fresh one: once in any case (t
 connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as the connections that
 die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
 such an end is marked on the error (`after_answers`), so the pool does not count it against the
-upstream. Connecting is single-flight and backs off exponentially after failures, as in dot.py.
+upstream. Connecting is single-flight; a failed connect is marked on its error (`no_connection`)
+and the pool (core/pool.py) decides when this upstream is asked to connect again.
 
-reset() (a network change or a resume from suspend: netwatch.py) forgets the backoff and retires
+reset() (a network change or a resume from suspend: netwatch.py) retires
 the connection: it takes no new query and closes once its queries in flight are answered or time
 out (at once if it has none). A connection whose opening began before a reset is closed unused and
 opened again, so no query that comes after a reset travels on a connection from before it.
@@ -19,10 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import statistics
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py.core import wire
@@ -37,11 +36,10 @@ from stubby_py.core.errors import (
 )
 from stubby_py.transports.base import TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
+from stubby_py.transports.toolkit import ConnectionLinks
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 10.0
-FIRST_BACKOFF = 0.1
 #: how many times one connect opens again because resets kept arriving while it was opening
 MAX_STALE_OPENS = 3
 #: how many times one query goes again after the connections it travelled on were cut (each of
@@ -54,93 +52,6 @@ MIN_REPLY_TIMES = 8
 #: a silence this many times the quick reply time (and at least SILENCE_MIN seconds) is odd
 SILENCE_FACTOR = 4.0
 SILENCE_MIN = 0.1
-
-
-class Waiter:
-    """One query in flight: the caller's future, its question and its deadline timer."""
-
-    __slots__ = ("future", "question", "sent_at", "sent_at_bytes", "timer")
-
-    def __init__(self, future: asyncio.Future[bytes], query: bytes, sent_at_bytes: int) -> None:
-        self.future = future
-        #: the question section of the query, to check the reply against
-        self.question = query[wire.HEADER_LEN : wire.question_end(query)]
-        #: how many bytes the connection had received when this query went out
-        self.sent_at_bytes = sent_at_bytes
-        #: when it went out (the event loop's clock; set by Exchanges.add)
-        self.sent_at = 0.0
-        self.timer: asyncio.TimerHandle | None = None
-
-
-W = TypeVar("W", bound=Waiter)
-
-
-class Exchanges(Generic[W]):
-    """The queries in flight on one connection, by key (a stream ID or a request number).
-
-    A waiter leaves the map when it is answered, fails, expires or is forgotten; `on_expired` is
-    told about expiries so that the connection can cancel the stream and check for a stall.
-    """
-
-    def __init__(self, label: str, on_expired: Callable[[int, W], None]) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._label = label
-        self._on_expired = on_expired
-        self._waiters: dict[int, W] = {}
-        #: replies delivered to their waiters
-        self.answered = 0
-
-    def __len__(self) -> int:
-        return len(self._waiters)
-
-    def add(self, key: int, waiter: W, deadline: float) -> None:
-        waiter.sent_at = self._loop.time()
-        waiter.timer = self._loop.call_at(deadline, self._expire, key)
-        self._waiters[key] = waiter
-
-    def oldest(self) -> W | None:
-        """The query waiting longest (the map keeps the order they went out in)."""
-        return next(iter(self._waiters.values()), None)
-
-    def get(self, key: int) -> W | None:
-        return self._waiters.get(key)
-
-    def keys(self) -> list[int]:
-        return list(self._waiters)
-
-    def discard(self, key: int) -> W | None:
-        """Take a waiter out without settling it (the caller gave up on it)."""
-        waiter = self._waiters.pop(key, None)
-        if waiter is not None and waiter.timer is not None:
-            waiter.timer.cancel()
-        return waiter
-
-    def resolve(self, key: int, reply: bytes) -> None:
-        waiter = self.discard(key)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_result(reply)
-            self.answered += 1
-
-    def reject(self, key: int, error: UpstreamError) -> None:
-        waiter = self.discard(key)
-        if waiter is not None and not waiter.future.done():
-            waiter.future.set_exception(error)
-
-    def fail_all(self, error: UpstreamError) -> None:
-        waiters, self._waiters = self._waiters, {}
-        for waiter in waiters.values():
-            if waiter.timer is not None:
-                waiter.timer.cancel()
-            if not waiter.future.done():
-                waiter.future.set_exception(error)
-
-    def _expire(self, key: int) -> None:
-        waiter = self._waiters.pop(key, None)
-        if waiter is None:
-            return
-        if not waiter.future.done():
-            waiter.future.set_exception(UpstreamTimeoutError(f"{self._label}: timed out"))
-        self._on_expired(key, waiter)
 
 
 def checked_reply(reply: bytes, question: bytes, label: str) -> bytes:
@@ -204,7 +115,7 @@ C = TypeVar("C", bound=StreamConnection)
 
 
 class MultiplexedTransport(Generic[C]):
-    """Keeps one connection to one upstream: connects on demand, reconnects with backoff.
+    """Keeps one connection to one upstream: connects when a query needs one.
 
     Subclasses open the connection (`_open`); the connection calls `connection_gone` when it
     closes for any reason.
@@ -220,9 +131,6 @@ class MultiplexedTransport(Generic[C]):
         self._config = config
         self._connection: C | None = None
         self._connecting: asyncio.Task[C] | None = None
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error: UpstreamError | None = None
         #: counts reset() calls: a connection opened across one is stale
         self._generation = 0
         #: connections retired by reset() that still carry queries
@@ -240,12 +148,7 @@ class MultiplexedTransport(Generic[C]):
         return True
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
-        self.stats.queries += 1
-        try:
-            return await self._exchange(with_id_zero(query), deadline)
-        except UpstreamError as exc:
-            self.stats.count_failure(exc.kind)
-            raise
+        return await self._exchange(with_id_zero(query), deadline)
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()
@@ -288,8 +191,6 @@ class MultiplexedTransport(Generic[C]):
         loop = asyncio.get_running_loop()
         now = loop.time()
         if self._connecting is None:
-            if now < self._retry_at and self._last_error is not None:
-                raise type(self._last_error)(f"{self._last_error} (backing off)")
             self._connecting = loop.create_task(self._connect())
             # every waiter may time out first: the outcome is then read here, never lost
             self._connecting.add_done_callback(_consume_outcome)
@@ -300,20 +201,17 @@ class MultiplexedTransport(Generic[C]):
             raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
 
     async def _connect(self) -> C:
-        loop = asyncio.get_running_loop()
         try:
             connection = await self._open_fresh()
         except UpstreamError as exc:
-            self._record_connect_failure(exc, loop.time())
+            self._connect_failed(exc)
             raise
         except TimeoutError:
             error = UpstreamTimeoutError(f"{self.name}: handshake timed out")
-            self._record_connect_failure(error, loop.time())
+            self._connect_failed(error)
             raise error from None
         finally:
             self._connecting = None
-        self._failures = 0
-        self._last_error = None
         self._connection = connection
         self.stats.handshakes += 1
         return connection
@@ -349,12 +247,23 @@ class MultiplexedTransport(Generic[C]):
                     raise
                 log.debug("%s; trying the next address", exc)
 
-    def _record_connect_failure(self, exc: UpstreamError, now: float) -> None:
-        self._failures += 1
-        backoff = min(MAX_BACKOFF, FIRST_BACKOFF * 2 ** (self._failures - 1))
-        self._retry_at = now + backoff * random.uniform(0.5, 1.0)
-        self._last_error = exc
+    @staticmethod
+    def _connect_failed(exc: UpstreamError) -> None:
+        exc.no_connection = True
         log.warning("%s", exc)
+
+    def links(self) -> ConnectionLinks:
+        """What a new connection of this transport reports to it, and asks of it."""
+        return ConnectionLinks(
+            label=self.name,
+            idle_timeout=self.idle_timeout,
+            on_closed=self.connection_gone,
+            on_mismatched=self._count_mismatched,
+            silence_limit=self.silence_limit,
+        )
+
+    def _count_mismatched(self, count: int) -> None:
+        self.stats.mismatched += count
 
     def connection_gone(self, connection: object) -> None:
         if self._connection is connection:
@@ -362,12 +271,9 @@ class MultiplexedTransport(Generic[C]):
         self._retiring.discard(cast(C, connection))
 
     def reset(self) -> None:
-        """Network change or resume: forget the backoff, so the next query connects at once,
-        and retire the connection, so that no later query travels on it."""
+        """Network change or resume: retire the connection, so that no later query travels
+        on it (the pool forgets its backoffs: pool.Pool.reset)."""
         self.endpoint.network_changed()
-        self._failures = 0
-        self._retry_at = 0.0
-        self._last_error = None
         self._generation += 1
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:

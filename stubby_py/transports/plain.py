@@ -14,7 +14,7 @@ import secrets
 
 from stubby_py.core import wire
 from stubby_py.core.config import Config, UpstreamSpec
-from stubby_py.core.errors import UpstreamConnectError, UpstreamError, UpstreamTimeoutError
+from stubby_py.core.errors import UpstreamConnectError, UpstreamTimeoutError
 from stubby_py.transports.base import Transport, TransportStats
 from stubby_py.transports.dot import DoTTransport
 
@@ -67,15 +67,10 @@ class UDPTransport:
         return False
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
-        self.stats.queries += 1
-        try:
-            reply = await self._exchange(query, deadline)
-            if wire.U16.unpack_from(reply, 2)[0] & wire.TC:
-                reply = await self._tcp.exchange(query, deadline)
-            return reply
-        except UpstreamError as exc:
-            self.stats.count_failure(exc.kind)
-            raise
+        reply = await self._exchange(query, deadline)
+        if wire.U16.unpack_from(reply, 2)[0] & wire.TC:
+            reply = await self._tcp.exchange(query, deadline)
+        return reply
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         try:

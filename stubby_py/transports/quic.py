@@ -46,9 +46,10 @@ from stubby_py.core.errors import (
     UpstreamTimeoutError,
 )
 from stubby_py.transports.failures import socket_error, tls_alert_error
-from stubby_py.transports.multiplex import Exchanges, MultiplexedTransport, Waiter
+from stubby_py.transports.multiplex import MultiplexedTransport
 from stubby_py.transports.proxy import open_datagram
 from stubby_py.transports.tls import ClientContexts, check_pins, server_hostname
+from stubby_py.transports.toolkit import ConnectionLinks, Exchanges, Waiter
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +122,15 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
     no_error_code: ClassVar[int] = 0
     cancel_code: ClassVar[int] = 0
 
-    def __init__(self, quic: QuicConnection, owner: QuicTransport[Any]) -> None:
+    def __init__(self, quic: QuicConnection, links: ConnectionLinks) -> None:
         super().__init__(quic)
-        self._owner = owner
-        self._label = owner.name
+        self._links = links
+        self._label = links.label
         self._udp: asyncio.DatagramTransport | None = None
         self._is_closed = False
         self._retired = False
         self._flush_handle: asyncio.Handle | None = None
-        self.exchanges: Exchanges[W] = Exchanges(owner.name, self._expired)
+        self.exchanges: Exchanges[W] = Exchanges(links.label, self._expired)
         self.handshake: asyncio.Future[None] = self._loop.create_future()
         self.handshake.add_done_callback(_consume_outcome)
         self.received_bytes = 0
@@ -288,7 +289,7 @@ class QuicStreamConnection(QuicConnectionProtocol, Generic[W]):
             self._flush_handle.cancel()
             self._flush_handle = None
         self.exchanges.fail_all(error)
-        self._owner.connection_gone(self)
+        self._links.on_closed(self)
 
     def _cancel_stream(self, stream_id: int) -> None:
         """RFC 9250 §4.3.1 / RFC 9114 §4.1.1: reset our side and ask the server to stop."""

@@ -281,12 +281,13 @@ class Stack:
     instances: list[Instance]
     upstream: LocalUpstream
     ca_pem: Path
+    curl: str
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     binary = require_tool("dnsdist", "/usr/bin/dnsdist", "/usr/sbin/dnsdist")
-    require_tool("curl")
+    curl = require_tool("curl")
     base = tmp_path_factory.mktemp("dnsdist-scale-out")
     ca = trustme.CA()
     ca_file = base / "upstream-ca.pem"
@@ -312,7 +313,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             for instance in instances:
                 instance.start()
             with Dnsdist(binary, config, base, ports) as dnsdist:
-                yield Stack(dnsdist, instances, upstream, frontend_tls.ca_pem)
+                yield Stack(dnsdist, instances, upstream, frontend_tls.ca_pem, curl)
         finally:
             for instance in instances:
                 instance.stop()
@@ -336,7 +337,7 @@ def test_answers_over_udp_tcp_dot_and_doh(stack: Stack, tmp_path: Path) -> None:
     body = tmp_path / "query.bin"
     body.write_bytes(query.to_wire())
     result = subprocess.run(
-        ["curl", "--silent", "--show-error", "--http2", "--max-time", "5",
+        [stack.curl, "--silent", "--show-error", "--http2", "--max-time", "5",
          "--cacert", str(stack.ca_pem), "--resolve", f"dns.test:{ports.doh}:{LOOPBACK}",
          "-H", "content-type: application/dns-message", "--data-binary", f"@{body}",
          f"https://dns.test:{ports.doh}/dns-query"],

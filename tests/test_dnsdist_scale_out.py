@@ -45,7 +45,7 @@ from tests.peers import (
     write_tls_files,
 )
 from tests.service import write_config
-from tests.upstream_server import LocalUpstream, local_upstream
+from tests.servers.stream import LocalUpstream, local_upstream
 
 pytestmark = pytest.mark.interop
 

@@ -44,8 +44,8 @@ from tests.peers import (
     require_tool,
     write_tls_files,
 )
-from tests.service import write_config
 from tests.servers.stream import LocalUpstream, local_upstream
+from tests.service import write_config
 
 pytestmark = pytest.mark.interop
 

@@ -34,7 +34,6 @@ from stubby_py.commands.explain import CacheView, ChainLink, Trace, chain_link, 
 from stubby_py.core import cache, local, response, wire
 from stubby_py.core.cache import (
     Cache,
-    CacheLimits,
     FailureEntry,
     ValidationStatus,
     default_cache_file,
@@ -125,19 +124,6 @@ class AccessList:
         return any(ip in net for net in self._networks)
 
 
-def cache_limits(config: Config) -> CacheLimits:
-    return CacheLimits(
-        max_entries=config.cache_size,
-        max_bytes=config.cache_max_memory << 20,
-        min_ttl=config.cache_min_ttl,
-        max_ttl=config.cache_max_ttl,
-        negative_max_ttl=config.cache_negative_max_ttl,
-        serve_stale=config.serve_stale,
-        stale_window=config.stale_window,
-        prefetch=config.prefetch,
-    )
-
-
 def _parse(data: bytes) -> wire.ClientQuery | None:
     """`data` (at least a header, not a response) as a standard query, or None."""
     if wire.U16.unpack_from(data, 2)[0] & wire.OPCODE_MASK:
@@ -163,7 +149,7 @@ MAX_ANSWER_NOTES = 10_000
 class Resolver:
     def __init__(self, config: Config, transports: Sequence[Transport] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
-        self.cache = Cache(cache_limits(config))
+        self.cache = Cache(config.cache)
         #: set by the daemon when a query log is configured (querylog.QueryLog)
         self.query_log: Any = None
         #: DDR (RFC 9462): SVCB records of our encrypted listeners, set by the daemon
@@ -187,7 +173,7 @@ class Resolver:
             "network_changes": 0,
         }  # fmt: skip
         self._apply(config, transports)
-        self.cache_file = default_cache_file(config.cache_file, os.environ)
+        self.cache_file = default_cache_file(config.service.cache_file, os.environ)
         if self.cache_file is not None and self.validation is not None:
             # a file cannot prove what it says (a non-DO answer is kept without its RRSIGs):
             # under validation only what this run validated is served
@@ -207,21 +193,25 @@ class Resolver:
         validation first: reading the trust anchors is what most often fails)."""
         validation = self._validation_for(config)
         groups = {
-            DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports, reuse)
+            DEFAULT_GROUP: UpstreamGroup(
+                DEFAULT_GROUP, config.forwarding.upstreams, config, transports, reuse
+            )
         }
-        for name, specs in config.upstream_groups:
+        for name, specs in config.forwarding.groups:
             groups[name] = UpstreamGroup(name, specs, config, reuse=reuse)
-        router = Router(dict(config.rules))
-        acl = AccessList(config.allow)
+        router = Router(dict(config.forwarding.rules))
+        acl = AccessList(config.access.allow)
         limiter = (
             RateLimiter(
-                config.rate_limit, config.rate_limit_burst, ipv6_prefix=config.ipv6_client_prefix
+                config.access.rate_limit,
+                config.access.rate_limit_burst,
+                ipv6_prefix=config.access.ipv6_client_prefix,
             )
-            if config.rate_limit > 0
+            if config.access.rate_limit > 0
             else None
         )
-        exempt = AccessList(config.rate_limit_exempt)
-        limits = cache_limits(config)
+        exempt = AccessList(config.access.rate_limit_exempt)
+        limits = config.cache
         if validation is not self.validation:
             # what was cached under other DNSSEC settings must not pass as checked under these
             self._answer_notes.clear()
@@ -244,7 +234,7 @@ class Resolver:
     def _validation_for(self, config: Config) -> Validation | None:
         """The validation a configuration asks for; the current one (its key cache warm) when the
         DNSSEC settings and the trust anchors (the file is read again on reload) did not change."""
-        if config.dnssec != "validate":
+        if config.dnssec.mode != "validate":
             return None
         # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
         from stubby_py.daemon.anchor_updates import AnchorUpdates, default_state_file
@@ -253,34 +243,38 @@ class Resolver:
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
 
-        trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
+        trusted = (
+            anchors.load(config.dnssec.trust_anchors)
+            if config.dnssec.trust_anchors
+            else anchors.builtin()
+        )
         old = self.validation
         if (
             old is not None
             and old.configured == trusted
-            and (old.updates is not None) == config.trust_anchor_updates
-            and old.validator.chain.skew == config.dnssec_clock_skew
-            and old.validator.chain.max_iterations == config.nsec3_max_iterations
+            and (old.updates is not None) == config.dnssec.trust_anchor_updates
+            and old.validator.chain.skew == config.dnssec.clock_skew
+            and old.validator.chain.max_iterations == config.dnssec.nsec3_max_iterations
         ):
-            old.timeout = config.timeout
-            old.validator.aggressive = config.aggressive_nsec
-            if not config.aggressive_nsec:
+            old.timeout = config.forwarding.timeout
+            old.validator.aggressive = config.dnssec.aggressive_nsec
+            if not config.dnssec.aggressive_nsec:
                 old.validator.chain.denials.flush()
             return old
         updates = None
-        if config.trust_anchor_updates:
+        if config.dnssec.trust_anchor_updates:
             updates = AnchorUpdates(trusted, default_state_file(os.environ))
         chain = KeyChain(
             updates.anchors() if updates is not None else trusted,
-            skew=config.dnssec_clock_skew,
-            max_iterations=config.nsec3_max_iterations,
+            skew=config.dnssec.clock_skew,
+            max_iterations=config.dnssec.nsec3_max_iterations,
             on_anchor_keys=updates.observe if updates is not None else None,
         )
         if updates is not None:
             updates.chain = chain
         return Validation(
-            Validator(chain, aggressive=config.aggressive_nsec), config.timeout, self.counters,
-            configured=trusted, updates=updates,
+            Validator(chain, aggressive=config.dnssec.aggressive_nsec), config.forwarding.timeout,
+            self.counters, configured=trusted, updates=updates,
             main_group=lambda: self.groups[DEFAULT_GROUP],
         )  # fmt: skip
 
@@ -299,7 +293,7 @@ class Resolver:
                 for transport, health in zip(group.transports, group.pool.health, strict=True):
                     reuse.setdefault(transport.spec, (transport, health))
         self._apply(config, None, reuse)
-        self.cache_file = default_cache_file(config.cache_file, os.environ)
+        self.cache_file = default_cache_file(config.service.cache_file, os.environ)
         kept = {id(t) for group in self.groups.values() for t in group.transports}
         retired = [t for t in old if id(t) not in kept]
         if retired:
@@ -313,7 +307,7 @@ class Resolver:
         task.add_done_callback(self._tasks_aside.discard)
 
     async def _retire(self, transports: list[Transport]) -> None:
-        await asyncio.sleep(self.config.timeout + 0.5)
+        await asyncio.sleep(self.config.forwarding.timeout + 0.5)
         for transport in transports:
             await transport.aclose()
             self._retired.remove(transport)
@@ -368,7 +362,7 @@ class Resolver:
         limit (REFUSED to a denied source counts against it too). ADMITTED, or what became of
         the query: REFUSED or DROPPED."""
         if not self.acl.allows(client_ip):
-            if self.config.deny_action == "refuse" and (
+            if self.config.access.deny_action == "refuse" and (
                 self.rate_limiter is None or self._within_rate(client_ip)
             ):
                 self._refuse(data, client_ip, respond, RefusedError(), None)
@@ -377,7 +371,7 @@ class Resolver:
             self._log_drop(data, client_ip, "denied")
             return DROPPED
         if self.rate_limiter is not None and not self._within_rate(client_ip):
-            if self.config.rate_limit_action == "refuse":
+            if self.config.access.rate_limit_action == "refuse":
                 self._refuse(data, client_ip, respond, RefusedError("rate limited"), "rate-limited")
                 return REFUSED
             self._log_drop(data, client_ip, "rate-limited")
@@ -551,7 +545,7 @@ class Resolver:
 
     async def _fetch(self, query: wire.ClientQuery, trace: Trace | None = None) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
-        deadline = self._loop.time() + self.config.timeout
+        deadline = self._loop.time() + self.config.forwarding.timeout
         name = (self.router.group_for(query.key[:-5]) if self.router else None) or DEFAULT_GROUP
         group = self.groups[name]
         # names a forwarding rule sends to another group (private zones) have no chain from
@@ -717,7 +711,7 @@ class Resolver:
             else:
                 trace.source = "upstream"
             self._answer(query, capture, False, trace)
-        describe_reply(trace, await asyncio.wait_for(reply, self.config.timeout + 2.0))
+        describe_reply(trace, await asyncio.wait_for(reply, self.config.forwarding.timeout + 2.0))
         if trace.group == DEFAULT_GROUP:
             trace.key_chain = self._key_chain(qname)
         trace.total_ms = (time.perf_counter() - started) * 1000

@@ -1,5 +1,11 @@
 """Configuration: one YAML file read into frozen dataclasses; every option has a default.
 
+The file's keys are flat (`cache_size`, `hedge_min`, `tls_cert`); `Config` holds them in one
+section per component that reads them (`config.cache`, `config.pool`, `config.listeners`, …), so
+a component is handed its section whole, never a copy made field by field: the cache's
+CacheLimits and the pool's PoolSettings are those sections. OPTIONS is the one table from a key
+to its section field and its reader; choices are StrEnums, equal to the file's strings.
+
 Errors name the file, the line, the key path and what was expected, e.g.
 ``config.yaml:7: upstreams[1].url: expected tls://, https://, h3://, quic://, udp:// or tcp://``.
 """
@@ -145,7 +151,7 @@ class DnssecMode(enum.StrEnum):
 
 
 class Rejection(enum.StrEnum):
-    """What a client's query that is not served gets: REFUSED (with EDE), or no answer at all."""
+    """What a query that is not served gets: REFUSE answers REFUSED, DROP sends nothing."""
 
     REFUSE = "refuse"
     DROP = "drop"

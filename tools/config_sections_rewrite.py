@@ -20,24 +20,27 @@ Only receivers known to be configurations are touched, so `spec.proxy` (an Upstr
 - a call of `Config`, of a function annotated `-> Config` in any scanned file, of a known
   config function (parse_config, load_config, apply_overrides, …), or `X.with_options(…)`;
 - `load(…)[0]` (stubby_import.load gives (Config, Conversion)).
-Names that hold a configuration in some functions only (`old`) are not guessed: run with
-`--mypy` to rewrite what mypy (which knows the types) reports as `"Config" has no attribute`.
+Names that hold a configuration in some functions only are not guessed: with `--mypy`, what
+mypy (which knows the types) then reports on stubby_py as `"Config" has no attribute X` is
+rewritten too, until it reports none. tests/ and bench/ are not type-checked: what the names
+miss there shows up in the suite (fakes such as `SimpleNamespace(watch_network=False)` too).
 
 Idempotent: already rewritten code is left alone (`config.dnssec.mode` is not rewritten again;
 `config.cache` is no flat option). The one thing it cannot tell apart is a bare read of the
-`dnssec` or `bootstrap` *section* (`settings = config.bootstrap`) from the flat option of that
-name: such reads are rewritten to `.dnssec.mode` / `.bootstrap.resolvers`. Code written for the
-sections should read a field of those two sections, never the bare section, until this script
-has done its last run.
+`dnssec` or `bootstrap` *section* (`settings = config.bootstrap`), or a `getattr(config, name)`
+of a section, from the flat option of that name: such reads are rewritten to `.dnssec.mode` /
+`.bootstrap.resolvers` / `.option(name)`. Code written for the sections (outside core/config.py)
+reads fields of those two sections, never the bare section, until this script has done its
+last run.
 
-Usage (from the repository root, the package importable from there):
+Usage, from the repository root (the stubby_py there is the one imported):
     python tools/config_sections_rewrite.py [--check] [--mypy] [--no-ruff] [PATH ...]
 PATHs default to stubby_py, tests, bench; stubby_py/core/config.py is never rewritten (it
-defines the sections). Afterwards `ruff check --fix --select F401,I001` is run on the changed
-files (unused `replace` / `cache_limits` imports) and `ruff format` on those that were formatted
-before (others keep their layout; the new lines over 100 characters are listed), unless
---no-ruff. --check: print the diff,
-change nothing (exit 1 if anything would).
+defines the sections, and the table FLAT is checked against its OPTIONS). Afterwards
+`ruff check --fix --select F401,I001` runs on the changed files (unused `replace` and
+`cache_limits` imports) and `ruff format` on those that were formatted before (the others keep
+their layout); new lines over 100 characters are listed, to wrap by hand. --no-ruff: neither.
+--check: print the diff, change nothing (exit 1 if anything would change).
 """
 
 from __future__ import annotations
@@ -433,33 +436,44 @@ def mypy_pass(root: Path) -> dict[Path, str]:
              "--no-error-summary", "--hide-error-context", "--no-pretty", "stubby_py"],
             cwd=root, capture_output=True, text=True, check=False,
         )  # fmt: skip
-        fixes: dict[Path, list[tuple[int, int, str]]] = {}
+        spans: dict[Path, set[tuple[int, int, int, int, str]]] = {}
         for line in result.stdout.splitlines():
             match = _MYPY_ERROR.match(line)
             if match is None or match["attr"] not in FLAT:
                 continue
             path = root / match["file"]
-            if str(path.relative_to(root)) in SKIP:
-                continue
-            fixes.setdefault(path, []).append(
-                (int(match["end_line"]), int(match["end_col"]), match["attr"])
-            )
-        if not fixes:
+            if str(path.relative_to(root)) not in SKIP:
+                line_no, col, end_line, end_col = (
+                    int(match[k]) for k in ("line", "col", "end_line", "end_col")
+                )
+                spans.setdefault(path, set()).add((line_no, col, end_line, end_col, match["attr"]))
+        if not spans:
             break
-        for path, spots in fixes.items():
+        for path, found in spans.items():
             source = path.read_text()
             before.setdefault(path, source)
-            lines = source.splitlines(keepends=True)
-            for line_no, end_col, attr in sorted(set(spots), reverse=True):
-                text = lines[line_no - 1]
-                end = end_col - 1  # mypy's end column is 1-based and inclusive
-                start = text.rfind(attr, 0, end + 1)
-                if start < 0 or text[start - 1] != ".":
-                    print(f"{path}:{line_no}: mypy reported {attr!r}: not found", file=sys.stderr)
-                    continue
-                lines[line_no - 1] = text[:start] + FLAT[attr] + text[start + len(attr) :]
-            path.write_text("".join(lines))
+            path.write_text(_fix_spans(path, source, found))
     return before
+
+
+def _fix_spans(path: Path, source: str, spans: set[tuple[int, int, int, int, str]]) -> str:
+    """Rewrite the member expressions mypy located: (line, column, end line, end column), all
+    1-based and the end inclusive, so [start, end) below is `receiver.attr`."""
+    offsets = [0]
+    for line in source.splitlines(keepends=True):
+        offsets.append(offsets[-1] + len(line))
+    for line_no, col, end_line, end_col, attr in sorted(spans, reverse=True):
+        start, end = offsets[line_no - 1] + col - 1, offsets[end_line - 1] + end_col
+        if not source[start:end].endswith("." + attr):
+            print(f"{path}:{line_no}: mypy reported {attr!r}, not found there", file=sys.stderr)
+            continue
+        template = READ_TEMPLATES.get(attr)
+        if template is not None:
+            receiver = source[start : end - len(attr) - 1]
+            source = source[:start] + template.format(receiver) + source[end:]
+        else:
+            source = source[: end - len(attr)] + FLAT[attr] + source[end:]
+    return source
 
 
 def python_files(root: Path, paths: list[str]) -> Iterator[Path]:

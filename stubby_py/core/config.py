@@ -1254,12 +1254,11 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
     config = config.with_options(**changes)
-    changes = {}
     _check_tls_overrides(config)
     _check_bootstrap_overrides(config)
     if overrides.verbose:
-        changes["log_level"] = "debug"
-    return _override_proxy(config.with_options(**changes), overrides.proxy)
+        config = config.with_options(log_level="debug")
+    return _override_proxy(config, overrides.proxy)
 
 
 def _listen_overrides(overrides: Overrides) -> dict[str, Any]:

@@ -356,7 +356,7 @@ async def direct_load(uri: str, ca_file: str, duration: float, rate: int, first:
     from stubby_py.transports import make_transport
 
     loop = asyncio.get_running_loop()
-    transport = make_transport(parse_upstream_uri(uri), Config(ca_file=ca_file))
+    transport = make_transport(parse_upstream_uri(uri), Config.from_options(ca_file=ca_file))
     await transport.exchange(query_wire(f"warm.{ZONE}"), loop.time() + 5)  # the handshake
     latencies: list[float] = []
     lost = 0

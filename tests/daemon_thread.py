@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from typing import Any
 
 import uvloop
@@ -65,8 +64,7 @@ class DaemonThread:
 
 
 def make_config(upstreams: list[str], ca_file: str | None = None, **changes: Any) -> Config:
-    return replace(
-        Config(),
+    return Config.from_options(
         listen=(("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream_uri(u) for u in upstreams),
         ca_file=ca_file,

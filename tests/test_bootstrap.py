@@ -149,7 +149,7 @@ def test_unreachable_bootstrap_is_a_bootstrap_failure_and_the_pool_serves(
     config = config_for(dot_by_name, f"udp://127.0.0.1:{closed_port}", ca_file, tmp_path)
     config = make_config(
         [f"tls://{HOST}:{dot_by_name.port}", f"tcp://127.0.0.1:{plain_upstream.port}"], ca_file,
-        bootstrap=config.bootstrap, bootstrap_file=None, timeout=2.0, strategy="failover",
+        bootstrap=config.bootstrap.resolvers, bootstrap_file=None, timeout=2.0, strategy="failover",
         hedge=False,
     )  # fmt: skip
     with running_daemon(config) as daemon:
@@ -469,9 +469,9 @@ def test_state_file_written_atomically_and_privately(tmp_path: Path) -> None:
 )
 def test_upstreams_by_hostname_with_a_bootstrap(url: str) -> None:
     config = parse_config(f"upstreams:\n  - {url}\nbootstrap: [udp://192.0.2.53]\n", "c.yaml")
-    spec = config.upstreams[0]
+    spec = config.forwarding.upstreams[0]
     assert spec.needs_bootstrap and spec.auth_name == spec.address
-    assert config.bootstrap[0].address == "192.0.2.53"
+    assert config.bootstrap.resolvers[0].address == "192.0.2.53"
     with pytest.raises(ConfigError, match=r"c.yaml:2: upstreams\[0\]: .*needs `bootstrap:`"):
         parse_config(f"upstreams:\n  - {url}\n", "c.yaml")
 
@@ -500,7 +500,7 @@ def test_bad_bootstraps(text: str, said: str) -> None:
 
 def test_bootstrap_on_another_port_of_loopback_is_fine() -> None:
     config = parse_config("listen: [127.0.0.1:53]\nbootstrap: ['udp://127.0.0.1:5353']\n", "c")
-    assert config.bootstrap[0].port == 5353
+    assert config.bootstrap.resolvers[0].port == 5353
 
 
 def test_bootstrap_on_the_command_line() -> None:
@@ -508,7 +508,7 @@ def test_bootstrap_on_the_command_line() -> None:
     with pytest.raises(ConfigError, match="needs --bootstrap"):
         apply_overrides(config, Overrides(upstreams=("tls://dns.quad9.net",)))
     both = Overrides(upstreams=("tls://dns.quad9.net",), bootstrap=("udp://9.9.9.9",))
-    assert apply_overrides(config, both).bootstrap[0].address == "9.9.9.9"
+    assert apply_overrides(config, both).bootstrap.resolvers[0].address == "9.9.9.9"
     ours = Overrides(bootstrap=("udp://127.0.0.1",))
     with pytest.raises(ConfigError, match="itself"):
         apply_overrides(config, ours)

@@ -7,19 +7,18 @@ import pytest
 from stubby_py.core.cache import CacheLimits
 from stubby_py.core.config import load_config, parse_config
 from stubby_py.core.errors import ConfigError
-from stubby_py.daemon.runtime import cache_limits
 
 
 def test_defaults() -> None:
     config = load_config(None)
-    assert config.cache_size == 100_000
-    assert config.cache_max_memory == 32
-    assert (config.cache_min_ttl, config.cache_max_ttl) == (0, 86_400)  # as Unbound
-    assert config.cache_negative_max_ttl == 3_600
-    assert config.serve_stale and config.stale_window == 86_400
-    assert config.prefetch
-    assert config.cache_file == "auto"
-    limits = cache_limits(config)
+    assert config.cache.max_entries == 100_000
+    assert (config.cache.max_bytes >> 20) == 32
+    assert (config.cache.min_ttl, config.cache.max_ttl) == (0, 86_400)  # as Unbound
+    assert config.cache.negative_max_ttl == 3_600
+    assert config.cache.serve_stale and config.cache.stale_window == 86_400
+    assert config.cache.prefetch
+    assert config.service.cache_file == "auto"
+    limits = config.cache
     assert limits.max_bytes == 32 << 20
     assert limits == CacheLimits(
         max_entries=100_000, max_bytes=32 << 20, stale_window=86_400
@@ -41,11 +40,11 @@ cache_file: /var/tmp/stubby.cache
 """,
         "cache.yaml",
     )
-    assert cache_limits(config) == CacheLimits(
+    assert config.cache == CacheLimits(
         max_entries=5000, max_bytes=8 << 20, min_ttl=30, max_ttl=3600, negative_max_ttl=60,
         serve_stale=False, stale_window=600, prefetch=False,
     )  # fmt: skip
-    assert config.cache_file == "/var/tmp/stubby.cache"
+    assert config.service.cache_file == "/var/tmp/stubby.cache"
 
 
 @pytest.mark.parametrize(
@@ -53,11 +52,11 @@ cache_file: /var/tmp/stubby.cache
     [("cache_file: false", None), ("cache_file: auto", "auto"), ("cache_file: null", "auto")],
 )
 def test_cache_file_can_be_off_automatic_or_a_path(text: str, expected: str | None) -> None:
-    assert parse_config(text, "c.yaml").cache_file == expected
+    assert parse_config(text, "c.yaml").service.cache_file == expected
 
 
 def test_size_zero_is_allowed() -> None:
-    assert parse_config("cache_size: 0", "c.yaml").cache_size == 0
+    assert parse_config("cache_size: 0", "c.yaml").cache.max_entries == 0
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,6 @@ import struct
 import threading
 import time
 import zlib
-from dataclasses import replace
 from pathlib import Path
 
 import dns.flags
@@ -287,8 +286,8 @@ def test_answers_from_a_file_go_when_validation_is_turned_on(
     config = config_for(dot_upstream, ca_file, path)
     with running_daemon(config) as daemon:
         assert len(daemon.resolver.cache) == 2
-        daemon.daemon.loader = lambda: replace(
-            config, dnssec="validate", trust_anchor_updates=False
+        daemon.daemon.loader = lambda: config.with_options(
+            dnssec="validate", trust_anchor_updates=False
         )
         assert daemon.call(daemon.daemon.reload) is None
         assert len(daemon.resolver.cache) == 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import timeit
 from collections.abc import Callable
-from dataclasses import replace
 
 import dns.message
 import dns.rrset
@@ -34,7 +33,7 @@ def _stored_answer(resolver: Resolver, name: str = "www.example.com.") -> bytes:
 
 
 def _resolver() -> Resolver:
-    return Runtime(replace(Config(), cache_file=None), {}, []).resolver
+    return Runtime(Config.from_options(cache_file=None), {}, []).resolver
 
 
 def test_a_hit_is_answered_at_once_without_a_task() -> None:

@@ -16,13 +16,14 @@ from stubby_py.core.errors import ConfigError
 
 def test_no_file_gives_builtin_encrypted_pool_on_loopback() -> None:
     config = load_config(None)
-    assert config.listen == (("127.0.0.1", 53), ("::1", 53))
-    assert config.allow == ("127.0.0.0/8", "::1/128")
-    assert config.upstreams and all(u.transport == "tls" and u.auth_name for u in config.upstreams)
+    assert config.listeners.addresses == (("127.0.0.1", 53), ("::1", 53))
+    assert config.access.allow == ("127.0.0.0/8", "::1/128")
+    upstreams = config.forwarding.upstreams
+    assert upstreams and all(u.transport == "tls" and u.auth_name for u in upstreams)
 
 
 def test_empty_file_is_the_defaults() -> None:
-    assert parse_config("", "empty.yaml").upstreams == load_config(None).upstreams
+    assert parse_config("", "empty.yaml").forwarding == load_config(None).forwarding
 
 
 def test_full_file_is_read() -> None:
@@ -40,11 +41,12 @@ padding_block_size: 468
 """,
         "c.yaml",
     )
-    assert config.listen == (("127.0.0.1", 5353), ("::1", 5353))
-    assert config.allow[1] == "192.168.1.0/24"
-    assert config.upstreams[1].address == "2620:fe::fe" and config.upstreams[1].name == "quad9-v6"
-    assert config.upstreams[1].spki_pins == ("/SlsviBkb05Y/8XiKF9+CZsgCtrqPQk5bh47o0R3/Cg=",)
-    assert config.timeout == 2.0 and config.padding_block_size == 468
+    assert config.listeners.addresses == (("127.0.0.1", 5353), ("::1", 5353))
+    assert config.access.allow[1] == "192.168.1.0/24"
+    second = config.forwarding.upstreams[1]
+    assert second.address == "2620:fe::fe" and second.name == "quad9-v6"
+    assert second.spki_pins == ("/SlsviBkb05Y/8XiKF9+CZsgCtrqPQk5bh47o0R3/Cg=",)
+    assert config.forwarding.timeout == 2.0 and config.transport.padding_block == 468
 
 
 @pytest.mark.parametrize(
@@ -149,7 +151,7 @@ def test_bad_upstream_uris(uri: str) -> None:
 def test_listen_forms() -> None:
     assert parse_listen("[::1]:5353") == ("::1", 5353)
     assert parse_listen("192.168.1.2") == ("192.168.1.2", 53)
-    assert Config().listen[0] == ("127.0.0.1", 53)
+    assert Config().listeners.addresses[0] == ("127.0.0.1", 53)
 
 
 def test_groups_and_rules_are_read() -> None:
@@ -167,9 +169,9 @@ strategy: fastest
 """,
         "c.yaml",
     )
-    groups = dict(config.upstream_groups)
+    groups = dict(config.forwarding.groups)
     assert [u.address for u in groups["vpn"]] == ["10.8.0.1", "10.8.0.2"]
-    assert dict(config.rules) == {
+    assert dict(config.forwarding.rules) == {
         "lan": "lan", "168.192.in-addr.arpa": "lan", "corp.example": "vpn", "example.org": "default"
     }  # fmt: skip
-    assert config.strategy == "fastest"
+    assert config.pool.strategy == "fastest"

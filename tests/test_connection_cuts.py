@@ -90,9 +90,9 @@ def test_cuts_beside_an_upstream_with_a_broken_ca_file(
     uri, proxy = dot_behind_proxy
     garbage = tmp_file("garbage.pem", "not a certificate\n")
     config = make_config([uri, uri], ca_file, cache_size=0)
-    broken = replace(config.upstreams[0], ca_file=garbage, name="broken")
-    cut = config.upstreams[0]
-    config = replace(config, upstreams=(broken, cut))
+    broken = replace(config.forwarding.upstreams[0], ca_file=garbage, name="broken")
+    cut = config.forwarding.upstreams[0]
+    config = config.with_options(upstreams=(broken, cut))
     with running_daemon(config) as daemon:
         names = [f"m{i}.example." for i in range(QUERIES)]
         results = ask_many(names, daemon.port, concurrency=CONCURRENCY, timeout=5)

@@ -4,7 +4,6 @@ cached source list, converted, loaded, and a daemon on the result answering thro
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import dns.rcode
@@ -107,7 +106,7 @@ def test_every_server_is_taken_or_left_out_with_the_reason(
     assert data["upstreams"][0]["url"] == dot  # kept as a stamp: its hash still checked
     assert (data["timeout"], data["strategy"], data["cache_size"]) == (30.0, "round_robin", 0)
     config = load_config(str(out))
-    assert [s.cert_hashes for s in config.upstreams][:2] == [(bytes(32).hex(),)] * 2
+    assert [s.cert_hashes for s in config.forwarding.upstreams][:2] == [(bytes(32).hex(),)] * 2
     for expected in (
         "static.static-crypt: DNSCrypt stamps are not supported",
         "pr-doh-logs: require_nolog: the list does not say it is no-log",
@@ -146,8 +145,14 @@ def test_bootstrap_resolvers_and_proxy_are_converted(
     assert data["proxy"] == "socks5h://127.0.0.1:9050"
     assert [u["name"] for u in data["upstreams"]] == ["pr-doh-name-only"], err
     config = load_config(str(out))
-    assert config.upstreams[0].needs_bootstrap and config.upstreams[0].address == "name.example"
-    assert [b.label for b in config.bootstrap] == ["tcp://192.0.2.1:53", "tcp://[2001:db8::1]:53"]
+    assert (
+        config.forwarding.upstreams[0].needs_bootstrap
+        and config.forwarding.upstreams[0].address == "name.example"
+    )
+    assert [b.label for b in config.bootstrap.resolvers] == [
+        "tcp://192.0.2.1:53",
+        "tcp://[2001:db8::1]:53",
+    ]
 
 
 def test_server_names_pick_and_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,7 +223,7 @@ def test_daemon_runs_on_the_imported_file(
         out = tmp_path / "config.yaml"
         assert cli.main(["import-dnscrypt-proxy", str(path), "-o", str(out)]) == 0
         config = load_config(str(out))
-        config = replace(config, ca_file=ca_file, control_socket=None, dnssec="off")
+        config = config.with_options(ca_file=ca_file, control_socket=None, dnssec="off")
         with running_daemon(config) as daemon:
             reply = ask(daemon.port)
         assert reply.rcode() == dns.rcode.NOERROR

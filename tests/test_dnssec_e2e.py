@@ -16,7 +16,6 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -418,7 +417,7 @@ def test_turning_validation_on_forgets_answers_cached_unchecked(
     with running_daemon(config) as daemon:
         unchecked = ask(daemon.port, "www.changed.test.")
         assert unchecked.rcode() == NOERROR  # off: the upstream's data, cached
-        daemon.call(daemon.runtime.reconfigure, replace(config, dnssec="validate"))
+        daemon.call(daemon.runtime.reconfigure, config.with_options(dnssec="validate"))
         checked = ask(daemon.port, "www.changed.test.")
         assert checked.rcode() == SERVFAIL and 6 in ede_codes(checked), describe(checked)
 

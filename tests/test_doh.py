@@ -390,7 +390,7 @@ def test_a_connection_retired_while_busy_is_closed_by_aclose(ca: trustme.CA, ca_
 
         async def run() -> None:
             loop = asyncio.get_running_loop()
-            transport = doh_module.DoHTransport(config.upstreams[0], config)
+            transport = doh_module.DoHTransport(config.forwarding.upstreams[0], config)
             await transport.exchange(_query("first.example."), loop.time() + 5)
             old = transport._connection
             assert old is not None
@@ -422,7 +422,7 @@ def test_a_retired_connection_is_closed_when_its_last_stream_ends(
 
         async def run() -> None:
             loop = asyncio.get_running_loop()
-            transport = doh_module.DoHTransport(config.upstreams[0], config)
+            transport = doh_module.DoHTransport(config.forwarding.upstreams[0], config)
             try:
                 await transport.exchange(_query("first.example."), loop.time() + 5)
                 old = transport._connection

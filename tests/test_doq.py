@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 import dns.message
 import dns.rcode
@@ -158,7 +157,7 @@ def test_session_resumes_after_the_server_drops_the_connection(
 
 def test_idle_connection_closes_and_resumes(doq: DoQServer, ca_file: str) -> None:
     config = daemon_config(uri(doq), ca_file)
-    config = replace(config, upstream_idle_timeout=0.3)
+    config = config.with_options(upstream_idle_timeout=0.3)
     with running_daemon(config) as daemon:
         assert answer_address(ask(daemon.port)) == "192.0.2.1"
         assert wait_for(lambda: daemon.resolver.transports[0]._connection is None, 3.0)
@@ -188,7 +187,7 @@ def test_pin_mismatch_leaves_no_ticket_to_resume_with(doq: DoQServer, ca_file: s
     a connection refused for its pin must not leave a ticket that the next connection resumes
     with (a resumed session skips the certificate, so the pin would never be checked again)."""
     config = daemon_config(uri(doq), ca_file, spki_pins=(OTHER_PIN,))
-    with running_daemon(replace(config, backoff_min=0.05, backoff_max=0.1)) as daemon:
+    with running_daemon(config.with_options(backoff_min=0.05, backoff_max=0.1)) as daemon:
         for name in ("first.example.", "second.example.", "third.example."):
             reply = ask(daemon.port, name)
             assert reply.rcode() == dns.rcode.SERVFAIL and not reply.answer, name

@@ -138,8 +138,8 @@ def test_spki_pins_are_enforced(ca: trustme.CA, tmp_path) -> None:  # type: igno
     with local_upstream(context) as server:
         for pins, expected in (((good_pin,), "NOERROR"), (("A" * 43 + "=",), "SERVFAIL")):
             config = make_config([dot_uri(server)], str(ca_path), timeout=TIMEOUT)
-            spec = replace(config.upstreams[0], spki_pins=pins)
-            config = replace(config, upstreams=(spec,))
+            spec = replace(config.forwarding.upstreams[0], spki_pins=pins)
+            config = config.with_options(upstreams=(spec,))
             with running_daemon(config) as daemon:
                 assert rcodes(ask_many(["a.example."], daemon.port)) == [expected]
         assert len(server.state.queries) == 1

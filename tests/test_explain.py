@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +48,7 @@ def explain_json(sock: str, name: str, rdtype: str = "A") -> dict[str, Any]:
 def explained_daemon(config: Config, tmp_path: Path) -> Iterator[tuple[DaemonThread, str]]:
     """The daemon with its control socket in tmp_path (where `explain` is one of its commands)."""
     sock = str(tmp_path / "run" / "control.sock")
-    with running_daemon(replace(config, control_socket=sock)) as daemon:
+    with running_daemon(config.with_options(control_socket=sock)) as daemon:
         server = daemon.daemon.control
         assert server is not None and "explain" in server.commands
         yield daemon, sock

@@ -112,7 +112,7 @@ def _context(leaf: trustme.LeafCert) -> ssl.SSLContext:
 
 def _config(uri: str, ca_file: str, **spec_changes: object) -> Config:
     config = make_config([uri], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT)
-    return replace(config, upstreams=(replace(config.upstreams[0], **spec_changes),))
+    return config.with_options(upstreams=(replace(config.forwarding.upstreams[0], **spec_changes),))
 
 
 def _servfail_kind(config: Config, kind: str) -> None:
@@ -123,7 +123,7 @@ def _servfail_kind(config: Config, kind: str) -> None:
         kinds = daemon.call(lambda: dict(daemon.resolver.pool.health[0].failure_kinds))
     assert reply.rcode() == dns.rcode.SERVFAIL
     texts = [o.text or "" for o in reply.options if isinstance(o, dns.edns.EDEOption)]
-    name = config.upstreams[0].label
+    name = config.forwarding.upstreams[0].label
     assert any(f"{name}: {kind}" in text for text in texts), texts
     assert kinds == {kind: 1}
 
@@ -169,7 +169,7 @@ def test_dot_tls_handshake_failure(leaf: trustme.LeafCert, ca_file: str) -> None
     context = _context(leaf)
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     with local_upstream(context) as server:
-        config = replace(_config(dot_uri(server), ca_file), tls_min_version="1.3")
+        config = _config(dot_uri(server), ca_file).with_options(tls_min_version="1.3")
         _servfail_kind(config, "tls-handshake")
 
 

@@ -117,7 +117,7 @@ def test_explain_shows_the_verdict_and_every_attempt(
     assert report["validation"]["security"] == "bogus"
     assert report["validation"]["ede"] == SIGNATURE_NOT_YET_VALID
     outcomes = [(a["upstream"], a["outcome"]) for a in report["attempts"]]
-    assert (daemon.config.upstreams[0].label, "answer") in outcomes, outcomes
+    assert (daemon.config.forwarding.upstreams[0].label, "answer") in outcomes, outcomes
     assert (f"udp://{LOOPBACK}:{dead_port}", "connect-failed") in outcomes, outcomes
 
 
@@ -159,8 +159,9 @@ def test_a_long_failure_text_is_cut_to_the_clients_udp_size() -> None:
     names = [f"upstream-with-a-long-descriptive-name-number-{i}" for i in range(8)]
     dead = free_ports(len(names))
     config = make_config([f"tcp://{LOOPBACK}:{port}" for port in dead], timeout=2.0)
-    specs = tuple(replace(s, name=n) for s, n in zip(config.upstreams, names, strict=True))
-    with running_daemon(replace(config, upstreams=specs)) as daemon:
+    upstreams = config.forwarding.upstreams
+    specs = tuple(replace(s, name=n) for s, n in zip(upstreams, names, strict=True))
+    with running_daemon(config.with_options(upstreams=specs)) as daemon:
         query = dns.message.make_query("cut.example.", "A", use_edns=0, payload=512)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         with sock:

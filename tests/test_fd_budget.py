@@ -7,7 +7,6 @@ import re
 import socket
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import dns.message
@@ -73,8 +72,7 @@ def test_a_limit_below_the_daemons_own_needs_is_refused() -> None:
 
 
 def test_needs_count_every_upstream_group_and_plain_udp_sockets() -> None:
-    config = replace(
-        Config(),
+    config = Config.from_options(
         upstreams=(parse_upstream_uri("tls://192.0.2.1#a.example"),),
         upstream_groups=(("lan", (parse_upstream_uri("udp://192.168.1.1"),)),),
         control_socket=None, query_log="/tmp/q.log", metrics_listen=("127.0.0.1", 9153),
@@ -84,7 +82,8 @@ def test_needs_count_every_upstream_group_and_plain_udp_sockets() -> None:
                           network_watch=True)  # fmt: skip
     assert needs.reserved()["upstreams"] == 2 * PER_UPSTREAM_FDS + PLAIN_UDP_SOCKETS
     assert Caps.of(config) == Caps(512, 64, 16)
-    assert Caps.of(replace(config, metrics_listen=None, tcp_max_connections=10)) == Caps(10, 10, 0)
+    smaller = config.with_options(metrics_listen=None, tcp_max_connections=10)
+    assert Caps.of(smaller) == Caps(10, 10, 0)
 
 
 @given(
@@ -196,6 +195,6 @@ def test_the_service_units_limits_fit_the_default_caps() -> None:
     settings = dict(re.findall(r"^(LimitNOFILE|MemoryMax|TasksMax)=(\S+)$", service, re.M))
     assert settings.keys() == {"LimitNOFILE", "MemoryMax", "TasksMax"}, settings
     listening = len(re.findall(r"^Listen(Datagram|Stream)=", sockets, re.M))
-    config = replace(Config(), metrics_listen=("127.0.0.1", 9153), query_log="/var/log/q.log")
+    config = Config.from_options(metrics_listen=("127.0.0.1", 9153), query_log="/var/log/q.log")
     fd_plan = plan(Needs.of(config, listening), Caps.of(config), int(settings["LimitNOFILE"]))
     assert fd_plan.lowered == () and fd_plan.spare > 0

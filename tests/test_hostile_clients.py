@@ -8,7 +8,6 @@ import contextlib
 import socket
 import struct
 import time
-from dataclasses import replace
 from types import SimpleNamespace
 
 import dns.message
@@ -347,10 +346,8 @@ def test_an_ipv6_client_is_its_slash_64() -> None:
 
 
 def test_ipv6_connections_count_per_slash_64(dot_upstream: LocalUpstream, ca_file: str) -> None:
-    config = replace(
-        make_config([dot_uri(dot_upstream)], ca_file, tcp_max_connections_per_client=2),
-        listen=(("::1", 0),),
-    )
+    config = make_config([dot_uri(dot_upstream)], ca_file, tcp_max_connections_per_client=2)
+    config = config.with_options(listen=(("::1", 0),))
     with running_daemon(config) as daemon, contextlib.ExitStack() as stack:
         for _ in range(2):
             stack.enter_context(socket.create_connection(("::1", daemon.port), timeout=3))

@@ -14,7 +14,6 @@ import gc
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +133,7 @@ def test_transports_retired_by_reloads_are_gone(upstream_uri: str, ca_file: str)
             refs += [weakref.ref(transport), weakref.ref(current_connection(daemon))]
             del transport
             # another idle timeout: a transport setting, so every transport is built anew
-            changed = replace(config, upstream_idle_timeout=10.0 + round_)
+            changed = config.with_options(upstream_idle_timeout=10.0 + round_)
             daemon.call(daemon.runtime.reconfigure, changed)
         answered(daemon, "after-")
         # retired transports close after the query timeout (+0.5 s)

@@ -173,7 +173,7 @@ def test_dig_over_tls_with_keepalive(served: Served) -> None:
     )  # fmt: skip
     assert "status: NOERROR" in result.stdout, result.stdout + result.stderr
     assert "192.0.2.1" in result.stdout
-    idle = served.daemon.config.tcp_idle_timeout
+    idle = served.daemon.config.listeners.tcp_idle_timeout
     assert f"TCP KEEPALIVE: {idle:.1f} secs" in result.stdout  # RFC 7828, only when asked
     plain = subprocess.run(
         [dig, "@127.0.0.1", "-p", str(served.dot), "+tls", f"+tls-ca={served.ca_file}",

@@ -103,9 +103,9 @@ def test_good_config_splits_plain_and_encrypted(tmp_path: Path) -> None:
         f"tls_cert: {cert}\ntls_key: {key}\nlisten_padding_block: 128\n"
     )
     config = parse_config(text, "home.yaml")
-    assert config.listen == (("127.0.0.1", 53),)
-    assert [e.scheme for e in config.encrypted_listen] == ["tls", "https"]
-    assert config.listen_padding_block == 128
+    assert config.listeners.addresses == (("127.0.0.1", 53),)
+    assert [e.scheme for e in config.listeners.encrypted] == ["tls", "https"]
+    assert config.listeners.padding_block == 128
 
 
 def test_command_line_needs_tls_cert_and_key(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_command_line_needs_tls_cert_and_key(tmp_path: Path) -> None:
     config = apply_overrides(
         Config(), Overrides(listen=("tls://127.0.0.1:8853",), tls_cert=cert, tls_key=key)
     )
-    assert config.encrypted_listen[0].port == 8853 and config.listen == ()
+    assert config.listeners.encrypted[0].port == 8853 and config.listeners.addresses == ()
     result = subprocess.run(
         [sys.executable, "-m", "stubby_py", "run", "--listen", "https://127.0.0.1:0/q",
          "--upstream", "udp://127.0.0.1:9"],
@@ -262,10 +262,7 @@ def test_reload_takes_new_certificate_files(tmp_path: Path, ca: trustme.CA) -> N
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         cert, key = write_pair(ca, elsewhere)
-        new = daemon.config.__class__(
-            **{**{f: getattr(daemon.config, f) for f in daemon.config.__slots__},
-               "tls_cert": cert, "tls_key": key}
-        )  # fmt: skip
+        new = daemon.config.with_options(tls_cert=cert, tls_key=key)
         daemon.daemon.loader = lambda: new
         assert daemon.call(daemon.daemon.reload) is None
         assert peer_certificate(dot, ca_file)[0] != first

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import dns.message
@@ -75,7 +74,7 @@ def test_idle_metrics_connections_do_not_take_dns_down(
                 dns.message.make_query("tcp.example.", "A"), "127.0.0.1", port=port, timeout=3
             )
             assert tcp.rcode() == dns.rcode.NOERROR and tcp.answer
-            cap = Config().metrics_max_connections
+            cap = Config().service.metrics_max_connections
             assert wait_for(lambda: sum(map(closed_by_peer, held)) >= FLOOD - cap)
             assert sum(map(closed_by_peer, held)) == FLOOD - cap  # the first `cap` are served
         finally:
@@ -101,7 +100,7 @@ def test_a_source_outside_metrics_allow_gets_no_answer(metrics_daemon: DaemonThr
     assert http_reply(port, "127.0.0.1") == b""
     assert http_reply(port, "127.0.0.2").startswith(b"HTTP/1.1 200 OK")
     # a reload changes the access list for connections to come
-    swapped = replace(daemon.config, metrics_allow=("127.0.0.1/32",))
+    swapped = daemon.config.with_options(metrics_allow=("127.0.0.1/32",))
     metrics_daemon.call(daemon._apply, swapped)
     assert http_reply(port, "127.0.0.1").startswith(b"HTTP/1.1 200 OK")
     assert http_reply(port, "127.0.0.2") == b""

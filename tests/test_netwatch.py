@@ -37,6 +37,7 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
+from stubby_py.core.config import Config
 from stubby_py.core.errors import UpstreamConnectError
 from stubby_py.daemon import netwatch
 from stubby_py.daemon.netwatch import (
@@ -474,7 +475,7 @@ def test_watching_can_be_switched_off_and_survives_a_failing_reset(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def run() -> None:
-        assert start_watching(SimpleNamespace(), SimpleNamespace(watch_network=False)) is None
+        assert start_watching(SimpleNamespace(), Config.from_options(watch_network=False)) is None
 
         def fail(reason: str) -> None:
             raise RuntimeError(f"cannot handle {reason}")

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +127,8 @@ upstreams:
       credentials_file: {secret}
 """
         parsed = parse_config(text, "proxy.yaml")
-        config = replace(
-            make_config([], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT),
-            upstreams=parsed.upstreams,
+        config = make_config([], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT).with_options(
+            upstreams=parsed.forwarding.upstreams,
         )
         with running_daemon(config) as daemon:
             replies = [ask(daemon.port, f"q{i}.example.") for i in range(3)]
@@ -186,8 +184,8 @@ def test_socks5h_resolves_an_upstream_by_hostname_without_a_bootstrap() -> None:
     plain socks5 the same configuration is refused for want of a bootstrap."""
     text = "proxy: socks5h://127.0.0.1:1080\nupstreams:\n  - tls://dot.test:8853\n"
     parsed = parse_config(text, "tor.yaml")
-    spec = parsed.upstreams[0]
-    assert spec.needs_bootstrap and not parsed.bootstrap
+    spec = parsed.forwarding.upstreams[0]
+    assert spec.needs_bootstrap and not parsed.bootstrap.resolvers
     endpoint = endpoint_for(spec, parsed)
     assert isinstance(endpoint, FixedEndpoint)
     assert tunnel_destination(spec, upstream_proxy(spec, parsed) or NO_PROXY, "x") == "dot.test"
@@ -202,7 +200,7 @@ def test_a_udp_bootstrap_under_a_global_proxy_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"c\.yaml:1: proxy: bootstrap\[0\]: plain DNS over UDP"):
         parse_config(text + "  - udp://192.0.2.1\n", "c.yaml")
     config = parse_config(text + "  - tcp://192.0.2.1\n", "c.yaml")
-    assert upstream_proxy(config.bootstrap[0], config) == config.proxy
+    assert upstream_proxy(config.bootstrap.resolvers[0], config) == config.transport.proxy
 
 
 def test_per_upstream_none_overrides_global(ca: trustme.CA, ca_file: str) -> None:
@@ -217,11 +215,10 @@ upstreams:
     proxy: none
 """
         parsed = parse_config(text, "proxy.yaml")
-        assert upstream_proxy(parsed.upstreams[0], parsed) is None
-        config = replace(
-            make_config([], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT),
-            upstreams=parsed.upstreams,
-            proxy=parsed.proxy,
+        assert upstream_proxy(parsed.forwarding.upstreams[0], parsed) is None
+        config = make_config([], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT).with_options(
+            upstreams=parsed.forwarding.upstreams,
+            proxy=parsed.transport.proxy,
         )
         with running_daemon(config) as daemon:
             reply = ask(daemon.port)
@@ -238,7 +235,7 @@ def _fails_with(config: Config, kind: str, state: ServerState) -> None:
         kinds = daemon.call(lambda: dict(daemon.resolver.pool.health[0].failure_kinds))
     assert reply.rcode() == dns.rcode.SERVFAIL
     texts = ede_texts(reply)
-    assert any(f"{config.upstreams[0].label}: {kind}" in t for t in texts), texts
+    assert any(f"{config.forwarding.upstreams[0].label}: {kind}" in t for t in texts), texts
     assert kinds == {kind: 1}
     assert state.connections == 0 and state.peers == []
 
@@ -338,7 +335,7 @@ def test_reload_puts_the_proxy_in_the_path(ca: trustme.CA, ca_file: str, tmp_pat
         )
         with running_daemon(direct) as daemon:
             assert ask(daemon.port, "before.example.").rcode() == dns.rcode.NOERROR
-            proxied = replace(direct, proxy=parse_proxy_uri(f"socks5://127.0.0.1:{proxy_port}"))
+            proxied = direct.with_options(proxy=parse_proxy_uri(f"socks5://127.0.0.1:{proxy_port}"))
             daemon.call(daemon.runtime.reconfigure, proxied)
             after = ask(daemon.port, "after.example.")
     assert after.rcode() == dns.rcode.NOERROR
@@ -350,10 +347,9 @@ def test_proxy_failures_back_off_without_going_direct(ca: trustme.CA, ca_file: s
     one, and not one query reaches the server."""
     dead_port = free_ports(1)[0]
     with dot_server(ca) as (transport, port, state):
-        config = replace(
-            proxied_config(
-                upstream_uri(transport, port), ca_file, f"socks5://127.0.0.1:{dead_port}"
-            ),
+        config = proxied_config(
+            upstream_uri(transport, port), ca_file, f"socks5://127.0.0.1:{dead_port}"
+        ).with_options(
             failures_to_down=2,
         )
         with running_daemon(config) as daemon:
@@ -528,7 +524,7 @@ def test_quic_with_an_http_proxy_is_refused(uri: str) -> None:
     # and `proxy: none` takes it out of the HTTP proxy's way
     text = f"proxy: http://127.0.0.1:3128\nupstreams:\n  - url: {uri}\n    proxy: none\n"
     config = parse_config(text, "c.yaml")
-    assert upstream_proxy(config.upstreams[0], config) is None
+    assert upstream_proxy(config.forwarding.upstreams[0], config) is None
 
 
 def test_udp_with_a_proxy_is_refused_tcp_is_not() -> None:
@@ -536,7 +532,7 @@ def test_udp_with_a_proxy_is_refused_tcp_is_not() -> None:
     with pytest.raises(ConfigError, match=r"proxy: upstreams\[0\]: plain DNS over UDP"):
         parse_config(text, "c.yaml")
     config = parse_config(text.replace("udp://", "tcp://"), "c.yaml")
-    assert upstream_proxy(config.upstreams[0], config) == ProxySpec(
+    assert upstream_proxy(config.forwarding.upstreams[0], config) == ProxySpec(
         "http", "127.0.0.1", 3128, None, None
     )
     with pytest.raises(ConfigError, match=r"command line: --proxy: .*plain DNS over UDP"):
@@ -553,8 +549,11 @@ def test_credentials_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> N
     text = f"proxy:\n  url: http://127.0.0.1:3128\n  credentials_file: {secret}\n"
     with caplog.at_level(logging.WARNING):
         config = parse_config(text, "c.yaml")
-    assert config.proxy is not None
-    assert (config.proxy.username, config.proxy.password) == ("carol", "pa:ss word")
+    assert config.transport.proxy is not None
+    assert (config.transport.proxy.username, config.transport.proxy.password) == (
+        "carol",
+        "pa:ss word",
+    )
     assert not caplog.records
     secret.chmod(0o644)
     with caplog.at_level(logging.WARNING):

@@ -4,7 +4,6 @@ observer), with where the answer came from; no sockets, no upstreams."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 from typing import Any
 
 import dns.message
@@ -35,7 +34,7 @@ class _Log:
 
 def test_the_query_log_hears_where_each_answer_came_from() -> None:
     async def main() -> list[tuple[str, str, int | str]]:
-        config = replace(Config(), cache_file=None, allow=("127.0.0.0/8",), deny_action="refuse")
+        config = Config.from_options(cache_file=None, allow=("127.0.0.0/8",), deny_action="refuse")
         resolver = Runtime(config, {}, []).resolver
         log = _Log()
         resolver.query_log = log  # type: ignore[assignment]
@@ -62,7 +61,7 @@ def test_the_query_log_hears_where_each_answer_came_from() -> None:
 
 def test_a_dropped_query_is_logged_as_dropped() -> None:
     async def main() -> list[tuple[str, str, int | str]]:
-        config = replace(Config(), cache_file=None, allow=("127.0.0.0/8",), deny_action="drop")
+        config = Config.from_options(cache_file=None, allow=("127.0.0.0/8",), deny_action="drop")
         resolver = Runtime(config, {}, []).resolver
         log = _Log()
         resolver.query_log = log  # type: ignore[assignment]

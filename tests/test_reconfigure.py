@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import dns.name
@@ -27,8 +26,8 @@ def test_reload_keeps_unchanged_upstreams_and_drops_removed_ones(
                 == ["NOERROR"] * 10
             )
             before = daemon.resolver.transports[0]
-            new = replace(
-                config, upstreams=(parse_upstream_uri(dot_uri(kept)),), rules=(("x.", "default"),)
+            new = config.with_options(
+                upstreams=(parse_upstream_uri(dot_uri(kept)),), rules=(("x.", "default"),)
             )
             daemon.call(daemon.runtime.reconfigure, new)
             assert daemon.resolver.transports == [before]
@@ -54,12 +53,12 @@ def test_reload_keeps_the_warm_validator_unless_its_anchors_change(
         with running_daemon(config) as daemon:
             first = daemon.resolver.validator
             assert first is not None
-            daemon.call(daemon.runtime.reconfigure, replace(config, timeout=1.5))
+            daemon.call(daemon.runtime.reconfigure, config.with_options(timeout=1.5))
             assert daemon.resolver.validator is first  # same anchors: the key cache stays warm
             anchors.write_text(ds.replace("20326", "20327"))  # the file changed under the path
-            daemon.call(daemon.runtime.reconfigure, replace(config, timeout=1.6))
+            daemon.call(daemon.runtime.reconfigure, config.with_options(timeout=1.6))
             second = daemon.resolver.validator
             assert second is not None and second is not first
             assert [d.key_tag for d in second.chain.anchors.get(dns.name.root).ds] == [20327]
-            daemon.call(daemon.runtime.reconfigure, replace(config, dnssec="off"))
+            daemon.call(daemon.runtime.reconfigure, config.with_options(dnssec="off"))
             assert daemon.resolver.validator is None

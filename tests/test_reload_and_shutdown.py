@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import dns.rcode
@@ -165,8 +164,8 @@ def test_reload_applies_listener_limits_and_the_query_log(
     with running_daemon(config) as running:
         daemon = running.daemon
         log_path = tmp_path / "queries.log"
-        new = replace(
-            config, tcp_max_connections_per_client=3, query_log=str(log_path),
+        new = config.with_options(
+            tcp_max_connections_per_client=3, query_log=str(log_path),
             listen=(("127.0.0.1", 5399),),
         )  # fmt: skip
         daemon.loader = lambda: new
@@ -175,10 +174,10 @@ def test_reload_applies_listener_limits_and_the_query_log(
         assert "listen changed; takes effect at the next restart" in caplog.text
         assert ask(running.port, "logged.example.").answer
         # a query log that cannot be opened: refused, nothing changed
-        daemon.loader = lambda: replace(new, query_log=str(tmp_path / "no" / "such" / "dir"))
+        daemon.loader = lambda: new.with_options(query_log=str(tmp_path / "no" / "such" / "dir"))
         assert "cannot open" in running.call(daemon.reload)
         assert daemon.config is new and daemon.query_log is not None
-        daemon.loader = lambda: replace(new, query_log=None)  # off again: the file is closed
+        daemon.loader = lambda: new.with_options(query_log=None)  # off again: the file is closed
         assert running.call(daemon.reload) is None
         assert daemon.query_log is None and daemon.resolver.query_log is None
         time.sleep(0.9)  # replaced upstreams close timeout + 0.5 s after a reload (not at stop)

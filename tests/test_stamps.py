@@ -249,7 +249,7 @@ def test_stamp_by_hostname_needs_a_bootstrap() -> None:
     with pytest.raises(ConfigError, match=r"t.yaml:2: upstreams\[0\]: .*needs `bootstrap:`"):
         parse_config(f"upstreams:\n  - {stamp}\n", "t.yaml")
     config = parse_config(f"upstreams:\n  - {stamp}\nbootstrap: [udp://192.0.2.53]\n", "t.yaml")
-    assert config.upstreams[0].url == "tls://dot.test:853"
+    assert config.forwarding.upstreams[0].url == "tls://dot.test:853"
 
 
 def test_stamp_without_any_name_or_address_is_refused() -> None:
@@ -278,9 +278,9 @@ def test_stamps_in_every_upstream_place() -> None:
         f"upstream_groups:\n  corp:\n    - {make_stamp(0x04, '192.0.2.3', 'doq.test')}\n"
     )
     config = parse_config(text, "s.yaml")
-    assert [s.transport for s in config.upstreams] == ["tls", "https"]
-    assert config.upstreams[1].name == "doh"
-    assert config.upstream_groups[0][1][0].auth_name == "doq.test"
+    assert [s.transport for s in config.forwarding.upstreams] == ["tls", "https"]
+    assert config.forwarding.upstreams[1].name == "doh"
+    assert config.forwarding.groups[0][1][0].auth_name == "doq.test"
 
 
 def test_bad_stamp_in_config_names_file_line_and_key() -> None:
@@ -432,7 +432,8 @@ def test_check_shows_props_and_hashes(
     )
     bad = make_stamp(0x03, f"127.0.0.1:{dot_server.port}", "dns.test", [bytes(32)])
     config = daemon_config(good, ca_file)
-    config = replace(config, upstreams=(*config.upstreams, replace(stamps.parse(bad), name="b")))
+    upstreams = (*config.forwarding.upstreams, replace(stamps.parse(bad), name="b"))
+    config = config.with_options(upstreams=upstreams)
     reports = asyncio.run(check.check_all(config, 3.0))
     text = check.format_table(reports)
     assert "stamp says   dnssec, no-filter (informal, not checked)" in text

@@ -42,15 +42,17 @@ def test_import_debian_stubby_yml(debian_file: Path, capsys: pytest.CaptureFixtu
     assert cli.main(["import-stubby", str(debian_file)]) == 0
     out, err = capsys.readouterr()
     config = parse_config(out, "converted.yaml")
-    assert config.listen == (("127.0.0.1", 53), ("::1", 53))
-    assert len(config.upstreams) == 6
-    assert all(u.transport == "tls" and u.port == 853 and u.auth_name for u in config.upstreams)
-    assert all(len(u.spki_pins) == 1 for u in config.upstreams)
-    first = config.upstreams[0]
+    assert config.listeners.addresses == (("127.0.0.1", 53), ("::1", 53))
+    assert len(config.forwarding.upstreams) == 6
+    assert all(
+        u.transport == "tls" and u.port == 853 and u.auth_name for u in config.forwarding.upstreams
+    )
+    assert all(len(u.spki_pins) == 1 for u in config.forwarding.upstreams)
+    first = config.forwarding.upstreams[0]
     assert (first.address, first.auth_name) == ("145.100.185.15", "dnsovertls.sinodun.com")
     assert first.spki_pins == ("62lKu9HsDVbyiPenApnc4sfmSYTHOVfFgL3pyB+cBL4=",)
-    assert config.strategy == "round_robin"  # round_robin_upstreams: 1
-    assert config.padding_block_size == 128 and config.upstream_idle_timeout == 10.0
+    assert config.pool.strategy == "round_robin"  # round_robin_upstreams: 1
+    assert config.transport.padding_block == 128 and config.transport.idle_timeout == 10.0
     for line in (
         "mapped   listen_addresses:",
         "mapped   upstream_recursive_servers: → upstreams: 6 DoT upstreams, 6 with pins",
@@ -70,7 +72,7 @@ def test_check_config_and_import_to_a_file(
     out = tmp_path / "config.yaml"
     assert cli.main(["import-stubby", str(debian_file), "-o", str(out)]) == 0
     assert cli.main(["check-config", str(out)]) == 0
-    assert load(str(out))[0].upstreams == load(str(debian_file))[0].upstreams
+    assert load(str(out))[0].forwarding.upstreams == load(str(debian_file))[0].forwarding.upstreams
 
 
 def test_every_option_is_mapped_or_ignored_with_a_reason() -> None:
@@ -189,7 +191,10 @@ def test_an_xml_trust_anchor_file_is_ignored_and_the_rest_converts(tmp_path: Pat
         f"dnssec: GETDNS_EXTENSION_TRUE\ndnssec_trust_anchors: {xml}\n"
     )
     config, conversion = load(str(stubby))
-    assert config.dnssec == "validate" and config.upstreams[0].auth_name == "dns.quad9.net"
+    assert (
+        config.dnssec.mode == "validate"
+        and config.forwarding.upstreams[0].auth_name == "dns.quad9.net"
+    )
     assert conversion is not None and "trust_anchors" not in conversion.options
     notes = {(n.kind, n.key): n.text for n in conversion.notes}
     text = notes[("ignored", "dnssec_trust_anchors")]
@@ -209,7 +214,7 @@ def test_a_zone_file_trust_anchor_file_is_mapped(tmp_path: Path) -> None:
     )
     config, conversion = load(str(stubby))
     assert conversion is not None and conversion.options["trust_anchors"] == str(zone)
-    assert config.trust_anchors is not None
+    assert config.dnssec.trust_anchors is not None
     assert ("mapped", "dnssec_trust_anchors") in {(n.kind, n.key) for n in conversion.notes}
 
 

@@ -80,8 +80,8 @@ def test_garbage_ca_file_fails_only_its_own_upstream(
 ) -> None:
     garbage = tmp_file("garbage.pem", GARBAGE)
     config = make_config([broken_uri, dot_uri(healthy)], ca_file, cache_size=0)
-    broken_spec = replace(config.upstreams[0], ca_file=garbage)
-    config = replace(config, upstreams=(broken_spec, config.upstreams[1]))
+    broken_spec = replace(config.forwarding.upstreams[0], ca_file=garbage)
+    config = config.with_options(upstreams=(broken_spec, config.forwarding.upstreams[1]))
     with running_daemon(config) as daemon:
         results = ask_many([f"g{i}.example." for i in range(30)], daemon.port, concurrency=5)
         stats = upstream_stats(daemon)
@@ -89,7 +89,7 @@ def test_garbage_ca_file_fails_only_its_own_upstream(
     broken = stats[broken_spec.label]
     assert set(broken["failure_kinds"]) == {"tls-config"}
     assert broken["state"] in ("down", "probing")  # taken out of the order, probed later
-    assert stats[config.upstreams[1].label]["state"] == "up"
+    assert stats[config.forwarding.upstreams[1].label]["state"] == "up"
 
 
 def test_ca_file_turned_garbage_mid_run_is_noticed_and_recovered_from(
@@ -101,8 +101,8 @@ def test_ca_file_turned_garbage_mid_run_is_noticed_and_recovered_from(
     with local_upstream(server_context(ca)) as first:
         first.state.address = BROKEN_ADDRESS
         config = make_config([dot_uri(first), dot_uri(healthy)], ca_file, cache_size=0, hedge=False)
-        first_spec = replace(config.upstreams[0], ca_file=str(own_ca))
-        config = replace(config, upstreams=(first_spec, config.upstreams[1]))
+        first_spec = replace(config.forwarding.upstreams[0], ca_file=str(own_ca))
+        config = config.with_options(upstreams=(first_spec, config.forwarding.upstreams[1]))
         with running_daemon(config) as daemon:
             before = ask_many([f"a{i}.example." for i in range(5)], daemon.port)
             assert addresses(before) == {BROKEN_ADDRESS}  # the first upstream answers
@@ -126,8 +126,8 @@ def test_unreadable_ca_file_is_a_tls_config_failure(
 ) -> None:
     missing = tmp_path / "gone.pem"  # removed after the configuration was read
     config = make_config([dot_uri(healthy), dot_uri(healthy)], ca_file, cache_size=0)
-    first = replace(config.upstreams[0], ca_file=str(missing), name="gone")
-    config = replace(config, upstreams=(first, config.upstreams[1]))
+    first = replace(config.forwarding.upstreams[0], ca_file=str(missing), name="gone")
+    config = config.with_options(upstreams=(first, config.forwarding.upstreams[1]))
     with running_daemon(config) as daemon:
         results = ask_many([f"u{i}.example." for i in range(10)], daemon.port, concurrency=2)
         stats = upstream_stats(daemon)
@@ -169,7 +169,7 @@ def test_config_refuses_a_ca_file_that_does_not_parse(
 
 def test_a_ca_file_with_good_certificates_is_accepted(ca_file: str) -> None:
     config = parse_config(f"ca_file: {ca_file}\n", "c.yaml")
-    assert config.ca_file == ca_file
+    assert config.transport.ca_file == ca_file
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

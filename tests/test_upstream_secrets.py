@@ -56,8 +56,8 @@ def test_a_failing_doh_upstream_is_named_without_its_path(
             ca_file, strategy="failover", hedge=False, timeout=2.0, attempt_timeout=1.0,
             control_socket=socket_path, metrics_listen=(LOOPBACK, 0),
         )  # fmt: skip
-        named = replace(config.upstreams[1], name="refusing-provider")
-        config = replace(config, upstreams=(config.upstreams[0], named))
+        named = replace(config.forwarding.upstreams[1], name="refusing-provider")
+        config = config.with_options(upstreams=(config.forwarding.upstreams[0], named))
         with caplog.at_level("DEBUG", logger="stubby_py"), running_daemon(config) as daemon:
             query = dns.message.make_query("www.example.", "A", use_edns=0)
             first = dns.query.udp(query, LOOPBACK, port=daemon.port, timeout=5)
@@ -132,11 +132,11 @@ def test_upstreams_that_would_be_shown_alike_are_refused() -> None:
         parse_config(f"upstreams:\n  - {one}\n  - {one}\n", "pool.yaml")
     grouped = f"upstream_groups:\n  work:\n    - {one}\n    - url: {two}\n      name: second\n"
     config = parse_config(grouped, "pool.yaml")
-    assert [s.label for s in config.upstream_groups[0][1]] == [
+    assert [s.label for s in config.forwarding.groups[0][1]] == [
         "https://dns.example:443#192.0.2.1",
         "second",
     ]
     # two addresses of one provider are two upstreams, shown apart
     pair = "upstreams:\n  - https://dns.example/q#192.0.2.1\n  - https://dns.example/q#192.0.2.2\n"
-    labels = [s.label for s in parse_config(pair, "pool.yaml").upstreams]
+    labels = [s.label for s in parse_config(pair, "pool.yaml").forwarding.upstreams]
     assert labels == ["https://dns.example:443#192.0.2.1", "https://dns.example:443#192.0.2.2"]

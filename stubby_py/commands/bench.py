@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import dns.message
@@ -211,7 +211,7 @@ class BenchRun:
 
     async def _timed(self, transport: Transport, name: str) -> float:
         """Seconds for one exchange of `name A`; _Failed with the kind of failure otherwise."""
-        query = make_query(name, transport.spec, self.config.padding_block_size)
+        query = make_query(name, transport.spec, self.config.transport.padding_block)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.timeout
         started = time.perf_counter()
@@ -402,13 +402,14 @@ def _positive_float(text: str) -> float:
 
 def selected_upstreams(config: Config, transports: str | None) -> list[UpstreamSpec]:
     if not transports:
-        return list(config.upstreams)
+        return list(config.forwarding.upstreams)
     wanted = {t.strip() for t in transports.split(",") if t.strip()}
     unknown = wanted - set(benchstats.TRANSPORT_CHOICES)
     if unknown:
         choices = ",".join(benchstats.TRANSPORT_CHOICES)
         raise StubbyError(f"--transport: unknown {','.join(sorted(unknown))}; expected {choices}")
-    chosen = [s for s in config.upstreams if benchstats.FILTER_OF_SCHEME[s.transport] in wanted]
+    upstreams = config.forwarding.upstreams
+    chosen = [s for s in upstreams if benchstats.FILTER_OF_SCHEME[s.transport] in wanted]
     if not chosen:
         raise StubbyError(f"--transport {transports}: no upstream in the pool uses it")
     return chosen
@@ -441,7 +442,9 @@ def _config(args: argparse.Namespace, timeout: float) -> Config:
     )
     config = apply_overrides(config, overrides)
     # connections stay open for the whole run; one attempt per query, no pool retries
-    return replace(config, timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0)
+    return config.with_options(
+        timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -139,7 +139,7 @@ def upstreams_of(config: Config) -> list[tuple[str, UpstreamSpec]]:
     """Every upstream the configuration names once: the main pool, then the rules' groups."""
     seen: set[UpstreamSpec] = set()
     result: list[tuple[str, UpstreamSpec]] = []
-    for group, specs in (("default", config.upstreams), *config.upstream_groups):
+    for group, specs in (("default", config.forwarding.upstreams), *config.forwarding.groups):
         for spec in specs:
             if spec not in seen:
                 seen.add(spec)
@@ -148,7 +148,7 @@ def upstreams_of(config: Config) -> list[tuple[str, UpstreamSpec]]:
 
 
 async def check_all(config: Config, timeout: float) -> list[UpstreamReport]:
-    probe_config = replace(config, attempt_timeout=timeout, timeout=timeout)
+    probe_config = config.with_options(attempt_timeout=timeout, timeout=timeout)
     reports = await asyncio.gather(
         *(check_one(spec, group, probe_config, timeout) for group, spec in upstreams_of(config))
     )
@@ -326,7 +326,11 @@ async def _run_query(
 ) -> None:
     result = QueryResult(QUERY_NAME, QUERY_TYPE)
     report.query = result
-    pad = config.padding_block_size if spec.is_encrypted and config.padding_block_size else 0
+    pad = (
+        config.transport.padding_block
+        if spec.is_encrypted and config.transport.padding_block
+        else 0
+    )
     query = dns.message.make_query(QUERY_NAME, QUERY_TYPE, use_edns=0, pad=pad, want_dnssec=True)
     query.flags |= dns.flags.CD
     query.id = 0

@@ -187,7 +187,8 @@ def _check(args: argparse.Namespace) -> int:
     )
     config = apply_overrides(stubby_import.load(args.config)[0], overrides)
     if not args.connect:
-        print(f"{config.source}: OK ({len(config.upstreams)} upstreams); --connect to test them")
+        upstreams = len(config.forwarding.upstreams)
+        print(f"{config.source}: OK ({upstreams} upstreams); --connect to test them")
         return 0
     from stubby_py.commands import check
 
@@ -246,7 +247,7 @@ def setup_logging(level: str) -> None:
 def _socket_path(args: argparse.Namespace) -> str:
     if args.socket:
         return str(args.socket)
-    setting = stubby_import.load(args.config)[0].control_socket if args.config else "auto"
+    setting = stubby_import.load(args.config)[0].service.control_socket if args.config else "auto"
     if setting is None:
         raise StubbyError(f"{args.config}: control_socket is off (false)")
     return control.default_path() if setting == "auto" else setting
@@ -341,7 +342,8 @@ def _write_conversion(
 def _check_config(path: str) -> int:
     config, conversion = stubby_import.load(path)
     kind = " (Stubby's format)" if conversion is not None else ""
-    counts = f"{len(config.upstreams)} upstreams, {len(config.listen)} listen addresses"
+    upstreams, addresses = len(config.forwarding.upstreams), len(config.listeners.addresses)
+    counts = f"{upstreams} upstreams, {addresses} listen addresses"
     print(f"{path}{kind}: OK ({counts})")
     return 0
 
@@ -359,7 +361,7 @@ def _run(args: argparse.Namespace) -> int:
 
     config, conversion = stubby_import.load(args.config)
     config = apply_overrides(config, overrides)
-    setup_logging(config.log_level)
+    setup_logging(config.service.log_level)
     logger = logging.getLogger("stubby_py")
     if conversion is not None:
         logger.info("%s: a Stubby configuration, converted", args.config)

@@ -67,7 +67,7 @@ class ValidationStatus(enum.IntEnum):
 
 @dataclass(frozen=True, slots=True)
 class CacheLimits:
-    """The cache's policy knobs; the resolver builds them from the configuration."""
+    """The cache's policy knobs, and the configuration's `cache` section."""
 
     #: most answers kept; 0 disables answer caching (failures are still remembered)
     max_entries: int = 100_000

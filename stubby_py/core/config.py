@@ -1,5 +1,11 @@
 """Configuration: one YAML file read into frozen dataclasses; every option has a default.
 
+The file's keys are flat (`cache_size`, `hedge_min`, `tls_cert`); `Config` holds them in one
+section per component that reads them (`config.cache`, `config.pool`, `config.listeners`, …), so
+a component is handed its section whole, never a copy made field by field: the cache's
+CacheLimits and the pool's PoolSettings are those sections. OPTIONS is the one table from a key
+to its section field and its reader; choices are StrEnums, equal to the file's strings.
+
 Errors name the file, the line, the key path and what was expected, e.g.
 ``config.yaml:7: upstreams[1].url: expected tls://, https://, h3://, quic://, udp:// or tcp://``.
 """
@@ -7,6 +13,7 @@ Errors name the file, the line, the key path and what was expected, e.g.
 from __future__ import annotations
 
 import base64
+import enum
 import ipaddress
 import os
 import re
@@ -19,13 +26,12 @@ import dns.exception
 import dns.name
 import yaml
 
+from stubby_py.core.cache import CacheLimits
 from stubby_py.core.errors import ConfigError
+from stubby_py.core.pool import PoolSettings, PoolStrategy
 
 TRANSPORT_PORTS = {"tls": 853, "https": 443, "h3": 443, "quic": 853, "udp": 53, "tcp": 53}
 ENCRYPTED = frozenset({"tls", "https", "h3", "quic"})
-LOG_LEVELS = ("debug", "info", "warning", "error")
-STRATEGIES = ("failover", "round_robin", "fastest", "parallel")
-DNSSEC_MODES = ("validate", "off")
 #: the group of the main pool (`upstreams`), which forwarding rules may also name
 DEFAULT_GROUP = "default"
 #: RFC 2181 §8: a TTL is at most 2^31 - 1
@@ -137,96 +143,151 @@ class EncryptedListen:
         return f"{self.scheme}://{host}:{self.port}{self.path}"
 
 
+class DnssecMode(enum.StrEnum):
+    """`dnssec`: validate answers (AD for secure, SERVFAIL for bogus) or pass them through."""
+
+    VALIDATE = "validate"
+    OFF = "off"
+
+
+class Rejection(enum.StrEnum):
+    """What a query that is not served gets: REFUSE answers REFUSED, DROP sends nothing."""
+
+    REFUSE = "refuse"
+    DROP = "drop"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class TlsVersion(enum.StrEnum):
+    """The oldest TLS version spoken to upstreams."""
+
+    TLS_1_2 = "1.2"
+    TLS_1_3 = "1.3"
+
+
+LOG_LEVELS = tuple(level.value for level in LogLevel)
+STRATEGIES = tuple(strategy.value for strategy in PoolStrategy)
+DNSSEC_MODES = tuple(mode.value for mode in DnssecMode)
+
+
 @dataclass(frozen=True, slots=True)
-class Config:
-    #: addresses to listen on, UDP and TCP each
-    listen: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
-    #: DoT, DoH and DoQ listeners (`listen:` entries written as tls://, https:// or quic:// URIs)
-    encrypted_listen: tuple[EncryptedListen, ...] = ()
+class ListenerSettings:
+    """Where clients reach us and what their connections may take (the listeners)."""
+
+    #: addresses to listen on, UDP and TCP each (`listen` entries written as IP:PORT)
+    addresses: tuple[tuple[str, int], ...] = (("127.0.0.1", 53), ("::1", 53))
+    #: DoT, DoH and DoQ listeners (`listen` entries written as tls://, https:// or quic:// URIs)
+    encrypted: tuple[EncryptedListen, ...] = ()
     #: the certificate chain and private key (PEM) the encrypted listeners present
     tls_cert: str | None = None
     tls_key: str | None = None
     #: replies on encrypted listeners to queries that carry EDNS Padding are padded to a
     #: multiple of this (RFC 8467 §4.1); 0 = never
-    listen_padding_block: int = 468
-    #: client networks that get answers; everyone else gets REFUSED
-    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    upstreams: tuple[UpstreamSpec, ...] = ()
-    #: overall deadline for one client query, seconds (glibc gives up after 5)
-    timeout: float = 2.5
-    #: longest wait for one upstream before the next is tried, seconds
-    attempt_timeout: float = 1.5
-    #: close an idle upstream connection after this many seconds (or the server's keepalive)
-    upstream_idle_timeout: float = 30.0
-    #: EDNS padding block for encrypted queries (RFC 8467 §4.1); 0 turns padding off
-    padding_block_size: int = 128
-    tls_min_version: str = "1.2"
-    #: CA bundle for every upstream that does not name its own; None = system trust store
-    ca_file: str | None = None
-    #: reach every upstream through this proxy unless it names its own (or `none`); None: direct
-    proxy: ProxySpec | None = None
+    padding_block: int = 468
     tcp_idle_timeout: float = 10.0
     #: clients' TCP connections open at once, in total and from one client address
     tcp_max_connections: int = 512
     tcp_max_connections_per_client: int = 64
-    #: an IPv6 client is the network of this many leading bits of its address, for the per-client
-    #: TCP cap and the rate limit (one host commonly has a whole /64 to pick addresses from)
-    ipv6_client_prefix: int = 64
-    log_level: str = "info"
-    #: most answers cached; 0 turns the answer cache off (identical queries are still joined)
-    cache_size: int = 100_000
-    #: most memory the cached answers may take, MiB (wire octets plus per-entry overhead)
-    cache_max_memory: int = 32
-    #: TTL clamps for cached positive answers, seconds (as Unbound: no minimum, one day)
-    cache_min_ttl: int = 0
-    cache_max_ttl: int = 86_400
-    #: ceiling for a cached negative answer's TTL, seconds (RFC 2308 §5)
-    cache_negative_max_ttl: int = 3_600
-    #: answer from an expired entry (TTL 30, EDE 3) when every upstream fails (RFC 8767)
-    serve_stale: bool = True
-    #: how long after expiry an answer may still be served stale, seconds
-    stale_window: int = 86_400
-    #: refresh a popular answer asked for in the last tenth of its TTL, in the background
-    prefetch: bool = True
-    #: where the cache is saved at shutdown and reloaded at start: a path; "auto" =
-    #: $STATE_DIRECTORY/cache.bin under systemd's StateDirectory=, else nowhere; None = nowhere
-    cache_file: str | None = "auto"
-    #: how the pool picks upstreams: failover | round_robin | fastest | parallel
-    strategy: str = "failover"
-    #: parallel: how many upstreams are asked at once
-    parallel_fanout: int = 2
-    #: fastest: share of queries sent to another upstream to keep latency estimates fresh
-    fastest_explore: float = 0.05
-    #: ask the next upstream too when the first is slower than its own usual (hedging)
-    hedge: bool = True
-    #: the percentile of an upstream's recent latencies after which the hedge goes out
-    hedge_percentile: float = 90.0
-    #: bounds of the hedge delay, seconds
-    hedge_min: float = 0.05
-    hedge_max: float = 1.0
-    #: consecutive failures that mark an upstream down
-    failures_to_down: int = 3
-    #: first and longest backoff of an upstream marked down, seconds (doubling, with jitter)
-    backoff_min: float = 0.5
-    backoff_max: float = 60.0
-    #: ask another upstream when one answers SERVFAIL or REFUSED
-    retry_servfail: bool = True
-    #: named upstream groups for forwarding rules: (name, upstreams)
-    upstream_groups: tuple[tuple[str, tuple[UpstreamSpec, ...]], ...] = ()
-    #: forwarding rules: (domain suffix, group name); the most specific suffix wins
-    rules: tuple[tuple[str, str], ...] = ()
-    #: clients outside `allow`: "refuse" (REFUSED, EDE 18) or "drop" (no answer)
-    deny_action: str = "refuse"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """Which clients get answers, and how many (request admission)."""
+
+    #: client networks that get answers; everyone else gets `deny_action`
+    allow: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: clients outside `allow`: REFUSE (REFUSED, EDE 18) or DROP (no answer)
+    deny_action: Rejection = Rejection.REFUSE
     #: per-client queries per second (token bucket); 0 turns rate limiting off
     rate_limit: float = 200.0
     rate_limit_burst: int = 400
-    #: over the limit: "drop" (no answer) or "refuse" (REFUSED)
-    rate_limit_action: str = "drop"
+    #: over the limit: DROP (no answer) or REFUSE (REFUSED)
+    rate_limit_action: Rejection = Rejection.DROP
     #: client networks never rate limited (the machine's own programs)
     rate_limit_exempt: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: an IPv6 client is the network of this many leading bits of its address, for the per-client
+    #: TCP cap and the rate limit (one host commonly has a whole /64 to pick addresses from)
+    ipv6_client_prefix: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardingSettings:
+    """Where queries go (the query path and its upstream groups)."""
+
+    #: the main pool, the group DEFAULT_GROUP
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    #: named upstream groups for forwarding rules: (name, upstreams)
+    groups: tuple[tuple[str, tuple[UpstreamSpec, ...]], ...] = ()
+    #: forwarding rules: (domain suffix, group name); the most specific suffix wins
+    rules: tuple[tuple[str, str], ...] = ()
+    #: overall deadline for one client query, seconds (glibc gives up after 5)
+    timeout: float = 2.5
+    #: ask another upstream when one answers SERVFAIL or REFUSED
+    retry_servfail: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """How upstream connections are made: what every transport is built with."""
+
+    #: longest wait for one upstream before the next is tried, seconds
+    attempt_timeout: float = 1.5
+    #: close an idle upstream connection after this many seconds (or the server's keepalive)
+    idle_timeout: float = 30.0
+    #: EDNS padding block for encrypted queries (RFC 8467 §4.1); 0 turns padding off
+    padding_block: int = 128
+    tls_min_version: TlsVersion = TlsVersion.TLS_1_2
+    #: CA bundle for every upstream that does not name its own; None = system trust store
+    ca_file: str | None = None
+    #: reach every upstream through this proxy unless it names its own (or `none`); None: direct
+    proxy: ProxySpec | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DnssecSettings:
+    """The validator and its trust anchors."""
+
+    mode: DnssecMode = DnssecMode.VALIDATE
+    #: a file of DS/DNSKEY records in zone-file form replacing the built-in root anchors
+    trust_anchors: str | None = None
+    #: seconds a signature may be past its expiry or before its inception (clock error allowance)
+    clock_skew: int = 3600
+    #: NSEC3 with more hash iterations than this is treated as insecure (RFC 9276)
+    nsec3_max_iterations: int = 150
+    #: follow the trust anchors' key rollovers (RFC 5011), state kept in the state directory
+    trust_anchor_updates: bool = True
+    #: answer NXDOMAIN/NODATA proven by validated NSEC/NSEC3 records already held (RFC 8198)
+    aggressive_nsec: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapSettings:
+    """How the addresses of upstreams given by hostname are found."""
+
+    #: resolvers, given by IP address, that find the addresses of upstreams given by hostname
+    resolvers: tuple[UpstreamSpec, ...] = ()
+    #: TTL clamps for the addresses the bootstrap resolvers give, seconds
+    min_ttl: int = 60
+    max_ttl: int = 86_400
+    #: where the last good addresses are kept: a path; "auto" = $STATE_DIRECTORY/bootstrap.json
+    #: under systemd's StateDirectory=, else nowhere; None = nowhere
+    file: str | None = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSettings:
+    """The running daemon: its user, logs, control and metrics endpoints, state."""
+
     #: started as root (and not by socket activation into a sandbox): after binding, run as this
     #: user; "auto" = the system user stubby-py (created if missing); "root" or None = stay root
     user: str | None = "auto"
+    log_level: LogLevel = LogLevel.INFO
     #: the local control socket (stats, flush, reload): a path; "auto" = control.default_path();
     #: None = no control socket
     control_socket: str | None = "auto"
@@ -238,30 +299,62 @@ class Config:
     metrics_max_connections: int = 16
     #: append one line per answered query to this file (a privacy choice); None = no query log
     query_log: str | None = None
-    #: DNSSEC: "validate" answers (AD for secure, SERVFAIL for bogus) or "off" (pass through)
-    dnssec: str = "validate"
-    #: a file of DS/DNSKEY records in zone-file form replacing the built-in root anchors
-    trust_anchors: str | None = None
-    #: seconds a signature may be past its expiry or before its inception (clock error allowance)
-    dnssec_clock_skew: int = 3600
-    #: NSEC3 with more hash iterations than this is treated as insecure (RFC 9276)
-    nsec3_max_iterations: int = 150
-    #: follow the trust anchors' key rollovers (RFC 5011), state kept in the state directory
-    trust_anchor_updates: bool = True
-    #: answer NXDOMAIN/NODATA proven by validated NSEC/NSEC3 records already held (RFC 8198)
-    aggressive_nsec: bool = True
+    #: where the cache is saved at shutdown and reloaded at start: a path; "auto" =
+    #: $STATE_DIRECTORY/cache.bin under systemd's StateDirectory=, else nowhere; None = nowhere
+    cache_file: str | None = "auto"
     #: renew upstream connections after network changes and resume from suspend (Linux)
     watch_network: bool = True
-    #: resolvers, given by IP address, that find the addresses of upstreams given by hostname
-    bootstrap: tuple[UpstreamSpec, ...] = ()
-    #: TTL clamps for the addresses the bootstrap resolvers give, seconds
-    bootstrap_min_ttl: int = 60
-    bootstrap_max_ttl: int = 86_400
-    #: where the last good addresses are kept: a path; "auto" = $STATE_DIRECTORY/bootstrap.json
-    #: under systemd's StateDirectory=, else nowhere; None = nowhere
-    bootstrap_file: str | None = "auto"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration, one section per component that reads it. The file's keys are
+    flat (`cache_size`, `hedge_min`); OPTIONS says which section field each one sets, and
+    `with_options` sets them by those names."""
+
+    listeners: ListenerSettings = field(default_factory=ListenerSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    forwarding: ForwardingSettings = field(default_factory=ForwardingSettings)
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    pool: PoolSettings = field(default_factory=PoolSettings)
+    cache: CacheLimits = field(default_factory=CacheLimits)
+    dnssec: DnssecSettings = field(default_factory=DnssecSettings)
+    bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
+    service: ServiceSettings = field(default_factory=ServiceSettings)
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Config:
+        """The defaults with `options` (named as in `with_options`) set."""
+        return cls().with_options(**options)
+
+    def with_options(self, **options: Any) -> Config:
+        """This configuration with options set by their names in the file (`cache_size=0`,
+        `strategy="fastest"`), plus `encrypted_listen` (the `listen` entries that are URIs) and
+        `source`. Values are as the file's reader makes them: `listen` a tuple of (address,
+        port), `upstreams` of UpstreamSpec, choices as their strings."""
+        changes: dict[str, dict[str, Any]] = {}
+        top: dict[str, Any] = {}
+        for name, value in options.items():
+            if name == "source":
+                top["source"] = value
+                continue
+            option = OPTIONS.get(name)
+            if option is None:
+                raise TypeError(f"unknown configuration option {name!r}")
+            converted = value if option.convert is None else option.convert(value)
+            changes.setdefault(option.section, {})[option.field] = converted
+        for section, fields in changes.items():
+            top[section] = replace(getattr(self, section), **fields)
+        return replace(self, **top)
+
+    def option(self, name: str) -> Any:
+        """The value of the option `name` (a key of the file, or `encrypted_listen`), in the
+        form `with_options` takes it."""
+        option = OPTIONS[name]
+        value = getattr(getattr(self, option.section), option.field)
+        return value if option.revert is None else option.revert(value)
 
 
 DEFAULT_UPSTREAMS = (
@@ -359,7 +452,7 @@ def _check_ip(text: str, uri: str) -> None:
 
 def upstream_proxy(spec: UpstreamSpec, config: Config) -> ProxySpec | None:
     """The proxy the upstream's connections go through, or None for a direct connection."""
-    proxy = spec.proxy if spec.proxy is not None else config.proxy
+    proxy = spec.proxy if spec.proxy is not None else config.transport.proxy
     return None if proxy is None or proxy.kind == "none" else proxy
 
 
@@ -747,84 +840,6 @@ def _list(
     return tuple(convert(item, f"{key}[{i}]") for i, item in enumerate(reader.items(node, key)))
 
 
-def _converters(r: _Reader) -> dict[str, Callable[[yaml.Node], Any]]:
-    """One converter per top-level key: the keys are exactly the options a file may set."""
-    return {
-        "listen": lambda n: _list(
-            r, n, "listen", lambda m, k: r.converted(m, k, parse_listen_uri)
-        ),
-        "tls_cert": lambda n: r.converted(n, "tls_cert", _file),
-        "tls_key": lambda n: r.converted(n, "tls_key", _file),
-        "listen_padding_block": lambda n: r.integer(n, "listen_padding_block", 0, 4096),
-        "allow": lambda n: _list(r, n, "allow", lambda m, k: r.converted(m, k, _network)),
-        "upstreams": lambda n: _upstreams(r, n, "upstreams"),
-        "timeout": lambda n: r.number(n, "timeout", 0.1, 30),
-        "attempt_timeout": lambda n: r.number(n, "attempt_timeout", 0.05, 30),
-        "upstream_idle_timeout": lambda n: r.number(n, "upstream_idle_timeout", 0.1, 3600),
-        "padding_block_size": lambda n: r.integer(n, "padding_block_size", 0, 512),
-        "tls_min_version": lambda n: r.choice(n, "tls_min_version", ("1.2", "1.3")),
-        "ca_file": lambda n: r.converted(n, "ca_file", _ca_file),
-        "proxy": lambda n: _proxy(r, n, "proxy"),
-        "tcp_idle_timeout": lambda n: r.number(n, "tcp_idle_timeout", 0.1, 3600),
-        "tcp_max_connections": lambda n: r.integer(n, "tcp_max_connections", 1, 100_000),
-        "tcp_max_connections_per_client": lambda n: r.integer(
-            n, "tcp_max_connections_per_client", 1, 100_000
-        ),
-        "ipv6_client_prefix": lambda n: r.integer(n, "ipv6_client_prefix", 16, 128),
-        "log_level": lambda n: r.choice(n, "log_level", LOG_LEVELS),
-        "cache_size": lambda n: r.integer(n, "cache_size", 0, 10_000_000),
-        "cache_max_memory": lambda n: r.integer(n, "cache_max_memory", 1, 65_536),
-        "cache_min_ttl": lambda n: r.integer(n, "cache_min_ttl", 0, 86_400),
-        "cache_max_ttl": lambda n: r.integer(n, "cache_max_ttl", 1, MAX_TTL),
-        "cache_negative_max_ttl": lambda n: r.integer(n, "cache_negative_max_ttl", 0, MAX_TTL),
-        "serve_stale": lambda n: r.boolean(n, "serve_stale"),
-        "stale_window": lambda n: r.integer(n, "stale_window", 0, 30 * 86_400),
-        "prefetch": lambda n: r.boolean(n, "prefetch"),
-        "cache_file": lambda n: _path_auto_or_off(r, n, "cache_file"),
-        "strategy": lambda n: r.choice(n, "strategy", STRATEGIES),
-        "parallel_fanout": lambda n: r.integer(n, "parallel_fanout", 2, 8),
-        "fastest_explore": lambda n: r.number(n, "fastest_explore", 0.0, 0.5),
-        "hedge": lambda n: r.boolean(n, "hedge"),
-        "hedge_percentile": lambda n: r.number(n, "hedge_percentile", 50, 99.9),
-        "hedge_min": lambda n: r.number(n, "hedge_min", 0.001, 10),
-        "hedge_max": lambda n: r.number(n, "hedge_max", 0.001, 10),
-        "failures_to_down": lambda n: r.integer(n, "failures_to_down", 1, 100),
-        "backoff_min": lambda n: r.number(n, "backoff_min", 0.01, 60),
-        "backoff_max": lambda n: r.number(n, "backoff_max", 0.01, 3600),
-        "retry_servfail": lambda n: r.boolean(n, "retry_servfail"),
-        "upstream_groups": lambda n: _groups(r, n),
-        "rules": lambda n: _rules(r, n),
-        "deny_action": lambda n: r.choice(n, "deny_action", ("refuse", "drop")),
-        "rate_limit": lambda n: r.number(n, "rate_limit", 0, 1_000_000),
-        "rate_limit_burst": lambda n: r.integer(n, "rate_limit_burst", 1, 1_000_000),
-        "rate_limit_action": lambda n: r.choice(n, "rate_limit_action", ("drop", "refuse")),
-        "rate_limit_exempt": lambda n: _list(
-            r, n, "rate_limit_exempt", lambda m, k: r.converted(m, k, _network)
-        ),
-        "user": lambda n: _optional_user(r, n),
-        "control_socket": lambda n: _path_auto_or_off(r, n, "control_socket"),
-        "metrics_listen": lambda n: _metrics_listen(r, n),
-        "metrics_allow": lambda n: _list(
-            r, n, "metrics_allow", lambda m, k: r.converted(m, k, _network)
-        ),
-        "metrics_max_connections": lambda n: r.integer(n, "metrics_max_connections", 1, 1024),
-        "query_log": lambda n: r.text(n, "query_log"),
-        "dnssec": lambda n: r.choice(n, "dnssec", DNSSEC_MODES),
-        "trust_anchors": lambda n: r.converted(n, "trust_anchors", _trust_anchor_file),
-        "dnssec_clock_skew": lambda n: r.integer(n, "dnssec_clock_skew", 0, 86_400),
-        "nsec3_max_iterations": lambda n: r.integer(n, "nsec3_max_iterations", 0, 65_535),
-        "watch_network": lambda n: r.boolean(n, "watch_network"),
-        "trust_anchor_updates": lambda n: r.boolean(n, "trust_anchor_updates"),
-        "aggressive_nsec": lambda n: r.boolean(n, "aggressive_nsec"),
-        "bootstrap": lambda n: _list(
-            r, n, "bootstrap", lambda m, k: r.converted(m, k, bootstrap_resolver)
-        ),
-        "bootstrap_min_ttl": lambda n: r.integer(n, "bootstrap_min_ttl", 1, 86_400),
-        "bootstrap_max_ttl": lambda n: r.integer(n, "bootstrap_max_ttl", 1, 7 * 86_400),
-        "bootstrap_file": lambda n: _path_auto_or_off(r, n, "bootstrap_file"),
-    }
-
-
 def bootstrap_resolver(text: str) -> UpstreamSpec:
     """A bootstrap resolver: any upstream URI, but given by IP address (nothing resolves it)."""
     spec = parse_upstream_uri(text)
@@ -858,7 +873,7 @@ def own_listener(spec: UpstreamSpec, listen: tuple[tuple[str, int], ...]) -> str
 
 def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
     unresolved = [h for h in r.by_hostname if not resolved_by_proxy(h[2], config)]
-    if unresolved and not config.bootstrap:
+    if unresolved and not config.bootstrap.resolvers:
         node, key, _spec = unresolved[0]
         raise r.fail(
             node,
@@ -868,8 +883,8 @@ def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -
             " (https://NAME/PATH#IP, tls://IP#NAME)",
         )
     items = r.items(fields["bootstrap"], "bootstrap") if "bootstrap" in fields else []
-    for index, spec in enumerate(config.bootstrap):
-        ours = own_listener(spec, config.listen)
+    for index, spec in enumerate(config.bootstrap.resolvers):
+        ours = own_listener(spec, config.listeners.addresses)
         if ours is not None:
             raise r.fail(
                 items[index],
@@ -877,41 +892,43 @@ def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -
                 f"expected a resolver other than stubby-py itself ({ours} is where it listens):"
                 " upstreams are never resolved through ourselves",
             )
-    if config.bootstrap_min_ttl > config.bootstrap_max_ttl:
+    if config.bootstrap.min_ttl > config.bootstrap.max_ttl:
         raise r.fail(
             fields["bootstrap_min_ttl"], "bootstrap_min_ttl", "expected at most bootstrap_max_ttl"
         )
 
 
-def _groups(r: _Reader, node: yaml.Node) -> tuple[tuple[str, tuple[UpstreamSpec, ...]], ...]:
+def _groups(
+    r: _Reader, node: yaml.Node, key: str
+) -> tuple[tuple[str, tuple[UpstreamSpec, ...]], ...]:
     groups = []
-    for name, value in r.mapping(node, "upstream_groups", None).items():
-        key = f"upstream_groups.{name}"
+    for name, value in r.mapping(node, key, None).items():
+        member_key = f"{key}.{name}"
         if name == DEFAULT_GROUP:
-            raise r.fail(value, key, f"{DEFAULT_GROUP!r} is the main pool (`upstreams`)")
-        members = _upstreams(r, value, key)
+            raise r.fail(value, member_key, f"{DEFAULT_GROUP!r} is the main pool (`upstreams`)")
+        members = _upstreams(r, value, member_key)
         if not members:
-            raise r.fail(value, key, "expected at least one upstream")
+            raise r.fail(value, member_key, "expected at least one upstream")
         groups.append((name, members))
     return tuple(groups)
 
 
-def _rules(r: _Reader, node: yaml.Node) -> tuple[tuple[str, str], ...]:
+def _rules(r: _Reader, node: yaml.Node, key: str) -> tuple[tuple[str, str], ...]:
     rules = []
-    for domain, value in r.mapping(node, "rules", None).items():
-        key = f"rules.{domain}"
+    for domain, value in r.mapping(node, key, None).items():
+        rule_key = f"{key}.{domain}"
         try:
             dns.name.from_text(domain)
         except dns.exception.DNSException:
-            raise r.fail(value, key, "expected a domain name such as corp.example") from None
-        rules.append((domain, r.text(value, key)))
+            raise r.fail(value, rule_key, "expected a domain name such as corp.example") from None
+        rules.append((domain, r.text(value, rule_key)))
     return tuple(rules)
 
 
 def _check_rules(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
-    known = {name for name, _ in config.upstream_groups} | {DEFAULT_GROUP}
+    known = {name for name, _ in config.forwarding.groups} | {DEFAULT_GROUP}
     nodes = r.mapping(fields["rules"], "rules", None) if "rules" in fields else {}
-    for domain, group in config.rules:
+    for domain, group in config.forwarding.rules:
         if group not in known:
             raise r.fail(
                 nodes[domain],
@@ -930,32 +947,172 @@ def _path_auto_or_off(reader: _Reader, node: yaml.Node, key: str) -> str | None:
     return value
 
 
-def _optional_user(reader: _Reader, node: yaml.Node) -> str | None:
+def _optional_user(reader: _Reader, node: yaml.Node, key: str) -> str | None:
     """A user name, auto (a user of our own), root, or null/false: never change user."""
-    value = reader.scalar(node, "user")
+    value = reader.scalar(node, key)
     if value is None or value is False:
         return None
     if not isinstance(value, str) or not value or ":" in value or "/" in value:
-        raise reader.fail(node, "user", f"expected a user name or null, got {value!r}")
+        raise reader.fail(node, key, f"expected a user name or null, got {value!r}")
     return value
 
 
-def _metrics_listen(reader: _Reader, node: yaml.Node) -> tuple[str, int] | None:
+def _metrics_listen(reader: _Reader, node: yaml.Node, key: str) -> tuple[str, int] | None:
     """`IP:PORT`, or a bare port on 127.0.0.1; null or false: off."""
-    value = reader.scalar(node, "metrics_listen")
+    value = reader.scalar(node, key)
     if value is None or value is False:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = f"127.0.0.1:{value}"
     if not isinstance(value, str):
-        raise reader.fail(node, "metrics_listen", f"expected IP:PORT or a port, got {value!r}")
+        raise reader.fail(node, key, f"expected IP:PORT or a port, got {value!r}")
     has_port = "]:" in value if value.startswith("[") else value.count(":") == 1
     try:
         if not has_port:
             raise ValueError(f"expected IP:PORT (IPv6 as [ADDR]:PORT), got {value!r}")
         return parse_listen(value)
     except ValueError as exc:
-        raise reader.fail(node, "metrics_listen", str(exc)) from None
+        raise reader.fail(node, key, str(exc)) from None
+
+
+# --- the file's options: where each one lives in Config, and how it is read -------------------
+
+#: reads one option's value node; the key is the option's name, for errors
+Read = Callable[[_Reader, yaml.Node, str], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One flat option of the file: the Config section and field it sets, how the file's value
+    is read, and how a value in the reader's form becomes the field's."""
+
+    section: str
+    field: str
+    #: None: not a key of the file (`encrypted_listen` comes from `listen`)
+    read: Read | None = None
+    convert: Callable[[Any], Any] | None = None
+    #: the field's value in the reader's form again, where `convert` is more than a type
+    revert: Callable[[Any], Any] | None = None
+    #: `null` in the file leaves the default
+    nullable: bool = False
+
+
+def _whole(low: int, high: int) -> Read:
+    return lambda r, node, key: r.integer(node, key, low, high)
+
+
+def _number(low: float, high: float) -> Read:
+    return lambda r, node, key: r.number(node, key, low, high)
+
+
+def _choice(*options: str) -> Read:
+    return lambda r, node, key: r.choice(node, key, options)
+
+
+def _each(convert: Callable[[str], Any]) -> Read:
+    return lambda r, node, key: _list(r, node, key, lambda m, k: r.converted(m, k, convert))
+
+
+def _converted(convert: Callable[[str], Any]) -> Read:
+    return lambda r, node, key: r.converted(node, key, convert)
+
+
+def _boolean(r: _Reader, node: yaml.Node, key: str) -> bool:
+    return r.boolean(node, key)
+
+
+def _text(r: _Reader, node: yaml.Node, key: str) -> str:
+    return r.text(node, key)
+
+
+def _mebibytes(value: int) -> int:
+    return value << 20
+
+
+def _in_mebibytes(value: int) -> int:
+    return value >> 20
+
+
+#: every option, by its name in the file; the keys a file may set are those with `read`
+OPTIONS: dict[str, Option] = {
+    "listen": Option("listeners", "addresses", _each(parse_listen_uri)),
+    "encrypted_listen": Option("listeners", "encrypted"),
+    "tls_cert": Option("listeners", "tls_cert", _converted(_file), nullable=True),
+    "tls_key": Option("listeners", "tls_key", _converted(_file), nullable=True),
+    "listen_padding_block": Option("listeners", "padding_block", _whole(0, 4096)),
+    "tcp_idle_timeout": Option("listeners", "tcp_idle_timeout", _number(0.1, 3600)),
+    "tcp_max_connections": Option("listeners", "tcp_max_connections", _whole(1, 100_000)),
+    "tcp_max_connections_per_client": Option(
+        "listeners", "tcp_max_connections_per_client", _whole(1, 100_000)
+    ),
+    "allow": Option("access", "allow", _each(_network)),
+    "deny_action": Option(
+        "access", "deny_action", _choice("refuse", "drop"), convert=Rejection
+    ),
+    "rate_limit": Option("access", "rate_limit", _number(0, 1_000_000)),
+    "rate_limit_burst": Option("access", "rate_limit_burst", _whole(1, 1_000_000)),
+    "rate_limit_action": Option(
+        "access", "rate_limit_action", _choice("drop", "refuse"), convert=Rejection
+    ),
+    "rate_limit_exempt": Option("access", "rate_limit_exempt", _each(_network)),
+    "ipv6_client_prefix": Option("access", "ipv6_client_prefix", _whole(16, 128)),
+    "upstreams": Option("forwarding", "upstreams", _upstreams),
+    "upstream_groups": Option("forwarding", "groups", _groups),
+    "rules": Option("forwarding", "rules", _rules),
+    "timeout": Option("forwarding", "timeout", _number(0.1, 30)),
+    "retry_servfail": Option("forwarding", "retry_servfail", _boolean),
+    "attempt_timeout": Option("transport", "attempt_timeout", _number(0.05, 30)),
+    "upstream_idle_timeout": Option("transport", "idle_timeout", _number(0.1, 3600)),
+    "padding_block_size": Option("transport", "padding_block", _whole(0, 512)),
+    "tls_min_version": Option(
+        "transport", "tls_min_version", _choice("1.2", "1.3"), convert=TlsVersion
+    ),
+    "ca_file": Option("transport", "ca_file", _converted(_ca_file), nullable=True),
+    "proxy": Option("transport", "proxy", _proxy, nullable=True),
+    "strategy": Option("pool", "strategy", _choice(*STRATEGIES), convert=PoolStrategy),
+    "parallel_fanout": Option("pool", "fanout", _whole(2, 8)),
+    "fastest_explore": Option("pool", "explore", _number(0.0, 0.5)),
+    "hedge": Option("pool", "hedge", _boolean),
+    "hedge_percentile": Option("pool", "hedge_percentile", _number(50, 99.9)),
+    "hedge_min": Option("pool", "hedge_min", _number(0.001, 10)),
+    "hedge_max": Option("pool", "hedge_max", _number(0.001, 10)),
+    "failures_to_down": Option("pool", "failures_to_down", _whole(1, 100)),
+    "backoff_min": Option("pool", "backoff_min", _number(0.01, 60)),
+    "backoff_max": Option("pool", "backoff_max", _number(0.01, 3600)),
+    "cache_size": Option("cache", "max_entries", _whole(0, 10_000_000)),
+    "cache_max_memory": Option(
+        "cache", "max_bytes", _whole(1, 65_536), convert=_mebibytes, revert=_in_mebibytes
+    ),
+    "cache_min_ttl": Option("cache", "min_ttl", _whole(0, 86_400)),
+    "cache_max_ttl": Option("cache", "max_ttl", _whole(1, MAX_TTL)),
+    "cache_negative_max_ttl": Option("cache", "negative_max_ttl", _whole(0, MAX_TTL)),
+    "serve_stale": Option("cache", "serve_stale", _boolean),
+    "stale_window": Option("cache", "stale_window", _whole(0, 30 * 86_400)),
+    "prefetch": Option("cache", "prefetch", _boolean),
+    "dnssec": Option("dnssec", "mode", _choice(*DNSSEC_MODES), convert=DnssecMode),
+    "trust_anchors": Option(
+        "dnssec", "trust_anchors", _converted(_trust_anchor_file), nullable=True
+    ),
+    "dnssec_clock_skew": Option("dnssec", "clock_skew", _whole(0, 86_400)),
+    "nsec3_max_iterations": Option("dnssec", "nsec3_max_iterations", _whole(0, 65_535)),
+    "trust_anchor_updates": Option("dnssec", "trust_anchor_updates", _boolean),
+    "aggressive_nsec": Option("dnssec", "aggressive_nsec", _boolean),
+    "bootstrap": Option("bootstrap", "resolvers", _each(bootstrap_resolver)),
+    "bootstrap_min_ttl": Option("bootstrap", "min_ttl", _whole(1, 86_400)),
+    "bootstrap_max_ttl": Option("bootstrap", "max_ttl", _whole(1, 7 * 86_400)),
+    "bootstrap_file": Option("bootstrap", "file", _path_auto_or_off, nullable=True),
+    "user": Option("service", "user", _optional_user),
+    "log_level": Option("service", "log_level", _choice(*LOG_LEVELS), convert=LogLevel),
+    "control_socket": Option("service", "control_socket", _path_auto_or_off),
+    "metrics_listen": Option("service", "metrics_listen", _metrics_listen),
+    "metrics_allow": Option("service", "metrics_allow", _each(_network)),
+    "metrics_max_connections": Option("service", "metrics_max_connections", _whole(1, 1024)),
+    "query_log": Option("service", "query_log", _text, nullable=True),
+    "cache_file": Option("service", "cache_file", _path_auto_or_off, nullable=True),
+    "watch_network": Option("service", "watch_network", _boolean),
+}
+#: how each key the file may set is read
+_READERS: dict[str, Read] = {name: o.read for name, o in OPTIONS.items() if o.read is not None}
 
 
 def _is_null(node: yaml.Node) -> bool:
@@ -974,41 +1131,39 @@ def parse_config(text: str, source: str) -> Config:
         ) from None
     if root is None or _is_null(root):
         return with_defaults(Config(source=source))
-    converters = _converters(reader)
-    fields = reader.mapping(root, "", set(converters))
-    for nullable in (
-        "ca_file", "cache_file", "query_log", "trust_anchors", "bootstrap_file", "proxy",
-        "tls_cert", "tls_key",
-    ):  # fmt: skip
-        if nullable in fields and _is_null(fields[nullable]):
-            del fields[nullable]
-    values = {name: converters[name](node) for name, node in fields.items()}
+    fields = {
+        name: node
+        for name, node in reader.mapping(root, "", set(_READERS)).items()
+        if not (OPTIONS[name].nullable and _is_null(node))
+    }
+    values = {name: _READERS[name](reader, node, name) for name, node in fields.items()}
     values.update(split_listen(values["listen"]) if "listen" in values else {})
-    config = Config(source=source, **values)
+    config = Config.from_options(source=source, **values)
     _check_tls_files(reader, fields, config)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
-    if config.proxy is not None:
+    if config.transport.proxy is not None:
         problem = _global_proxy_problem(config)
         if problem is not None:
             raise reader.fail(fields["proxy"], "proxy", problem)
-    if "upstreams" in fields and not config.upstreams:
+    if "upstreams" in fields and not config.forwarding.upstreams:
         raise reader.fail(fields["upstreams"], "upstreams", "expected at least one upstream")
-    if config.cache_min_ttl > config.cache_max_ttl:
+    if config.cache.min_ttl > config.cache.max_ttl:
         raise reader.fail(
             fields["cache_min_ttl"], "cache_min_ttl", "expected at most cache_max_ttl"
         )
-    if config.attempt_timeout > config.timeout:
-        config = replace(config, attempt_timeout=config.timeout)
+    if config.transport.attempt_timeout > config.forwarding.timeout:
+        config = config.with_options(attempt_timeout=config.forwarding.timeout)
     return with_defaults(config)
 
 
 def _check_tls_files(reader: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
     """An encrypted listener needs tls_cert and tls_key, and they must load together."""
-    if not config.encrypted_listen:
+    listeners = config.listeners
+    if not listeners.encrypted:
         return
-    for key in ("tls_cert", "tls_key"):
-        if getattr(config, key) is None:
+    for key, path in (("tls_cert", listeners.tls_cert), ("tls_key", listeners.tls_key)):
+        if path is None:
             index = next(
                 i
                 for i, item in enumerate(reader.items(fields["listen"], "listen"))
@@ -1020,26 +1175,26 @@ def _check_tls_files(reader: _Reader, fields: dict[str, yaml.Node], config: Conf
                 f"listen[{index}]",
                 f"an encrypted listener needs `{key}` (a PEM file): set tls_cert and tls_key",
             )
-    assert config.tls_cert is not None and config.tls_key is not None
-    problem = tls_files_problem(config.tls_cert, config.tls_key)
+    assert listeners.tls_cert is not None and listeners.tls_key is not None
+    problem = tls_files_problem(listeners.tls_cert, listeners.tls_key)
     if problem is not None:
-        raise reader.fail(fields["tls_cert"], "tls_cert", f"{config.tls_cert!r}: {problem}")
+        raise reader.fail(fields["tls_cert"], "tls_cert", f"{listeners.tls_cert!r}: {problem}")
 
 
 def _global_proxy_problem(config: Config) -> str | None:
     """An upstream the global proxy would apply to but that cannot go through it."""
-    if config.proxy is None:
+    if config.transport.proxy is None:
         return None
-    if config.proxy.kind == "none":
+    if config.transport.proxy.kind == "none":
         return "expected socks5://, socks5h:// or http:// (`none` is for one upstream)"
-    pools = [("upstreams", config.upstreams)] + [
-        (f"upstream_groups.{name}", members) for name, members in config.upstream_groups
+    pools = [("upstreams", config.forwarding.upstreams)] + [
+        (f"upstream_groups.{name}", members) for name, members in config.forwarding.groups
     ]
     # the bootstrap resolvers go through the global proxy too: nothing is sent around it
-    pools.append(("bootstrap", config.bootstrap))
+    pools.append(("bootstrap", config.bootstrap.resolvers))
     for key, specs in pools:
         for index, spec in enumerate(specs):
-            problem = proxy_problem(spec, config.proxy) if spec.proxy is None else None
+            problem = proxy_problem(spec, config.transport.proxy) if spec.proxy is None else None
             if problem is not None and key == "bootstrap":
                 problem = problem.replace(", or give it `proxy: none`", " or an encrypted one")
             if problem is not None:
@@ -1048,9 +1203,9 @@ def _global_proxy_problem(config: Config) -> str | None:
 
 
 def with_defaults(config: Config) -> Config:
-    if config.upstreams:
+    if config.forwarding.upstreams:
         return config
-    return replace(config, upstreams=tuple(parse_upstream_uri(u) for u in DEFAULT_UPSTREAMS))
+    return config.with_options(upstreams=tuple(parse_upstream_uri(u) for u in DEFAULT_UPSTREAMS))
 
 
 def load_config(path: str | None) -> Config:
@@ -1098,13 +1253,12 @@ def apply_overrides(config: Config, overrides: Overrides) -> Config:
             changes["bootstrap"] = tuple(bootstrap_resolver(u) for u in overrides.bootstrap)
     except ValueError as exc:
         raise ConfigError(f"command line: {exc}") from None
-    config = replace(config, **changes)
-    changes = {}
+    config = config.with_options(**changes)
     _check_tls_overrides(config)
     _check_bootstrap_overrides(config)
     if overrides.verbose:
-        changes["log_level"] = "debug"
-    return _override_proxy(replace(config, **changes), overrides.proxy)
+        config = config.with_options(log_level="debug")
+    return _override_proxy(config, overrides.proxy)
 
 
 def _listen_overrides(overrides: Overrides) -> dict[str, Any]:
@@ -1124,7 +1278,7 @@ def _override_proxy(config: Config, uri: str | None) -> Config:
     if not uri:
         return config
     try:
-        config = replace(config, proxy=parse_proxy_uri(uri))
+        config = config.with_options(proxy=parse_proxy_uri(uri))
     except ValueError as exc:
         raise ConfigError(f"command line: --proxy: {exc}") from None
     problem = _global_proxy_problem(config)
@@ -1134,31 +1288,33 @@ def _override_proxy(config: Config, uri: str | None) -> Config:
 
 
 def _check_tls_overrides(config: Config) -> None:
-    if not config.encrypted_listen:
+    listeners = config.listeners
+    if not listeners.encrypted:
         return
-    if config.tls_cert is None or config.tls_key is None:
+    if listeners.tls_cert is None or listeners.tls_key is None:
         raise ConfigError(
-            f"command line: {config.encrypted_listen[0].label}: an encrypted listener needs"
+            f"command line: {listeners.encrypted[0].label}: an encrypted listener needs"
             " --tls-cert FILE and --tls-key FILE (PEM)"
         )
-    problem = tls_files_problem(config.tls_cert, config.tls_key)
+    problem = tls_files_problem(listeners.tls_cert, listeners.tls_key)
     if problem is not None:
-        raise ConfigError(f"command line: --tls-cert {config.tls_cert!r}: {problem}")
+        raise ConfigError(f"command line: --tls-cert {listeners.tls_cert!r}: {problem}")
 
 
 def _check_bootstrap_overrides(config: Config) -> None:
     """The rules of `_check_bootstrap` for what the command line changed."""
-    specs = list(config.upstreams) + [s for _, group in config.upstream_groups for s in group]
+    forwarding = config.forwarding
+    specs = list(forwarding.upstreams) + [s for _, group in forwarding.groups for s in group]
     by_name = next(
         (s for s in specs if s.needs_bootstrap and not resolved_by_proxy(s, config)), None
     )
-    if by_name is not None and not config.bootstrap:
+    if by_name is not None and not config.bootstrap.resolvers:
         raise ConfigError(
             f"command line: {by_name.label}: an upstream given by hostname needs --bootstrap URI"
             " (a resolver given by IP address) or its address written as #IP"
         )
-    for spec in config.bootstrap:
-        ours = own_listener(spec, config.listen)
+    for spec in config.bootstrap.resolvers:
+        ours = own_listener(spec, config.listeners.addresses)
         if ours is not None:
             raise ConfigError(
                 f"command line: bootstrap {spec.label}: expected a resolver other than stubby-py"

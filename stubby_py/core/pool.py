@@ -26,6 +26,7 @@ latencies (bounded below and above), the resolver asks the next one too.
 
 from __future__ import annotations
 
+import enum
 import random
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,9 +43,20 @@ FIRST_CONNECT_BACKOFF = 0.1
 MAX_CONNECT_BACKOFF = 10.0
 
 
+class PoolStrategy(enum.StrEnum):
+    """How the pool orders upstreams (the `strategy` option)."""
+
+    FAILOVER = "failover"
+    ROUND_ROBIN = "round_robin"
+    FASTEST = "fastest"
+    PARALLEL = "parallel"
+
+
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    strategy: str = "failover"
+    """The pool's policy knobs, and the configuration's `pool` section."""
+
+    strategy: PoolStrategy = PoolStrategy.FAILOVER
     #: parallel: how many upstreams to ask at once
     fanout: int = 2
     #: fastest: share of queries sent to a random healthy upstream to keep estimates fresh

@@ -178,7 +178,7 @@ async def explain(resolver: Resolver, name: str, qtype: int, *, do: bool = False
     context = QueryContext(query, _ignore, "explain", None, now, captured, trace)
     if not (local.is_candidate(query) and resolver.answer_locally(context)):
         resolver.answer(context)
-    reply = await asyncio.wait_for(captured.reply, resolver.config.timeout + 2.0)
+    reply = await asyncio.wait_for(captured.reply, resolver.config.forwarding.timeout + 2.0)
     trace.source = context.source  # where the answer came from, as the query path marked it
     describe_reply(trace, reply)
     if trace.group == DEFAULT_GROUP:

@@ -59,15 +59,18 @@ class Needs:
 
     @classmethod
     def of(cls, config: Config, listening_sockets: int) -> Needs:
-        specs = [*config.upstreams, *(s for _, group in config.upstream_groups for s in group)]
+        specs = [
+            *config.forwarding.upstreams,
+            *(s for _, group in config.forwarding.groups for s in group),
+        ]
         return cls(
             listening_sockets=listening_sockets,
             upstreams=len(specs),
             plain_udp_upstreams=sum(1 for s in specs if s.transport == "udp"),
-            control_socket=config.control_socket is not None,
-            metrics=config.metrics_listen is not None,
-            query_log=config.query_log is not None,
-            network_watch=config.watch_network,
+            control_socket=config.service.control_socket is not None,
+            metrics=config.service.metrics_listen is not None,
+            query_log=config.service.query_log is not None,
+            network_watch=config.service.watch_network,
         )
 
     def reserved(self) -> dict[str, int]:
@@ -96,9 +99,14 @@ class Caps:
     @classmethod
     def of(cls, config: Config) -> Caps:
         return cls(
-            config.tcp_max_connections,
-            min(config.tcp_max_connections_per_client, config.tcp_max_connections),
-            config.metrics_max_connections if config.metrics_listen is not None else 0,
+            config.listeners.tcp_max_connections,
+            min(
+                config.listeners.tcp_max_connections_per_client,
+                config.listeners.tcp_max_connections,
+            ),
+            config.service.metrics_max_connections
+            if config.service.metrics_listen is not None
+            else 0,
         )
 
     def total(self) -> int:

@@ -553,7 +553,7 @@ class NetworkWatch:
 
 def start_watching(resolver: Runtime, config: Config) -> NetworkWatch | None:
     """The daemon's hook: watch unless the configuration says `watch_network: false`."""
-    if not config.watch_network:
+    if not config.service.watch_network:
         log.debug("network changes not watched: watch_network is off")
         return None
     watch = NetworkWatch(resolver)

@@ -241,7 +241,7 @@ class Resolver:
 
     async def _fetch(self, query: wire.ClientQuery, trace: Trace | None) -> Outcome:
         """One upstream exchange for the question; the cache learns the answer or the failure."""
-        deadline = self._loop.time() + self.config.timeout
+        deadline = self._loop.time() + self.config.forwarding.timeout
         name = (self.router.group_for(query.key[:-5]) if self.router else None) or DEFAULT_GROUP
         group = self.groups[name]
         # names a forwarding rule sends to another group (private zones) have no chain from

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from stubby_py.core import admission
 from stubby_py.core.access import AccessList
-from stubby_py.core.cache import Cache, CacheLimits
+from stubby_py.core.cache import Cache
 from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.core.pool import UpstreamHealth
 from stubby_py.core.ratelimit import RateLimiter
@@ -31,33 +31,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def cache_limits(config: Config) -> CacheLimits:
-    return CacheLimits(
-        max_entries=config.cache_size,
-        max_bytes=config.cache_max_memory << 20,
-        min_ttl=config.cache_min_ttl,
-        max_ttl=config.cache_max_ttl,
-        negative_max_ttl=config.cache_negative_max_ttl,
-        serve_stale=config.serve_stale,
-        stale_window=config.stale_window,
-        prefetch=config.prefetch,
-    )
-
-
 def admission_rules(config: Config) -> admission.Rules:
     limiter = (
         RateLimiter(
-            config.rate_limit, config.rate_limit_burst, ipv6_prefix=config.ipv6_client_prefix
+            config.access.rate_limit,
+            config.access.rate_limit_burst,
+            ipv6_prefix=config.access.ipv6_client_prefix,
         )
-        if config.rate_limit > 0
+        if config.access.rate_limit > 0
         else None
     )
     return admission.Rules(
-        AccessList(config.allow),
+        AccessList(config.access.allow),
         limiter,
-        AccessList(config.rate_limit_exempt),
-        refuse_denied=config.deny_action == "refuse",
-        refuse_limited=config.rate_limit_action == "refuse",
+        AccessList(config.access.rate_limit_exempt),
+        refuse_denied=config.access.deny_action == "refuse",
+        refuse_limited=config.access.rate_limit_action == "refuse",
     )
 
 
@@ -73,11 +62,11 @@ class Runtime:
         self._loop = asyncio.get_running_loop()
         #: the environment state paths are resolved from (STATE_DIRECTORY under systemd)
         self._environ = dict(environ)
-        self.resolver = Resolver(Cache(cache_limits(config)))
+        self.resolver = Resolver(Cache(config.cache))
         self._retired: list[Transport] = []
         self._tasks_aside: set[asyncio.Task[None]] = set()
         self._apply(config, transports)
-        self.cache_file = default_cache_file(config.cache_file, self._environ)
+        self.cache_file = default_cache_file(config.service.cache_file, self._environ)
         resolver = self.resolver
         if self.cache_file is not None and resolver.validation is not None:
             # a file cannot prove what it says (a non-DO answer is kept without its RRSIGs):
@@ -105,13 +94,15 @@ class Runtime:
         resolver = self.resolver
         validation = self._validation_for(config)
         groups = {
-            DEFAULT_GROUP: UpstreamGroup(DEFAULT_GROUP, config.upstreams, config, transports, reuse)
+            DEFAULT_GROUP: UpstreamGroup(
+                DEFAULT_GROUP, config.forwarding.upstreams, config, transports, reuse
+            )
         }
-        for name, specs in config.upstream_groups:
+        for name, specs in config.forwarding.groups:
             groups[name] = UpstreamGroup(name, specs, config, reuse=reuse)
-        router = Router(dict(config.rules))
+        router = Router(dict(config.forwarding.rules))
         rules = admission_rules(config)
-        limits = cache_limits(config)
+        limits = config.cache
         if validation is not resolver.validation:
             # what was cached under other DNSSEC settings must not pass as checked under these
             resolver.answer_notes.clear()
@@ -133,7 +124,7 @@ class Runtime:
     def _validation_for(self, config: Config) -> Validation | None:
         """The validation a configuration asks for; the current one (its key cache warm) when the
         DNSSEC settings and the trust anchors (the file is read again on reload) did not change."""
-        if config.dnssec != "validate":
+        if config.dnssec.mode != "validate":
             return None
         # imported here: the validator needs cryptography (~8 MB) that `dnssec: off` never does
         from stubby_py.daemon.anchor_updates import AnchorUpdates, default_state_file
@@ -142,34 +133,38 @@ class Runtime:
         from stubby_py.dnssec.chain import KeyChain
         from stubby_py.dnssec.validate import Validator
 
-        trusted = anchors.load(config.trust_anchors) if config.trust_anchors else anchors.builtin()
+        trusted = (
+            anchors.load(config.dnssec.trust_anchors)
+            if config.dnssec.trust_anchors
+            else anchors.builtin()
+        )
         old = self.resolver.validation
         if (
             old is not None
             and old.configured == trusted
-            and (old.updates is not None) == config.trust_anchor_updates
-            and old.validator.chain.skew == config.dnssec_clock_skew
-            and old.validator.chain.max_iterations == config.nsec3_max_iterations
+            and (old.updates is not None) == config.dnssec.trust_anchor_updates
+            and old.validator.chain.skew == config.dnssec.clock_skew
+            and old.validator.chain.max_iterations == config.dnssec.nsec3_max_iterations
         ):
-            old.timeout = config.timeout
-            old.validator.aggressive = config.aggressive_nsec
-            if not config.aggressive_nsec:
+            old.timeout = config.forwarding.timeout
+            old.validator.aggressive = config.dnssec.aggressive_nsec
+            if not config.dnssec.aggressive_nsec:
                 old.validator.chain.denials.flush()
             return old
         updates = None
-        if config.trust_anchor_updates:
+        if config.dnssec.trust_anchor_updates:
             updates = AnchorUpdates(trusted, default_state_file(self._environ))
         chain = KeyChain(
             updates.anchors() if updates is not None else trusted,
-            skew=config.dnssec_clock_skew,
-            max_iterations=config.nsec3_max_iterations,
+            skew=config.dnssec.clock_skew,
+            max_iterations=config.dnssec.nsec3_max_iterations,
             on_anchor_keys=updates.observe if updates is not None else None,
         )
         if updates is not None:
             updates.chain = chain
         resolver = self.resolver
         return Validation(
-            Validator(chain, aggressive=config.aggressive_nsec), config.timeout,
+            Validator(chain, aggressive=config.dnssec.aggressive_nsec), config.forwarding.timeout,
             resolver.counters, configured=trusted, updates=updates,
             main_group=lambda: resolver.groups[DEFAULT_GROUP],
         )  # fmt: skip
@@ -186,7 +181,7 @@ class Runtime:
                 for transport, health in zip(group.transports, group.pool.health, strict=True):
                     reuse.setdefault(transport.spec, (transport, health))
         self._apply(config, None, reuse)
-        self.cache_file = default_cache_file(config.cache_file, self._environ)
+        self.cache_file = default_cache_file(config.service.cache_file, self._environ)
         kept = {id(t) for group in self.resolver.groups.values() for t in group.transports}
         retired = [t for t in old if id(t) not in kept]
         if retired:
@@ -200,7 +195,7 @@ class Runtime:
         task.add_done_callback(self._tasks_aside.discard)
 
     async def _retire(self, transports: list[Transport]) -> None:
-        await asyncio.sleep(self.config.timeout + 0.5)
+        await asyncio.sleep(self.config.forwarding.timeout + 0.5)
         for transport in transports:
             await transport.aclose()
             self._retired.remove(transport)

@@ -120,8 +120,8 @@ class Daemon:
     async def start(self) -> None:
         config = self.config
         inherited = inherited_sockets()
-        self._listening_sockets = (len(inherited) or 2 * len(config.listen)) + len(
-            config.encrypted_listen
+        self._listening_sockets = (len(inherited) or 2 * len(config.listeners.addresses)) + len(
+            config.listeners.encrypted
         )
         before, self.fd_limit = fdbudget.raise_open_files_limit()
         if self.fd_limit > before:
@@ -133,26 +133,26 @@ class Daemon:
         self.tcp = TCPConnections(
             resolver,
             fd_plan.caps.tcp_max_connections,
-            config.tcp_idle_timeout,
+            config.listeners.tcp_idle_timeout,
             fd_plan.caps.tcp_max_connections_per_client,
-            config.ipv6_client_prefix,
+            config.access.ipv6_client_prefix,
         )
         if inherited:
             await self._adopt(inherited)
         else:
-            for address, port in config.listen:
+            for address, port in config.listeners.addresses:
                 await self._listen(address, port)
         for address, port in self.bound:
             log.info("listening on %s (UDP and TCP)", _where(address, port))
-        for listener in config.encrypted_listen:
+        for listener in config.listeners.encrypted:
             await self._listen_encrypted(listener)
         self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(runtime, config)
         self._make_cache_directory()
-        self._open_query_log(config.query_log)
-        await self._start_control(config.control_socket)
-        await self._start_metrics(config.metrics_listen)
+        self._open_query_log(config.service.query_log)
+        await self._start_control(config.service.control_socket)
+        await self._start_metrics(config.service.metrics_listen)
 
     def _plan_fds(self, config: Config) -> fdbudget.Plan:
         """The TCP and metrics caps that fit under the open files limit (logged; lowered caps
@@ -185,8 +185,12 @@ class Daemon:
         assert self.tcp is not None
         config = self.config
         if self.certificate is None:
-            assert config.tls_cert is not None and config.tls_key is not None  # config.py checks
-            self.certificate = ServerCertificate(config.tls_cert, config.tls_key)
+            assert (
+                config.listeners.tls_cert is not None and config.listeners.tls_key is not None
+            )  # config.py checks
+            self.certificate = ServerCertificate(
+                config.listeners.tls_cert, config.listeners.tls_key
+            )
         if listener.scheme == "quic":
             await self._listen_doq(listener, self.certificate)
             return
@@ -199,13 +203,13 @@ class Daemon:
             alpn = dot.ALPN
 
             def protocol() -> asyncio.Protocol:
-                return dot.DoTListener(tcp, self.config.listen_padding_block)
+                return dot.DoTListener(tcp, self.config.listeners.padding_block)
         else:
             alpn = doh.ALPN
             path = listener.path
 
             def protocol() -> asyncio.Protocol:
-                return doh.DoHListener(tcp, path, self.config.listen_padding_block)
+                return doh.DoHListener(tcp, path, self.config.listeners.padding_block)
 
         tls_server = tls_accept.TLSServer(sock, tcp, self.certificate, alpn, protocol)
         tls_server.start()
@@ -220,7 +224,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         try:
             _, server = await loop.create_datagram_endpoint(
-                lambda: doq.DoQServer(tcp, certificate, lambda: self.config.listen_padding_block),
+                lambda: doq.DoQServer(
+                    tcp, certificate, lambda: self.config.listeners.padding_block
+                ),
                 local_addr=(listener.address, listener.port),
             )
         except OSError as exc:
@@ -317,7 +323,7 @@ class Daemon:
             where[0],
             where[1],
             self.collect_stats,
-            allow=self.config.metrics_allow,
+            allow=self.config.service.metrics_allow,
             max_connections=self.fd_plan.caps.metrics_max_connections,
         )
         try:
@@ -340,16 +346,19 @@ class Daemon:
 
     def drop_privileges(self) -> bool:
         """Started as root: become `user`, keeping the sockets (see privileges.py)."""
-        return drop_privileges(self.config.user, self._handovers(), self._needs())
+        return drop_privileges(self.config.service.user, self._handovers(), self._needs())
 
     def _needs(self) -> list[str]:
         """Files read again after the switch: CA files (TLS contexts are made at connect time)
         and the configuration (for a reload)."""
         config = self.config
-        specs = [*config.upstreams, *(s for _, group in config.upstream_groups for s in group)]
-        paths = {config.ca_file, *(spec.ca_file for spec in specs)}
-        if config.encrypted_listen:
-            paths |= {config.tls_cert, config.tls_key}
+        specs = [
+            *config.forwarding.upstreams,
+            *(s for _, group in config.forwarding.groups for s in group),
+        ]
+        paths = {config.transport.ca_file, *(spec.ca_file for spec in specs)}
+        if config.listeners.encrypted:
+            paths |= {config.listeners.tls_cert, config.listeners.tls_key}
         paths.add(self.config_path)
         return sorted(p for p in paths if p is not None)
 
@@ -400,7 +409,7 @@ class Daemon:
         assert self.runtime is not None and self.tcp is not None
         old = self.config
         fd_plan = self._plan_fds(new)  # may fail: nothing changed yet
-        query_log = self._next_query_log(new.query_log)  # may fail: nothing changed yet
+        query_log = self._next_query_log(new.service.query_log)  # may fail: nothing changed yet
         try:
             self.runtime.reconfigure(new)
         except BaseException:
@@ -411,16 +420,16 @@ class Daemon:
         self.fd_plan = fd_plan
         self.tcp.max_connections = fd_plan.caps.tcp_max_connections
         self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
-        self.tcp.idle_timeout = new.tcp_idle_timeout
-        self.tcp.ipv6_prefix = new.ipv6_client_prefix
-        if self.certificate is not None and new.tls_cert and new.tls_key:
-            self.certificate.configure(new.tls_cert, new.tls_key)
+        self.tcp.idle_timeout = new.listeners.tcp_idle_timeout
+        self.tcp.ipv6_prefix = new.access.ipv6_client_prefix
+        if self.certificate is not None and new.listeners.tls_cert and new.listeners.tls_key:
+            self.certificate.configure(new.listeners.tls_cert, new.listeners.tls_key)
         self._designate()
         if self.metrics is not None:
-            self.metrics.configure(new.metrics_allow, fd_plan.caps.metrics_max_connections)
-        logging.getLogger().setLevel(new.log_level.upper())
+            self.metrics.configure(new.service.metrics_allow, fd_plan.caps.metrics_max_connections)
+        logging.getLogger().setLevel(new.service.log_level.upper())
         self.config = new
-        pending = [key for key in RESTART_OPTIONS if getattr(old, key) != getattr(new, key)]
+        pending = [key for key in RESTART_OPTIONS if old.option(key) != new.option(key)]
         if pending:
             log.warning("reload: %s changed; takes effect at the next restart", ", ".join(pending))
         names = ", ".join(t.name for t in self.runtime.resolver.transports)

@@ -26,7 +26,7 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from stubby_py.core.pool import Pool, PoolSettings, UpstreamHealth
+from stubby_py.core.pool import Pool, UpstreamHealth
 from stubby_py.daemon.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.transports import make_transport
@@ -37,21 +37,6 @@ log = logging.getLogger(__name__)
 #: an upstream reply as the cache wants it: body without OPT, its TTL offsets, its layout
 ScannedReply = tuple[bytes, list[int], wire.ReplyLayout]
 _RETRYABLE_RCODES = (Rcode.SERVFAIL, Rcode.REFUSED)
-
-
-def pool_settings(config: Config) -> PoolSettings:
-    return PoolSettings(
-        strategy=config.strategy,
-        fanout=config.parallel_fanout,
-        explore=config.fastest_explore,
-        failures_to_down=config.failures_to_down,
-        backoff_min=config.backoff_min,
-        backoff_max=config.backoff_max,
-        hedge=config.hedge,
-        hedge_percentile=config.hedge_percentile,
-        hedge_min=config.hedge_min,
-        hedge_max=config.hedge_max,
-    )
 
 
 def scan(reply: bytes, transport: Transport) -> ScannedReply:
@@ -165,7 +150,7 @@ class UpstreamGroup:
         self.transports = list(transports) if transports is not None else [
             reuse[spec][0] if spec in reuse else make_transport(spec, config) for spec in specs
         ]  # fmt: skip
-        self.pool = Pool(len(self.transports), pool_settings(config))
+        self.pool = Pool(len(self.transports), config.pool)
         for index, transport in enumerate(self.transports):
             if transport.spec in reuse:
                 self.pool.health[index] = reuse[transport.spec][1]
@@ -192,7 +177,7 @@ class UpstreamGroup:
         avoid: upstreams not to ask (one whose answer was bogus). answered_by: gets the index
         of the upstream whose answer is returned.
         """
-        forms = _QueryForms(query, self._config.padding_block_size, dnssec, trace)
+        forms = _QueryForms(query, self._config.transport.padding_block, dnssec, trace)
         now = self._loop.time()
         for index in self.pool.take_probes(now):
             self._probe(index, forms, deadline)
@@ -312,7 +297,7 @@ class UpstreamGroup:
     def _is_final(self, scanned: ScannedReply, index: int, race: _Race) -> bool:
         """A usable answer ends the race; SERVFAIL/REFUSED is kept while others are asked."""
         rcode = scanned[2].rcode
-        if rcode not in _RETRYABLE_RCODES or not self._config.retry_servfail:
+        if rcode not in _RETRYABLE_RCODES or not self._config.forwarding.retry_servfail:
             race.winner = index
             return True
         # (an upstream's own answer tells more than any failure: it is what the client gets)
@@ -339,7 +324,7 @@ class UpstreamGroup:
         start = loop.time()
         started = time.perf_counter()  # the loop's clock has 1 ms steps: too coarse for latency
         self.pool.attempt_started(index, start)
-        attempt_deadline = min(deadline, start + self._config.attempt_timeout)
+        attempt_deadline = min(deadline, start + self._config.transport.attempt_timeout)
         try:
             held = self.pool.held_failure(index, start)
             if held is not None:
@@ -405,15 +390,15 @@ def _transport_name(transport: Transport) -> str:
 def transport_settings(config: Config) -> tuple[object, ...]:
     """The settings transports are built with: a reload that changes none can keep them."""
     return (
-        config.ca_file,
-        config.tls_min_version,
-        config.upstream_idle_timeout,
-        config.attempt_timeout,
-        config.padding_block_size,
+        config.transport.ca_file,
+        config.transport.tls_min_version,
+        config.transport.idle_timeout,
+        config.transport.attempt_timeout,
+        config.transport.padding_block,
         # an upstream by hostname keeps the address book of these (bootstrap.py)
-        config.bootstrap,
-        config.bootstrap_min_ttl,
-        config.bootstrap_max_ttl,
-        config.bootstrap_file,
-        config.proxy,
+        config.bootstrap.resolvers,
+        config.bootstrap.min_ttl,
+        config.bootstrap.max_ttl,
+        config.bootstrap.file,
+        config.transport.proxy,
     )

@@ -447,11 +447,11 @@ _stores: dict[str | None, _Store] = {}
 
 def settings_of(config: Config) -> Settings:
     return Settings(
-        resolvers=config.bootstrap,
-        min_ttl=config.bootstrap_min_ttl,
-        max_ttl=config.bootstrap_max_ttl,
+        resolvers=config.bootstrap.resolvers,
+        min_ttl=config.bootstrap.min_ttl,
+        max_ttl=config.bootstrap.max_ttl,
         # within one query attempt, so that its failure is told as `bootstrap`
-        timeout=max(0.5, config.attempt_timeout * 0.6),
+        timeout=max(0.5, config.transport.attempt_timeout * 0.6),
     )
 
 
@@ -460,7 +460,7 @@ def endpoint_for(spec: UpstreamSpec, config: Config) -> Endpoint:
     if not spec.needs_bootstrap or resolved_by_proxy(spec, config):
         return FixedEndpoint(spec.address)
     settings = settings_of(config)
-    path = default_file(config.bootstrap_file, os.environ)
+    path = default_file(config.bootstrap.file, os.environ)
     key = (spec.address, settings, path)
     book = _books.get(key)
     if book is None:

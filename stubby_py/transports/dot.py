@@ -273,7 +273,7 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
         super().__init__(spec, config)
         self._contexts = ClientContexts(spec, config)
         #: ". NS", the question every resolver has cached: asks a silent connection if it is there
-        self.probe_query = edns.probe_query(config.padding_block_size if self.uses_tls else 0)
+        self.probe_query = edns.probe_query(config.transport.padding_block if self.uses_tls else 0)
 
     @property
     def is_encrypted(self) -> bool:

@@ -126,8 +126,8 @@ class MultiplexedTransport(Generic[C]):
         self.stats = TransportStats()
         #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
         self.endpoint = endpoint_for(spec, config)
-        self.idle_timeout = config.upstream_idle_timeout
-        self.connect_timeout = max(config.attempt_timeout, 1.0)
+        self.idle_timeout = config.transport.idle_timeout
+        self.connect_timeout = max(config.transport.attempt_timeout, 1.0)
         self._config = config
         self._connection: C | None = None
         self._connecting: asyncio.Task[C] | None = None
@@ -137,7 +137,7 @@ class MultiplexedTransport(Generic[C]):
         self._retiring: set[C] = set()
         #: how long the latest replies took, seconds
         self._reply_times: deque[float] = deque(maxlen=REPLY_TIMES)
-        self._silence_max = max(SILENCE_MIN, config.attempt_timeout / 4)
+        self._silence_max = max(SILENCE_MIN, config.transport.attempt_timeout / 4)
 
     @property
     def name(self) -> str:

@@ -66,13 +66,13 @@ def quic_configuration(
     configuration = QuicConfiguration(
         alpn_protocols=alpn,
         is_client=True,
-        idle_timeout=config.upstream_idle_timeout,
+        idle_timeout=config.transport.idle_timeout,
         server_name=server_hostname(spec),
         session_ticket=ticket,
         token=token,
         verify_mode=ssl.CERT_REQUIRED,
     )
-    ca_file = spec.ca_file or config.ca_file
+    ca_file = spec.ca_file or config.transport.ca_file
     if ca_file:
         configuration.load_verify_locations(cafile=ca_file)
     else:

@@ -52,7 +52,7 @@ class ClientContexts:
         self._spec = spec
         self._config = config
         self._alpn = alpn
-        self.ca_file = spec.ca_file or config.ca_file
+        self.ca_file = spec.ca_file or config.transport.ca_file
         self._context: ssl.SSLContext | None = None
         self._version: FileVersion | None = None
 
@@ -93,10 +93,12 @@ def client_context(
     spec: UpstreamSpec, config: Config, alpn: list[str] | None = None
 ) -> ssl.SSLContext:
     """Raises ssl.SSLError or OSError if the CA file cannot be loaded (ClientContexts maps it)."""
-    ca_file = spec.ca_file or config.ca_file
+    ca_file = spec.ca_file or config.transport.ca_file
     context = ssl.create_default_context(cafile=ca_file)
     context.minimum_version = (
-        ssl.TLSVersion.TLSv1_3 if config.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+        ssl.TLSVersion.TLSv1_3
+        if config.transport.tls_min_version == "1.3"
+        else ssl.TLSVersion.TLSv1_2
     )
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED

@@ -25,8 +25,8 @@ TIMEOUT = 1.5
 def daemon_config(uri: str, ca_file: str, **spec_changes: Any) -> Config:
     """A daemon config forwarding to one upstream, deadline TIMEOUT, spec fields replaced."""
     config = make_config([uri], ca_file, timeout=TIMEOUT, attempt_timeout=TIMEOUT)
-    spec = replace(config.upstreams[0], **spec_changes)
-    return replace(config, upstreams=(spec,))
+    spec = replace(config.forwarding.upstreams[0], **spec_changes)
+    return config.with_options(upstreams=(spec,))
 
 
 def ask(port: int, name: str = "www.example.", rdtype: str = "A") -> dns.message.Message:

@@ -7,15 +7,14 @@ explain) is its observer, told once the client is answered.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
+
+from stubby_py.listeners.handler import Respond
 
 if TYPE_CHECKING:
     from stubby_py.core.wire import ClientQuery
     from stubby_py.daemon.explain import Trace
 
-#: how a listener answers its client: called once, with the reply's bytes
-Respond = Callable[[bytes], None]
 
 
 class Observer(Protocol):

@@ -31,7 +31,7 @@ from stubby_py.core.errors import DnssecFailureError, InternalError, UpstreamErr
 from stubby_py.core.pool import Pool
 from stubby_py.core.router import Router
 from stubby_py.daemon.context import QueryContext
-from stubby_py.daemon.context import Respond as Respond  # the listeners' callback type
+from stubby_py.listeners.handler import Respond
 
 if TYPE_CHECKING:
     from stubby_py.daemon.explain import Trace

@@ -33,7 +33,7 @@ import h2.exceptions
 import h2.settings
 
 from stubby_py.core import wire
-from stubby_py.daemon.query_path import Respond
+from stubby_py.listeners.handler import Respond
 from stubby_py.listeners.padding import asks_padding, pad_reply
 from stubby_py.listeners.plain import MAX_PIPELINED, TCPConnections
 from stubby_py.transports.toolkit import IdleTimer

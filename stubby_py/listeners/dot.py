@@ -6,7 +6,7 @@ edns-tcp-keepalive (RFC 7828) when the query did."""
 from __future__ import annotations
 
 from stubby_py.core.edns import OPTION_KEEPALIVE, OPTION_PADDING
-from stubby_py.daemon.query_path import Respond
+from stubby_py.listeners.handler import Respond
 from stubby_py.listeners.padding import keepalive_option, option_codes, with_options
 from stubby_py.listeners.plain import TCPConnections, TCPListener
 

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 
 from stubby_py.core import wire
 from stubby_py.core.ratelimit import client_key
-from stubby_py.daemon.query_path import Resolver, Respond
+from stubby_py.listeners.handler import QueryHandler, Respond
 from stubby_py.transports.toolkit import FrameReader, IdleTimer
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def enlarge_receive_buffer(sock: socket.socket) -> None:
 
 
 class UDPListener(asyncio.DatagramProtocol):
-    def __init__(self, resolver: Resolver) -> None:
+    def __init__(self, resolver: QueryHandler) -> None:
         self._resolver = resolver
         self._transport: asyncio.DatagramTransport | None = None
         self._reading = True
@@ -105,7 +105,7 @@ class TCPConnections:
 
     def __init__(
         self,
-        resolver: Resolver,
+        resolver: QueryHandler,
         max_connections: int,
         idle_timeout: float,
         max_per_client: int | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import stat
@@ -221,6 +222,33 @@ def test_addresses_are_asked_again_when_the_ttl_runs_out(
         assert len(resolver.state.queries) >= 2 * first
         (book,) = bootstrap.books()
         assert book.resolutions >= 2
+
+
+def test_a_name_dropped_by_a_reload_is_no_longer_asked_for(
+    dot_by_name: LocalUpstream, resolver: LocalUpstream, ca_file: str, tmp_path: Path
+) -> None:
+    """The address book of an upstream a reload removed stops refreshing its name (it used to
+    ask the bootstrap for it every TTL for the life of the process)."""
+    resolver.state.ttl = 1
+    config = config_for(
+        dot_by_name, f"udp://127.0.0.1:{resolver.port}", ca_file, tmp_path,
+        bootstrap_min_ttl=1, cache_size=0,
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        assert rcodes(ask_many(["a.example."], daemon.port)) == ["NOERROR"]
+        assert len(bootstrap.books()) == 1
+        by_address = config.with_options(upstreams=(parse_upstream_uri(f"tls://127.0.0.1:{dot_by_name.port}#{HOST}"),))
+        daemon.call(daemon.runtime.reconfigure, by_address)
+        assert rcodes(ask_many(["b.example."], daemon.port)) == ["NOERROR"]
+        for _ in range(50):  # the retired transports close in the background
+            daemon.call(gc.collect)
+            if not bootstrap.books():
+                break
+            time.sleep(0.1)
+        assert bootstrap.books() == []
+        asked = len(resolver.state.queries)
+        time.sleep(2.5)  # more than two refresh periods (0.8 s each) of the dropped name
+        assert len(resolver.state.queries) == asked
 
 
 def test_addresses_are_tried_in_order_within_one_connect(

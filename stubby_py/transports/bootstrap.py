@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import socket
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -358,7 +359,9 @@ class AddressBook:
         if self._timer is not None:
             self._timer.cancel()
         delay = max(0.0, self._refresh_at - loop.time())
-        self._timer = loop.call_later(delay, self._start_refresh)
+        # by weak reference: a book no upstream uses any more (gone with a reload) is collected
+        # and stops asking, instead of refreshing its name for the life of the process
+        self._timer = loop.call_later(delay, _refresh_if_kept, weakref.ref(self))
 
     async def _resolve_and_keep(self) -> None:
         try:
@@ -431,6 +434,12 @@ class AddressBook:
         return ordered(found[0], found[1]), min(ttls)
 
 
+def _refresh_if_kept(book: weakref.ref[AddressBook]) -> None:
+    kept = book()
+    if kept is not None:
+        kept._start_refresh()
+
+
 def _reason(exc: Exception, transport_name: str) -> str:
     text = str(exc).removeprefix(f"{transport_name}: ")
     kind = getattr(exc, "kind", "bad-answer")
@@ -440,8 +449,11 @@ def _reason(exc: Exception, transport_name: str) -> str:
 # --- which endpoint a transport gets ------------------------------------------------------------
 
 #: the address books of this process, by name and bootstrap settings: shared across reloads and
-#: by every upstream (and `check`) that goes to the same name
-_books: dict[tuple[str, Settings, str | None], AddressBook] = {}
+#: by every upstream (and `check`) that goes to the same name, and held by those upstreams'
+#: transports only, so a name no upstream has any more goes with the last transport to it
+_books: weakref.WeakValueDictionary[tuple[str, Settings, str | None], AddressBook] = (
+    weakref.WeakValueDictionary()
+)
 _stores: dict[str | None, _Store] = {}
 
 

@@ -68,7 +68,7 @@ th { font-weight: 600; } th.l, td.l { text-align: left; }
 tr.first td { border-top: 2px solid var(--line); }
 svg { max-width: 100%; height: auto; } svg text { fill: var(--fg); font-size: 12px; }
 svg .axis { stroke: var(--line); } svg .tick text { fill: var(--muted); font-size: 11px; }
-svg .box { fill: var(--box); } .legend span { margin-right: 1.2em; }
+svg .box { fill: var(--box); } .scroll { overflow-x: auto; } .legend span { margin-right: 1.2em; }
 .swatch { display: inline-block; width: .8em; height: .8em; border-radius: 50%;
   margin-right: .3em; vertical-align: -.05em; }
 """
@@ -206,7 +206,7 @@ def chart(results: Sequence[UpstreamResult], phase: str) -> str:
         )
     parts.append(
         f'<text x="{left + PLOT_WIDTH / 2}" y="{bottom + 30}" text-anchor="middle" '
-        'class="muted">ms</text>'
+        'class="muted">ms (log scale)</text>'
     )
     for i, result in enumerate(rows):
         parts.append(_row(result, phase, scale, top + ROW * i + ROW / 2, label_x))
@@ -286,7 +286,7 @@ def _where(where: Where, meta: Mapping[str, object]) -> str:
     if where.system:
         items.append(("system", where.system))
     run = ", ".join(
-        f"{key.replace('_', ' ')} {value}"
+        f"{key.removesuffix('_s').replace('_', ' ')} {value}{' s' if key.endswith('_s') else ''}"
         for key, value in meta.items()
         if key != "records" and value is not None
     )
@@ -347,7 +347,8 @@ def render(results: Sequence[UpstreamResult], meta: Mapping[str, object], where:
         "mark is the median, the dashed marks p90 and p99. Failures (timeouts, errors) are "
         "counted in the table, never drawn as latencies.</p>"
         f"{''.join(sections)}"
-        f'<section id="table"><h2>every figure</h2>{table(records, ordered)}'
+        f'<section id="table"><h2>every figure</h2><div class="scroll">{table(records, ordered)}'
+        "</div>"
         '<p class="muted">latencies in ms; jitter = standard deviation; ranked by cached p50'
         "</p></section>"
         f'<footer class="muted"><p>stubby-py {html.escape(where.version)}</p></footer>'

@@ -208,3 +208,17 @@ def test_real_run_report_opens_in_headless_chromium(
     assert reader.circles == 5 * len(upstreams) * len(reader.charts)
     # the chart rows come ranked: the 5 ms upstream first
     assert re.search(r'<g class="row" data-upstream="([^"]+)"', dom).group(1) == upstreams[1]  # type: ignore[union-attr]
+
+
+def test_unwritable_report_is_a_clear_error(
+    plain_upstream: LocalUpstream, tmp_path: Path, capsys: Capture
+) -> None:
+    names = tmp_path / "names.txt"
+    names.write_text("www.example.\n")
+    report = tmp_path / "missing" / "report.html"
+    udp = f"udp://127.0.0.1:{plain_upstream.port}"
+    args = ["bench", "--upstream", udp, "--names", str(names), "--queries", "2"]
+    code = cli.main([*args, "--html", str(report)])
+    out, err = capsys.readouterr()
+    assert code == 2 and f"--html {report}: No such file or directory" in err
+    assert udp in out  # the table was printed before

@@ -16,6 +16,8 @@ import argparse
 import collections
 import io
 import json
+import shutil
+import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
 Fetch = Callable[[], Mapping[str, Any]]
 #: snapshots kept for trends and recency: a little over RECENT_SECONDS at one a second
 HISTORY = 400
+EXIT_INTERRUPTED = 130
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,9 +52,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds between refreshes (default: 1)",
     )  # fmt: skip
     parser.add_argument(
-        "--frames", type=int, default=None, metavar="N",
+        "--frames", type=_positive_int, default=None, metavar="N",
         help="stop after N refreshes (default: run until Ctrl-C)",
     )  # fmt: skip
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {text}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -142,8 +152,9 @@ def snapshot_once(fetch: Fetch, window: str, output: str) -> str:
         return json.dumps(monitor_view.as_json(view), indent=2) + "\n"
     from rich.console import Console
 
+    width = shutil.get_terminal_size((160, 24)).columns if sys.stdout.isatty() else 160
     out = io.StringIO()
-    Console(file=out, width=160, color_system=None).print(render(view))
+    Console(file=out, width=width, color_system=None).print(render(view))
     return out.getvalue()
 
 
@@ -198,7 +209,10 @@ def main(args: argparse.Namespace, fetch: Fetch) -> int:
     if args.format == "json" and not args.once:
         raise StubbyError("--format json prints one snapshot: add --once")
     if args.once:
-        print(snapshot_once(fetch, args.window, args.format), end="")
+        try:
+            print(snapshot_once(fetch, args.window, args.format), end="")
+        except KeyboardInterrupt:
+            return EXIT_INTERRUPTED
         return 0
     from rich.console import Console
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 import trustme
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rich.console import Console
 
 from stubby_py.commands import cli, monitor
@@ -216,6 +218,41 @@ def test_groups_are_compared_within_themselves() -> None:
     assert "than your first upstream in group corp" in rec.text
 
 
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(
+    ["group", "name", "transport", "queries", "failures", "failure_kinds", "state", "share",
+     "latency_ewma_ms", "latency_ms", "latencies_ms", "probe", "windows", "hedged", "hedge_wins"]
+)  # fmt: skip
+ENTRIES = st.dictionaries(KEYS, JSON_VALUES, max_size=8) | st.builds(
+    future, st.sampled_from([FIRST, FAST]), st.floats(0.0, 1e4), st.integers(0, 10**6)
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    entries=st.lists(ENTRIES, max_size=4),
+    earlier=st.lists(
+        st.dictionaries(st.sampled_from(["uptime_seconds", "upstreams"]), JSON_VALUES), max_size=3
+    ),
+    uptime=JSON_VALUES,
+)
+def test_any_document_shape_gives_a_view(
+    entries: list[dict[str, Any]], earlier: list[dict[str, Any]], uptime: Any
+) -> None:
+    """A daemon older or newer than this command, or one with odd figures, never crashes it."""
+    snapshot = {"version": "x", "uptime_seconds": uptime, "upstreams": entries}
+    view = monitor_view.build(snapshot, earlier)
+    json.dumps(monitor_view.as_json(view), allow_nan=False)
+    monitor.render(view)
+    assert len(view.upstreams) == len(entries)
+
+
 def test_sparkline_scale() -> None:
     assert monitor_view.sparkline([0.0, 5.0, 10.0, None], 10.0) == "▁▅█ "
     assert monitor_view.sparkline([None, 3.0], None) == " ▁"
@@ -233,6 +270,13 @@ def test_render_and_watch_draw_every_upstream_and_the_trend() -> None:
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
     assert FIRST in text and FAST in text
     assert f"→ {FAST} answers" in text
+    # names are shown as they are, never read as rich markup
+    odd = "tls://[bold]x[/italic]:853#a.test"
+    markup = io.StringIO()
+    Console(file=markup, width=220).print(
+        monitor.render(monitor_view.build(document(today(odd, 9.0, 3))))
+    )
+    assert odd in markup.getvalue()
     last = monitor_view.build(snapshots[-1], snapshots[:-1])
     assert len(last.upstreams[0].trend_ms) == 4  # one point per snapshot, the EWMA's
     assert monitor_view.sparkline(last.upstreams[0].trend_ms, last.trend_top_ms) in text

@@ -115,7 +115,7 @@ def render(view: MonitorView) -> RenderableType:
     top = "-" if view.trend_top_ms is None else f"{view.trend_top_ms:.0f}"
     uptime = "" if view.uptime_seconds is None else f", up {_duration(view.uptime_seconds)}"
     table = Table(
-        title=f"stubby-py {view.version}{uptime}: {view.queries} queries",
+        title=Text(f"stubby-py {view.version}{uptime}: {view.queries} queries"),
         caption=f"from: {view.window} = the daemon's {view.window} window, probe = its background "
         f"probes, answers = its last answers; trend: 0-{top} ms; hedges: hedged/won; "
         "Ctrl-C quits",
@@ -130,7 +130,8 @@ def render(view: MonitorView) -> RenderableType:
     for line in view.upstreams:
         latency = line.latency
         table.add_row(
-            line.name, line.group, Text(line.state, style=STATE_STYLE.get(line.state, "yellow")),
+            Text(line.name), Text(line.group),
+            Text(line.state, style=STATE_STYLE.get(line.state, "yellow")),
             _ms(latency.p50_ms), _ms(latency.p90_ms), _ms(latency.p99_ms), str(latency.samples),
             latency.basis if latency.samples else "-",
             Text(monitor_view.sparkline(line.trend_ms, view.trend_top_ms), style="cyan"),

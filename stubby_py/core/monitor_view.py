@@ -128,14 +128,15 @@ class MonitorView:
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    number = float(value)
+    return number if math.isfinite(number) else None
 
 
 def _count(value: Any) -> int:
     number = _number(value)
-    return int(number) if number is not None else 0
+    return max(0, int(number)) if number is not None else 0
 
 
 def percentile(values: Sequence[float], pct: float) -> float | None:

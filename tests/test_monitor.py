@@ -171,6 +171,10 @@ def test_coming_fields_are_used_when_present() -> None:
     line = view.upstreams[0]
     assert (line.share, line.hedged, line.hedge_wins, line.probe_age_s) == (0.25, 3, 1, 4.0)
     assert line.trend_ms == (28.0, None, 24.0)
+    assert (line.handshake_ms, line.resumed_ms) == (120.0, 80.0)
+    drawn = io.StringIO()
+    Console(file=drawn, width=240).print(monitor.render(view))
+    assert "handshake/resumed" in drawn.getvalue() and "120.0/80.0" in drawn.getvalue()
     spark = monitor_view.sparkline(line.trend_ms, view.trend_top_ms)
     assert len(spark) == 3 and spark[1] == " " and spark[0] in monitor_view.SPARK_BLOCKS
     assert [f.basis for f in line.sources] == ["1h", "probe"]

@@ -127,8 +127,12 @@ def render(view: MonitorView) -> RenderableType:
         ("trend", "left"), ("share", "right"), ("hedges", "right"), ("failures", "left"),
     ):  # fmt: skip
         table.add_column(header, justify=justify, no_wrap=header != "failures")  # type: ignore[arg-type]
+    handshakes = any(line.handshake_ms is not None for line in view.upstreams)
+    if handshakes:
+        table.add_column("handshake/resumed", justify="right", no_wrap=True)
     for line in view.upstreams:
         latency = line.latency
+        extra = [f"{_ms(line.handshake_ms)}/{_ms(line.resumed_ms)}"] if handshakes else []
         table.add_row(
             Text(line.name), Text(line.group),
             Text(line.state, style=STATE_STYLE.get(line.state, "yellow")),
@@ -136,6 +140,7 @@ def render(view: MonitorView) -> RenderableType:
             latency.basis if latency.samples else "-",
             Text(monitor_view.sparkline(line.trend_ms, view.trend_top_ms), style="cyan"),
             "-" if line.share is None else f"{line.share:.0%}", _hedges(line), _failures(line),
+            *extra,
         )  # fmt: skip
     if view.recommendation is not None:
         advice = Text("→ " + view.recommendation.text, style="bold green")

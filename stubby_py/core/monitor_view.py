@@ -94,6 +94,9 @@ class UpstreamLine:
     #: latency over time, oldest first (None where nothing was measured)
     trend_ms: tuple[float | None, ...]
     probe_age_s: float | None = None
+    #: the probes' last full and resumed handshakes (None: not measured)
+    handshake_ms: float | None = None
+    resumed_ms: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,9 +320,9 @@ def _line(
         recent_outage_s=recent_outage,
         outage_s=_number(chosen.get("outage_seconds")) if chosen is not None else None,
         trend_ms=_trend(upstream, earlier, window),
-        probe_age_s=(
-            _number(probe.get("last_probe_age_s")) if isinstance(probe, Mapping) else None
-        ),
+        probe_age_s=_number(probe.get("last_probe_age_s")) if isinstance(probe, Mapping) else None,
+        handshake_ms=_number(probe.get("handshake_ms")) if isinstance(probe, Mapping) else None,
+        resumed_ms=_number(probe.get("resumed_ms")) if isinstance(probe, Mapping) else None,
     )
 
 

@@ -384,6 +384,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--chart", metavar="FILE",
         help="also draw the latency distributions to FILE (.png or .svg; needs matplotlib)",
     )  # fmt: skip
+    parser.add_argument(
+        "--html", metavar="FILE",
+        help="also write a self-contained HTML report (charts, table, where and when) to FILE",
+    )  # fmt: skip
 
 
 def _positive_int(text: str) -> int:
@@ -470,4 +474,8 @@ def main(args: argparse.Namespace) -> int:
     if args.chart:
         write_chart(args.chart, benchstats.ranked(run.results))
         print(f"chart written to {args.chart}", file=sys.stderr)
+    if args.html:
+        from stubby_py.commands import bench_html
+
+        bench_html.write(args.html, run.results, run.meta())
     return EXIT_INTERRUPTED if run.stopped_by == "interrupted" else 0

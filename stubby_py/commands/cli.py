@@ -1,5 +1,5 @@
-"""The command line: `stubby-py [run]`, `check-config FILE`, `stats`, `flush [NAME]`, `reload`,
-`explain NAME [TYPE]`, `import-stubby FILE`, `import-dnscrypt-proxy FILE`, `--version`.
+"""The command line: `stubby-py [run]`, `check-config FILE`, `stats`, `monitor`, `flush [NAME]`,
+`reload`, `explain NAME [TYPE]`, `import-stubby FILE`, `import-dnscrypt-proxy FILE`, `--version`.
 No logic here."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from stubby_py.daemon import control
 
 COMMANDS = (
     "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby",
-    "import-dnscrypt-proxy", "bench",
+    "import-dnscrypt-proxy", "bench", "monitor",
 )  # fmt: skip
 CONTROL_COMMANDS = ("stats", "flush", "reload", "explain")
 
@@ -44,6 +44,7 @@ then: dig @127.0.0.1 -p 5353 example.com
 
 and, with the daemon running (as root, or as the user it runs as):
   stubby-py stats [--json]                    queries, cache, upstreams
+  stubby-py monitor                           the upstreams live: latency, trend, share, failures
   stubby-py flush [NAME]                      forget cached answers (all, or for one name)
   stubby-py reload                            re-read the configuration (as SIGHUP does)
   stubby-py explain example.com AAAA          how that question is answered: rule, cache, upstream,
@@ -127,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("name", nargs="?", metavar="NAME", help="a domain name (every type)")
     _control_parser(commands, "reload", "make the daemon re-read its configuration (SIGHUP)")
     _add_explain_parser(commands)
+    from stubby_py.commands import monitor
+
+    monitor.add_arguments(
+        _control_parser(commands, "monitor", "watch the running daemon's upstreams live")
+    )
     convert = commands.add_parser(
         "import-stubby",
         help="convert a Stubby configuration (stubby.yml) to ours: YAML on stdout, notes on stderr",
@@ -392,6 +398,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command in CONTROL_COMMANDS:
             return _control_command(args)
+        if args.command == "monitor":
+            from stubby_py.commands import monitor
+
+            return monitor.main(args, lambda: _ask(args, "stats"))
         if args.command == "import-stubby":
             return _import_stubby(args)
         if args.command == "import-dnscrypt-proxy":

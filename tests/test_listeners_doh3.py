@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import ErrorCode, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnectionAdapter
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
 from aioquic.tls import SessionTicket
 
@@ -123,6 +125,10 @@ class Response:
 class H3Client(QuicConnectionProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # the client's own aioquic log apart from the daemon's ("quic"): see test_nothing_logged
+        self._quic._logger = QuicConnectionAdapter(
+            logging.getLogger("tests.h3client"), self._quic._logger.extra
+        )
         self.h3 = H3Connection(self._quic)
         self.responses: dict[int, Response] = {}
         self.ended: dict[int, asyncio.Event] = {}
@@ -388,16 +394,40 @@ def test_denied_source_gets_nothing_back(served: Served) -> None:
         assert data[1:5] == b"\0\0\0\0"  # Version Negotiation
 
 
-def test_garbage_datagrams_do_not_stop_the_listener(
-    served: Served, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_garbage_datagrams_do_not_stop_the_listener(served: Served) -> None:
     junk = [b"", b"\x00", b"\xff" * 5, b"\xc0" + b"\x00" * 1300, b"\x40" + b"\x17" * 60,
             bytes(range(256)) * 5, b"\xc3\x00\x00\x00\x01\x14" + b"\x00" * 1300]  # fmt: skip
-    with caplog.at_level("INFO"), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         for datagram in junk * 20:
             sock.sendto(datagram, ("127.0.0.1", served.port))
-        assert dnspython_h3(served).rcode() == dns.rcode.NOERROR
-    assert not [r for r in caplog.records if r.name.startswith("stubby_py")]
+    assert dnspython_h3(served).rcode() == dns.rcode.NOERROR
+
+
+def test_nothing_logged_per_connection_or_bad_packet(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aioquic logs each connection at INFO and a client's errors at WARNING: not the daemon's
+    listeners (the log is the admin's, not a client's to fill)."""
+
+    async def go() -> None:
+        with pytest.raises(ConnectionError):
+            async with asyncio.timeout(5), h3_client(served, alpn="doq"):
+                pass
+        async with h3_client(served) as client:
+            assert (await client.response(client.send(body=query().to_wire()))).status == 200
+            assert (await client.response(client.send(path="/x"))).status == 404
+        async with h3_client(served) as client:
+            stream_id = client._quic.get_next_available_stream_id()
+            client._quic.send_stream_data(stream_id, b"\x00\x03abc", True)  # DATA before HEADERS
+            client.transmit()
+            await client.closed_with()
+
+    with caplog.at_level(logging.INFO):
+        run(go())
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"\xc0" + b"\x00" * 1300, ("127.0.0.1", served.port))
+    logged = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [(name, text) for name, text in logged if not name.startswith("tests.")] == []
 
 
 def test_http3_protocol_error_closes_only_that_connection(served: Served) -> None:

@@ -135,6 +135,8 @@ class DoH3Connection(QuicConnectionProtocol):
         stream_id = event.stream_id
         if stream_id in self._spent:
             return  # the rest of a request answered already (an error status)
+        if event.stream_ended:
+            self._arriving.pop(stream_id, None)  # whole: no timeout, nothing more to stop
         request = self._requests.get(stream_id)
         if isinstance(event, HeadersReceived):
             if request is None:  # else trailers: nothing in them is needed
@@ -168,7 +170,6 @@ class DoH3Connection(QuicConnectionProtocol):
         request = self._requests.get(stream_id)
         if request is None or request.done:
             return
-        self._arriving.pop(stream_id, None)
         query = request.end()
         if isinstance(query, HttpError):
             self._error(stream_id, query)
@@ -205,10 +206,10 @@ class DoH3Connection(QuicConnectionProtocol):
     # -- answering ---------------------------------------------------------------------------------
     def _error(self, stream_id: int, error: HttpError) -> None:
         self._server.stats.http_errors += 1
-        request = self._requests.pop(stream_id, None)
+        self._requests.pop(stream_id, None)
         headers, body = error.response()
         self._send(stream_id, headers, body)
-        if self._arriving.pop(stream_id, None) is not None or request is None:
+        if self._arriving.pop(stream_id, None) is not None:
             # the response does not depend on the rest of the request (RFC 9114 §4.1.2)
             self._spent.add(stream_id)
             with contextlib.suppress(ValueError, AssertionError):

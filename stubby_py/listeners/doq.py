@@ -31,7 +31,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionAdapter
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -64,6 +64,17 @@ MAX_STREAM_DATA = 2 + wire.MAX_MESSAGE_LEN
 #: octets of unfinished queries one connection may hold (a query is at most 65537 with its
 #: length, but real ones are a few hundred); over this, DOQ_EXCESSIVE_LOAD
 MAX_BUFFERED = 4 * MAX_STREAM_DATA
+
+
+class _DebugOnly(QuicConnectionAdapter):
+    """aioquic's connection log, at DEBUG: it logs each connection's version, ALPN and close at
+    INFO and a client's TLS or frame error at WARNING, a line per client packet on a listener."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+_QUIC_LOG = logging.getLogger(f"{__name__}.aioquic")
 
 
 class DoQStats:
@@ -313,6 +324,7 @@ class DoQServer(QuicServer):
         quic._local_max_streams_bidi.value = quic._local_max_streams_bidi.sent = MAX_STREAMS
         uni = self.max_streams_uni
         quic._local_max_streams_uni.value = quic._local_max_streams_uni.sent = uni
+        quic._logger = _DebugOnly(_QUIC_LOG, quic._logger.extra)
         connection = self._connection(quic, client, **kwargs)
         self.open.add(connection)
         self.per_client[client] = self.per_client.get(client, 0) + 1

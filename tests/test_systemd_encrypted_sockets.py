@@ -91,16 +91,18 @@ def test_sockets_are_matched_by_address_port_and_type(sockets: list[socket.socke
     plain = _udp(sockets)
     stray = _udp(sockets)
     other_port = _tcp(sockets)
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sockets.append(unix)
     dot = EncryptedListen("tls", "127.0.0.1", port)
     doq = EncryptedListen("quic", "127.0.0.1", port)
     doh = EncryptedListen("https", "127.0.0.1", port + 1 if port < 65535 else port - 1, "/q")
     inherited = [Inherited(udp, "dot"), Inherited(plain, "stubby-py.socket"),
                  Inherited(tcp, "dot"), Inherited(stray, "doh"),
-                 Inherited(other_port, "")]  # fmt: skip
+                 Inherited(other_port, ""), Inherited(unix, "")]  # fmt: skip
     for_plain, for_encrypted = match_inherited(inherited, (dot, doq, doh))
     assert for_encrypted == {dot: tcp, doq: udp}  # the TCP one for DoT, the UDP one for DoQ
     assert doh not in for_encrypted  # no socket on its port: it binds its own
-    assert for_plain == [plain, other_port]  # not from an encrypted unit: plain DNS
+    assert for_plain == [plain, other_port, unix]  # not from an encrypted unit: plain DNS
     assert stray.fileno() == -1  # an encrypted unit's socket no listener takes: closed
 
 

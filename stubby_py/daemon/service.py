@@ -250,7 +250,7 @@ class Daemon:
         self._tls_servers.append(tls_server)
         bound = replace(listener, port=tls_server.port)
         self.encrypted_bound.append(bound)
-        log.info("listening on %s", bound.label)
+        log.info("listening on %s%s", bound.label, " (socket from systemd)" if inherited else "")
 
     async def _listen_quic(
         self,
@@ -286,7 +286,7 @@ class Daemon:
             self._doq_servers.append(server)
         bound = replace(listener, port=server.port)
         self.encrypted_bound.append(bound)
-        log.info("listening on %s (UDP)", bound.label)
+        log.info("listening on %s (UDP%s)", bound.label, ", from systemd" if inherited else "")
 
     def _alt_svc(self, https: EncryptedListen) -> bytes | None:
         """`Alt-Svc` for an https:// listener: an h3:// one on its address (or on any address)
@@ -640,7 +640,9 @@ def match_inherited(
 
 
 def _socket_serves(sock: socket.socket, listener: EncryptedListen) -> bool:
-    if sock.type != SOCKET_TYPES[listener.scheme] or listener.port == 0:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or listener.port == 0:
+        return False
+    if sock.type != SOCKET_TYPES[listener.scheme]:
         return False
     address, port = sock.getsockname()[:2]
     if port != listener.port:

@@ -554,3 +554,49 @@ def test_shutdown_closes_connections_with_h3_no_error(tmp_path: Path) -> None:
         finally:
             if not stopped:
                 daemon.stop()
+
+
+# -- hostile frames -------------------------------------------------------------------------------
+HOSTILE_REQUEST_STREAMS = [
+    b"\x01\x05\xff\xff\xff\xff\xff",  # HEADERS whose QPACK block does not decode
+    b"\x01\x02\x00\x00",  # HEADERS with an empty field section: no pseudo-headers
+    b"\x04\x00",  # SETTINGS on a request stream
+    b"\x07\x01\x00",  # GOAWAY on a request stream
+    b"\x21\x03abc",  # a reserved frame type (0x1f * N + 0x21, RFC 9114 §7.2.8): ignored
+    b"\x01\x50\x00",  # HEADERS announcing 80 octets, FIN after 1: truncated
+    b"\xff\xff\xff\xff\xff\xff\xff\xff",  # frame type and length cut short
+]
+
+
+@pytest.mark.parametrize("payload", HOSTILE_REQUEST_STREAMS, ids=lambda p: p[:3].hex())
+def test_hostile_request_streams_end_at_most_their_connection(
+    served: Served, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def go() -> None:
+        async with h3_client(served) as client:
+            stream_id = client._quic.get_next_available_stream_id()
+            client._quic.send_stream_data(stream_id, payload, True)
+            client.transmit()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.terminated.wait(), 1.0)
+
+    with caplog.at_level(logging.INFO):
+        run(go())
+    assert dnspython_h3(served).rcode() == dns.rcode.NOERROR
+    logged = [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.INFO]
+    assert [(name, text) for name, text in logged if not name.startswith("tests.")] == []
+
+
+def test_hostile_unidirectional_streams_end_at_most_their_connection(served: Served) -> None:
+    async def go() -> None:
+        async with h3_client(served) as client:
+            quic = client._quic
+            for payload in (b"\x00\x04\x00", b"\x00\x00", b"\x02\xff\xff", b"\x03\xff\xff"):
+                stream_id = quic.get_next_available_stream_id(is_unidirectional=True)
+                quic.send_stream_data(stream_id, payload, False)
+            client.transmit()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(client.terminated.wait(), 1.0)
+
+    run(go())
+    assert dnspython_h3(served).rcode() == dns.rcode.NOERROR

@@ -62,10 +62,13 @@ def test_listen_uris() -> None:
     assert parse_listen_uri("https://[::]:8443/q") == EncryptedListen("https", "::", 8443, "/q")
     assert parse_listen_uri("quic://127.0.0.1") == EncryptedListen("quic", "127.0.0.1", 853)
     assert parse_listen_uri("quic://[::1]:8853") == EncryptedListen("quic", "::1", 8853)
+    assert parse_listen_uri("h3://10.0.0.1") == EncryptedListen("h3", "10.0.0.1", 443, "/dns-query")
+    assert parse_listen_uri("h3://[::1]:8443/q") == EncryptedListen("h3", "::1", 8443, "/q")
     for bad in (
         "tls://router.lan",
         "quic://127.0.0.1/dns-query",
-        "h3://127.0.0.1",
+        "h3://router.lan",
+        "h3://127.0.0.1/?x",
         "tls://127.0.0.1:853/x",
         "https://1.2.3.4/?a",
     ):

@@ -60,11 +60,12 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
         "--listen", action="append", default=[], metavar="ADDR:PORT",
         help="address to listen on, UDP and TCP (repeatable; replaces the configured ones; "
         "IPv6 as [::1]:53); tls://ADDR:PORT for DoT, https://ADDR:PORT/PATH for DoH, "
-        "quic://ADDR:PORT for DoQ (with --tls-cert and --tls-key)",
+        "h3://ADDR:PORT/PATH for DoH over HTTP/3, quic://ADDR:PORT for DoQ "
+        "(with --tls-cert and --tls-key)",
     )  # fmt: skip
     parser.add_argument(
         "--tls-cert", metavar="FILE",
-        help="PEM certificate chain the tls://, https:// and quic:// listeners present",
+        help="PEM certificate chain the tls://, https://, h3:// and quic:// listeners present",
     )  # fmt: skip
     parser.add_argument(
         "--tls-key", metavar="FILE", help="PEM private key of --tls-cert",

@@ -56,6 +56,14 @@ def format_table(stats: Mapping[str, Any]) -> str:
             f"{doq['rejected_total_cap'] + doq['rejected_per_client_cap']} over a cap, "
             f"{doq['denied_datagrams']} datagrams denied"
         )
+    doh3 = stats.get("doh3")
+    if doh3 is not None:
+        lines.append(
+            f"doh3           {doh3['open']} open, {doh3['queries']} queries; "
+            f"{doh3['http_errors']} HTTP errors, {doh3['protocol_errors']} protocol errors, "
+            f"{doh3['rejected_total_cap'] + doh3['rejected_per_client_cap']} over a cap, "
+            f"{doh3['denied_datagrams']} datagrams denied"
+        )
     lines.append("")
     lines += _upstream_rows(stats["upstreams"])
     return "\n".join(lines) + "\n"

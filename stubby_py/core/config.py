@@ -129,12 +129,13 @@ class UpstreamSpec:
 @dataclass(frozen=True, slots=True)
 class EncryptedListen:
     """A listener for clients that speak DoT (`tls://IP:PORT`), DoH over HTTP/2
-    (`https://IP:PORT/PATH`) or DoQ (`quic://IP:PORT`, UDP)."""
+    (`https://IP:PORT/PATH`), DoH over HTTP/3 (`h3://IP:PORT/PATH`, UDP) or DoQ
+    (`quic://IP:PORT`, UDP)."""
 
     scheme: str
     address: str
     port: int
-    #: the DoH path (`https` only)
+    #: the DoH path (`https` and `h3` only)
     path: str = ""
 
     @property
@@ -548,14 +549,16 @@ DEFAULT_DOH_PATH = "/dns-query"
 
 def parse_listen_uri(text: str) -> tuple[str, int] | EncryptedListen:
     """A plain `IP:PORT` (UDP and TCP), `tls://IP[:PORT]` (DoT, port 853),
-    `https://IP[:PORT][/PATH]` (DoH over HTTP/2, port 443, path /dns-query) or
+    `https://IP[:PORT][/PATH]` (DoH over HTTP/2, port 443, path /dns-query),
+    `h3://IP[:PORT][/PATH]` (DoH over HTTP/3, UDP, the same defaults) or
     `quic://IP[:PORT]` (DoQ, UDP port 853)."""
     scheme, sep, rest = text.partition("://")
     if not sep:
         return parse_listen(text)
-    if scheme not in ("tls", "https", "quic"):
+    if scheme not in ("tls", "https", "h3", "quic"):
         raise ValueError(
-            f"expected IP:PORT, tls://IP:PORT, https://IP:PORT/PATH or quic://IP:PORT, got {text!r}"
+            "expected IP:PORT, tls://IP:PORT, https://IP:PORT/PATH, h3://IP:PORT/PATH or "
+            f"quic://IP:PORT, got {text!r}"
         )
     address, slash, path = rest.partition("/")
     path = slash + path
@@ -563,17 +566,18 @@ def parse_listen_uri(text: str) -> tuple[str, int] | EncryptedListen:
         raise ValueError(f"expected {scheme}://IP:PORT (no path), got {text!r}")
     if "?" in path or "#" in path or " " in path:
         raise ValueError(f"expected a plain path in {text!r}")
-    default_port = DEFAULT_DOH_PORT if scheme == "https" else DEFAULT_DOT_PORT
+    doh = scheme in ("https", "h3")
+    default_port = DEFAULT_DOH_PORT if doh else DEFAULT_DOT_PORT
     try:
         host, port = parse_listen(address, default_port)
     except ValueError:
         raise ValueError(
-            f"expected {scheme}://IP:PORT{'/PATH' if scheme == 'https' else ''}"
+            f"expected {scheme}://IP:PORT{'/PATH' if doh else ''}"
             f" (IPv6 as [ADDR]:PORT), got {text!r}"
         ) from None
-    if scheme == "https" and path in ("", "/"):
+    if doh and path in ("", "/"):
         path = DEFAULT_DOH_PATH
-    return EncryptedListen(scheme, host, port, path if scheme == "https" else "")
+    return EncryptedListen(scheme, host, port, path if doh else "")
 
 
 def split_listen(entries: tuple[tuple[str, int] | EncryptedListen, ...]) -> dict[str, Any]:

@@ -134,16 +134,25 @@ def designated_resolvers(
     """SVCB records (RFC 9461, RFC 9462 §4) for our encrypted listeners, each given as
     (scheme, address, port, DoH path): ALPN, port, DoH path, the address as a hint (not for a
     wildcard address). The target is the certificate's hostname, which a client checks the
-    certificate against; "." (the owner) without one."""
+    certificate against; "." (the owner) without one. DoH over HTTP/2 and HTTP/3 on one address,
+    port number and path are one record with alpn=h2,h3 (RFC 9461 §5: a client may use either
+    protocol from the list on that port)."""
     usable = hostname and not hostname.startswith("*")  # a wildcard SAN names no one host
     target = f"{hostname.rstrip('.')}." if hostname and usable else "."
+    endpoints: dict[tuple[str, str, int, str], list[str]] = {}
+    for scheme, address, port, path in listeners:
+        alpn = {"tls": "dot", "quic": "doq", "h3": "h3"}.get(scheme, "h2")
+        doh = scheme in ("https", "h3")
+        key = ("doh" if doh else scheme, address, port, path)
+        alpns = endpoints.setdefault(key, [])
+        if alpn not in alpns:
+            alpns.append(alpn)
     records = []
-    for priority, (scheme, address, port, path) in enumerate(listeners, start=1):
-        alpn = {"tls": "dot", "quic": "doq"}.get(scheme, "h2")
-        text = f"{priority} {target} alpn={alpn} port={port}"
+    for priority, ((kind, address, port, path), alpns) in enumerate(endpoints.items(), start=1):
+        text = f"{priority} {target} alpn={','.join(alpns)} port={port}"
         if address not in ("0.0.0.0", "::"):
             text += f" {'ipv6hint' if ':' in address else 'ipv4hint'}={address}"
-        if scheme == "https":
+        if kind == "doh":
             text += f" dohpath={path}{{?dns}}"
         records.append(text)
     try:

@@ -112,6 +112,8 @@ def render(stats: Mapping[str, Any]) -> str:
     _tcp(stats["tcp"], family)
     if "doq" in stats:
         _doq(stats["doq"], family)
+    if "doh3" in stats:
+        _doh3(stats["doh3"], family)
     _upstreams(stats["upstreams"], family)
     return "".join(line + "\n" for f in families for line in f.lines())
 
@@ -144,6 +146,33 @@ def _doq(doq: Mapping[str, int], family: Factory) -> None:
     family(
         "doq_protocol_errors_total", "counter", "DoQ connections closed with DOQ_PROTOCOL_ERROR"
     ).add(doq["protocol_errors"])
+
+
+def _doh3(doh3: Mapping[str, int], family: Factory) -> None:
+    family("doh3_connections", "gauge", "Client DoH over HTTP/3 connections open").add(
+        doh3["open"]
+    )
+    family("doh3_queries_total", "counter", "Queries taken on DoH over HTTP/3 listeners").add(
+        doh3["queries"]
+    )
+    rejected = family(
+        "doh3_rejected_total", "counter", "New DoH over HTTP/3 connections dropped, over a cap"
+    )
+    rejected.add(doh3["rejected_total_cap"], cap="total")
+    rejected.add(doh3["rejected_per_client_cap"], cap="per_client")
+    family(
+        "doh3_denied_datagrams_total", "counter", "DoH over HTTP/3 datagrams from outside allow"
+    ).add(doh3["denied_datagrams"])
+    family(
+        "doh3_protocol_errors_total", "counter", "DoH over HTTP/3 connections closed on an error"
+    ).add(doh3["protocol_errors"])
+    family(
+        "doh3_http_errors_total", "counter", "DoH over HTTP/3 requests answered with 4xx or 503"
+    ).add(doh3["http_errors"])
+    family(
+        "doh3_request_timeouts_total", "counter", "DoH over HTTP/3 connections closed for a "
+        "request that did not arrive whole in time"
+    ).add(doh3["request_timeouts"])  # fmt: skip
 
 
 def _tcp(tcp: Mapping[str, int], family: Factory) -> None:

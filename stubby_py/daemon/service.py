@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from stubby_py.daemon.privileges import Handover, drop_privileges
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.querylog import QueryLog
 from stubby_py.daemon.runtime import Runtime
-from stubby_py.listeners import doh, doq, dot
+from stubby_py.listeners import doh, doh3, doq, dot
 from stubby_py.listeners import server as tls_accept
 from stubby_py.listeners.plain import TCPConnections, UDPListener
 from stubby_py.listeners.tls_files import ServerCertificate
@@ -42,6 +43,16 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 SD_LISTEN_FDS_START = 3
+#: FileDescriptorName= of the optional socket units for the encrypted listeners (systemd/):
+#: a socket so named is never taken for a plain listener
+ENCRYPTED_FD_NAMES = frozenset({"dot", "doh"})
+#: the socket type each encrypted listener needs
+SOCKET_TYPES = {
+    "tls": socket.SOCK_STREAM,
+    "https": socket.SOCK_STREAM,
+    "quic": socket.SOCK_DGRAM,
+    "h3": socket.SOCK_DGRAM,
+}
 #: how often STATUS= is refreshed under systemd, seconds
 STATUS_SECONDS = 10.0
 #: options a reload cannot apply to a running daemon
@@ -115,11 +126,14 @@ class Daemon:
     _udp: list[UDPListener] = field(default_factory=list)
     _tls_servers: list[tls_accept.TLSServer] = field(default_factory=list)
     _doq_servers: list[doq.DoQServer] = field(default_factory=list)
+    _doh3_servers: list[doh3.DoH3Server] = field(default_factory=list)
+    #: what waits for every listener to be bound (an https:// one's Alt-Svc)
+    _after_bind: list[Callable[[], None]] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
         config = self.config
-        inherited = inherited_sockets()
+        inherited, for_encrypted = match_inherited(inherited_sockets(), config.listeners.encrypted)
         self._listening_sockets = (len(inherited) or 2 * len(config.listeners.addresses)) + len(
             config.listeners.encrypted
         )
@@ -145,7 +159,9 @@ class Daemon:
         for address, port in self.bound:
             log.info("listening on %s (UDP and TCP)", _where(address, port))
         for listener in config.listeners.encrypted:
-            await self._listen_encrypted(listener)
+            await self._listen_encrypted(listener, for_encrypted.get(listener))
+        for then in self._after_bind:
+            then()
         self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(runtime, config)
@@ -181,7 +197,10 @@ class Daemon:
         self._udp.append(udp)
         self.bound.append((address, port))
 
-    async def _listen_encrypted(self, listener: EncryptedListen) -> None:
+    async def _listen_encrypted(
+        self, listener: EncryptedListen, inherited: socket.socket | None
+    ) -> None:
+        """Bind the listener's socket, or serve on the one systemd passed (socket activation)."""
         assert self.tcp is not None
         config = self.config
         if self.certificate is None:
@@ -191,11 +210,15 @@ class Daemon:
             self.certificate = ServerCertificate(
                 config.listeners.tls_cert, config.listeners.tls_key
             )
-        if listener.scheme == "quic":
-            await self._listen_doq(listener, self.certificate)
+        if listener.scheme in ("quic", "h3"):
+            await self._listen_quic(listener, self.certificate, inherited)
             return
         try:
-            sock = tls_accept.bind(listener.address, listener.port)
+            if inherited is not None:
+                sock = inherited
+                sock.setblocking(False)
+            else:
+                sock = tls_accept.bind(listener.address, listener.port)
         except OSError as exc:
             raise _listen_error(listener.address, listener.port, exc) from None
         tcp = self.tcp
@@ -209,32 +232,70 @@ class Daemon:
             path = listener.path
 
             def protocol() -> asyncio.Protocol:
-                return doh.DoHListener(tcp, path, self.config.listeners.padding_block)
+                return doh.DoHListener(
+                    tcp, path, self.config.listeners.padding_block, lambda: alt_svc
+                )
+
+            # looked up once the listeners are bound (an h3:// one may come after this one)
+            alt_svc: bytes | None = None
+
+            def alt_svc_later() -> None:
+                nonlocal alt_svc
+                alt_svc = self._alt_svc(listener)
+
+            self._after_bind.append(alt_svc_later)
 
         tls_server = tls_accept.TLSServer(sock, tcp, self.certificate, alpn, protocol)
         tls_server.start()
         self._tls_servers.append(tls_server)
         bound = replace(listener, port=tls_server.port)
         self.encrypted_bound.append(bound)
-        log.info("listening on %s", bound.label)
+        log.info("listening on %s%s", bound.label, " (socket from systemd)" if inherited else "")
 
-    async def _listen_doq(self, listener: EncryptedListen, certificate: ServerCertificate) -> None:
+    async def _listen_quic(
+        self,
+        listener: EncryptedListen,
+        certificate: ServerCertificate,
+        inherited: socket.socket | None,
+    ) -> None:
+        """DoQ or DoH over HTTP/3: one UDP endpoint."""
         assert self.tcp is not None
         tcp = self.tcp
         loop = asyncio.get_running_loop()
+
+        def padding_block() -> int:
+            return self.config.listeners.padding_block
+
+        def endpoint() -> doq.DoQServer:
+            if listener.scheme == "h3":
+                return doh3.DoH3Server(tcp, certificate, padding_block, listener.path)
+            return doq.DoQServer(tcp, certificate, padding_block)
+
         try:
-            _, server = await loop.create_datagram_endpoint(
-                lambda: doq.DoQServer(
-                    tcp, certificate, lambda: self.config.listeners.padding_block
-                ),
-                local_addr=(listener.address, listener.port),
-            )
+            if inherited is not None:
+                _, server = await loop.create_datagram_endpoint(endpoint, sock=inherited)
+            else:
+                _, server = await loop.create_datagram_endpoint(
+                    endpoint, local_addr=(listener.address, listener.port)
+                )
         except OSError as exc:
             raise _listen_error(listener.address, listener.port, exc) from None
-        self._doq_servers.append(server)
+        if isinstance(server, doh3.DoH3Server):
+            self._doh3_servers.append(server)
+        else:
+            self._doq_servers.append(server)
         bound = replace(listener, port=server.port)
         self.encrypted_bound.append(bound)
-        log.info("listening on %s (UDP)", bound.label)
+        log.info("listening on %s (UDP%s)", bound.label, ", from systemd" if inherited else "")
+
+    def _alt_svc(self, https: EncryptedListen) -> bytes | None:
+        """`Alt-Svc` for an https:// listener: an h3:// one on its address (or on any address)
+        with its path (RFC 9114 §3.1.1)."""
+        for h3 in self.encrypted_bound:
+            same_address = h3.address in (https.address, "0.0.0.0", "::")
+            if h3.scheme == "h3" and same_address and h3.path == https.path:
+                return b'h3=":%d"' % h3.port
+        return None
 
     def _designate(self) -> None:
         """DDR: what `_dns.resolver.arpa` SVCB says (the certificate's name may have changed)."""
@@ -368,6 +429,8 @@ class Daemon:
         figures = stats.collect(self.runtime, self.tcp, self.started)
         if self._doq_servers:
             figures["doq"] = stats.doq(self._doq_servers)
+        if self._doh3_servers:
+            figures["doh3"] = stats.doq(self._doh3_servers)
         return figures
 
     def status_line(self) -> str:
@@ -507,8 +570,8 @@ class Daemon:
     def _close_datagram_listeners(self) -> None:
         for udp in self._udp:
             udp.close()
-        for doq_server in self._doq_servers:
-            doq_server.close()  # CONNECTION_CLOSE to each client, then the socket
+        for quic_server in (*self._doq_servers, *self._doh3_servers):
+            quic_server.close()  # CONNECTION_CLOSE to each client, then the socket
 
     def _close_listening_sockets(self) -> None:
         for listening in self._servers:
@@ -524,14 +587,74 @@ class Daemon:
             self.query_log.close()
 
 
-def inherited_sockets() -> list[socket.socket]:
-    """sd_listen_fds(3): the sockets systemd passed, if they are meant for this process."""
+@dataclass(frozen=True)
+class Inherited:
+    sock: socket.socket
+    #: its FileDescriptorName= (LISTEN_FDNAMES), "" without one
+    name: str
+
+
+def inherited_sockets() -> list[Inherited]:
+    """sd_listen_fds_with_names(3): the sockets systemd passed, if they are meant for this
+    process."""
     if os.environ.get("LISTEN_PID") != str(os.getpid()):
         return []
     count = int(os.environ.get("LISTEN_FDS", "0") or 0)
+    names = os.environ.get("LISTEN_FDNAMES", "").split(":")
     for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         os.environ.pop(name, None)
-    return [socket.socket(fileno=SD_LISTEN_FDS_START + i) for i in range(count)]
+    return [
+        Inherited(socket.socket(fileno=SD_LISTEN_FDS_START + i), names[i] if i < len(names) else "")
+        for i in range(count)
+    ]
+
+
+def match_inherited(
+    inherited: list[Inherited], encrypted: tuple[EncryptedListen, ...]
+) -> tuple[list[socket.socket], dict[EncryptedListen, socket.socket]]:
+    """Inherited sockets for the plain listeners, and those for the configured encrypted ones:
+    one of the type the listener needs (TCP for tls:// and https://, UDP for quic:// and
+    h3://) on its address and port. A socket of the encrypted units (ENCRYPTED_FD_NAMES) that no
+    configured listener takes is closed, never served as plain DNS; a configured encrypted
+    listener with no socket here binds its own."""
+    taken: dict[EncryptedListen, socket.socket] = {}
+    plain: list[socket.socket] = []
+    for each in inherited:
+        listener = next(
+            (e for e in encrypted if e not in taken and _socket_serves(each.sock, e)), None
+        )
+        if listener is not None:
+            taken[listener] = each.sock
+        elif each.name in ENCRYPTED_FD_NAMES:
+            where = each.sock.getsockname()
+            log.warning(
+                "socket activation: %s socket %s (%s) matches no encrypted listener in the "
+                "configuration: closed",
+                "TCP" if each.sock.type == socket.SOCK_STREAM else "UDP",
+                _where(where[0], where[1]), each.name,
+            )  # fmt: skip
+            each.sock.close()
+        else:
+            plain.append(each.sock)
+    return plain, taken
+
+
+def _socket_serves(sock: socket.socket, listener: EncryptedListen) -> bool:
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or listener.port == 0:
+        return False
+    if sock.type != SOCKET_TYPES[listener.scheme]:
+        return False
+    address, port = sock.getsockname()[:2]
+    if port != listener.port:
+        return False
+    if ipaddress.ip_address(address) == ipaddress.ip_address(listener.address):
+        return True
+    # a dual-stack [::] socket (BindIPv6Only=both) serves IPv4 too
+    return (
+        address == "::"
+        and listener.address == "0.0.0.0"
+        and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+    )
 
 
 def watchdog_interval() -> float | None:

@@ -75,7 +75,8 @@ TCP_FIGURES = (
 
 
 def doq(servers: Sequence[DoQServer]) -> dict[str, int]:
-    """The DoQ listeners' counters, summed, and their connections open now."""
+    """The DoQ (or DoH over HTTP/3) listeners' counters, summed, and their connections open
+    now."""
     figures = {"open": sum(len(server.open) for server in servers)}
     for server in servers:
         for name, value in vars(server.stats).items():

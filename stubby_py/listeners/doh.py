@@ -1,10 +1,8 @@
 """DNS over HTTPS for clients, HTTP/2 only (RFC 8484), on the h2 library (sans-IO).
 
-One path (default /dns-query): GET with `?dns=` (base64url, no padding) or POST with an
-`application/dns-message` body. Errors as HTTP statuses: 404 another path, 405 another method,
-415 a POST of another content type, 413 a message over 65535 octets, 400 a request without a DNS
-query in it. Answers carry `Cache-Control: max-age=` the smallest TTL in them (RFC 8484 §5.1);
-the message ID is the client's (0, usually), echoed as it came.
+What a request means (path, GET and POST, status codes, Cache-Control) is doh_http.py, shared
+with the HTTP/3 listener (doh3.py); this module is the HTTP/2 side. An HTTP/3 listener on this
+address and path is announced in each response's `Alt-Svc`.
 
 Limits: at most MAX_STREAMS requests at once per connection and MAX_HEADER_LIST octets of headers
 (announced in SETTINGS, h2 enforces them); a request must have arrived whole within
@@ -17,13 +15,10 @@ before the TLS handshake (server.py). HTTP/1 on this port gets `505 HTTP Version
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import cast
-from urllib.parse import parse_qs
 
 import h2.config
 import h2.connection
@@ -32,7 +27,13 @@ import h2.events
 import h2.exceptions
 import h2.settings
 
-from stubby_py.core import wire
+from stubby_py.listeners.doh_http import (
+    MAX_HEADER_LIST,
+    SHUTTING_DOWN,
+    DoHRequest,
+    HttpError,
+    answer_headers,
+)
 from stubby_py.listeners.handler import Respond
 from stubby_py.listeners.padding import asks_padding, pad_reply
 from stubby_py.listeners.plain import MAX_PIPELINED, TCPConnections
@@ -41,9 +42,7 @@ from stubby_py.transports.toolkit import IdleTimer
 log = logging.getLogger(__name__)
 
 ALPN = "h2"
-CONTENT_TYPE = b"application/dns-message"
 MAX_STREAMS = 100
-MAX_HEADER_LIST = 16 * 1024
 #: from a request's headers to its last octet, seconds
 REQUEST_TIMEOUT = 10.0
 #: how often a connection looks at its timeouts, seconds
@@ -55,26 +54,23 @@ _HTTP1_REFUSAL = (
 )
 
 
-@dataclass(slots=True)
-class _Request:
-    started: float
-    method: bytes = b""
-    body: bytearray = field(default_factory=bytearray)
-    #: the query from a GET's `dns=` parameter
-    query: bytes | None = None
-    #: handed to the resolver (or answered with an error): no longer subject to REQUEST_TIMEOUT
-    done: bool = False
-
-
 def _h2_config() -> h2.config.H2Configuration:
     return h2.config.H2Configuration(client_side=False, header_encoding=None)
 
 
 class DoHListener(asyncio.Protocol):
-    def __init__(self, shared: TCPConnections, path: str, padding_block: int) -> None:
+    def __init__(
+        self,
+        shared: TCPConnections,
+        path: str,
+        padding_block: int,
+        alt_svc: Callable[[], bytes | None] = lambda: None,
+    ) -> None:
         self._shared = shared
         self._path = path.encode()
         self._padding_block = padding_block
+        #: the `Alt-Svc` value for responses (an HTTP/3 listener), looked up per response
+        self._alt_svc = alt_svc
         self._h2 = h2.connection.H2Connection(config=_h2_config())
         self._transport: asyncio.Transport | None = None
         self._peer = ""
@@ -82,7 +78,7 @@ class DoHListener(asyncio.Protocol):
         self._closed = False
         self._stopping = False
         self._preface_seen = bytearray()
-        self._requests: dict[int, _Request] = {}
+        self._requests: dict[int, DoHRequest] = {}
         #: response octets waiting for HTTP/2 flow control, per stream
         self._pending: dict[int, bytes] = {}
         self._in_flight = 0
@@ -207,46 +203,13 @@ class DoHListener(asyncio.Protocol):
             self._close_if_done()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
-        request = self._requests[stream_id] = _Request(self._loop.time())
-        fields: dict[bytes, bytes] = {}
-        for name, value in headers:
-            fields.setdefault(bytes(name).lower(), bytes(value))
+        request = self._requests[stream_id] = DoHRequest(self._path, self._loop.time())
         if self._stopping:
-            self._error(stream_id, 503, b"shutting down")
+            self._error(stream_id, SHUTTING_DOWN)
             return
-        path, _, query_string = fields.get(b":path", b"").partition(b"?")
-        method = request.method = fields.get(b":method", b"")
-        if path != self._path:
-            self._error(stream_id, 404, b"not found: DNS queries go to " + self._path)
-        elif method == b"GET":
-            self._get(stream_id, request, query_string)
-        elif method == b"POST":
-            self._post(stream_id, fields)
-        else:
-            self._error(stream_id, 405, b"expected GET or POST", ((b"allow", b"GET, POST"),))
-
-    def _get(self, stream_id: int, request: _Request, query_string: bytes) -> None:
-        values = parse_qs(query_string.decode("latin-1")).get("dns")
-        if not values:
-            self._error(stream_id, 400, b"expected ?dns=BASE64URL")
-            return
-        try:
-            text = values[0]
-            request.query = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            self._error(stream_id, 400, b"the dns parameter is not base64url")
-            return
-        if len(request.query) > wire.MAX_MESSAGE_LEN:
-            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
-
-    def _post(self, stream_id: int, fields: dict[bytes, bytes]) -> None:
-        content_type = fields.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != CONTENT_TYPE:
-            self._error(stream_id, 415, b"expected Content-Type: application/dns-message")
-            return
-        length = fields.get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > wire.MAX_MESSAGE_LEN:
-            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
+        error = request.headers(headers)
+        if error is not None:
+            self._error(stream_id, error)
 
     def _body(self, stream_id: int, data: bytes) -> None:
         request = self._requests.get(stream_id)
@@ -255,21 +218,17 @@ class DoHListener(asyncio.Protocol):
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self._h2.reset_stream(stream_id, h2.errors.ErrorCodes.NO_ERROR)
             return
-        if request.method != b"POST":
-            self._error(stream_id, 400, b"a GET has no body")
-            return
-        request.body += data
-        if len(request.body) > wire.MAX_MESSAGE_LEN:
-            self._error(stream_id, 413, b"a DNS message is at most 65535 octets")
+        error = request.data(data)
+        if error is not None:
+            self._error(stream_id, error)
 
     def _complete(self, stream_id: int) -> None:
         request = self._requests.get(stream_id)
         if request is None or request.done:
             return
-        request.done = True
-        query = request.query if request.method == b"GET" else bytes(request.body)
-        if query is None or len(query) < wire.HEADER_LEN or query[2] & 0x80:
-            self._error(stream_id, 400, b"expected a DNS query")
+        query = request.end()
+        if isinstance(query, HttpError):
+            self._error(stream_id, query)
             return
         self._idle.touch()
         respond = self._responder(stream_id)
@@ -313,40 +272,21 @@ class DoHListener(asyncio.Protocol):
             if self._closed or self._requests.pop(stream_id, None) is None:
                 self._close_if_done()
                 return
-            try:
-                min_ttl = wire.scan_reply(reply).min_ttl
-            except wire.WireError:
-                min_ttl = None
-            headers = [
-                (b":status", b"200"),
-                (b"content-type", CONTENT_TYPE),
-                (b"content-length", str(len(reply)).encode()),
-                (b"cache-control", b"max-age=%d" % (min_ttl or 0)),
-            ]
-            self._send(stream_id, headers, reply)
+            self._send(stream_id, answer_headers(reply, self._extra_headers()), reply)
             self._close_if_done()
 
         return respond
 
-    def _error(
-        self,
-        stream_id: int,
-        status: int,
-        text: bytes,
-        extra: tuple[tuple[bytes, bytes], ...] = (),
-    ) -> None:
-        request = self._requests.get(stream_id)
+    def _extra_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        alt_svc = self._alt_svc()
+        return ((b"alt-svc", alt_svc),) if alt_svc else ()
+
+    def _error(self, stream_id: int, error: HttpError) -> None:
+        request = self._requests.pop(stream_id, None)
         if request is not None:
             request.done = True
-        body = text + b"\n"
-        headers = [
-            (b":status", str(status).encode()),
-            (b"content-type", b"text/plain"),
-            (b"content-length", str(len(body)).encode()),
-            *extra,
-        ]
-        self._send(stream_id, headers, body)
-        self._requests.pop(stream_id, None)
+        headers, body = error.response()
+        self._send(stream_id, headers + list(self._extra_headers()), body)
 
     def _send(self, stream_id: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         try:
@@ -384,7 +324,7 @@ class DoHListener(asyncio.Protocol):
         transport = self._transport
         if self._closed or transport is None:
             return False
-        if any(not r.done and now - r.started > REQUEST_TIMEOUT for r in self._requests.values()):
+        if any(r.overdue(now, REQUEST_TIMEOUT) for r in self._requests.values()):
             self._fail("a request did not arrive whole in time")
             return False
         unsent = transport.get_write_buffer_size()

@@ -31,7 +31,7 @@ from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionAdapter
 from aioquic.quic.events import (
     ConnectionTerminated,
     HandshakeCompleted,
@@ -64,6 +64,17 @@ MAX_STREAM_DATA = 2 + wire.MAX_MESSAGE_LEN
 #: octets of unfinished queries one connection may hold (a query is at most 65537 with its
 #: length, but real ones are a few hundred); over this, DOQ_EXCESSIVE_LOAD
 MAX_BUFFERED = 4 * MAX_STREAM_DATA
+
+
+class _DebugOnly(QuicConnectionAdapter):
+    """aioquic's connection log, at DEBUG: it logs each connection's version, ALPN and close at
+    INFO and a client's TLS or frame error at WARNING, a line per client packet on a listener."""
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        super().log(logging.DEBUG, msg, *args, **kwargs)
+
+
+_QUIC_LOG = logging.getLogger(f"{__name__}.aioquic")
 
 
 class DoQStats:
@@ -206,7 +217,15 @@ class DoQConnection(QuicConnectionProtocol):
 
 
 class DoQServer(QuicServer):
-    """The UDP endpoint: the access list and the caps, then aioquic's QuicServer."""
+    """The UDP endpoint: the access list and the caps, then aioquic's QuicServer. DoH over
+    HTTP/3 (doh3.py) is this endpoint with another ALPN, credits and connection protocol."""
+
+    alpn = ALPN
+    max_stream_data = MAX_STREAM_DATA
+    #: unidirectional streams a client may open (HTTP/3 needs 3: control and QPACK)
+    max_streams_uni = 0
+    #: the CONNECTION_CLOSE code at shutdown
+    no_error = DOQ_NO_ERROR
 
     def __init__(
         self,
@@ -223,7 +242,7 @@ class DoQServer(QuicServer):
         assert configuration is not None
         super().__init__(configuration=configuration, create_protocol=self._new_connection)
         self.stats = DoQStats()
-        self.open: set[DoQConnection] = set()
+        self.open: set[QuicConnectionProtocol] = set()
         #: client (client_key) → its connections
         self.per_client: dict[str, int] = {}
         self._admitting: str | None = None
@@ -242,16 +261,16 @@ class DoQServer(QuicServer):
         if generation == self._generation:
             return None
         configuration = QuicConfiguration(
-            alpn_protocols=[ALPN],
+            alpn_protocols=[self.alpn],
             is_client=False,
             idle_timeout=self.shared.idle_timeout,
-            max_stream_data=MAX_STREAM_DATA,
-            max_data=MAX_STREAMS * MAX_STREAM_DATA,
+            max_stream_data=self.max_stream_data,
+            max_data=MAX_STREAMS * self.max_stream_data,
         )
         try:
             configuration.load_cert_chain(certificate.cert, certificate.key)
         except (OSError, ValueError, TypeError) as exc:
-            log.warning("DoQ: certificate %s not loaded: %s", certificate.cert, exc)
+            log.warning("%s: certificate %s not loaded: %s", self.alpn, certificate.cert, exc)
             return None
         self._generation = generation
         return configuration
@@ -297,19 +316,26 @@ class DoQServer(QuicServer):
             return
         super().datagram_received(data, addr)
 
-    def _new_connection(self, quic: QuicConnection, **kwargs: Any) -> DoQConnection:
+    def _new_connection(self, quic: QuicConnection, **kwargs: Any) -> QuicConnectionProtocol:
         assert self._admitting is not None
         client = self._admitting
         # aioquic has no setting for these: the initial credits are transport parameters,
         # sent with the first flight (below the defaults of 128)
         quic._local_max_streams_bidi.value = quic._local_max_streams_bidi.sent = MAX_STREAMS
-        quic._local_max_streams_uni.value = quic._local_max_streams_uni.sent = 0
-        connection = DoQConnection(quic, server=self, client=client, **kwargs)
+        uni = self.max_streams_uni
+        quic._local_max_streams_uni.value = quic._local_max_streams_uni.sent = uni
+        quic._logger = _DebugOnly(_QUIC_LOG, quic._logger.extra)
+        connection = self._connection(quic, client, **kwargs)
         self.open.add(connection)
         self.per_client[client] = self.per_client.get(client, 0) + 1
         return connection
 
-    def release(self, connection: DoQConnection, client: str) -> None:
+    def _connection(
+        self, quic: QuicConnection, client: str, **kwargs: Any
+    ) -> QuicConnectionProtocol:
+        return DoQConnection(quic, server=self, client=client, **kwargs)
+
+    def release(self, connection: QuicConnectionProtocol, client: str) -> None:
         self.open.discard(connection)
         held = self.per_client.get(client, 0) - 1
         if held > 0:
@@ -320,7 +346,7 @@ class DoQServer(QuicServer):
     def close(self) -> None:
         """CONNECTION_CLOSE (DOQ_NO_ERROR) on every connection, then the socket."""
         for connection in list(self.open):
-            connection.close(error_code=DOQ_NO_ERROR)
+            connection.close(error_code=self.no_error)
         self.open.clear()
         self.per_client.clear()
         super().close()

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 DRAIN_SECONDS = 3.0
 SD_LISTEN_FDS_START = 3
+#: `listen: ADDRESS:0` (tests, benches): ports tried before giving up
+PORT_ZERO_TRIES = 5
 #: FileDescriptorName= of the optional socket units for the encrypted listeners (systemd/):
 #: a socket so named is never taken for a plain listener
 ENCRYPTED_FD_NAMES = frozenset({"dot", "doh"})
@@ -181,21 +183,38 @@ class Daemon:
         return fd_plan
 
     async def _listen(self, address: str, port: int) -> None:
-        assert self.tcp is not None
-        loop = asyncio.get_running_loop()
-        try:
-            server = await loop.create_server(
-                self.tcp.protocol, address, port, reuse_address=True, backlog=1024
-            )
-            # port 0: UDP takes the port TCP was given, so both answer on one address
-            port = server.sockets[0].getsockname()[1]
-            udp = UDPListener(self.tcp.resolver)
-            await loop.create_datagram_endpoint(lambda: udp, local_addr=(address, port))
-        except OSError as exc:
-            raise _listen_error(address, port, exc) from None
+        # port 0: UDP takes the port TCP was given, so both answer on one address; when another
+        # program holds that port for UDP, another port is taken (a few times)
+        for attempt in range(1 if port else PORT_ZERO_TRIES):
+            try:
+                server, udp, bound = await self._bind_pair(address, port)
+            except OSError as exc:
+                if port or attempt == PORT_ZERO_TRIES - 1:
+                    raise _listen_error(address, port, exc) from None
+                continue
+            break
+        port = bound
         self._servers.append(server)
         self._udp.append(udp)
         self.bound.append((address, port))
+
+    async def _bind_pair(
+        self, address: str, port: int
+    ) -> tuple[asyncio.Server, UDPListener, int]:
+        """A TCP server and a UDP endpoint on one port (the one TCP got, for port 0)."""
+        assert self.tcp is not None
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            self.tcp.protocol, address, port, reuse_address=True, backlog=1024
+        )
+        bound = server.sockets[0].getsockname()[1]
+        udp = UDPListener(self.tcp.resolver)
+        try:
+            await loop.create_datagram_endpoint(lambda: udp, local_addr=(address, bound))
+        except OSError:
+            server.close()
+            raise
+        return server, udp, bound
 
     async def _listen_encrypted(
         self, listener: EncryptedListen, inherited: socket.socket | None

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import struct
 from collections.abc import Iterator
+from typing import Any
 
 import dns.message
 import dns.opcode
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import dot_uri
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
 from tests.servers import LocalUpstream
+from tests.service import wait_for
 
 
 @pytest.fixture
@@ -120,6 +122,50 @@ def test_tcp_pipelined_queries_all_answered_on_one_connection(daemon: DaemonThre
             size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
             ids.add(dns.message.from_wire(_recv_exactly(sock, size)).id)
     assert ids == {q.id for q in queries}
+
+
+class CountingTransport:
+    """A connection's own transport, counting the writes made through it."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_cached_replies_to_one_read_go_out_in_few_writes(daemon: DaemonThread) -> None:
+    """Replies given while a read's queries are dispatched (cache hits) are written together:
+    a write (a TLS record, on DoT) per batch of replies, not per reply; every query answered."""
+    cached = dns.query.tcp(dns.message.make_query("batch.example.", "A"), "127.0.0.1",
+                           port=daemon.port, timeout=3)  # fmt: skip
+    assert cached.rcode() == dns.rcode.NOERROR
+    queries = [dns.message.make_query("batch.example.", "A") for _ in range(500)]
+    tcp = daemon.daemon.tcp
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as sock:
+        assert wait_for(lambda: daemon.call(lambda: len(tcp.open)) == 1)
+
+        def count_writes() -> CountingTransport:
+            (connection,) = tcp.open
+            counting = connection._transport = CountingTransport(connection._transport)
+            return counting
+
+        counting = daemon.call(count_writes)
+        sock.sendall(
+            b"".join(struct.pack("!H", len(w)) + w for w in (q.to_wire() for q in queries))
+        )
+        ids = []
+        for _ in queries:
+            size = struct.unpack("!H", _recv_exactly(sock, 2))[0]
+            ids.append(dns.message.from_wire(_recv_exactly(sock, size)).id)
+    assert sorted(ids) == sorted(q.id for q in queries)
+    writes = daemon.call(lambda: counting.writes)
+    assert writes <= 50, f"{writes} writes for {len(queries)} replies"
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

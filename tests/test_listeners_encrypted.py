@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -414,3 +415,70 @@ def test_streams_reset_by_the_client_still_count_against_the_pipelining_cap(
                 )
                 assert not time_for_the_rest, daemon.resolver.counters["queries"]
                 assert connections and all(c._in_flight <= MAX_PIPELINED for c in connections)
+
+
+class CountingTransport:
+    """A connection's own transport, counting the writes made through it."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_doh_answers_to_one_read_go_out_in_few_writes(served: Served) -> None:
+    """Cached answers to the requests in one read are written together at its end (one TLS
+    record for many responses), not one write per response; every request is answered."""
+    from stubby_py.listeners.doh import DoHListener
+
+    assert h2_request(served, body=query("curl.home.test").to_wire()).status == 200  # cached
+    tcp = served.daemon.daemon.tcp
+    before = served.daemon.call(lambda: set(tcp.open))
+    with tls_connection(served, served.doh, "h2") as tls:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None)
+        )
+        conn.initiate_connection()
+        tls.sendall(conn.data_to_send())
+        assert wait_for(lambda: served.daemon.call(lambda: len(set(tcp.open) - before)) == 1)
+
+        def count_writes() -> CountingTransport:
+            (connection,) = set(tcp.open) - before
+            assert isinstance(connection, DoHListener)
+            counting = connection._transport = CountingTransport(connection._transport)
+            return counting
+
+        counting = served.daemon.call(count_writes)
+        sent = {}
+        for n in range(50):
+            stream = conn.get_next_available_stream_id()
+            sent[stream] = n + 1
+            conn.send_headers(stream, [
+                (b":method", b"POST"), (b":scheme", b"https"), (b":authority", NAME.encode()),
+                (b":path", b"/dns-query"), (b"content-type", b"application/dns-message"),
+            ])  # fmt: skip
+            conn.send_data(stream, query("curl.home.test", n + 1).to_wire(), end_stream=True)
+        tls.sendall(conn.data_to_send())
+        bodies: dict[int, bytes] = {}
+        ended: set[int] = set()
+        for _ in range(500):  # bounded: a few reads bring them all
+            chunk = tls.recv(65536)
+            assert chunk, "connection closed before every response ended"
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.DataReceived):
+                    bodies[event.stream_id] = bodies.get(event.stream_id, b"") + event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                elif isinstance(event, h2.events.StreamEnded):
+                    ended.add(event.stream_id)
+            tls.sendall(conn.data_to_send())
+            if ended == set(sent):
+                break
+    assert {s: dns.message.from_wire(b).id for s, b in bodies.items()} == sent
+    writes = served.daemon.call(lambda: counting.writes)
+    assert writes <= 10, f"{writes} writes for {len(sent)} responses"

@@ -55,7 +55,15 @@ _HTTP1_REFUSAL = (
 
 
 def _h2_config() -> h2.config.H2Configuration:
-    return h2.config.H2Configuration(client_side=False, header_encoding=None)
+    # the headers sent are this module's own, lower-case and valid: checking and normalising
+    # them again on every response is a good part of h2's cost per request; what clients send
+    # is still checked
+    return h2.config.H2Configuration(
+        client_side=False,
+        header_encoding=None,
+        validate_outbound_headers=False,
+        normalize_outbound_headers=False,
+    )
 
 
 class DoHListener(asyncio.Protocol):
@@ -78,6 +86,8 @@ class DoHListener(asyncio.Protocol):
         self._closed = False
         self._stopping = False
         self._preface_seen = bytearray()
+        #: inside data_received: what h2 has to send goes out once, at its end
+        self._receiving = False
         self._requests: dict[int, DoHRequest] = {}
         #: response octets waiting for HTTP/2 flow control, per stream
         self._pending: dict[int, bytes] = {}
@@ -149,6 +159,7 @@ class DoHListener(asyncio.Protocol):
 
     def _close_if_done(self) -> None:
         if self._stopping and not self._in_flight and not self._pending:
+            self._flush()  # answers held for the end of data_received go out first
             self.close()
 
     def _flush(self) -> None:
@@ -182,8 +193,13 @@ class DoHListener(asyncio.Protocol):
         except h2.exceptions.ProtocolError as exc:
             self._fail(f"HTTP/2 protocol error: {exc}")
             return
-        for event in events:
-            self._event(event)
+        # answers given meanwhile (cache hits) are written together: one TLS record for many
+        self._receiving = True
+        try:
+            for event in events:
+                self._event(event)
+        finally:
+            self._receiving = False
         self._flush()
 
     def _event(self, event: h2.events.Event) -> None:
@@ -293,31 +309,35 @@ class DoHListener(asyncio.Protocol):
             self._h2.send_headers(stream_id, headers)
         except h2.exceptions.ProtocolError:
             return  # the stream is gone (reset by the client)
-        self._pending[stream_id] = body
-        self._send_pending()
+        self._send_body(stream_id, body)
+        if not self._receiving:
+            self._flush()
 
     def _send_pending(self) -> None:
-        """Response bodies as far as HTTP/2 flow control lets them go."""
+        """Response bodies held back by HTTP/2 flow control, as far as it lets them go now."""
         for stream_id, body in list(self._pending.items()):
-            try:
+            self._send_body(stream_id, body)
+        if not self._receiving:
+            self._flush()
+
+    def _send_body(self, stream_id: int, body: bytes) -> None:
+        """As much of a response body as flow control lets go; the rest waits in _pending."""
+        try:
+            window = self._h2.local_flow_control_window(stream_id)
+            room = min(window, self._h2.max_outbound_frame_size, len(body))
+            while room > 0 or not body:
+                chunk, body = body[:room], body[room:]
+                self._h2.send_data(stream_id, chunk, end_stream=not body)
+                if not body:
+                    break
                 window = self._h2.local_flow_control_window(stream_id)
                 room = min(window, self._h2.max_outbound_frame_size, len(body))
-                while room > 0 or not body:
-                    chunk, body = body[:room], body[room:]
-                    self._h2.send_data(stream_id, chunk, end_stream=not body)
-                    if not body:
-                        break
-                    window = self._h2.local_flow_control_window(stream_id)
-                    room = min(window, self._h2.max_outbound_frame_size, len(body))
-            except (h2.exceptions.ProtocolError, KeyError):
-                body = b""
-                self._pending.pop(stream_id, None)
-                continue
-            if body:
-                self._pending[stream_id] = body
-            else:
-                self._pending.pop(stream_id, None)
-        self._flush()
+        except (h2.exceptions.ProtocolError, KeyError):
+            body = b""
+        if body:
+            self._pending[stream_id] = body
+        else:
+            self._pending.pop(stream_id, None)
 
     # -- timeouts ----------------------------------------------------------------------------
     def _tick(self, now: float) -> bool:

@@ -6,9 +6,11 @@ an IPv6 client is its /64 by default) and on queries in flight per connection. A
 outside the access list is closed at accept, before it counts against a cap. Reading pauses while
 a connection is at its pipelining cap or its unsent replies exceed WRITE_BUFFER_HIGH (the client
 is not reading them), so whatever a client sends, its connection holds at most one read of
-queries (256 KiB with uvloop), WRITE_BUFFER_HIGH of replies and the answers to the queries in
-flight. A connection is closed when no complete query came and no answer went for `idle_timeout`
-(trickling bytes does not count), or when its unsent replies made no progress for as long.
+queries (256 KiB with uvloop), WRITE_BUFFER_HIGH (plus one WRITE_BATCH) of replies and the
+answers to the queries in flight. Replies given while a read's queries are handed on (cache
+hits) are written together, a batch at a time. A connection is closed when no complete query
+came and no answer went for `idle_timeout` (trickling bytes does not count), or when its unsent
+replies made no progress for as long.
 
 At shutdown the listeners stop taking queries (`stop_reading`) but keep their sockets open, so the
 queries already in flight are still answered; then they close.
@@ -33,6 +35,10 @@ MAX_PIPELINED = 128
 #: unsent reply octets above which a connection is not read (nor its buffered queries taken)
 WRITE_BUFFER_HIGH = 64 * 1024
 WRITE_BUFFER_LOW = 16 * 1024
+#: replies given while one read's queries are dispatched (cache hits, local answers) are
+#: written together, up to this many octets at a time (a TLS record's worth): one write, one
+#: TLS record and one send for many replies, instead of one of each per reply
+WRITE_BATCH = 16 * 1024
 
 
 #: a burst of queries waits here while the loop is busy; the kernel default (~208 KB) overflows
@@ -199,6 +205,9 @@ class TCPListener(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._dispatching = False
+        #: framed replies waiting to be written together, while _dispatch runs (else None)
+        self._batch: list[bytes] | None = None
+        self._batch_size = 0
         self._closed = False
         self._eof = False
         self._peer = ""
@@ -251,6 +260,7 @@ class TCPListener(asyncio.Protocol):
             taken = False
             # (an exception from handle() is a bug: the transport closes the connection)
             self._dispatching = True
+            self._batch, self._batch_size = [], 0
             while self._in_flight < MAX_PIPELINED and not self._writing_paused:
                 message = frames.next_message()
                 if message is None:
@@ -259,6 +269,8 @@ class TCPListener(asyncio.Protocol):
                 self._in_flight += 1
                 if not handle(message, self._respond_once()):
                     self._in_flight -= 1  # dropped: no answer will come
+            self._write_batch()
+            self._batch = None
             self._dispatching = False
             if taken:
                 self._idle.touch()
@@ -303,11 +315,28 @@ class TCPListener(asyncio.Protocol):
             self._idle.touch()
             if self._closed or self._transport is None:
                 return
-            self._transport.write(wire.frame(reply))
+            batch = self._batch
+            if batch is None:
+                self._transport.write(wire.frame(reply))
+            else:
+                batch.append(wire.frame(reply))
+                self._batch_size += len(reply) + 2
+                if self._batch_size >= WRITE_BATCH:
+                    self._write_batch()  # may pause writing: the dispatch loop then stops
             if self._reading_paused or self._eof:
                 self._dispatch()
 
         return respond
+
+    def _write_batch(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        data = b"".join(batch)
+        batch.clear()
+        self._batch_size = 0
+        if not self._closed and self._transport is not None:
+            self._transport.write(data)
 
     def pause_writing(self) -> None:
         self._writing_paused = True

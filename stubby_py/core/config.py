@@ -93,6 +93,9 @@ class UpstreamSpec:
     stamp_props: tuple[str, ...] = ()
     #: the upstream's own `proxy` (NO_PROXY: direct); None: the global `proxy` applies
     proxy: ProxySpec | None = None
+    #: encrypted upstreams asked instead while this one cannot be connected to (port 853
+    #: blocked, 443 open); authenticated as this one is (its ca_file, spki_pins and proxy)
+    fallback: tuple[UpstreamSpec, ...] = ()
 
     @property
     def is_encrypted(self) -> bool:
@@ -365,6 +368,59 @@ DEFAULT_UPSTREAMS = (
     "tls://[2620:fe::fe]#dns.quad9.net",
     "tls://[2606:4700:4700::1111]#cloudflare-dns.com",
 )
+#: the built-in pool's fallbacks: each provider's DoH on port 443, same address and name, for
+#: networks that block port 853 (README: "On the road")
+DEFAULT_FALLBACKS = {
+    "tls://9.9.9.9#dns.quad9.net": "https://dns.quad9.net/dns-query#9.9.9.9",
+    "tls://149.112.112.112#dns.quad9.net": "https://dns.quad9.net/dns-query#149.112.112.112",
+    "tls://1.1.1.1#cloudflare-dns.com": "https://cloudflare-dns.com/dns-query#1.1.1.1",
+    "tls://1.0.0.1#cloudflare-dns.com": "https://cloudflare-dns.com/dns-query#1.0.0.1",
+    "tls://[2620:fe::fe]#dns.quad9.net": "https://dns.quad9.net/dns-query#2620:fe::fe",
+    "tls://[2606:4700:4700::1111]#cloudflare-dns.com":
+        "https://cloudflare-dns.com/dns-query#2606:4700:4700::1111",
+}  # fmt: skip
+
+
+def default_upstreams() -> tuple[UpstreamSpec, ...]:
+    """The built-in pool, each upstream with its DoH fallback."""
+    return tuple(
+        with_fallback(parse_upstream_uri(uri), (parse_upstream_uri(DEFAULT_FALLBACKS[uri]),))
+        for uri in DEFAULT_UPSTREAMS
+    )
+
+
+def with_fallback(spec: UpstreamSpec, fallback: tuple[UpstreamSpec, ...]) -> UpstreamSpec:
+    """`spec` with these fallbacks, each authenticated as `spec` is (its CA file, pins, proxy):
+    a fallback is another door to the same resolver, never a weaker one."""
+    for other in fallback:
+        problem = fallback_problem(spec, other)
+        if problem is not None:
+            raise ValueError(problem)
+    inherited = tuple(
+        replace(
+            other,
+            ca_file=spec.ca_file,
+            spki_pins=spec.spki_pins,
+            cert_hashes=spec.cert_hashes,
+            proxy=spec.proxy,
+        )
+        for other in fallback
+    )
+    return replace(spec, fallback=inherited)
+
+
+def fallback_problem(spec: UpstreamSpec, fallback: UpstreamSpec) -> str | None:
+    """Why `fallback` cannot stand in for `spec`, or None."""
+    if not spec.is_encrypted:
+        return "a fallback is for an encrypted upstream (a plain one has nothing to protect)"
+    if not fallback.is_encrypted:
+        return (
+            f"a fallback must be encrypted (tls://, https://, h3://, quic://), not"
+            f" {fallback.transport}://: it never gives up encryption"
+        )
+    if fallback.transport == spec.transport and fallback.port == spec.port:
+        return "a fallback on the same transport and port is blocked where its primary is"
+    return None
 
 
 def parse_upstream_uri(text: str) -> UpstreamSpec:
@@ -743,7 +799,7 @@ def _trust_anchor_file(text: str) -> str:
     return text
 
 
-_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method", "proxy"}
+_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method", "proxy", "fallback"}
 _PROXY_KEYS = {"url", "credentials_file"}
 
 
@@ -810,7 +866,26 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
             raise reader.fail(fields["proxy"], f"{key}.proxy", problem)
     if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
         raise reader.fail(node, key, "spki_pins and ca_file apply to encrypted upstreams only")
-    return replace(spec, **changes)
+    return _fallback(reader, fields, f"{key}.fallback", replace(spec, **changes))
+
+
+def _fallback(
+    reader: _Reader, fields: dict[str, yaml.Node], key: str, spec: UpstreamSpec
+) -> UpstreamSpec:
+    """An upstream's `fallback`: a list of encrypted upstream URIs."""
+    node = fields.get("fallback")
+    if node is None:
+        return spec
+    others = []
+    for index, item in enumerate(reader.items(node, key)):
+        other = reader.converted(item, f"{key}[{index}]", parse_upstream_uri)
+        problem = fallback_problem(spec, other)
+        if problem is not None:
+            raise reader.fail(item, f"{key}[{index}]", problem)
+        if other.needs_bootstrap:
+            reader.by_hostname.append((item, f"{key}[{index}]", other))
+        others.append(other)
+    return with_fallback(spec, tuple(others))
 
 
 def _upstreams(reader: _Reader, node: yaml.Node, key: str) -> tuple[UpstreamSpec, ...]:
@@ -1205,7 +1280,7 @@ def _global_proxy_problem(config: Config) -> str | None:
 def with_defaults(config: Config) -> Config:
     if config.forwarding.upstreams:
         return config
-    return config.with_options(upstreams=tuple(parse_upstream_uri(u) for u in DEFAULT_UPSTREAMS))
+    return config.with_options(upstreams=default_upstreams())
 
 
 def load_config(path: str | None) -> Config:

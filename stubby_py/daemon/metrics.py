@@ -173,8 +173,14 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
     handshakes = family("upstream_handshakes_total", "counter", "Connections set up")
     up = family("upstream_up", "gauge", "1 if the upstream takes queries, 0 if down or probing")
     latency = family("upstream_latency_seconds", "gauge", "Latency percentile over recent answers")
+    fallback = family(
+        "upstream_fallback_answers_total", "counter",
+        "Answers from the upstream's fallback while it could not be connected to",
+    )  # fmt: skip
     for u in upstreams:
         labels = {"group": u.get("group", "default"), "upstream": u["name"]}
+        if "fallback" in u:
+            fallback.add(u["fallback"]["answers"], **labels)
         queries.add(u["queries"], **labels)
         failures.add(u["failures"], **labels)
         handshakes.add(u.get("handshakes"), **labels)

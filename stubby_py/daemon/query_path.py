@@ -31,6 +31,7 @@ from stubby_py.core.errors import DnssecFailureError, InternalError, UpstreamErr
 from stubby_py.core.pool import Pool
 from stubby_py.core.router import Router
 from stubby_py.daemon.context import QueryContext
+from stubby_py.daemon.fallback import ANSWERED_VIA
 from stubby_py.listeners.handler import Respond
 
 if TYPE_CHECKING:
@@ -230,10 +231,16 @@ class Resolver:
     async def _resolve(self, query: wire.ClientQuery, context: QueryContext | None) -> None:
         """Ask upstream, then answer this query and every identical one that joined it."""
         outcome: Outcome = InternalError()  # what they hear if this task dies (shutdown)
+        via: list[str] = []  # the fallbacks that answered on the way (daemon/fallback.py)
+        ANSWERED_VIA.set(via)  # this task's own context: nobody else's question sees it
         try:
             outcome = await self._fetch(query, context.trace if context is not None else None)
         finally:
             waiters = self._inflight.pop(query.key, [])
+            if via and context is not None:
+                context.source = f"upstream-fallback:{via[-1]}"
+                if context.trace is not None and context.trace.answered_by:
+                    context.trace.answered_by += f", through its fallback {via[-1]}"
             if context is not None:
                 self._deliver(context, outcome)
             for waiter in waiters:

@@ -310,6 +310,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RoadSettings:
+    """A laptop on other people's networks (README: "On the road")."""
+
+    #: the resolver the network offers, known for the captive-portal check only (never an
+    #: upstream): "auto" (learned from NetworkManager, systemd, resolv.conf), "off", or
+    #: "udp://IP[:PORT]"
+    network_resolver: str = "auto"
+    #: suspect a captive portal when the upstreams cannot be reached but the network resolver
+    #: answers: "auto" or "off"
+    captive_portal: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one section per component that reads it. The file's keys are
     flat (`cache_size`, `hedge_min`); OPTIONS says which section field each one sets, and
@@ -324,6 +337,7 @@ class Config:
     dnssec: DnssecSettings = field(default_factory=DnssecSettings)
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    road: RoadSettings = field(default_factory=RoadSettings)
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -1022,6 +1036,39 @@ def _path_auto_or_off(reader: _Reader, node: yaml.Node, key: str) -> str | None:
     return value
 
 
+def network_resolver_setting(text: str) -> str:
+    """`network_resolver`: auto, off or udp://IP[:PORT] (plain DNS: it is the network's own)."""
+    if text in ("auto", "off"):
+        return text
+    spec = parse_upstream_uri(text) if text.startswith("udp://") else None
+    if spec is None or spec.needs_bootstrap:
+        raise ValueError(f"expected auto, off or udp://IP[:PORT], got {text!r}")
+    return text
+
+
+def _auto_or_off(convert: Callable[[str], str]) -> Read:
+    """A choice that may be `off`, which YAML reads as false."""
+
+    def read(reader: _Reader, node: yaml.Node, key: str) -> str:
+        value = reader.scalar(node, key)
+        if value is False:
+            return "off"
+        if not isinstance(value, str):
+            raise reader.fail(node, key, f"expected auto or off, got {value!r}")
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise reader.fail(node, key, str(exc)) from None
+
+    return read
+
+
+def _portal_setting(text: str) -> str:
+    if text not in ("auto", "off"):
+        raise ValueError(f"expected auto or off, got {text!r}")
+    return text
+
+
 def _optional_user(reader: _Reader, node: yaml.Node, key: str) -> str | None:
     """A user name, auto (a user of our own), root, or null/false: never change user."""
     value = reader.scalar(node, key)
@@ -1185,6 +1232,10 @@ OPTIONS: dict[str, Option] = {
     "query_log": Option("service", "query_log", _text, nullable=True),
     "cache_file": Option("service", "cache_file", _path_auto_or_off, nullable=True),
     "watch_network": Option("service", "watch_network", _boolean),
+    "network_resolver": Option(
+        "road", "network_resolver", _auto_or_off(network_resolver_setting)
+    ),
+    "captive_portal": Option("road", "captive_portal", _auto_or_off(_portal_setting)),
 }
 #: how each key the file may set is read
 _READERS: dict[str, Read] = {name: o.read for name, o in OPTIONS.items() if o.read is not None}

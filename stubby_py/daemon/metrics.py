@@ -59,6 +59,9 @@ COUNTER_HELP = {
     "dnssec_unchecked": "Answers passed through unchecked because the client set CD",
     "dnssec_retries": "Bogus answers asked again of another upstream",
     "dnssec_synthesized": "NXDOMAIN/NODATA answers proven from held NSEC/NSEC3 (RFC 8198)",
+    "portal_answers": "Names answered through the network resolver (captive portal check names,"
+    " or the user's window)",
+    "portal_blocked": "Names answered SERVFAIL because a captive portal is suspected",
 }
 
 

@@ -37,6 +37,7 @@ from stubby_py.listeners.handler import Respond
 if TYPE_CHECKING:
     from stubby_py.daemon.explain import Trace
     from stubby_py.daemon.querylog import QueryLog
+    from stubby_py.daemon.road import Road
     from stubby_py.daemon.upstreams import UpstreamGroup
     from stubby_py.daemon.validation import Validation
     from stubby_py.dnssec.validate import Validator
@@ -56,6 +57,7 @@ COUNTERS = (
     "cache_misses", "joined", "stale", "cached_failures", "prefetches", "rate_limited", "local",
     "any_minimal", "dnssec_secure", "dnssec_insecure", "dnssec_bogus", "dnssec_indeterminate",
     "dnssec_unchecked", "dnssec_retries", "dnssec_synthesized", "network_changes",
+    "portal_answers", "portal_blocked",
 )  # fmt: skip
 
 
@@ -69,6 +71,8 @@ class Resolver:
     acl: AccessList
     #: DNSSEC validation at work (None: `dnssec: off`)
     validation: Validation | None = None
+    #: the network resolver and the captive-portal state (daemon/road.py), set by the daemon
+    road: Road | None = None
 
     def __init__(self, cache: Cache) -> None:
         self._loop = asyncio.get_running_loop()
@@ -174,6 +178,9 @@ class Resolver:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
                 self._prefetch(query)
             return
+        road = self.road
+        if road is not None and road.state.engaged and road.intercept(context):
+            return  # a captive portal is suspected, or its window is open (daemon/road.py)
         waiters = self._inflight.get(query.key)
         if waiters is not None:
             self.counters["joined"] += 1

@@ -32,6 +32,7 @@ from stubby_py.daemon.metrics import MetricsServer
 from stubby_py.daemon.privileges import Handover, drop_privileges
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.querylog import QueryLog
+from stubby_py.daemon.road import Road
 from stubby_py.daemon.runtime import Runtime
 from stubby_py.listeners import doh, doq, dot
 from stubby_py.listeners import server as tls_accept
@@ -149,6 +150,8 @@ class Daemon:
         self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(runtime, config)
+        resolver.road = Road(resolver, self.bound)
+        resolver.road.start()
         self._make_cache_directory()
         self._open_query_log(config.service.query_log)
         await self._start_control(config.service.control_socket)
@@ -307,6 +310,7 @@ class Daemon:
             "reload": self._handle_reload,
             "explain": control.explain_handler(self.resolver),
             "network-changed": self._handle_network_changed,
+            "portal": control.portal_handler(self.resolver),
         }
         self.control = control.ControlServer(path, handlers)
         try:
@@ -489,6 +493,8 @@ class Daemon:
                 await side.aclose()
         if self.resolver is not None:
             await self.resolver.drain(DRAIN_SECONDS)
+            if self.resolver.road is not None:
+                await self.resolver.road.aclose()
         self._close_datagram_listeners()
         if self.tcp is not None:
             self.tcp.close_all()

@@ -96,6 +96,13 @@ class Road:
     laptop_address: str
     #: where the upstreams are ("the internet", past the gateway)
     internet: str
+    #: the laptop's interface on the network
+    laptop_link: str
+
+    def change_network(self) -> None:
+        """A change netwatch sees (an address added on the laptop's link), as a roam would."""
+        extra = self.laptop_address.rsplit(".", 1)[0] + ".7/24"
+        _ip("-n", self.laptop, "addr", "add", extra, "dev", self.laptop_link)
 
     def nft(self, *rules: str) -> None:
         """Replace the laptop's output filter with `rules` (nft syntax, e.g.
@@ -143,7 +150,7 @@ def road() -> Iterator[Road]:
         _ip("-n", laptop, "link", "set", veth_laptop, "up")
         _ip("-n", network, "link", "set", veth_network, "up")
         _ip("-n", laptop, "route", "add", "default", "via", gateway)
-        yield Road(laptop, network, gateway, laptop_address, internet)
+        yield Road(laptop, network, gateway, laptop_address, internet, veth_laptop)
     finally:
         for name in made:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)

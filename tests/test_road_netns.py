@@ -3,6 +3,11 @@ whose firewall (nftables in the laptop's namespace) blocks what hotels and café
 
 - Port 853 dropped, 443 open: the DoT upstream's DoH fallback answers, and once 853 passes
   again queries go back to DoT.
+- A captive portal: everything to the upstreams dropped after a network change, the network's
+  resolver (a dnsmasq in the network's namespace, learned from a systemd-networkd lease with
+  the portal's RFC 8910 URI) answering the portal's address for every name: the portal is
+  suspected within seconds, the check names and the portal's host resolve through it, other
+  names never reach it, and the suspicion ends when the upstreams come back.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import dns.exception
 import dns.message
 import dns.query
+import dns.rcode
 import pytest
 import trustme
 import yaml
@@ -27,6 +33,8 @@ from stubby_py.core import fallback
 from stubby_py.daemon import control
 from tests.conftest import AUTH_NAME, server_context
 from tests.netns import Road, enter, road, run_in
+from tests.peers import answers_on_udp
+from tests.portal_network import PORTAL_ADDRESS, names_asked, portal_dnsmasq
 from tests.servers import H2DoHServer, LocalUpstream
 from tests.servers.thread import ServerThread
 from tests.service import wait_for
@@ -65,7 +73,9 @@ def upstreams(net: Road, ca: trustme.CA) -> Iterator[tuple[LocalUpstream, H2DoHS
 
 
 @contextlib.contextmanager
-def laptop_daemon(net: Road, tmp_path: Path, ca_file: str, **extra: Any) -> Iterator[str]:
+def laptop_daemon(
+    net: Road, tmp_path: Path, ca_file: str, env: dict[str, str] | None = None, **extra: Any
+) -> Iterator[str]:
     """stubby-py in the laptop's namespace on 127.0.0.1:53 there; yields its control socket."""
     sock = str(tmp_path / "control.sock")
     options: dict[str, Any] = {
@@ -86,7 +96,7 @@ def laptop_daemon(net: Road, tmp_path: Path, ca_file: str, **extra: Any) -> Iter
         net.laptop, [sys.executable, "-m", "stubby_py", "run", "-c", str(config)]
     )
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stderr=log, env=os.environ.copy())
+        process = subprocess.Popen(command, stderr=log, env={**os.environ, **(env or {})})
     try:
         started = wait_for(
             lambda: process.poll() is not None or "listening on" in log_path.read_text(), 15
@@ -152,3 +162,51 @@ def test_port_853_blocked_doh_fallback_then_back_to_dot(
             assert figures["fallback"]["active"] is None
         assert doh.state.queries, "the fallback was never asked"
 
+
+
+def test_captive_portal_after_a_network_change(
+    ca: trustme.CA, ca_file: str, tmp_path: Path
+) -> None:
+    with road() as net, upstreams(net, ca):
+        # what systemd-networkd records of the network's DHCP offer (read through the state
+        # root the tests give the daemon instead of the machine's own /run)
+        state_root = tmp_path / "netstate"
+        lease = state_root / "run/systemd/netif/leases/2"
+        lease.parent.mkdir(parents=True)
+        lease.write_text(
+            f"ADDRESS={net.laptop_address}\nDNS={net.gateway}\n"
+            "CAPTIVE_PORTAL=https://portal.road.test/api\n"
+        )
+        ready = lambda: run_in(  # noqa: E731
+            net.laptop, lambda: answers_on_udp(53, "ready.portal.test.", host=net.gateway)
+        )
+        dnsmasq_log = tmp_path / "dnsmasq.log"
+        prefix = ("ip", "netns", "exec", net.network)
+        with portal_dnsmasq(dnsmasq_log, net.gateway, 53, ready, prefix) as log, laptop_daemon(
+            net, tmp_path, ca_file, env={"STUBBY_PY_NETWORK_STATE_ROOT": str(state_root)},
+            upstreams=[f"tls://{net.internet}#{AUTH_NAME}"], network_resolver="auto",
+        ) as sock:  # fmt: skip
+            assert address(ask(net, "before.example.")) == DOT_ADDRESS
+            status = control.request(sock, "portal")
+            assert status["network_resolver"] == f"udp://{net.gateway}:53"
+            assert not status["suspected"]
+
+            # the hotel: everything past the gateway dropped, and a network change
+            net.nft(f"ip daddr {net.internet} drop")
+            changed = time.monotonic()
+            net.change_network()
+            assert wait_for(lambda: control.request(sock, "portal")["suspected"], 15)
+            assert time.monotonic() - changed < 15
+            assert address(ask(net, "connectivity-check.ubuntu.com.")) == PORTAL_ADDRESS
+            assert address(ask(net, "portal.road.test.")) == PORTAL_ADDRESS
+            blocked = ask(net, "mail.example.")
+            assert blocked is not None and blocked.rcode() == dns.rcode.SERVFAIL
+            asked = names_asked(log)
+            assert {"connectivity-check.ubuntu.com", "portal.road.test"} <= asked
+            assert "mail.example" not in asked and "before.example" not in asked
+
+            # signed in: the upstreams answer again
+            net.nft()
+            assert wait_for(lambda: not control.request(sock, "portal")["suspected"], 30)
+            assert address(ask(net, "mail.example.")) == DOT_ADDRESS
+            assert "mail.example" not in names_asked(log)

@@ -21,11 +21,12 @@ import dns.flags
 import dns.message
 import dns.query
 import dns.rcode
+import dns.rrset
 import pytest
 import trustme
 
 from stubby_py.core import portal
-from stubby_py.daemon import control
+from stubby_py.daemon import control, metrics
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import make_config, running_daemon
 from tests.peers import answers_on_udp, free_port
@@ -53,6 +54,53 @@ def portal_cli(sock: str, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "stubby_py", "portal", "--socket", sock, *args],
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
+
+
+# --- the policy -----------------------------------------------------------------------------
+
+
+def test_routes_while_suspected_and_in_the_window() -> None:
+    state = portal.PortalState()
+    assert state.route("www.example.com.", 0.0) is portal.Route.UPSTREAM
+    assert state.suspect(10.0, "portal.hotel.example.")
+    assert not state.suspect(11.0)  # one suspicion at a time
+    assert state.route("captive.apple.com.", 12.0) is portal.Route.NETWORK
+    assert state.route("portal.hotel.example.", 12.0) is portal.Route.NETWORK
+    assert state.route("www.example.com.", 12.0) is portal.Route.BLOCKED
+    assert state.route("sub.captive.apple.com.", 12.0) is portal.Route.BLOCKED
+    assert portal.PortalState().open_window(0.0, 10 * portal.WINDOW_MAX) == portal.WINDOW_MAX
+    until = state.open_window(20.0, 60)
+    assert state.route("www.example.com.", 21.0) is portal.Route.NETWORK
+    assert state.route("www.example.com.", until) is portal.Route.BLOCKED  # the window ran out
+    # the suspicion's own bound
+    assert state.route("captive.apple.com.", 10.0 + portal.SUSPECT_BOUND) is portal.Route.UPSTREAM
+    assert not state.engaged
+
+
+def test_clear_ends_suspicion_and_window() -> None:
+    state = portal.PortalState()
+    state.suspect(0.0)
+    state.open_window(1.0, 60)
+    assert state.clear()
+    assert state.route("www.example.com.", 2.0) is portal.Route.UPSTREAM
+    disabled = portal.PortalState(enabled=False)
+    assert not disabled.suspect(0.0)
+
+
+def test_ttls_capped() -> None:
+    reply = dns.message.make_response(dns.message.make_query("captive.apple.com.", "A"))
+    reply.answer.append(
+        dns.rrset.from_text("captive.apple.com.", 3600, "IN", "A", PORTAL_ADDRESS)
+    )
+    body = reply.to_wire()
+    from stubby_py.core import wire
+
+    layout = wire.scan_reply(body)
+    capped = portal.cap_ttls(body, layout.ttl_offsets)
+    assert dns.message.from_wire(capped).answer[0].ttl == portal.PORTAL_TTL
+
+
+# --- a daemon ---------------------------------------------------------------------------------
 
 
 class _FixedPortDoT(LocalUpstream):
@@ -93,8 +141,13 @@ def test_portal_suspected_check_names_through_the_network_other_names_nowhere(
             assert shown.returncode == 0, shown.stderr
             assert "portal suspected:  since" in shown.stdout
             assert "captive.apple.com." in shown.stdout
-            counters = daemon.daemon.collect_stats()["counters"]
+            figures = daemon.daemon.collect_stats()
+            counters = figures["counters"]
             assert counters["portal_answers"] >= 1 and counters["portal_blocked"] >= 1
+            assert figures["portal"]["suspected"]
+            exported = metrics.render(figures)
+            assert "stubby_py_portal_suspected 1" in exported
+            assert "stubby_py_portal_blocked_total" in exported
 
             # the user's window: every name to the network resolver, then closed again
             opened = portal_cli(sock, "open", "--minutes", "1", "--json")

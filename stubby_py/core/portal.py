@@ -90,9 +90,9 @@ class PortalState:
     def suspect(self, now: float, portal_host: str | None = None) -> bool:
         """The upstreams cannot be reached and the network resolver answers. True when this
         starts a suspicion."""
-        self.portal_host = portal_host
         if not self.enabled or self.suspected_since is not None:
             return False
+        self.portal_host = portal_host
         self.suspected_since = now
         self.answered = {}
         self.suspicions += 1

@@ -116,6 +116,16 @@ def render(stats: Mapping[str, Any]) -> str:
     if "doq" in stats:
         _doq(stats["doq"], family)
     _upstreams(stats["upstreams"], family)
+    if "portal" in stats:
+        portal = stats["portal"]
+        family(
+            "portal_suspected", "gauge", "1 while a captive portal is suspected (check names"
+            " resolve through the network resolver)",
+        ).add(1 if portal["suspected"] else 0)  # fmt: skip
+        family(
+            "portal_window_open", "gauge", "1 while the user's window sends every name to the"
+            " network resolver",
+        ).add(1 if portal["window_open"] else 0)  # fmt: skip
     return "".join(line + "\n" for f in families for line in f.lines())
 
 

@@ -150,6 +150,14 @@ class Road:
             log.info("captive portal: suspicion and window ended by the network change")
         self._check()
 
+    def reconfigured(self) -> None:
+        """A reload changed `network_resolver` or `captive_portal`."""
+        self.learn()
+        if self._resolver.config.road.captive_portal == "off" and self.state.suspected:
+            self.state.suspected_since = None
+            log.info("captive portal: check turned off by the reload")
+        self._check()
+
     def _check(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
@@ -282,6 +290,15 @@ class Road:
             "answered": dict(state.answered),
             "suspicions": state.suspicions,
             "windows": state.windows,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """For stats and metrics: no names."""
+        self.state.expire(self._loop.time())
+        return {
+            "suspected": self.state.suspected,
+            "window_open": self.state.window_until is not None,
+            "network_resolver": self.network.label if self.network else None,
         }
 
     def open_window(self, seconds: float = WINDOW_DEFAULT) -> dict[str, Any]:

@@ -372,6 +372,8 @@ class Daemon:
         figures = stats.collect(self.runtime, self.tcp, self.started)
         if self._doq_servers:
             figures["doq"] = stats.doq(self._doq_servers)
+        if self.resolver is not None and self.resolver.road is not None:
+            figures["portal"] = self.resolver.road.summary()
         return figures
 
     def status_line(self) -> str:
@@ -433,6 +435,8 @@ class Daemon:
             self.metrics.configure(new.service.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.service.log_level.upper())
         self.config = new
+        if old.road != new.road and self.runtime.resolver.road is not None:
+            self.runtime.resolver.road.reconfigured()
         pending = [key for key in RESTART_OPTIONS if old.option(key) != new.option(key)]
         if pending:
             log.warning("reload: %s changed; takes effect at the next restart", ", ".join(pending))

@@ -193,4 +193,6 @@ def test_captive_portal_off_sends_nothing_to_the_network(ca_file: str, tmp_path:
             reply = ask(daemon.port, "captive.apple.com.")
             assert reply.rcode() == dns.rcode.SERVFAIL
             assert not control.request(sock, "portal")["suspected"]
+            refused = portal_cli(sock, "open")
+            assert refused.returncode != 0 and "captive_portal is off" in refused.stderr
         assert names_asked(log) == {"ready.portal.test"}

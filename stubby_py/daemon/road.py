@@ -162,7 +162,9 @@ class Road:
         if self._watch is not None:
             self._watch.cancel()
         self.state.enabled = self._resolver.config.road.captive_portal == "auto"
-        if self._transport is None or (not self.state.enabled and self.state.window_until is None):
+        if not self.state.enabled:
+            self.state.close_window()
+        if self._transport is None or not self.state.enabled:
             self._watch = None  # nothing to check with, or nothing to check
             return
         self._watch = self._loop.create_task(self._watching())
@@ -302,6 +304,8 @@ class Road:
         }
 
     def open_window(self, seconds: float = WINDOW_DEFAULT) -> dict[str, Any]:
+        if self._resolver.config.road.captive_portal == "off":
+            return {"ok": False, "error": "captive_portal is off in the configuration"}
         if self._transport is None:
             return {"ok": False, "error": "no network resolver is known (network_resolver)"}
         until = self.state.open_window(self._loop.time(), seconds)

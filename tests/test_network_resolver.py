@@ -28,9 +28,12 @@ def _tree(root: Path, files: dict[str, str]) -> str:
 def test_resolv_conf_and_lease_parsing() -> None:
     text = "# generated\nsearch lan\nnameserver 192.168.1.1 ; router\nnameserver fe80::1%wlan0\n"
     assert network_resolver.resolv_conf_servers(text) == ["192.168.1.1", "fe80::1%wlan0"]
-    lease = "ADDRESS=10.1.2.3\nDNS=10.1.0.1 10.1.0.2\nCAPTIVE_PORTAL=https://portal.hotel.example/api\n"
-    assert network_resolver.lease_servers(lease) == ["10.1.0.1", "10.1.0.2"]
-    assert portal_host(network_resolver.lease_portal(lease)) == "portal.hotel.example."
+    link = (
+        "ADMIN_STATE=configured\nDNS=10.1.0.1 10.1.0.2:5353#dns.hotel.example [fe80::1%3]:53\n"
+        "CAPTIVE_PORTAL=https://portal.hotel.example/api\n"
+    )
+    assert network_resolver.link_servers(link) == ["10.1.0.1", "10.1.0.2", "fe80::1%3"]
+    assert portal_host(network_resolver.link_portal(link)) == "portal.hotel.example."
     assert portal_host("https://192.0.2.1/api") is None  # nothing to resolve
 
 
@@ -51,7 +54,7 @@ def test_sources_are_read_in_the_documented_order(tmp_path: Path) -> None:
         {
             "/etc/resolv.conf": "nameserver 10.9.9.9\n",
             "/etc/resolv.conf.before-stubby-py": "nameserver 10.8.8.8\n",
-            "/run/systemd/netif/leases/3": "DNS=10.7.7.7\nCAPTIVE_PORTAL=https://login.cafe.example/\n",
+            "/run/systemd/netif/links/3": "DNS=10.7.7.7\nCAPTIVE_PORTAL=https://login.cafe.example/\n",
             "/run/systemd/resolve/resolv.conf": "nameserver 127.0.0.1\nnameserver 10.6.6.6\n",
             "/run/NetworkManager/no-stub-resolv.conf": "nameserver 127.0.0.1\n",
         },
@@ -60,7 +63,7 @@ def test_sources_are_read_in_the_documented_order(tmp_path: Path) -> None:
     assert [path for path, _ in sources] == [
         network_resolver.NM_RESOLV_CONF,
         network_resolver.RESOLVED_RESOLV_CONF,
-        f"{network_resolver.NETWORKD_LEASES}/3",
+        f"{network_resolver.NETWORKD_LINKS}/3",
         network_resolver.SAVED_RESOLV_CONF,
         network_resolver.RESOLV_CONF,
     ]

@@ -4,7 +4,7 @@ whose firewall (nftables in the laptop's namespace) blocks what hotels and café
 - Port 853 dropped, 443 open: the DoT upstream's DoH fallback answers, and once 853 passes
   again queries go back to DoT.
 - A captive portal: everything to the upstreams dropped after a network change, the network's
-  resolver (a dnsmasq in the network's namespace, learned from a systemd-networkd lease with
+  resolver (a dnsmasq in the network's namespace, learned from systemd-networkd's link state with
   the portal's RFC 8910 URI) answering the portal's address for every name: the portal is
   suspected within seconds, the check names and the portal's host resolve through it, other
   names never reach it, and the suspicion ends when the upstreams come back.
@@ -168,13 +168,13 @@ def test_captive_portal_after_a_network_change(
     ca: trustme.CA, ca_file: str, tmp_path: Path
 ) -> None:
     with road() as net, upstreams(net, ca):
-        # what systemd-networkd records of the network's DHCP offer (read through the state
-        # root the tests give the daemon instead of the machine's own /run)
+        # what systemd-networkd records of the link and the network's DHCP offer (read through
+        # the state root the tests give the daemon instead of the machine's own /run)
         state_root = tmp_path / "netstate"
-        lease = state_root / "run/systemd/netif/leases/2"
-        lease.parent.mkdir(parents=True)
-        lease.write_text(
-            f"ADDRESS={net.laptop_address}\nDNS={net.gateway}\n"
+        link = state_root / "run/systemd/netif/links/2"
+        link.parent.mkdir(parents=True)
+        link.write_text(
+            f"ADMIN_STATE=configured\nDNS={net.gateway}\n"
             "CAPTIVE_PORTAL=https://portal.road.test/api\n"
         )
         ready = lambda: run_in(  # noqa: E731

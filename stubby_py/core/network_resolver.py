@@ -5,14 +5,15 @@ Used for one purpose only, the captive-portal check (core/portal.py): never as a
 
 1. /run/NetworkManager/no-stub-resolv.conf   NetworkManager's servers (DHCP/RA or configured)
 2. /run/systemd/resolve/resolv.conf          systemd-resolved's servers, per link included
-3. /run/systemd/netif/leases/*               systemd-networkd's DHCP leases (DNS=)
+3. /run/systemd/netif/links/*                systemd-networkd's state of each link (DNS=)
 4. /etc/resolv.conf.before-stubby-py         the copy the README's set-up keeps
 5. /etc/resolv.conf                          (when a DHCP client rewrote it)
 
 An address is unusable when it is loopback (127.0.0.53 is resolved's stub, 127.0.0.1 may be
 us), unspecified, an IPv6 link-local one (no interface to scope it to) or one we listen on.
 A network's captive-portal URI (RFC 8910, DHCP option 114 or the RA option) is read where the
-system records it in a file: systemd-networkd's leases (CAPTIVE_PORTAL=).
+system records it in a file: systemd-networkd's link state (CAPTIVE_PORTAL=, systemd 254 and
+later). NetworkManager shows it only over D-Bus, which is not read.
 This module parses and chooses; daemon/road.py reads the files.
 """
 
@@ -25,11 +26,11 @@ from urllib.parse import urlsplit
 
 NM_RESOLV_CONF = "/run/NetworkManager/no-stub-resolv.conf"
 RESOLVED_RESOLV_CONF = "/run/systemd/resolve/resolv.conf"
-NETWORKD_LEASES = "/run/systemd/netif/leases"
+NETWORKD_LINKS = "/run/systemd/netif/links"
 SAVED_RESOLV_CONF = "/etc/resolv.conf.before-stubby-py"
 RESOLV_CONF = "/etc/resolv.conf"
-#: the files read, in order (the networkd leases directory: each file in it, by name)
-SOURCES = (NM_RESOLV_CONF, RESOLVED_RESOLV_CONF, NETWORKD_LEASES, SAVED_RESOLV_CONF, RESOLV_CONF)
+#: the files read, in order (networkd's links directory: each file in it, by name)
+SOURCES = (NM_RESOLV_CONF, RESOLVED_RESOLV_CONF, NETWORKD_LINKS, SAVED_RESOLV_CONF, RESOLV_CONF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,8 @@ def resolv_conf_servers(text: str) -> list[str]:
     return servers
 
 
-def lease_fields(text: str) -> dict[str, str]:
-    """A systemd-networkd lease file (KEY=VALUE lines)."""
+def link_fields(text: str) -> dict[str, str]:
+    """A systemd-networkd link state file (KEY=VALUE lines)."""
     fields = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -65,13 +66,24 @@ def lease_fields(text: str) -> dict[str, str]:
     return fields
 
 
-def lease_servers(text: str) -> list[str]:
-    return lease_fields(text).get("DNS", "").split()
+def link_servers(text: str) -> list[str]:
+    """The link's DNS servers; networkd may write ADDRESS:PORT, [ADDRESS]:PORT, %IFINDEX and
+    #SERVER-NAME forms: the address is kept (a scoped one stays scoped, and is skipped)."""
+    servers = []
+    for item in link_fields(text).get("DNS", "").split():
+        item = item.split("#", 1)[0]
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            item = host + (rest if rest.startswith("%") else "")
+        elif item.count(":") == 1:
+            item = item.split(":", 1)[0]
+        servers.append(item)
+    return servers
 
 
-def lease_portal(text: str) -> str | None:
-    """The RFC 8910 captive-portal URI a networkd lease records, if any."""
-    return lease_fields(text).get("CAPTIVE_PORTAL") or None
+def link_portal(text: str) -> str | None:
+    """The RFC 8910 captive-portal URI networkd records for the link, if any."""
+    return link_fields(text).get("CAPTIVE_PORTAL") or None
 
 
 def portal_host(uri: str | None) -> str | None:

@@ -63,11 +63,11 @@ STATE_ROOT_VARIABLE = "STUBBY_PY_NETWORK_STATE_ROOT"
 
 def read_sources(root: str = "") -> tuple[list[tuple[str, list[str]]], str | None]:
     """The files network_resolver.SOURCES names, as (path, servers) in order, and the first
-    captive-portal URI a lease records. `root` prefixes every path (tests)."""
+    captive-portal URI a link records. `root` prefixes every path (tests)."""
     sources: list[tuple[str, list[str]]] = []
     portal_uri: str | None = None
     for path in network_resolver.SOURCES:
-        if path == network_resolver.NETWORKD_LEASES:
+        if path == network_resolver.NETWORKD_LINKS:
             try:
                 names = sorted(os.listdir(root + path))
             except OSError:
@@ -76,8 +76,8 @@ def read_sources(root: str = "") -> tuple[list[tuple[str, list[str]]], str | Non
                 text = _read(f"{root}{path}/{name}")
                 if text is None:
                     continue
-                sources.append((f"{path}/{name}", network_resolver.lease_servers(text)))
-                portal_uri = portal_uri or network_resolver.lease_portal(text)
+                sources.append((f"{path}/{name}", network_resolver.link_servers(text)))
+                portal_uri = portal_uri or network_resolver.link_portal(text)
             continue
         text = _read(root + path)
         if text is not None:

@@ -137,6 +137,8 @@ def test_portal_suspected_check_names_through_the_network_other_names_nowhere(
             assert "captive.apple.com" in asked
             assert "www.example.com" not in asked
 
+            explained = control.request(sock, "explain", name="nmcheck.gnome.org", type="A")
+            assert explained["explain"]["source"] == "network-resolver"
             shown = portal_cli(sock)
             assert shown.returncode == 0, shown.stderr
             assert "portal suspected:  since" in shown.stdout

@@ -93,6 +93,14 @@ def test_learned_at_start_and_again_on_a_network_change(
         assert control.request(sock, "portal")["network_resolver"] == "udp://192.0.2.20:53"
 
 
+def test_our_own_address_is_refused() -> None:
+    from stubby_py.core.config import parse_config
+    from stubby_py.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"road.yaml:2: network_resolver: .*stubby-py itself"):
+        parse_config("listen: [127.0.0.1:53]\nnetwork_resolver: udp://127.0.0.1\n", "road.yaml")
+
+
 def test_off_and_configured(tmp_path: Path) -> None:
     sock = str(tmp_path / "control.sock")
     config = make_config(["udp://127.0.0.1:9"], control_socket=sock, network_resolver="off")

@@ -960,6 +960,20 @@ def own_listener(spec: UpstreamSpec, listen: tuple[tuple[str, int], ...]) -> str
     return None
 
 
+def _check_network_resolver(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    """A named network resolver must not be ourselves: a check name would come back to us."""
+    setting = config.road.network_resolver
+    if not setting.startswith("udp://"):
+        return
+    ours = own_listener(parse_upstream_uri(setting), config.listeners.addresses)
+    if ours is not None:
+        raise r.fail(
+            fields["network_resolver"],
+            "network_resolver",
+            f"expected the network's resolver, not stubby-py itself ({ours} is where it listens)",
+        )
+
+
 def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
     unresolved = [h for h in r.by_hostname if not resolved_by_proxy(h[2], config)]
     if unresolved and not config.bootstrap.resolvers:
@@ -1268,6 +1282,7 @@ def parse_config(text: str, source: str) -> Config:
     _check_tls_files(reader, fields, config)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
+    _check_network_resolver(reader, fields, config)
     if config.transport.proxy is not None:
         problem = _global_proxy_problem(config)
         if problem is not None:

@@ -41,6 +41,7 @@ from stubby_py.core.portal import (
     Route,
     cap_ttls,
 )
+from stubby_py.daemon.upstreams import scan
 from stubby_py.transports import make_transport
 
 if TYPE_CHECKING:
@@ -255,8 +256,6 @@ class Road:
     async def _through_network(
         self, context: QueryContext, qname: str, transport: Transport
     ) -> None:
-        from stubby_py.daemon.upstreams import scan
-
         query = context.query
         resolver = self._resolver
         deadline = self._loop.time() + resolver.config.forwarding.timeout

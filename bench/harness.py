@@ -39,6 +39,10 @@ from typing import Any
 
 import trustme
 
+# no stubby-py a benchmark starts may learn this machine's own resolver (`network_resolver:
+# auto`) and send it the captive-portal check names when a local upstream fails
+os.environ.setdefault("STUBBY_PY_NETWORK_STATE_ROOT", tempfile.mkdtemp(prefix="bench-netstate-"))
+
 FORWARDER_CPU = 0  # the process under test
 LOAD_CPU = 1  # dnsperf, and the upstream Unbound while a forwarder is measured
 HOST = "127.0.0.1"

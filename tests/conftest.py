@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,13 @@ import trustme
 from tests.servers import LocalUpstream, local_upstream
 
 AUTH_NAME = "dns.test"
+
+# no daemon a test starts (in this process or as a child) may learn this machine's own network
+# resolver (`network_resolver: auto` reads /run and /etc) and ask it the captive-portal check
+# names: they read an empty tree instead (tests of the portal give their own)
+os.environ.setdefault(
+    "STUBBY_PY_NETWORK_STATE_ROOT", tempfile.mkdtemp(prefix="stubby-py-netstate-")
+)
 
 
 @pytest.fixture(scope="session")

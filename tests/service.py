@@ -29,6 +29,8 @@ def write_config(path: Path, port: int, upstreams: list[str], ca_file: str, **ex
         "cache_file": False,
         "control_socket": str(path.parent / "control.sock"),
         "dnssec": "off",  # the upstreams in tests serve unsigned local data
+        # never this machine's own resolver for the captive-portal check (README: On the road)
+        "network_resolver": "off",
     }
     options.update(extra)
     path.write_text(yaml.safe_dump(options, sort_keys=False))

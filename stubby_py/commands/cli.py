@@ -13,16 +13,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from stubby_py import __version__
-from stubby_py.commands import explain, stats, stubby_import
+from stubby_py.commands import explain, portal, stats, stubby_import
 from stubby_py.core.config import DNSSEC_MODES, Config, Overrides, apply_overrides, parse_config
 from stubby_py.core.errors import StubbyError
 from stubby_py.daemon import control
 
 COMMANDS = (
-    "run", "check-config", "check", "stats", "flush", "reload", "explain", "import-stubby",
-    "import-dnscrypt-proxy", "bench", "monitor",
+    "run", "check-config", "check", "stats", "flush", "reload", "explain", "portal",
+    "import-stubby", "import-dnscrypt-proxy", "bench", "monitor",
 )  # fmt: skip
-CONTROL_COMMANDS = ("stats", "flush", "reload", "explain")
+CONTROL_COMMANDS = ("stats", "flush", "reload", "explain", "portal")
 
 DESCRIPTION = """\
 An encrypted DNS stub forwarder. It answers plain DNS on 127.0.0.1:53 and [::1]:53 and forwards
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     monitor.add_arguments(
         _control_parser(commands, "monitor", "watch the running daemon's upstreams live")
     )
+    _add_portal_parser(commands)
     convert = commands.add_parser(
         "import-stubby",
         help="convert a Stubby configuration (stubby.yml) to ours: YAML on stdout, notes on stderr",
@@ -229,6 +230,21 @@ def _add_explain_parser(commands: argparse._SubParsersAction[argparse.ArgumentPa
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _add_portal_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    text = (
+        "the captive-portal state; `open` sends ALL names to the network's resolver for a few"
+        " minutes (a portal whose sign-in page is on another host), `close` ends that"
+    )
+    parser = _control_parser(commands, "portal", text)
+    parser.add_argument("action", nargs="?", choices=("status", "open", "close"), default="status")
+    parser.add_argument(
+        "--minutes", type=float, default=portal.DEFAULT_MINUTES, metavar="N",
+        help=f"how long the window stays open (default {portal.DEFAULT_MINUTES:g}, at most"
+        f" {portal.MAX_MINUTES:g})",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the state as JSON")
+
+
 def _control_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, text: str
 ) -> argparse.ArgumentParser:
@@ -297,6 +313,15 @@ def _control_command(args: argparse.Namespace) -> int:
         reply = _ask(args, "explain", name=args.name, type=args.type, do=args.do)
         report = reply["explain"]
         print(json.dumps(report, indent=2) if args.json else explain.format_table(report), end="")
+        if args.json:
+            print()
+    elif args.command == "portal":
+        if not 0 < args.minutes <= portal.MAX_MINUTES:
+            raise StubbyError(f"--minutes: expected more than 0 and at most {portal.MAX_MINUTES:g}")
+        arguments = {"minutes": args.minutes} if args.action == "open" else {}
+        reply = _ask(args, "portal", action=args.action, **arguments)
+        reply.pop("ok", None)
+        print(json.dumps(reply, indent=2) if args.json else portal.format_status(reply), end="")
         if args.json:
             print()
     elif args.command == "flush":

@@ -66,7 +66,20 @@ def format_table(stats: Mapping[str, Any]) -> str:
         )
     lines.append("")
     lines += _upstream_rows(stats["upstreams"])
+    lines += _fallback_rows(stats["upstreams"])
     return "\n".join(lines) + "\n"
+
+
+def _fallback_rows(upstreams: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Upstreams whose fallback answered: where they are now (config `fallback`)."""
+    rows = []
+    for u in upstreams:
+        fallback = u.get("fallback")
+        if not fallback or not (fallback["answers"] or fallback["active"]):
+            continue
+        now = f"on its fallback {fallback['active']}" if fallback["active"] else "on its primary"
+        rows.append(f"{u['name']}: {now}; {fallback['answers']} answers through a fallback")
+    return ["", *rows] if rows else []
 
 
 def _upstream_rows(upstreams: Sequence[Mapping[str, Any]]) -> list[str]:

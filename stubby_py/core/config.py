@@ -93,6 +93,9 @@ class UpstreamSpec:
     stamp_props: tuple[str, ...] = ()
     #: the upstream's own `proxy` (NO_PROXY: direct); None: the global `proxy` applies
     proxy: ProxySpec | None = None
+    #: encrypted upstreams asked instead while this one cannot be connected to (port 853
+    #: blocked, 443 open); authenticated as this one is (its ca_file, spki_pins and proxy)
+    fallback: tuple[UpstreamSpec, ...] = ()
 
     @property
     def is_encrypted(self) -> bool:
@@ -308,6 +311,19 @@ class ServiceSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RoadSettings:
+    """A laptop on other people's networks (README: "On the road")."""
+
+    #: the resolver the network offers, known for the captive-portal check only (never an
+    #: upstream): "auto" (learned from NetworkManager, systemd, resolv.conf), "off", or
+    #: "udp://IP[:PORT]"
+    network_resolver: str = "auto"
+    #: suspect a captive portal when the upstreams cannot be reached but the network resolver
+    #: answers: "auto" or "off"
+    captive_portal: str = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration, one section per component that reads it. The file's keys are
     flat (`cache_size`, `hedge_min`); OPTIONS says which section field each one sets, and
@@ -322,6 +338,7 @@ class Config:
     dnssec: DnssecSettings = field(default_factory=DnssecSettings)
     bootstrap: BootstrapSettings = field(default_factory=BootstrapSettings)
     service: ServiceSettings = field(default_factory=ServiceSettings)
+    road: RoadSettings = field(default_factory=RoadSettings)
     #: where the configuration came from (for messages)
     source: str = "<built-in defaults>"
 
@@ -366,6 +383,59 @@ DEFAULT_UPSTREAMS = (
     "tls://[2620:fe::fe]#dns.quad9.net",
     "tls://[2606:4700:4700::1111]#cloudflare-dns.com",
 )
+#: the built-in pool's fallbacks: each provider's DoH on port 443, same address and name, for
+#: networks that block port 853 (README: "On the road")
+DEFAULT_FALLBACKS = {
+    "tls://9.9.9.9#dns.quad9.net": "https://dns.quad9.net/dns-query#9.9.9.9",
+    "tls://149.112.112.112#dns.quad9.net": "https://dns.quad9.net/dns-query#149.112.112.112",
+    "tls://1.1.1.1#cloudflare-dns.com": "https://cloudflare-dns.com/dns-query#1.1.1.1",
+    "tls://1.0.0.1#cloudflare-dns.com": "https://cloudflare-dns.com/dns-query#1.0.0.1",
+    "tls://[2620:fe::fe]#dns.quad9.net": "https://dns.quad9.net/dns-query#2620:fe::fe",
+    "tls://[2606:4700:4700::1111]#cloudflare-dns.com":
+        "https://cloudflare-dns.com/dns-query#2606:4700:4700::1111",
+}  # fmt: skip
+
+
+def default_upstreams() -> tuple[UpstreamSpec, ...]:
+    """The built-in pool, each upstream with its DoH fallback."""
+    return tuple(
+        with_fallback(parse_upstream_uri(uri), (parse_upstream_uri(DEFAULT_FALLBACKS[uri]),))
+        for uri in DEFAULT_UPSTREAMS
+    )
+
+
+def with_fallback(spec: UpstreamSpec, fallback: tuple[UpstreamSpec, ...]) -> UpstreamSpec:
+    """`spec` with these fallbacks, each authenticated as `spec` is (its CA file, pins, proxy):
+    a fallback is another door to the same resolver, never a weaker one."""
+    for other in fallback:
+        problem = fallback_problem(spec, other)
+        if problem is not None:
+            raise ValueError(problem)
+    inherited = tuple(
+        replace(
+            other,
+            ca_file=spec.ca_file,
+            spki_pins=spec.spki_pins,
+            cert_hashes=spec.cert_hashes,
+            proxy=spec.proxy,
+        )
+        for other in fallback
+    )
+    return replace(spec, fallback=inherited)
+
+
+def fallback_problem(spec: UpstreamSpec, fallback: UpstreamSpec) -> str | None:
+    """Why `fallback` cannot stand in for `spec`, or None."""
+    if not spec.is_encrypted:
+        return "a fallback is for an encrypted upstream (a plain one has nothing to protect)"
+    if not fallback.is_encrypted:
+        return (
+            f"a fallback must be encrypted (tls://, https://, h3://, quic://), not"
+            f" {fallback.transport}://: it never gives up encryption"
+        )
+    if fallback.transport == spec.transport and fallback.port == spec.port:
+        return "a fallback on the same transport and port is blocked where its primary is"
+    return None
 
 
 def parse_upstream_uri(text: str) -> UpstreamSpec:
@@ -747,7 +817,7 @@ def _trust_anchor_file(text: str) -> str:
     return text
 
 
-_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method", "proxy"}
+_UPSTREAM_KEYS = {"url", "name", "spki_pins", "ca_file", "method", "proxy", "fallback"}
 _PROXY_KEYS = {"url", "credentials_file"}
 
 
@@ -814,7 +884,26 @@ def _upstream(reader: _Reader, node: yaml.Node, key: str) -> UpstreamSpec:
             raise reader.fail(fields["proxy"], f"{key}.proxy", problem)
     if changes and not spec.is_encrypted and ({"spki_pins", "ca_file"} & changes.keys()):
         raise reader.fail(node, key, "spki_pins and ca_file apply to encrypted upstreams only")
-    return replace(spec, **changes)
+    return _fallback(reader, fields, f"{key}.fallback", replace(spec, **changes))
+
+
+def _fallback(
+    reader: _Reader, fields: dict[str, yaml.Node], key: str, spec: UpstreamSpec
+) -> UpstreamSpec:
+    """An upstream's `fallback`: a list of encrypted upstream URIs."""
+    node = fields.get("fallback")
+    if node is None:
+        return spec
+    others = []
+    for index, item in enumerate(reader.items(node, key)):
+        other = reader.converted(item, f"{key}[{index}]", parse_upstream_uri)
+        problem = fallback_problem(spec, other)
+        if problem is not None:
+            raise reader.fail(item, f"{key}[{index}]", problem)
+        if other.needs_bootstrap:
+            reader.by_hostname.append((item, f"{key}[{index}]", other))
+        others.append(other)
+    return with_fallback(spec, tuple(others))
 
 
 def _upstreams(reader: _Reader, node: yaml.Node, key: str) -> tuple[UpstreamSpec, ...]:
@@ -873,6 +962,20 @@ def own_listener(spec: UpstreamSpec, listen: tuple[tuple[str, int], ...]) -> str
         ):
             return f"{host}:{port}" if ours.version == 4 else f"[{host}]:{port}"
     return None
+
+
+def _check_network_resolver(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    """A named network resolver must not be ourselves: a check name would come back to us."""
+    setting = config.road.network_resolver
+    if not setting.startswith("udp://"):
+        return
+    ours = own_listener(parse_upstream_uri(setting), config.listeners.addresses)
+    if ours is not None:
+        raise r.fail(
+            fields["network_resolver"],
+            "network_resolver",
+            f"expected the network's resolver, not stubby-py itself ({ours} is where it listens)",
+        )
 
 
 def _check_bootstrap(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
@@ -949,6 +1052,39 @@ def _path_auto_or_off(reader: _Reader, node: yaml.Node, key: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise reader.fail(node, key, f"expected a path, auto or false, got {value!r}")
     return value
+
+
+def network_resolver_setting(text: str) -> str:
+    """`network_resolver`: auto, off or udp://IP[:PORT] (plain DNS: it is the network's own)."""
+    if text in ("auto", "off"):
+        return text
+    spec = parse_upstream_uri(text) if text.startswith("udp://") else None
+    if spec is None or spec.needs_bootstrap:
+        raise ValueError(f"expected auto, off or udp://IP[:PORT], got {text!r}")
+    return text
+
+
+def _auto_or_off(convert: Callable[[str], str]) -> Read:
+    """A choice that may be `off`, which YAML reads as false."""
+
+    def read(reader: _Reader, node: yaml.Node, key: str) -> str:
+        value = reader.scalar(node, key)
+        if value is False:
+            return "off"
+        if not isinstance(value, str):
+            raise reader.fail(node, key, f"expected auto or off, got {value!r}")
+        try:
+            return convert(value)
+        except ValueError as exc:
+            raise reader.fail(node, key, str(exc)) from None
+
+    return read
+
+
+def _portal_setting(text: str) -> str:
+    if text not in ("auto", "off"):
+        raise ValueError(f"expected auto or off, got {text!r}")
+    return text
 
 
 def _optional_user(reader: _Reader, node: yaml.Node, key: str) -> str | None:
@@ -1114,6 +1250,10 @@ OPTIONS: dict[str, Option] = {
     "query_log": Option("service", "query_log", _text, nullable=True),
     "cache_file": Option("service", "cache_file", _path_auto_or_off, nullable=True),
     "watch_network": Option("service", "watch_network", _boolean),
+    "network_resolver": Option(
+        "road", "network_resolver", _auto_or_off(network_resolver_setting)
+    ),
+    "captive_portal": Option("road", "captive_portal", _auto_or_off(_portal_setting)),
 }
 #: how each key the file may set is read
 _READERS: dict[str, Read] = {name: o.read for name, o in OPTIONS.items() if o.read is not None}
@@ -1146,6 +1286,7 @@ def parse_config(text: str, source: str) -> Config:
     _check_tls_files(reader, fields, config)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
+    _check_network_resolver(reader, fields, config)
     if config.transport.proxy is not None:
         problem = _global_proxy_problem(config)
         if problem is not None:
@@ -1209,7 +1350,7 @@ def _global_proxy_problem(config: Config) -> str | None:
 def with_defaults(config: Config) -> Config:
     if config.forwarding.upstreams:
         return config
-    return config.with_options(upstreams=tuple(parse_upstream_uri(u) for u in DEFAULT_UPSTREAMS))
+    return config.with_options(upstreams=default_upstreams())
 
 
 def load_config(path: str | None) -> Config:

@@ -174,6 +174,29 @@ def _answers(path: str) -> bool:
     return True
 
 
+def portal_handler(resolver: Resolver) -> Handler:
+    """`portal`: {"action": "status" | "open" | "close", "minutes": N} → the portal state
+    (daemon/road.py)."""
+
+    async def portal(request: Mapping[str, Any]) -> dict[str, Any]:
+        road = resolver.road
+        if road is None:
+            return {"ok": False, "error": "the daemon keeps no portal state"}
+        action = request.get("action", "status")
+        if action == "open":
+            minutes = request.get("minutes", 5)
+            if not isinstance(minutes, int | float) or isinstance(minutes, bool) or minutes <= 0:
+                return {"ok": False, "error": "minutes: expected a positive number"}
+            return road.open_window(float(minutes) * 60)
+        if action == "close":
+            return road.close_window()
+        if action == "status":
+            return {"ok": True, **road.status()}
+        return {"ok": False, "error": "action: expected status, open or close"}
+
+    return portal
+
+
 def timeout_for(command: str) -> float:
     """How long a client waits for the daemon's reply to command."""
     return EXPLAIN_TIMEOUT if command == "explain" else REQUEST_TIMEOUT

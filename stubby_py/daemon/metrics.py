@@ -59,6 +59,9 @@ COUNTER_HELP = {
     "dnssec_unchecked": "Answers passed through unchecked because the client set CD",
     "dnssec_retries": "Bogus answers asked again of another upstream",
     "dnssec_synthesized": "NXDOMAIN/NODATA answers proven from held NSEC/NSEC3 (RFC 8198)",
+    "portal_answers": "Names answered through the network resolver (captive portal check names,"
+    " or the user's window)",
+    "portal_blocked": "Names answered SERVFAIL because a captive portal is suspected",
 }
 
 
@@ -115,6 +118,16 @@ def render(stats: Mapping[str, Any]) -> str:
     if "doh3" in stats:
         _doh3(stats["doh3"], family)
     _upstreams(stats["upstreams"], family)
+    if "portal" in stats:
+        portal = stats["portal"]
+        family(
+            "portal_suspected", "gauge", "1 while a captive portal is suspected (check names"
+            " resolve through the network resolver)",
+        ).add(1 if portal["suspected"] else 0)  # fmt: skip
+        family(
+            "portal_window_open", "gauge", "1 while the user's window sends every name to the"
+            " network resolver",
+        ).add(1 if portal["window_open"] else 0)  # fmt: skip
     return "".join(line + "\n" for f in families for line in f.lines())
 
 
@@ -202,8 +215,14 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
     handshakes = family("upstream_handshakes_total", "counter", "Connections set up")
     up = family("upstream_up", "gauge", "1 if the upstream takes queries, 0 if down or probing")
     latency = family("upstream_latency_seconds", "gauge", "Latency percentile over recent answers")
+    fallback = family(
+        "upstream_fallback_answers_total", "counter",
+        "Answers from the upstream's fallback while it could not be connected to",
+    )  # fmt: skip
     for u in upstreams:
         labels = {"group": u.get("group", "default"), "upstream": u["name"]}
+        if "fallback" in u:
+            fallback.add(u["fallback"]["answers"], **labels)
         queries.add(u["queries"], **labels)
         failures.add(u["failures"], **labels)
         handshakes.add(u.get("handshakes"), **labels)

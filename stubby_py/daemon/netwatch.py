@@ -59,6 +59,9 @@ MAX_REASONS = 4
 def network_changed(resolver: Runtime, reason: str) -> None:
     """The one entry point of every trigger (netlink, resume, tests)."""
     resolver.network_changed(reason)
+    road = getattr(resolver.resolver, "road", None)
+    if road is not None:
+        road.network_changed(reason)  # another network: its resolver, maybe a captive portal
 
 
 # --- rtnetlink, sans I/O -------------------------------------------------------------------------

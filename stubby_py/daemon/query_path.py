@@ -31,11 +31,13 @@ from stubby_py.core.errors import DnssecFailureError, InternalError, UpstreamErr
 from stubby_py.core.pool import Pool
 from stubby_py.core.router import Router
 from stubby_py.daemon.context import QueryContext
+from stubby_py.daemon.fallback import ANSWERED_VIA
 from stubby_py.listeners.handler import Respond
 
 if TYPE_CHECKING:
     from stubby_py.daemon.explain import Trace
     from stubby_py.daemon.querylog import QueryLog
+    from stubby_py.daemon.road import Road
     from stubby_py.daemon.upstreams import UpstreamGroup
     from stubby_py.daemon.validation import Validation
     from stubby_py.dnssec.validate import Validator
@@ -55,6 +57,7 @@ COUNTERS = (
     "cache_misses", "joined", "stale", "cached_failures", "prefetches", "rate_limited", "local",
     "any_minimal", "dnssec_secure", "dnssec_insecure", "dnssec_bogus", "dnssec_indeterminate",
     "dnssec_unchecked", "dnssec_retries", "dnssec_synthesized", "network_changes",
+    "portal_answers", "portal_blocked",
 )  # fmt: skip
 
 
@@ -68,6 +71,8 @@ class Resolver:
     acl: AccessList
     #: DNSSEC validation at work (None: `dnssec: off`)
     validation: Validation | None = None
+    #: the network resolver and the captive-portal state (daemon/road.py), set by the daemon
+    road: Road | None = None
 
     def __init__(self, cache: Cache) -> None:
         self._loop = asyncio.get_running_loop()
@@ -173,6 +178,9 @@ class Resolver:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
                 self._prefetch(query)
             return
+        road = self.road
+        if road is not None and road.state.engaged and road.intercept(context):
+            return  # a captive portal is suspected, or its window is open (daemon/road.py)
         waiters = self._inflight.get(query.key)
         if waiters is not None:
             self.counters["joined"] += 1
@@ -230,10 +238,16 @@ class Resolver:
     async def _resolve(self, query: wire.ClientQuery, context: QueryContext | None) -> None:
         """Ask upstream, then answer this query and every identical one that joined it."""
         outcome: Outcome = InternalError()  # what they hear if this task dies (shutdown)
+        via: list[str] = []  # the fallbacks that answered on the way (daemon/fallback.py)
+        ANSWERED_VIA.set(via)  # this task's own context: nobody else's question sees it
         try:
             outcome = await self._fetch(query, context.trace if context is not None else None)
         finally:
             waiters = self._inflight.pop(query.key, [])
+            if via and context is not None:
+                context.source = f"upstream-fallback:{via[-1]}"
+                if context.trace is not None and context.trace.answered_by:
+                    context.trace.answered_by += f", through its fallback {via[-1]}"
             if context is not None:
                 self._deliver(context, outcome)
             for waiter in waiters:

@@ -21,6 +21,7 @@ from stubby_py.core.ratelimit import RateLimiter
 from stubby_py.core.router import Router
 from stubby_py.daemon import cache_persistence
 from stubby_py.daemon.cache_persistence import default_cache_file
+from stubby_py.daemon.fallback import fallback_figures
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.upstreams import UpstreamGroup, transport_settings
 from stubby_py.transports.base import Transport
@@ -248,7 +249,8 @@ class Runtime:
                  "resent": t.stats.resent,
                  "state": group.pool.health[i].state(now),
                  "latency_ewma_ms": _ms(group.pool.health[i].latency_ewma),
-                 "latencies_ms": [round(x * 1000, 3) for x in group.pool.health[i].latencies]}
+                 "latencies_ms": [round(x * 1000, 3) for x in group.pool.health[i].latencies],
+                 **fallback_figures(t)}
                 for group in resolver.groups.values()
                 for i, t in enumerate(group.transports)
             ],

@@ -33,6 +33,7 @@ from stubby_py.daemon.metrics import MetricsServer
 from stubby_py.daemon.privileges import Handover, drop_privileges
 from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.querylog import QueryLog
+from stubby_py.daemon.road import Road
 from stubby_py.daemon.runtime import Runtime
 from stubby_py.listeners import doh, doh3, doq, dot
 from stubby_py.listeners import server as tls_accept
@@ -167,6 +168,8 @@ class Daemon:
         self._designate()
         log.info("forwarding to %s", ", ".join(t.name for t in resolver.transports))
         self.network_watch = netwatch.start_watching(runtime, config)
+        resolver.road = Road(resolver, self.bound)
+        resolver.road.start()
         self._make_cache_directory()
         self._open_query_log(config.service.query_log)
         await self._start_control(config.service.control_socket)
@@ -387,6 +390,7 @@ class Daemon:
             "reload": self._handle_reload,
             "explain": control.explain_handler(self.resolver),
             "network-changed": self._handle_network_changed,
+            "portal": control.portal_handler(self.resolver),
         }
         self.control = control.ControlServer(path, handlers)
         try:
@@ -450,6 +454,8 @@ class Daemon:
             figures["doq"] = stats.doq(self._doq_servers)
         if self._doh3_servers:
             figures["doh3"] = stats.doq(self._doh3_servers)
+        if self.resolver is not None and self.resolver.road is not None:
+            figures["portal"] = self.resolver.road.summary()
         return figures
 
     def status_line(self) -> str:
@@ -511,6 +517,8 @@ class Daemon:
             self.metrics.configure(new.service.metrics_allow, fd_plan.caps.metrics_max_connections)
         logging.getLogger().setLevel(new.service.log_level.upper())
         self.config = new
+        if old.road != new.road and self.runtime.resolver.road is not None:
+            self.runtime.resolver.road.reconfigured()
         pending = [key for key in RESTART_OPTIONS if old.option(key) != new.option(key)]
         if pending:
             log.warning("reload: %s changed; takes effect at the next restart", ", ".join(pending))
@@ -571,6 +579,8 @@ class Daemon:
                 await side.aclose()
         if self.resolver is not None:
             await self.resolver.drain(DRAIN_SECONDS)
+            if self.resolver.road is not None:
+                await self.resolver.road.aclose()
         self._close_datagram_listeners()
         if self.tcp is not None:
             self.tcp.close_all()

@@ -28,8 +28,8 @@ from stubby_py.core.errors import (
 )
 from stubby_py.core.pool import Pool, UpstreamHealth
 from stubby_py.daemon.explain import TRANSPORT_NAMES, Attempt, Trace
+from stubby_py.daemon.fallback import make_upstream
 from stubby_py.daemon.logthrottle import LogThrottle
-from stubby_py.transports import make_transport
 from stubby_py.transports.base import Transport
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class UpstreamGroup:
         self.name = name
         reuse = reuse or {}
         self.transports = list(transports) if transports is not None else [
-            reuse[spec][0] if spec in reuse else make_transport(spec, config) for spec in specs
+            reuse[spec][0] if spec in reuse else make_upstream(spec, config) for spec in specs
         ]  # fmt: skip
         self.pool = Pool(len(self.transports), config.pool)
         for index, transport in enumerate(self.transports):

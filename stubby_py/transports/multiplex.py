@@ -198,7 +198,9 @@ class MultiplexedTransport(Generic[C]):
         try:
             return await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - now))
         except TimeoutError:
-            raise UpstreamTimeoutError(f"{self.name}: connecting took too long") from None
+            error = UpstreamTimeoutError(f"{self.name}: connecting took too long")
+            error.no_connection = True  # no connection was made (the pool and fallback read it)
+            raise error from None
 
     async def _connect(self) -> C:
         try:

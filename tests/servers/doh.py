@@ -139,11 +139,13 @@ class H2DoHServer(ServerThread):
         self.max_streams = max_streams
         self.window = window
         self.connections: set[asyncio.Transport] = set()
+        #: where to listen (a test may set another address, or a fixed port, before start)
+        self.host = "127.0.0.1"
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _H2ServerConnection(self), "127.0.0.1", 0, ssl=self._context
+            lambda: _H2ServerConnection(self), self.host, self.port, ssl=self._context
         )
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -25,13 +25,18 @@ class LocalUpstream(ServerThread):
         self._tls = tls_context
         self._writers: set[asyncio.StreamWriter] = set()
         self.udp_port = 0
+        #: where to listen (a test may set another address, or a fixed port, before start)
+        self.host = "127.0.0.1"
+        self.port = 0
 
     async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._serve_stream, "127.0.0.1", 0, ssl=self._tls)
+        self._server = await asyncio.start_server(
+            self._serve_stream, self.host, self.port, ssl=self._tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         if self._tls is None:
             self._udp, _ = await self._loop.create_datagram_endpoint(
-                lambda: _UDPServer(self), local_addr=("127.0.0.1", self.port)
+                lambda: _UDPServer(self), local_addr=(self.host, self.port)
             )
             self.udp_port = self.port
 

@@ -1,0 +1,347 @@
+"""On the road, the daemon's side: the network's own resolver (learned, refreshed on network
+changes) and the captive-portal check that uses it (core/portal.py decides).
+
+`Road` hangs on the query path (`Resolver.road`): while a portal is suspected or the user's
+window is open, `intercept` takes the questions that do not go upstream: a check name (or, in
+the window, any name) is asked of the network resolver over plain UDP and answered without AD,
+with short TTLs, never cached; any other name is answered SERVFAIL with an Extended DNS Error
+saying a portal is suspected, and is sent nowhere. A cached answer is always served first, so
+nothing validated is replaced by the network's.
+
+The check runs after start-up and after every network change (netwatch.py calls
+`network_changed`): when no upstream of the main pool answers a probe but the network resolver
+answers, a portal is suspected; the upstreams are probed again every few seconds, and the first
+answer ends the suspicion and any window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import dns.exception
+import dns.message
+import dns.name
+
+from stubby_py.core import answers, edns, network_resolver, response, wire
+from stubby_py.core.config import DEFAULT_GROUP, parse_upstream_uri
+from stubby_py.core.errors import UpstreamError
+from stubby_py.core.network_resolver import NetworkResolver, portal_host
+from stubby_py.core.portal import (
+    BLOCKED_TEXT,
+    CHECK_NAMES,
+    WINDOW_DEFAULT,
+    PortalState,
+    PortalSuspectedError,
+    Route,
+    cap_ttls,
+)
+from stubby_py.daemon.upstreams import scan
+from stubby_py.transports import make_transport
+
+if TYPE_CHECKING:
+    from stubby_py.daemon.context import QueryContext
+    from stubby_py.daemon.query_path import Resolver
+    from stubby_py.transports.base import Transport
+
+log = logging.getLogger(__name__)
+
+#: after a network change, let routes and addresses settle before the first check, seconds
+SETTLE = 1.0
+#: while a portal is suspected (or a window is open), the upstreams are probed this often,
+#: growing to the most
+FIRST_INTERVAL = 2.0
+MAX_INTERVAL = 15.0
+#: a probe of the network resolver asks this name (a check name: it may see it anyway)
+PROBE_NAME = "connectivity-check.ubuntu.com."
+STATE_ROOT_VARIABLE = "STUBBY_PY_NETWORK_STATE_ROOT"
+
+
+def read_sources(root: str = "") -> tuple[list[tuple[str, list[str]]], str | None]:
+    """The files network_resolver.SOURCES names, as (path, servers) in order, and the first
+    captive-portal URI a link records. `root` prefixes every path (tests)."""
+    sources: list[tuple[str, list[str]]] = []
+    portal_uri: str | None = None
+    for path in network_resolver.SOURCES:
+        if path == network_resolver.NETWORKD_LINKS:
+            try:
+                names = sorted(os.listdir(root + path))
+            except OSError:
+                continue
+            for name in names:
+                text = _read(f"{root}{path}/{name}")
+                if text is None:
+                    continue
+                sources.append((f"{path}/{name}", network_resolver.link_servers(text)))
+                portal_uri = portal_uri or network_resolver.link_portal(text)
+            continue
+        text = _read(root + path)
+        if text is not None:
+            sources.append((path, network_resolver.resolv_conf_servers(text)))
+    return sources, portal_uri
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            return handle.read(65_536)
+    except OSError:
+        return None
+
+
+class Road:
+    """The network resolver and the portal state of one daemon."""
+
+    def __init__(
+        self, resolver: Resolver, own_listen: Sequence[tuple[str, int]], root: str = ""
+    ) -> None:
+        self._resolver = resolver
+        self._own = list(own_listen)
+        #: where the network's state files are read: "" is /; STATE_ROOT_VARIABLE may move it
+        #: (a container with the host's /run mounted elsewhere; the tests, which must never
+        #: learn the machine's real resolver)
+        self._root = root or os.environ.get(STATE_ROOT_VARIABLE, "")
+        self._loop = asyncio.get_running_loop()
+        self.network: NetworkResolver | None = None
+        self.portal_uri: str | None = None
+        self.state = PortalState()
+        self._transport: Transport | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- the network resolver ----------------------------------------------------------------
+    def learn(self) -> None:
+        """Read what the system says the network offered (or the configured one)."""
+        setting = self._resolver.config.road.network_resolver
+        portal_uri = None
+        if setting == "off":
+            found = None
+        elif setting == "auto":
+            sources, portal_uri = read_sources(self._root)
+            found = network_resolver.choose(sources, self._own)
+        else:
+            found = network_resolver.configured(setting)
+        self.portal_uri = portal_uri
+        if found == self.network:
+            return
+        self.network = found
+        if self._transport is not None:
+            old, self._transport = self._transport, None
+            self._spawn(old.aclose())
+        if found is None:
+            log.info("network resolver: none known (%s)", setting)
+            return
+        self._transport = make_transport(parse_upstream_uri(found.label), self._resolver.config)
+        log.info("network resolver: %s (from %s)", found.label, found.source)
+
+    # -- triggers ----------------------------------------------------------------------------
+    def start(self) -> None:
+        self.learn()
+        self._check()
+
+    def network_changed(self, reason: str) -> None:
+        """netwatch.py: a new network may have another resolver, and a portal of its own."""
+        self.learn()
+        if self.state.clear():
+            log.info("captive portal: suspicion and window ended by the network change")
+        self._check()
+
+    def reconfigured(self) -> None:
+        """A reload changed `network_resolver` or `captive_portal`."""
+        self.learn()
+        if self._resolver.config.road.captive_portal == "off" and self.state.suspected:
+            self.state.suspected_since = None
+            log.info("captive portal: check turned off by the reload")
+        self._check()
+
+    def _check(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        self.state.enabled = self._resolver.config.road.captive_portal == "auto"
+        if not self.state.enabled:
+            self.state.close_window()
+        if self._transport is None or not self.state.enabled:
+            self._watch = None  # nothing to check with, or nothing to check
+            return
+        self._watch = self._loop.create_task(self._watching())
+
+    async def _watching(self) -> None:
+        await asyncio.sleep(SETTLE)
+        interval = FIRST_INTERVAL
+        state = self.state
+        while True:
+            if await self._upstreams_answer():
+                if state.clear():
+                    log.warning("captive portal: the upstreams answer again; back to them only")
+                return
+            now = self._loop.time()
+            for ended in state.expire(now):
+                log.warning("captive portal: the %s ran out of time", ended)
+            if not state.suspected and state.enabled and self._transport is not None:
+                if not await self._network_answers():
+                    if state.window_until is None:
+                        return  # nothing answers: no network at all, not a portal
+                elif state.suspect(now, portal_host(self.portal_uri)):
+                    log.warning(
+                        "captive portal suspected: no upstream answers, the network resolver"
+                        " %s does; resolving only the connectivity-check names%s through it",
+                        self.network.label if self.network else "?",
+                        f" and {state.portal_host}" if state.portal_host else "",
+                    )  # fmt: skip
+            if not state.engaged:
+                return
+            await asyncio.sleep(interval)
+            interval = min(MAX_INTERVAL, interval * 1.5)
+
+    async def _upstreams_answer(self) -> bool:
+        """Does any upstream of the main pool (or its fallback) answer a probe now?"""
+        config = self._resolver.config
+        probe = edns.probe_query(config.transport.padding_block)
+        deadline = self._loop.time() + config.transport.attempt_timeout
+
+        async def one(transport: Transport) -> bool:
+            try:
+                await transport.exchange(probe, deadline)
+            except UpstreamError:
+                return False
+            return True
+
+        transports = self._resolver.groups[DEFAULT_GROUP].transports
+        results = await asyncio.gather(*(one(t) for t in transports))
+        return any(results)
+
+    async def _network_answers(self) -> bool:
+        transport = self._transport
+        if transport is None:
+            return False
+        message = dns.message.make_query(PROBE_NAME, "A")
+        message.id = 0
+        deadline = self._loop.time() + self._resolver.config.transport.attempt_timeout
+        try:
+            wire.scan_reply(await transport.exchange(message.to_wire(), deadline))
+        except (UpstreamError, wire.WireError):
+            return False
+        return True
+
+    # -- the query path's hook ---------------------------------------------------------------
+    def intercept(self, context: QueryContext) -> bool:
+        """Take the question if it does not go upstream now (the state is engaged)."""
+        query = context.query
+        resolver = self._resolver
+        if resolver.router and resolver.router.group_for(query.key[:-5]) not in (
+            None, DEFAULT_GROUP,
+        ):  # fmt: skip
+            return False  # a rule's group (a LAN resolver) is not the upstreams' business
+        try:
+            qname = dns.name.from_wire(query.question, 0)[0].to_text().lower()
+        except dns.exception.DNSException:
+            return False
+        route = self.state.route(qname, self._loop.time())
+        if route is Route.UPSTREAM:
+            return False
+        if route is Route.BLOCKED or self._transport is None:
+            resolver.counters["portal_blocked"] += 1
+            context.source = "portal-blocked"
+            error = PortalSuspectedError(BLOCKED_TEXT)
+            context.answer(answers.error_answer(query, error, context.limit))
+            return True
+        self._spawn(self._through_network(context, qname, self._transport))
+        return True
+
+    async def _through_network(
+        self, context: QueryContext, qname: str, transport: Transport
+    ) -> None:
+        query = context.query
+        resolver = self._resolver
+        deadline = self._loop.time() + resolver.config.forwarding.timeout
+        context.source = "network-resolver"
+        try:
+            data = edns.upstream_query(query, pad_block=0, do=query.do, cd=query.cd)
+            body, ttl_offsets, _layout = scan(await transport.exchange(data, deadline), transport)
+        except UpstreamError as exc:
+            context.answer(answers.error_answer(query, exc, context.limit))
+            return
+        body = cap_ttls(wire.with_flag(body, wire.AD, False), ttl_offsets)
+        resolver.counters["portal_answers"] += 1
+        first = self.state.note_answered(qname)
+        if first and (qname in CHECK_NAMES or qname == self.state.portal_host):
+            # built-in names and the network's own: the names of the user's queries are never
+            # logged (the window's are counted here, and shown by `stubby-py portal`)
+            log.warning("captive portal: %s answered through the network resolver", qname)
+        context.answer(response.client_reply(body, query, limit=context.limit))
+
+    # -- the control socket ------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        state = self.state
+        now = self._loop.time()
+        state.expire(now)
+        return {
+            "captive_portal": self._resolver.config.road.captive_portal,
+            "network_resolver": self.network.label if self.network else None,
+            "network_resolver_source": self.network.source if self.network else None,
+            "portal_uri": self.portal_uri,
+            "suspected": state.suspected,
+            "suspected_since": _wall(state.suspected_since, now),
+            "window_until": _wall(state.window_until, now),
+            "answered": dict(state.answered),
+            "suspicions": state.suspicions,
+            "windows": state.windows,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """For stats and metrics: no names."""
+        self.state.expire(self._loop.time())
+        return {
+            "suspected": self.state.suspected,
+            "window_open": self.state.window_until is not None,
+            "network_resolver": self.network.label if self.network else None,
+        }
+
+    def open_window(self, seconds: float = WINDOW_DEFAULT) -> dict[str, Any]:
+        if self._resolver.config.road.captive_portal == "off":
+            return {"ok": False, "error": "captive_portal is off in the configuration"}
+        if self._transport is None:
+            return {"ok": False, "error": "no network resolver is known (network_resolver)"}
+        until = self.state.open_window(self._loop.time(), seconds)
+        self.state.answered = {}
+        log.warning(
+            "captive portal: window opened by the user for %d s: ALL names go to the network"
+            " resolver %s, in cleartext, without validation", until - self._loop.time(),
+            self.network.label if self.network else "?",
+        )  # fmt: skip
+        if self._watch is None or self._watch.done():
+            self._watch = self._loop.create_task(self._watching())
+        return {"ok": True, **self.status()}
+
+    def close_window(self) -> dict[str, Any]:
+        if self.state.close_window():
+            log.warning("captive portal: window closed by the user")
+        return {"ok": True, **self.status()}
+
+    # -- the rest ----------------------------------------------------------------------------
+    def _spawn(self, coroutine: Any) -> None:
+        task = self._loop.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        tasks = [*self._tasks, *([self._watch] if self._watch else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._transport is not None:
+            await self._transport.aclose()
+
+
+def _wall(loop_time: float | None, now: float) -> str | None:
+    if loop_time is None:
+        return None
+    when = time.time() - (now - loop_time)
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

@@ -7,17 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
+import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import dns.message
+import dns.rcode
 import pytest
 import trustme
+from prometheus_client.parser import text_string_to_metric_families
 
-from stubby_py.core import edns, wire
+from stubby_py.core import edns, latency, wire
 from stubby_py.core.config import Config, parse_upstream_uri
+from stubby_py.core.latency import Figures, Histogram
 from stubby_py.transports import make_transport
 from tests.conftest import server_context
+from tests.daemon_thread import make_config, running_daemon
 from tests.servers import (
     ServerThread,
     doq_server,
@@ -26,6 +34,7 @@ from tests.servers import (
     local_upstream,
     write_cert_files,
 )
+from tests.service import ask
 
 SCHEMES = ("tls", "https", "h3", "quic")
 
@@ -105,3 +114,125 @@ def test_connect_measures_the_full_and_the_resumed_handshake(
     assert stats.last_full_s is not None and stats.last_resumed_s is not None  # type: ignore[attr-defined]
     assert upstream.server.state.handshakes == 2
     assert upstream.server.state.resumptions == 1
+
+
+# --- rolling figures (core/latency.py), pure -----------------------------------------------
+
+
+def test_bucket_quantiles_follow_the_samples() -> None:
+    figures = Figures()
+    for i in range(100):
+        figures.sample(1000.0 + i * 0.1, 0.005 if i < 50 else 0.040)  # 5 ms, then 40 ms
+    window = figures.summaries(1010.0)["5m"]
+    assert window["samples"] == 100 and window["failures"] == 0
+    assert 4.0 <= window["p50_ms"] <= 5.0  # within the bucket 5 ms falls in
+    assert 30.0 <= window["p90_ms"] <= 40.0
+    assert len(window["series_ms"]) == 30 and window["series_ms"][-2] is not None  # 1000-1010 s
+    assert window["series_ms"][0] is None
+
+
+def test_outages_are_counted_apart_from_latencies() -> None:
+    figures = Figures()
+    figures.sample(100.0, 0.010)
+    figures.set_down(101.0, True)
+    for t in range(102, 130):  # attempts while it is down: failures, no latencies
+        figures.failure(float(t), "connect")
+    figures.set_down(131.0, False)
+    figures.sample(132.0, 0.010)
+    window = figures.summaries(140.0)["5m"]
+    assert window["samples"] == 2 and window["p99_ms"] is not None and window["p99_ms"] <= 10
+    assert window["failures"] == 28 and window["failure_kinds"] == {"connect": 28}
+    assert window["outage_seconds"] == pytest.approx(30.0)
+    # an outage still going on counts up to now
+    figures.set_down(150.0, True)
+    assert figures.summaries(160.0)["5m"]["outage_seconds"] == pytest.approx(40.0)
+
+
+def test_windows_forget_old_slices_and_stay_bounded() -> None:
+    figures = Figures()
+    for t in range(0, 3 * 24 * 3600, 7):  # three days of one sample every 7 s
+        figures.sample(float(t), 0.020)
+    now = float(3 * 24 * 3600)
+    windows = figures.summaries(now)
+    assert windows["5m"]["samples"] <= 300 // 7 + 2
+    assert windows["1h"]["samples"] <= 3600 // 7 + 2
+    assert windows["24h"]["samples"] <= 24 * 3600 // 7 + 2
+    assert len(windows["24h"]["series_ms"]) == 96
+    assert figures.total.count == len(range(0, 3 * 24 * 3600, 7))
+    assert all(len(w._ring) == w.slices for w in figures.windows.values())
+
+
+def test_histogram_buckets_are_prometheus_buckets() -> None:
+    histogram = Histogram()
+    for ms in (0.5, 1.0, 1.01, 7.0, 20000.0):
+        histogram.add(ms / 1000)
+    counts = histogram.as_dict()["counts"]
+    assert counts[latency.bucket_of(1.0)] == 2  # le="0.001" takes 0.5 and 1.0
+    assert counts[-1] == 1 and sum(counts) == histogram.count == 5
+
+
+# --- the daemon: stats JSON and Prometheus histograms --------------------------------------
+
+
+def scrape(port: int) -> str:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/metrics")
+        response = connection.getresponse()
+        assert response.status == 200
+        return response.read().decode()
+    finally:
+        connection.close()
+
+
+def check_histograms(text: str, name: str) -> int:
+    """Every series of histogram `name` parses, its buckets rise with le and end in +Inf equal
+    to its _count; returns how many series there are."""
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    family = families[name]
+    assert family.type == "histogram"
+    series: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+    for s in family.samples:
+        key = tuple(sorted((k, v) for k, v in s.labels.items() if k != "le"))
+        entry = series.setdefault(key, {"buckets": []})
+        if s.name.endswith("_bucket"):
+            entry["buckets"].append((float(s.labels["le"]), s.value))
+        else:
+            entry[s.name.rsplit("_", 1)[1]] = s.value
+    for entry in series.values():
+        buckets = entry["buckets"]
+        assert [le for le, _ in buckets] == sorted(le for le, _ in buckets)
+        assert buckets[-1][0] == math.inf
+        counts = [count for _, count in buckets]
+        assert counts == sorted(counts)  # cumulative: never falls
+        assert counts[-1] == entry["count"]
+        assert entry["sum"] >= 0
+    return len(series)
+
+
+def test_stats_and_metrics_carry_the_rolling_figures(
+    upstream: Upstream, ca_file: str
+) -> None:
+    upstream.server.state.delay = 0.005
+    config = make_config(
+        [upstream.uri], ca_file, metrics_listen=("127.0.0.1", 0), probe_interval=0
+    )
+    with running_daemon(config) as daemon:
+        for i in range(12):
+            assert ask(daemon.port, f"n{i}.example.").rcode() == dns.rcode.NOERROR
+        figures = daemon.call(daemon.daemon.collect_stats)
+        text = scrape(daemon.daemon.metrics.port)
+    (entry,) = figures["upstreams"]
+    five = entry["windows"]["5m"]
+    assert five["samples"] == 12 and five["failures"] == 0 and five["outage_seconds"] == 0
+    assert 4.0 <= five["p50_ms"] <= five["p90_ms"] <= five["p99_ms"] < 2000
+    assert set(entry["windows"]) == {"5m", "1h", "24h"}
+    assert entry["share"] == 1.0 and entry["answers"] == 12
+    assert entry["hedged"] == entry["hedge_wins"] == 0
+    probe = entry["probe"]
+    assert probe["samples"] == 0 and probe["p50_ms"] is None  # probing is off
+    assert probe["handshake_ms"] is not None and probe["handshake_ms"] > 0
+    assert check_histograms(text, "stubby_py_upstream_query_duration_seconds") == 1
+    assert check_histograms(text, "stubby_py_upstream_handshake_duration_seconds") == 2
+    assert 'stubby_py_upstream_query_duration_seconds_count{group="default"' in text
+    assert re.search(r'_query_duration_seconds_count\{[^}]*transport="[a-z0-9]+"\} 12\n', text)

@@ -190,8 +190,11 @@ class UpstreamGroup:
             result = await self._hedged(forms, race, deadline)
         if trace is not None:
             self._trace_winner(trace, race, result is not None)
+        answerer = race.winner if result is not None else race.fallback_index
+        if answerer >= 0:
+            self.pool.health[answerer].answers += 1
         if answered_by is not None:
-            answered_by.append(race.winner if result is not None else race.fallback_index)
+            answered_by.append(answerer)
         if result is not None:
             return result
         if race.fallback is not None:
@@ -340,6 +343,7 @@ class UpstreamGroup:
         except UpstreamError as exc:
             now = loop.time()
             self.pool.record_error(index, exc, now)
+            self._figures(index, now, kind=exc.kind)
             held_back = self._log_throttle.allow((index, exc.kind), now)
             if held_back is not None:
                 more = f" ({held_back} more like it since the last)" if held_back else ""
@@ -351,7 +355,9 @@ class UpstreamGroup:
             if forms.trace is not None:
                 self._trace(forms.trace, index, "cancelled", started)
             raise
-        self.pool.record_success(index, time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        self.pool.record_success(index, latency)
+        self._figures(index, loop.time(), latency)
         if forms.trace is not None:
             rcode = scanned[2].rcode
             outcome = (
@@ -359,6 +365,19 @@ class UpstreamGroup:
             )
             self._trace(forms.trace, index, outcome, started)
         return scanned
+
+    def _figures(
+        self, index: int, now: float, latency: float | None = None, kind: str | None = None
+    ) -> None:
+        """An attempt's outcome into the upstream's rolling figures (latency.py): a latency, or
+        a failure; and whether the upstream is (still) down, for its outage time."""
+        health = self.pool.health[index]
+        figures = health.figures
+        if latency is not None:
+            figures.sample(now, latency)
+        if kind is not None:
+            figures.failure(now, kind)
+        figures.set_down(now, health.unavailable)
 
     def _internal_error(self, index: int, exc: Exception) -> UpstreamError:
         transport = self.transports[index]

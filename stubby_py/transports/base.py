@@ -5,10 +5,11 @@ upstream's health (core/pool.py), the one record of how each attempt ended."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from stubby_py.core.config import UpstreamSpec
+from stubby_py.core.latency import Histogram
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,9 @@ class TransportStats:
     last_connect: ConnectInfo | None = None
     last_full_s: float | None = None
     last_resumed_s: float | None = None
+    #: every handshake's time, full and resumed apart (Prometheus exports them)
+    full_handshakes: Histogram = field(default_factory=Histogram)
+    resumed_handshakes: Histogram = field(default_factory=Histogram)
     #: replies dropped because their ID or question matched no query in flight
     mismatched: int = 0
     #: queries sent again because the connection they were on died under them

@@ -241,8 +241,10 @@ class MultiplexedTransport(Generic[C]):
         if resumed:
             stats.resumptions += 1
             stats.last_resumed_s = seconds
+            stats.resumed_handshakes.add(seconds)
         else:
             stats.last_full_s = seconds
+            stats.full_handshakes.add(seconds)
 
     async def _open_fresh(self) -> C:
         """A connection whose opening began after the latest reset(): one begun before it may

@@ -29,6 +29,9 @@ def write_config(path: Path, port: int, upstreams: list[str], ca_file: str, **ex
         "cache_file": False,
         "control_socket": str(path.parent / "control.sock"),
         "dnssec": "off",  # the upstreams in tests serve unsigned local data
+        # no background probes: tests count the queries upstreams get (test_upstream_figures
+        # turns them on)
+        "probe_interval": 0,
     }
     options.update(extra)
     path.write_text(yaml.safe_dump(options, sort_keys=False))

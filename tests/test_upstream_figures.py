@@ -22,7 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stubby_py.core import edns, latency, wire
 from stubby_py.core.config import Config, parse_upstream_uri
+from stubby_py.core.errors import UpstreamTimeoutError
 from stubby_py.core.latency import Figures, Histogram
+from stubby_py.core.pool import Pool, PoolSettings
+from stubby_py.core.probing import PROBE_NAMES
 from stubby_py.transports import make_transport
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
@@ -34,7 +37,7 @@ from tests.servers import (
     local_upstream,
     write_cert_files,
 )
-from tests.service import ask
+from tests.service import ask, wait_for
 
 SCHEMES = ("tls", "https", "h3", "quic")
 
@@ -236,3 +239,70 @@ def test_stats_and_metrics_carry_the_rolling_figures(
     assert check_histograms(text, "stubby_py_upstream_handshake_duration_seconds") == 2
     assert 'stubby_py_upstream_query_duration_seconds_count{group="default"' in text
     assert re.search(r'_query_duration_seconds_count\{[^}]*transport="[a-z0-9]+"\} 12\n', text)
+
+
+# --- background probing -----------------------------------------------------------------------
+
+DELAYS = (0.005, 0.020, 0.040)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_probes_rank_upstreams_with_no_client_traffic(
+    scheme: str, ca: trustme.CA, cert_files: tuple[str, str], ca_file: str
+) -> None:
+    """Three upstreams 5, 20 and 40 ms away, listed slowest first, `failover`: no client query
+    is made, yet the probes' p50 ranks them right. The probes asked only built-in popular names,
+    padded as client queries are."""
+    with contextlib.ExitStack() as stack:
+        served = [stack.enter_context(serving(scheme, ca, cert_files)) for _ in DELAYS]
+        for upstream, delay in zip(served, DELAYS, strict=True):
+            upstream.server.state.delay = delay
+        uris = [u.uri for u in reversed(served)]
+        config = make_config(uris, ca_file, probe_interval=0.1, strategy="failover")
+        with running_daemon(config) as daemon:
+
+            def probed() -> list[dict[str, Any]]:
+                entries: list[dict[str, Any]] = daemon.call(daemon.daemon.collect_stats)[
+                    "upstreams"
+                ]
+                return entries
+
+            assert wait_for(lambda: all(e["probe"]["samples"] >= 8 for e in probed()), 20)
+            entries = probed()
+        for upstream in served:
+            queries = [dns.message.from_wire(q) for q in upstream.server.state.queries]
+            assert {q.question[0].name.to_text() for q in queries} <= set(PROBE_NAMES)
+            assert all(len(q) % 128 == 0 for q in upstream.server.state.queries)  # padded
+    assert all(e["queries"] == 0 for e in entries)  # no client query
+    p50 = [e["probe"]["p50_ms"] for e in reversed(entries)]  # fastest first, as served
+    assert p50 == sorted(p50), p50
+    for entry, delay in zip(reversed(entries), DELAYS, strict=True):
+        probe = entry["probe"]
+        assert probe["p50_ms"] >= delay * 1000 * 0.8  # bucket resolution
+        assert probe["failures"] == 0 and probe["last_ms"] is not None
+        assert probe["last_probe_age_s"] is not None and probe["last_probe_age_s"] < 10
+        assert probe["handshake_ms"] is not None
+        assert entry["windows"]["5m"]["samples"] >= probe["samples"]  # probes are in the windows
+
+
+def test_probe_health_policy() -> None:
+    """A probe's answer does not bring back an upstream that is down; its failures mark an idle
+    upstream down (failures_to_down), and do not lengthen the backoff of one that is down."""
+    pool = Pool(2, PoolSettings(failures_to_down=3))
+    error = UpstreamTimeoutError("no answer")
+    for _ in range(2):
+        pool.record_probe_failure(0, error, 10.0)
+    assert pool.health[0].state(10.0) == "up"
+    pool.record_probe_success(0, 0.010)  # an answer: the failures in a row start again
+    for _ in range(2):
+        pool.record_probe_failure(0, error, 10.0)
+    assert pool.health[0].state(10.0) == "up"
+    pool.record_probe_failure(0, error, 10.0)
+    assert pool.health[0].state(10.0) == "down"
+    until = pool.health[0].down_until
+    pool.record_probe_failure(0, error, 10.1)
+    assert pool.health[0].down_until == until
+    pool.record_probe_success(0, 0.010)
+    assert pool.health[0].is_down  # only the pool's own probe query brings it back
+    assert pool.health[0].attempts == pool.health[0].failures == 0  # probes are no queries
+    assert pool.health[1].state(10.0) == "up"

@@ -366,6 +366,45 @@ class UpstreamGroup:
             self._trace(forms.trace, index, outcome, started)
         return scanned
 
+    async def probe(self, index: int, query: wire.ClientQuery) -> None:
+        """A background probe (daemon/probing.py) of one upstream: connected first (the set-up
+        is measured apart, as the transport's handshake), then the query timed alone, padded
+        and sent as any client's would be. Its outcome goes to the upstream's figures and,
+        as core/pool.py says, to its health."""
+        loop = self._loop
+        transport = self.transports[index]
+        health = self.pool.health[index]
+        now = loop.time()
+        health.last_probe_at = now
+        deadline = now + self._config.transport.attempt_timeout
+        forms = _QueryForms(query, self._config.transport.padding_block, False)
+        try:
+            held = self.pool.held_failure(index, now)
+            if held is not None:
+                raise held
+            try:
+                await transport.connect(deadline)
+                started = time.perf_counter()
+                reply = await transport.exchange(forms.for_transport(transport), deadline)
+                latency = time.perf_counter() - started
+            except (UpstreamError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise self._internal_error(index, exc) from exc
+            scan(reply, transport)
+        except UpstreamError as exc:
+            now = loop.time()
+            self.pool.record_probe_failure(index, exc, now)
+            health.probe_figures.failure(now, exc.kind)
+            self._figures(index, now, kind=exc.kind)
+            log.debug("probe of %s failed: %s: %s", transport.name, exc.kind, exc)
+            return
+        now = loop.time()
+        self.pool.record_probe_success(index, latency)
+        health.last_probe_s = latency
+        health.probe_figures.sample(now, latency)
+        self._figures(index, now, latency)
+
     def _figures(
         self, index: int, now: float, latency: float | None = None, kind: str | None = None
     ) -> None:

@@ -306,3 +306,36 @@ def test_probe_health_policy() -> None:
     assert pool.health[0].is_down  # only the pool's own probe query brings it back
     assert pool.health[0].attempts == pool.health[0].failures == 0  # probes are no queries
     assert pool.health[1].state(10.0) == "up"
+
+
+# --- hedging, accounted -----------------------------------------------------------------------
+
+
+def test_a_stalling_upstream_loses_its_place_after_hedges(ca: trustme.CA, ca_file: str) -> None:
+    """`fastest`, two DoT upstreams: A answers in ~1 ms, B in 30 ms, so A is asked first. Then
+    A slows to 1 s: each query waits the hedge delay, B is asked too and wins, A's attempt is
+    cancelled. That overtaken attempt counts against A (at least the time it ran), so A soon
+    loses first place and is no longer asked at all; before, its latency estimate never saw the
+    stall and every query kept going to A first and waiting for the hedge."""
+    with local_upstream(server_context(ca)) as fast, local_upstream(server_context(ca)) as slow:
+        fast.state.delay, slow.state.delay = 0.001, 0.030
+        config = make_config(
+            [f"tls://127.0.0.1:{s.port}#dns.test" for s in (fast, slow)], ca_file,
+            strategy="fastest", fastest_explore=0.0, hedge_min=0.05, hedge_max=0.2,
+        )  # fmt: skip
+        with running_daemon(config) as daemon:
+            for i in range(10):
+                assert ask(daemon.port, f"warm{i}.example.").rcode() == dns.rcode.NOERROR
+            fast.state.delay = 1.0  # A stalls
+            asked_before = len(fast.state.queries)
+            for i in range(20):
+                assert ask(daemon.port, f"stall{i}.example.").rcode() == dns.rcode.NOERROR
+            asked_stalled = len(fast.state.queries) - asked_before
+            entries = daemon.call(daemon.daemon.collect_stats)["upstreams"]
+    # A was hedged against a few times, then B took over: A is not asked 20 times
+    assert 1 <= asked_stalled <= 10, asked_stalled
+    a, b = entries
+    assert b["hedged"] >= 1 and b["hedge_wins"] >= 1
+    assert a["latency_ewma_ms"] > b["latency_ewma_ms"]
+    assert a["windows"]["5m"]["p99_ms"] >= 40  # the overtaken attempts show in A's figures
+    assert b["share"] > 0.5 and abs(a["share"] + b["share"] - 1.0) < 0.01

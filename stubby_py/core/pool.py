@@ -250,6 +250,18 @@ class Pool:
         )
         health.latencies.append(latency)
 
+    def record_overtaken(self, index: int, elapsed: float) -> None:
+        """An attempt a hedge overtook was cancelled after `elapsed` seconds: it would have
+        taken at least that long. Taken into the latency estimate and the hedge window as that,
+        so a stalling upstream loses its place under `fastest` (and its hedges come sooner);
+        no failure, no change of health."""
+        health = self.health[index]
+        previous = health.latency_ewma
+        health.latency_ewma = (
+            elapsed if previous is None else previous + EWMA_WEIGHT * (elapsed - previous)
+        )
+        health.latencies.append(elapsed)
+
     def record_probe_success(self, index: int, latency: float) -> None:
         """A background probe was answered: see the module docstring."""
         health = self.health[index]

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dns.rcode import Rcode
 
@@ -100,6 +100,9 @@ class _Race:
     #: the upstream whose answer was taken (final, or kept as the fallback), for explain
     winner: int = -1
     fallback_index: int = -1
+    #: when each upstream's attempt started (perf_counter), and those started as a hedge
+    started_at: dict[int, float] = field(default_factory=dict)
+    hedges: set[int] = field(default_factory=set)
 
     def note_failure(self, name: str, error: UpstreamError) -> None:
         if self.failures is None:
@@ -237,7 +240,7 @@ class UpstreamGroup:
                             late = UpstreamTimeoutError("no answer before the query's deadline")
                             race.note_failure(self.transports[index].name, late)
                         return None
-                    self._launch(forms, race, deadline, running)  # the hedge
+                    self._launch(forms, race, deadline, running, hedge=True)
                     continue
                 winner = self._settle(done, running, race)
                 if winner is not None:
@@ -246,6 +249,8 @@ class UpstreamGroup:
                     self._launch(forms, race, deadline, running)  # failed: the next, at once
             return None
         finally:
+            if race.winner >= 0:
+                self._account_hedges(race, running)
             for task in running:
                 # a cancelled attempt may still end in a failure of its own (Python 3.11's
                 # wait_for returns a result that is ready when the cancellation comes, so an
@@ -267,16 +272,40 @@ class UpstreamGroup:
         delay = self.pool.hedge_delay(race.order[race.started - 1])
         return float("inf") if delay is None else race.newest_start + delay
 
+    def _account_hedges(self, race: _Race, running: dict[asyncio.Task[ScannedReply], int]) -> None:
+        """A race won: count a winning hedge, and record each attempt the winner overtook (one
+        started before it, still running) as taking at least the time it has run, so a stalling
+        upstream's latency shows it (an attempt started after the winner is no sign of anything)."""
+        winner = race.winner
+        if winner in race.hedges:
+            self.pool.health[winner].hedge_wins += 1
+        now = time.perf_counter()
+        winner_start = race.started_at.get(winner, now)
+        loop_now = self._loop.time()
+        for index in running.values():
+            started = race.started_at.get(index)
+            if started is not None and started < winner_start:
+                elapsed = now - started
+                self.pool.record_overtaken(index, elapsed)
+                self._figures(index, loop_now, elapsed)
+
     def _launch(
         self,
         forms: _QueryForms,
         race: _Race,
         deadline: float,
         running: dict[asyncio.Task[ScannedReply], int],
+        *,
+        hedge: bool = False,
     ) -> None:
+        """Start the next upstream's attempt; hedge: because the one before was slow."""
         index = race.order[race.started]
         race.started += 1
         race.newest_start = self._loop.time()
+        race.started_at[index] = time.perf_counter()
+        if hedge:
+            race.hedges.add(index)
+            self.pool.health[index].hedged += 1
         task = self._loop.create_task(self._attempt(index, forms, deadline))
         running[task] = index
 

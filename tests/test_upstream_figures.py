@@ -29,6 +29,7 @@ from stubby_py.core.probing import PROBE_NAMES
 from stubby_py.transports import make_transport
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
+from tests.peers import free_port
 from tests.servers import (
     ServerThread,
     doq_server,
@@ -339,3 +340,27 @@ def test_a_stalling_upstream_loses_its_place_after_hedges(ca: trustme.CA, ca_fil
     assert a["latency_ewma_ms"] > b["latency_ewma_ms"]
     assert a["windows"]["5m"]["p99_ms"] >= 40  # the overtaken attempts show in A's figures
     assert b["share"] > 0.5 and abs(a["share"] + b["share"] - 1.0) < 0.01
+
+
+def test_an_unreachable_upstream_shows_outage_not_latency(ca: trustme.CA, ca_file: str) -> None:
+    """Probes of an upstream nobody listens on: failures by kind and outage seconds, no latency
+    sample; the one that answers is not affected."""
+    with local_upstream(server_context(ca)) as alive:
+        dead_port = free_port()
+        uris = [f"tls://127.0.0.1:{alive.port}#dns.test", f"tls://127.0.0.1:{dead_port}#dns.test"]
+        config = make_config(uris, ca_file, probe_interval=0.1, failures_to_down=2)
+        with running_daemon(config) as daemon:
+
+            def dead() -> dict[str, Any]:
+                entry: dict[str, Any] = daemon.call(daemon.daemon.collect_stats)["upstreams"][1]
+                return entry
+
+            assert wait_for(lambda: dead()["windows"]["5m"]["outage_seconds"] >= 0.5, 20)
+            entries = daemon.call(daemon.daemon.collect_stats)["upstreams"]
+    good, bad = entries
+    window = bad["windows"]["5m"]
+    assert window["samples"] == 0 and window["p50_ms"] is None
+    assert window["failures"] >= 2 and "connection-refused" in window["failure_kinds"]
+    assert bad["probe"]["failures"] >= 2 and bad["probe"]["p50_ms"] is None
+    assert bad["queries"] == 0  # probes are not counted as the client's queries
+    assert good["windows"]["5m"]["outage_seconds"] == 0 and good["probe"]["samples"] >= 1

@@ -232,11 +232,6 @@ class BenchRun:
         if job.phase == "resumed":
             await self._resumed(job)
             return
-        if job.phase == "warmup" and job.name == self.options.names[0]:
-            # the resumer's first connection, so its first sample has a session to resume
-            with contextlib.suppress(_Failed):
-                async with self._resume_locks[job.upstream]:
-                    await self._timed(self._resumers[job.upstream], job.name)
         transport = self._transports[job.upstream]
         tally = self.results[job.upstream].tallies.get(job.phase)
         dnssec = job.phase == "dnssec"
@@ -270,6 +265,9 @@ class BenchRun:
         transport = self._resumers[job.upstream]
         async with self._resume_locks[job.upstream]:
             try:
+                if transport.stats.handshakes == 0:
+                    # its first connection, unmeasured: a session for the sample to resume
+                    await self._timed(transport, job.name)
                 info = await self._connected(transport, fresh=True)
                 # unmeasured: brings the next session ticket in (TLS 1.3 sends it after the
                 # handshake; QUIC's are each used once)

@@ -68,8 +68,9 @@ def make_config(upstreams: list[str], ca_file: str | None = None, **changes: Any
         listen=(("127.0.0.1", 0),),
         upstreams=tuple(parse_upstream_uri(u) for u in upstreams),
         ca_file=ca_file,
-        # upstreams in tests serve unsigned local data: DNSSEC tests turn validation on
-        **{"control_socket": None, "dnssec": "off", **changes},
+        # upstreams in tests serve unsigned local data: DNSSEC tests turn validation on; tests
+        # count the queries upstreams get: test_upstream_figures turns background probes on
+        **{"control_socket": None, "dnssec": "off", "probe_interval": 0, **changes},
     )
 
 

@@ -31,6 +31,9 @@ def write_config(path: Path, port: int, upstreams: list[str], ca_file: str, **ex
         "dnssec": "off",  # the upstreams in tests serve unsigned local data
         # never this machine's own resolver for the captive-portal check (README: On the road)
         "network_resolver": "off",
+        # no background probes: tests count the queries upstreams get (test_upstream_figures
+        # turns them on)
+        "probe_interval": 0,
     }
     options.update(extra)
     path.write_text(yaml.safe_dump(options, sort_keys=False))

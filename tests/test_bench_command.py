@@ -94,19 +94,25 @@ def test_ranking_by_cached_p50_and_silent_upstreams_last() -> None:
 
 
 def test_plan_interleaves_upstreams_and_phases() -> None:
-    phases = [benchstats.PHASES, ("cached", "uncached")]  # the second is udp://: no handshake
-    jobs = benchstats.measure_plan(phases, ["a.example", "b.example"], 3, ["r0", "r1", "r2"])
-    assert jobs[:5] == [
+    # the second is udp://: no handshake, no resumed phase
+    phases = [benchstats.PHASES, ("cached", "uncached", "dnssec")]
+    jobs = benchstats.measure_plan(
+        phases, ["a.example", "b.example"], 3, ["r0", "r1", "r2"], ["signed.example"]
+    )
+    assert jobs[:8] == [
         Job("cached", 0, "a.example"),
         Job("cached", 1, "a.example"),
         Job("uncached", 0, "r0"),
         Job("uncached", 1, "r0"),
         Job("handshake", 0, "a.example"),
+        Job("resumed", 0, "a.example"),
+        Job("dnssec", 0, "signed.example"),
+        Job("dnssec", 1, "signed.example"),
     ]
     # the next round starts with the other upstream
-    assert jobs[5:7] == [Job("cached", 1, "b.example"), Job("cached", 0, "b.example")]
-    assert len(jobs) == 3 * 5
-    assert sum(j.phase == "handshake" and j.upstream == 1 for j in jobs) == 0
+    assert jobs[8:10] == [Job("cached", 1, "b.example"), Job("cached", 0, "b.example")]
+    assert len(jobs) == 3 * 8
+    assert sum(j.phase in ("handshake", "resumed") and j.upstream == 1 for j in jobs) == 0
     assert benchstats.warmup_plan(2, ["x"]) == [Job("warmup", 0, "x"), Job("warmup", 1, "x")]
 
 
@@ -176,8 +182,14 @@ def test_ranking_follows_injected_delays(
     assert all(r["count"] == 12 for r in uncached)
     handshake = [r for r in records if r["phase"] == "handshake"]
     assert all(r["count"] == 12 and r["transport"] == "dot" for r in handshake)
-    # one connection per handshake sample, plus the long-lived one
-    assert all(s.state.connections == 12 + 1 for s in three_dot)
+    # the resumed phase: every sample resumed the session, as the server saw it too
+    resumed = [r for r in records if r["phase"] == "resumed"]
+    assert all(r["count"] == 12 and r["resumed"] == 12 for r in resumed)
+    assert all(s.state.resumptions == 12 for s in three_dot)
+    dnssec = [r for r in records if r["phase"] == "dnssec"]
+    assert all(r["count"] == 12 and r["rrsig"] == 0 and r["ad"] == 0 for r in dnssec)
+    # one connection per handshake sample, the long-lived one, and the resumer's 1 + 12
+    assert all(s.state.connections == 12 + 1 + 1 + 12 for s in three_dot)
     # the uncached names were unique random labels under the zone
     asked = {q for q in three_dot[0].state.queries}
     assert len(asked) > 12
@@ -206,8 +218,10 @@ def test_doh_doh3_and_doq_upstreams_are_measured(
     for row, delay in zip(cached, (0.010, 0.020, 0.030), strict=True):
         assert int(row["count"]) == 8
         assert delay * 1000 <= float(row["p50_ms"]) <= (delay + TOLERANCE) * 1000
-    assert {r["phase"] for r in rows} == {"cached", "uncached", "handshake"}
+    assert {r["phase"] for r in rows} == {"cached", "uncached", "handshake", "resumed", "dnssec"}
     assert all(int(r["count"]) == 8 for r in rows)
+    assert all(r["resumed"] == "8" for r in rows if r["phase"] == "resumed")
+    assert doh.state.resumptions == doq.state.resumptions == h3.state.resumptions == 8
 
 
 def test_stalling_upstream_timeouts_are_counted(
@@ -221,11 +235,14 @@ def test_stalling_upstream_timeouts_are_counted(
     assert code == 0
     records = json.loads(out)["records"]
     stalled = [r for r in records if r["upstream"] == dot_uri(stalling)]
-    assert [r["rank"] for r in stalled] == [2, 2, 2]  # ranked after the one that answers
+    assert [r["rank"] for r in stalled] == [2] * 5  # ranked after the one that answers
     for record in stalled:
+        if record["phase"] == "handshake":  # the handshake works: it is the answers that stall
+            assert record["count"] == 4
+            continue
         assert record["count"] == 0 and record["p50_ms"] is None
         assert record["timeouts"] + record["errors"] == 4
-        assert record["timeouts"] >= 1
+    assert sum(r["timeouts"] for r in stalled) >= 1
     # (a connection closed for stalling may fail the query caught on it: an error, also counted)
     answering = [r for r in records if r["upstream"] == dot_uri(three_dot[1])]
     assert all(r["count"] == 4 and r["timeouts"] == 0 for r in answering)

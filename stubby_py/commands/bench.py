@@ -1,6 +1,6 @@
 """`stubby-py bench`: compare encrypted upstreams' latency from where the user sits.
 
-Every upstream (the configured pool, or --upstream URIs) is measured in three phases, through
+Every upstream (the configured pool, or --upstream URIs) is measured in five phases, through
 the same transports the daemon uses (transports.make_transport), with the daemon's padded queries:
 
 - cached: popular names on one open connection, after a warm-up that asked each of them once,
@@ -8,16 +8,27 @@ the same transports the daemon uses (transports.make_transport), with the daemon
 - uncached: a fresh random label under --zone (default example.com) each time: the upstream has
   to ask the authoritative servers (or its aggressive NSEC cache; RFC 8198).
 - handshake: a new transport object per sample, so a new connection with a full handshake (no
-  session resumption: the ticket store lives in the transport). The sample is the first
-  exchange on it minus a second exchange of the same cached name on the same connection, i.e.
-  connection set-up time (TCP+TLS, or QUIC) with the query's own round trip taken out. The
-  transports do not expose the connect step itself, so it is measured from outside this way.
-  udp:// has no connection and no handshake phase.
+  session to resume: the session store lives in the transport); the sample is what the
+  transport's connect() measured: TCP+TLS, or QUIC, up to a connection ready for queries.
+- resumed: one more transport per upstream, whose connection is renewed for each sample
+  (connect(fresh=True)): a new connection that resumes the previous one's session (TLS session
+  ticket, QUIC resumption). A handshake that did not resume is counted as a failure of kind
+  "not-resumed", not as a sample. After each connect one query is asked on the new connection,
+  unmeasured: TLS 1.3 hands the next ticket over after the handshake.
+- dnssec: signed names (--signed-names, a built-in list by default) asked with DO: the sample is
+  the answer's latency; the record counts the answers that carried RRSIGs and those with AD set
+  (the upstream validated them).
+  udp:// has no connection: no handshake or resumed phase; tcp:// no resumed phase.
 
 Samples run round-robin over upstreams and phases (benchstats.measure_plan), at most
 --concurrency at a time, each with --timeout; the whole run stops after --max-time. Ctrl-C stops
 it too, and whatever was measured is reported. Timeouts and errors are counted per phase, never
 folded into the latencies; a SERVFAIL or REFUSED answer counts as an error.
+
+The JSON output is `{zone, queries, concurrency, timeout_s, elapsed_s, stopped_by, records}`,
+each record one `benchstats.Summary` (upstream x transport x phase): rank, upstream, transport,
+phase, count, errors, timeouts, p50/p90/p99/mean/stdev/min/max_ms, and resumed (resumed phase),
+rrsig and ad (dnssec phase), null elsewhere. CSV has the same fields as columns.
 """
 
 from __future__ import annotations
@@ -33,7 +44,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+import dns.exception
+import dns.flags
 import dns.message
+import dns.rdatatype
 
 from stubby_py.commands import stubby_import
 from stubby_py.core import benchstats, edns, wire
@@ -41,7 +55,7 @@ from stubby_py.core.benchstats import Job, Tally, UpstreamResult
 from stubby_py.core.config import Config, Overrides, UpstreamSpec, apply_overrides
 from stubby_py.core.errors import StubbyError, UpstreamError
 from stubby_py.transports import make_transport
-from stubby_py.transports.base import Transport
+from stubby_py.transports.base import ConnectInfo, Transport
 
 #: popular names for the cached phase (any public resolver has them cached)
 POPULAR_NAMES = (
@@ -66,6 +80,15 @@ POPULAR_NAMES = (
     "debian.org",
     "mozilla.org",
 )
+#: signed zones for the dnssec phase (their answers carry RRSIGs when asked with DO)
+SIGNED_NAMES = (
+    "cloudflare.com",
+    "isc.org",
+    "ietf.org",
+    "debian.org",
+    "nic.cz",
+    "quad9.net",
+)
 #: the rcodes that say the upstream could not answer (counted as errors)
 _FAILED_RCODES = {2: "rcode-SERVFAIL", 5: "rcode-REFUSED"}
 EXIT_INTERRUPTED = 130
@@ -80,6 +103,7 @@ class BenchOptions:
     timeout: float = 2.0
     zone: str = "example.com"
     names: tuple[str, ...] = POPULAR_NAMES
+    signed_names: tuple[str, ...] = SIGNED_NAMES
     #: stop measuring after this many seconds, whatever is left
     max_time: float = 120.0
 
@@ -92,16 +116,29 @@ class _Failed(Exception):
 
 def phases_for(spec: UpstreamSpec) -> tuple[str, ...]:
     if spec.transport == "udp":
-        return tuple(p for p in benchstats.PHASES if p != "handshake")
+        return tuple(p for p in benchstats.PHASES if p not in benchstats.CONNECTION_PHASES)
+    if spec.transport == "tcp":  # no TLS: no session to resume
+        return tuple(p for p in benchstats.PHASES if p != "resumed")
     return benchstats.PHASES
 
 
-def make_query(name: str, spec: UpstreamSpec, pad_block: int) -> bytes:
-    """The query the daemon would send for a client's `name A`: ID 0, RD, our OPT, padded."""
+def make_query(name: str, spec: UpstreamSpec, pad_block: int, *, do: bool = False) -> bytes:
+    """The query the daemon would send for a client's `name A`: ID 0, RD, our OPT, padded
+    (do: with the DNSSEC OK bit, as the daemon asks for a client that set it)."""
     client = wire.parse_query(dns.message.make_query(name, "A").to_wire())
     if spec.is_encrypted:
-        return edns.upstream_query(client, pad_block=pad_block, do=False, keepalive=True)
-    return edns.upstream_query(client, pad_block=0, do=False)
+        return edns.upstream_query(client, pad_block=pad_block, do=do, keepalive=True)
+    return edns.upstream_query(client, pad_block=0, do=do)
+
+
+def dnssec_signs(reply: bytes) -> tuple[bool, bool]:
+    """(the answer carries RRSIGs, AD is set) for one reply."""
+    try:
+        message = dns.message.from_wire(reply)
+    except dns.exception.DNSException:
+        return False, False
+    signed = any(rrset.rdtype == dns.rdatatype.RRSIG for rrset in message.answer)
+    return signed, bool(message.flags & dns.flags.AD)
 
 
 class BenchRun:
@@ -126,6 +163,10 @@ class BenchRun:
         self.stopped_by: str | None = None
         self._stop: asyncio.Event | None = None
         self._transports: list[Transport] = []
+        #: per upstream: the transport whose connection each resumed sample renews, and a lock
+        #: so that one renewal at a time runs on it
+        self._resumers: list[Transport] = []
+        self._resume_locks: list[asyncio.Lock] = []
 
     # -- running -----------------------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -140,14 +181,17 @@ class BenchRun:
         started = time.perf_counter()
         timer = loop.call_later(self.options.max_time, self.stop, "max-time")
         self._transports = [make_transport(spec, self.config) for spec in self.specs]
+        self._resumers = [make_transport(spec, self.config) for spec in self.specs]
+        self._resume_locks = [asyncio.Lock() for _ in self.specs]
         labels = [
             f"{secrets.token_hex(6)}.{self.options.zone.strip('.')}"
             for _ in range(self.options.queries)
         ]
         warmup = benchstats.warmup_plan(len(self.specs), self.options.names)
         jobs = benchstats.measure_plan(
-            [phases_for(s) for s in self.specs], self.options.names, self.options.queries, labels
-        )
+            [phases_for(s) for s in self.specs], self.options.names, self.options.queries, labels,
+            self.options.signed_names,
+        )  # fmt: skip
         self.total = len(warmup) + len(jobs)
         try:
             await self._run_jobs(warmup)
@@ -155,7 +199,7 @@ class BenchRun:
         finally:
             timer.cancel()
             self.elapsed = time.perf_counter() - started
-            for transport in self._transports:
+            for transport in self._transports + self._resumers:
                 await transport.aclose()
             # a closed TLS connection still trades close_notify with the server: give it a
             # moment before the loop goes (the DoT transport's aclose does not wait for that)
@@ -185,33 +229,77 @@ class BenchRun:
         if job.phase == "handshake":
             await self._handshake(job)
             return
+        if job.phase == "resumed":
+            await self._resumed(job)
+            return
         transport = self._transports[job.upstream]
         tally = self.results[job.upstream].tallies.get(job.phase)
+        dnssec = job.phase == "dnssec"
         try:
-            seconds = await self._timed(transport, job.name)
+            seconds, reply = await self._timed_reply(transport, job.name, do=dnssec)
         except _Failed as failure:
             if tally is not None:
                 tally.fail(failure.kind)
             return
         if tally is not None:
             tally.add(seconds)
+            if dnssec:
+                signed, validated = dnssec_signs(reply)
+                tally.rrsig += signed
+                tally.ad += validated
 
     async def _handshake(self, job: Job) -> None:
         tally = self.results[job.upstream].tallies["handshake"]
         transport = make_transport(self.specs[job.upstream], self.config)
         try:
-            cold = await self._timed(transport, job.name)
-            warm = await self._timed(transport, job.name)
+            info = await self._connected(transport)
         except _Failed as failure:
             tally.fail(failure.kind)
             return
         finally:
             await transport.aclose()
-        tally.add(max(0.0, cold - warm))
+        tally.add(info.handshake_s)
+
+    async def _resumed(self, job: Job) -> None:
+        tally = self.results[job.upstream].tallies["resumed"]
+        transport = self._resumers[job.upstream]
+        async with self._resume_locks[job.upstream]:
+            try:
+                if transport.stats.handshakes == 0:
+                    # its first connection, unmeasured: a session for the sample to resume
+                    await self._timed(transport, job.name)
+                info = await self._connected(transport, fresh=True)
+                # unmeasured: brings the next session ticket in (TLS 1.3 sends it after the
+                # handshake; QUIC's are each used once)
+                await self._timed(transport, job.name)
+            except _Failed as failure:
+                tally.fail(failure.kind)
+                return
+        if not info.resumed:
+            tally.fail("not-resumed")
+            return
+        tally.resumed += 1
+        tally.add(info.handshake_s)
+
+    async def _connected(self, transport: Transport, *, fresh: bool = False) -> ConnectInfo:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.options.timeout + 1.0):
+                return await transport.connect(loop.time() + self.options.timeout, fresh=fresh)
+        except UpstreamError as exc:
+            raise _Failed(exc.kind) from None
+        except TimeoutError:
+            raise _Failed("timeout") from None
 
     async def _timed(self, transport: Transport, name: str) -> float:
         """Seconds for one exchange of `name A`; _Failed with the kind of failure otherwise."""
-        query = make_query(name, transport.spec, self.config.transport.padding_block)
+        return (await self._timed_reply(transport, name))[0]
+
+    async def _timed_reply(
+        self, transport: Transport, name: str, *, do: bool = False
+    ) -> tuple[float, bytes]:
+        """Seconds for one exchange of `name A`, and the reply; _Failed otherwise."""
+        query = make_query(name, transport.spec, self.config.transport.padding_block, do=do)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.options.timeout
         started = time.perf_counter()
@@ -227,7 +315,7 @@ class BenchRun:
         failed = _FAILED_RCODES.get(reply[3] & wire.RCODE_MASK)
         if failed is not None:
             raise _Failed(failed)
-        return elapsed
+        return elapsed, reply
 
     # -- what it measured --------------------------------------------------------------------
     def counts(self) -> tuple[int, int]:
@@ -360,6 +448,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="popular names for the cached phase, one a line (default: a built-in list)",
     )  # fmt: skip
     parser.add_argument(
+        "--signed-names", metavar="FILE",
+        help="signed names for the dnssec phase, one a line (default: a built-in list)",
+    )  # fmt: skip
+    parser.add_argument(
         "--zone", default="example.com",
         help="uncached phase: random labels under this zone (default: example.com)",
     )  # fmt: skip
@@ -433,9 +525,10 @@ def read_names(path: str) -> tuple[str, ...]:
 
 def _options(args: argparse.Namespace) -> BenchOptions:
     names = read_names(args.names) if args.names else POPULAR_NAMES
+    signed = read_names(args.signed_names) if args.signed_names else SIGNED_NAMES
     return BenchOptions(
         queries=args.queries, concurrency=args.concurrency, timeout=args.timeout,
-        zone=args.zone, names=names, max_time=args.max_time,
+        zone=args.zone, names=names, signed_names=signed, max_time=args.max_time,
     )  # fmt: skip
 
 

@@ -16,8 +16,10 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-#: phases in report order; `handshake` is skipped for udp:// (no connection to open)
-PHASES = ("cached", "uncached", "handshake")
+#: phases in report order; `handshake` and `resumed` are skipped for udp:// (no connection)
+PHASES = ("cached", "uncached", "handshake", "resumed", "dnssec")
+#: the phases that open connections rather than ask
+CONNECTION_PHASES = ("handshake", "resumed")
 #: URI scheme → the transport name used by --transport and in the output
 TRANSPORT_OF_SCHEME = {
     "tls": "dot",
@@ -53,6 +55,13 @@ class Tally:
     timeouts: int = 0
     #: failures by kind (errors.UpstreamError.kind, or "rcode-SERVFAIL" …)
     failure_kinds: dict[str, int] = field(default_factory=dict)
+    #: resumed phase: handshakes that did resume the session (the others count as failures of
+    #: kind "not-resumed", and are not among the latencies)
+    resumed: int = 0
+    #: dnssec phase: answers that carried RRSIGs, and answers with AD set (the upstream
+    #: validated them)
+    rrsig: int = 0
+    ad: int = 0
 
     def add(self, seconds: float) -> None:
         self.latencies.append(seconds)
@@ -91,6 +100,11 @@ class Summary:
     stdev_ms: float | None
     min_ms: float | None
     max_ms: float | None
+    #: resumed phase: samples that resumed the session (None in other phases)
+    resumed: int | None = None
+    #: dnssec phase: answers with RRSIGs and with AD, of `count` (None in other phases)
+    rrsig: int | None = None
+    ad: int | None = None
 
 
 FIELDS = tuple(f.name for f in fields(Summary))
@@ -116,8 +130,11 @@ def summarize(rank: int, upstream: str, transport: str, phase: str, tally: Tally
             "max_ms": _ms(ordered[-1]),
         }
     return Summary(
-        rank, upstream, transport, phase, len(ordered), tally.errors, tally.timeouts, **values
-    )
+        rank, upstream, transport, phase, len(ordered), tally.errors, tally.timeouts, **values,
+        resumed=tally.resumed if phase == "resumed" else None,
+        rrsig=tally.rrsig if phase == "dnssec" else None,
+        ad=tally.ad if phase == "dnssec" else None,
+    )  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -171,11 +188,17 @@ def warmup_plan(upstreams: int, names: Sequence[str]) -> list[Job]:
 
 
 def measure_plan(
-    phases_of: Sequence[Sequence[str]], names: Sequence[str], queries: int, labels: Sequence[str]
+    phases_of: Sequence[Sequence[str]],
+    names: Sequence[str],
+    queries: int,
+    labels: Sequence[str],
+    signed_names: Sequence[str] = (),
 ) -> list[Job]:
     """`queries` samples per upstream x phase, interleaved: round by round, each round every
     phase of every upstream once, the upstream order rotating so that none is always first.
-    `phases_of[u]` lists upstream u's phases; `labels` are the uncached names for round i."""
+    `phases_of[u]` lists upstream u's phases; `labels` are the uncached names for round i;
+    `signed_names` those of the dnssec phase (default: `names`)."""
+    signed = signed_names or names
     jobs = []
     count = len(phases_of)
     for round_number in range(queries):
@@ -184,11 +207,12 @@ def measure_plan(
                 u = (round_number + offset) % count
                 if phase not in phases_of[u]:
                     continue
-                name = (
-                    labels[round_number]
-                    if phase == "uncached"
-                    else names[round_number % len(names)]
-                )
+                if phase == "uncached":
+                    name = labels[round_number]
+                elif phase == "dnssec":
+                    name = signed[round_number % len(signed)]
+                else:
+                    name = names[round_number % len(names)]
                 jobs.append(Job(phase, u, name))
     return jobs
 
@@ -203,7 +227,7 @@ def _cell(value: float | None) -> str:
 def format_table(records: Sequence[Summary]) -> str:
     """Ranked, one block per upstream, one line per phase."""
     head: tuple[str, ...] = ("#", "upstream", "transport", "phase", "ok", "err", "t/o")
-    head += ("p50", "p90", "p99", "mean", "jitter")
+    head += ("p50", "p90", "p99", "mean", "jitter", "note")
     rows: list[tuple[str, ...]] = [head]
     previous = None
     for r in records:
@@ -219,18 +243,39 @@ def format_table(records: Sequence[Summary]) -> str:
                 str(r.errors),
                 str(r.timeouts),
                 *(_cell(v) for v in (r.p50_ms, r.p90_ms, r.p99_ms, r.mean_ms, r.stdev_ms)),
+                _note(r),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     lines = []
     for row in rows:
         cells = [
-            cell.ljust(width) if i in (1, 2, 3) else cell.rjust(width)
+            cell.ljust(width) if i in (1, 2, 3, len(head) - 1) else cell.rjust(width)
             for i, (cell, width) in enumerate(zip(row, widths, strict=True))
         ]
         lines.append("  ".join(cells).rstrip())
+    present = {r.phase for r in records}
+    legend = [text for phase, text in PHASE_LEGEND.items() if phase in present]
+    if legend:
+        lines.append("; ".join(legend))
     lines.append("latencies in ms; jitter = standard deviation; ranked by cached p50")
     return "\n".join(lines) + "\n"
+
+
+PHASE_LEGEND = {
+    "handshake": "handshake: a new connection, full handshake",
+    "resumed": "resumed: a new connection resuming the previous session",
+    "dnssec": "dnssec: asked with DO (RRSIG: signatures came back, AD: the upstream validated)",
+}
+
+
+def _note(r: Summary) -> str:
+    attempts = r.count + r.errors + r.timeouts
+    if r.phase == "resumed" and r.resumed is not None:
+        return f"resumed {r.resumed}/{attempts}"
+    if r.phase == "dnssec" and r.rrsig is not None and r.count:
+        return f"RRSIG {r.rrsig}/{r.count}, AD {r.ad}/{r.count}"
+    return ""
 
 
 def format_json(records: Sequence[Summary], meta: dict[str, object]) -> str:

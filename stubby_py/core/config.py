@@ -1219,6 +1219,7 @@ OPTIONS: dict[str, Option] = {
     "failures_to_down": Option("pool", "failures_to_down", _whole(1, 100)),
     "backoff_min": Option("pool", "backoff_min", _number(0.01, 60)),
     "backoff_max": Option("pool", "backoff_max", _number(0.01, 3600)),
+    "probe_interval": Option("pool", "probe_interval", _number(0, 86_400)),
     "cache_size": Option("cache", "max_entries", _whole(0, 10_000_000)),
     "cache_max_memory": Option(
         "cache", "max_bytes", _whole(1, 65_536), convert=_mebibytes, revert=_in_mebibytes

@@ -20,6 +20,14 @@ upstream that is not there. The transports keep no backoff of their own.
 Failures: every failed attempt is counted here, by kind (`UpstreamHealth.failure_kinds`): this
 is the record the stats show.
 
+Background probes (daemon/probing.py) inform health without hiding a failure: a probe's answer
+is no way back for an upstream that is down (only the pool's own probe query brings it back, as
+above), while for an upstream that is up it counts as an answer would (the failures in a row
+start again, the latency estimate takes it in); a probe's failure counts towards marking an up
+upstream down, as a query's would (so an idle upstream that stopped answering is known down
+before a client waits on it), and changes nothing for one already down (its backoff is not made
+longer). Probes are not counted among the attempts and failures (`stats`: client queries).
+
 Hedging: if the upstream asked first has not answered within a percentile of its own recent
 latencies (bounded below and above), the resolver asks the next one too.
 """
@@ -33,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from stubby_py.core.errors import UpstreamClosedError, UpstreamError
+from stubby_py.core.latency import WINDOWS, Figures
 
 EWMA_WEIGHT = 0.2
 LATENCY_WINDOW = 64
@@ -68,6 +77,8 @@ class PoolSettings:
     hedge_percentile: float = 90.0
     hedge_min: float = 0.05
     hedge_max: float = 1.0
+    #: seconds between background probes of each upstream (daemon/probing.py); 0: none
+    probe_interval: float = 60.0
 
 
 @dataclass(slots=True)
@@ -89,6 +100,22 @@ class UpstreamHealth:
     connect_failures: int = 0
     connect_error: UpstreamError | None = None
     connect_held_until: float = 0.0
+    #: rolling figures from client attempts and probes together, outages apart (latency.py)
+    figures: Figures = field(default_factory=Figures)
+    #: the background probes' own figures (daemon/probing.py), over the last hour
+    probe_figures: Figures = field(default_factory=lambda: Figures({"1h": WINDOWS["1h"]}))
+    last_probe_at: float | None = None
+    last_probe_s: float | None = None
+    #: attempts started as a hedge (the one before had not answered in time), hedges whose
+    #: answer was taken, and client queries whose answer came from this upstream
+    hedged: int = 0
+    hedge_wins: int = 0
+    answers: int = 0
+
+    @property
+    def unavailable(self) -> bool:
+        """Down, or not connectable (until an attempt succeeds): outage time (latency.py)."""
+        return self.downs > 0 or self.connect_error is not None
 
     def count_failure(self, kind: str) -> None:
         self.failures += 1
@@ -223,9 +250,47 @@ class Pool:
         )
         health.latencies.append(latency)
 
-    def record_failure(self, index: int, now: float, kind: str = UpstreamError.kind) -> None:
+    def record_overtaken(self, index: int, elapsed: float) -> None:
+        """An attempt a hedge overtook was cancelled after `elapsed` seconds: it would have
+        taken at least that long. Taken into the latency estimate and the hedge window as that,
+        so a stalling upstream loses its place under `fastest` (and its hedges come sooner);
+        no failure, no change of health."""
         health = self.health[index]
-        health.count_failure(kind)
+        previous = health.latency_ewma
+        health.latency_ewma = (
+            elapsed if previous is None else previous + EWMA_WEIGHT * (elapsed - previous)
+        )
+        health.latencies.append(elapsed)
+
+    def record_probe_success(self, index: int, latency: float) -> None:
+        """A background probe was answered: see the module docstring."""
+        health = self.health[index]
+        if health.is_down:
+            return
+        health.consecutive_failures = 0
+        health.connect_failures = 0
+        health.connect_error = None
+        health.connect_held_until = 0.0
+        previous = health.latency_ewma
+        health.latency_ewma = (
+            latency if previous is None else previous + EWMA_WEIGHT * (latency - previous)
+        )
+
+    def record_probe_failure(self, index: int, error: UpstreamError, now: float) -> None:
+        """A background probe failed: see the module docstring."""
+        health = self.health[index]
+        if health.is_down or (isinstance(error, UpstreamClosedError) and error.after_answers):
+            return
+        self._count_towards_down(index, now)
+        if error.no_connection:
+            self.record_unreachable(index, error, now)
+
+    def record_failure(self, index: int, now: float, kind: str = UpstreamError.kind) -> None:
+        self.health[index].count_failure(kind)
+        self._count_towards_down(index, now)
+
+    def _count_towards_down(self, index: int, now: float) -> None:
+        health = self.health[index]
         health.consecutive_failures += 1
         was_probing = health.probing
         health.probing = False

@@ -23,7 +23,7 @@ from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import UpstreamError
 from stubby_py.core.fallback import FallbackPolicy, cannot_connect
 from stubby_py.transports import make_transport
-from stubby_py.transports.base import Transport, TransportStats
+from stubby_py.transports.base import ConnectInfo, Transport, TransportStats
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,12 @@ class FallbackTransport:
         """For stats and metrics."""
         policy = self.policy
         return {"active": self.active, "switches": policy.switches, "answers": policy.answers}
+
+    async def connect(self, deadline: float, *, fresh: bool = False) -> ConnectInfo:
+        """The connection queries would take now: the primary's, or the fallback's in use."""
+        index = self.policy.active
+        transport = self.primary if index is None else self._fallback(index)
+        return await transport.connect(deadline, fresh=fresh)
 
     async def exchange(self, query: bytes, deadline: float) -> bytes:
         loop = asyncio.get_running_loop()

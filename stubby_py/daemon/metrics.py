@@ -97,12 +97,40 @@ class _Family:
             yield f"{self.name}{_labels(labels)} {_number(value)}"
 
 
+class _HistogramFamily(_Family):
+    """A histogram (latency.Histogram.as_dict, in ms) exported in seconds: cumulative
+    `_bucket{le=...}` lines ending in +Inf, `_sum` and `_count`."""
+
+    def __init__(self, name: str, help_text: str) -> None:
+        super().__init__(name, "histogram", help_text)
+        self.histograms: list[tuple[dict[str, object], Mapping[str, Any]]] = []
+
+    def add_histogram(self, histogram: Mapping[str, Any] | None, **labels: object) -> None:
+        if histogram is not None:
+            self.histograms.append((labels, histogram))
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} {self.kind}"
+        for labels, histogram in self.histograms:
+            cumulative = 0
+            bounds = [f"{bound / 1000:g}" for bound in histogram["bounds_ms"]] + ["+Inf"]
+            for le, count in zip(bounds, histogram["counts"], strict=True):
+                cumulative += count
+                yield f"{self.name}_bucket{_labels({**labels, 'le': le})} {cumulative}"
+            yield f"{self.name}_sum{_labels(labels)} {_number(histogram['sum_ms'] / 1000)}"
+            yield f"{self.name}_count{_labels(labels)} {histogram['count']}"
+
+
 def render(stats: Mapping[str, Any]) -> str:
     """The exposition text for one `stats.collect` mapping."""
     families: list[_Family] = []
 
     def family(name: str, kind: str, help_text: str) -> _Family:
-        families.append(_Family(f"stubby_py_{name}", kind, help_text))
+        if kind == "histogram":
+            families.append(_HistogramFamily(f"stubby_py_{name}", help_text))
+        else:
+            families.append(_Family(f"stubby_py_{name}", kind, help_text))
         return families[-1]
 
     family("uptime_seconds", "gauge", "Seconds since the daemon started").add(
@@ -219,6 +247,30 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
         "upstream_fallback_answers_total", "counter",
         "Answers from the upstream's fallback while it could not be connected to",
     )  # fmt: skip
+    by_kind = family(
+        "upstream_failures_by_kind_total", "counter", "Failed exchanges with the upstream, by kind"
+    )
+    hedged = family(
+        "upstream_hedged_total", "counter", "Attempts started as a hedge (the one before was slow)"
+    )
+    hedge_wins = family(
+        "upstream_hedge_wins_total", "counter", "Hedged attempts whose answer was taken"
+    )
+    answers = family(
+        "upstream_answers_total", "counter", "Client queries answered by the upstream's answer"
+    )
+    resumptions = family(
+        "upstream_resumptions_total", "counter", "Connections that resumed a TLS or QUIC session"
+    )
+    durations = family(
+        "upstream_query_duration_seconds", "histogram",
+        "Exchange latency with the upstream (client queries and probes), answers only",
+    )  # fmt: skip
+    connects = family(
+        "upstream_handshake_duration_seconds", "histogram",
+        "Connection set-up time (TCP+TLS, or QUIC); resumed=true: a resumed session",
+    )  # fmt: skip
+    assert isinstance(durations, _HistogramFamily) and isinstance(connects, _HistogramFamily)
     for u in upstreams:
         labels = {"group": u.get("group", "default"), "upstream": u["name"]}
         if "fallback" in u:
@@ -230,6 +282,19 @@ def _upstreams(upstreams: list[Mapping[str, Any]], family: Factory) -> None:
         for key, value in u["latency_ms"].items():
             if key.startswith("p") and value is not None:
                 latency.add(value / 1000, **labels, quantile=int(key[1:]) / 100)
+        for kind, count in sorted((u.get("failure_kinds") or {}).items()):
+            by_kind.add(count, **labels, kind=kind)
+        hedged.add(u.get("hedged"), **labels)
+        hedge_wins.add(u.get("hedge_wins"), **labels)
+        answers.add(u.get("answers"), **labels)
+        resumptions.add(u.get("resumptions"), **labels)
+        histograms = u.get("histograms") or {}
+        with_transport = {**labels, "transport": u.get("transport", "")}
+        durations.add_histogram(histograms.get("latency"), **with_transport)
+        connects.add_histogram(histograms.get("handshake"), **with_transport, resumed="false")
+        connects.add_histogram(
+            histograms.get("resumed_handshake"), **with_transport, resumed="true"
+        )
 
 
 class MetricsServer:

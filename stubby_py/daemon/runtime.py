@@ -19,7 +19,7 @@ from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.core.pool import UpstreamHealth
 from stubby_py.core.ratelimit import RateLimiter
 from stubby_py.core.router import Router
-from stubby_py.daemon import cache_persistence
+from stubby_py.daemon import cache_persistence, stats
 from stubby_py.daemon.cache_persistence import default_cache_file
 from stubby_py.daemon.fallback import fallback_figures
 from stubby_py.daemon.query_path import Resolver
@@ -250,7 +250,10 @@ class Runtime:
                  "state": group.pool.health[i].state(now),
                  "latency_ewma_ms": _ms(group.pool.health[i].latency_ewma),
                  "latencies_ms": [round(x * 1000, 3) for x in group.pool.health[i].latencies],
-                 **fallback_figures(t)}
+                 **fallback_figures(t),
+                 **stats.upstream_figures(
+                     group.pool.health[i], t.stats, now, sum(h.answers for h in group.pool.health)
+                 )}
                 for group in resolver.groups.values()
                 for i, t in enumerate(group.transports)
             ],

@@ -28,7 +28,7 @@ from typing import Any
 from stubby_py.core import local
 from stubby_py.core.config import Config, EncryptedListen
 from stubby_py.core.errors import StubbyError
-from stubby_py.daemon import control, fdbudget, memtrace, netwatch, stats
+from stubby_py.daemon import control, fdbudget, memtrace, netwatch, probing, stats
 from stubby_py.daemon.metrics import MetricsServer
 from stubby_py.daemon.privileges import Handover, drop_privileges
 from stubby_py.daemon.query_path import Resolver
@@ -120,6 +120,8 @@ class Daemon:
     metrics: MetricsServer | None = None
     query_log: QueryLog | None = None
     network_watch: netwatch.NetworkWatch | None = None
+    #: background probes of every upstream (probing.py)
+    prober: probing.Prober | None = None
     #: RLIMIT_NOFILE once raised, and the caps planned under it (fdbudget.py)
     fd_limit: int = 0
     fd_plan: fdbudget.Plan | None = None
@@ -174,6 +176,8 @@ class Daemon:
         self._open_query_log(config.service.query_log)
         await self._start_control(config.service.control_socket)
         await self._start_metrics(config.service.metrics_listen)
+        self.prober = probing.Prober(runtime)
+        self.prober.start()
 
     def _plan_fds(self, config: Config) -> fdbudget.Plan:
         """The TCP and metrics caps that fit under the open files limit (logged; lowered caps
@@ -505,6 +509,8 @@ class Daemon:
                 query_log.close()
             raise
         self._switch_query_log(query_log)
+        if self.prober is not None:
+            self.prober.reconfigured()
         self.fd_plan = fd_plan
         self.tcp.max_connections = fd_plan.caps.tcp_max_connections
         self.tcp.max_per_client = fd_plan.caps.tcp_max_connections_per_client
@@ -567,8 +573,7 @@ class Daemon:
     async def stop(self) -> None:
         """Stop taking queries, answer those in flight (bounded), save the cache, close."""
         sd_notify("STOPPING=1")
-        if self.network_watch is not None:
-            self.network_watch.close()
+        await self._stop_background()
         self._close_listening_sockets()
         for udp in self._udp:
             udp.stop_reading()
@@ -587,6 +592,13 @@ class Daemon:
             if self._tls_servers:
                 await self._tls_connections_closed()
         await self._close_resolver()
+
+    async def _stop_background(self) -> None:
+        """Network watching and background probes end first: nothing new starts while stopping."""
+        if self.network_watch is not None:
+            self.network_watch.close()
+        if self.prober is not None:
+            await self.prober.aclose()
 
     async def _tls_connections_closed(self) -> None:
         """TLS connections close once the client's close_notify came, or after

@@ -2,7 +2,8 @@
 
 `collect` turns the runtime's snapshot (counters, cache, per-upstream figures) and the TCP
 listener's counts into one JSON-ready mapping; commands/stats.py renders it for people.
-Latency percentiles are over each upstream's recent answers (the pool's window, 64 answers).
+Latency percentiles are over each upstream's recent answers (the pool's window, 64 answers);
+the rolling figures (`windows`, `probe`: core/latency.py) come from `upstream_figures`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from stubby_py import __version__
 from stubby_py.core import benchstats
+from stubby_py.core.pool import UpstreamHealth
 
 if TYPE_CHECKING:
     from stubby_py.daemon.runtime import Runtime
     from stubby_py.listeners.doq import DoQServer
     from stubby_py.listeners.plain import TCPConnections
+    from stubby_py.transports.base import TransportStats
 
 PERCENTILES = (50, 90, 99)
 
@@ -105,3 +108,45 @@ def _upstream(upstream: Mapping[str, Any]) -> dict[str, Any]:
     summary["latency_ms"] = {f"p{p}": percentile(latencies, p) for p in PERCENTILES}
     summary["latency_ms"]["samples"] = len(latencies)
     return summary
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def upstream_figures(
+    health: UpstreamHealth, transport: TransportStats, now: float, answered_in_group: int
+) -> dict[str, Any]:
+    """One upstream's rolling figures, probes and hedging accounts (JSON-ready; `now` on the
+    event loop's clock).
+
+    windows: the last 5 min, 1 h and 24 h of client attempts and background probes together:
+    quantiles over the answers, failures by kind and outage seconds apart (core/latency.py).
+    probe: the background probes alone over the last hour, with the latest full and resumed
+    handshake times. share: this upstream's part of the client queries its group answered."""
+    probe = health.probe_figures.summaries(now)["1h"]
+    last = health.last_probe_at
+    return {
+        "probe": {
+            "p50_ms": probe["p50_ms"],
+            "p90_ms": probe["p90_ms"],
+            "p99_ms": probe["p99_ms"],
+            "samples": probe["samples"],
+            "failures": probe["failures"],
+            "last_ms": _ms(health.last_probe_s),
+            "handshake_ms": _ms(transport.last_full_s),
+            "resumed_ms": _ms(transport.last_resumed_s),
+            "last_probe_age_s": None if last is None else round(max(0.0, now - last), 3),
+        },
+        "windows": health.figures.summaries(now),
+        "hedged": health.hedged,
+        "hedge_wins": health.hedge_wins,
+        "answers": health.answers,
+        "share": round(health.answers / answered_in_group, 4) if answered_in_group else 0.0,
+        "resumptions": transport.resumptions,
+        "histograms": {
+            "latency": health.figures.total.as_dict(),
+            "handshake": transport.full_handshakes.as_dict(),
+            "resumed_handshake": transport.resumed_handshakes.as_dict(),
+        },
+    }

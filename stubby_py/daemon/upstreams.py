@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dns.rcode import Rcode
 
@@ -100,6 +100,9 @@ class _Race:
     #: the upstream whose answer was taken (final, or kept as the fallback), for explain
     winner: int = -1
     fallback_index: int = -1
+    #: when each upstream's attempt started (perf_counter), and those started as a hedge
+    started_at: dict[int, float] = field(default_factory=dict)
+    hedges: set[int] = field(default_factory=set)
 
     def note_failure(self, name: str, error: UpstreamError) -> None:
         if self.failures is None:
@@ -190,8 +193,11 @@ class UpstreamGroup:
             result = await self._hedged(forms, race, deadline)
         if trace is not None:
             self._trace_winner(trace, race, result is not None)
+        answerer = race.winner if result is not None else race.fallback_index
+        if answerer >= 0:
+            self.pool.health[answerer].answers += 1
         if answered_by is not None:
-            answered_by.append(race.winner if result is not None else race.fallback_index)
+            answered_by.append(answerer)
         if result is not None:
             return result
         if race.fallback is not None:
@@ -234,7 +240,7 @@ class UpstreamGroup:
                             late = UpstreamTimeoutError("no answer before the query's deadline")
                             race.note_failure(self.transports[index].name, late)
                         return None
-                    self._launch(forms, race, deadline, running)  # the hedge
+                    self._launch(forms, race, deadline, running, hedge=True)
                     continue
                 winner = self._settle(done, running, race)
                 if winner is not None:
@@ -243,6 +249,8 @@ class UpstreamGroup:
                     self._launch(forms, race, deadline, running)  # failed: the next, at once
             return None
         finally:
+            if race.winner >= 0:
+                self._account_hedges(race, running)
             for task in running:
                 # a cancelled attempt may still end in a failure of its own (Python 3.11's
                 # wait_for returns a result that is ready when the cancellation comes, so an
@@ -264,16 +272,40 @@ class UpstreamGroup:
         delay = self.pool.hedge_delay(race.order[race.started - 1])
         return float("inf") if delay is None else race.newest_start + delay
 
+    def _account_hedges(self, race: _Race, running: dict[asyncio.Task[ScannedReply], int]) -> None:
+        """A race won: count a winning hedge, and record each attempt the winner overtook (one
+        started before it, still running) as taking at least the time it has run, so a stalling
+        upstream's latency shows it (an attempt started after the winner is no sign of anything)."""
+        winner = race.winner
+        if winner in race.hedges:
+            self.pool.health[winner].hedge_wins += 1
+        now = time.perf_counter()
+        winner_start = race.started_at.get(winner, now)
+        loop_now = self._loop.time()
+        for index in running.values():
+            started = race.started_at.get(index)
+            if started is not None and started < winner_start:
+                elapsed = now - started
+                self.pool.record_overtaken(index, elapsed)
+                self._figures(index, loop_now, elapsed)
+
     def _launch(
         self,
         forms: _QueryForms,
         race: _Race,
         deadline: float,
         running: dict[asyncio.Task[ScannedReply], int],
+        *,
+        hedge: bool = False,
     ) -> None:
+        """Start the next upstream's attempt; hedge: because the one before was slow."""
         index = race.order[race.started]
         race.started += 1
         race.newest_start = self._loop.time()
+        race.started_at[index] = time.perf_counter()
+        if hedge:
+            race.hedges.add(index)
+            self.pool.health[index].hedged += 1
         task = self._loop.create_task(self._attempt(index, forms, deadline))
         running[task] = index
 
@@ -340,6 +372,7 @@ class UpstreamGroup:
         except UpstreamError as exc:
             now = loop.time()
             self.pool.record_error(index, exc, now)
+            self._figures(index, now, kind=exc.kind)
             held_back = self._log_throttle.allow((index, exc.kind), now)
             if held_back is not None:
                 more = f" ({held_back} more like it since the last)" if held_back else ""
@@ -351,7 +384,9 @@ class UpstreamGroup:
             if forms.trace is not None:
                 self._trace(forms.trace, index, "cancelled", started)
             raise
-        self.pool.record_success(index, time.perf_counter() - started)
+        latency = time.perf_counter() - started
+        self.pool.record_success(index, latency)
+        self._figures(index, loop.time(), latency)
         if forms.trace is not None:
             rcode = scanned[2].rcode
             outcome = (
@@ -359,6 +394,58 @@ class UpstreamGroup:
             )
             self._trace(forms.trace, index, outcome, started)
         return scanned
+
+    async def probe(self, index: int, query: wire.ClientQuery) -> None:
+        """A background probe (daemon/probing.py) of one upstream: connected first (the set-up
+        is measured apart, as the transport's handshake), then the query timed alone, padded
+        and sent as any client's would be. Its outcome goes to the upstream's figures and,
+        as core/pool.py says, to its health."""
+        loop = self._loop
+        transport = self.transports[index]
+        health = self.pool.health[index]
+        now = loop.time()
+        health.last_probe_at = now
+        deadline = now + self._config.transport.attempt_timeout
+        forms = _QueryForms(query, self._config.transport.padding_block, False)
+        try:
+            held = self.pool.held_failure(index, now)
+            if held is not None:
+                raise held
+            try:
+                await transport.connect(deadline)
+                started = time.perf_counter()
+                reply = await transport.exchange(forms.for_transport(transport), deadline)
+                latency = time.perf_counter() - started
+            except (UpstreamError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                raise self._internal_error(index, exc) from exc
+            scan(reply, transport)
+        except UpstreamError as exc:
+            now = loop.time()
+            self.pool.record_probe_failure(index, exc, now)
+            health.probe_figures.failure(now, exc.kind)
+            self._figures(index, now, kind=exc.kind)
+            log.debug("probe of %s failed: %s: %s", transport.name, exc.kind, exc)
+            return
+        now = loop.time()
+        self.pool.record_probe_success(index, latency)
+        health.last_probe_s = latency
+        health.probe_figures.sample(now, latency)
+        self._figures(index, now, latency)
+
+    def _figures(
+        self, index: int, now: float, latency: float | None = None, kind: str | None = None
+    ) -> None:
+        """An attempt's outcome into the upstream's rolling figures (latency.py): a latency, or
+        a failure; and whether the upstream is (still) down, for its outage time."""
+        health = self.pool.health[index]
+        figures = health.figures
+        if latency is not None:
+            figures.sample(now, latency)
+        if kind is not None:
+            figures.failure(now, kind)
+        figures.set_down(now, health.unavailable)
 
     def _internal_error(self, index: int, exc: Exception) -> UpstreamError:
         transport = self.transports[index]

@@ -48,9 +48,9 @@ from stubby_py.transports.multiplex import MultiplexedTransport, checked_reply
 from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (
     ClientContexts,
-    check_pins,
+    ResumingContext,
+    check_session,
     server_hostname,
-    verified_chain,
 )
 from stubby_py.transports.toolkit import ConnectionLinks, Exchanges, IdleTimer, Waiter
 
@@ -585,20 +585,19 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
             raise connect_error(self.name, exc) from None
         self._open_connections.add(connection)
         try:
-            self._check_session(transport)
+            self._check_session(transport, context)
         except UpstreamError:
             transport.close()
             raise
         connection.start()
         return connection
 
-    def _check_session(self, transport: asyncio.BaseTransport) -> None:
+    def _check_session(self, transport: asyncio.BaseTransport, context: ResumingContext) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         if alpn != H2_ALPN:
             raise ALPNMismatchError(f"{self.name}: server does not speak HTTP/2 (ALPN {alpn!r})")
-        chain = verified_chain(ssl_object) if self.spec.cert_hashes else []
-        check_pins(self.spec, ssl_object.getpeercert(binary_form=True), chain)
+        self._session_details = check_session(self.spec, ssl_object, context)
 
 
 _: type[Transport] = DoHTransport

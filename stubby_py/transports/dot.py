@@ -29,9 +29,8 @@ from stubby_py.transports.multiplex import MultiplexedTransport
 from stubby_py.transports.proxy import open_stream
 from stubby_py.transports.tls import (
     ClientContexts,
-    check_pins,
+    check_session,
     server_hostname,
-    verified_chain,
 )
 from stubby_py.transports.toolkit import ConnectionLinks, Exchanges, FrameReader, IdleTimer, Waiter
 
@@ -285,20 +284,23 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
 
     async def _open(self) -> DoTConnection:
         address = await self.endpoint.address()
+        context = self._contexts.get() if self.uses_tls else None
         try:
             transport, protocol = await open_stream(
                 self.spec, self._config, address, self.spec.port,
                 lambda: DoTConnection(self.links(), self.probe_query),
-                ssl_context=self._contexts.get() if self.uses_tls else None,
+                ssl_context=context,
                 server_hostname=server_hostname(self.spec) if self.uses_tls else None,
                 timeout=self.connect_timeout,
             )  # fmt: skip
         except OSError as exc:  # ssl.SSLError included
             raise connect_error(self.name, exc) from None
         ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None or context is None:
+            self._session_details = (False, "TCP", None, None)
+            return protocol
         try:
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            check_pins(self.spec, der, verified_chain(ssl_object) if self.spec.cert_hashes else ())
+            self._session_details = check_session(self.spec, ssl_object, context)
         except UpstreamError:
             transport.close()
             raise

@@ -19,8 +19,10 @@ opened again, so no query that comes after a reset travels on a connection from 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import statistics
+import time
 from collections import deque
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -34,7 +36,7 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
-from stubby_py.transports.base import TransportStats
+from stubby_py.transports.base import ConnectInfo, TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
 from stubby_py.transports.toolkit import ConnectionLinks
 
@@ -138,6 +140,9 @@ class MultiplexedTransport(Generic[C]):
         #: how long the latest replies took, seconds
         self._reply_times: deque[float] = deque(maxlen=REPLY_TIMES)
         self._silence_max = max(SILENCE_MIN, config.transport.attempt_timeout / 4)
+        #: what the subclass's _open learnt of the session it set up (resumed, protocol, ALPN,
+        #: cipher), read once by _connect
+        self._session_details: tuple[bool, str, str | None, str | None] = (False, "", None, None)
 
     @property
     def name(self) -> str:
@@ -202,7 +207,19 @@ class MultiplexedTransport(Generic[C]):
             error.no_connection = True  # no connection was made (the pool and fallback read it)
             raise error from None
 
+    async def connect(self, deadline: float, *, fresh: bool = False) -> ConnectInfo:
+        """The connection queries would use, opened now if there is none (transports/base.py)."""
+        if fresh:
+            self.reset_connection()
+        connection = self._connection
+        if connection is not None and not connection.is_closed and self.stats.last_connect:
+            return dataclasses.replace(self.stats.last_connect, reused=True)
+        await self._connected(deadline)
+        assert self.stats.last_connect is not None
+        return self.stats.last_connect
+
     async def _connect(self) -> C:
+        started = time.perf_counter()
         try:
             connection = await self._open_fresh()
         except UpstreamError as exc:
@@ -215,8 +232,21 @@ class MultiplexedTransport(Generic[C]):
         finally:
             self._connecting = None
         self._connection = connection
-        self.stats.handshakes += 1
+        self._count_handshake(time.perf_counter() - started)
         return connection
+
+    def _count_handshake(self, seconds: float) -> None:
+        stats = self.stats
+        resumed, protocol, alpn, cipher = self._session_details
+        stats.handshakes += 1
+        stats.last_connect = ConnectInfo(seconds, resumed, False, protocol, alpn, cipher)
+        if resumed:
+            stats.resumptions += 1
+            stats.last_resumed_s = seconds
+            stats.resumed_handshakes.add(seconds)
+        else:
+            stats.last_full_s = seconds
+            stats.full_handshakes.add(seconds)
 
     async def _open_fresh(self) -> C:
         """A connection whose opening began after the latest reset(): one begun before it may
@@ -276,6 +306,11 @@ class MultiplexedTransport(Generic[C]):
         """Network change or resume: retire the connection, so that no later query travels
         on it (the pool forgets its backoffs: pool.Pool.reset)."""
         self.endpoint.network_changed()
+        self.reset_connection()
+
+    def reset_connection(self) -> None:
+        """Retire the connection (it closes once its queries in flight are done): the next
+        query opens a new one, resuming the session where the transport keeps its ticket."""
         self._generation += 1
         connection, self._connection = self._connection, None
         if connection is not None and not connection.is_closed:

@@ -15,7 +15,7 @@ import secrets
 from stubby_py.core import wire
 from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import UpstreamConnectError, UpstreamTimeoutError
-from stubby_py.transports.base import Transport, TransportStats
+from stubby_py.transports.base import ConnectInfo, Transport, TransportStats
 from stubby_py.transports.dot import DoTTransport
 
 MAX_UDP_SOCKETS = 64
@@ -71,6 +71,10 @@ class UDPTransport:
         if wire.U16.unpack_from(reply, 2)[0] & wire.TC:
             reply = await self._tcp.exchange(query, deadline)
         return reply
+
+    async def connect(self, deadline: float, *, fresh: bool = False) -> ConnectInfo:
+        """UDP has no connection: nothing to open, nothing measured."""
+        return ConnectInfo(0.0, protocol="UDP")
 
     async def _exchange(self, query: bytes, deadline: float) -> bytes:
         try:

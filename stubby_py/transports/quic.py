@@ -352,8 +352,11 @@ class QuicTransport(MultiplexedTransport[P]):
         self._ticket: SessionTicket | None = None
         self._token = b""
         self._contexts = ClientContexts(spec, config)
-        #: handshakes that resumed a session from a ticket (a subset of stats.handshakes)
-        self.resumptions = 0
+
+    @property
+    def resumptions(self) -> int:
+        """Handshakes that resumed a session from a ticket (a subset of stats.handshakes)."""
+        return self.stats.resumptions
 
     def _new_connection(self, quic: QuicConnection) -> P:
         raise NotImplementedError
@@ -402,9 +405,9 @@ class QuicTransport(MultiplexedTransport[P]):
     def _check_session(self, connection: P) -> None:
         if connection.alpn not in self.alpn:
             raise ALPNMismatchError(f"{self.name}: server chose ALPN {connection.alpn!r}")
+        self._session_details = (connection.is_resumed, "QUIC", connection.alpn, None)
         if connection.is_resumed:
             # a ticket only ever comes from a session whose certificate and pins were checked
-            self.resumptions += 1
             return
         check_pins(self.spec, connection.peer_certificate(), connection.peer_chain())
 

@@ -7,6 +7,11 @@ hashes, one of them must be the SHA-256 of the TBS part of a certificate in the 
 (dnscrypt-proxy's check). Both come on top of the verification, never instead of it. No fall-back
 to cleartext exists.
 
+Sessions are resumed (`ResumingContext`): a new connection offers the session of the latest
+connection of the same upstream whose certificate and pins were checked, each session once (RFC
+8446 §C.4), so a reconnect costs one round trip less; a resumed handshake shows no certificate
+to check again, as with QUIC (quic.py), since its session only ever came from a checked one.
+
 A CA file is read again when it changes (`ClientContexts`, checked at each new connection), so a
 renewed bundle is taken up without a restart; one that cannot be read or parsed makes that
 upstream fail with TLSConfigError (`tls-config`) and leaves the others alone.
@@ -15,6 +20,7 @@ upstream fail with TLSConfigError (`tls-config`) and leaves the others alone.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
 import ssl
@@ -53,10 +59,10 @@ class ClientContexts:
         self._config = config
         self._alpn = alpn
         self.ca_file = spec.ca_file or config.transport.ca_file
-        self._context: ssl.SSLContext | None = None
+        self._context: ResumingContext | None = None
         self._version: FileVersion | None = None
 
-    def get(self) -> ssl.SSLContext:
+    def get(self) -> ResumingContext:
         """The context for a new connection; TLSConfigError if it cannot be built."""
         version = self._file_version()
         if self._context is None or version != self._version:
@@ -89,12 +95,46 @@ class ClientContexts:
         return TLSConfigError(f"{self._spec.label}: CA file {self.ca_file} {problem}")
 
 
+class ResumingContext(ssl.SSLContext):
+    """A client context whose next connection resumes the session of the latest one handed to
+    `remember` (a connection that passed every check), and each such session only once."""
+
+    _resume_from: ssl.SSLObject | None = None
+
+    def remember(self, ssl_object: ssl.SSLObject | None) -> None:
+        self._resume_from = ssl_object
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        source, self._resume_from = self._resume_from, None
+        if session is None and not server_side and source is not None and source.context is self:
+            session = source.session  # None, or not resumable: a full handshake
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname, session)
+
+
+@functools.cache
+def _default_verify_flags() -> ssl.VerifyFlags:
+    """What ssl.create_default_context sets on this Python (3.13 adds strict X.509 checks)."""
+    return ssl.create_default_context().verify_flags
+
+
 def client_context(
     spec: UpstreamSpec, config: Config, alpn: list[str] | None = None
-) -> ssl.SSLContext:
+) -> ResumingContext:
     """Raises ssl.SSLError or OSError if the CA file cannot be loaded (ClientContexts maps it)."""
     ca_file = spec.ca_file or config.transport.ca_file
-    context = ssl.create_default_context(cafile=ca_file)
+    context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.verify_flags = _default_verify_flags()
+    if ca_file:
+        context.load_verify_locations(cafile=ca_file)
+    else:
+        context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     context.minimum_version = (
         ssl.TLSVersion.TLSv1_3
         if config.transport.tls_min_version == "1.3"
@@ -170,3 +210,21 @@ def check_pins(
                 f"{spec.label}: no certificate in the chain ({len(certificates)}) has a TBS"
                 " hash the DNS stamp names"
             )
+
+
+SessionDetails = tuple[bool, str, str | None, str | None]
+
+
+def check_session(
+    spec: UpstreamSpec, ssl_object: ssl.SSLObject, context: ResumingContext
+) -> SessionDetails:
+    """The pins of a new TLS connection checked (a resumed one carries a session that was), its
+    session kept for the next connection; returns (resumed, version, ALPN, cipher)."""
+    resumed = bool(ssl_object.session_reused)
+    if not resumed:
+        chain = verified_chain(ssl_object) if spec.cert_hashes else []
+        check_pins(spec, ssl_object.getpeercert(binary_form=True), chain)
+    context.remember(ssl_object)
+    cipher = ssl_object.cipher()
+    version = ssl_object.version() or "TLS"
+    return resumed, version, ssl_object.selected_alpn_protocol(), cipher[0] if cipher else None

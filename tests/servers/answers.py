@@ -46,7 +46,8 @@ class ServerState:
     ttl: int = 300
     #: TLS handshakes completed (HTTP/2: every connection; QUIC: HandshakeCompleted)
     handshakes: int = 0
-    #: QUIC handshakes that resumed a session from a ticket
+    #: handshakes that resumed a session (QUIC from a ticket; TLS over TCP: DoT and DoH over
+    #: HTTP/2, from a session ticket)
     resumptions: int = 0
     #: HTTP methods of the requests, in order, and their paths (paths: HTTP/2 only)
     methods: list[str] = field(default_factory=list)

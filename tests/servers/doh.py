@@ -40,6 +40,8 @@ class _H2ServerConnection(asyncio.Protocol):
         self._state.connections += 1
         self._state.peers.append(transport.get_extra_info("peername")[0])
         self._state.handshakes += 1
+        ssl_object = transport.get_extra_info("ssl_object")
+        self._state.resumptions += bool(ssl_object is not None and ssl_object.session_reused)
         codes = h2.settings.SettingCodes
         settings: dict[h2.settings.SettingCodes, int] = {}
         if self._server.max_streams is not None:

@@ -62,6 +62,10 @@ class LocalUpstream(ServerThread):
     ) -> None:
         self.state.connections += 1
         self.state.peers.append(writer.get_extra_info("peername")[0])
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.state.handshakes += 1
+            self.state.resumptions += ssl_object.session_reused
         self._writers.add(writer)
         held: list[bytes] = []
         try:

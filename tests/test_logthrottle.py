@@ -10,7 +10,7 @@ import dns.query
 import dns.rcode
 import pytest
 
-from stubby_py.daemon.logthrottle import MAX_KEYS, LogThrottle
+from stubby_py.core.logthrottle import MAX_KEYS, LogThrottle
 from tests.conftest import dot_uri
 from tests.daemon_thread import make_config, running_daemon
 from tests.servers import LocalUpstream, Misbehaviour

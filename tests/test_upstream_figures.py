@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import logging
 import math
 import re
 from collections.abc import Iterator
@@ -364,3 +365,28 @@ def test_an_unreachable_upstream_shows_outage_not_latency(ca: trustme.CA, ca_fil
     assert bad["probe"]["failures"] >= 2 and bad["probe"]["p50_ms"] is None
     assert bad["queries"] == 0  # probes are not counted as the client's queries
     assert good["windows"]["5m"]["outage_seconds"] == 0 and good["probe"]["samples"] >= 1
+
+
+def test_a_dead_upstream_probed_again_and_again_is_logged_once(
+    ca: trustme.CA, ca_file: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The default pool always has a dead member somewhere (IPv6 entries on an IPv4-only
+    network): background probes try it every minute, and the journal must not get a warning
+    each time — one per kind of failure and CONNECT_LOG_INTERVAL."""
+    with local_upstream(server_context(ca)) as alive:
+        dead_port = free_port()
+        uris = [f"tls://127.0.0.1:{alive.port}#dns.test", f"tls://127.0.0.1:{dead_port}#dns.test"]
+        config = make_config(uris, ca_file, probe_interval=0.1)
+        with caplog.at_level(logging.WARNING), running_daemon(config) as daemon:
+
+            def connects_failed() -> int:
+                upstreams = daemon.call(daemon.daemon.collect_stats)["upstreams"]
+                kinds = upstreams[1]["windows"]["5m"]["failure_kinds"]
+                return int(kinds.get("connection-refused", 0))
+
+            assert wait_for(lambda: connects_failed() >= 4, 20)
+    refused = [
+        r for r in caplog.records
+        if r.name == "stubby_py.transports.multiplex" and str(dead_port) in r.getMessage()
+    ]  # fmt: skip
+    assert len(refused) == 1, [r.getMessage() for r in refused]

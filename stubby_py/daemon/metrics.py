@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from stubby_py.core.access import AccessList
-from stubby_py.daemon.logthrottle import LogThrottle
+from stubby_py.core.logthrottle import LogThrottle
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from dns.rcode import Rcode
 from dns.rdatatype import RdataType
 
 from stubby_py.core import response, wire
-from stubby_py.daemon.logthrottle import LogThrottle
+from stubby_py.core.logthrottle import LogThrottle
 
 if TYPE_CHECKING:
     from stubby_py.daemon.context import QueryContext

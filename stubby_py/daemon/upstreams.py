@@ -26,10 +26,10 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from stubby_py.core.logthrottle import LogThrottle
 from stubby_py.core.pool import Pool, UpstreamHealth
 from stubby_py.daemon.explain import TRANSPORT_NAMES, Attempt, Trace
 from stubby_py.daemon.fallback import make_upstream
-from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.transports.base import Transport
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from stubby_py.core.errors import (
     UpstreamError,
     UpstreamProtocolError,
 )
+from stubby_py.core.logthrottle import LogThrottle
 from stubby_py.daemon.anchor_updates import AnchorUpdates
 from stubby_py.daemon.explain import Trace, ValidationView, chain_link
-from stubby_py.daemon.logthrottle import LogThrottle
 from stubby_py.daemon.upstreams import UpstreamGroup
 from stubby_py.dnssec.aggressive import Key, wire_key
 from stubby_py.dnssec.anchors import TrustAnchors

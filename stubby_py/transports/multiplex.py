@@ -36,6 +36,7 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from stubby_py.core.logthrottle import LogThrottle
 from stubby_py.transports.base import ConnectInfo, TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
 from stubby_py.transports.toolkit import ConnectionLinks
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 #: how many times one connect opens again because resets kept arriving while it was opening
 MAX_STALE_OPENS = 3
+#: a failing connect is logged once per this many seconds and kind (what came between is counted)
+CONNECT_LOG_INTERVAL = 600.0
 #: how many times one query goes again after the connections it travelled on were cut (each of
 #: them after answering others): the query's deadline is the usual bound, this one is for a
 #: query that kills every connection it is sent on
@@ -126,6 +129,7 @@ class MultiplexedTransport(Generic[C]):
     def __init__(self, spec: UpstreamSpec, config: Config) -> None:
         self.spec = spec
         self.stats = TransportStats()
+        self._connect_log = LogThrottle(CONNECT_LOG_INTERVAL)
         #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
         self.endpoint = endpoint_for(spec, config)
         self.idle_timeout = config.transport.idle_timeout
@@ -279,10 +283,13 @@ class MultiplexedTransport(Generic[C]):
                     raise
                 log.debug("%s; trying the next address", exc)
 
-    @staticmethod
-    def _connect_failed(exc: UpstreamError) -> None:
+    def _connect_failed(self, exc: UpstreamError) -> None:
         exc.no_connection = True
-        log.warning("%s", exc)
+        # background probes try a dead upstream every minute (the default pool's IPv6 entries
+        # on an IPv4-only network): say so once per CONNECT_LOG_INTERVAL and kind, not each time
+        held = self._connect_log.allow(exc.kind, asyncio.get_running_loop().time())
+        if held is not None:
+            log.warning("%s%s", exc, f" ({held} more like it since the last)" if held else "")
 
     def links(self) -> ConnectionLinks:
         """What a new connection of this transport reports to it, and asks of it."""

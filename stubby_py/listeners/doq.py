@@ -10,11 +10,10 @@ limit) gets its stream reset with DOQ_EXCESSIVE_LOAD.
 
 Before any QUIC processing, each datagram's source is checked against the access list, and
 against the listener's own `allow` if it has one: a denied client's packets are dropped, no
-Initial is answered. A new connection counts against a total
-and a per-client cap (the numbers of the TCP caps, counted apart); over them its Initial is
-dropped. At most MAX_STREAMS queries at once per connection (the stream credit; unidirectional
-credit 0) and MAX_BUFFERED octets of unfinished ones (over it: DOQ_EXCESSIVE_LOAD); the idle
-timeout is the TCP one.
+Initial is answered. A new connection counts against a total and a per-client cap (the numbers
+of the TCP caps, counted apart); over them its Initial is dropped. At most MAX_STREAMS queries
+at once per connection (the stream credit; unidirectional credit 0) and MAX_BUFFERED octets of
+unfinished ones (over it: DOQ_EXCESSIVE_LOAD); the idle timeout is the TCP one.
 
 0-RTT is refused: aioquic's server takes 0-RTT data from any client that resumes a session, and
 0-RTT queries can be replayed (RFC 9250 §4.5), so no session tickets are issued on DoQ (no
@@ -282,7 +281,9 @@ class DoQServer(QuicServer):
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         assert isinstance(data, bytes)
         shared = self.shared
-        if not shared.resolver.acl.allows(addr[0]) or self.own_allow.refuses(addr[0]):
+        own = self.own_allow.acl
+        peer = addr[0]
+        if not shared.resolver.acl.allows(peer) or (own is not None and not own.allows(peer)):
             self.stats.denied_datagrams += 1
             return
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,16 @@ import trustme
 from tests.servers import LocalUpstream, local_upstream
 
 AUTH_NAME = "dns.test"
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level() -> Iterator[None]:
+    """A daemon reloaded in-process sets the root logger's level (daemon/service.py): put it
+    back after each test, so no test sees the level another left (a test that asserts nothing
+    is logged at INFO would see aioquic's client lines)."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
 
 
 @pytest.fixture(scope="session")

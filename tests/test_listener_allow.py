@@ -9,7 +9,6 @@ Clients bind their sockets to the source address (127.0.0.0/8 is all local on Li
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import ssl
 from collections.abc import Iterator
@@ -94,14 +93,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         text = config_text(upstream.port, cert, key)
         path.write_text(text)
         config = parse_config(text, str(path))
-        root_level = logging.getLogger().level  # a reload sets the root logger's level
         with running_daemon(config) as daemon:
             (_, plain), (_, open_plain) = daemon.daemon.bound
             dot, doq = (bound.port for bound in daemon.daemon.encrypted_bound)
             yield Served(daemon, upstream, ca_file, path, text, plain, open_plain, dot, doq)
-            daemon.daemon.loader = lambda: parse_config(text, str(path))
-            daemon.call(daemon.daemon.reload)  # as the module found it, for the tests after
-        logging.getLogger().setLevel(root_level)
 
 
 def udp(served: Served, source: str, port: int | None = None, *, where: str = "127.0.0.1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import tempfile
@@ -21,6 +22,16 @@ AUTH_NAME = "dns.test"
 os.environ.setdefault(
     "STUBBY_PY_NETWORK_STATE_ROOT", tempfile.mkdtemp(prefix="stubby-py-netstate-")
 )
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level() -> Iterator[None]:
+    """A daemon reloaded in-process sets the root logger's level (daemon/service.py): put it
+    back after each test, so no test sees the level another left (a test that asserts nothing
+    is logged at INFO would see aioquic's client lines)."""
+    level = logging.getLogger().level
+    yield
+    logging.getLogger().setLevel(level)
 
 
 @pytest.fixture(scope="session")

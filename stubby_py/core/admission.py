@@ -76,11 +76,7 @@ def admit(data: bytes, client_ip: str, now: float, rules: Rules) -> wire.ClientQ
         return NOT_A_QUERY
     limiter = rules.limiter
     if not rules.acl.allows(client_ip):
-        if not rules.refuse_denied:
-            return DENIED_DROPPED
-        if limiter is not None and not _within_rate(client_ip, now, limiter, rules.exempt):
-            return DENIED_OVER_RATE
-        return DENIED_REFUSED
+        return _denied(client_ip, now, rules)
     if limiter is not None and not _within_rate(client_ip, now, limiter, rules.exempt):
         return RATE_LIMITED_REFUSED if rules.refuse_limited else RATE_LIMITED_DROPPED
     if data[2] & _OPCODE_OCTET:
@@ -95,6 +91,23 @@ def admit(data: bytes, client_ip: str, now: float, rules: Rules) -> wire.ClientQ
     if query.edns_version > 0:
         return BADVERS
     return query
+
+
+def deny(data: bytes, client_ip: str, now: float, rules: Rules) -> Rejection:
+    """What becomes of a message from a client a listener's own `allow` leaves out: what
+    `admit` makes of one from outside the global access list."""
+    if len(data) < wire.HEADER_LEN or data[2] & _QR_OCTET:
+        return NOT_A_QUERY
+    return _denied(client_ip, now, rules)
+
+
+def _denied(client_ip: str, now: float, rules: Rules) -> Rejection:
+    if not rules.refuse_denied:
+        return DENIED_DROPPED
+    limiter = rules.limiter
+    if limiter is not None and not _within_rate(client_ip, now, limiter, rules.exempt):
+        return DENIED_OVER_RATE
+    return DENIED_REFUSED
 
 
 def parse(data: bytes) -> wire.ClientQuery | None:

@@ -198,6 +198,13 @@ class ListenerSettings:
     #: clients' TCP connections open at once, in total and from one client address
     tcp_max_connections: int = 512
     tcp_max_connections_per_client: int = 64
+    #: listeners' own `allow` lists, by listener label (`listener_label`): each narrows the
+    #: global `allow` on that listener; a listener not named here has none of its own
+    own_allow: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def allow_of(self, label: str) -> tuple[str, ...] | None:
+        """The listener's own `allow` (None: only the global one applies)."""
+        return next((networks for name, networks in self.own_allow if name == label), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -650,11 +657,34 @@ def parse_listen_uri(text: str) -> tuple[str, int] | EncryptedListen:
     return EncryptedListen(scheme, host, port, path if doh else "")
 
 
-def split_listen(entries: tuple[tuple[str, int] | EncryptedListen, ...]) -> dict[str, Any]:
-    """`listen` entries as the Config fields `listen` (plain) and `encrypted_listen`."""
+@dataclass(frozen=True, slots=True)
+class NarrowedListen:
+    """A `listen` entry written as a mapping: the listener and its own `allow`."""
+
+    listener: tuple[str, int] | EncryptedListen
+    allow: tuple[str, ...]
+
+
+def listener_label(listener: tuple[str, int] | EncryptedListen) -> str:
+    """`127.0.0.1:53`, `[::1]:53` or the URI: what names a listener (`own_allow`)."""
+    if isinstance(listener, EncryptedListen):
+        return listener.label
+    host, port = listener
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def split_listen(
+    entries: tuple[tuple[str, int] | EncryptedListen | NarrowedListen, ...],
+) -> dict[str, Any]:
+    """`listen` entries as the Config fields `listen` (plain), `encrypted_listen` and
+    `listen_allow` (the listeners' own `allow` lists)."""
+    listeners = [e.listener if isinstance(e, NarrowedListen) else e for e in entries]
     return {
-        "listen": tuple(e for e in entries if not isinstance(e, EncryptedListen)),
-        "encrypted_listen": tuple(e for e in entries if isinstance(e, EncryptedListen)),
+        "listen": tuple(e for e in listeners if not isinstance(e, EncryptedListen)),
+        "encrypted_listen": tuple(e for e in listeners if isinstance(e, EncryptedListen)),
+        "listen_allow": tuple(
+            (listener_label(e.listener), e.allow) for e in entries if isinstance(e, NarrowedListen)
+        ),
     }
 
 
@@ -933,6 +963,81 @@ def _list(
     return tuple(convert(item, f"{key}[{i}]") for i, item in enumerate(reader.items(node, key)))
 
 
+_LISTEN_KEYS = {"url", "allow"}
+
+
+def _listen(
+    r: _Reader, node: yaml.Node, key: str
+) -> tuple[tuple[str, int] | EncryptedListen | NarrowedListen, ...]:
+    """`listen`: each entry IP:PORT or a URI, or a mapping of `url` and the listener's own
+    `allow` (it narrows the global `allow` on that listener)."""
+    entries: list[tuple[str, int] | EncryptedListen | NarrowedListen] = []
+    labels: dict[str, int] = {}
+    for index, item in enumerate(r.items(node, key)):
+        item_key = f"{key}[{index}]"
+        listener: tuple[str, int] | EncryptedListen
+        entry: tuple[str, int] | EncryptedListen | NarrowedListen
+        if isinstance(item, yaml.ScalarNode):
+            listener = entry = r.converted(item, item_key, parse_listen_uri)
+        else:
+            fields = r.mapping(item, item_key, _LISTEN_KEYS)
+            if "url" not in fields:
+                raise r.fail(item, item_key, "expected a url, e.g. tls://192.168.1.2:853")
+            listener = r.converted(fields["url"], f"{item_key}.url", parse_listen_uri)
+            entry = listener
+            if "allow" in fields:
+                allow = _list(
+                    r, fields["allow"], f"{item_key}.allow",
+                    lambda m, k: r.converted(m, k, _network),
+                )  # fmt: skip
+                if not allow:
+                    raise r.fail(
+                        fields["allow"], f"{item_key}.allow",
+                        "expected at least one network such as 192.168.1.0/24",
+                    )  # fmt: skip
+                entry = NarrowedListen(listener, allow)
+        label = listener_label(listener)
+        twin = labels.setdefault(label, index)
+        if twin != index and NarrowedListen in (type(entry), type(entries[twin])):
+            raise r.fail(item, item_key, f"the same listener as {key}[{twin}] ({label})")
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _listen_url(r: _Reader, item: yaml.Node) -> str:
+    """The URI of a `listen` entry already read by `_listen` (a string or a mapping's url)."""
+    if isinstance(item, yaml.MappingNode):
+        item = r.mapping(item, "listen", _LISTEN_KEYS)["url"]
+    return r.text(item, "listen")
+
+
+def _check_listen_allow(r: _Reader, fields: dict[str, yaml.Node], config: Config) -> None:
+    """A listener's own `allow` only narrows the global one: a network in it that no global
+    network overlaps would admit no one, so it is taken for a mistake."""
+    if not config.listeners.own_allow:
+        return
+    overall = [ipaddress.ip_network(n) for n in config.access.allow]
+    for index, item in enumerate(r.items(fields["listen"], "listen")):
+        if not isinstance(item, yaml.MappingNode):
+            continue
+        own = r.mapping(item, f"listen[{index}]", _LISTEN_KEYS).get("allow")
+        if own is None:
+            continue
+        for at, network_node in enumerate(r.items(own, f"listen[{index}].allow")):
+            network = ipaddress.ip_network(_network(r.text(network_node, "allow")))
+            if not any(
+                network.version == other.version and network.overlaps(other)
+                for other in overall
+            ):
+                raise r.fail(
+                    network_node,
+                    f"listen[{index}].allow[{at}]",
+                    f"a network inside the global `allow` ({', '.join(config.access.allow)}):"
+                    f" a listener's own `allow` only narrows it, and {network} is outside it;"
+                    " add it to `allow` too",
+                )
+
+
 def bootstrap_resolver(text: str) -> UpstreamSpec:
     """A bootstrap resolver: any upstream URI, but given by IP address (nothing resolves it)."""
     spec = parse_upstream_uri(text)
@@ -1175,8 +1280,9 @@ def _in_mebibytes(value: int) -> int:
 
 #: every option, by its name in the file; the keys a file may set are those with `read`
 OPTIONS: dict[str, Option] = {
-    "listen": Option("listeners", "addresses", _each(parse_listen_uri)),
+    "listen": Option("listeners", "addresses", _listen),
     "encrypted_listen": Option("listeners", "encrypted"),
+    "listen_allow": Option("listeners", "own_allow"),
     "tls_cert": Option("listeners", "tls_cert", _converted(_file), nullable=True),
     "tls_key": Option("listeners", "tls_key", _converted(_file), nullable=True),
     "listen_padding_block": Option("listeners", "padding_block", _whole(0, 4096)),
@@ -1285,6 +1391,7 @@ def parse_config(text: str, source: str) -> Config:
     values.update(split_listen(values["listen"]) if "listen" in values else {})
     config = Config.from_options(source=source, **values)
     _check_tls_files(reader, fields, config)
+    _check_listen_allow(reader, fields, config)
     _check_rules(reader, fields, config)
     _check_bootstrap(reader, fields, config)
     _check_network_resolver(reader, fields, config)
@@ -1313,7 +1420,7 @@ def _check_tls_files(reader: _Reader, fields: dict[str, yaml.Node], config: Conf
             index = next(
                 i
                 for i, item in enumerate(reader.items(fields["listen"], "listen"))
-                if isinstance(parse_listen_uri(reader.scalar(item, "listen")), EncryptedListen)
+                if isinstance(parse_listen_uri(_listen_url(reader, item)), EncryptedListen)
             )
             item = reader.items(fields["listen"], "listen")[index]
             raise reader.fail(

@@ -4,7 +4,8 @@
 - reverse loopback (127.in-addr.arpa, ::1 in ip6.arpa): PTR localhost.;
 - `invalid` (RFC 6761 §6.4): NXDOMAIN;
 - `resolver.arpa` (DDR, RFC 9462): `_dns.resolver.arpa` SVCB lists our encrypted listeners
-  (NODATA when there are none); never forwarded, whatever the rules say;
+  that the asking client may use (their own `allow`; NODATA when there are none); never
+  forwarded, whatever the rules say;
 - private, link-local and other locally-served reverse zones (RFC 6303 §4), `home.arpa`
   (RFC 8375) and `local` (mDNS, RFC 6762 §22): NXDOMAIN, unless a forwarding rule sends them
   somewhere (the resolver consults the rules first). Special-use names such as `test` and
@@ -23,6 +24,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from stubby_py.core.access import AccessList
 from stubby_py.core.wire import ClientQuery
 
 log = logging.getLogger(__name__)
@@ -162,6 +164,40 @@ def designated_resolvers(
         log.warning("DDR: no designated resolvers announced: the records do not parse (%s)", exc)
         return ()
     return tuple(records)
+
+
+#: an encrypted listener for DDR: (scheme, address, port, DoH path)
+Listener = tuple[str, str, int, str]
+
+
+class Designation:
+    """DDR per client: the SVCB records of the encrypted listeners whose own `allow` (None:
+    none) admits the client, so it is not told of a listener that would close on it. Records
+    are made once per set of admitting listeners."""
+
+    def __init__(
+        self, listeners: tuple[tuple[Listener, AccessList | None], ...], hostname: str | None
+    ) -> None:
+        self._listeners = listeners
+        self._hostname = hostname
+        self._made: dict[tuple[bool, ...], tuple[str, ...]] = {}
+        #: the records for every client, when no listener has an `allow` of its own
+        self._everyone: tuple[str, ...] | None = None
+        if all(acl is None for _, acl in listeners):
+            self._everyone = designated_resolvers(tuple(e for e, _ in listeners), hostname)
+
+    def for_client(self, client_ip: str) -> tuple[str, ...]:
+        if self._everyone is not None:
+            return self._everyone
+        admitted = tuple(acl is None or acl.allows(client_ip) for _, acl in self._listeners)
+        records = self._made.get(admitted)
+        if records is None:
+            usable = tuple(e for (e, _), ok in zip(self._listeners, admitted, strict=True) if ok)
+            records = self._made[admitted] = designated_resolvers(usable, self._hostname)
+        return records
+
+
+NO_DESIGNATION = Designation((), None)
 
 
 def is_always_local(zone: dns.name.Name) -> bool:

@@ -79,8 +79,8 @@ class Resolver:
         self.cache = cache
         #: set by the daemon when a query log is configured
         self.query_log: QueryLog | None = None
-        #: DDR (RFC 9462): SVCB records of our encrypted listeners, set by the daemon
-        self.designated: tuple[str, ...] = ()
+        #: DDR (RFC 9462): SVCB records of our encrypted listeners, per client; set by the daemon
+        self.designated: local.Designation = local.NO_DESIGNATION
         #: Extended DNS Errors that go with a cached answer (why it is insecure), by cache key
         self.answer_notes: dict[bytes, tuple[int, str]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -120,6 +120,13 @@ class Resolver:
             self.answer(context)
         return True
 
+    def handle_denied(self, data: bytes, client_ip: str, respond: Respond) -> bool:
+        """A message from a client a listener's own `allow` leaves out: refused or dropped as
+        one from outside the global `allow` is (`deny_action`), and counted alike."""
+        self.counters["queries"] += 1
+        rejection = admission.deny(data, client_ip, self._loop.time(), self.rules)
+        return self._turn_away(data, client_ip, respond, rejection)
+
     def _turn_away(
         self, data: bytes, client_ip: str, respond: Respond, rejection: Rejection
     ) -> bool:
@@ -149,7 +156,8 @@ class Resolver:
             return False
         self.counters["local"] += 1
         context.source = "local"
-        body = local.local_answer(query, zone, self.designated)
+        designated = self.designated.for_client(context.client_ip)
+        body = local.local_answer(query, zone, designated)
         context.answer(response.client_reply(body, query, limit=context.limit))
         return True
 

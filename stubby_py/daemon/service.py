@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stubby_py.core import local
-from stubby_py.core.config import Config, EncryptedListen
+from stubby_py.core.access import AccessList
+from stubby_py.core.config import Config, EncryptedListen, listener_label
 from stubby_py.core.errors import StubbyError
 from stubby_py.daemon import control, fdbudget, memtrace, netwatch, probing, stats
 from stubby_py.daemon.metrics import MetricsServer
@@ -37,7 +38,7 @@ from stubby_py.daemon.road import Road
 from stubby_py.daemon.runtime import Runtime
 from stubby_py.listeners import doh, doh3, doq, dot
 from stubby_py.listeners import server as tls_accept
-from stubby_py.listeners.plain import TCPConnections, UDPListener
+from stubby_py.listeners.plain import OwnAllow, TCPConnections, TCPListener, UDPListener
 from stubby_py.listeners.tls_files import ServerCertificate
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,11 @@ class Daemon:
     _doh3_servers: list[doh3.DoH3Server] = field(default_factory=list)
     #: what waits for every listener to be bound (an https:// one's Alt-Svc)
     _after_bind: list[Callable[[], None]] = field(default_factory=list)
+    #: each listener's own `allow` (by listener label), set again on reload
+    _own_allows: list[tuple[str, OwnAllow]] = field(default_factory=list)
+    _udp_by_label: list[tuple[str, UDPListener]] = field(default_factory=list)
+    #: the encrypted listeners bound, each with its own `allow` (for DDR)
+    _encrypted_own: list[tuple[EncryptedListen, OwnAllow]] = field(default_factory=list)
 
     # -- start ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -211,17 +217,54 @@ class Daemon:
         """A TCP server and a UDP endpoint on one port (the one TCP got, for port 0)."""
         assert self.tcp is not None
         loop = asyncio.get_running_loop()
+        label = listener_label((address, port))
         server = await loop.create_server(
-            self.tcp.protocol, address, port, reuse_address=True, backlog=1024
+            self._tcp_protocol(label), address, port, reuse_address=True, backlog=1024
         )
         bound = server.sockets[0].getsockname()[1]
-        udp = UDPListener(self.tcp.resolver)
+        udp = self._udp_listener(label)
         try:
             await loop.create_datagram_endpoint(lambda: udp, local_addr=(address, bound))
         except OSError:
             server.close()
+            self._forget_listener(label)
             raise
         return server, udp, bound
+
+    # -- the listeners' own `allow` -------------------------------------------------------------
+    def _own_acl(self, label: str, config: Config | None = None) -> AccessList | None:
+        networks = (config or self.config).listeners.allow_of(label)
+        return None if networks is None else AccessList(networks)
+
+    def _own_allow(self, label: str) -> OwnAllow:
+        """The listener's own `allow`, set now (before it takes a client) and on reload."""
+        own = OwnAllow(self._own_acl(label))
+        self._own_allows.append((label, own))
+        return own
+
+    def _tcp_protocol(self, label: str) -> Callable[[], TCPListener]:
+        assert self.tcp is not None
+        tcp, own = self.tcp, self._own_allow(label)
+        return lambda: TCPListener(tcp, own)
+
+    def _udp_listener(self, label: str) -> UDPListener:
+        assert self.tcp is not None
+        udp = UDPListener(self.tcp.resolver, self._own_acl(label))
+        self._udp_by_label.append((label, udp))
+        return udp
+
+    def _forget_listener(self, label: str) -> None:
+        """A listener that could not be bound (port 0 tried again)."""
+        self._own_allows = [(name, own) for name, own in self._own_allows if name != label]
+        self._udp_by_label = [(name, udp) for name, udp in self._udp_by_label if name != label]
+
+    def _narrow(self, config: Config) -> None:
+        """Reload: each listener's own `allow` as `config` says, for the connections and
+        datagrams to come (adding or removing a listener needs a restart)."""
+        for label, own in self._own_allows:
+            own.acl = self._own_acl(label, config)
+        for label, udp in self._udp_by_label:
+            udp.narrow(self._own_acl(label, config))
 
     async def _listen_encrypted(
         self, listener: EncryptedListen, inherited: socket.socket | None
@@ -271,11 +314,13 @@ class Daemon:
 
             self._after_bind.append(alt_svc_later)
 
-        tls_server = tls_accept.TLSServer(sock, tcp, self.certificate, alpn, protocol)
+        own = self._own_allow(listener.label)
+        tls_server = tls_accept.TLSServer(sock, tcp, self.certificate, alpn, protocol, own)
         tls_server.start()
         self._tls_servers.append(tls_server)
         bound = replace(listener, port=tls_server.port)
         self.encrypted_bound.append(bound)
+        self._encrypted_own.append((bound, own))
         log.info("listening on %s%s", bound.label, " (socket from systemd)" if inherited else "")
 
     async def _listen_quic(
@@ -292,10 +337,14 @@ class Daemon:
         def padding_block() -> int:
             return self.config.listeners.padding_block
 
+        own = self._own_allow(listener.label)
+
         def endpoint() -> doq.DoQServer:
             if listener.scheme == "h3":
-                return doh3.DoH3Server(tcp, certificate, padding_block, listener.path)
-            return doq.DoQServer(tcp, certificate, padding_block)
+                server = doh3.DoH3Server(tcp, certificate, padding_block, listener.path)
+                server.own_allow = own
+                return server
+            return doq.DoQServer(tcp, certificate, padding_block, own)
 
         try:
             if inherited is not None:
@@ -312,6 +361,7 @@ class Daemon:
             self._doq_servers.append(server)
         bound = replace(listener, port=server.port)
         self.encrypted_bound.append(bound)
+        self._encrypted_own.append((bound, own))
         log.info("listening on %s (UDP%s)", bound.label, ", from systemd" if inherited else "")
 
     def _alt_svc(self, https: EncryptedListen) -> bytes | None:
@@ -324,11 +374,14 @@ class Daemon:
         return None
 
     def _designate(self) -> None:
-        """DDR: what `_dns.resolver.arpa` SVCB says (the certificate's name may have changed)."""
+        """DDR: what `_dns.resolver.arpa` SVCB says, to whom (the certificate's name and the
+        listeners' own `allow` may have changed)."""
         assert self.resolver is not None
         hostname = self.certificate.hostname if self.certificate is not None else None
-        listeners = tuple((e.scheme, e.address, e.port, e.path) for e in self.encrypted_bound)
-        self.resolver.designated = local.designated_resolvers(listeners, hostname)
+        listeners = tuple(
+            ((e.scheme, e.address, e.port, e.path), own.acl) for e, own in self._encrypted_own
+        )
+        self.resolver.designated = local.Designation(listeners, hostname)
 
     async def _adopt(self, sockets: list[socket.socket]) -> None:
         """Serve on sockets systemd passed us (socket activation): no bind, no privilege."""
@@ -336,14 +389,16 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sock in sockets:
             sock.setblocking(False)
+            address, port = sock.getsockname()[:2]
+            label = listener_label((address, port))
             if sock.type == socket.SOCK_DGRAM:
-                udp = UDPListener(self.tcp.resolver)
+                udp = self._udp_listener(label)
                 await loop.create_datagram_endpoint(lambda: udp, sock=sock)  # noqa: B023
                 self._udp.append(udp)
             else:
-                server = await loop.create_server(self.tcp.protocol, sock=sock, backlog=1024)
+                protocol = self._tcp_protocol(label)
+                server = await loop.create_server(protocol, sock=sock, backlog=1024)
                 self._servers.append(server)
-            address, port = sock.getsockname()[:2]
             if (address, port) not in self.bound:
                 self.bound.append((address, port))
 
@@ -518,6 +573,7 @@ class Daemon:
         self.tcp.ipv6_prefix = new.access.ipv6_client_prefix
         if self.certificate is not None and new.listeners.tls_cert and new.listeners.tls_key:
             self.certificate.configure(new.listeners.tls_cert, new.listeners.tls_key)
+        self._narrow(new)
         self._designate()
         if self.metrics is not None:
             self.metrics.configure(new.service.metrics_allow, fd_plan.caps.metrics_max_connections)

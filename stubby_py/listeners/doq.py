@@ -8,12 +8,12 @@ a unidirectional stream, an edns-tcp-keepalive option (RFC 9250 §5.5.2). A stre
 stops (STOP_SENDING) is reset with DOQ_REQUEST_CANCELLED; a query the resolver drops (rate
 limit) gets its stream reset with DOQ_EXCESSIVE_LOAD.
 
-Before any QUIC processing, each datagram's source is checked against the access list: a denied
-client's packets are dropped, no Initial is answered. A new connection counts against a total
-and a per-client cap (the numbers of the TCP caps, counted apart); over them its Initial is
-dropped. At most MAX_STREAMS queries at once per connection (the stream credit; unidirectional
-credit 0) and MAX_BUFFERED octets of unfinished ones (over it: DOQ_EXCESSIVE_LOAD); the idle
-timeout is the TCP one.
+Before any QUIC processing, each datagram's source is checked against the access list, and
+against the listener's own `allow` if it has one: a denied client's packets are dropped, no
+Initial is answered. A new connection counts against a total and a per-client cap (the numbers
+of the TCP caps, counted apart); over them its Initial is dropped. At most MAX_STREAMS queries
+at once per connection (the stream credit; unidirectional credit 0) and MAX_BUFFERED octets of
+unfinished ones (over it: DOQ_EXCESSIVE_LOAD); the idle timeout is the TCP one.
 
 0-RTT is refused: aioquic's server takes 0-RTT data from any client that resumes a session, and
 0-RTT queries can be replayed (RFC 9250 §4.5), so no session tickets are issued on DoQ (no
@@ -46,7 +46,7 @@ from stubby_py.core import wire
 from stubby_py.core.edns import OPTION_KEEPALIVE, OPTION_PADDING
 from stubby_py.core.ratelimit import client_key
 from stubby_py.listeners.padding import option_codes, pad_reply
-from stubby_py.listeners.plain import TCPConnections
+from stubby_py.listeners.plain import OwnAllow, TCPConnections
 from stubby_py.listeners.tls_files import ServerCertificate
 
 log = logging.getLogger(__name__)
@@ -232,8 +232,11 @@ class DoQServer(QuicServer):
         shared: TCPConnections,
         certificate: ServerCertificate,
         padding_block: Callable[[], int],
+        own_allow: OwnAllow | None = None,
     ) -> None:
         self.shared = shared
+        #: the listener's own `allow` (the daemon changes it on reload)
+        self.own_allow = own_allow or OwnAllow()
         self._certificate = certificate
         #: a callable: the current padding block (it may change on reload)
         self.padding_block = padding_block
@@ -278,7 +281,9 @@ class DoQServer(QuicServer):
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         assert isinstance(data, bytes)
         shared = self.shared
-        if not shared.resolver.acl.allows(addr[0]):
+        own = self.own_allow.acl
+        peer = addr[0]
+        if not shared.resolver.acl.allows(peer) or (own is not None and not own.allows(peer)):
             self.stats.denied_datagrams += 1
             return
         try:

@@ -24,3 +24,8 @@ class QueryHandler(Protocol):
         """Take one query; True when an answer will come through `respond`, False when it is
         dropped (so a stream listener frees its pipelining slot at once)."""
         ...
+
+    def handle_denied(self, data: bytes, client_ip: str, respond: Respond) -> bool:
+        """A message from a client the listener's own `allow` leaves out: turned away as the
+        global access list turns away its outsiders (True when a refusal will come)."""
+        ...

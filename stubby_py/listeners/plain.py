@@ -12,6 +12,11 @@ hits) are written together, a batch at a time. A connection is closed when no co
 came and no answer went for `idle_timeout` (trickling bytes does not count), or when its unsent
 replies made no progress for as long.
 
+A listener may have an `allow` of its own, narrowing the global one there (OwnAllow): a TCP
+connection from outside it is closed at accept like one from outside the global list; a UDP
+query from outside it is turned away as one from outside the global list is (`deny_action`).
+A UDP listener without one checks nothing more per datagram: it hands its queries straight on.
+
 At shutdown the listeners stop taking queries (`stop_reading`) but keep their sockets open, so the
 queries already in flight are still answered; then they close.
 """
@@ -24,6 +29,7 @@ import socket
 from typing import Any, Protocol, cast
 
 from stubby_py.core import wire
+from stubby_py.core.access import AccessList
 from stubby_py.core.ratelimit import client_key
 from stubby_py.listeners.handler import QueryHandler, Respond
 from stubby_py.transports.toolkit import FrameReader, IdleTimer
@@ -58,11 +64,48 @@ def enlarge_receive_buffer(sock: socket.socket) -> None:
             continue
 
 
-class UDPListener(asyncio.DatagramProtocol):
-    def __init__(self, resolver: QueryHandler) -> None:
+class OwnAllow:
+    """A listener's own `allow`, which narrows the global one on that listener; `acl` None: it
+    has none. The daemon sets `acl` again on reload, for connections to come."""
+
+    __slots__ = ("acl",)
+
+    def __init__(self, acl: AccessList | None = None) -> None:
+        self.acl = acl
+
+    def refuses(self, client_ip: str) -> bool:
+        acl = self.acl
+        return acl is not None and not acl.allows(client_ip)
+
+
+class _Narrowed:
+    """The query handler behind a UDP listener's own `allow`."""
+
+    __slots__ = ("_acl", "_resolver")
+
+    def __init__(self, resolver: QueryHandler, acl: AccessList) -> None:
         self._resolver = resolver
+        self._acl = acl
+
+    def handle(self, data: bytes, client_ip: str, respond: Respond, *, udp: bool) -> bool:
+        if self._acl.allows(client_ip):
+            return self._resolver.handle(data, client_ip, respond, udp=udp)
+        return self._resolver.handle_denied(data, client_ip, respond)
+
+
+class UDPListener(asyncio.DatagramProtocol):
+    def __init__(self, resolver: QueryHandler, own_allow: AccessList | None = None) -> None:
+        self._resolver = resolver
+        #: what queries go to: the resolver, or the resolver behind the listener's own `allow`
+        self._handler: QueryHandler | _Narrowed = resolver
+        self.narrow(own_allow)
         self._transport: asyncio.DatagramTransport | None = None
         self._reading = True
+
+    def narrow(self, own_allow: AccessList | None) -> None:
+        """Set the listener's own `allow` (None: none), for datagrams to come."""
+        resolver = self._resolver
+        self._handler = resolver if own_allow is None else _Narrowed(resolver, own_allow)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
@@ -87,7 +130,7 @@ class UDPListener(asyncio.DatagramProtocol):
             if not transport.is_closing():
                 transport.sendto(reply, addr)
 
-        self._resolver.handle(data, addr[0], respond, udp=True)
+        self._handler.handle(data, addr[0], respond, udp=True)
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP listener: %s", exc)
@@ -141,10 +184,11 @@ class TCPConnections:
     def protocol(self) -> TCPListener:
         return TCPListener(self)
 
-    def admit(self, peer: str) -> str | None:
+    def admit(self, peer: str, own_allow: OwnAllow | None = None) -> str | None:
         """Count a new connection from `peer` in (its client_key), or say no: it is outside the
-        access list (not counted against any cap) or over a cap."""
-        if not self.resolver.acl.allows(peer):
+        access list or the listener's own (not counted against any cap), or over a cap."""
+        narrowed_out = own_allow is not None and own_allow.refuses(peer)
+        if narrowed_out or not self.resolver.acl.allows(peer):
             self.denied += 1
             return None
         if len(self.open) >= self.max_connections:
@@ -159,13 +203,17 @@ class TCPConnections:
         return client
 
     def accept(
-        self, connection: Connection, transport: asyncio.Transport
+        self,
+        connection: Connection,
+        transport: asyncio.Transport,
+        own_allow: OwnAllow | None = None,
     ) -> tuple[str, str | None]:
         """A new connection: (peer address, client key), counted in and open; or (peer, None)
-        when it is refused (shutting down, outside the access list, over a cap) and aborted."""
+        when it is refused (shutting down, outside the access list or the listener's own, over
+        a cap) and aborted."""
         peername = transport.get_extra_info("peername")
         peer = peername[0] if peername else ""
-        client = self.admit(peer) if self.reading else None
+        client = self.admit(peer, own_allow) if self.reading else None
         if client is None:
             transport.abort()
             return peer, None
@@ -196,8 +244,10 @@ class TCPConnections:
 
 
 class TCPListener(asyncio.Protocol):
-    def __init__(self, shared: TCPConnections) -> None:
+    def __init__(self, shared: TCPConnections, own_allow: OwnAllow | None = None) -> None:
         self._shared = shared
+        #: the listener's own `allow` (plain TCP; TLS listeners check theirs before the handshake)
+        self._own_allow = own_allow
         self._transport: asyncio.Transport | None = None
         #: received octets not yet handed on: at most one read, and what is left of a message
         self._frames = FrameReader()
@@ -222,7 +272,7 @@ class TCPListener(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
-        self._peer, self._client = self._shared.accept(self, self._transport)
+        self._peer, self._client = self._shared.accept(self, self._transport, self._own_allow)
         if self._client is None:
             self._closed = True
             return

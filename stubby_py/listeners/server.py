@@ -3,9 +3,10 @@
 asyncio's `create_server(ssl=...)` tells the protocol about a connection only once the handshake
 is done, so a client outside `allow` would get a whole TLS handshake first. Here the socket is
 accepted by hand, the client checked, and only then is TLS started on it
-(`connect_accepted_socket`). Handshakes under way count against the shared TCP caps, the total
-and the client's (so one client cannot hold every slot with handshakes it never finishes), and
-each is bounded by HANDSHAKE_TIMEOUT.
+(`connect_accepted_socket`). A listener's own `allow` narrows the global one the same way: a
+client outside it is closed at accept, counted as denied. Handshakes under way count against
+the shared TCP caps, the total and the client's (so one client cannot hold every slot with
+handshakes it never finishes), and each is bounded by HANDSHAKE_TIMEOUT.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import ssl
 from collections.abc import Callable
 
 from stubby_py.core.ratelimit import client_key
-from stubby_py.listeners.plain import TCPConnections
+from stubby_py.listeners.plain import OwnAllow, TCPConnections
 from stubby_py.listeners.tls_files import ServerCertificate
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,11 @@ class TLSServer:
         certificate: ServerCertificate,
         alpn: str,
         protocol: Callable[[], asyncio.Protocol],
+        own_allow: OwnAllow | None = None,
     ) -> None:
         self.sock = sock
+        #: the listener's own `allow` (the daemon changes it on reload)
+        self.own_allow = own_allow or OwnAllow()
         self.port: int = sock.getsockname()[1]
         self._shared = shared
         self._certificate = certificate
@@ -72,6 +76,7 @@ class TLSServer:
     async def _accept(self) -> None:
         loop = asyncio.get_running_loop()
         shared = self._shared
+        own_allow = self.own_allow
         while True:
             try:
                 conn, addr = await loop.sock_accept(self.sock)
@@ -79,7 +84,12 @@ class TLSServer:
                 log.warning("TLS listener: accept failed: %s", exc.strerror or exc)
                 await asyncio.sleep(ACCEPT_BACKOFF)
                 continue
-            if not shared.reading or not shared.resolver.acl.allows(addr[0]):
+            peer = addr[0]
+            if (
+                not shared.reading
+                or not shared.resolver.acl.allows(peer)
+                or own_allow.refuses(peer)
+            ):
                 shared.denied += shared.reading
                 conn.close()
                 continue

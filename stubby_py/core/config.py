@@ -26,6 +26,7 @@ import dns.exception
 import dns.name
 import yaml
 
+from stubby_py.core import dns64
 from stubby_py.core.cache import CacheLimits
 from stubby_py.core.errors import ConfigError
 from stubby_py.core.pool import PoolSettings, PoolStrategy
@@ -328,6 +329,9 @@ class RoadSettings:
     #: suspect a captive portal when the upstreams cannot be reached but the network resolver
     #: answers: "auto" or "off"
     captive_portal: str = "auto"
+    #: DNS64 (RFC 6147) on IPv6-only networks: "auto" (the NAT64 prefix learned through the
+    #: network resolver, RFC 7050), "off", or a prefix such as "64:ff9b::/96"
+    dns64: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1361,6 +1365,7 @@ OPTIONS: dict[str, Option] = {
         "road", "network_resolver", _auto_or_off(network_resolver_setting)
     ),
     "captive_portal": Option("road", "captive_portal", _auto_or_off(_portal_setting)),
+    "dns64": Option("road", "dns64", _auto_or_off(dns64.parse_prefix_setting)),
 }
 #: how each key the file may set is read
 _READERS: dict[str, Read] = {name: o.read for name, o in OPTIONS.items() if o.read is not None}

@@ -62,6 +62,7 @@ COUNTER_HELP = {
     "portal_answers": "Names answered through the network resolver (captive portal check names,"
     " or the user's window)",
     "portal_blocked": "Names answered SERVFAIL because a captive portal is suspected",
+    "dns64_synthesized": "AAAA answers synthesized from A records (DNS64, RFC 6147)",
 }
 
 
@@ -156,6 +157,10 @@ def render(stats: Mapping[str, Any]) -> str:
             "portal_window_open", "gauge", "1 while the user's window sends every name to the"
             " network resolver",
         ).add(1 if portal["window_open"] else 0)  # fmt: skip
+        if portal.get("dns64_prefix"):
+            family(
+                "dns64_prefix_info", "gauge", "1, labelled with the NAT64 prefix DNS64 uses"
+            ).add(1, prefix=portal["dns64_prefix"])  # fmt: skip
     return "".join(line + "\n" for f in families for line in f.lines())
 
 

@@ -35,6 +35,7 @@ from stubby_py.daemon.fallback import ANSWERED_VIA
 from stubby_py.listeners.handler import Respond
 
 if TYPE_CHECKING:
+    from stubby_py.daemon.dns64 import Dns64
     from stubby_py.daemon.explain import Trace
     from stubby_py.daemon.querylog import QueryLog
     from stubby_py.daemon.road import Road
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TYPE_ANY = 255
+TYPE_AAAA = 28
 #: RFC 8482 §4.2: the minimal answer to ANY over UDP
 _ANY_HINFO = ("RFC8482", "")
 #: what asking upstream came to: a reply body or the error that stands for it
@@ -57,7 +59,7 @@ COUNTERS = (
     "cache_misses", "joined", "stale", "cached_failures", "prefetches", "rate_limited", "local",
     "any_minimal", "dnssec_secure", "dnssec_insecure", "dnssec_bogus", "dnssec_indeterminate",
     "dnssec_unchecked", "dnssec_retries", "dnssec_synthesized", "network_changes",
-    "portal_answers", "portal_blocked",
+    "portal_answers", "portal_blocked", "dns64_synthesized",
 )  # fmt: skip
 
 
@@ -73,6 +75,8 @@ class Resolver:
     validation: Validation | None = None
     #: the network resolver and the captive-portal state (daemon/road.py), set by the daemon
     road: Road | None = None
+    #: DNS64 while a NAT64 prefix is in use (daemon/dns64.py; set by daemon/road.py)
+    dns64: Dns64 | None = None
 
     def __init__(self, cache: Cache) -> None:
         self._loop = asyncio.get_running_loop()
@@ -175,6 +179,9 @@ class Resolver:
         body = cache.fresh(query.key, context.received)
         if body is not None:
             self.counters["cache_hits"] += 1
+            dns64 = self.dns64
+            if dns64 is not None and query.qtype == TYPE_AAAA and dns64.takes(context, body):
+                return  # NODATA on an IPv6-only network: synthesized from the A records
             notes = self.answer_notes
             ede = notes.get(query.key) if notes else None
             context.source = "cache"
@@ -311,6 +318,17 @@ class Resolver:
             body = self.cache.store(query.key, body, ttl_offsets, layout, now, status) or body
         return body
 
+    async def ask(self, query: wire.ClientQuery, trace: Trace | None) -> bytes | None:
+        """The answer to one of our own questions (DNS64's A), the cache first; None if it
+        failed."""
+        body = self.cache.fresh(query.key, self._loop.time())
+        if body is None:
+            outcome = await self._fetch(query, trace)
+            if not isinstance(outcome, bytes):
+                return None
+            body = outcome
+        return body if response.rcode_of(body) != Rcode.SERVFAIL else None
+
     def _note(self, key: bytes, note: tuple[int, str] | None) -> None:
         """Keep an informational EDE (why an answer is insecure) to send with the answer."""
         notes = self.answer_notes
@@ -327,6 +345,9 @@ class Resolver:
         query = context.query
         if isinstance(outcome, bytes) and response.rcode_of(outcome) != Rcode.SERVFAIL:
             self.counters["answered"] += 1
+            dns64 = self.dns64
+            if dns64 is not None and query.qtype == TYPE_AAAA and dns64.takes(context, outcome):
+                return
             notes = self.answer_notes
             ede = notes.get(query.key) if notes else None
             context.answer(response.client_reply(outcome, query, limit=context.limit, ede=ede))

@@ -12,6 +12,11 @@ The check runs after start-up and after every network change (netwatch.py calls
 `network_changed`): when no upstream of the main pool answers a probe but the network resolver
 answers, a portal is suspected; the upstreams are probed again every few seconds, and the first
 answer ends the suspicion and any window.
+
+DNS64 (`dns64: auto`): the NAT64 prefix is asked of the network resolver alone (RFC 7050:
+`ipv4only.arpa AAAA`; the upstreams are elsewhere and cannot know this network's NAT64) at
+start, after every network change and reload; no prefix found, DNS64 is off. A configured
+prefix is used as it is. While a prefix is in use `Resolver.dns64` synthesizes (daemon/dns64.py).
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from ipaddress import IPv6Network
 from typing import TYPE_CHECKING, Any
 
 import dns.exception
 import dns.message
 import dns.name
 
-from stubby_py.core import answers, edns, network_resolver, response, wire
+from stubby_py.core import answers, dns64, edns, network_resolver, response, wire
 from stubby_py.core.config import DEFAULT_GROUP, parse_upstream_uri
 from stubby_py.core.errors import UpstreamError
 from stubby_py.core.network_resolver import NetworkResolver, portal_host
@@ -41,6 +47,7 @@ from stubby_py.core.portal import (
     Route,
     cap_ttls,
 )
+from stubby_py.daemon.dns64 import Dns64
 from stubby_py.daemon.upstreams import scan
 from stubby_py.transports import make_transport
 
@@ -59,6 +66,8 @@ FIRST_INTERVAL = 2.0
 MAX_INTERVAL = 15.0
 #: a probe of the network resolver asks this name (a check name: it may see it anyway)
 PROBE_NAME = "connectivity-check.ubuntu.com."
+#: RFC 7050 discovery: asked this many times before DNS64 is left off
+DISCOVERY_TRIES = 3
 STATE_ROOT_VARIABLE = "STUBBY_PY_NETWORK_STATE_ROOT"
 
 
@@ -112,6 +121,9 @@ class Road:
         self.state = PortalState()
         self._transport: Transport | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._discovery: asyncio.Task[None] | None = None
+        #: why DNS64 is off or where its prefix came from
+        self.dns64_note = "not yet looked for"
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the network resolver ----------------------------------------------------------------
@@ -142,18 +154,21 @@ class Road:
     # -- triggers ----------------------------------------------------------------------------
     def start(self) -> None:
         self.learn()
+        self._discover_dns64(settle=0.0)
         self._check()
 
     def network_changed(self, reason: str) -> None:
         """netwatch.py: a new network may have another resolver, and a portal of its own."""
         self.learn()
+        self._discover_dns64(settle=SETTLE)
         if self.state.clear():
             log.info("captive portal: suspicion and window ended by the network change")
         self._check()
 
     def reconfigured(self) -> None:
-        """A reload changed `network_resolver` or `captive_portal`."""
+        """A reload changed `network_resolver`, `captive_portal` or `dns64`."""
         self.learn()
+        self._discover_dns64(settle=0.0)
         if self._resolver.config.road.captive_portal == "off" and self.state.suspected:
             self.state.suspected_since = None
             log.info("captive portal: check turned off by the reload")
@@ -228,6 +243,55 @@ class Road:
             return False
         return True
 
+    # -- DNS64: the NAT64 prefix -------------------------------------------------------------
+    def _discover_dns64(self, settle: float) -> None:
+        if self._discovery is not None:
+            self._discovery.cancel()
+            self._discovery = None
+        setting = self._resolver.config.road.dns64
+        if setting == "off":
+            self._use_prefix(None, "off in the configuration")
+        elif setting != "auto":
+            self._use_prefix(IPv6Network(setting), "configured")
+        elif self._transport is None:
+            self._use_prefix(None, "no network resolver to ask")
+        else:
+            self._discovery = self._loop.create_task(self._discovering(self._transport, settle))
+
+    async def _discovering(self, transport: Transport, settle: float) -> None:
+        """RFC 7050 §3: ask `ipv4only.arpa AAAA`; a few tries, as a new network settles."""
+        label = self.network.label if self.network else "?"
+        await asyncio.sleep(settle)
+        query = dns64.discovery_query()
+        for _attempt in range(DISCOVERY_TRIES):
+            deadline = self._loop.time() + self._resolver.config.transport.attempt_timeout
+            try:
+                reply = await transport.exchange(query, deadline)
+            except UpstreamError:
+                continue
+            prefixes = dns64.discovered_prefixes(reply)
+            if prefixes:
+                self._use_prefix(prefixes[0], f"{dns64.DISCOVERY_NAME} through {label}")
+            else:
+                self._use_prefix(None, f"no NAT64 prefix in {dns64.DISCOVERY_NAME} ({label})")
+            return
+        self._use_prefix(None, f"the network resolver {label} did not answer")
+
+    def _use_prefix(self, prefix: IPv6Network | None, note: str) -> None:
+        resolver = self._resolver
+        current = resolver.dns64
+        self.dns64_note = note
+        if prefix is None:
+            if current is not None:
+                log.info("dns64: off (%s)", note)
+            resolver.dns64 = None
+            return
+        if current is not None and current.prefix == prefix:
+            current.source = note
+            return
+        log.info("dns64: synthesizing AAAA under %s (%s)", prefix, note)
+        resolver.dns64 = Dns64(resolver, prefix, note)
+
     # -- the query path's hook ---------------------------------------------------------------
     def intercept(self, context: QueryContext) -> bool:
         """Take the question if it does not go upstream now (the state is engaged)."""
@@ -291,6 +355,8 @@ class Road:
             "answered": dict(state.answered),
             "suspicions": state.suspicions,
             "windows": state.windows,
+            "dns64_prefix": self._dns64_prefix(),
+            "dns64": self.dns64_note,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -300,7 +366,12 @@ class Road:
             "suspected": self.state.suspected,
             "window_open": self.state.window_until is not None,
             "network_resolver": self.network.label if self.network else None,
+            "dns64_prefix": self._dns64_prefix(),
         }
+
+    def _dns64_prefix(self) -> str | None:
+        dns64 = self._resolver.dns64
+        return str(dns64.prefix) if dns64 is not None else None
 
     def open_window(self, seconds: float = WINDOW_DEFAULT) -> dict[str, Any]:
         if self._resolver.config.road.captive_portal == "off":
@@ -330,7 +401,7 @@ class Road:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
-        tasks = [*self._tasks, *([self._watch] if self._watch else [])]
+        tasks = [*self._tasks, *(t for t in (self._watch, self._discovery) if t is not None)]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -338,6 +409,8 @@ class Road:
                 await task
         if self._transport is not None:
             await self._transport.aclose()
+        if self._resolver.dns64 is not None:
+            await self._resolver.dns64.aclose()
 
 
 def _wall(loop_time: float | None, now: float) -> str | None:

@@ -24,7 +24,7 @@ def reply(
     qtype: str,
     answer: list[tuple[str, int, str, str]] = (),  # type: ignore[assignment]
     soa: tuple[int, int] | None = None,
-    rcode: int = dns.rcode.NOERROR,
+    rcode: dns.rcode.Rcode = dns.rcode.NOERROR,
 ) -> bytes:
     query = dns.message.make_query(name, qtype)
     message = dns.message.make_response(query)
@@ -234,3 +234,14 @@ def test_prefix_setting(text: str, ok: str | None) -> None:
             dns64.parse_prefix_setting(text)
     else:
         assert dns64.parse_prefix_setting(text) == ok
+
+
+def test_config_file_option() -> None:
+    from stubby_py.core.config import parse_config
+    from stubby_py.core.errors import ConfigError
+
+    assert parse_config("dns64: off\n", "road.yaml").road.dns64 == "off"
+    assert parse_config("dns64: 64:ff9b:0::/96\n", "road.yaml").road.dns64 == "64:ff9b::/96"
+    assert parse_config("captive_portal: auto\n", "road.yaml").road.dns64 == "auto"
+    with pytest.raises(ConfigError, match=r"road.yaml:2: dns64: .*RFC 6052"):
+        parse_config("# road\ndns64: 64:ff9b::/80\n", "road.yaml")

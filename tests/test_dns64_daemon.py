@@ -1,0 +1,113 @@
+"""DNS64 end to end on loopback: a local upstream with A records and no AAAA, the daemon with
+`dns64` set or discovered (RFC 7050) through a local stand-in for the network's resolver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dns.flags
+import dns.message
+import dns.query
+import dns.rcode
+import dns.rdatatype
+import pytest
+
+from stubby_py.daemon import control
+from tests.daemon_thread import make_config, running_daemon
+from tests.servers import LocalUpstream
+from tests.servers.stream import local_upstream
+from tests.service import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+RECORDS = {
+    "v4only.example.": [("A", "93.184.216.34")],
+    "dual.example.": [("A", "93.184.216.35"), ("AAAA", "2001:db8::35")],
+    "loopback.example.": [("A", "127.0.0.7")],
+}
+
+
+@pytest.fixture
+def network_resolver() -> Iterator[LocalUpstream]:
+    """The network's own resolver (plain DNS), which knows the NAT64 prefix."""
+    with local_upstream(None) as server:
+        server.state.records = {"ipv4only.arpa.": [("AAAA", "64:ff9b::c000:aa")]}
+        yield server
+
+
+def aaaa(port: int, name: str) -> dns.message.Message:
+    query = dns.message.make_query(name, "AAAA")
+    query.flags |= dns.flags.AD  # asks for AD: a synthesized answer must still not carry it
+    return dns.query.udp(query, "127.0.0.1", port=port, timeout=5)
+
+
+def addresses(reply: dns.message.Message) -> list[str]:
+    return [r.to_text() for s in reply.answer if s.rdtype == dns.rdatatype.AAAA for r in s]
+
+
+def test_configured_prefix_synthesizes_passes_real_aaaa_and_excludes_loopback(
+    plain_upstream: LocalUpstream, tmp_path: Path
+) -> None:
+    plain_upstream.state.records = dict(RECORDS)
+    sock = str(tmp_path / "control.sock")
+    config = make_config(
+        [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="64:ff9b::/96",
+        network_resolver="off", captive_portal="off", control_socket=sock,
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        reply = aaaa(daemon.port, "v4only.example.")
+        assert reply.rcode() == dns.rcode.NOERROR
+        assert addresses(reply) == ["64:ff9b::5db8:d822"]
+        assert not reply.flags & dns.flags.AD
+        assert reply.answer[0].ttl <= 300
+        # again, from the cached NODATA and A: the same synthesized answer
+        assert addresses(aaaa(daemon.port, "V4ONLY.example.")) == ["64:ff9b::5db8:d822"]
+        assert addresses(aaaa(daemon.port, "dual.example.")) == ["2001:db8::35"]
+        loop = aaaa(daemon.port, "loopback.example.")
+        assert loop.rcode() == dns.rcode.NOERROR and loop.answer == []
+        # a client that checks for itself (CD) gets the NODATA as it came
+        cd = dns.message.make_query("v4only.example.", "AAAA")
+        cd.flags |= dns.flags.CD
+        assert dns.query.udp(cd, "127.0.0.1", port=daemon.port, timeout=5).answer == []
+        stats = control.request(sock, "stats")
+        assert stats["counters"]["dns64_synthesized"] == 2
+        assert stats["portal"]["dns64_prefix"] == "64:ff9b::/96"
+
+
+def test_off_passes_nodata(plain_upstream: LocalUpstream) -> None:
+    plain_upstream.state.records = dict(RECORDS)
+    config = make_config([f"udp://127.0.0.1:{plain_upstream.port}"], dns64="off")
+    with running_daemon(config) as daemon:
+        assert aaaa(daemon.port, "v4only.example.").answer == []
+
+
+def test_auto_discovers_the_prefix_through_the_network_resolver_and_again_on_a_change(
+    plain_upstream: LocalUpstream, network_resolver: LocalUpstream, tmp_path: Path
+) -> None:
+    plain_upstream.state.records = dict(RECORDS)
+    # the upstream knows nothing of this network's NAT64: only the network resolver is asked
+    plain_upstream.state.nxdomain = {"ipv4only.arpa."}
+    sock = str(tmp_path / "control.sock")
+    config = make_config(
+        [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="auto", captive_portal="off",
+        network_resolver=f"udp://127.0.0.1:{network_resolver.port}", control_socket=sock,
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+
+        def prefix() -> str | None:
+            return control.request(sock, "portal").get("dns64_prefix")
+
+        assert wait_for(lambda: prefix() == "64:ff9b::/96", timeout=10)
+        assert addresses(aaaa(daemon.port, "v4only.example.")) == ["64:ff9b::5db8:d822"]
+        # another network, another NAT64 prefix (a network-specific one, RFC 6052)
+        network_resolver.state.records = {"ipv4only.arpa.": [("AAAA", "2001:db8:64::c000:ab")]}
+        control.request(sock, "network-changed")
+        assert wait_for(lambda: prefix() == "2001:db8:64::/96", timeout=15)
+        assert addresses(aaaa(daemon.port, "v4only.example.")) == ["2001:db8:64::5db8:d822"]
+        # a network without NAT64: DNS64 goes off
+        network_resolver.state.records = {"ipv4only.arpa.": [("A", "192.0.0.170")]}
+        control.request(sock, "network-changed")
+        assert wait_for(lambda: prefix() is None, timeout=15)
+        assert aaaa(daemon.port, "v4only.example.").answer == []
+    assert not any(b"ipv4only" in q for q in plain_upstream.state.queries)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,10 @@ import dns.rcode
 import dns.rdatatype
 import pytest
 
+from stubby_py.commands import explain as explain_command
 from stubby_py.daemon import control
+from stubby_py.daemon.explain import explain
+from stubby_py.daemon.metrics import render
 from tests.daemon_thread import make_config, running_daemon
 from tests.servers import LocalUpstream
 from tests.servers.stream import local_upstream
@@ -54,6 +58,7 @@ def test_configured_prefix_synthesizes_passes_real_aaaa_and_excludes_loopback(
     config = make_config(
         [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="64:ff9b::/96",
         network_resolver="off", captive_portal="off", control_socket=sock,
+        query_log=str(tmp_path / "queries.log"),
     )  # fmt: skip
     with running_daemon(config) as daemon:
         reply = aaaa(daemon.port, "v4only.example.")
@@ -73,6 +78,22 @@ def test_configured_prefix_synthesizes_passes_real_aaaa_and_excludes_loopback(
         stats = control.request(sock, "stats")
         assert stats["counters"]["dns64_synthesized"] == 2
         assert stats["portal"]["dns64_prefix"] == "64:ff9b::/96"
+        trace = asyncio.run_coroutine_threadsafe(
+            explain(daemon.resolver, "v4only.example.", dns.rdatatype.AAAA), daemon.loop
+        ).result(10)
+        assert trace.source == "synthesized-dns64" and not trace.ad, trace
+        assert "synthesized (dns64)" in explain_command._answered({"source": trace.source})
+        metrics = daemon.call(lambda: render(daemon.daemon.collect_stats()))
+        assert 'stubby_py_dns64_prefix_info{prefix="64:ff9b::/96"} 1' in metrics
+        assert "stubby_py_dns64_synthesized_total 3" in metrics
+        assert daemon.resolver.query_log is not None
+        daemon.call(daemon.resolver.query_log.flush)
+    lines = (tmp_path / "queries.log").read_text().splitlines()
+    v4only = [line for line in lines if "v4only.example. aaaa noerror" in line.lower()]
+    # the two synthesized, and the CD one as it came
+    assert [line.rsplit(" ", 1)[1] for line in v4only] == [
+        "synthesized-dns64", "synthesized-dns64", "upstream",
+    ], lines  # fmt: skip
 
 
 def test_off_passes_nodata(plain_upstream: LocalUpstream) -> None:

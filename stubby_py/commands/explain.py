@@ -54,6 +54,8 @@ def _answered(report: Mapping[str, Any]) -> str:
         return "an identical question already in flight (joined it)"
     if source == "synthesized":
         return "synthesized from validated NSEC/NSEC3 records held (RFC 8198): no upstream asked"
+    if source == "synthesized-dns64":
+        return "synthesized (dns64): AAAA made from the name's A records and the NAT64 prefix"
     if source == "stale":
         return "stale cache entry (RFC 8767): every upstream failed"
     by = report.get("answered_by")

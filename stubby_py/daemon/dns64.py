@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 TYPE_A = 1
 #: the source the query log and explain show for a synthesized answer
-SOURCE = "dns64"
+SOURCE = "synthesized-dns64"
 
 
 def a_question(query: ClientQuery) -> ClientQuery:

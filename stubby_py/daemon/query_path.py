@@ -179,16 +179,17 @@ class Resolver:
         body = cache.fresh(query.key, context.received)
         if body is not None:
             self.counters["cache_hits"] += 1
+            context.source = "cache"
             dns64 = self.dns64
             if dns64 is not None and query.qtype == TYPE_AAAA and dns64.takes(context, body):
-                return  # NODATA on an IPv6-only network: synthesized from the A records
-            notes = self.answer_notes
-            ede = notes.get(query.key) if notes else None
-            context.source = "cache"
-            reply = response.client_reply(body, query, limit=context.limit, ede=ede)
-            context.respond(reply)
-            if context.observer is not None:
-                context.observer.answered(context, reply)
+                pass  # NODATA on an IPv6-only network: synthesized from the A records
+            else:
+                notes = self.answer_notes
+                ede = notes.get(query.key) if notes else None
+                reply = response.client_reply(body, query, limit=context.limit, ede=ede)
+                context.respond(reply)
+                if context.observer is not None:
+                    context.observer.answered(context, reply)
             if cache.prefetch_due:
                 cache.prefetch_due.clear()  # only ever this query's key: fresh() just put it there
                 self._prefetch(query)

@@ -24,7 +24,7 @@ from stubby_py.transports.toolkit import CONNECTION_ATTEMPT_DELAY, AttemptSchedu
 from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.servers import LocalUpstream, local_upstream
+from tests.servers import local_upstream
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -233,7 +233,12 @@ def ordered(ipv6: Sequence[str], ipv4: Sequence[str]) -> list[str]:
 
 
 def _has_route(address: str) -> bool:
-    """Whether the kernel has a route to `address` (a UDP connect sends nothing)."""
+    """Whether the kernel has a route to `address` (a UDP connect sends nothing). A name (one
+    a proxy resolves) is not looked up here: the proxy finds out."""
+    try:
+        ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:

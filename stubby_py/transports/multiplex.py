@@ -27,7 +27,7 @@ from collections import deque
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py.core import wire
-from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.config import Config, UpstreamSpec, upstream_proxy
 from stubby_py.core.errors import (
     NoRouteError,
     UpstreamClosedError,
@@ -143,6 +143,8 @@ class MultiplexedTransport(Generic[C]):
         self._connect_log = LogThrottle(CONNECT_LOG_INTERVAL)
         #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
         self.endpoint = endpoint_for(spec, config)
+        #: through a proxy, whether the upstream has a route is the proxy's business
+        self._direct = upstream_proxy(spec, config) is None
         self.idle_timeout = config.transport.idle_timeout
         self.connect_timeout = max(config.transport.attempt_timeout, 1.0)
         self._config = config
@@ -284,7 +286,7 @@ class MultiplexedTransport(Generic[C]):
         TLS or QUIC included) wins and the attempts still under way are cancelled, and what
         they opened closed. An address this host has no route to is not tried at all."""
         candidates = await self.endpoint.candidates()
-        addresses = [a for a in candidates if self.endpoint.routed(a)]
+        addresses = [a for a in candidates if not self._direct or self.endpoint.routed(a)]
         if not addresses:
             raise NoRouteError(f"{self.name}: no route to {', '.join(candidates)}")
         loop = asyncio.get_running_loop()

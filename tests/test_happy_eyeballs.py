@@ -24,7 +24,7 @@ from stubby_py.transports.toolkit import CONNECTION_ATTEMPT_DELAY, AttemptSchedu
 from tests.clients import ask_many, rcodes
 from tests.conftest import server_context
 from tests.daemon_thread import make_config, running_daemon
-from tests.servers import local_upstream
+from tests.servers import doq_server, local_upstream, write_cert_files
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -98,6 +98,31 @@ def test_a_black_holed_first_address_costs_the_attempt_delay_not_the_timeout(
             assert book.addresses() == [BLACK_HOLE, "127.0.0.1"]
             assert upstream.state.connections == 2
             assert syn_sent_to(BLACK_HOLE, upstream.port) == 0
+
+
+def test_doq_races_the_quic_handshake(ca: trustme.CA, ca_file: str, tmp_path: Path) -> None:
+    """DoQ: the first address takes the Initial and never answers (a UDP socket nobody reads);
+    the handshake with the second is started after the attempt delay and wins."""
+    cert, key = write_cert_files(ca, str(tmp_path), HOST)
+    with (
+        doq_server(cert, key) as upstream,
+        local_upstream(None) as resolver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent,
+    ):
+        silent.bind((BLACK_HOLE, upstream.port))
+        resolver.state.records[f"{HOST}."] = [("A", BLACK_HOLE), ("A", "127.0.0.1")]
+        config = make_config(
+            [f"quic://{HOST}:{upstream.port}"], ca_file,
+            bootstrap=(parse_upstream_uri(f"udp://127.0.0.1:{resolver.port}"),),
+            bootstrap_file=None, timeout=CONNECT_TIMEOUT + 2, attempt_timeout=CONNECT_TIMEOUT,
+        )  # fmt: skip
+        with running_daemon(config) as daemon:
+            started = time.monotonic()
+            results = ask_many(["a.example."], daemon.port, timeout=CONNECT_TIMEOUT)
+            assert rcodes(results) == ["NOERROR"]
+            assert time.monotonic() - started < CONNECT_TIMEOUT / 2
+            assert upstream.state.handshakes == 1
+            assert silent.recv(4096)  # the losing attempt did send its Initial there
 
 
 def test_schedule_starts_the_next_after_the_delay_or_at_once_after_a_failure() -> None:

@@ -8,7 +8,9 @@ connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as 
 die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
 such an end is marked on the error (`after_answers`), so the pool does not count it against the
 upstream. Connecting is single-flight; a failed connect is marked on its error (`no_connection`)
-and the pool (core/pool.py) decides when this upstream is asked to connect again.
+and the pool (core/pool.py) decides when this upstream is asked to connect again. An upstream's
+addresses (several for one by hostname: bootstrap.py) are raced as RFC 8305 says, the schedule
+from toolkit.AttemptSchedule; those this host has no route to are not tried (`no-route`).
 
 reset() (a network change or a resume from suspend: netwatch.py) retires
 the connection: it takes no new query and closes once its queries in flight are answered or time

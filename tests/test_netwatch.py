@@ -643,8 +643,8 @@ def test_a_change_while_connecting_opens_again(dot_upstream: LocalUpstream, ca_f
         opened: list[Any] = []
         original_open = transport._open
 
-        async def open_then_change() -> Any:
-            connection = await original_open()
+        async def open_then_change(address: str) -> Any:
+            connection = await original_open(address)
             opened.append(connection)
             if len(opened) == 1:
                 network_changed(daemon.runtime, "test")  # arrives while this one was opening

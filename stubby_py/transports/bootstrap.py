@@ -16,9 +16,11 @@ its certificate check anyway. Only an upstream with no address at all waits for 
 The last good addresses are saved to the state directory (bootstrap_file), so that a start while
 the bootstrap resolvers are unreachable still reaches the upstreams.
 
-Transports hold an `Endpoint` and ask it, each time they open a connection, for the address to
-use (`address()`); a connect that fails tells it (`failed()`, multiplex.py) and the next address
-is tried at once, in order, within the same connect timeout (no happy eyeballs: one at a time).
+Transports hold an `Endpoint` and ask it, each time they open a connection, for the addresses to
+try (`candidates()`: the one that worked last first, then the rest in order); multiplex.py races
+them as RFC 8305 says (Happy Eyeballs v2) and tells the endpoint which one won (`succeeded()`) and
+which failed (`failed()`). An address this host has no route to (`routed()`: a connected UDP
+socket, which sends nothing) is not tried at all; the answer is kept until the network changes.
 """
 
 from __future__ import annotations
@@ -70,8 +72,20 @@ class Endpoint(Protocol):
         """The address to connect to now; raises BootstrapError when none is known."""
         ...
 
+    async def candidates(self) -> list[str]:
+        """Every address to try now, the preferred first; raises BootstrapError when none."""
+        ...
+
     def failed(self, address: str) -> None:
         """A connection to `address` failed: the next connect tries the next address."""
+        ...
+
+    def succeeded(self, address: str) -> None:
+        """A connection to `address` was made: the next connect tries it first."""
+        ...
+
+    def routed(self, address: str) -> bool:
+        """Whether this host has a route to `address` now (cached until network_changed)."""
         ...
 
     def count(self) -> int:
@@ -86,22 +100,51 @@ class Endpoint(Protocol):
 class FixedEndpoint:
     """An upstream given by IP address."""
 
-    __slots__ = ("_address",)
+    __slots__ = ("_address", "_routes")
 
     def __init__(self, address: str) -> None:
         self._address = address
+        self._routes = RouteCache()
 
     async def address(self) -> str:
         return self._address
 
+    async def candidates(self) -> list[str]:
+        return [self._address]
+
     def failed(self, address: str) -> None:
         pass
+
+    def succeeded(self, address: str) -> None:
+        pass
+
+    def routed(self, address: str) -> bool:
+        return self._routes.routed(address)
 
     def count(self) -> int:
         return 1
 
     def network_changed(self) -> None:
-        pass
+        self._routes.clear()
+
+
+class RouteCache:
+    """Whether this host has a route to each address, asked once per network (a routing
+    lookup is cheap but not free, and a background probe every minute need not repeat it)."""
+
+    __slots__ = ("_known",)
+
+    def __init__(self) -> None:
+        self._known: dict[str, bool] = {}
+
+    def routed(self, address: str) -> bool:
+        known = self._known.get(address)
+        if known is None:
+            known = self._known[address] = _has_route(address)
+        return known
+
+    def clear(self) -> None:
+        self._known.clear()
 
 
 # --- the answer (sans-IO) -----------------------------------------------------------------------
@@ -190,7 +233,12 @@ def ordered(ipv6: Sequence[str], ipv4: Sequence[str]) -> list[str]:
 
 
 def _has_route(address: str) -> bool:
-    """Whether the kernel has a route to `address` (a UDP connect sends nothing)."""
+    """Whether the kernel has a route to `address` (a UDP connect sends nothing). A name (one
+    a proxy resolves) is not looked up here: the proxy finds out."""
+    try:
+        ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return True
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
@@ -295,6 +343,7 @@ class AddressBook:
         self._store = store
         self._addresses: list[str] = list(store.saved.get(hostname, ()))
         self._index = 0
+        self._routes = RouteCache()
         #: when to ask again (the event loop's clock; 0: at the first use)
         self._refresh_at = 0.0
         self._failures = 0
@@ -321,12 +370,25 @@ class AddressBook:
             raise self._last_error or BootstrapError(f"{self.hostname}: bootstrap: no address")
         return self._addresses[self._index % len(self._addresses)]
 
+    async def candidates(self) -> list[str]:
+        await self.address()  # resolves when there is no address yet
+        start = self._index % len(self._addresses)
+        return self._addresses[start:] + self._addresses[:start]
+
     def count(self) -> int:
         return max(1, len(self._addresses))
+
+    def routed(self, address: str) -> bool:
+        return self._routes.routed(address)
+
+    def succeeded(self, address: str) -> None:
+        if address in self._addresses:
+            self._index = self._addresses.index(address)
 
     def network_changed(self) -> None:
         """Ask again at the next use (a LAN bootstrap may answer otherwise on the new network),
         and put the addresses this host has no route to any more last meanwhile."""
+        self._routes.clear()
         self._refresh_at = 0.0
         self._failures = 0
         if self._addresses:

@@ -570,9 +570,8 @@ class DoHTransport(MultiplexedTransport[DoHConnection]):
         for connection in connections:
             connection.abort()
 
-    async def _open(self) -> DoHConnection:
+    async def _open(self, address: str) -> DoHConnection:
         context = self._contexts.get()
-        address = await self.endpoint.address()
         try:
             transport, connection = await open_stream(
                 self.spec, self._config, address, self.spec.port,

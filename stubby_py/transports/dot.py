@@ -282,8 +282,7 @@ class DoTTransport(MultiplexedTransport[DoTConnection]):
         # no ID-zeroing: every query gets an ID of its own on the connection
         return await self._exchange(query, deadline)
 
-    async def _open(self) -> DoTConnection:
-        address = await self.endpoint.address()
+    async def _open(self, address: str) -> DoTConnection:
         context = self._contexts.get() if self.uses_tls else None
         try:
             transport, protocol = await open_stream(

@@ -8,7 +8,9 @@ connection of RFC 9250 §5.5.1 and RFC 9113 §9.1 GOAWAY), and again as long as 
 die under it had answered others first (a middlebox cutting long-lived connections: `may_resend`);
 such an end is marked on the error (`after_answers`), so the pool does not count it against the
 upstream. Connecting is single-flight; a failed connect is marked on its error (`no_connection`)
-and the pool (core/pool.py) decides when this upstream is asked to connect again.
+and the pool (core/pool.py) decides when this upstream is asked to connect again. An upstream's
+addresses (several for one by hostname: bootstrap.py) are raced as RFC 8305 says, the schedule
+from toolkit.AttemptSchedule; those this host has no route to are not tried (`no-route`).
 
 reset() (a network change or a resume from suspend: netwatch.py) retires
 the connection: it takes no new query and closes once its queries in flight are answered or time
@@ -27,11 +29,10 @@ from collections import deque
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from stubby_py.core import wire
-from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.config import Config, UpstreamSpec, upstream_proxy
 from stubby_py.core.errors import (
-    BootstrapError,
+    NoRouteError,
     UpstreamClosedError,
-    UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -39,7 +40,7 @@ from stubby_py.core.errors import (
 from stubby_py.core.logthrottle import LogThrottle
 from stubby_py.transports.base import ConnectInfo, TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
-from stubby_py.transports.toolkit import ConnectionLinks
+from stubby_py.transports.toolkit import AttemptSchedule, ConnectionLinks
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,18 @@ def _consume_outcome(task: asyncio.Task[Any]) -> None:
         task.exception()
 
 
+async def _cancel_attempts(attempts: dict[asyncio.Task[Any], str]) -> None:
+    """The connects that lost a race (or whose connect was given up): cancelled, and any
+    connection one of them made in the meantime closed."""
+    for task in attempts:
+        task.cancel()
+    if attempts:
+        await asyncio.wait(attempts)
+    for task in attempts:
+        if not task.cancelled() and task.exception() is None:
+            task.result().close()
+
+
 class StreamConnection(Protocol):
     """What MultiplexedTransport needs of a connection."""
 
@@ -132,6 +145,8 @@ class MultiplexedTransport(Generic[C]):
         self._connect_log = LogThrottle(CONNECT_LOG_INTERVAL)
         #: where to connect, asked at each connect (an upstream by hostname: bootstrap.py)
         self.endpoint = endpoint_for(spec, config)
+        #: through a proxy, whether the upstream has a route is the proxy's business
+        self._direct = upstream_proxy(spec, config) is None
         self.idle_timeout = config.transport.idle_timeout
         self.connect_timeout = max(config.transport.attempt_timeout, 1.0)
         self._config = config
@@ -263,25 +278,50 @@ class MultiplexedTransport(Generic[C]):
             connection.close()
         raise UpstreamClosedError(f"{self.name}: the network kept changing while connecting")
 
-    async def _open(self) -> C:
+    async def _open(self, address: str) -> C:
         raise NotImplementedError
 
     async def _open_each_address(self) -> C:
-        """The upstream's addresses in turn (an upstream by hostname may have several: each
-        failed try moves its endpoint to the next) until one connects, or the last fails."""
-        tries = 0
-        while True:
-            address = await self.endpoint.address()  # the one _open is about to get
-            try:
-                return await self._open()
-            except BootstrapError:
-                raise
-            except UpstreamConnectError as exc:
-                self.endpoint.failed(address)
-                tries += 1
-                if tries >= self.endpoint.count():
-                    raise
-                log.debug("%s; trying the next address", exc)
+        """The upstream's addresses raced as RFC 8305 §5 says (an upstream by hostname may have
+        several, IPv6 and IPv4 interleaved): the first at once, each next one after the attempt
+        delay or as soon as an attempt fails; the first connection made (its whole handshake,
+        TLS or QUIC included) wins and the attempts still under way are cancelled, and what
+        they opened closed. An address this host has no route to is not tried at all."""
+        candidates = await self.endpoint.candidates()
+        addresses = [a for a in candidates if not self._direct or self.endpoint.routed(a)]
+        if not addresses:
+            raise NoRouteError(f"{self.name}: no route to {', '.join(candidates)}")
+        loop = asyncio.get_running_loop()
+        schedule = AttemptSchedule(addresses)
+        attempts: dict[asyncio.Task[C], str] = {}
+        last_error: UpstreamError | None = None
+        try:
+            while True:
+                address = schedule.due(loop.time())
+                if address is not None:
+                    attempts[loop.create_task(self._open(address))] = address
+                if not attempts:
+                    assert last_error is not None
+                    raise last_error
+                done, _ = await asyncio.wait(
+                    attempts, timeout=schedule.wait(loop.time()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+                for task in done:
+                    address = attempts.pop(task)
+                    error = task.exception()
+                    if error is None:
+                        self.endpoint.succeeded(address)
+                        return task.result()
+                    if not isinstance(error, UpstreamError):
+                        raise error
+                    self.endpoint.failed(address)
+                    schedule.failed()
+                    last_error = error
+                    if attempts or schedule.wait(loop.time()) is not None:
+                        log.debug("%s; trying the next address", error)
+        finally:
+            await _cancel_attempts(attempts)
 
     def _connect_failed(self, exc: UpstreamError) -> None:
         exc.no_connection = True

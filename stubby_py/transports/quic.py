@@ -361,7 +361,7 @@ class QuicTransport(MultiplexedTransport[P]):
     def _new_connection(self, quic: QuicConnection) -> P:
         raise NotImplementedError
 
-    async def _open(self) -> P:
+    async def _open(self, address: str) -> P:
         self._contexts.check_ca_file()
         configuration = quic_configuration(
             self.spec, self._config, self.alpn, self._take_ticket(), self._take_token()
@@ -382,7 +382,6 @@ class QuicTransport(MultiplexedTransport[P]):
             session_ticket_handler=store_ticket,
             token_handler=self._store_token,
         )
-        address = await self.endpoint.address()
         try:
             transport, connection = await open_datagram(
                 self.spec, self._config, address, self.spec.port,

@@ -222,3 +222,37 @@ class ConnectionLinks:
     on_mismatched: Callable[[int], None]
     #: how long an answering connection may stay silent while a query waits (None: unknown)
     silence_limit: Callable[[], float | None]
+
+
+#: RFC 8305 §5 Connection Attempt Delay (its recommended value): the next address is tried this
+#: long after the last attempt began, or at once when that attempt fails sooner
+CONNECTION_ATTEMPT_DELAY = 0.25
+
+
+class AttemptSchedule:
+    """Which of an upstream's addresses to start connecting to, and when (RFC 8305 §5; sans-IO:
+    multiplex.py runs the attempts). The first starts at once; each next one after the attempt
+    delay, or at once when an attempt fails; attempts under way go on until one connects."""
+
+    def __init__(self, addresses: list[str], delay: float = CONNECTION_ATTEMPT_DELAY) -> None:
+        self._waiting = list(addresses)
+        self._delay = delay
+        #: when the next address is due (None: now)
+        self._next_at: float | None = None
+
+    def due(self, now: float) -> str | None:
+        """The address to start now, if one is due."""
+        if not self._waiting or (self._next_at is not None and now < self._next_at):
+            return None
+        self._next_at = now + self._delay
+        return self._waiting.pop(0)
+
+    def failed(self) -> None:
+        """An attempt failed: the next address is due at once."""
+        self._next_at = None
+
+    def wait(self, now: float) -> float | None:
+        """How long until the next address is due; None when there is none left to start."""
+        if not self._waiting:
+            return None
+        return 0.0 if self._next_at is None else max(0.0, self._next_at - now)

@@ -84,7 +84,7 @@ def test_configured_prefix_synthesizes_passes_real_aaaa_and_excludes_loopback(
         assert trace.source == "synthesized-dns64" and not trace.ad, trace
         assert "synthesized (dns64)" in explain_command._answered({"source": trace.source})
         metrics = daemon.call(lambda: render(daemon.daemon.collect_stats()))
-        assert 'stubby_py_dns64_prefix_info{prefix="64:ff9b::/96"} 1' in metrics
+        assert 'stubby_py_dns64_prefix_info{prefix="64:ff9b::/96",source="configured"} 1' in metrics
         assert "stubby_py_dns64_synthesized_total 3" in metrics
         assert daemon.resolver.query_log is not None
         daemon.call(daemon.resolver.query_log.flush)

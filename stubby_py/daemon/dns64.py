@@ -51,7 +51,7 @@ class Dns64:
         self._resolver = resolver
         self._loop = asyncio.get_running_loop()
         self.prefix = prefix
-        #: "config", or where it was discovered ("ipv4only.arpa via udp://...")
+        #: where the prefix came from: "configured", "ra-pref64" or "rfc7050" (daemon/road.py)
         self.source = source
         self._tasks: set[asyncio.Task[None]] = set()
 

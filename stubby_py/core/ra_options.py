@@ -21,7 +21,6 @@ lifetime runs out, is withdrawn, or its interface goes down.
 
 from __future__ import annotations
 
-import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
@@ -34,6 +33,7 @@ RTNLGRP_ND_USEROPT = 20
 NDUSEROPT_SRCADDR = 1
 #: family, options' length, interface index, ICMPv6 type and code (then padding)
 NDUSEROPTMSG = struct.Struct("=BxHiBBHI")
+AF_INET6 = 10  # Linux's (rtnetlink is Linux's); socket's is not imported in this pure ring
 ICMPV6_ROUTER_ADVERTISEMENT = 134
 #: ND option types (IANA "IPv6 Neighbor Discovery Option Formats")
 OPTION_CAPTIVE_PORTAL = 37
@@ -73,7 +73,7 @@ def parse_user_option(payload: bytes) -> RouterOption | None:
         return None
     family, length, ifindex, icmp_type, _code, _pad2, _pad3 = NDUSEROPTMSG.unpack_from(payload)
     end = NDUSEROPTMSG.size + length
-    if family != socket.AF_INET6 or icmp_type != ICMPV6_ROUTER_ADVERTISEMENT:
+    if family != AF_INET6 or icmp_type != ICMPV6_ROUTER_ADVERTISEMENT:
         return None
     if length < 8 or end > len(payload) or payload[NDUSEROPTMSG.size + 1] * 8 != length:
         return None
@@ -92,7 +92,7 @@ def parse_user_option(payload: bytes) -> RouterOption | None:
 
 def user_option_payload(ifindex: int, option: bytes, router: IPv6Address | None = None) -> bytes:
     """The payload the kernel sends for `option` (tests build messages with it)."""
-    header = NDUSEROPTMSG.pack(socket.AF_INET6, len(option), ifindex, 134, 0, 0, 0)
+    header = NDUSEROPTMSG.pack(AF_INET6, len(option), ifindex, 134, 0, 0, 0)
     data = header + option
     if router is not None:
         data += bytes(-len(data) % 4) + struct.pack("=HH", 20, NDUSEROPT_SRCADDR) + router.packed

@@ -190,7 +190,7 @@ def test_captive_portal_off_sends_nothing_to_the_network(ca_file: str, tmp_path:
         config = make_config(
             [f"tls://127.0.0.1:{upstream_port}#{AUTH_NAME}"], ca_file, control_socket=sock,
             network_resolver=f"udp://127.0.0.1:{network_port}", captive_portal="off",
-            dns64="off",  # dns64: auto would ask the network resolver for ipv4only.arpa
+            dns64="off",  # auto would ask the network resolver for ipv4only.arpa (RFC 7050)
         )  # fmt: skip
         with running_daemon(config) as daemon:
             reply = ask(daemon.port, "captive.apple.com.")

@@ -19,7 +19,7 @@ from stubby_py.daemon import control
 from stubby_py.daemon.explain import explain
 from stubby_py.daemon.metrics import render
 from tests.daemon_thread import make_config, running_daemon
-from tests.servers import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 from tests.servers.stream import local_upstream
 from tests.service import wait_for
 
@@ -132,3 +132,35 @@ def test_auto_discovers_the_prefix_through_the_network_resolver_and_again_on_a_c
         assert wait_for(lambda: prefix() is None, timeout=15)
         assert aaaa(daemon.port, "v4only.example.").answer == []
     assert not any(b"ipv4only" in q for q in plain_upstream.state.queries)
+
+
+def test_exclusions_and_a_failure(plain_upstream: LocalUpstream) -> None:
+    """RFC 6147 §5.1.4: IPv4-mapped AAAA records count as none, and so do the configured IPv6
+    ranges; configured IPv4 ranges are not mapped. §5.1.6: when the A question fails, the
+    client hears SERVFAIL, not a NODATA it would cache."""
+    plain_upstream.state.records = {
+        "mapped.example.": [("A", "93.184.216.36"), ("AAAA", "::ffff:93.184.216.36")],
+        "doc.example.": [("A", "93.184.216.37"), ("AAAA", "2001:db8::37")],
+        "lan.example.": [("A", "10.1.2.3")],
+        "afails.example.": [],
+    }
+
+    def chooser(query: dns.message.Message) -> Misbehaviour:
+        name = query.question[0].name.to_text().lower()
+        if name == "afails.example." and query.question[0].rdtype == dns.rdatatype.A:
+            return Misbehaviour.SERVFAIL
+        return Misbehaviour.NONE
+
+    plain_upstream.state.chooser = chooser
+    config = make_config(
+        [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="2001:db8:64::/96",
+        dns64_exclude=["2001:db8::/48", "10.0.0.0/8"], network_resolver="off",
+        captive_portal="off",
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        assert addresses(aaaa(daemon.port, "mapped.example.")) == ["2001:db8:64::5db8:d824"]
+        assert addresses(aaaa(daemon.port, "doc.example.")) == ["2001:db8:64::5db8:d825"]
+        lan = aaaa(daemon.port, "lan.example.")
+        assert lan.rcode() == dns.rcode.NOERROR and lan.answer == []
+        failed = aaaa(daemon.port, "afails.example.")
+        assert failed.rcode() == dns.rcode.SERVFAIL

@@ -205,8 +205,8 @@ def test_nat64_prefix_from_router_advertisements_then_rfc7050(
     ca: trustme.CA, ca_file: str, tmp_path: Path
 ) -> None:
     with road() as net, upstream(net, ca), nat64_dnsmasq(net, tmp_path):
-        ip("netns", "exec", net.laptop, "sysctl", "-qw",
-           f"net.ipv6.conf.{net.laptop_link}.accept_ra=2")  # fmt: skip
+        accept_ra = f"/proc/sys/net/ipv6/conf/{net.laptop_link}/accept_ra"
+        ip("netns", "exec", net.laptop, "sh", "-c", f"echo 2 > {accept_ra}")
         state_root = tmp_path / "netstate"
         link = state_root / "run/systemd/netif/links/2"
         link.parent.mkdir(parents=True)

@@ -8,6 +8,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
@@ -207,9 +208,7 @@ def test_question_keeps_the_clients_case() -> None:
     ],
 )
 def test_rfc7050_discovery(records: list[str], expected: list[str]) -> None:
-    body = reply(
-        "ipv4only.arpa.", "AAAA", [("ipv4only.arpa.", 300, "AAAA", " ".join(records))]
-    )
+    body = reply("ipv4only.arpa.", "AAAA", [("ipv4only.arpa.", 300, "AAAA", " ".join(records))])
     assert [str(p) for p in dns64.discovered_prefixes(body)] == expected
 
 
@@ -245,3 +244,70 @@ def test_config_file_option() -> None:
     assert parse_config("captive_portal: auto\n", "road.yaml").road.dns64 == "auto"
     with pytest.raises(ConfigError, match=r"road.yaml:2: dns64: .*RFC 6052"):
         parse_config("# road\ndns64: 64:ff9b::/80\n", "road.yaml")
+
+
+# --- RFC 6147 review fixes ----------------------------------------------------------------------
+
+
+def test_only_class_in_is_synthesized() -> None:
+    """§5.1.7: DNS64 for another class is undefined; such a question is passed as it came."""
+    name = dns.name.from_text("www.example.")
+    assert dns64.wants_synthesis(0x0100, name, NODATA, dns.rdataclass.IN)
+    assert not dns64.wants_synthesis(0x0100, name, NODATA, dns.rdataclass.CH)
+    assert dns64.plan(0x0100, name, NODATA, dns.rdataclass.HS) is dns64.Plan.PASS
+
+
+def test_ipv4_mapped_aaaa_counts_as_none() -> None:
+    """§5.1.4: ::ffff:0:0/96 is excluded by default: a reply with only such AAAA records is
+    synthesized, as a NODATA would be."""
+    mapped = reply("www.example.", "AAAA", [("www.example.", 300, "AAAA", "::ffff:93.184.216.34")])
+    name = dns.name.from_text("www.example.")
+    assert dns64.plan(0x0100, name, mapped) is dns64.Plan.SYNTHESIZE
+    a = reply("www.example.", "A", [("www.example.", 300, "A", "93.184.216.34")])
+    body = dns64.synthesize(question("www.example."), mapped, a, WKP)
+    assert body is not None
+    assert addresses(body) == {"AAAA": [("64:ff9b::5db8:d822", 300)]}
+
+
+def test_configured_ipv6_exclusions() -> None:
+    documentation = reply("www.example.", "AAAA", [("www.example.", 300, "AAAA", "2001:db8::1")])
+    name = dns.name.from_text("www.example.")
+    assert dns64.plan(0x0100, name, documentation) is dns64.Plan.PASS
+    excluded = [*dns64.EXCLUDED_AAAA, IPv6Network("2001:db8::/32")]
+    assert dns64.plan(0x0100, name, documentation, excluded_aaaa=excluded) is dns64.Plan.SYNTHESIZE
+    a = reply("www.example.", "A", [("www.example.", 300, "A", "93.184.216.34")])
+    body = dns64.synthesize(question("www.example."), documentation, a, NSP, (), excluded)
+    assert body is not None and addresses(body)["AAAA"] == [("2001:db8:64::5db8:d822", 300)]
+
+
+def test_excluded_records_are_dropped_from_a_mixed_answer() -> None:
+    """§5.1.4: with usable records too, the excluded ones are left out (and the changed answer
+    loses its AD and the RRSIGs of its AAAA set)."""
+    sig = "AAAA 13 2 300 20300101000000 20200101000000 1 example. AAAA"
+    mixed = reply(
+        "www.example.", "AAAA",
+        [("www.example.", 300, "AAAA", "::ffff:93.184.216.34 2001:db8::1"),
+         ("www.example.", 300, "RRSIG", sig)],
+    )  # fmt: skip
+    name = dns.name.from_text("www.example.")
+    assert dns64.plan(0x0100, name, mixed) is dns64.Plan.FILTER
+    assert dns64.plan(0x0100 | dns.flags.CD, name, mixed) is dns64.Plan.PASS  # §5.5: as it came
+    body = dns64.without_excluded(question("www.example."), mixed)
+    assert body is not None
+    assert addresses(body) == {"AAAA": [("2001:db8::1", 300)]}
+    assert not dns.message.from_wire(body).flags & dns.flags.AD
+
+
+def test_authority_and_additional_come_from_the_a_reply() -> None:
+    """§5.4: the synthesized answer's authority and additional sections are those of the
+    response to the final query (the A query)."""
+    query = dns.message.make_query("www.example.", "A")
+    a = dns.message.make_response(query)
+    a.answer.append(dns.rrset.from_text("www.example.", 300, "IN", "A", "93.184.216.34"))
+    a.authority.append(dns.rrset.from_text("example.", 300, "IN", "NS", "ns.example."))
+    a.additional.append(dns.rrset.from_text("ns.example.", 300, "IN", "A", "192.0.2.53"))
+    body = dns64.synthesize(question("www.example."), NODATA, a.to_wire(), WKP)
+    assert body is not None
+    message = dns.message.from_wire(body)
+    assert [r.to_text() for r in message.authority] == ["example. 300 IN NS ns.example."]
+    assert [r.to_text() for r in message.additional] == ["ns.example. 300 IN A 192.0.2.53"]

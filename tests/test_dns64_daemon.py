@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 
 import dns.flags
@@ -15,11 +17,13 @@ import dns.rdatatype
 import pytest
 
 from stubby_py.commands import explain as explain_command
-from stubby_py.daemon import control
+from stubby_py.core import ra_options
+from stubby_py.core.ra_options import RouterOption
+from stubby_py.daemon import control, netwatch
 from stubby_py.daemon.explain import explain
 from stubby_py.daemon.metrics import render
 from tests.daemon_thread import make_config, running_daemon
-from tests.servers import LocalUpstream
+from tests.servers import LocalUpstream, Misbehaviour
 from tests.servers.stream import local_upstream
 from tests.service import wait_for
 
@@ -84,7 +88,7 @@ def test_configured_prefix_synthesizes_passes_real_aaaa_and_excludes_loopback(
         assert trace.source == "synthesized-dns64" and not trace.ad, trace
         assert "synthesized (dns64)" in explain_command._answered({"source": trace.source})
         metrics = daemon.call(lambda: render(daemon.daemon.collect_stats()))
-        assert 'stubby_py_dns64_prefix_info{prefix="64:ff9b::/96"} 1' in metrics
+        assert 'stubby_py_dns64_prefix_info{prefix="64:ff9b::/96",source="configured"} 1' in metrics
         assert "stubby_py_dns64_synthesized_total 3" in metrics
         assert daemon.resolver.query_log is not None
         daemon.call(daemon.resolver.query_log.flush)
@@ -132,3 +136,73 @@ def test_auto_discovers_the_prefix_through_the_network_resolver_and_again_on_a_c
         assert wait_for(lambda: prefix() is None, timeout=15)
         assert aaaa(daemon.port, "v4only.example.").answer == []
     assert not any(b"ipv4only" in q for q in plain_upstream.state.queries)
+
+
+def test_exclusions_and_a_failure(plain_upstream: LocalUpstream) -> None:
+    """RFC 6147 §5.1.4: IPv4-mapped AAAA records count as none, and so do the configured IPv6
+    ranges; configured IPv4 ranges are not mapped. §5.1.6: when the A question fails, the
+    client hears SERVFAIL, not a NODATA it would cache."""
+    plain_upstream.state.records = {
+        "mapped.example.": [("A", "93.184.216.36"), ("AAAA", "::ffff:93.184.216.36")],
+        "doc.example.": [("A", "93.184.216.37"), ("AAAA", "2001:db8::37")],
+        "lan.example.": [("A", "10.1.2.3")],
+        "afails.example.": [],
+    }
+
+    def chooser(query: dns.message.Message) -> Misbehaviour:
+        name = query.question[0].name.to_text().lower()
+        if name == "afails.example." and query.question[0].rdtype == dns.rdatatype.A:
+            return Misbehaviour.SERVFAIL
+        return Misbehaviour.NONE
+
+    plain_upstream.state.chooser = chooser
+    config = make_config(
+        [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="2001:db8:64::/96",
+        dns64_exclude=["2001:db8::/48", "10.0.0.0/8"], network_resolver="off",
+        captive_portal="off",
+    )  # fmt: skip
+    with running_daemon(config) as daemon:
+        assert addresses(aaaa(daemon.port, "mapped.example.")) == ["2001:db8:64::5db8:d824"]
+        assert addresses(aaaa(daemon.port, "doc.example.")) == ["2001:db8:64::5db8:d825"]
+        lan = aaaa(daemon.port, "lan.example.")
+        assert lan.rcode() == dns.rcode.NOERROR and lan.answer == []
+        failed = aaaa(daemon.port, "afails.example.")
+        assert failed.rcode() == dns.rcode.SERVFAIL
+
+
+def test_a_router_advertisements_prefix_wins_until_withdrawn(
+    plain_upstream: LocalUpstream, network_resolver: LocalUpstream, tmp_path: Path
+) -> None:
+    """RFC 8781 §5.1: the RA's PREF64 is preferred over RFC 7050's; withdrawn (lifetime 0), RFC
+    7050 is asked again. The options go in as netwatch.py hands them over (the netns test,
+    test_dns64_netns.py, sends real advertisements)."""
+    plain_upstream.state.records = dict(RECORDS)
+    sock = str(tmp_path / "control.sock")
+    config = make_config(
+        [f"udp://127.0.0.1:{plain_upstream.port}"], dns64="auto", captive_portal="off",
+        network_resolver=f"udp://127.0.0.1:{network_resolver.port}", control_socket=sock,
+    )  # fmt: skip
+    nsp = IPv6Network("2001:db8:64::/96")
+    router = IPv6Address("fe80::1")
+
+    def advertise(lifetime: int) -> None:
+        option = RouterOption(1, ra_options.pref64_option(nsp, lifetime), router)
+        daemon.call(lambda: netwatch.router_option(daemon.runtime, option))
+
+    def state() -> tuple[str | None, str | None]:
+        status = control.request(sock, "portal")
+        return status.get("dns64_prefix"), status.get("dns64_source")
+
+    with running_daemon(config) as daemon:
+        assert wait_for(lambda: state() == ("64:ff9b::/96", "rfc7050"), timeout=10)
+        advertise(1800)
+        assert state() == ("2001:db8:64::/96", "ra-pref64")
+        assert addresses(aaaa(daemon.port, "v4only.example.")) == ["2001:db8:64::5db8:d822"]
+        network_resolver.state.queries.clear()
+        control.request(sock, "network-changed")  # the RA's prefix stays: RFC 7050 not asked
+        time.sleep(1.5)
+        assert state() == ("2001:db8:64::/96", "ra-pref64")
+        assert not network_resolver.state.queries
+        advertise(0)  # withdrawn
+        assert wait_for(lambda: state() == ("64:ff9b::/96", "rfc7050"), timeout=10)
+        assert addresses(aaaa(daemon.port, "v4only.example.")) == ["64:ff9b::5db8:d822"]

@@ -18,6 +18,11 @@ def format_status(status: Mapping[str, Any]) -> str:
         f"captive_portal:    {status.get('captive_portal')}",
         "network resolver:  " + (f"{network} (from {source})" if network else "none known"),
     ]
+    if status.get("dns64_prefix"):
+        lines.append(f"dns64:             {status['dns64_prefix']} ({status.get('dns64_source')}:"
+                     f" {status.get('dns64')})")  # fmt: skip
+    elif status.get("dns64"):
+        lines.append(f"dns64:             off ({status['dns64']})")
     if status.get("portal_uri"):
         lines.append(f"portal announced:  {status['portal_uri']}")
     if status.get("suspected"):

@@ -329,9 +329,13 @@ class RoadSettings:
     #: suspect a captive portal when the upstreams cannot be reached but the network resolver
     #: answers: "auto" or "off"
     captive_portal: str = "auto"
-    #: DNS64 (RFC 6147) on IPv6-only networks: "auto" (the NAT64 prefix learned through the
-    #: network resolver, RFC 7050), "off", or a prefix such as "64:ff9b::/96"
+    #: DNS64 (RFC 6147) on IPv6-only networks: "auto" (the NAT64 prefix from the routers'
+    #: advertisements, RFC 8781, else learned through the network resolver, RFC 7050), "off",
+    #: or a prefix such as "64:ff9b::/96"
     dns64: str = "auto"
+    #: DNS64's exclusions beyond the built-in ones: IPv4 ranges whose A records are not mapped,
+    #: IPv6 ranges whose AAAA records count as none (RFC 6147 §5.1.4)
+    dns64_exclude: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -1366,6 +1370,7 @@ OPTIONS: dict[str, Option] = {
     ),
     "captive_portal": Option("road", "captive_portal", _auto_or_off(_portal_setting)),
     "dns64": Option("road", "dns64", _auto_or_off(dns64.parse_prefix_setting)),
+    "dns64_exclude": Option("road", "dns64_exclude", _each(_network)),
 }
 #: how each key the file may set is read
 _READERS: dict[str, Read] = {name: o.read for name, o in OPTIONS.items() if o.read is not None}

@@ -4,18 +4,28 @@ AAAA reply, and the NAT64 prefix found in `ipv4only.arpa AAAA` answers (RFC 7050
 Synthesis takes three messages: the client's AAAA query, the upstream's AAAA reply, already
 validated, and the A reply for the same name (asked by the daemon through the normal path):
 
-- only a NOERROR reply with no AAAA record in its answer is synthesized (RFC 6147 §5.1.1: NODATA,
-  after any CNAME chain); an NXDOMAIN, a SERVFAIL or any other rcode is passed on as it came;
-- a client that set CD is not served synthesized records (§5.5: it validates for itself, and a
-  made-up AAAA cannot validate); nor are names under ip6.arpa (PTR synthesis, §5.3.1, is
-  optional and not done);
-- an A record in an excluded range (§5.1.4: 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16,
-  255.255.255.255/32; with the Well-Known Prefix 64:ff9b::/96 also every non-global address,
-  RFC 6052 §3.1) is not mapped; when none is left, the NODATA reply stands;
+- only a NOERROR reply with no usable AAAA record in its answer is synthesized (RFC 6147 §5.1.1:
+  NODATA, after any CNAME chain, §5.1.5); an NXDOMAIN is passed on as it came (§5.1.2), and so
+  is a SERVFAIL, unlike §5.1.2's "treat it as empty": from a validating resolver SERVFAIL is
+  how a bogus answer looks (RFC 4035), and synthesizing over it would route around DNSSEC;
+- AAAA records in the exclusion set (§5.1.4: ::ffff:0:0/96 always, IPv4-mapped addresses reach
+  nothing from an IPv6-only host, and the configured IPv6 ranges) are as good as none: a reply
+  with only such records is synthesized; one with others too loses the excluded ones (§5.1.4's
+  SHOULD) and, being changed, its AD and the RRSIGs of its AAAA set;
+- a client that set CD is not served synthesized or changed records (§5.5 case 3: it
+  validates for itself, and a made-up AAAA cannot validate; §5.5 names CD with DO, a CD query
+  without DO is treated alike: CD means "unchecked", and synthesis here follows validation);
+  nor are names under ip6.arpa (PTR synthesis, §5.3.1, is optional and not done), nor classes
+  other than IN (§5.1.7: undefined);
+- an A record in an excluded range (always 0.0.0.0/8, 127.0.0.0/8, 169.254.0.0/16 and
+  255.255.255.255/32, which no NAT64 can reach (RFC 6890), and the configured IPv4 ranges; with
+  the Well-Known Prefix 64:ff9b::/96 also every non-global address, RFC 6052 §3.1) is not
+  mapped; when none is left, the NODATA reply stands (§5.4);
 - the synthesized AAAA takes the owner name and TTL of its A record set, capped by the
-  negative-caching TTL of the AAAA reply (min of the SOA's TTL and MINIMUM, §5.1.7; 600 s when
-  the reply has no SOA); the CNAME chain of the A reply is kept, its RRSIGs are dropped (the
-  answer is made here and is never marked AD).
+  negative-caching TTL of the AAAA reply (min of the SOA's TTL and MINIMUM, RFC 2308 §5, which
+  is §5.1.7's "TTL of the SOA"; 600 s when the reply has no SOA); the CNAME chain of the A
+  reply is kept, its RRSIGs are dropped (the answer is made here and is never marked AD, where
+  §5.5 case 2 would allow it); the authority and additional sections are the A reply's (§5.4).
 
 Prefixes of every length RFC 6052 §2.2 defines (32, 40, 48, 56, 64, 96) are supported; bits
 64-71 (the u octet) must be zero.
@@ -23,7 +33,8 @@ Prefixes of every length RFC 6052 §2.2 defines (32, 40, 48, 56, 64, 96) are sup
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import enum
+from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import dns.exception
@@ -41,10 +52,12 @@ WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 #: RFC 7050 §2.1: the name asked, and the two addresses its A records hold
 DISCOVERY_NAME = "ipv4only.arpa."
 WELL_KNOWN_ADDRESSES = (IPv4Address("192.0.0.170"), IPv4Address("192.0.0.171"))
-#: RFC 6147 §5.1.4: never mapped, whatever the prefix
+#: never mapped, whatever the prefix: no NAT64 reaches these (RFC 6890)
 EXCLUDED = tuple(
     IPv4Network(n) for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "255.255.255.255/32")
 )
+#: RFC 6147 §5.1.4: AAAA records in these are as good as none (its default exclusion set)
+EXCLUDED_AAAA = (IPv6Network("::ffff:0:0/96"),)
 #: §5.1.7: the cap when the AAAA reply carries no SOA
 NO_SOA_TTL = 600
 _REVERSE_V6 = dns.name.from_text("ip6.arpa.")
@@ -92,21 +105,106 @@ def excluded(address: IPv4Address, prefix: IPv6Network, also: Iterable[IPv4Netwo
     return prefix == WELL_KNOWN_PREFIX and not address.is_global
 
 
-def wants_synthesis(query_flags: int, qname: dns.name.Name, aaaa_reply: bytes) -> bool:
-    """Is this AAAA reply one to synthesize for (before asking for the A records)?"""
-    if query_flags & dns.flags.CD or qname.is_subdomain(_REVERSE_V6):
-        return False
+class Plan(enum.Enum):
+    """What to do with an AAAA reply."""
+
+    PASS = "pass"  # as it came
+    SYNTHESIZE = "synthesize"  # from the A records
+    FILTER = "filter"  # without its excluded AAAA records (without_excluded)
+
+
+def plan(
+    query_flags: int,
+    qname: dns.name.Name,
+    aaaa_reply: bytes,
+    qclass: int = dns.rdataclass.IN,
+    excluded_aaaa: Sequence[IPv6Network] = EXCLUDED_AAAA,
+) -> Plan:
+    """What this AAAA reply calls for (before asking for the A records)."""
+    if query_flags & dns.flags.CD or qclass != dns.rdataclass.IN:
+        return Plan.PASS
+    if qname.is_subdomain(_REVERSE_V6):
+        return Plan.PASS
     try:
         message = dns.message.from_wire(aaaa_reply, ignore_trailing=True)
     except dns.exception.DNSException:
-        return False
-    return _is_nodata(message)
+        return Plan.PASS
+    if message.rcode() != dns.rcode.NOERROR:
+        return Plan.PASS
+    usable, excluded = _count_aaaa(message, excluded_aaaa)
+    if not usable:
+        return Plan.SYNTHESIZE
+    return Plan.FILTER if excluded else Plan.PASS
 
 
-def _is_nodata(message: dns.message.Message) -> bool:
+def wants_synthesis(
+    query_flags: int,
+    qname: dns.name.Name,
+    aaaa_reply: bytes,
+    qclass: int = dns.rdataclass.IN,
+    excluded_aaaa: Sequence[IPv6Network] = EXCLUDED_AAAA,
+) -> bool:
+    return plan(query_flags, qname, aaaa_reply, qclass, excluded_aaaa) is Plan.SYNTHESIZE
+
+
+def _aaaa_excluded(rdata: dns.rdata.Rdata, excluded_aaaa: Sequence[IPv6Network]) -> bool:
+    address = IPv6Address(rdata.address)  # type: ignore[attr-defined]
+    return any(address in network for network in excluded_aaaa)
+
+
+def _count_aaaa(
+    message: dns.message.Message, excluded_aaaa: Sequence[IPv6Network]
+) -> tuple[int, int]:
+    """(usable, excluded) AAAA records in the answer."""
+    usable = excluded = 0
+    for rrset in message.answer:
+        if rrset.rdtype == dns.rdatatype.AAAA:
+            for rdata in rrset:
+                if _aaaa_excluded(rdata, excluded_aaaa):
+                    excluded += 1
+                else:
+                    usable += 1
+    return usable, excluded
+
+
+def _is_nodata(message: dns.message.Message, excluded_aaaa: Sequence[IPv6Network]) -> bool:
     if message.rcode() != dns.rcode.NOERROR:
         return False
-    return not any(rrset.rdtype == dns.rdatatype.AAAA for rrset in message.answer)
+    return _count_aaaa(message, excluded_aaaa)[0] == 0
+
+
+def without_excluded(
+    question: bytes, aaaa_reply: bytes, excluded_aaaa: Sequence[IPv6Network] = EXCLUDED_AAAA
+) -> bytes | None:
+    """§5.1.4: the AAAA reply without its excluded AAAA records and the RRSIGs of its AAAA sets
+    (they no longer match), never AD; None if it cannot be read."""
+    try:
+        message = dns.message.from_wire(aaaa_reply, ignore_trailing=True)
+    except dns.exception.DNSException:
+        return None
+    answer: list[dns.rrset.RRset] = []
+    for rrset in message.answer:
+        if rrset.rdtype == dns.rdatatype.RRSIG and rrset.covers == dns.rdatatype.AAAA:
+            continue
+        if rrset.rdtype == dns.rdatatype.AAAA:
+            kept = dns.rrset.RRset(rrset.name, rrset.rdclass, rrset.rdtype)
+            for rdata in rrset:
+                if not _aaaa_excluded(rdata, excluded_aaaa):
+                    kept.add(rdata, rrset.ttl)
+            if not kept:
+                continue
+            rrset = kept
+        answer.append(rrset)
+    message.answer = answer
+    message.flags &= ~dns.flags.AD
+    return _with_question(message, question)
+
+
+def _with_question(message: dns.message.Message, question: bytes) -> bytes:
+    message.id = 0
+    wire = message.to_wire()
+    # the client's question as it sent it (its case): client_reply copies the body after it
+    return wire[:12] + question + wire[12 + len(question) :]
 
 
 def _negative_ttl(message: dns.message.Message) -> int:
@@ -122,17 +220,18 @@ def synthesize(
     a_reply: bytes,
     prefix: IPv6Network,
     also_excluded: Iterable[IPv4Network] = (),
+    excluded_aaaa: Sequence[IPv6Network] = EXCLUDED_AAAA,
 ) -> bytes | None:
     """The synthesized AAAA reply (its question is `question`, the client's, in wire form), or
-    None when there is nothing to synthesize: the AAAA reply is not NODATA, the A reply has no
-    A record, or every A record is excluded."""
+    None when there is nothing to synthesize: the AAAA reply has usable AAAA records or is no
+    NOERROR, the A reply has no A record, or every A record is excluded."""
     try:
         aaaa = dns.message.from_wire(aaaa_reply, ignore_trailing=True)
         a = dns.message.from_wire(a_reply, ignore_trailing=True)
         qname, _end = dns.name.from_wire(question, 0)
     except dns.exception.DNSException:
         return None
-    if not _is_nodata(aaaa) or a.rcode() != dns.rcode.NOERROR:
+    if not _is_nodata(aaaa, excluded_aaaa) or a.rcode() != dns.rcode.NOERROR:
         return None
     cap = _negative_ttl(aaaa)
     also = list(also_excluded)
@@ -163,9 +262,9 @@ def synthesize(
     reply.flags = dns.flags.QR | (a.flags & (dns.flags.RD | dns.flags.RA))
     reply.question = [dns.rrset.RRset(qname, dns.rdataclass.IN, dns.rdatatype.AAAA)]
     reply.answer = answer
-    wire = reply.to_wire()
-    # the client's question as it sent it (its case): client_reply copies the body after it
-    return wire[:12] + question + wire[12 + len(question) :]
+    reply.authority = a.authority  # §5.4: from the final query's response
+    reply.additional = a.additional
+    return _with_question(reply, question)
 
 
 def discovered_prefixes(reply: bytes) -> list[IPv6Network]:

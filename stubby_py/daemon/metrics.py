@@ -159,8 +159,9 @@ def render(stats: Mapping[str, Any]) -> str:
         ).add(1 if portal["window_open"] else 0)  # fmt: skip
         if portal.get("dns64_prefix"):
             family(
-                "dns64_prefix_info", "gauge", "1, labelled with the NAT64 prefix DNS64 uses"
-            ).add(1, prefix=portal["dns64_prefix"])  # fmt: skip
+                "dns64_prefix_info", "gauge", "1, labelled with the NAT64 prefix DNS64 uses and"
+                " where it came from (configured, ra-pref64, rfc7050)",
+            ).add(1, prefix=portal["dns64_prefix"], source=portal.get("dns64_source") or "")
     return "".join(line + "\n" for f in families for line in f.lines())
 
 

@@ -19,6 +19,11 @@ Triggers, on Linux:
 - resume: `ResumeDetector` (sans-IO) compares how far CLOCK_BOOTTIME and CLOCK_MONOTONIC moved
   between two checks, every RESUME_CHECK_SECONDS; only BOOTTIME advances while suspended.
 
+The same socket hears the Router Advertisement options the kernel passes on (RTM_NEWNDUSEROPT,
+core/ra_options.py): they are no network change, and go to the road (daemon/road.py: the RA's
+NAT64 prefix, RFC 8781, and captive-portal URI, RFC 8910), as does a link going down (what its
+routers offered goes with it).
+
 Elsewhere, or where netlink is not allowed, the triggers that cannot run are logged at debug level
 and the daemon carries on without them.
 """
@@ -34,6 +39,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from stubby_py.core import ra_options
+from stubby_py.core.ra_options import RouterOption
 
 if TYPE_CHECKING:
     from stubby_py.core.config import Config
@@ -64,6 +72,18 @@ def network_changed(resolver: Runtime, reason: str) -> None:
         road.network_changed(reason)  # another network: its resolver, maybe a captive portal
 
 
+def router_option(resolver: Runtime, option: RouterOption) -> None:
+    road = getattr(resolver.resolver, "road", None)
+    if road is not None:
+        road.router_option(option)
+
+
+def link_down(resolver: Runtime, ifindex: int) -> None:
+    road = getattr(resolver.resolver, "road", None)
+    if road is not None:
+        road.link_down(ifindex)
+
+
 # --- rtnetlink, sans I/O -------------------------------------------------------------------------
 
 #: rtnetlink(7), netlink(7): message types and flags
@@ -77,8 +97,14 @@ RTMGRP_IPV4_IFADDR = 0x10
 RTMGRP_IPV4_ROUTE = 0x40
 RTMGRP_IPV6_IFADDR = 0x100
 RTMGRP_IPV6_ROUTE = 0x400
+RTMGRP_ND_USEROPT = 1 << (ra_options.RTNLGRP_ND_USEROPT - 1)
 GROUPS = (
-    RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+    RTMGRP_LINK
+    | RTMGRP_IPV4_IFADDR
+    | RTMGRP_IPV6_IFADDR
+    | RTMGRP_IPV4_ROUTE
+    | RTMGRP_IPV6_ROUTE
+    | RTMGRP_ND_USEROPT
 )
 #: linux/if.h, linux/if_arp.h
 IFF_UP, IFF_LOOPBACK, IFF_RUNNING = 0x1, 0x8, 0x40
@@ -173,7 +199,8 @@ class RouteMonitor:
     routes, one at a time (a netlink socket runs one dump at once); send `data_to_send()` after
     each `receive()`. Replies to our dumps (our port ID and sequence number) teach the present
     state and are no change; every other message is compared against it. `receive()` returns a
-    short reason per relevant change.
+    short reason per relevant change; Router Advertisement options and the interfaces that went
+    down collect in `router_options` and `links_down` for the caller to take.
     """
 
     def __init__(self, portid: int = 0) -> None:
@@ -190,6 +217,8 @@ class RouteMonitor:
         #: (index, family, prefix length, local, address) → usable (not tentative, DAD passed)
         self._addresses: dict[tuple[int, int, int, bytes, bytes], bool] = {}
         self._routes: set[tuple[Any, ...]] = set()
+        self.router_options: list[RouterOption] = []
+        self.links_down: list[int] = []
 
     @property
     def is_synced(self) -> bool:
@@ -251,6 +280,10 @@ class RouteMonitor:
             return self._handle_address(msg.type, msg.payload)
         if msg.type in (RTM_NEWROUTE, RTM_DELROUTE):
             return self._handle_route(msg.type, msg.payload)
+        if msg.type == ra_options.RTM_NEWNDUSEROPT:
+            option = ra_options.parse_user_option(msg.payload)
+            if option is not None:
+                self.router_options.append(option)
         return None
 
     def _name(self, index: int) -> str:
@@ -273,6 +306,8 @@ class RouteMonitor:
             self._links[index] = running
         if running == was_running:
             return None
+        if not running:
+            self.links_down.append(index)
         return f"{self._name(index)} {'up' if running else 'down'}"
 
     def _handle_address(self, msg_type: int, payload: bytes) -> str | None:
@@ -404,8 +439,12 @@ class NetlinkWatcher:
         on_change: Callable[[str], None],
         quiet: float = DEBOUNCE_QUIET,
         max_delay: float = DEBOUNCE_MAX,
+        on_router_option: Callable[[RouterOption], None] | None = None,
+        on_link_down: Callable[[int], None] | None = None,
     ) -> None:
         self._on_change = on_change
+        self._on_router_option = on_router_option
+        self._on_link_down = on_link_down
         self._loop = asyncio.get_running_loop()
         self._debouncer = Debouncer(quiet, max_delay)
         self._monitor = RouteMonitor()
@@ -474,9 +513,21 @@ class NetlinkWatcher:
                 self._note(["netlink messages lost"])
             else:
                 self._note(self._monitor.receive(data))
+                self._pass_on()
             self._send()
         if self._monitor.is_synced:
             self.synced.set()
+
+    def _pass_on(self) -> None:
+        monitor = self._monitor
+        options, monitor.router_options = monitor.router_options, []
+        links, monitor.links_down = monitor.links_down, []
+        if self._on_link_down is not None:
+            for index in links:
+                self._on_link_down(index)
+        if self._on_router_option is not None:
+            for option in options:
+                self._on_router_option(option)
 
     def _note(self, reasons: list[str]) -> None:
         deadline = self._debouncer.add(reasons, self._loop.time())
@@ -536,7 +587,9 @@ class NetworkWatch:
 
     def __init__(self, resolver: Runtime) -> None:
         self._resolver = resolver
-        self.netlink = NetlinkWatcher(self._changed)
+        self.netlink = NetlinkWatcher(
+            self._changed, on_router_option=self._router_option, on_link_down=self._link_down
+        )
         self.resume = ResumeWatcher(self._changed)
 
     def start(self) -> None:
@@ -552,6 +605,18 @@ class NetworkWatch:
             network_changed(self._resolver, reason)
         except Exception:  # a bug here must not stop the watching
             log.exception("network change (%s) not handled", reason)
+
+    def _router_option(self, option: RouterOption) -> None:
+        try:
+            router_option(self._resolver, option)
+        except Exception:
+            log.exception("router advertisement option %d not handled", option.type)
+
+    def _link_down(self, ifindex: int) -> None:
+        try:
+            link_down(self._resolver, ifindex)
+        except Exception:
+            log.exception("interface %d down: not handled", ifindex)
 
 
 def start_watching(resolver: Runtime, config: Config) -> NetworkWatch | None:

@@ -13,10 +13,16 @@ The check runs after start-up and after every network change (netwatch.py calls
 answers, a portal is suspected; the upstreams are probed again every few seconds, and the first
 answer ends the suspicion and any window.
 
-DNS64 (`dns64: auto`): the NAT64 prefix is asked of the network resolver alone (RFC 7050:
-`ipv4only.arpa AAAA`; the upstreams are elsewhere and cannot know this network's NAT64) at
-start, after every network change and reload; no prefix found, DNS64 is off. A configured
-prefix is used as it is. While a prefix is in use `Resolver.dns64` synthesizes (daemon/dns64.py).
+DNS64 (`dns64: auto`): the NAT64 prefix comes from the routers' advertisements when they carry
+one (RFC 8781 PREF64, passed on by netwatch.py; kept for its lifetime, gone when withdrawn or
+when its interface goes down); RFC 8781 §5.1 says to use one source only and to prefer the RA's
+(RFC 9872 recommends it again). Without one, it is asked of the network resolver alone (RFC
+7050: `ipv4only.arpa AAAA`; the upstreams are elsewhere and cannot know this network's NAT64) at
+start, after every network change and reload, and when the RA's prefix goes; no prefix found,
+DNS64 is off. The kernel keeps no RA options: after a start, the RA's prefix is known from the
+next advertisement on (RFC 7050's until then). A configured prefix is used as it is. While a
+prefix is in use `Resolver.dns64` synthesizes (daemon/dns64.py). A captive-portal URI in the RAs
+(RFC 8910) is used when systemd-networkd's link files name none.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from ipaddress import IPv6Network
@@ -47,6 +54,7 @@ from stubby_py.core.portal import (
     Route,
     cap_ttls,
 )
+from stubby_py.core.ra_options import RouterOffers, RouterOption
 from stubby_py.daemon.dns64 import Dns64
 from stubby_py.daemon.upstreams import scan
 from stubby_py.transports import make_transport
@@ -69,6 +77,10 @@ PROBE_NAME = "connectivity-check.ubuntu.com."
 #: RFC 7050 discovery: asked this many times before DNS64 is left off
 DISCOVERY_TRIES = 3
 STATE_ROOT_VARIABLE = "STUBBY_PY_NETWORK_STATE_ROOT"
+#: where the NAT64 prefix in use came from (stats, metrics, `stubby-py portal`)
+SOURCE_RA = "ra-pref64"
+SOURCE_RFC7050 = "rfc7050"
+SOURCE_CONFIGURED = "configured"
 
 
 def read_sources(root: str = "") -> tuple[list[tuple[str, list[str]]], str | None]:
@@ -124,6 +136,10 @@ class Road:
         self._discovery: asyncio.Task[None] | None = None
         #: why DNS64 is off or where its prefix came from
         self.dns64_note = "not yet looked for"
+        #: what the routers' advertisements offered (netwatch.py passes their options on)
+        self.offers = RouterOffers()
+        self._portal_from_links: str | None = None
+        self._offer_timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- the network resolver ----------------------------------------------------------------
@@ -138,7 +154,8 @@ class Road:
             found = network_resolver.choose(sources, self._own)
         else:
             found = network_resolver.configured(setting)
-        self.portal_uri = portal_uri
+        self._portal_from_links = portal_uri
+        self.portal_uri = portal_uri or self.offers.portal_uri()
         if found == self.network:
             return
         self.network = found
@@ -244,17 +261,65 @@ class Road:
         return True
 
     # -- DNS64: the NAT64 prefix -------------------------------------------------------------
+    def router_option(self, option: RouterOption) -> None:
+        """netwatch.py: an option of a Router Advertisement (PREF64, captive portal...)."""
+        if self.offers.note(option, self._loop.time()):
+            self._offers_changed()
+
+    def link_down(self, ifindex: int) -> None:
+        if self.offers.forget_interface(ifindex):
+            self._offers_changed()
+
+    def _offers_changed(self) -> None:
+        self.portal_uri = self._portal_from_links or self.offers.portal_uri()
+        if self._resolver.config.road.dns64 != "auto":
+            return
+        if self._ra_prefix():
+            if self._discovery is not None:  # RFC 8781 §5.1: one source, the RA's preferred
+                self._discovery.cancel()
+                self._discovery = None
+        elif self._resolver_dns64_source() == SOURCE_RA:
+            note = "the routers' PREF64 ran out, was withdrawn, or its interface went down"
+            self._use_prefix(None, "", note)
+            self._discover_dns64(settle=0.0)
+
+    def _ra_prefix(self) -> bool:
+        """Use the RAs' NAT64 prefix if they offer one (and watch its lifetime): True if so."""
+        if self._offer_timer is not None:
+            self._offer_timer.cancel()
+            self._offer_timer = None
+        offer = self.offers.pref64(self._loop.time())
+        if offer is None:
+            return False
+        try:
+            interface = socket.if_indextoname(offer.ifindex)
+        except OSError:
+            interface = f"interface {offer.ifindex}"
+        router = f" from {offer.router}" if offer.router is not None else ""
+        self._use_prefix(offer.prefix, SOURCE_RA, f"PREF64 in router advertisements{router}"
+                         f" on {interface}")  # fmt: skip
+        expiry = self.offers.next_expiry()
+        if expiry is not None:
+            self._offer_timer = self._loop.call_at(expiry, self._offers_changed)
+        return True
+
+    def _resolver_dns64_source(self) -> str | None:
+        current = self._resolver.dns64
+        return current.source if current is not None else None
+
     def _discover_dns64(self, settle: float) -> None:
         if self._discovery is not None:
             self._discovery.cancel()
             self._discovery = None
         setting = self._resolver.config.road.dns64
         if setting == "off":
-            self._use_prefix(None, "off in the configuration")
+            self._use_prefix(None, "", "off in the configuration")
         elif setting != "auto":
-            self._use_prefix(IPv6Network(setting), "configured")
+            self._use_prefix(IPv6Network(setting), SOURCE_CONFIGURED, "configured")
+        elif self._ra_prefix():
+            pass  # RFC 8781 §5.1: one source, the RA's preferred
         elif self._transport is None:
-            self._use_prefix(None, "no network resolver to ask")
+            self._use_prefix(None, "", "no network resolver to ask")
         else:
             self._discovery = self._loop.create_task(self._discovering(self._transport, settle))
 
@@ -271,13 +336,15 @@ class Road:
                 continue
             prefixes = dns64.discovered_prefixes(reply)
             if prefixes:
-                self._use_prefix(prefixes[0], f"{dns64.DISCOVERY_NAME} through {label}")
+                note = f"{dns64.DISCOVERY_NAME} through {label}"
+                self._use_prefix(prefixes[0], SOURCE_RFC7050, note)
             else:
-                self._use_prefix(None, f"no NAT64 prefix in {dns64.DISCOVERY_NAME} ({label})")
+                note = f"no NAT64 prefix in {dns64.DISCOVERY_NAME} ({label})"
+                self._use_prefix(None, "", note)
             return
-        self._use_prefix(None, f"the network resolver {label} did not answer")
+        self._use_prefix(None, "", f"the network resolver {label} did not answer")
 
-    def _use_prefix(self, prefix: IPv6Network | None, note: str) -> None:
+    def _use_prefix(self, prefix: IPv6Network | None, source: str, note: str) -> None:
         resolver = self._resolver
         current = resolver.dns64
         self.dns64_note = note
@@ -287,10 +354,10 @@ class Road:
             resolver.dns64 = None
             return
         if current is not None and current.prefix == prefix:
-            current.source = note
+            current.source = source
             return
-        log.info("dns64: synthesizing AAAA under %s (%s)", prefix, note)
-        resolver.dns64 = Dns64(resolver, prefix, note)
+        log.info("dns64: synthesizing AAAA under %s (%s: %s)", prefix, source, note)
+        resolver.dns64 = Dns64(resolver, prefix, source)
 
     # -- the query path's hook ---------------------------------------------------------------
     def intercept(self, context: QueryContext) -> bool:
@@ -356,6 +423,7 @@ class Road:
             "suspicions": state.suspicions,
             "windows": state.windows,
             "dns64_prefix": self._dns64_prefix(),
+            "dns64_source": self._resolver_dns64_source(),
             "dns64": self.dns64_note,
         }
 
@@ -367,6 +435,7 @@ class Road:
             "window_open": self.state.window_until is not None,
             "network_resolver": self.network.label if self.network else None,
             "dns64_prefix": self._dns64_prefix(),
+            "dns64_source": self._resolver_dns64_source(),
         }
 
     def _dns64_prefix(self) -> str | None:
@@ -401,6 +470,8 @@ class Road:
         task.add_done_callback(self._tasks.discard)
 
     async def aclose(self) -> None:
+        if self._offer_timer is not None:
+            self._offer_timer.cancel()
         tasks = [*self._tasks, *(t for t in (self._watch, self._discovery) if t is not None)]
         for task in tasks:
             task.cancel()

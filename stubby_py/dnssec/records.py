@@ -37,7 +37,6 @@ _WITH_NAMES: dict[int, tuple[int, int]] = {
     21: (2, 1),  # RT
     36: (2, 1),  # KX
     33: (6, 1),  # SRV
-    14: (0, 2),  # MINFO
     17: (0, 2),  # RP
     26: (2, 2),  # PX
 }

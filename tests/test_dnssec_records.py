@@ -191,6 +191,8 @@ def _header(ancount: int) -> bytes:
         b"\xc0\x0c" + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x08\x7f\x00\x00\x01",  # RDATA past end
         b"\xc0\x0c" + b"\x00\x02\x00\x01\x00\x00\x00\x3c\x00\x02\xc0\x1f",  # NS name: to itself
         b"\xc0\x0c" + b"\x00\x0f\x00\x01\x00\x00\x00\x3c\x00\x06\x00\x01\x01x\x00\x00",  # MX: extra
+        b"\xc0\x02" + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01",  # header
+        b"\xc0\x0c" + b"\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01\x00",  # junk
         b"\x3f" + b"a" * 63 * 5,  # a name longer than 255 octets, past the end too
     ],
 )
@@ -258,7 +260,10 @@ def test_the_fast_path_comes_to_the_full_paths_verdict_and_reply(
     assert body == full_body
 
 
-def test_rrsigs_before_the_data_and_the_data_split_still_take_the_fast_path(tree: Tree) -> None:
+@pytest.mark.parametrize("do", [True, False])
+def test_rrsigs_before_the_data_and_the_data_split_still_take_the_fast_path(
+    tree: Tree, do: bool
+) -> None:
     validator = Validator(KeyChain(tree.anchors(), skew=300))
     _warm(tree, validator)
     msg = message(tree, "www.example.", "A")
@@ -266,9 +271,11 @@ def test_rrsigs_before_the_data_and_the_data_split_still_take_the_fast_path(tree
     first, *rest = list(data)
     msg.answer = [sig, dns.rrset.from_rdata(data.name, data.ttl, first)]
     msg.answer += [dns.rrset.from_rdata(data.name.to_text().upper(), data.ttl, r) for r in rest]
-    found = validator.validate_answer(msg.to_wire(), name("www.example.").to_wire(), 1, True, NOW)
+    wire = msg.to_wire()
+    found = validator.validate_answer(wire, name("www.example.").to_wire(), 1, do, NOW)
     assert found is not None and found[0].security == Security.SECURE
-    assert dns.message.from_wire(found[1]).answer[0].name == name("www.example.")
+    assert found[1] == _full(tree, wire, "www.example.", 1, do)[1]
+    assert [r.rdtype for r in dns.message.from_wire(found[1]).answer] == ([46, 1] if do else [1])
 
 
 def _tampered_byte(wire: bytes, old: bytes, new: bytes) -> bytes:

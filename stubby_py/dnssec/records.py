@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from stubby_py.core.wire import HEADER, HEADER_LEN, MAX_NAME_LEN, RR_FIXED, WireError
 
@@ -44,9 +44,8 @@ _SOA = 6
 _SOA_FIXED = 20
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One resource record of a reply."""
+class Record(NamedTuple):
+    """One resource record of a reply (a tuple: made for every record, so made cheaply)."""
 
     #: 0 answer, 1 authority, 2 additional
     section: int
@@ -62,8 +61,7 @@ class Record:
     end: int
 
 
-@dataclass(frozen=True, slots=True)
-class Signature:
+class Signature(NamedTuple):
     """An RRSIG's fields (names as dnspython's RRSIG has them, so verify.py judges both)."""
 
     owner: bytes
@@ -111,12 +109,16 @@ def read_name(data: bytes, pos: int) -> tuple[bytes, int]:
 
 
 def _pointer(data: bytes, pos: int) -> int:
-    """Where the compression pointer at pos leads; it must lead backwards."""
+    """Where the compression pointer at pos leads: backwards, past the header. A prefix of a
+    reply's records so read can be copied alone: none of its names leads beyond it."""
     if pos + 1 >= len(data):
         raise WireError("pointer runs past the end")
     target = ((data[pos] & 0x3F) << 8) | data[pos + 1]
     if target >= pos:
         raise WireError("compression pointer does not point backwards")
+    if target < HEADER_LEN:
+        # into the header, whose counts a copy rewrites
+        raise WireError("compression pointer into the header")
     return target
 
 
@@ -184,7 +186,8 @@ def _canonical_rdata(data: bytes, rtype: int, start: int, end: int) -> bytes | N
 
 
 def read_records(body: bytes, sections: int = 3) -> list[Record]:
-    """The records of a reply's first `sections` sections (1: the answer only), in order."""
+    """The records of a reply's first `sections` sections (1: the answer only), in order; with
+    all three, octets past the last record are an error too (as dnspython has it)."""
     if len(body) < HEADER_LEN:
         raise WireError("shorter than a header")
     _id, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(body)
@@ -208,6 +211,8 @@ def read_records(body: bytes, sections: int = 3) -> list[Record]:
         rdata = _canonical_rdata(body, rtype, pos, end)
         records.append(Record(section, owner.lower(), rtype, rclass, ttl, rdata, start, end))
         pos = end
+    if sections >= 3 and pos != limit:
+        raise WireError("octets past the last record")
     return records
 
 

@@ -204,11 +204,13 @@ class Validator:
         takes the full path then, which judges and explains every other case."""
         if qtype in _NOT_FAST or len(body) < wire.HEADER_LEN or body[3] & 0x0F:
             return None  # the rcode's low bits: only NOERROR
+        if body[4:6] != b"\x00\x01":
+            return None  # one question
         owner = qname_wire.lower()
         found = _own_rrset(body, owner, qtype)
         if found is None:
             return None
-        rdatas, ttl, sigs = found
+        rdatas, ttl, sigs, answer = found
         budget = Budget()
         for signer in self._fast_signers(sigs, owner, now):
             keys = self.chain.cached(signer, now)
@@ -223,13 +225,7 @@ class Validator:
         until = now + min(ttl, check.original_ttl if check.original_ttl is not None else ttl)
         if check.expiration is not None:
             until = min(until, float(check.expiration))
-        wanted: _Wanted = {(0, owner, qtype, 0, 1): len(rdatas)}
-        if dnssec_records:
-            wanted[(0, owner, RRSIG, qtype, 1)] = len(sigs)
-        try:
-            copied = _copy_records(body, wanted, dnssec_records, qtype)
-        except (wire.WireError, struct.error, IndexError):
-            return None
+        copied = _answer_copy(body, answer, qtype, dnssec_records)
         if copied is None:
             return None
         verdict = Verdict(Security.SECURE, ttl_cap=max(0, int(until - now)), chain=keys.links)
@@ -486,16 +482,39 @@ class Validator:
                    reason=f"{what} not proven: {proof.reason}")  # fmt: skip
 
 
+def _answer_copy(
+    body: bytes, answer: list[records.Record], qtype: int, dnssec_records: bool
+) -> bytes | None:
+    """The reply's answer section alone (`_own_rrset` read it), RRSIGs only when
+    `dnssec_records`: the octets up to its last kept record, for records.py follows only names
+    that point backwards, so nothing kept leads into what is left out. With RRSIGs before data a
+    client without DO is given, `_copy_records` moves the records."""
+    kept = answer
+    if not dnssec_records:
+        kept = [record for record in answer if record.rtype != RRSIG]
+        if any(record.rtype == RRSIG for record in answer[: len(kept)]):
+            owner = answer[0].owner
+            wanted: _Wanted = {(0, owner, qtype, 0, answer[0].rclass): len(kept)}
+            try:
+                return _copy_records(body, wanted, dnssec_records, qtype)
+            except (wire.WireError, struct.error, IndexError):
+                return None
+    msg_id, flags = struct.unpack_from("!HH", body)
+    return _HEADER.pack(msg_id, flags, 1, len(kept), 0, 0) + body[wire.HEADER_LEN : kept[-1].end]
+
+
 def _own_rrset(
     body: bytes, owner: bytes, qtype: int
-) -> tuple[list[bytes], int, list[records.Signature]] | None:
+) -> tuple[list[bytes], int, list[records.Signature], list[records.Record]] | None:
     """When the answer section holds only the RRset (owner, qtype, IN) and RRSIGs over it: its
-    canonical RDATA, its smallest TTL and the signatures; else None."""
+    canonical RDATA, its smallest TTL, the signatures and the section's records; else None."""
     rdatas: list[bytes] = []
     sigs: list[records.Signature] = []
     ttl = None
     try:
-        for record in records.read_records(body, sections=1):
+        # what follows the answer section is left out, but must be well formed
+        answer = [record for record in records.read_records(body) if record.section == 0]
+        for record in answer:
             if record.owner != owner or record.rclass != 1:
                 return None
             if record.rtype == qtype and record.rdata is not None:
@@ -509,7 +528,7 @@ def _own_rrset(
         return None
     if ttl is None or not sigs:
         return None
-    return rdatas, ttl, sigs
+    return rdatas, ttl, sigs, answer
 
 
 def _renamed(

@@ -210,7 +210,9 @@ def verify_rrset(
         # a private helper, used so the data is built once for all candidate keys
         return dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
 
-    what = f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
+    def what() -> str:
+        return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
+
     return _first_verified(speaking, signed_data, what, zone, keys, now, skew, budget)
 
 
@@ -246,7 +248,9 @@ def verify_signed(
     def signed_data(sig: records.Signature) -> bytes:
         return records.signed_data(sig, owner, rtype, rclass, rdatas)
 
-    what = f"{dns.name.from_wire(owner, 0)[0]} {rdtype_text(rtype)}"
+    def what() -> str:
+        return f"{dns.name.from_wire(owner, 0)[0]} {rdtype_text(rtype)}"
+
     return _first_verified(speaking, signed_data, what, zone, keys, now, skew, budget)
 
 
@@ -256,18 +260,18 @@ S = TypeVar("S", bound=_SignatureFields)
 def _first_verified(
     sigs: list[S],
     signed_data: Callable[[S], bytes],
-    what: str,
+    what: Callable[[], str],
     zone: dns.name.Name,
     keys: Iterable[DNSKEY],
     now: float,
     skew: float,
     budget: Budget | None,
 ) -> SignatureCheck:
-    """The first of `sigs` (each one that speaks for the RRset `what`) that verifies, or the
-    most telling reason none did."""
+    """The first of `sigs` (each one that speaks for the RRset `what()` names) that verifies,
+    or the most telling reason none did."""
     keys = list(keys)
     budget = budget if budget is not None else Budget()
-    worst: tuple[int, str] = (EDECode.RRSIGS_MISSING, f"no RRSIG by {zone} for {what}")
+    worst: tuple[int, str] = (EDECode.RRSIGS_MISSING, "")
     for tried, rrsig in enumerate(sigs):
         if tried >= Budget.MAX_SIGNATURES_PER_RRSET:
             worst = (EDECode.DNSSEC_BOGUS, _OVER_BUDGET)
@@ -282,7 +286,8 @@ def _first_verified(
         if failure[1] == _OVER_BUDGET:
             break
     over = worst[1] == _OVER_BUDGET
-    return SignatureCheck(False, worst[0], f"{what}: {worst[1]}", over_budget=over)
+    reason = worst[1] or f"no RRSIG by {zone} for {what()}"
+    return SignatureCheck(False, worst[0], f"{what()}: {reason}", over_budget=over)
 
 
 def _check_one(

@@ -24,7 +24,7 @@ from dns.rdtypes.ANY.CNAME import CNAME
 from dns.rdtypes.ANY.DNAME import DNAME
 
 from stubby_py.core import wire
-from stubby_py.dnssec import denial
+from stubby_py.dnssec import denial, records
 from stubby_py.dnssec.aggressive import Held, Synthesis
 from stubby_py.dnssec.chain import (
     KeyChain,
@@ -35,7 +35,7 @@ from stubby_py.dnssec.chain import (
     signature_expiry,
 )
 from stubby_py.dnssec.outcome import Link, Security, Step, Verdict
-from stubby_py.dnssec.verify import Budget, SignatureCheck, verify_rrset
+from stubby_py.dnssec.verify import Budget, SignatureCheck, verify_rrset, verify_signed
 
 #: most CNAME/DNAME links followed (Unbound's max-query-restarts is 11)
 MAX_CHAIN = 12
@@ -53,6 +53,10 @@ NEVER_EXPANDED = frozenset(
 )  # fmt: skip
 #: types a DO-less client never sees unless it asked for them (RFC 4035 §3.2.1)
 DNSSEC_TYPES = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.NSEC, dns.rdatatype.NSEC3})
+#: question types the fast path leaves to the full one: RRSIG (not validated) and ANY
+_NOT_FAST = frozenset({dns.rdatatype.RRSIG, dns.rdatatype.ANY})
+#: signer names the fast path keeps parsed
+_MAX_NAMES = 1024
 
 
 @dataclass
@@ -131,6 +135,8 @@ class Validator:
         """aggressive: answer from held NSEC/NSEC3 proofs (RFC 8198; `aggressive_nsec`)."""
         self.chain = chain
         self.aggressive = aggressive
+        #: signer names of the fast path, by their wire form
+        self._names: dict[bytes, dns.name.Name] = {}
 
     def synthesize(self, qname: dns.name.Name, qtype: int, now: float) -> Synthesis | None:
         """An NXDOMAIN or NODATA proven from the NSEC/NSEC3 records of earlier secure answers
@@ -185,6 +191,63 @@ class Validator:
             if copied is not None:
                 return copied
         return render(reply, verdict, dnssec_records)
+
+    def validate_answer(
+        self, body: bytes, qname_wire: bytes, qtype: int, dnssec_records: bool, now: float
+    ) -> tuple[Verdict, bytes] | None:
+        """The fast path for the commonest signed answer: the question's own RRset with its
+        RRSIGs and nothing else in the answer section, signed (not by wildcard expansion) by a
+        zone whose keys are already known secure. Returns the verdict and the client's reply
+        copied from `body` (the answer section only, RRSIGs only with `dnssec_records`), as
+        `validate` and `render` would make them, but read straight from the octets
+        (records.py). None: anything else, a signature that did not verify included; the caller
+        takes the full path then, which judges and explains every other case."""
+        if qtype in _NOT_FAST or len(body) < wire.HEADER_LEN or body[3] & 0x0F:
+            return None  # the rcode's low bits: only NOERROR
+        if body[4:6] != b"\x00\x01":
+            return None  # one question
+        owner = qname_wire.lower()
+        found = _own_rrset(body, owner, qtype)
+        if found is None:
+            return None
+        rdatas, ttl, sigs, answer = found
+        budget = Budget()
+        for signer in self._fast_signers(sigs, owner, now):
+            keys = self.chain.cached(signer, now)
+            if keys is None or keys.security != Security.SECURE:
+                return None  # the walk, or a verdict that is not secure: the full path
+            check = verify_signed(owner, qtype, 1, rdatas, sigs, signer, keys.keys, now,
+                                  self.skew, budget=budget)  # fmt: skip
+            if check.ok:
+                break
+        else:
+            return None
+        until = now + min(ttl, check.original_ttl if check.original_ttl is not None else ttl)
+        if check.expiration is not None:
+            until = min(until, float(check.expiration))
+        copied = _answer_copy(body, answer, qtype, dnssec_records)
+        if copied is None:
+            return None
+        verdict = Verdict(Security.SECURE, ttl_cap=max(0, int(until - now)), chain=keys.links)
+        return verdict, copied
+
+    def _fast_signers(
+        self, sigs: list[records.Signature], owner: bytes, now: float
+    ) -> list[dns.name.Name]:
+        """`_signers` for the fast path: the signers that could sign at `owner`, known first,
+        then the deepest, at most MAX_SIGNERS."""
+        found = {sig.signer for sig in sigs if records.is_subdomain(owner, sig.signer)}
+        names = []
+        for signer in found:
+            name = self._names.get(signer)
+            if name is None:
+                if len(self._names) >= _MAX_NAMES:
+                    self._names.clear()
+                name = self._names[signer] = dns.name.from_wire(signer, 0)[0]
+            names.append(name)
+        if len(names) > 1:
+            names.sort(key=lambda n: (self.chain.cached(n, now) is None, -len(n)))
+        return names[:MAX_SIGNERS]
 
     @property
     def skew(self) -> float:
@@ -417,6 +480,55 @@ class Validator:
             return
         judged.add(Security.BOGUS, ede=EDECode.NSEC_MISSING, zone=str(zone),
                    reason=f"{what} not proven: {proof.reason}")  # fmt: skip
+
+
+def _answer_copy(
+    body: bytes, answer: list[records.Record], qtype: int, dnssec_records: bool
+) -> bytes | None:
+    """The reply's answer section alone (`_own_rrset` read it), RRSIGs only when
+    `dnssec_records`: the octets up to its last kept record, for records.py follows only names
+    that point backwards, so nothing kept leads into what is left out. With RRSIGs before data a
+    client without DO is given, `_copy_records` moves the records."""
+    kept = answer
+    if not dnssec_records:
+        kept = [record for record in answer if record.rtype != RRSIG]
+        if any(record.rtype == RRSIG for record in answer[: len(kept)]):
+            owner = answer[0].owner
+            wanted: _Wanted = {(0, owner, qtype, 0, answer[0].rclass): len(kept)}
+            try:
+                return _copy_records(body, wanted, dnssec_records, qtype)
+            except (wire.WireError, struct.error, IndexError):
+                return None
+    msg_id, flags = struct.unpack_from("!HH", body)
+    return _HEADER.pack(msg_id, flags, 1, len(kept), 0, 0) + body[wire.HEADER_LEN : kept[-1].end]
+
+
+def _own_rrset(
+    body: bytes, owner: bytes, qtype: int
+) -> tuple[list[bytes], int, list[records.Signature], list[records.Record]] | None:
+    """When the answer section holds only the RRset (owner, qtype, IN) and RRSIGs over it: its
+    canonical RDATA, its smallest TTL, the signatures and the section's records; else None."""
+    rdatas: list[bytes] = []
+    sigs: list[records.Signature] = []
+    ttl = None
+    try:
+        # what follows the answer section is left out, but must be well formed
+        answer = [record for record in records.read_records(body) if record.section == 0]
+        for record in answer:
+            if record.owner != owner or record.rclass != 1:
+                return None
+            if record.rtype == qtype and record.rdata is not None:
+                rdatas.append(record.rdata)
+                ttl = record.ttl if ttl is None else min(ttl, record.ttl)
+            elif record.rtype == RRSIG and (sig := records.signature(record)).type_covered == qtype:
+                sigs.append(sig)
+            else:
+                return None
+    except wire.WireError:
+        return None
+    if ttl is None or not sigs:
+        return None
+    return rdatas, ttl, sigs, answer
 
 
 def _renamed(

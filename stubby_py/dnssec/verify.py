@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import dns.dnssec
 import dns.exception
@@ -25,6 +25,9 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.dnskeybase import Flag
+
+from stubby_py.core.wire import WireError, rdtype_text
+from stubby_py.dnssec import records
 
 #: RFC 8624 §3.1 algorithms we validate: RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
@@ -57,17 +60,68 @@ def is_zone_key(key: DNSKEY) -> bool:
     return bool(key.flags & Flag.ZONE) and key.protocol == DNSKEY_PROTOCOL
 
 
-def _candidate_keys(keys: Iterable[DNSKEY], rrsig: RRSIG) -> list[DNSKEY]:
+class _SignatureFields(Protocol):
+    """What judging one RRSIG reads: dnspython's RRSIG, or records.Signature (the fast path)."""
+
+    @property
+    def algorithm(self) -> int: ...
+    @property
+    def key_tag(self) -> int: ...
+    @property
+    def type_covered(self) -> int: ...
+    @property
+    def labels(self) -> int: ...
+    @property
+    def original_ttl(self) -> int: ...
+    @property
+    def expiration(self) -> int: ...
+    @property
+    def inception(self) -> int: ...
+    @property
+    def signature(self) -> bytes: ...
+
+
+@dataclass(slots=True)
+class _KeyFacts:
+    """What verification needs of one DNSKEY, worked out once: its tag, its canonical RDATA (a
+    part of every verified-signature digest), and its public key object (built on first use:
+    building one costs as much as a verification)."""
+
+    key: DNSKEY
+    tag: int
+    wire: bytes
+    public: Any = None
+
+
+#: facts by id() of the DNSKEY; the entry holds the key, so the id cannot be reused meanwhile
+_KEY_FACTS: dict[int, _KeyFacts] = {}
+_MAX_KEY_FACTS = 2048
+
+
+def _facts(key: DNSKEY) -> _KeyFacts:
+    facts = _KEY_FACTS.get(id(key))
+    if facts is None or facts.key is not key:
+        if len(_KEY_FACTS) >= _MAX_KEY_FACTS:
+            _KEY_FACTS.clear()
+        facts = _KeyFacts(key, dns.dnssec.key_id(key), key.to_digestable())
+        _KEY_FACTS[id(key)] = facts
+    return facts
+
+
+def _candidate_keys(keys: Iterable[DNSKEY], rrsig: _SignatureFields) -> list[_KeyFacts]:
     """Keys that could have made `rrsig`: same tag and algorithm, zone keys, and not revoked
     unless the signature covers the DNSKEY RRset itself (RFC 5011 §2.1)."""
-    return [
-        key
-        for key in keys
-        if key.algorithm == rrsig.algorithm
-        and is_zone_key(key)
-        and (not key.flags & Flag.REVOKE or rrsig.type_covered == dns.rdatatype.DNSKEY)
-        and dns.dnssec.key_id(key) == rrsig.key_tag
-    ]
+    candidates = []
+    for key in keys:
+        if (
+            key.algorithm == rrsig.algorithm
+            and is_zone_key(key)
+            and (not key.flags & Flag.REVOKE or rrsig.type_covered == dns.rdatatype.DNSKEY)
+        ):
+            facts = _facts(key)
+            if facts.tag == rrsig.key_tag:
+                candidates.append(facts)
+    return candidates
 
 
 def _speaks_for(
@@ -145,21 +199,84 @@ def verify_rrset(
     count, for clocks that are a little off (Unbound's val-sig-skew). expanded_ok: the RRset may
     be a wildcard expansion (answer data only). budget: the query's verification budget.
     """
+    speaking = [
+        rrsig
+        for rrsig in rrsigs or ()
+        if isinstance(rrsig, RRSIG) and _speaks_for(rrsig, rrset, zone, expanded_ok)
+    ]
+
+    def signed_data(rrsig: RRSIG) -> bytes:
+        # dnspython's canonical form (RFC 4034 §3.1.8.1, wildcard owner rebuilt from labels);
+        # a private helper, used so the data is built once for all candidate keys
+        return dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
+
+    def what() -> str:
+        return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
+
+    return _first_verified(speaking, signed_data, what, zone, keys, now, skew, budget)
+
+
+def verify_signed(
+    owner: bytes,
+    rtype: int,
+    rclass: int,
+    rdatas: list[bytes],
+    sigs: Iterable[records.Signature],
+    zone: dns.name.Name,
+    keys: Iterable[DNSKEY],
+    now: float,
+    skew: float = 300.0,
+    *,
+    budget: Budget | None = None,
+) -> SignatureCheck:
+    """`verify_rrset` for an RRset read from a reply's octets (records.py): the records'
+    canonical RDATA at the canonical `owner`, and the RRSIGs found with them. A signature that
+    stands for a wildcard expansion does not speak for it here (the caller proves expansions)."""
+    zone_wire = zone.to_digestable()
+    owner_labels = records.label_count(owner) - int(owner.startswith(b"\x01*"))
+    speaking = [
+        sig
+        for sig in sigs
+        if sig.signer == zone_wire
+        and sig.owner == owner
+        and sig.type_covered == rtype
+        and sig.rclass == rclass
+        and sig.labels == owner_labels
+        and records.is_subdomain(owner, zone_wire)
+    ]
+
+    def signed_data(sig: records.Signature) -> bytes:
+        return records.signed_data(sig, owner, rtype, rclass, rdatas)
+
+    def what() -> str:
+        return f"{dns.name.from_wire(owner, 0)[0]} {rdtype_text(rtype)}"
+
+    return _first_verified(speaking, signed_data, what, zone, keys, now, skew, budget)
+
+
+S = TypeVar("S", bound=_SignatureFields)
+
+
+def _first_verified(
+    sigs: list[S],
+    signed_data: Callable[[S], bytes],
+    what: Callable[[], str],
+    zone: dns.name.Name,
+    keys: Iterable[DNSKEY],
+    now: float,
+    skew: float,
+    budget: Budget | None,
+) -> SignatureCheck:
+    """The first of `sigs` (each one that speaks for the RRset `what()` names) that verifies,
+    or the most telling reason none did."""
     keys = list(keys)
     budget = budget if budget is not None else Budget()
-    owner = rrset.name.to_text()
-    rdtype = dns.rdatatype.to_text(rrset.rdtype)
-    worst: tuple[int, str] = (EDECode.RRSIGS_MISSING, f"no RRSIG by {zone} for {owner} {rdtype}")
-    tried = 0
-    for rrsig in rrsigs or ():
-        assert isinstance(rrsig, RRSIG)
-        if not _speaks_for(rrsig, rrset, zone, expanded_ok):
-            continue
+    worst: tuple[int, str] = (EDECode.RRSIGS_MISSING, "")
+    for tried, rrsig in enumerate(sigs):
         if tried >= Budget.MAX_SIGNATURES_PER_RRSET:
             worst = (EDECode.DNSSEC_BOGUS, _OVER_BUDGET)
             break
-        tried += 1
-        failure = _check_one(rrset, rrsig, zone, keys, now, skew, budget)
+        failure = _check_one(rrsig, signed_data, zone, keys, now, skew, budget)
         if failure is None:
             return SignatureCheck(
                 True, None, "", rrsig.expiration, rrsig.original_ttl, rrsig.labels, rrsig.inception
@@ -169,19 +286,20 @@ def verify_rrset(
         if failure[1] == _OVER_BUDGET:
             break
     over = worst[1] == _OVER_BUDGET
-    return SignatureCheck(False, worst[0], f"{owner} {rdtype}: {worst[1]}", over_budget=over)
+    reason = worst[1] or f"no RRSIG by {zone} for {what()}"
+    return SignatureCheck(False, worst[0], f"{what()}: {reason}", over_budget=over)
 
 
 def _check_one(
-    rrset: dns.rrset.RRset,
-    rrsig: RRSIG,
+    rrsig: S,
+    signed_data: Callable[[S], bytes],
     zone: dns.name.Name,
     keys: list[DNSKEY],
     now: float,
     skew: float,
     budget: Budget,
 ) -> tuple[int, str] | None:
-    """None when `rrsig` verifies `rrset`; else (EDE code, reason)."""
+    """None when `rrsig` verifies the data it signs; else (EDE code, reason)."""
     if rrsig.algorithm not in SUPPORTED_ALGORITHMS:
         return EDECode.UNSUPPORTED_DNSKEY_ALGORITHM, f"algorithm {rrsig.algorithm} unsupported"
     candidates = _candidate_keys(keys, rrsig)
@@ -196,10 +314,12 @@ def _check_one(
             f"signature not valid before {_when(rrsig.inception)}"
         )
     try:
-        # dnspython's canonical form (RFC 4034 §3.1.8.1, wildcard owner rebuilt from labels);
-        # a private helper, used so the data is built once for all candidate keys
-        data = dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
-    except (dns.exception.ValidationFailure, dns.exception.UnsupportedAlgorithm) as exc:
+        data = signed_data(rrsig)
+    except (
+        dns.exception.ValidationFailure,
+        dns.exception.UnsupportedAlgorithm,
+        WireError,
+    ) as exc:
         return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} unusable ({exc})"
     verified = _verified_by_one(rrsig.signature, data, candidates, budget)
     if verified is None:
@@ -266,13 +386,13 @@ class VerifiedSignatures:
 VERIFIED = VerifiedSignatures()
 
 
-def _proof_key(data: bytes, signature: bytes, key: DNSKEY) -> bytes:
-    parts = (len(data), len(signature), data, signature, key.to_digestable())
+def _proof_key(data: bytes, signature: bytes, key: _KeyFacts) -> bytes:
+    parts = (len(data), len(signature), data, signature, key.wire)
     return hashlib.sha256(b"%d:%d:%b%b%b" % parts).digest()
 
 
 def _verified_by_one(
-    signature: bytes, data: bytes, candidates: list[DNSKEY], budget: Budget
+    signature: bytes, data: bytes, candidates: list[_KeyFacts], budget: Budget
 ) -> bool | None:
     """Whether one of the first MAX_KEYS_PER_SIGNATURE candidates made the signature over the
     data (remembered, or verified now); None when the budget ran out first."""
@@ -289,22 +409,21 @@ def _verified_by_one(
     return False
 
 
-#: public key objects by DNSKEY (building one from the DNSKEY costs as much as a verification)
-_PUBLIC_KEYS: dict[bytes, Any] = {}
-_MAX_PUBLIC_KEYS = 2048
+#: a DNSKEY whose public key cannot be built (not a usable key of its algorithm)
+_UNUSABLE = object()
 
 
-def _verifies(signature: bytes, data: bytes, key: DNSKEY) -> bool:
-    wire = key.to_digestable()
-    public = _PUBLIC_KEYS.get(wire)
+def _verifies(signature: bytes, data: bytes, facts: _KeyFacts) -> bool:
+    public = facts.public
     if public is None:
         try:
+            key = facts.key
             public = get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
         except (ValueError, dns.exception.DNSException):
-            return False  # not a usable key of its algorithm
-        if len(_PUBLIC_KEYS) >= _MAX_PUBLIC_KEYS:
-            _PUBLIC_KEYS.clear()
-        _PUBLIC_KEYS[wire] = public
+            public = _UNUSABLE
+        facts.public = public
+    if public is _UNUSABLE:
+        return False
     try:
         public.verify(signature, data)
     except Exception:  # cryptography's InvalidSignature, or a malformed signature

@@ -19,12 +19,17 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import tracemalloc  # imported when asked for: it brings pickle, ~0.5 MiB
+    import tracemalloc
 
 log = logging.getLogger(__name__)
 
 ENV_FILE = "STUBBY_PY_TRACEMALLOC"
 ENV_FRAMES = "STUBBY_PY_TRACEMALLOC_FRAMES"
+if os.environ.get(ENV_FILE):
+    # only when asked for (with pickle it is ~0.5 MiB resident), and at import, before the
+    # daemon drops privileges: the new user may not be able to read the standard library
+    import tracemalloc
+
 TOP = 25
 #: allocations of the tracer itself (tracemalloc.py) and of the import machinery are noise
 IGNORED = (

@@ -545,7 +545,7 @@ def measure_cold(bench: Bench, rounds: int) -> Cold:
 MEMORY_NAMES = 100_000  # answers in the cache when the resident memory is read
 MEMORY_TARGET_MIB = 64
 MEMORY_FILL_LIMIT_S = 60  # a fill pass is cut off after this
-MEMORY_FILL_PASSES = 2
+MEMORY_FILL_PASSES = 3
 
 
 @dataclass

@@ -21,6 +21,7 @@ restored is unvalidated (no AD), its TTLs clamped; a damaged or foreign image is
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 import struct
@@ -400,21 +401,24 @@ class Cache:
         while wanted > _MAX_FILL * size:
             size *= 2
         old_table = self._table
-        before_hand = 0
-        queue = array("i")
-        self._table = [None] * size
-        self._mask = size - 1
+        live = [position for position, slot in enumerate(self._queue) if slot >= 0]
+        before_hand = bisect.bisect_left(live, self._hand)
+        queue = self._queue
+        records = [old_table[queue[position]] or b"" for position in live]  # never None
+        mask = size - 1
+        homes = [hash(r[_HEAD_SIZE : _HEAD_SIZE + r[_NAME_LEN] + 5]) & mask for r in records]
+        table: list[bytes | None] = [None] * size
+        new_queue = array("i")
+        append = new_queue.append
+        for record, index in zip(records, homes, strict=True):
+            while table[index] is not None:  # a new table has no gone slots
+                index = (index + 1) & mask
+            table[index] = record
+            append(index)
+        queue = new_queue
+        self._table = table
+        self._mask = mask
         self._gone = 0
-        for position, slot in enumerate(self._queue):
-            if slot < 0:
-                continue
-            if position < self._hand:
-                before_hand += 1
-            record = old_table[slot]
-            assert record is not None
-            index = self._free_slot(_key_of(record))
-            self._table[index] = record
-            queue.append(index)
         self._queue = queue
         self._hand = before_hand
         self._holes = 0
@@ -439,15 +443,30 @@ class Cache:
             table[slot] = record[:_BITS] + bytes((bits & ~_VISITED,)) + record[_BITS + 1 :]
             i += 1
         queue[i] = -1
-        table[slot] = _GONE
+        self._vacate(slot)
         self._count -= 1
-        self._gone += 1
         self._bytes -= _cost(record)
         self.evictions += 1
         self._hand = i + 1
         self._holes += 1
         if self._holes * 2 > len(queue):
             self._compact_queue()
+
+    def _vacate(self, index: int) -> None:
+        """Empty a slot: None when the next slot is None (no probe path goes on through it, nor
+        through the gone slots just before it, which become None too), else _GONE."""
+        table = self._table
+        mask = self._mask
+        if table[(index + 1) & mask] is not None:
+            table[index] = _GONE
+            self._gone += 1
+            return
+        table[index] = None
+        index = (index - 1) & mask
+        while table[index] is _GONE:
+            table[index] = None
+            self._gone -= 1
+            index = (index - 1) & mask
 
     def _compact_queue(self) -> None:
         queue = self._queue
@@ -561,13 +580,12 @@ class Cache:
             record = table[index]
             assert record is not None
             self._bytes -= _cost(record)
-            table[index] = _GONE
+            self._vacate(index)
             self._count -= 1
-            self._gone += 1
         if keys:
             queue = self._queue
             for position, slot in enumerate(queue):
-                if slot >= 0 and table[slot] is _GONE:
+                if slot >= 0 and not table[slot]:  # None or _GONE: dropped just now
                     queue[position] = -1
             self._hand = sum(1 for slot in queue[: self._hand] if slot >= 0)
             self._queue = array("i", (slot for slot in queue if slot >= 0))

@@ -6,6 +6,13 @@ as `wire.without_opt` makes it) plus where its TTL fields are, kept in one bytes
 is answered by patching bytes, never by building a message. The key is `wire.ClientQuery.key`:
 the lower-cased question name, type and class, plus the DO and CD bits.
 
+Memory: the key is kept inside the answer's bytes object (the body then leaves its question out)
+and the objects sit in an open-addressing table at most half full (linear probing), so an answer
+costs one object and a table slot: 157 octets for a one-A answer at 100,000 answers, against 267
+with a dict (a key object, a record object and a dict entry). The price: the table is rebuilt in
+Python when it doubles and, at capacity, every ~70,000 evictions (its gone slots dropped), which
+holds the event loop ~0.1 s per 100,000 answers.
+
 Eviction is SIEVE (Zhang et al., NSDI 2024): answers sit in insertion order; a hit only marks its
 answer visited (no reordering on the hottest path); a hand walks from the oldest answer, sparing
 and unmarking visited ones, and evicts the first one that was not. On Zipf traces (exponent

@@ -545,15 +545,16 @@ def measure_cold(bench: Bench, rounds: int) -> Cold:
 MEMORY_NAMES = 100_000  # answers in the cache when the resident memory is read
 MEMORY_TARGET_MIB = 64
 MEMORY_FILL_LIMIT_S = 60  # a fill pass is cut off after this
-MEMORY_FILL_PASSES = 2
+MEMORY_FILL_PASSES = 3
 
 
 @dataclass
 class Memory:
-    """A fresh validating daemon's resident memory before any query and with MEMORY_NAMES
-    answers cached, filled with unique names of `loads` (split evenly)."""
+    """A fresh daemon's resident memory before any query and with MEMORY_NAMES answers cached,
+    filled with unique names of `loads` (split evenly); `mode` is its --dnssec."""
 
     loads: list[str]
+    mode: str = "validate"
     rss_start_kib: int | None = None
     rss_full_kib: int | None = None
     hwm_full_kib: int | None = None
@@ -562,10 +563,12 @@ class Memory:
     error: str | None = None
 
 
-def measure_memory(bench: Bench, loads: Sequence[str], total: int = MEMORY_NAMES) -> Memory:
-    memory = Memory(list(loads))
+def measure_memory(
+    bench: Bench, loads: Sequence[str], mode: str = "validate", total: int = MEMORY_NAMES
+) -> Memory:
+    memory = Memory(list(loads), mode)
     print(
-        f"-- memory: {total:,} answers with validation on ({','.join(loads)})",
+        f"-- memory: {total:,} answers with --dnssec {mode} ({','.join(loads)})",
         file=sys.stderr,
         flush=True,
     )
@@ -575,7 +578,7 @@ def measure_memory(bench: Bench, loads: Sequence[str], total: int = MEMORY_NAMES
             load, count = LOADS[key], total // len(loads) + (i < total % len(loads))
             f.write("".join(load.line("m", n) for n in range(count)))
     try:
-        with Daemon(bench, "validate", "memory") as daemon:
+        with Daemon(bench, mode, f"memory-{mode}") as daemon:
             memory.rss_start_kib = vm_kib(daemon.proc.pid)
             for _ in range(MEMORY_FILL_PASSES):  # a second pass for names lost on the way
                 memory.fill.append(
@@ -594,34 +597,46 @@ def measure_memory(bench: Bench, loads: Sequence[str], total: int = MEMORY_NAMES
             memory.rss_full_kib = vm_kib(daemon.proc.pid)
             memory.hwm_full_kib = vm_kib(daemon.proc.pid, "VmHWM")
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
-        memory.error = f"{exc}\n{read_tail(bench.tmp / 'memory.log')}".strip()
+        memory.error = f"{exc}\n{read_tail(bench.tmp / f'memory-{mode}.log')}".strip()
     finally:
         names.unlink(missing_ok=True)
     return memory
 
 
-def memory_table(memory: Memory) -> list[str]:
-    if memory.error or memory.rss_full_kib is None or memory.rss_start_kib is None:
-        return [f"memory FAILED: {(memory.error or '?').splitlines()[0]}"]
-    full = memory.rss_full_kib / 1024
-    verdict = "met" if full < MEMORY_TARGET_MIB else "NOT met"
-    if memory.cache.get("entries", 0) < MEMORY_NAMES:
-        # answers with TTL 0 and answers synthesized from held records are not cached
-        verdict = f"not comparable, fewer than {MEMORY_NAMES:,} answers cached"
-    rcodes: dict[str, int] = {}
-    for run in memory.fill:
-        for k, v in run.rcodes.items():
-            rcodes[k] = rcodes.get(k, 0) + v
-    return [
-        f"resident memory with validation on, answers from {','.join(memory.loads)} "
-        "(unique names, each asked once)",
-        f"  at start, before any query  {memory.rss_start_kib / 1024:>7.1f} MiB",
-        f"  {memory.cache.get('entries', 0):,} answers cached     {full:>7.1f} MiB   "
-        f"target < {MEMORY_TARGET_MIB} MiB: {verdict}",
-        f"  the cache's share {(memory.rss_full_kib - memory.rss_start_kib) / 1024:.1f} MiB; "
-        f"peak RSS (VmHWM) {fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; "
-        f"fill answers {rcodes}",
+def memory_table(memories: Sequence[Memory]) -> list[str]:
+    if not memories:
+        return []
+    lines = [
+        f"resident memory, answers from {','.join(memories[0].loads)} "
+        f"(unique names, each asked once); target < {MEMORY_TARGET_MIB} MiB with validation on"
     ]
+    for memory in memories:
+        if memory.error or memory.rss_full_kib is None or memory.rss_start_kib is None:
+            lines.append(
+                f"  --dnssec {memory.mode}: FAILED: {(memory.error or '?').splitlines()[0]}"
+            )
+            continue
+        full = memory.rss_full_kib / 1024
+        verdict = "met" if full < MEMORY_TARGET_MIB else "NOT met"
+        if memory.mode != "validate":
+            verdict = "for comparison"
+        if memory.cache.get("entries", 0) < MEMORY_NAMES:
+            # answers with TTL 0 and answers synthesized from held records are not cached
+            verdict = f"not comparable, fewer than {MEMORY_NAMES:,} answers cached"
+        rcodes: dict[str, int] = {}
+        for run in memory.fill:
+            for k, v in run.rcodes.items():
+                rcodes[k] = rcodes.get(k, 0) + v
+        lines += [
+            f"  --dnssec {memory.mode}",
+            f"    at start, before any query  {memory.rss_start_kib / 1024:>7.1f} MiB",
+            f"    {memory.cache.get('entries', 0):,} answers cached     {full:>7.1f} MiB   "
+            f"{verdict}",
+            f"    the cache's share {(memory.rss_full_kib - memory.rss_start_kib) / 1024:.1f} MiB "
+            f"(its own count {memory.cache.get('bytes', 0) / 2**20:.1f} MiB); peak RSS (VmHWM) "
+            f"{fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; fill answers {rcodes}",
+        ]
+    return lines
 
 
 # --------------------------------------------------------------------------- report
@@ -808,7 +823,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "before its RSS is read (comma-separated; '' leaves the measurement out; default "
         "a-insecure: unsigned A answers proven insecure below the signed test.)",
     )
+    parser.add_argument(
+        "--memory-modes",
+        default="validate,off",
+        help="--dnssec modes whose memory is measured, each in a fresh daemon (default "
+        "validate,off: the target is for validate, off shows what validation adds)",
+    )
     args = parser.parse_args(argv)
+    args.memory_modes = [mode for mode in args.memory_modes.split(",") if mode]
+    if set(args.memory_modes) - {"validate", "off"}:
+        parser.error("--memory-modes: validate and/or off")
     args.loads = [key for key in args.loads.split(",") if key]
     args.memory = [key for key in args.memory.split(",") if key]
     unknown = (set(args.loads) | set(args.memory)) - set(LOADS)
@@ -830,8 +854,8 @@ def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row
             yield measure_row(bench, index, key, mode)
         if args.cold_rounds:
             yield measure_cold(bench, args.cold_rounds)
-        if args.memory:
-            yield measure_memory(bench, args.memory)
+        for mode in args.memory_modes if args.memory else ():
+            yield measure_memory(bench, args.memory, mode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -842,20 +866,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     idle = background_load()
     rows: list[Row] = []
     cold: Cold | None = None
-    memory: Memory | None = None
+    memories: list[Memory] = []
     with workspace(args.keep, prefix="bench-dnssec-") as (children, tmp):
         for result in run(args, children, tmp):
             if isinstance(result, Row):
                 rows.append(result)
             elif isinstance(result, Memory):
-                memory = result
+                memories.append(result)
             else:
                 cold = result
     print("\n".join(throughput_table(rows)))
     if cold is not None:
         print("\n" + "\n".join(cold_table(cold)))
-    if memory is not None:
-        print("\n" + "\n".join(memory_table(memory)))
+    if memories:
+        print("\n" + "\n".join(memory_table(memories)))
     found = notes(rows, cold, idle)
     print("\nnotes:\n" + "\n".join(found) if found else "\nclean run: no notes")
     doc = {
@@ -863,10 +887,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "transport": args.transport,
         "rows": [asdict(r) for r in rows],
         "cold": {**asdict(cold), **cold_summary(cold)} if cold else None,
-        "memory": asdict(memory) if memory else None,
+        "memory": [asdict(memory) for memory in memories],
     }
     write_json(args.json, idle, doc)
-    failed = any(r.error for r in rows) or (cold and cold.failures) or (memory and memory.error)
+    failed = (
+        any(r.error for r in rows)
+        or (cold and cold.failures)
+        or any(memory.error for memory in memories)
+    )
     return 1 if failed else 0
 
 

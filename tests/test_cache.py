@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.rcode
 import dns.rdatatype
 import dns.rrset
@@ -438,10 +439,12 @@ def test_bookkeeping_stays_consistent(ops: list[tuple[str, int]], capacity: int)
             assert cache.peek(key) is None
         else:
             cache.flush()
-        live = [k for k in cache._slots if k is not None]
-        assert sorted(live) == sorted(cache._records)
-        assert len(cache) <= capacity
-        assert cache.nbytes == sum(cache_module._cost(k, r) for k, r in cache._records.items())
+        records = cache._records()  # every answer in the table, through the SIEVE queue
+        in_table = [r for r in cache._table if r]
+        assert sorted(r for _, r in records) == sorted(in_table)
+        assert len({k for k, _ in records}) == len(records) == len(cache) <= capacity
+        assert all(cache.peek(k) is not None for k, _ in records)
+        assert cache.nbytes == sum(cache_module._cost(r) for _, r in records)
 
 
 # --------------------------------------------------------------------------- flushing
@@ -548,11 +551,16 @@ def test_corrupt_or_foreign_file_is_ignored_with_a_warning(
 def test_a_well_formed_file_with_a_mismatched_answer_is_ignored() -> None:
     cache = Cache()
     key, body, offsets, layout = make_reply("one.example.")
-    other_key = make_reply("two.example.")[0]
-    cache.store_body(other_key, body, offsets, 300, 0.0)  # an answer filed under the wrong key
     cache.store(key, body, offsets, layout, 0.0)
+    image = bytearray(cache.dump(now=0.0, wall_now=10.0))
+    # the answer's question (after its file head, offsets and header) filed under key "one"
+    at = cache_module._FILE_HEADER.size + cache_module._FILE_RECORD.size + len(key)
+    question = at + cache_module._FILE_HEAD_SIZE + 2 * len(offsets) + 12
+    assert image[question + 1 : question + 4] == b"one"
+    image[question + 1 : question + 4] = b"two"
+    struct.pack_into("!I", image, len(image) - 4, zlib.crc32(image[:-4]))
     with pytest.raises(CacheFileError, match="does not match"):
-        Cache().restore(cache.dump(now=0.0, wall_now=10.0), now=0.0, wall_now=11.0)
+        Cache().restore(bytes(image), now=0.0, wall_now=11.0)
 
 
 def test_ttl_offsets_outside_the_answer_are_refused_even_with_a_good_checksum() -> None:
@@ -562,7 +570,7 @@ def test_ttl_offsets_outside_the_answer_are_refused_even_with_a_good_checksum() 
     image = bytearray(cache.dump(now=0.0, wall_now=10.0))
     # the first record's first TTL offset: after the file header, record header, key and _HEAD
     at = cache_module._FILE_HEADER.size + cache_module._FILE_RECORD.size + len(key)
-    struct.pack_into("!H", image, at + cache_module._HEAD_SIZE, 4)  # into the header
+    struct.pack_into("!H", image, at + cache_module._FILE_HEAD_SIZE, 4)  # into the header
     struct.pack_into("!I", image, len(image) - 4, zlib.crc32(image[:-4]))
     with pytest.raises(CacheFileError, match="TTL offsets"):
         Cache().restore(bytes(image), now=0.0, wall_now=11.0)
@@ -615,3 +623,64 @@ def _rss() -> int | None:
     except OSError:
         return None
     return None
+
+
+# --------------------------------------------------------------------------- the stored shape
+
+
+def test_one_object_per_answer_at_100000_answers() -> None:
+    """Each answer is one bytes object (its key inside) in a table at most half full: about 145
+    octets an answer as tracemalloc counts them (before: a key object, a record object and a
+    dict entry, about 255), and `nbytes` counts no less than that."""
+    import tracemalloc
+
+    count = 100_000
+    key0, body, offsets, layout = make_reply("m0.wild.insecure.test.")
+    items = []  # (key, body, TTL offsets) as make_reply would give them, built faster
+    for n in range(count):
+        question = dns.name.from_text(f"m{n}.wild.insecure.test.").to_wire() + b"\0\1\0\1"
+        extra = len(question) + 1 - len(key0)
+        answer = body[:12] + question + body[layout.question_end :]
+        items.append((question + b"\0", answer, [o + extra for o in offsets]))
+    assert items[0][0] == key0 and items[0][1] == body
+    cache = Cache()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for key, answer, ttl_offsets in items:
+            cache.store_body(key, answer, ttl_offsets, 300, 0.0)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(cache) == count
+    assert grown / count < 170, grown / count
+    assert grown <= cache.nbytes <= grown * 1.25
+    for key, answer, _ in random.Random(5).sample(items, 200):
+        assert cache.fresh(key, 0.5) == answer  # the same second: TTLs not lowered
+        assert cache.hit(key, 0.5) == answer[:12] + answer[12 + len(key) - 1 :]
+
+
+def test_lookups_hold_through_evictions_rebuilds_and_flushes() -> None:
+    """Answers found by their key only (never another's) while the table grows, evicts, reuses
+    the places of evicted answers and is rebuilt; the question comes back from the key."""
+    cache = Cache(CacheLimits(max_entries=3000))
+    replies = {n: make_reply(f"n{n}.example.", "AAAA" if n % 3 else "A") for n in range(9000)}
+    for n, (key, body, offsets, layout) in replies.items():
+        cache.store(key, body, offsets, layout, n / 1000)
+        if n % 7 == 0:
+            assert cache.fresh(key, n / 1000) is not None  # visited: SIEVE spares some
+    assert len(cache) == 3000 and cache.evictions == 6000
+    assert cache.flush("n8999.example.") == 1
+    live = {key for key, _ in cache._records()}
+    assert len(live) == 2999
+    for key, body, _offsets, _layout in replies.values():
+        got = cache.fresh(key, 9.0)
+        if key in live:
+            # make_reply's names are lower-case: the question from the key is theirs (and only
+            # the TTLs, lowered by the answer's age, differ)
+            assert got is not None and len(got) == len(body)
+            assert got[: 12 + len(key) - 1] == body[: 12 + len(key) - 1]
+        else:
+            assert got is None and cache.hit(key, 9.0) is None
+    assert sum(1 for r in cache._table if r) == 2999
+    assert (len(cache) + cache._gone) <= cache_module._MAX_FILL * len(cache._table)

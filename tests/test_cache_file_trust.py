@@ -326,7 +326,7 @@ def test_mutated_files_with_good_checksums_are_loaded_or_refused_never_crash() -
             cache.restore(data, 0.0, time.time())
         except cache_module.CacheFileError:
             continue
-        for stored_key in list(cache._records):
+        for stored_key, _record in cache._records():
             entry = cache.peek(stored_key)
             assert entry is not None and entry.expires <= 600
             assert not struct.unpack_from("!H", entry.body, 2)[0] & dns.flags.AD

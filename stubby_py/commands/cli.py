@@ -106,7 +106,9 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; with full False, `monitor` and `bench` without their options:
+    those come from their modules, which the daemon (`run`) need not import (~1 MiB)."""
     parser = argparse.ArgumentParser(
         prog="stubby-py", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -129,11 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     flush.add_argument("name", nargs="?", metavar="NAME", help="a domain name (every type)")
     _control_parser(commands, "reload", "make the daemon re-read its configuration (SIGHUP)")
     _add_explain_parser(commands)
-    from stubby_py.commands import monitor
-
-    monitor.add_arguments(
-        _control_parser(commands, "monitor", "watch the running daemon's upstreams live")
+    monitor_parser = _control_parser(
+        commands, "monitor", "watch the running daemon's upstreams live"
     )
+    if full:
+        from stubby_py.commands import monitor
+
+        monitor.add_arguments(monitor_parser)
     _add_portal_parser(commands)
     convert = commands.add_parser(
         "import-stubby",
@@ -148,10 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     convert.add_argument("file", metavar="FILE", help="e.g. dnscrypt-proxy.toml")
     convert.add_argument("-o", "--output", metavar="OUT", help="write to OUT, not stdout")
-    from stubby_py.commands import bench
-
     text = "compare upstreams' latency (cached, uncached, handshake) from here"
-    bench.add_arguments(commands.add_parser("bench", help=text, description=text))
+    bench_parser = commands.add_parser("bench", help=text, description=text)
+    if full:
+        from stubby_py.commands import bench
+
+        bench.add_arguments(bench_parser)
     return parser
 
 
@@ -416,7 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args_list[0] not in COMMANDS and args_list[0] not in ("-h", "--help", "--version")
     ):
         args_list.insert(0, "run")
-    args = build_parser().parse_args(args_list)
+    args = build_parser(full=args_list[0] != "run").parse_args(args_list)
     try:
         if args.command == "check-config":
             return _check_config(args.file)

@@ -6,6 +6,13 @@ as `wire.without_opt` makes it) plus where its TTL fields are, kept in one bytes
 is answered by patching bytes, never by building a message. The key is `wire.ClientQuery.key`:
 the lower-cased question name, type and class, plus the DO and CD bits.
 
+Memory: the key is kept inside the answer's bytes object (the body then leaves its question out)
+and the objects sit in an open-addressing table at most half full (linear probing), so an answer
+costs one object and a table slot: 157 octets for a one-A answer at 100,000 answers, against 267
+with a dict (a key object, a record object and a dict entry). The price: the table is rebuilt in
+Python when it doubles and, at capacity, every ~70,000 evictions (its gone slots dropped), which
+holds the event loop ~0.1 s per 100,000 answers.
+
 Eviction is SIEVE (Zhang et al., NSDI 2024): answers sit in insertion order; a hit only marks its
 answer visited (no reordering on the hottest path); a hand walks from the oldest answer, sparing
 and unmarking visited ones, and evicts the first one that was not. On Zipf traces (exponent
@@ -21,10 +28,12 @@ restored is unvalidated (no AD), its TTLs clamped; a damaged or foreign image is
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 import struct
 import zlib
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -45,9 +54,11 @@ FAILURE_MAX_HOLD = 300.0
 #: prefetch: an answer asked for in the last tenth of its TTL that was asked for before since the
 #: eviction hand last passed it (SIEVE's visited mark doubles as "popular")
 PREFETCH_FRACTION = 0.1
-#: memory per answer beyond the octets of its key and record (two bytes objects' headers, the
-#: dict's and the SIEVE queue's slots), measured with tracemalloc; used for the byte bound
-ENTRY_OVERHEAD = 130
+#: memory per answer beyond the octets of its record (the bytes object's header and its rounding
+#: to pymalloc's 16-octet size classes, its table slot, the table being at most half full, and
+#: its SIEVE queue entry); used for the byte bound. Measured (pymalloc's and malloc's bytes in
+#: use) over 100,000 one-A answers: 157 octets each, of which 86 are the record's own
+ENTRY_OVERHEAD = 72
 
 _U32 = struct.Struct("!I")
 
@@ -108,18 +119,31 @@ class CacheFileError(ValueError):
     """A cache file that is not ours, not this version, or damaged."""
 
 
-# An answer is stored as one bytes object (a Python object per field would take three times the
-# memory): _HEAD, then `count` 16-bit offsets of the body's TTL fields, then the body.
-#   stored, expires, prefetch_at: monotonic seconds (prefetch_at inf: no prefetch due)
+# An answer is stored as one bytes object, its key inside it, in an open-addressing table (a dict
+# would add a key object and ~52 octets of its own per answer: ~100 octets in all):
+#   _HEAD, then the key, then `count` 16-bit offsets of the TTL fields, then the reply body
+#   without its question (the key holds it, lower-cased), the offsets relative to that.
+#   stored, expires: monotonic seconds
 #   body_age: whole seconds already taken off the body's TTLs (a hit in a new second patches them)
-#   status: ValidationStatus; visited: asked for since the eviction hand last passed (SIEVE)
-_HEAD = struct.Struct("!dddIBBH")
+#   bits: the ValidationStatus (low 3 bits), _VISITED (asked for since the eviction hand last
+#     passed, SIEVE), _PREFETCH (a prefetch is due at the last tenth of the TTL, not yet claimed)
+#   name_len: the key's name length (the key is the name plus 5 octets)
+_HEAD = struct.Struct("!ddIBBH")
 _HEAD_SIZE = _HEAD.size
-_VISITED = struct.calcsize("!dddIB")  # offset of the visited octet in _HEAD
-_STATUS = struct.calcsize("!dddI")  # offset of the validation status octet
+_BITS = struct.calcsize("!ddI")  # offset of the bits octet in _HEAD
+_NAME_LEN = _BITS + 1
+_STATUS_MASK = 0x07
+_VISITED = 0x08
+_PREFETCH = 0x10
 #: the CD bit in the last octet of a cache key (wire.parse_query: DO << 1 | CD)
 _KEY_CD = 1
 _U16 = struct.Struct("!H")
+#: an evicted answer's table slot until the table is rebuilt (lookups walk past it: an empty
+#: bytes object never starts with a key at _HEAD_SIZE)
+_GONE = b""
+#: the table's smallest size, and its fill (answers and gone slots) before it is rebuilt
+_MIN_TABLE = 1 << 10
+_MAX_FILL = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,9 +162,14 @@ class CachedAnswer:
 class Cache:
     def __init__(self, limits: CacheLimits | None = None) -> None:
         self.limits = limits or CacheLimits()
-        self._records: dict[bytes, bytes] = {}
-        #: SIEVE queue of keys, oldest first; None marks an evicted key's slot until compaction
-        self._slots: list[bytes | None] = []
+        #: open addressing, linear probing: a record, _GONE or None in each slot
+        self._table: list[bytes | None] = [None] * _MIN_TABLE
+        self._mask = _MIN_TABLE - 1
+        self._count = 0
+        self._gone = 0
+        #: SIEVE queue of table slots, oldest answer first; -1 marks an evicted answer's place
+        #: until compaction (an array of 32-bit ints: no Python object per answer)
+        self._queue = array("i")
         self._hand = 0
         self._holes = 0
         self._bytes = 0
@@ -150,14 +179,12 @@ class Cache:
         self.evictions = 0
 
     def __len__(self) -> int:
-        return len(self._records)
+        return self._count
 
     def apply_limits(self, limits: CacheLimits) -> None:
         """New bounds (a reload): answers are kept, evicted only as far as the bounds require."""
         self.limits = limits
-        while self._records and (
-            len(self._records) > limits.max_entries or self._bytes > limits.max_bytes
-        ):
+        while self._count and (self._count > limits.max_entries or self._bytes > limits.max_bytes):
             self._evict_one()
 
     @property
@@ -166,53 +193,94 @@ class Cache:
         return self._bytes
 
     # -- the hit path ---------------------------------------------------------------------------
-    def fresh(self, key: bytes, now: float) -> bytes | None:
-        """The unexpired answer body for key, TTLs lowered by its age; None if there is none.
+    def hit(self, key: bytes, now: float) -> bytes | None:
+        """The unexpired answer for key, TTLs lowered by its age, as its header and the sections
+        after the question (the question is the client's own: response.client_reply puts it
+        back); None if there is none.
 
         A TTL that reached zero is not fresh. The first hit in a new second patches the stored
         TTLs (later hits in that second cost a lookup and a copy); a popular answer in the last
         tenth of its TTL has its key put on `prefetch_due`, once.
         """
-        record = self._records.get(key)
-        if record is None:
+        table = self._table
+        mask = self._mask
+        index = hash(key) & mask
+        record = table[index]
+        while record is not None:
+            if record.startswith(key, _HEAD_SIZE):
+                break
+            index = (index + 1) & mask
+            record = table[index]
+        else:
             return None
-        stored, expires, prefetch_at, body_age, _status, visited, count = _HEAD.unpack_from(record)
+        stored, expires, body_age, bits, _name_len, count = _HEAD.unpack_from(record)
         if now >= expires:
             return None
-        if not visited or now - stored >= body_age + 1 or now >= prefetch_at:
-            record = self._touch(key, record, now)
-        return record[_HEAD_SIZE + 2 * count :]
+        if (
+            not bits & _VISITED
+            or now - stored >= body_age + 1
+            or (bits & _PREFETCH and now >= _prefetch_time(stored, expires))
+        ):
+            record = self._touch(key, index, record, now)
+        return record[_HEAD_SIZE + len(key) + 2 * count :]
 
-    def _touch(self, key: bytes, record: bytes, now: float) -> bytes:
+    def fresh(self, key: bytes, now: float) -> bytes | None:
+        """As `hit`, but the whole reply body, question included (lower-cased, as in the key)."""
+        part = self.hit(key, now)
+        return None if part is None else _with_question(key, part)
+
+    @staticmethod
+    def with_question(key: bytes, stored: bytes) -> bytes:
+        """The whole reply body from what `hit` returned for key."""
+        return _with_question(key, stored)
+
+    def _touch(self, key: bytes, index: int, record: bytes, now: float) -> bytes:
         """Mark the answer visited, age its TTLs to `now`, and claim a prefetch if one is due."""
-        stored, expires, prefetch_at, body_age, status, visited, count = _HEAD.unpack_from(record)
+        stored, expires, body_age, bits, name_len, count = _HEAD.unpack_from(record)
         buf = bytearray(record)
         age = int(now - stored)
         if age > body_age:
             # exact across steps: TTLs stop at zero, and max(max(t-a,0)-b,0) = max(t-a-b,0)
-            _lower_ttls(buf, count, age - body_age)
+            _lower_ttls(buf, _HEAD_SIZE + len(key), count, age - body_age)
             body_age = age
-        if now >= prefetch_at and visited:
+        if bits & _PREFETCH and bits & _VISITED and now >= _prefetch_time(stored, expires):
             # asked for before since the hand last passed (popular) and now in the last tenth
             # of its TTL: refresh it in the background, once per stored answer
-            prefetch_at = math.inf
+            bits &= ~_PREFETCH
             self.prefetch_due.append(key)
-        _HEAD.pack_into(buf, 0, stored, expires, prefetch_at, body_age, status, 1, count)
+        _HEAD.pack_into(buf, 0, stored, expires, body_age, bits | _VISITED, name_len, count)
         record = bytes(buf)
-        self._records[key] = record
+        self._table[index] = record
         return record
+
+    def _find(self, key: bytes) -> int:
+        """The table slot of key's answer, or -1."""
+        table = self._table
+        mask = self._mask
+        index = hash(key) & mask
+        record = table[index]
+        while record is not None:
+            if record.startswith(key, _HEAD_SIZE):
+                return index
+            index = (index + 1) & mask
+            record = table[index]
+        return -1
+
+    def _record(self, key: bytes) -> bytes | None:
+        index = self._find(key)
+        return None if index < 0 else self._table[index]
 
     def peek(self, key: bytes) -> CachedAnswer | None:
         """The stored answer for key, fresh or not, without counting a hit."""
-        record = self._records.get(key)
+        record = self._record(key)
         if record is None:
             return None
-        stored, expires, prefetch_at, _age, status, visited, count = _HEAD.unpack_from(record)
-        start = _HEAD_SIZE + 2 * count
-        offsets = _offsets(record, count)
-        verdict = ValidationStatus(status)
+        stored, expires, _age, bits, _name_len, count = _HEAD.unpack_from(record)
+        body, offsets = _body_of(key, record, count)
+        prefetch_at = _prefetch_time(stored, expires) if bits & _PREFETCH else math.inf
+        verdict = ValidationStatus(bits & _STATUS_MASK)
         return CachedAnswer(
-            record[start:], offsets, stored, expires, verdict, bool(visited), prefetch_at
+            body, offsets, stored, expires, verdict, bool(bits & _VISITED), prefetch_at
         )
 
     # -- storing --------------------------------------------------------------------------------
@@ -278,92 +346,171 @@ class Cache:
         status: ValidationStatus = ValidationStatus.UNCHECKED,
         body_age: int = 0,
     ) -> bool:
-        """Cache a body as it is, stored at `now` and fresh for `ttl` seconds (no clamping)."""
+        """Cache a body as it is, stored at `now` and fresh for `ttl` seconds (no clamping).
+        The body's question must be the key's (any case): the key stands in for it."""
         limits = self.limits
         if limits.max_entries <= 0 or ttl <= 0 or len(ttl_offsets) > 0xFFFF:
             return False
-        prefetch_at = self._prefetch_at(now, ttl)
-        old = self._records.get(key)
-        visited = old[_VISITED] if old is not None else 0
-        count = len(ttl_offsets)
-        record = (
-            _HEAD.pack(now, now + ttl, prefetch_at, body_age, status, visited, count)
-            + struct.pack(f"!{count}H", *ttl_offsets)
-            + body
+        old = self._record(key)
+        visited = old[_BITS] & _VISITED if old is not None else 0
+        prefetch = _PREFETCH if limits.prefetch else 0
+        record = _make_record(
+            key, body, ttl_offsets, now, now + ttl, body_age, status | visited | prefetch
         )
         return self._insert(key, record)
 
     def _insert(self, key: bytes, record: bytes) -> bool:
         """Put a record in, evicting as the bounds require; False if it could not stay."""
         limits = self.limits
-        cost = _cost(key, record)
-        old = self._records.get(key)
-        if old is None:
+        cost = _cost(record)
+        index = self._find(key)
+        if index < 0:
             # make room first, so the hand never evicts the answer being stored
-            records = self._records
-            while records and (
-                len(records) >= limits.max_entries or self._bytes + cost > limits.max_bytes
+            while self._count and (
+                self._count >= limits.max_entries or self._bytes + cost > limits.max_bytes
             ):
                 self._evict_one()
             if cost > limits.max_bytes or limits.max_entries <= 0:
                 return False
-            self._slots.append(key)
+            if (self._count + self._gone + 1) > _MAX_FILL * len(self._table):
+                self._rebuild(self._count + 1)
+            index = self._free_slot(key)
+            self._queue.append(index)
+            self._count += 1
         else:
-            self._bytes -= _cost(key, old)  # a new answer for a key keeps the key's place
-        self._records[key] = record
+            old = self._table[index]
+            assert old is not None
+            self._bytes -= _cost(old)  # a new answer for a key keeps the key's place
+        self._table[index] = record
         self._bytes += cost
         while self._bytes > limits.max_bytes:  # a replaced answer grew
             self._evict_one()
-        return key in self._records
+        return self._find(key) >= 0
 
-    def _prefetch_at(self, stored: float, ttl: float) -> float:
-        if not self.limits.prefetch:
-            return math.inf
-        return stored + ttl * (1 - PREFETCH_FRACTION)
+    def _free_slot(self, key: bytes) -> int:
+        """Where a new key goes: the first empty or gone slot on its probe path."""
+        table = self._table
+        mask = self._mask
+        index = hash(key) & mask
+        while True:
+            record = table[index]
+            if record is None:
+                return index
+            if record is _GONE:
+                self._gone -= 1
+                return index
+            index = (index + 1) & mask
+
+    def _rebuild(self, wanted: int) -> None:
+        """A new table for `wanted` answers (half full at most), the answers in their queue
+        order, gone slots dropped; the queue follows them."""
+        size = _MIN_TABLE
+        while wanted > _MAX_FILL * size:
+            size *= 2
+        old_table = self._table
+        live = [position for position, slot in enumerate(self._queue) if slot >= 0]
+        before_hand = bisect.bisect_left(live, self._hand)
+        queue = self._queue
+        records = [old_table[queue[position]] or b"" for position in live]  # never None
+        mask = size - 1
+        homes = [hash(r[_HEAD_SIZE : _HEAD_SIZE + r[_NAME_LEN] + 5]) & mask for r in records]
+        table: list[bytes | None] = [None] * size
+        new_queue = array("i")
+        append = new_queue.append
+        for record, index in zip(records, homes, strict=True):
+            while table[index] is not None:  # a new table has no gone slots
+                index = (index + 1) & mask
+            table[index] = record
+            append(index)
+        queue = new_queue
+        self._table = table
+        self._mask = mask
+        self._gone = 0
+        self._queue = queue
+        self._hand = before_hand
+        self._holes = 0
 
     def _evict_one(self) -> None:
         """SIEVE: spare (and unmark) answers visited since the hand last passed; evict the next."""
-        slots = self._slots
-        records = self._records
+        queue = self._queue
+        table = self._table
         i = self._hand
         while True:
-            if i >= len(slots):
+            if i >= len(queue):
                 i = 0
-            key = slots[i]
-            if key is None:
+            slot = queue[i]
+            if slot < 0:
                 i += 1
                 continue
-            record = records[key]
-            if not record[_VISITED]:
+            record = table[slot]
+            assert record is not None
+            bits = record[_BITS]
+            if not bits & _VISITED:
                 break
-            records[key] = record[:_VISITED] + b"\x00" + record[_VISITED + 1 :]
+            table[slot] = record[:_BITS] + bytes((bits & ~_VISITED,)) + record[_BITS + 1 :]
             i += 1
-        slots[i] = None
-        del records[key]
-        self._bytes -= _cost(key, record)
+        queue[i] = -1
+        self._vacate(slot)
+        self._count -= 1
+        self._bytes -= _cost(record)
         self.evictions += 1
         self._hand = i + 1
         self._holes += 1
-        if self._holes * 2 > len(slots):
-            self._hand = len(slots[: self._hand]) - slots[: self._hand].count(None)
-            self._slots = [k for k in slots if k is not None]
-            self._holes = 0
+        if self._holes * 2 > len(queue):
+            self._compact_queue()
+
+    def _vacate(self, index: int) -> None:
+        """Empty a slot: None when the next slot is None (no probe path goes on through it, nor
+        through the gone slots just before it, which become None too), else _GONE."""
+        table = self._table
+        mask = self._mask
+        if table[(index + 1) & mask] is not None:
+            table[index] = _GONE
+            self._gone += 1
+            return
+        table[index] = None
+        index = (index - 1) & mask
+        while table[index] is _GONE:
+            table[index] = None
+            self._gone -= 1
+            index = (index - 1) & mask
+
+    def _compact_queue(self) -> None:
+        queue = self._queue
+        self._hand = sum(1 for slot in queue[: self._hand] if slot >= 0)
+        self._queue = array("i", (slot for slot in queue if slot >= 0))
+        self._holes = 0
+        if self._gone * 4 > len(self._table):
+            self._rebuild(self._count)
+
+    def _records(self) -> list[tuple[bytes, bytes]]:
+        """(key, record) of every answer, oldest first."""
+        table = self._table
+        found = []
+        for slot in self._queue:
+            if slot >= 0:
+                record = table[slot]
+                assert record is not None
+                found.append((_key_of(record), record))
+        return found
 
     # -- stale and failed answers -------------------------------------------------------------
     def stale(self, key: bytes, now: float) -> bytes | None:
         """RFC 8767 §4: an expired answer still within the stale window, every TTL set to 30."""
         limits = self.limits
-        record = self._records.get(key)
-        if record is None or not limits.serve_stale:
+        if not limits.serve_stale:
             return None
-        _stored, expires, _p, _a, _s, _v, count = _HEAD.unpack_from(record)
+        record = self._record(key)
+        if record is None:
+            return None
+        _stored, expires, _a, _b, _n, count = _HEAD.unpack_from(record)
         if not expires <= now < expires + limits.stale_window:
             return None
-        start = _HEAD_SIZE + 2 * count
-        body = bytearray(record[start:])
-        for offset in _offsets(record, count):
-            _U32.pack_into(body, offset, STALE_TTL)
-        return bytes(body)
+        body, offsets = _body_of(key, record, count)
+        buf = bytearray(body)
+        for offset in offsets:
+            _U32.pack_into(buf, offset, STALE_TTL)
+        return bytes(buf)
 
     def record_failure(
         self,
@@ -400,12 +547,13 @@ class Cache:
         """Forget every answer (name None) or those for one owner name, any type, class or
         DO/CD bits; held failures go too. Returns how many answers were dropped."""
         if name is None:
-            dropped = len(self._records)
-            self._records.clear()
-            self._slots.clear()
+            dropped = self._count
+            self._table = [None] * _MIN_TABLE
+            self._mask = _MIN_TABLE - 1
+            self._queue = array("i")
             self._failures.clear()
             self.prefetch_due.clear()
-            self._hand = self._holes = self._bytes = 0
+            self._count = self._gone = self._hand = self._holes = self._bytes = 0
             return dropped
         try:
             qname = dns.name.from_text(name).to_wire()
@@ -415,7 +563,7 @@ class Cache:
         qname = qname.lower()
         for key in [k for k in self._failures if k[:-5] == qname]:
             del self._failures[key]
-        return self._drop([k for k in self._records if k[:-5] == qname])
+        return self._drop([k for k, _ in self._records() if k[:-5] == qname])
 
     def drop_unvalidated(self) -> int:
         """Forget the answers that were never validated (cached with validation off), but those
@@ -426,35 +574,49 @@ class Cache:
         return self._drop(
             [
                 key
-                for key, record in self._records.items()
-                if record[_STATUS] == loaded
-                or (record[_STATUS] == unchecked and not key[-1] & _KEY_CD)
+                for key, record in self._records()
+                if record[_BITS] & _STATUS_MASK == loaded
+                or (record[_BITS] & _STATUS_MASK == unchecked and not key[-1] & _KEY_CD)
             ]
         )
 
     def _drop(self, keys: list[bytes]) -> int:
+        table = self._table
         for key in keys:
-            self._bytes -= _cost(key, self._records.pop(key))
+            index = self._find(key)
+            record = table[index]
+            assert record is not None
+            self._bytes -= _cost(record)
+            self._vacate(index)
+            self._count -= 1
         if keys:
-            before = self._slots[: self._hand]
-            self._hand = sum(1 for k in before if k is not None and k in self._records)
-            self._slots = [k for k in self._slots if k is not None and k in self._records]
+            queue = self._queue
+            for position, slot in enumerate(queue):
+                if slot >= 0 and not table[slot]:  # None or _GONE: dropped just now
+                    queue[position] = -1
+            self._hand = sum(1 for slot in queue[: self._hand] if slot >= 0)
+            self._queue = array("i", (slot for slot in queue if slot >= 0))
             self._holes = 0
+            self._rebuild(self._count)
         return len(keys)
 
     # -- persistence ----------------------------------------------------------------------------
     def dump(self, now: float, wall_now: float) -> bytes:
         """The unexpired answers as a self-checking file image (see "the file format")."""
         parts = [b""]
-        for key, record in self._records.items():
-            stored, expires, _p, body_age, status, _v, count = _HEAD.unpack_from(record)
+        for key, record in self._records():
+            stored, expires, body_age, bits, _n, count = _HEAD.unpack_from(record)
             if now >= expires:
                 continue
-            relative = bytearray(record)
-            _HEAD.pack_into(
-                relative, 0, now - stored, expires - stored, 0.0, body_age, status, 0, count
+            body, offsets = _body_of(key, record, count)
+            relative = (
+                _FILE_HEAD.pack(
+                    now - stored, expires - stored, 0.0, body_age, bits & _STATUS_MASK, 0, count
+                )
+                + struct.pack(f"!{count}H", *offsets)
+                + body
             )
-            parts.append(_FILE_RECORD.pack(len(key), len(record)) + key + relative)
+            parts.append(_FILE_RECORD.pack(len(key), len(relative)) + key + relative)
         parts[0] = _FILE_HEADER.pack(_MAGIC, _VERSION, wall_now, len(parts) - 1)
         image = b"".join(parts)
         return image + _U32.pack(zlib.crc32(image))
@@ -480,15 +642,15 @@ class Cache:
         """A record from a file as the cache keeps it; None if it expired meanwhile. Raises
         CacheFileError unless it is an answer to `key` whose TTL offsets are its records' own
         (so patching can only ever touch TTL fields) and of a kind the cache keeps."""
-        if len(record) < _HEAD_SIZE:
+        if len(record) < _FILE_HEAD_SIZE:
             raise CacheFileError("a damaged answer (shorter than its header)")
-        age, ttl, _p, body_age, _status, _v, count = _HEAD.unpack_from(record)
+        age, ttl, _p, body_age, _status, _v, count = _FILE_HEAD.unpack_from(record)
         if not (math.isfinite(age) and math.isfinite(ttl) and age >= 0 and ttl > 0):
             raise CacheFileError("a damaged answer")
         elapsed = age + down
         if ttl <= elapsed or elapsed >= 1 << 32:
             return None  # expired while the daemon was down
-        start = _HEAD_SIZE + 2 * count
+        start = _FILE_HEAD_SIZE + 2 * count
         layout = _scan_loaded(key, record, count)
         offsets = layout.ttl_offsets
         body = record[start:]
@@ -500,27 +662,68 @@ class Cache:
         left = min(ttl - elapsed, allowed[0])
         if left <= 0:
             return None
-        buf = bytearray(record)
+        buf = bytearray(body)
         stored = now - elapsed
         seen = int(elapsed)
-        prefetch_at = self._prefetch_at(stored, elapsed + left)
-        _HEAD.pack_into(
-            buf, 0, stored, now + left, prefetch_at, seen, ValidationStatus.LOADED, 0, count
-        )
-        buf[start + 3] &= ~wire.AD & 0xFF  # AD is in the low octet of the flags
+        buf[3] &= ~wire.AD & 0xFF  # AD is in the low octet of the flags
         lower = seen - body_age if seen > body_age else 0
         ceiling = math.ceil(left)
         for offset in offsets:
-            field = _U32.unpack_from(buf, start + offset)[0]
+            field = _U32.unpack_from(buf, offset)[0]
             field = field - lower if field > lower else 0
-            _U32.pack_into(buf, start + offset, field if field < ceiling else ceiling)
-        return bytes(buf)
+            _U32.pack_into(buf, offset, field if field < ceiling else ceiling)
+        bits = ValidationStatus.LOADED | (_PREFETCH if self.limits.prefetch else 0)
+        return _make_record(key, bytes(buf), offsets, stored, now + left, seen, bits)
+
+
+def _prefetch_time(stored: float, expires: float) -> float:
+    """When an answer stored at `stored` and expiring at `expires` is due for a prefetch."""
+    return stored + (expires - stored) * (1 - PREFETCH_FRACTION)
+
+
+def _make_record(
+    key: bytes,
+    body: bytes,
+    ttl_offsets: list[int],
+    stored: float,
+    expires: float,
+    body_age: int,
+    bits: int,
+) -> bytes:
+    """The stored form of an answer (see _HEAD): the body's question left out, the key has it."""
+    question_end = wire.HEADER_LEN + len(key) - 1
+    count = len(ttl_offsets)
+    shift = len(key) - 1
+    return (
+        _HEAD.pack(stored, expires, body_age, bits, len(key) - 5, count)
+        + key
+        + struct.pack(f"!{count}H", *[offset - shift for offset in ttl_offsets])
+        + body[: wire.HEADER_LEN]
+        + body[question_end:]
+    )
+
+
+def _key_of(record: bytes) -> bytes:
+    return record[_HEAD_SIZE : _HEAD_SIZE + record[_NAME_LEN] + 5]
+
+
+def _with_question(key: bytes, part: bytes) -> bytes:
+    """A whole reply body from a stored one (header and the sections after the question)."""
+    return part[: wire.HEADER_LEN] + key[:-1] + part[wire.HEADER_LEN :]
+
+
+def _body_of(key: bytes, record: bytes, count: int) -> tuple[bytes, list[int]]:
+    """A record's whole reply body (question from the key) and its TTL offsets in that body."""
+    start = _HEAD_SIZE + len(key)
+    shift = len(key) - 1
+    offsets = [offset + shift for offset in struct.unpack_from(f"!{count}H", record, start)]
+    return _with_question(key, record[start + 2 * count :]), offsets
 
 
 def _scan_loaded(key: bytes, record: bytes, count: int) -> wire.ReplyLayout:
     """The layout of a loaded record's body; CacheFileError unless the body is a well-formed
     reply to `key` whose TTL offsets (as the record lists them) are its records' own."""
-    body = record[_HEAD_SIZE + 2 * count :]
+    body = record[_FILE_HEAD_SIZE + 2 * count :]
     try:
         layout = wire.scan_reply(body)
     except wire.WireError as exc:
@@ -531,25 +734,24 @@ def _scan_loaded(key: bytes, record: bytes, count: int) -> wire.ReplyLayout:
     question = body[wire.HEADER_LEN : question_end]
     if question[:-4].lower() + question[-4:] != key[:-1]:
         raise CacheFileError("an answer does not match its key")
-    if layout.ttl_offsets != _offsets(record, count):
+    if len(key) - 5 > 255 or len(key) < 6:
+        raise CacheFileError("an answer does not match its key")
+    offsets = list(struct.unpack_from(f"!{count}H", record, _FILE_HEAD_SIZE))
+    if layout.ttl_offsets != offsets:
         raise CacheFileError("an answer's TTL offsets are not those of its records")
     return layout
 
 
-def _cost(key: bytes, record: bytes) -> int:
-    return ENTRY_OVERHEAD + len(key) + len(record)
+def _cost(record: bytes) -> int:
+    """What an answer is counted for against `max_bytes` (its record holds its key)."""
+    return ENTRY_OVERHEAD + len(record)
 
 
-def _offsets(record: bytes, count: int) -> list[int]:
-    """The TTL offsets of a record, relative to its body."""
-    return list(struct.unpack_from(f"!{count}H", record, _HEAD_SIZE))
-
-
-def _lower_ttls(buf: bytearray, count: int, seconds: int) -> None:
+def _lower_ttls(buf: bytearray, offsets_at: int, count: int, seconds: int) -> None:
     """Lower every TTL of a record's body by `seconds`, not below zero."""
-    start = _HEAD_SIZE + 2 * count
+    start = offsets_at + 2 * count
     for index in range(count):
-        offset = start + _U16.unpack_from(buf, _HEAD_SIZE + 2 * index)[0]
+        offset = start + _U16.unpack_from(buf, offsets_at + 2 * index)[0]
         ttl = _U32.unpack_from(buf, offset)[0]
         _U32.pack_into(buf, offset, ttl - seconds if ttl > seconds else 0)
 
@@ -574,6 +776,9 @@ def _clamp_ttls(body: bytes, ttl_offsets: list[int], low: int, high: int) -> byt
 _MAGIC = b"stubby-py cache\n"
 _VERSION = 1
 _FILE_HEADER = struct.Struct("!16sHdI")
+#: an answer in the file: age, TTL, 0.0, body_age, status, 0, count; offsets; the whole body
+_FILE_HEAD = struct.Struct("!dddIBBH")
+_FILE_HEAD_SIZE = _FILE_HEAD.size
 _FILE_RECORD = struct.Struct("!HI")
 
 

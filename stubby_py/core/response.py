@@ -46,8 +46,10 @@ def client_reply(
     limit: int | None,
     ede: tuple[int, str] | None = None,
     authentic: bool | None = None,
+    with_question: bool = True,
 ) -> bytes:
-    """The client's reply from a body whose question matches the client's (any case).
+    """The client's reply from a body whose question matches the client's (any case), or with
+    `with_question` False from a body without its question (as the cache keeps it).
 
     limit: the UDP size limit, or None over TCP. authentic: force AD on/off (None: keep upstream's).
     """
@@ -63,7 +65,7 @@ def client_reply(
         opt = _PLAIN_OPT[query.do]
     else:
         opt = edns.client_opt(query, ede)
-    qend = HEADER_LEN + len(query.question)
+    qend = HEADER_LEN + len(query.question) if with_question else HEADER_LEN
     reply = (
         HEADER.pack(query.id, flags, qdcount, ancount, nscount, arcount + bool(opt))
         + query.question

@@ -15,17 +15,25 @@ import logging
 import os
 import signal
 import time
-import tracemalloc
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tracemalloc
 
 log = logging.getLogger(__name__)
 
 ENV_FILE = "STUBBY_PY_TRACEMALLOC"
 ENV_FRAMES = "STUBBY_PY_TRACEMALLOC_FRAMES"
+if os.environ.get(ENV_FILE):
+    # only when asked for (with pickle it is ~0.5 MiB resident), and at import, before the
+    # daemon drops privileges: the new user may not be able to read the standard library
+    import tracemalloc
+
 TOP = 25
-#: allocations of the tracer itself and of the import machinery are noise
+#: allocations of the tracer itself (tracemalloc.py) and of the import machinery are noise
 IGNORED = (
-    tracemalloc.__file__,
+    "tracemalloc.py",
     "<frozen importlib._bootstrap>",
     "<frozen importlib._bootstrap_external>",
 )
@@ -39,9 +47,11 @@ class SnapshotDiffs:
         self._previous: tracemalloc.Snapshot | None = None
 
     def dump(self) -> None:
+        import tracemalloc
+
         gc.collect()
         snapshot = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, name) for name in IGNORED]
+            [tracemalloc.Filter(False, f"*{name}") for name in IGNORED]
         )
         key = "traceback" if self.frames > 1 else "lineno"
         lines = [f"=== {time.strftime('%H:%M:%S')} traced {tracemalloc.get_traced_memory()[0]} B"]
@@ -66,6 +76,8 @@ def start_if_asked(loop: asyncio.AbstractEventLoop, env: Mapping[str, str] = os.
     path = env.get(ENV_FILE)
     if not path:
         return False
+    import tracemalloc
+
     frames = int(env.get(ENV_FRAMES, "1"))
     tracemalloc.start(frames)
     diffs = SnapshotDiffs(path, frames)

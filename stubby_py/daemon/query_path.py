@@ -176,17 +176,23 @@ class Resolver:
         """The cache's part: a hit is answered here and now, with no task (the hottest path)."""
         cache = self.cache
         query = context.query
-        body = cache.fresh(query.key, context.received)
-        if body is not None:
+        stored = cache.hit(query.key, context.received)  # the body without its question
+        if stored is not None:
             self.counters["cache_hits"] += 1
             context.source = "cache"
             dns64 = self.dns64
-            if dns64 is not None and query.qtype == TYPE_AAAA and dns64.takes(context, body):
+            if (
+                dns64 is not None
+                and query.qtype == TYPE_AAAA
+                and dns64.takes(context, cache.with_question(query.key, stored))
+            ):
                 pass  # NODATA on an IPv6-only network: synthesized from the A records
             else:
                 notes = self.answer_notes
                 ede = notes.get(query.key) if notes else None
-                reply = response.client_reply(body, query, limit=context.limit, ede=ede)
+                reply = response.client_reply(
+                    stored, query, limit=context.limit, ede=ede, with_question=False
+                )
                 context.respond(reply)
                 if context.observer is not None:
                     context.observer.answered(context, reply)

@@ -23,7 +23,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stubby_py.core import local
 from stubby_py.core.access import AccessList
@@ -36,10 +36,15 @@ from stubby_py.daemon.query_path import Resolver
 from stubby_py.daemon.querylog import QueryLog
 from stubby_py.daemon.road import Road
 from stubby_py.daemon.runtime import Runtime
-from stubby_py.listeners import doh, doh3, doq, dot
+from stubby_py.listeners import dot
 from stubby_py.listeners import server as tls_accept
 from stubby_py.listeners.plain import OwnAllow, TCPConnections, TCPListener, UDPListener
 from stubby_py.listeners.tls_files import ServerCertificate
+
+if TYPE_CHECKING:
+    # imported where a listener of theirs is configured: h2 and aioquic (with pyOpenSSL and
+    # service_identity) hold about 6 MiB that a daemon without them should not carry
+    from stubby_py.listeners import doh3, doq
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +302,8 @@ class Daemon:
             def protocol() -> asyncio.Protocol:
                 return dot.DoTListener(tcp, self.config.listeners.padding_block)
         else:
+            from stubby_py.listeners import doh
+
             alpn = doh.ALPN
             path = listener.path
 
@@ -330,6 +337,8 @@ class Daemon:
         inherited: socket.socket | None,
     ) -> None:
         """DoQ or DoH over HTTP/3: one UDP endpoint."""
+        from stubby_py.listeners import doh3, doq
+
         assert self.tcp is not None
         tcp = self.tcp
         loop = asyncio.get_running_loop()

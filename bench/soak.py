@@ -25,7 +25,8 @@ an hour... or is an hour), writes JSON and, with matplotlib, a PNG. See bench/RE
 
 --tracemalloc FILE runs the daemon with STUBBY_PY_TRACEMALLOC=FILE
 (stubby_py/daemon/memtrace.py) and sends it SIGUSR1 after each sample from the warm-up on:
-FILE then holds what grew.
+FILE then holds what grew. --mallinfo FILE (STUBBY_PY_MALLINFO) gets a JSON line of glibc's
+mallinfo2 per sample: C heap in use against free in chunks, growth against fragmentation.
 """
 
 from __future__ import annotations

@@ -10,8 +10,13 @@ per upstream stay bounded.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
+import os
+import signal
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +28,7 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py.daemon import control
+from stubby_py.daemon import control, memtrace
 from stubby_py.transports.tls import SESSION_READ_LEAKS
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
@@ -259,3 +264,27 @@ def test_tls_sessions_are_resumed_only_where_reading_them_does_not_leak(
                 answered(daemon, f"r{setting}-last-", 4)
             assert server.state.handshakes == 5, scheme
             assert (server.state.resumptions > 0) == expect_resumed, (scheme, setting)
+
+
+def test_mallinfo_lines_on_sigusr1(tmp_path: Path) -> None:
+    """STUBBY_PY_MALLINFO: each SIGUSR1 appends one JSON line of the C heap's figures (what told
+    the TLS session leak of gh-116810 from fragmentation), without tracemalloc."""
+    if memtrace.mallinfo() is None:
+        pytest.skip("not glibc 2.33 or later: no mallinfo2")
+    path = tmp_path / "mallinfo.jsonl"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        assert memtrace.start_if_asked(loop, {memtrace.ENV_MALLINFO: str(path)})
+        try:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                await asyncio.sleep(0.1)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+    asyncio.run(run())
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2
+    assert all(line["rss"] > 0 and line["mallinfo2"]["uordblks"] > 0 for line in lines)
+    assert not tracemalloc.is_tracing()

@@ -28,7 +28,7 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py.daemon import control, memtrace
+from stubby_py.daemon import control, heap, memtrace
 from stubby_py.transports.tls import SESSION_READ_LEAKS
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
@@ -288,3 +288,23 @@ def test_mallinfo_lines_on_sigusr1(tmp_path: Path) -> None:
     assert len(lines) == 2
     assert all(line["rss"] > 0 and line["mallinfo2"]["uordblks"] > 0 for line in lines)
     assert not tracemalloc.is_tracing()
+
+
+def test_free_heap_pages_go_back_to_the_kernel() -> None:
+    """What a reload does once its retired transports are closed (daemon/heap.py): the free
+    chunks left between live ones are returned, where glibc alone returns only the top."""
+    if heap._malloc_trim() is None:
+        pytest.skip("not glibc: no malloc_trim")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    kept, freed = [], []
+    for index in range(12_000):  # 48 MiB, one chunk in 8 kept: the heap cannot shrink from the top
+        (kept if index % 8 == 7 else freed).append(bytearray(4000))
+    freed.clear()
+    before = rss_mib()
+    assert heap.release_free_pages()
+    assert rss_mib() < before - 20
+    assert len(kept) == 1500

@@ -25,7 +25,8 @@ an hour... or is an hour), writes JSON and, with matplotlib, a PNG. See bench/RE
 
 --tracemalloc FILE runs the daemon with STUBBY_PY_TRACEMALLOC=FILE
 (stubby_py/daemon/memtrace.py) and sends it SIGUSR1 after each sample from the warm-up on:
-FILE then holds what grew.
+FILE then holds what grew. --mallinfo FILE (STUBBY_PY_MALLINFO) gets a JSON line of glibc's
+mallinfo2 per sample: C heap in use against free in chunks, growth against fragmentation.
 """
 
 from __future__ import annotations
@@ -342,6 +343,9 @@ def start_daemon(soak: Soak) -> subprocess.Popen[bytes]:
     if soak.args.tracemalloc:
         os.environ["STUBBY_PY_TRACEMALLOC"] = str(Path(soak.args.tracemalloc).resolve())
         env_note = ["(tracemalloc on)"]
+    if soak.args.mallinfo:
+        os.environ["STUBBY_PY_MALLINFO"] = str(Path(soak.args.mallinfo).resolve())
+        env_note.append("(mallinfo2 on)")
     argv = ["taskset", "-c", str(FORWARDER_CPU), sys.executable, "-m", "stubby_py", "run",
             "-c", str(soak.conf)]  # fmt: skip
     proc = soak.children.start(argv, soak.tmp / "stubby-py.log")
@@ -379,7 +383,7 @@ def run(soak: Soak) -> list[Sample]:
             sample = take_sample(soak, time.monotonic() - begin, run_figures)
             samples.append(sample)
             print(table_line(row(sample)), flush=True)
-            if args.tracemalloc and sample.t >= warm:
+            if (args.tracemalloc and sample.t >= warm) or args.mallinfo:
                 os.kill(soak.pid, signal.SIGUSR1)
             if args.idle_gap_every and index % args.idle_gap_every == 0:
                 soak.event("I")
@@ -424,6 +428,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"a {IDLE_GAP} s pause in the load after every N samples; 0: never",
     )
     parser.add_argument("--tracemalloc", metavar="FILE", help="tracemalloc diffs to FILE")
+    parser.add_argument(
+        "--mallinfo", metavar="FILE", help="a JSON line of glibc mallinfo2 per sample to FILE"
+    )
     parser.add_argument("--png", type=Path, help="plot here (needs matplotlib)")
     args = parser.parse_args(argv)
     unknown = set(args.transports) - set(TRANSPORTS)

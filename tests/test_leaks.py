@@ -10,8 +10,13 @@ per upstream stay bounded.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import json
+import os
+import signal
 import time
+import tracemalloc
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,7 +28,8 @@ import h2.events
 import pytest
 import trustme
 
-from stubby_py.daemon import control
+from stubby_py.daemon import control, heap, memtrace
+from stubby_py.transports.tls import SESSION_READ_LEAKS
 from tests.clients import ask_many, rcodes
 from tests.conftest import AUTH_NAME, server_context
 from tests.daemon_thread import DaemonThread, make_config, running_daemon
@@ -227,3 +233,78 @@ def test_control_socket_network_change_and_task_count(
             assert isinstance(stats["tasks"], int) and stats["tasks"] >= 1
             answered(daemon, "u", 4)
             assert gone(daemon, refs) == []
+
+
+@pytest.mark.parametrize("setting", ["auto", "on", "off"])
+def test_tls_sessions_are_resumed_only_where_reading_them_does_not_leak(
+    ca: trustme.CA, ca_file: str, setting: str
+) -> None:
+    """CPython's ssl leaks a copy of the session at each SSLObject.session read (gh-116810; on
+    3.11, 7 KB per DoT reconnect in bench/soak.py, without end). tls_resumption "auto" resumes
+    only on a Python without that leak, so the server sees no resumed handshake here on one
+    with it; "on" resumes (each read leaks there), "off" never does."""
+    expect_resumed = setting == "on" or (setting == "auto" and not SESSION_READ_LEAKS)
+    for scheme in ("dot", "doh"):
+        if scheme == "dot":
+            opened = local_upstream(server_context(ca))
+        else:
+            opened = h2_server(server_context(ca))
+        with opened as server:
+            uri = (
+                f"tls://127.0.0.1:{server.port}#{AUTH_NAME}"
+                if scheme == "dot"
+                else f"https://{AUTH_NAME}:{server.port}/dns-query#127.0.0.1"
+            )
+            options = {} if setting == "auto" else {"tls_resumption": setting}  # auto: the default
+            config = make_config([uri], ca_file, cache_size=0, **options)
+            with running_daemon(config) as daemon:
+                for round_ in range(4):
+                    answered(daemon, f"r{setting}{round_}-", 4)
+                    daemon.call(daemon.runtime.network_changed, "test")
+                answered(daemon, f"r{setting}-last-", 4)
+            assert server.state.handshakes == 5, scheme
+            assert (server.state.resumptions > 0) == expect_resumed, (scheme, setting)
+
+
+def test_mallinfo_lines_on_sigusr1(tmp_path: Path) -> None:
+    """STUBBY_PY_MALLINFO: each SIGUSR1 appends one JSON line of the C heap's figures (what told
+    the TLS session leak of gh-116810 from fragmentation), without tracemalloc."""
+    if memtrace.mallinfo() is None:
+        pytest.skip("not glibc 2.33 or later: no mallinfo2")
+    path = tmp_path / "mallinfo.jsonl"
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        assert memtrace.start_if_asked(loop, {memtrace.ENV_MALLINFO: str(path)})
+        try:
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGUSR1)
+                await asyncio.sleep(0.1)
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+    asyncio.run(run())
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(lines) == 2
+    assert all(line["rss"] > 0 and line["mallinfo2"]["uordblks"] > 0 for line in lines)
+    assert not tracemalloc.is_tracing()
+
+
+def test_free_heap_pages_go_back_to_the_kernel() -> None:
+    """What a reload does once its retired transports are closed (daemon/heap.py): the free
+    chunks left between live ones are returned, where glibc alone returns only the top."""
+    if heap._malloc_trim() is None:
+        pytest.skip("not glibc: no malloc_trim")
+
+    def rss_mib() -> float:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    kept, freed = [], []
+    for index in range(12_000):  # 48 MiB, one chunk in 8 kept: the heap cannot shrink from the top
+        (kept if index % 8 == 7 else freed).append(bytearray(4000))
+    freed.clear()
+    before = rss_mib()
+    assert heap.release_free_pages()
+    assert rss_mib() < before - 20
+    assert len(kept) == 1500

@@ -538,10 +538,14 @@ def _config(args: argparse.Namespace, timeout: float) -> Config:
         upstreams=tuple(args.upstream), ca_file=args.ca_file, bootstrap=tuple(args.bootstrap)
     )
     config = apply_overrides(config, overrides)
-    # connections stay open for the whole run; one attempt per query, no pool retries
+    # connections stay open for the whole run; one attempt per query, no pool retries; TLS
+    # sessions resumed unless turned off (a run of minutes: what a Python that leaks each session
+    # read, transports/tls.py SESSION_READ_LEAKS, loses here is small and gone at exit)
+    resumption = "off" if config.transport.tls_resumption == "off" else "on"
     return config.with_options(
-        timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0
-    )
+        timeout=timeout, attempt_timeout=timeout, upstream_idle_timeout=300.0,
+        tls_resumption=resumption,
+    )  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:

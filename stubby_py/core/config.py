@@ -176,6 +176,15 @@ class TlsVersion(enum.StrEnum):
     TLS_1_3 = "1.3"
 
 
+class TlsResumption(enum.StrEnum):
+    """Whether DoT and DoH connections resume TLS sessions (transports/tls.py)."""
+
+    #: on, unless this Python leaks each session it hands out (CPython gh-116810)
+    AUTO = "auto"
+    ON = "on"
+    OFF = "off"
+
+
 LOG_LEVELS = tuple(level.value for level in LogLevel)
 STRATEGIES = tuple(strategy.value for strategy in PoolStrategy)
 DNSSEC_MODES = tuple(mode.value for mode in DnssecMode)
@@ -255,6 +264,8 @@ class TransportSettings:
     #: EDNS padding block for encrypted queries (RFC 8467 §4.1); 0 turns padding off
     padding_block: int = 128
     tls_min_version: TlsVersion = TlsVersion.TLS_1_2
+    #: resume TLS sessions over TCP (DoT, DoH); QUIC's tickets are always used
+    tls_resumption: TlsResumption = TlsResumption.AUTO
     #: CA bundle for every upstream that does not name its own; None = system trust store
     ca_file: str | None = None
     #: reach every upstream through this proxy unless it names its own (or `none`); None: direct
@@ -1320,6 +1331,9 @@ OPTIONS: dict[str, Option] = {
     "padding_block_size": Option("transport", "padding_block", _whole(0, 512)),
     "tls_min_version": Option(
         "transport", "tls_min_version", _choice("1.2", "1.3"), convert=TlsVersion
+    ),
+    "tls_resumption": Option(
+        "transport", "tls_resumption", _choice("auto", "on", "off"), convert=TlsResumption
     ),
     "ca_file": Option("transport", "ca_file", _converted(_ca_file), nullable=True),
     "proxy": Option("transport", "proxy", _proxy, nullable=True),

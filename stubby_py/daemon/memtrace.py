@@ -5,12 +5,19 @@ STUBBY_PY_TRACEMALLOC_FRAMES frames per allocation, 1 by default: tracing slows 
 more frames slow it more) and each SIGUSR1 appends to that file the allocations that grew most
 since the first SIGUSR1 (the baseline: send one after warm-up) and since the previous one. The
 query path is untouched: nothing here runs unless the variable is set.
+
+STUBBY_PY_MALLINFO names another file (with or without tracemalloc): each SIGUSR1 appends one
+JSON line of glibc's mallinfo2 (the C heap: main arena from brk, mmapped blocks, bytes in use and
+free in chunks, the releasable top), to tell growth in use from fragmentation.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
+import json
 import logging
 import os
 import signal
@@ -29,7 +36,7 @@ if os.environ.get(ENV_FILE):
     # only when asked for (with pickle it is ~0.5 MiB resident), and at import, before the
     # daemon drops privileges: the new user may not be able to read the standard library
     import tracemalloc
-
+ENV_MALLINFO = "STUBBY_PY_MALLINFO"
 TOP = 25
 #: allocations of the tracer itself (tracemalloc.py) and of the import machinery are noise
 IGNORED = (
@@ -72,15 +79,66 @@ class SnapshotDiffs:
             out.write("\n".join(lines) + "\n")
 
 
-def start_if_asked(loop: asyncio.AbstractEventLoop, env: Mapping[str, str] = os.environ) -> bool:
-    path = env.get(ENV_FILE)
-    if not path:
-        return False
-    import tracemalloc
+#: struct mallinfo2's fields, all size_t: arena = main-arena bytes from brk, hblkhd = mmapped
+#: blocks, uordblks/fordblks = bytes in use/free in chunks, keepcost = the releasable top
+MALLINFO2_FIELDS = (
+    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+    "fsmblks", "uordblks", "fordblks", "keepcost",
+)  # fmt: skip
 
-    frames = int(env.get(ENV_FRAMES, "1"))
-    tracemalloc.start(frames)
-    diffs = SnapshotDiffs(path, frames)
-    loop.add_signal_handler(signal.SIGUSR1, diffs.dump)
-    log.warning("tracemalloc on (%d frames): SIGUSR1 appends snapshot diffs to %s", frames, path)
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS]
+
+
+def mallinfo() -> dict[str, int] | None:
+    """glibc's mallinfo2 over all arenas, or None off glibc (or before glibc 2.33)."""
+    name = ctypes.util.find_library("c")
+    try:
+        function = ctypes.CDLL(name).mallinfo2
+    except (OSError, AttributeError, TypeError):
+        return None
+    function.restype = _Mallinfo2
+    info = function()
+    return {field: int(getattr(info, field)) for field in MALLINFO2_FIELDS}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class MallinfoLines:
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def dump(self) -> None:
+        record: dict[str, object] = {"time": time.time(), "rss": _rss_bytes()}
+        record["mallinfo2"] = mallinfo()
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(record) + "\n")
+
+
+def start_if_asked(loop: asyncio.AbstractEventLoop, env: Mapping[str, str] = os.environ) -> bool:
+    dumps = []
+    if path := env.get(ENV_MALLINFO):
+        dumps.append(MallinfoLines(path).dump)
+        log.warning("SIGUSR1 appends mallinfo2 lines to %s", path)
+    if path := env.get(ENV_FILE):
+        import tracemalloc
+
+        frames = int(env.get(ENV_FRAMES, "1"))
+        tracemalloc.start(frames)
+        dumps.append(SnapshotDiffs(path, frames).dump)
+        log.warning(
+            "tracemalloc on (%d frames): SIGUSR1 appends snapshot diffs to %s", frames, path
+        )
+    if not dumps:
+        return False
+
+    def dump_all() -> None:
+        for dump in dumps:
+            dump()
+
+    loop.add_signal_handler(signal.SIGUSR1, dump_all)
     return True

@@ -19,7 +19,7 @@ from stubby_py.core.config import DEFAULT_GROUP, Config, UpstreamSpec
 from stubby_py.core.pool import UpstreamHealth
 from stubby_py.core.ratelimit import RateLimiter
 from stubby_py.core.router import Router
-from stubby_py.daemon import cache_persistence, stats
+from stubby_py.daemon import cache_persistence, heap, stats
 from stubby_py.daemon.cache_persistence import default_cache_file
 from stubby_py.daemon.fallback import fallback_figures
 from stubby_py.daemon.query_path import Resolver
@@ -200,6 +200,7 @@ class Runtime:
         for transport in transports:
             await transport.aclose()
             self._retired.remove(transport)
+        heap.release_free_pages()  # what the old transports left between live chunks
 
     def network_changed(self, reason: str) -> None:
         """The network changed or the machine woke up (netwatch.py): every upstream connection

@@ -9,8 +9,10 @@ to cleartext exists.
 
 Sessions are resumed (`ResumingContext`): a new connection offers the session of the latest
 connection of the same upstream whose certificate and pins were checked, each session once (RFC
-8446 §C.4), so a reconnect costs one round trip less; a resumed handshake shows no certificate
-to check again, as with QUIC (quic.py), since its session only ever came from a checked one.
+8446 §C.4), so a reconnect skips the certificate (and, under TLS 1.2, a round trip); a resumed
+handshake shows no certificate to check again, as with QUIC (quic.py), since its session only
+ever came from a checked one. Not where the Python leaks every session read
+(`SESSION_READ_LEAKS`), unless `tls_resumption: on` says so.
 
 A CA file is read again when it changes (`ClientContexts`, checked at each new connection), so a
 renewed bundle is taken up without a restart; one that cannot be read or parsed makes that
@@ -24,13 +26,26 @@ import functools
 import hashlib
 import os
 import ssl
+import sys
 from collections.abc import Sequence
 
-from stubby_py.core.config import Config, UpstreamSpec
+from stubby_py.core.config import Config, TlsResumption, UpstreamSpec
 from stubby_py.core.errors import PinMismatchError, TLSConfigError
 
 #: what identifies one version of a file: device, inode, size, modification time
 FileVersion = tuple[int, int, int, int]
+
+#: CPython's ssl copies the session at each read of SSLObject.session and never frees the copy
+#: (gh-116810: 3.10, 3.11, 3.12 before 3.12.8, 3.13.0). Resuming reads one per new connection:
+#: 6 to 12 KB of C heap for the life of the process, so a daemon whose connections are cut all
+#: day grows without end (bench/soak.py: 7 KB per DoT reconnect, 8 MiB a minute at 500 q/s).
+SESSION_READ_LEAKS = sys.version_info < (3, 12, 8) or ((3, 13) <= sys.version_info < (3, 13, 1))
+
+
+def resumes_sessions(config: Config) -> bool:
+    """Whether DoT/DoH connections resume TLS sessions (`tls_resumption`)."""
+    setting = config.transport.tls_resumption
+    return setting == TlsResumption.ON or (setting == TlsResumption.AUTO and not SESSION_READ_LEAKS)
 
 
 def ca_file_problem(path: str) -> str | None:
@@ -97,12 +112,14 @@ class ClientContexts:
 
 class ResumingContext(ssl.SSLContext):
     """A client context whose next connection resumes the session of the latest one handed to
-    `remember` (a connection that passed every check), and each such session only once."""
+    `remember` (a connection that passed every check), and each such session only once; one
+    whose `resumes` is false remembers nothing (its session is never read: SESSION_READ_LEAKS)."""
 
     _resume_from: ssl.SSLObject | None = None
+    resumes = True
 
     def remember(self, ssl_object: ssl.SSLObject | None) -> None:
-        self._resume_from = ssl_object
+        self._resume_from = ssl_object if self.resumes else None
 
     def wrap_bio(
         self,
@@ -130,6 +147,7 @@ def client_context(
     """Raises ssl.SSLError or OSError if the CA file cannot be loaded (ClientContexts maps it)."""
     ca_file = spec.ca_file or config.transport.ca_file
     context = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.resumes = resumes_sessions(config)
     context.verify_flags = _default_verify_flags()
     if ca_file:
         context.load_verify_locations(cafile=ca_file)

@@ -351,19 +351,22 @@ class Cache:
         limits = self.limits
         if limits.max_entries <= 0 or ttl <= 0 or len(ttl_offsets) > 0xFFFF:
             return False
-        old = self._record(key)
-        visited = old[_BITS] & _VISITED if old is not None else 0
+        index = self._find(key)
+        old = self._table[index] if index >= 0 else None
+        visited = old[_BITS] & _VISITED if old else 0
         prefetch = _PREFETCH if limits.prefetch else 0
         record = _make_record(
             key, body, ttl_offsets, now, now + ttl, body_age, status | visited | prefetch
         )
-        return self._insert(key, record)
+        return self._insert(key, record, index)
 
-    def _insert(self, key: bytes, record: bytes) -> bool:
-        """Put a record in, evicting as the bounds require; False if it could not stay."""
+    def _insert(self, key: bytes, record: bytes, index: int | None = None) -> bool:
+        """Put a record in, evicting as the bounds require; False if it could not stay.
+        `index`: key's slot as `_find` just gave it, when the caller looked already."""
         limits = self.limits
         cost = _cost(record)
-        index = self._find(key)
+        if index is None:
+            index = self._find(key)
         if index < 0:
             # make room first, so the hand never evicts the answer being stored
             while self._count and (
@@ -383,6 +386,8 @@ class Cache:
             self._bytes -= _cost(old)  # a new answer for a key keeps the key's place
         self._table[index] = record
         self._bytes += cost
+        if self._bytes <= limits.max_bytes:
+            return True
         while self._bytes > limits.max_bytes:  # a replaced answer grew
             self._evict_one()
         return self._find(key) >= 0

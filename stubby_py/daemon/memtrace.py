@@ -14,8 +14,6 @@ free in chunks, the releasable top), to tell growth in use from fragmentation.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import gc
 import json
 import logging
@@ -24,6 +22,8 @@ import signal
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from stubby_py.daemon.heap import mallinfo
 
 if TYPE_CHECKING:
     import tracemalloc
@@ -77,30 +77,6 @@ class SnapshotDiffs:
         self._previous = snapshot
         with open(self.path, "a", encoding="utf-8") as out:
             out.write("\n".join(lines) + "\n")
-
-
-#: struct mallinfo2's fields, all size_t: arena = main-arena bytes from brk, hblkhd = mmapped
-#: blocks, uordblks/fordblks = bytes in use/free in chunks, keepcost = the releasable top
-MALLINFO2_FIELDS = (
-    "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-    "fsmblks", "uordblks", "fordblks", "keepcost",
-)  # fmt: skip
-
-
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in MALLINFO2_FIELDS]
-
-
-def mallinfo() -> dict[str, int] | None:
-    """glibc's mallinfo2 over all arenas, or None off glibc (or before glibc 2.33)."""
-    name = ctypes.util.find_library("c")
-    try:
-        function = ctypes.CDLL(name).mallinfo2
-    except (OSError, AttributeError, TypeError):
-        return None
-    function.restype = _Mallinfo2
-    info = function()
-    return {field: int(getattr(info, field)) for field in MALLINFO2_FIELDS}
 
 
 def _rss_bytes() -> int:

@@ -15,7 +15,7 @@ answer ends the suspicion and any window.
 
 DNS64 (`dns64: auto`): the NAT64 prefix comes from the routers' advertisements when they carry
 one (RFC 8781 PREF64, passed on by netwatch.py; kept for its lifetime, gone when withdrawn or
-when its interface goes down); RFC 8781 §5.1 says to use one source only and to prefer the RA's
+when its interface goes down); RFC 8781 §5 says to use one source only and to prefer the RA's
 (RFC 9872 recommends it again). Without one, it is asked of the network resolver alone (RFC
 7050: `ipv4only.arpa AAAA`; the upstreams are elsewhere and cannot know this network's NAT64) at
 start, after every network change and reload, and when the RA's prefix goes; no prefix found,
@@ -275,7 +275,7 @@ class Road:
         if self._resolver.config.road.dns64 != "auto":
             return
         if self._ra_prefix():
-            if self._discovery is not None:  # RFC 8781 §5.1: one source, the RA's preferred
+            if self._discovery is not None:  # RFC 8781 §5: one source, the RA's preferred
                 self._discovery.cancel()
                 self._discovery = None
         elif self._resolver_dns64_source() == SOURCE_RA:
@@ -317,7 +317,7 @@ class Road:
         elif setting != "auto":
             self._use_prefix(IPv6Network(setting), SOURCE_CONFIGURED, "configured")
         elif self._ra_prefix():
-            pass  # RFC 8781 §5.1: one source, the RA's preferred
+            pass  # RFC 8781 §5: one source, the RA's preferred
         elif self._transport is None:
             self._use_prefix(None, "", "no network resolver to ask")
         else:

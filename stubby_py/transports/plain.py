@@ -16,6 +16,7 @@ from stubby_py.core import wire
 from stubby_py.core.config import Config, UpstreamSpec
 from stubby_py.core.errors import UpstreamConnectError, UpstreamTimeoutError
 from stubby_py.transports.base import ConnectInfo, Transport, TransportStats
+from stubby_py.transports.datagram import open_connected
 from stubby_py.transports.dot import DoTTransport
 
 MAX_UDP_SOCKETS = 64
@@ -94,10 +95,10 @@ class UDPTransport:
         msg_id = secrets.randbits(16)  # cleartext: unpredictable IDs (RFC 5452)
         question = query[wire.HEADER_LEN : wire.question_end(query)]
         try:
-            transport, protocol = await loop.create_datagram_endpoint(
+            transport, protocol = await open_connected(
                 lambda: _UDPExchange(msg_id, question, self.stats),
-                remote_addr=(self.spec.address, self.spec.port),
-            )
+                self.spec.address, self.spec.port,
+            )  # fmt: skip
         except OSError as exc:
             raise UpstreamConnectError(f"{self.name}: {exc.strerror or exc}") from None
         try:

@@ -40,6 +40,7 @@ from stubby_py.core.errors import (
     ProxyRefusedError,
     UpstreamTimeoutError,
 )
+from stubby_py.transports.datagram import open_connected
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 D = TypeVar("D", bound=asyncio.DatagramProtocol)
@@ -185,7 +186,7 @@ async def open_datagram(
     loop = asyncio.get_running_loop()
     proxy = upstream_proxy(spec, config)
     if proxy is None:
-        return await loop.create_datagram_endpoint(protocol_factory, remote_addr=(host, port))
+        return await open_connected(protocol_factory, host, port, addressed_sends=True)
     where = f"{spec.label}: proxy {proxy.label}"
     if proxy.kind == "http":  # the configuration refuses it; never send around the proxy
         raise ProxyError(f"{where} is an HTTP proxy: it carries no UDP")
@@ -193,8 +194,8 @@ async def open_datagram(
     header = _udp_header(tunnel_destination(spec, proxy, host), port)
     inner = protocol_factory()
     try:
-        udp, adapter = await loop.create_datagram_endpoint(
-            lambda: _SocksDatagrams(inner, header, (host, port), writer), remote_addr=relay
+        udp, adapter = await open_connected(
+            lambda: _SocksDatagrams(inner, header, (host, port), writer), *relay
         )
     except BaseException:
         writer.transport.abort()

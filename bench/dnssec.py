@@ -558,6 +558,10 @@ class Memory:
     rss_start_kib: int | None = None
     rss_full_kib: int | None = None
     hwm_full_kib: int | None = None
+    #: the full RSS split: anonymous (heap, Python objects) and file-backed (the interpreter's
+    #: and the extension modules' mapped code)
+    anon_full_kib: int | None = None
+    file_full_kib: int | None = None
     cache: dict[str, Any] = field(default_factory=dict)
     fill: list[Dnsperf] = field(default_factory=list)
     error: str | None = None
@@ -596,6 +600,8 @@ def measure_memory(
                     break
             memory.rss_full_kib = vm_kib(daemon.proc.pid)
             memory.hwm_full_kib = vm_kib(daemon.proc.pid, "VmHWM")
+            memory.anon_full_kib = vm_kib(daemon.proc.pid, "RssAnon")
+            memory.file_full_kib = vm_kib(daemon.proc.pid, "RssFile")
     except (RuntimeError, OSError, subprocess.SubprocessError, ValueError) as exc:
         memory.error = f"{exc}\n{read_tail(bench.tmp / f'memory-{mode}.log')}".strip()
     finally:
@@ -635,6 +641,8 @@ def memory_table(memories: Sequence[Memory]) -> list[str]:
             f"    the cache's share {(memory.rss_full_kib - memory.rss_start_kib) / 1024:.1f} MiB "
             f"(its own count {memory.cache.get('bytes', 0) / 2**20:.1f} MiB); peak RSS (VmHWM) "
             f"{fmt((memory.hwm_full_kib or 0) / 1024, '.1f')} MiB; fill answers {rcodes}",
+            f"    of the full RSS: anonymous {(memory.anon_full_kib or 0) / 1024:.1f} MiB, "
+            f"file-backed (mapped code) {(memory.file_full_kib or 0) / 1024:.1f} MiB",
         ]
     return lines
 

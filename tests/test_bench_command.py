@@ -22,7 +22,7 @@ import pytest
 import trustme
 
 from stubby_py.commands import bench, cli
-from stubby_py.core import benchstats
+from stubby_py.core import benchstats, latency
 from stubby_py.core.benchstats import Job, Tally, UpstreamResult
 from stubby_py.core.errors import StubbyError
 from tests.conftest import dot_uri, server_context
@@ -51,10 +51,10 @@ def test_percentile_interpolates_like_inclusive_quantiles() -> None:
     values = sorted([3.0, 1.0, 4.0, 1.5, 9.0, 2.6, 5.0, 3.5, 8.0, 7.0, 6.5])
     cuts = statistics.quantiles(values, n=100, method="inclusive")
     for p in (1, 10, 50, 90, 99):
-        assert benchstats.percentile(values, p) == pytest.approx(cuts[p - 1])
-    assert benchstats.percentile([2.0], 99) == 2.0
+        assert latency.percentile(values, p) == pytest.approx(cuts[p - 1])
+    assert latency.percentile([2.0], 99) == 2.0
     with pytest.raises(ValueError):
-        benchstats.percentile([], 50)
+        latency.percentile([], 50)
 
 
 def test_failures_are_counted_apart_from_latencies() -> None:

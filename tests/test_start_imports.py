@@ -18,7 +18,7 @@ from tests.peers import free_port
 from tests.servers import LocalUpstream
 from tests.service import daemon_process, write_config
 
-#: top-level packages or modules a DoT-only daemon on plain listeners never needs
+#: top-level packages or modules a DoT-only daemon on plain listeners, with no proxy, never needs
 NOT_NEEDED = (
     "h2",
     "hpack",
@@ -27,6 +27,8 @@ NOT_NEEDED = (
     "OpenSSL",
     "service_identity",
     "tracemalloc",
+    "python_socks",
+    "statistics",
     "stubby_py.listeners.doh",
     "stubby_py.listeners.doh3",
     "stubby_py.listeners.doq",

@@ -25,6 +25,7 @@ from stubby_py import __version__
 from stubby_py.core import benchstats
 from stubby_py.core.benchstats import Summary, UpstreamResult
 from stubby_py.core.errors import StubbyError
+from stubby_py.core.latency import percentile
 
 PHASE_TEXT = {
     "cached": "popular names the upstream has cached, on one open connection: the latency you "
@@ -147,7 +148,7 @@ def _row(result: UpstreamResult, phase: str, scale: _Scale, y: float, label_x: f
             f"({tally.timeouts} timeouts, {tally.errors} errors)</text></g>"
         )
         return "".join(parts)
-    p25, p50, p75, p90, p99 = (benchstats.percentile(values, p) for p in (25, 50, 75, 90, 99))
+    p25, p50, p75, p90, p99 = (percentile(values, p) for p in (25, 50, 75, 90, 99))
     summary = (
         f"{result.upstream} {phase}: p50 {p50:.1f} ms, p90 {p90:.1f} ms, p99 {p99:.1f} ms, "
         f"{len(values)} answers, {failed} failed"

@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
+from stubby_py.core.latency import percentile
+
 #: phases in report order; `handshake` and `resumed` are skipped for udp:// (no connection)
 PHASES = ("cached", "uncached", "handshake", "resumed", "dnssec")
 #: the phases that open connections rather than ask
@@ -34,16 +36,6 @@ FILTER_OF_SCHEME = {**TRANSPORT_OF_SCHEME, "tcp": "udp"}
 TRANSPORT_CHOICES = ("dot", "doh", "doh3", "doq", "udp")
 #: the phase the ranking sorts by (then by errors and timeouts)
 RANK_PHASE = "cached"
-
-
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """The p-th percentile (0-100) of values sorted ascending, interpolated between ranks."""
-    if not ordered:
-        raise ValueError("no values")
-    position = (len(ordered) - 1) * p / 100.0
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 @dataclass(slots=True)

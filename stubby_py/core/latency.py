@@ -16,8 +16,9 @@ histogram_quantile does), so they are as fine as the buckets (about 25 % apart).
 from __future__ import annotations
 
 import bisect
+import math
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,16 @@ WINDOWS: Mapping[str, tuple[float, int]] = {
     "24h": (900.0, 96),
 }
 QUANTILES = (50, 90, 99)
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """The p-th percentile (0-100) of values sorted ascending, interpolated between ranks."""
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * p / 100.0
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def bucket_of(ms: float) -> int:

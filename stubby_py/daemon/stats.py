@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from stubby_py import __version__
-from stubby_py.core import benchstats
+from stubby_py.core.latency import percentile as ranked_percentile
 from stubby_py.core.pool import UpstreamHealth
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def percentile(samples: Sequence[float], pct: float) -> float | None:
     """The same percentile `stubby-py bench` reports (None without samples)."""
     if not samples:
         return None
-    return benchstats.percentile(sorted(samples), pct)
+    return ranked_percentile(sorted(samples), pct)
 
 
 def hit_ratio(hits: int, misses: int) -> float | None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import statistics
 import time
 from collections import deque
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -37,6 +36,7 @@ from stubby_py.core.errors import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from stubby_py.core.latency import percentile
 from stubby_py.core.logthrottle import LogThrottle
 from stubby_py.transports.base import ConnectInfo, TransportStats
 from stubby_py.transports.bootstrap import endpoint_for
@@ -208,7 +208,7 @@ class MultiplexedTransport(Generic[C]):
         None until there are enough replies to know it."""
         if len(self._reply_times) < MIN_REPLY_TIMES:
             return None
-        quick = statistics.quantiles(self._reply_times, n=10, method="inclusive")[0]
+        quick = percentile(sorted(self._reply_times), 10)
         return min(self._silence_max, max(SILENCE_MIN, SILENCE_FACTOR * quick))
 
     async def _connected(self, deadline: float) -> C:

@@ -27,11 +27,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable
-from typing import Any, TypeVar
-
-from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
-from python_socks import ProxyError as SocksProxyError
-from python_socks.async_.asyncio import Proxy
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stubby_py.core.config import Config, ProxySpec, UpstreamSpec, upstream_proxy
 from stubby_py.core.errors import (
@@ -42,10 +38,12 @@ from stubby_py.core.errors import (
 )
 from stubby_py.transports.datagram import open_connected
 
+if TYPE_CHECKING:
+    from python_socks import ProxyError as SocksProxyError
+
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 D = TypeVar("D", bound=asyncio.DatagramProtocol)
 
-_PROXY_TYPES = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "http": ProxyType.HTTP}
 #: HTTP 407 Proxy Authentication Required, and 401 that some proxies (tinyproxy) answer instead
 _HTTP_AUTH_CODES = (401, 407)
 
@@ -107,8 +105,14 @@ async def _tunnel(
     spec: UpstreamSpec, proxy: ProxySpec, host: str, port: int, timeout: float
 ) -> socket.socket:
     """A connected socket to host:port through the proxy, or the proxy's failure."""
+    # imported here: a daemon without a proxy (most) does not carry python-socks (~0.4 MiB)
+    from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
+    from python_socks import ProxyError as SocksProxyError
+    from python_socks.async_.asyncio import Proxy
+
+    kinds = {"socks5": ProxyType.SOCKS5, "socks5h": ProxyType.SOCKS5, "http": ProxyType.HTTP}
     connector = Proxy(
-        _PROXY_TYPES[proxy.kind],
+        kinds[proxy.kind],
         proxy.host,
         proxy.port,
         username=proxy.username,

@@ -454,10 +454,33 @@ def proxy_counts(log: Path) -> tuple[int | None, int | None]:
     return None, None
 
 
+#: the stubby-py the bench runs when --stubby-py names one
+_chosen_stubby_py: str | None = None
+
+
 def stubby_py_command() -> list[str]:
-    """The console script, or ``python -m stubby_py`` if it is not on PATH."""
+    """The stubby-py given with --stubby-py, else the console script on PATH, else
+    ``python -m stubby_py``."""
+    if _chosen_stubby_py is not None:
+        return [_chosen_stubby_py]
     exe = shutil.which("stubby-py")
     return [exe] if exe else [sys.executable, "-m", "stubby_py"]
+
+
+class _ChooseStubbyPy(argparse.Action):
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        global _chosen_stubby_py
+        path = shutil.which(str(values))
+        if path is None:
+            parser.error(f"--stubby-py: {values} is not an executable")
+        _chosen_stubby_py = path
+        setattr(namespace, self.dest, path)
 
 
 # --------------------------------------------------------------------------- dnsperf
@@ -808,7 +831,7 @@ def common_options(
     keep_help: str = "keep the temp dir (logs, configs)",
     json_help: str = "also write the figures to this file",
 ) -> None:
-    """--duration (when the bench has a default for it), --json FILE and --keep."""
+    """--duration (when the bench has a default for it), --json FILE, --keep and --stubby-py."""
     if duration is not None:
         parser.add_argument(
             "--duration",
@@ -818,6 +841,13 @@ def common_options(
         )
     parser.add_argument("--json", type=Path, help=json_help)
     parser.add_argument("--keep", action="store_true", help=keep_help)
+    parser.add_argument(
+        "--stubby-py",
+        action=_ChooseStubbyPy,
+        metavar="PATH",
+        help="the stubby-py to measure, e.g. the console script of a venv made with "
+        "`pip install .` (default: stubby-py on PATH, else python -m stubby_py)",
+    )
 
 
 def run_main(main: Callable[[], int]) -> None:

@@ -98,8 +98,11 @@ def laptop_daemon(
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stderr=log, env={**os.environ, **(env or {})})
     try:
+        # the control socket is made after the listeners: wait for both
         started = wait_for(
-            lambda: process.poll() is not None or "listening on" in log_path.read_text(), 15
+            lambda: process.poll() is not None
+            or ("listening on" in log_path.read_text() and os.path.exists(sock)),
+            15,
         )
         assert started and process.poll() is None, log_path.read_text()
         yield sock

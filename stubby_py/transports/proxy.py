@@ -105,7 +105,7 @@ async def _tunnel(
     spec: UpstreamSpec, proxy: ProxySpec, host: str, port: int, timeout: float
 ) -> socket.socket:
     """A connected socket to host:port through the proxy, or the proxy's failure."""
-    # imported here: a daemon without a proxy (most) does not carry python-socks (~0.4 MiB)
+    # imported here: a daemon without a proxy (most) need not load python-socks
     from python_socks import ProxyConnectionError, ProxyTimeoutError, ProxyType
     from python_socks import ProxyError as SocksProxyError
     from python_socks.async_.asyncio import Proxy

@@ -12,6 +12,7 @@ import uvloop
 
 from stubby_py.core.config import Config, parse_upstream_uri
 from stubby_py.daemon.service import Daemon
+from stubby_py.transports.datagram import OPENING_TASK
 
 
 class DaemonThread:
@@ -53,7 +54,8 @@ class DaemonThread:
             current = asyncio.current_task()
             rest = [t for t in asyncio.all_tasks() if t is not current]
             for task in rest:
-                task.cancel()
+                if task.get_name() != OPENING_TASK:  # it closes what it opens by itself
+                    task.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
             await asyncio.sleep(0.05)  # let closed transports finish closing
 

@@ -16,6 +16,11 @@ from typing import Any, TypeVar
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
+#: the name of the task that opens the socket: it must run to its end (a cancel at uvloop's
+#: await is what loses the transport), so a sweep that cancels every task should leave it be;
+#: it ends within a turn of the loop
+OPENING_TASK = "stubby_py: opening a datagram socket"
+
 
 async def open_connected(
     protocol_factory: Callable[[], P], host: str, port: int, *, addressed_sends: bool = False
@@ -32,7 +37,8 @@ async def open_connected(
     loop = asyncio.get_running_loop()
     if addressed_sends:
         opening = loop.create_task(
-            loop.create_datagram_endpoint(protocol_factory, remote_addr=(host, port))
+            loop.create_datagram_endpoint(protocol_factory, remote_addr=(host, port)),
+            name=OPENING_TASK,
         )
     else:
         family, address = await _address(loop, host, port)
@@ -43,7 +49,9 @@ async def open_connected(
         except BaseException:
             sock.close()
             raise
-        opening = loop.create_task(loop.create_datagram_endpoint(protocol_factory, sock=sock))
+        opening = loop.create_task(
+            loop.create_datagram_endpoint(protocol_factory, sock=sock), name=OPENING_TASK
+        )
     try:
         transport, protocol = await asyncio.shield(opening)
     except asyncio.CancelledError:

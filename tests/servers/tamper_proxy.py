@@ -37,6 +37,7 @@ import dns.exception
 import dns.name
 import dns.rdatatype
 
+from stubby_py.transports.datagram import open_connected
 from tests.peers import LOOPBACK, free_ports
 
 HEADER = struct.Struct("!HHHHHH")
@@ -141,9 +142,10 @@ class TamperProxy:
     async def relay_udp(self, query: bytes, client: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
         received: asyncio.Future[bytes] = loop.create_future()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _UpstreamDatagram(received), remote_addr=self.upstream
-        )
+        # (not loop.create_datagram_endpoint: under uvloop a relay cancelled at stop while the
+        # socket opens would leave it to the garbage collector, and its ResourceWarning would
+        # land in a later test)
+        transport, _ = await open_connected(lambda: _UpstreamDatagram(received), *self.upstream)
         try:
             transport.sendto(query)
             reply = await asyncio.wait_for(received, 5.0)

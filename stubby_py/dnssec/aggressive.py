@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import io
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import dns.dnssec
@@ -94,6 +94,13 @@ class Synthesis:
     #: question's name (`owner`, in wire form)
     answer: Held | None = None
     owner: bytes = b""
+
+    def with_ttl(self, ttl: int) -> Synthesis:
+        """The same answer with another TTL (`dataclasses.replace`, which looks the fields up
+        on every call, was a tenth of the CPU of an answer from held records)."""
+        return Synthesis(
+            self.zone, self.rcode, self.authority, ttl, self.reason, self.answer, self.owner
+        )
 
     def render(self, question: bytes, qtype: int, dnssec_records: bool) -> bytes:
         """The reply body, the records in wire form as held (TTLs as received: the caller caps
@@ -403,7 +410,7 @@ class DenialCache:
         if proven is None or proven.until <= now or proven.span != span:
             return None
         ttl = max(0, min(int(proven.until - now), proven.cap))
-        return replace(proven.found, ttl=ttl)
+        return proven.found.with_ttl(ttl)
 
     @staticmethod
     def _wildcard_answer(

@@ -127,16 +127,16 @@ def test_no_route_is_an_oserror_and_leaves_no_socket() -> None:
         subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
 
 
-def test_names_are_looked_up_and_addresses_are_not() -> None:
-    async def go() -> tuple[Any, Any]:
+def test_ipv4_and_ipv6_addresses_are_connected_to_as_given() -> None:
+    """(A name would be looked up through the system's resolver: not tried here, so nothing
+    can leave the machine.)"""
+
+    async def go() -> list[Any]:
         opened = []
-        for host in ("127.0.0.1", "::1", "localhost"):
+        for host in ("127.0.0.1", "::1"):
             transport, _ = await open_connected(asyncio.DatagramProtocol, host, 5353)
             opened.append(transport.get_extra_info("peername")[:2])
             transport.close()
-        return opened[0], opened[1:]
+        return opened
 
-    first, rest = _run(go())
-    assert first == ("127.0.0.1", 5353)
-    assert rest[0] == ("::1", 5353)
-    assert rest[1][1] == 5353 and rest[1][0] in ("127.0.0.1", "::1")
+    assert _run(go()) == [("127.0.0.1", 5353), ("::1", 5353)]

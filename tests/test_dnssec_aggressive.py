@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import dns.message
@@ -11,7 +12,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.rrset
 
-from stubby_py.dnssec.aggressive import DenialCache, Held
+from stubby_py.dnssec.aggressive import DenialCache, Held, Synthesis
 from stubby_py.dnssec.chain import KeyChain
 from stubby_py.dnssec.outcome import Security
 from stubby_py.dnssec.validate import Validator
@@ -186,3 +187,18 @@ def test_the_fast_path_never_answers_where_the_proof_would_not() -> None:
     validator.synthesize(name("c.y.b.example."), A, NOW)
     ent = validator.synthesize_wire(name("y.b.example.").to_wire() or b"", A, NOW)
     assert ent is None or ent.rcode == dns.rcode.NOERROR
+
+
+def test_with_ttl_keeps_every_other_field() -> None:
+    """`Synthesis.with_ttl` copies the fields by hand (for speed): a field added later and not
+    copied there fails here."""
+    held = Held(
+        dns.rrset.from_text("a.test.", 300, "IN", "A", "192.0.2.1"),
+        dns.rrset.from_text("a.test.", 300, "IN", "TXT", '"sig"'),
+        NOW + 60,
+    )
+    found = Synthesis(name("test."), dns.rcode.NXDOMAIN, (held,), 300, "why", held, b"\x01a")
+    assert found.with_ttl(7) == dataclasses.replace(found, ttl=7)
+    assert {f.name for f in dataclasses.fields(Synthesis)} == {
+        "zone", "rcode", "authority", "ttl", "reason", "answer", "owner"
+    }  # fmt: skip

@@ -765,8 +765,8 @@ def row_notes(row: Row) -> list[str]:
         out.append(f"{row.label}: only {row.secure} of {run.completed} answers validated secure")
     if run.lost:
         out.append(
-            f"{row.label}: {run.lost} lost ({row.listener_drops} dropped at stubby-py's full UDP "
-            "socket)"
+            f"{row.label}: {run.lost} lost ({row.listener_drops} dropped at the forwarder's full "
+            "UDP socket)"
         )
     if run.ran_out_of_names:
         out.append(f"{row.label}: ran out of names; raise NAMES_PER_SECOND")

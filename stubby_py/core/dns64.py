@@ -47,6 +47,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from stubby_py.core import wire
+
 PREFIX_LENGTHS = (32, 40, 48, 56, 64, 96)
 WELL_KNOWN_PREFIX = IPv6Network("64:ff9b::/96")
 #: RFC 7050 §2.1: the name asked, and the two addresses its A records hold
@@ -125,13 +127,25 @@ def plan(
         return Plan.PASS
     if qname.is_subdomain(_REVERSE_V6):
         return Plan.PASS
+    # read from the octets: this runs for every AAAA answer (cache hits too) while DNS64 is on
     try:
-        message = dns.message.from_wire(aaaa_reply, ignore_trailing=True)
-    except dns.exception.DNSException:
+        layout = wire.scan_reply(aaaa_reply)
+    except wire.WireError:
         return Plan.PASS
-    if message.rcode() != dns.rcode.NOERROR:
+    if layout.rcode != dns.rcode.NOERROR:
         return Plan.PASS
-    usable, excluded = _count_aaaa(message, excluded_aaaa)
+    usable = excluded = 0
+    for ttl_at in layout.ttl_offsets[: layout.answer_count]:
+        rtype, _rclass, _ttl, rdlen = wire.RR_FIXED.unpack_from(aaaa_reply, ttl_at - 4)
+        if rtype != dns.rdatatype.AAAA:
+            continue
+        if rdlen != 16:
+            return Plan.PASS
+        address = IPv6Address(aaaa_reply[ttl_at + 6 : ttl_at + 22])
+        if any(address in network for network in excluded_aaaa):
+            excluded += 1
+        else:
+            usable += 1
     if not usable:
         return Plan.SYNTHESIZE
     return Plan.FILTER if excluded else Plan.PASS

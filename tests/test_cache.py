@@ -629,9 +629,10 @@ def _rss() -> int | None:
 
 
 def test_one_object_per_answer_at_100000_answers() -> None:
-    """Each answer is one bytes object (its key inside) in a table at most half full: about 145
+    """Each answer is one bytes object (its key inside) in a table at most half full: about 136
     octets an answer as tracemalloc counts them (before: a key object, a record object and a
-    dict entry, about 255), and `nbytes` counts no less than that."""
+    dict entry, about 255; then with its times as two doubles, 157), and `nbytes` counts no
+    less than that."""
     import tracemalloc
 
     count = 100_000
@@ -653,11 +654,63 @@ def test_one_object_per_answer_at_100000_answers() -> None:
     finally:
         tracemalloc.stop()
     assert len(cache) == count
-    assert grown / count < 170, grown / count
+    assert grown / count < 145, grown / count
     assert grown <= cache.nbytes <= grown * 1.25
     for key, answer, _ in random.Random(5).sample(items, 200):
         assert cache.fresh(key, 0.5) == answer  # the same second: TTLs not lowered
         assert cache.hit(key, 0.5) == answer[:12] + answer[12 + len(key) - 1 :]
+
+
+def ttl_of(reply_body: bytes) -> int:
+    return dns.message.from_wire(reply_body).answer[0].ttl
+
+
+def test_times_are_ticks_rounded_down_so_answers_age_and_expire_early_never_late() -> None:
+    """A record keeps its times in 1/16 s ticks, rounded down: an answer stored at 10.03 for
+    300 s expires within one tick before 310.03, never after, and its TTL never reads higher
+    than the time it has left."""
+    key, body, offsets, layout = make_reply("ticks.example.")
+    cache = Cache()
+    cache.store(key, body, offsets, layout, 10.03)
+    entry = cache.peek(key)
+    assert entry is not None
+    assert 310.03 - 1 / 16 <= entry.expires <= 310.03
+    assert 10.03 - 1 / 16 <= entry.stored <= 10.03
+    for now in (10.03, 10.5, 11.02, 11.03, 50.0, 200.99, 309.9, 310.03 - 1 / 16 - 0.001):
+        reply = cache.fresh(key, now)
+        assert reply is not None
+        assert ttl_of(reply) <= math.ceil(310.03 - now), now
+        assert ttl_of(reply) >= math.floor(310.03 - now) - 1, now
+    assert cache.fresh(key, 310.03) is None
+
+
+def test_the_epoch_moves_on_before_the_ticks_run_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Years of uptime (here a 1,000-second range): past three quarters of the ticks' range the
+    epoch moves on by half of it; answers stored before the new epoch are dropped, the others
+    keep their TTLs and expiry to the tick; a lifetime longer than the range is cut to it."""
+    monkeypatch.setattr(cache_module, "_TICK_LIMIT", 16_000 - 1)
+    monkeypatch.setattr(cache_module, "_REBASE_AT", (16_000 - 1) // 4 * 3)
+    cache = Cache()
+    old, body_old, offsets_old, layout_old = make_reply("old.example.")
+    kept, body_kept, offsets_kept, _ = make_reply("kept.example.", answers=[
+        ("kept.example.", 200, "A", "192.0.2.2")
+    ])  # fmt: skip
+    late, body_late, offsets_late, _ = make_reply("late.example.")
+    cache.store(old, body_old, offsets_old, layout_old, 100.0)
+    cache.store_body(kept, body_kept, offsets_kept, 200, 700.0)
+    assert cache._epoch == 0.0
+    cache.store_body(late, body_late, offsets_late, 300, 800.0)  # 12,800 ticks: past 11,999
+    assert cache._epoch == pytest.approx(7_999 / 16)
+    assert cache.peek(old) is None and len(cache) == 2
+    reply = cache.fresh(kept, 800.0)
+    assert reply is not None and ttl_of(reply) == 100
+    assert cache.fresh(kept, 899.9) is not None and cache.fresh(kept, 900.0) is None
+    reply = cache.fresh(late, 900.0)
+    assert reply is not None and ttl_of(reply) == 200
+    forever, body_forever, offsets_forever, _ = make_reply("forever.example.")
+    cache.store_body(forever, body_forever, offsets_forever, 10**6, 900.0)
+    entry = cache.peek(forever)
+    assert entry is not None and entry.expires == pytest.approx(cache._epoch + 15_999 / 16)
 
 
 def test_lookups_hold_through_evictions_rebuilds_and_flushes() -> None:

@@ -8,7 +8,7 @@ the lower-cased question name, type and class, plus the DO and CD bits.
 
 Memory: the key is kept inside the answer's bytes object (the body then leaves its question out)
 and the objects sit in an open-addressing table at most half full (linear probing), so an answer
-costs one object and a table slot: 157 octets for a one-A answer at 100,000 answers, against 267
+costs one object and a table slot: 136 octets for a one-A answer at 100,000 answers, against 267
 with a dict (a key object, a record object and a dict entry). The price: the table is rebuilt in
 Python when it doubles and, at capacity, every ~70,000 evictions (its gone slots dropped), which
 holds the event loop ~0.1 s per 100,000 answers.
@@ -53,11 +53,12 @@ FAILURE_MIN_HOLD = 1.0
 FAILURE_MAX_HOLD = 300.0
 #: prefetch: an answer asked for in the last tenth of its TTL that was asked for before since the
 #: eviction hand last passed it (SIEVE's visited mark doubles as "popular")
-PREFETCH_FRACTION = 0.1
+PREFETCH_FRACTION = 0.1  # Cache.hit has it inlined
 #: memory per answer beyond the octets of its record (the bytes object's header and its rounding
 #: to pymalloc's 16-octet size classes, its table slot, the table being at most half full, and
 #: its SIEVE queue entry); used for the byte bound. Measured (pymalloc's and malloc's bytes in
-#: use) over 100,000 one-A answers: 157 octets each, of which 86 are the record's own
+#: use) over 100,000 one-A answers: 136 octets each, of which 78 are the record's own (which
+#: happens to fill its size class: 7 more octets of rounding on average)
 ENTRY_OVERHEAD = 72
 
 _U32 = struct.Struct("!I")
@@ -123,15 +124,22 @@ class CacheFileError(ValueError):
 # would add a key object and ~52 octets of its own per answer: ~100 octets in all):
 #   _HEAD, then the key, then `count` 16-bit offsets of the TTL fields, then the reply body
 #   without its question (the key holds it, lower-cased), the offsets relative to that.
-#   stored, expires: monotonic seconds
+#   stored, expires: ticks (1/_TICKS s) of the monotonic clock since the cache's epoch, rounded
+#     down: an answer ages and expires at most one tick early, never late (Unbound keeps whole
+#     seconds); 4 octets each where two doubles took 16, which puts a one-A answer in pymalloc's
+#     112-octet class instead of the 128 one (~1.5 MiB at 100,000 answers)
 #   body_age: whole seconds already taken off the body's TTLs (a hit in a new second patches them)
 #   bits: the ValidationStatus (low 3 bits), _VISITED (asked for since the eviction hand last
 #     passed, SIEVE), _PREFETCH (a prefetch is due at the last tenth of the TTL, not yet claimed)
 #   name_len: the key's name length (the key is the name plus 5 octets)
-_HEAD = struct.Struct("!ddIBBH")
+_HEAD = struct.Struct("!IIIBBH")
 _HEAD_SIZE = _HEAD.size
-_BITS = struct.calcsize("!ddI")  # offset of the bits octet in _HEAD
+_BITS = struct.calcsize("!III")  # offset of the bits octet in _HEAD
 _NAME_LEN = _BITS + 1
+_TICKS = 16
+#: ticks a record's times can count to; past 3/4 of it the epoch moves on (every ~6 years)
+_TICK_LIMIT = (1 << 32) - 1
+_REBASE_AT = _TICK_LIMIT // 4 * 3
 _STATUS_MASK = 0x07
 _VISITED = 0x08
 _PREFETCH = 0x10
@@ -174,6 +182,8 @@ class Cache:
         self._holes = 0
         self._bytes = 0
         self._failures: OrderedDict[bytes, FailureEntry] = OrderedDict()
+        #: the monotonic time of tick 0 (moved on by _rebase)
+        self._epoch = 0.0
         #: keys whose answers want a prefetch, appended by `fresh`; the resolver takes them
         self.prefetch_due: list[bytes] = []
         self.evictions = 0
@@ -214,14 +224,16 @@ class Cache:
         else:
             return None
         stored, expires, body_age, bits, _name_len, count = _HEAD.unpack_from(record)
-        if now >= expires:
+        ticks = (now - self._epoch) * 16  # _TICKS, as a constant: the hottest path
+        if ticks >= expires:
             return None
         if (
             not bits & _VISITED
-            or now - stored >= body_age + 1
-            or (bits & _PREFETCH and now >= _prefetch_time(stored, expires))
+            or ticks >= stored + body_age * 16 + 16
+            # _prefetch_time(stored, expires) <= ticks, inlined (PREFETCH_FRACTION is 1/10)
+            or (bits & _PREFETCH and ticks * 10 >= stored + 9 * expires)
         ):
-            record = self._touch(key, index, record, now)
+            record = self._touch(key, index, record, ticks)
         return record[_HEAD_SIZE + len(key) + 2 * count :]
 
     def fresh(self, key: bytes, now: float) -> bytes | None:
@@ -234,16 +246,17 @@ class Cache:
         """The whole reply body from what `hit` returned for key."""
         return _with_question(key, stored)
 
-    def _touch(self, key: bytes, index: int, record: bytes, now: float) -> bytes:
-        """Mark the answer visited, age its TTLs to `now`, and claim a prefetch if one is due."""
+    def _touch(self, key: bytes, index: int, record: bytes, ticks: float) -> bytes:
+        """Mark the answer visited, age its TTLs to `ticks`, and claim a prefetch if one is
+        due."""
         stored, expires, body_age, bits, name_len, count = _HEAD.unpack_from(record)
         buf = bytearray(record)
-        age = int(now - stored)
+        age = int((ticks - stored) / _TICKS)
         if age > body_age:
             # exact across steps: TTLs stop at zero, and max(max(t-a,0)-b,0) = max(t-a-b,0)
             _lower_ttls(buf, _HEAD_SIZE + len(key), count, age - body_age)
             body_age = age
-        if bits & _PREFETCH and bits & _VISITED and now >= _prefetch_time(stored, expires):
+        if bits & _PREFETCH and bits & _VISITED and ticks >= _prefetch_time(stored, expires):
             # asked for before since the hand last passed (popular) and now in the last tenth
             # of its TTL: refresh it in the background, once per stored answer
             bits &= ~_PREFETCH
@@ -277,11 +290,55 @@ class Cache:
             return None
         stored, expires, _age, bits, _name_len, count = _HEAD.unpack_from(record)
         body, offsets = _body_of(key, record, count)
-        prefetch_at = _prefetch_time(stored, expires) if bits & _PREFETCH else math.inf
+        prefetch_at = (
+            self._seconds(_prefetch_time(stored, expires)) if bits & _PREFETCH else math.inf
+        )
         verdict = ValidationStatus(bits & _STATUS_MASK)
         return CachedAnswer(
-            body, offsets, stored, expires, verdict, bool(bits & _VISITED), prefetch_at
+            body,
+            offsets,
+            self._seconds(stored),
+            self._seconds(expires),
+            verdict,
+            bool(bits & _VISITED),
+            prefetch_at,
         )
+
+    # -- the clock ------------------------------------------------------------------------------
+    def _seconds(self, ticks: float) -> float:
+        """The monotonic time of a record's tick count."""
+        return self._epoch + ticks / _TICKS
+
+    def _times(self, now: float, lifetime: float) -> tuple[int, int]:
+        """A record's stored and expires ticks for an answer stored at `now` and fresh for
+        `lifetime` seconds, both rounded down (a lifetime past the ticks' range is cut to it)."""
+        ticks = (now - self._epoch) * _TICKS
+        if ticks >= _REBASE_AT:
+            self._rebase(now)
+            ticks = (now - self._epoch) * _TICKS
+        end = ticks + lifetime * _TICKS
+        return (
+            int(ticks) if ticks > 0 else 0,
+            min(int(end), _TICK_LIMIT) if end > 0 else 0,
+        )
+
+    def _rebase(self, now: float) -> None:
+        """Move the epoch on by half the ticks' range, once the clock has used three quarters of
+        it (years of uptime): answers stored before the new epoch (expired long since, or with
+        lifetimes of years) are dropped, the others' ticks shifted."""
+        shift = _TICK_LIMIT // 2
+        self._drop([key for key, record in self._records() if _HEAD.unpack_from(record)[0] < shift])
+        table = self._table
+        for slot in self._queue:
+            if slot < 0:
+                continue
+            record = table[slot]
+            assert record
+            stored, expires, *rest = _HEAD.unpack_from(record)
+            buf = bytearray(record)
+            _HEAD.pack_into(buf, 0, stored - shift, expires - shift, *rest)
+            table[slot] = bytes(buf)
+        self._epoch += shift / _TICKS
 
     # -- storing --------------------------------------------------------------------------------
     def ttl_for(self, layout: wire.ReplyLayout) -> tuple[int, bool] | None:
@@ -351,12 +408,13 @@ class Cache:
         limits = self.limits
         if limits.max_entries <= 0 or ttl <= 0 or len(ttl_offsets) > 0xFFFF:
             return False
+        stored, expires = self._times(now, ttl)  # first: a rebase would move the answer
         index = self._find(key)
         old = self._table[index] if index >= 0 else None
         visited = old[_BITS] & _VISITED if old else 0
         prefetch = _PREFETCH if limits.prefetch else 0
         record = _make_record(
-            key, body, ttl_offsets, now, now + ttl, body_age, status | visited | prefetch
+            key, body, ttl_offsets, stored, expires, body_age, status | visited | prefetch
         )
         return self._insert(key, record, index)
 
@@ -509,7 +567,8 @@ class Cache:
         if record is None:
             return None
         _stored, expires, _a, _b, _n, count = _HEAD.unpack_from(record)
-        if not expires <= now < expires + limits.stale_window:
+        ticks = (now - self._epoch) * _TICKS
+        if not expires <= ticks < expires + limits.stale_window * _TICKS:
             return None
         body, offsets = _body_of(key, record, count)
         buf = bytearray(body)
@@ -611,13 +670,13 @@ class Cache:
         parts = [b""]
         for key, record in self._records():
             stored, expires, body_age, bits, _n, count = _HEAD.unpack_from(record)
-            if now >= expires:
+            ticks = (now - self._epoch) * _TICKS
+            if ticks >= expires:
                 continue
             body, offsets = _body_of(key, record, count)
+            age, ttl = (ticks - stored) / _TICKS, (expires - stored) / _TICKS
             relative = (
-                _FILE_HEAD.pack(
-                    now - stored, expires - stored, 0.0, body_age, bits & _STATUS_MASK, 0, count
-                )
+                _FILE_HEAD.pack(age, ttl, 0.0, body_age, bits & _STATUS_MASK, 0, count)
                 + struct.pack(f"!{count}H", *offsets)
                 + body
             )
@@ -668,7 +727,6 @@ class Cache:
         if left <= 0:
             return None
         buf = bytearray(body)
-        stored = now - elapsed
         seen = int(elapsed)
         buf[3] &= ~wire.AD & 0xFF  # AD is in the low octet of the flags
         lower = seen - body_age if seen > body_age else 0
@@ -678,11 +736,16 @@ class Cache:
             field = field - lower if field > lower else 0
             _U32.pack_into(buf, offset, field if field < ceiling else ceiling)
         bits = ValidationStatus.LOADED | (_PREFETCH if self.limits.prefetch else 0)
-        return _make_record(key, bytes(buf), offsets, stored, now + left, seen, bits)
+        # the TTLs now say `seen` seconds less: the answer ages from the part of a second left
+        # over (the same TTLs from here on as stored `elapsed` ago with `seen` taken off)
+        over = elapsed - seen
+        stored, expires = self._times(now - over, left + over)
+        return _make_record(key, bytes(buf), offsets, stored, expires, 0, bits)
 
 
-def _prefetch_time(stored: float, expires: float) -> float:
-    """When an answer stored at `stored` and expiring at `expires` is due for a prefetch."""
+def _prefetch_time(stored: int, expires: int) -> float:
+    """When (ticks) an answer stored at `stored` and expiring at `expires` is due for a
+    prefetch."""
     return stored + (expires - stored) * (1 - PREFETCH_FRACTION)
 
 
@@ -690,8 +753,8 @@ def _make_record(
     key: bytes,
     body: bytes,
     ttl_offsets: list[int],
-    stored: float,
-    expires: float,
+    stored: int,
+    expires: int,
     body_age: int,
     bits: int,
 ) -> bytes:

@@ -21,7 +21,6 @@ import struct
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-import dns.dnssec
 import dns.name
 import dns.rcode
 import dns.rdatatype
@@ -30,7 +29,7 @@ from dns.rdtypes.ANY.NSEC import NSEC
 from dns.rdtypes.ANY.NSEC3 import NSEC3
 from dns.rdtypes.ANY.SOA import SOA
 
-from stubby_py.dnssec import denial
+from stubby_py.dnssec import denial, primitives
 
 K = TypeVar("K", dns.name.Name, str)
 NSEC_TYPE = dns.rdatatype.NSEC
@@ -490,7 +489,7 @@ class DenialCache:
             if depth < len(qname):
                 names.append(dns.name.Name((b"*", *ancestor.labels)))
             for name in names:
-                hashed = dns.dnssec.nsec3_hash(name, salt, iterations, denial.NSEC3_SHA1)
+                hashed = primitives.nsec3_hash(name, salt, iterations)
                 floor = _floor(held.nsec3_hashes, hashed)
                 if floor is not None:
                     found[floor] = held.nsec3s[floor]

@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
-import dns.dnssec
 import dns.message
 import dns.name
 import dns.rcode
@@ -549,7 +548,7 @@ class KeyChain:
                 ede = EDECode.DNSKEY_MISSING  # no signature by a key the parent vouches for
             return self._failed(zone, check, f"DNSKEY: {check.reason}", links, now, ede)
         until = min(until, signature_expiry(check, rrset, now), now + MAX_KEY_TTL)
-        tags = " ".join(f"{dns.dnssec.key_id(key)}/alg {key.algorithm}" for key in vouched)
+        tags = " ".join(f"{key.key_id()}/alg {key.algorithm}" for key in vouched)
         link = Link(str(zone), Security.SECURE, f"{vouched_by} → DNSKEY {tags}")
         usable = tuple(key for key in keys if is_zone_key(key) and not key.flags & Flag.REVOKE)
         return ZoneKeys(zone, Security.SECURE, usable, until, links=(*links, link))

@@ -13,12 +13,13 @@ import enum
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import dns.dnssec
 import dns.name
 import dns.rdatatype
 import dns.rrset
 from dns.rdtypes.ANY.NSEC import NSEC
 from dns.rdtypes.ANY.NSEC3 import NSEC3
+
+from stubby_py.dnssec import primitives
 
 #: RFC 9276 §3.2 leaves the limit to the validator; Unbound and BIND use 150
 DEFAULT_MAX_ITERATIONS = 150
@@ -421,7 +422,7 @@ class _Nsec3Chain:
     def hash(self, name: dns.name.Name) -> str:
         hashed = self._hashes.get(name)
         if hashed is None:
-            hashed = dns.dnssec.nsec3_hash(name, self.salt, self.iterations, NSEC3_SHA1)
+            hashed = primitives.nsec3_hash(name, self.salt, self.iterations)
             self._hashes[name] = hashed
         return hashed
 

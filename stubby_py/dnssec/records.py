@@ -251,23 +251,31 @@ def is_subdomain(name: bytes, zone: bytes) -> bool:
 def signed_data(sig: Signature, owner: bytes, rtype: int, rclass: int,
                 rdatas: Iterable[bytes]) -> bytes:  # fmt: skip
     """The data `sig` signs over the RRset (owner, rtype, rclass) of canonical `rdatas` (RFC
-    4034 §3.1.8.1): its RDATA but the signature, then each record, sorted in canonical order
-    (§6.3: RDATA as unsigned octets, duplicates once), with the original TTL. An owner with more
-    labels than the signature's was expanded from a wildcard: the wildcard is what was signed.
+    4034 §3.1.8.1): see `signed_data_of`."""
+    return signed_data_of(sig.head, sig.labels, sig.original_ttl, owner, rtype, rclass, rdatas)
+
+
+def signed_data_of(head: bytes, labels: int, original_ttl: int, owner: bytes, rtype: int,
+                   rclass: int, rdatas: Iterable[bytes]) -> bytes:  # fmt: skip
+    """What an RRSIG whose RDATA up to the signature is `head` (with its `labels` and
+    `original_ttl` fields) signs over the RRset (canonical `owner`, rtype, rclass) of canonical
+    `rdatas` (RFC 4034 §3.1.8.1): `head`, then each record, sorted in canonical order (§6.3:
+    RDATA as unsigned octets, duplicates once), with the original TTL. An owner with more labels
+    than the signature's was expanded from a wildcard: the wildcard is what was signed.
     WireError when the labels field cannot belong to the owner."""
-    labels = label_count(owner)
+    owner_labels = label_count(owner)
     if owner.startswith(b"\x01*"):
-        if sig.labels != labels - 1:
+        if labels != owner_labels - 1:
             raise WireError("wildcard owner with the wrong RRSIG labels")
-    elif sig.labels > labels:
+    elif labels > owner_labels:
         raise WireError("RRSIG labels longer than its owner")
-    elif sig.labels < labels:
+    elif labels < owner_labels:
         pos = 0
-        for _ in range(labels - sig.labels):
+        for _ in range(owner_labels - labels):
             pos += owner[pos] + 1
         owner = b"\x01*" + owner[pos:]
-    fixed = owner + _SIGNED_FIXED.pack(rtype, rclass, sig.original_ttl)
-    parts = [sig.head]
+    fixed = owner + _SIGNED_FIXED.pack(rtype, rclass, original_ttl)
+    parts = [head]
     for rdata in sorted(set(rdatas)):
         parts.append(fixed)
         parts.append(_LENGTH.pack(len(rdata)))

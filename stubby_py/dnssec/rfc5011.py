@@ -22,7 +22,6 @@ import math
 import re
 from typing import Any
 
-import dns.dnssec
 import dns.exception
 import dns.name
 import dns.rdata
@@ -33,6 +32,7 @@ from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
 from dns.rdtypes.dnskeybase import Flag
 
+from stubby_py.dnssec import primitives
 from stubby_py.dnssec.anchors import AnchorSet
 from stubby_py.dnssec.verify import SUPPORTED_ALGORITHMS, Budget, is_zone_key, verify_rrset
 
@@ -82,7 +82,7 @@ class TrackedKey:
 
     @property
     def tag(self) -> int:
-        return dns.dnssec.key_id(self.key)
+        return int(self.key.key_id())
 
     @property
     def is_trusted(self) -> bool:
@@ -104,7 +104,7 @@ def _identity(key: DNSKEY) -> bytes:
 
 
 def _label(key: DNSKEY) -> str:
-    return f"{dns.dnssec.key_id(_unrevoked(key))}/{key.algorithm}"
+    return f"{_unrevoked(key).key_id()}/{key.algorithm}"
 
 
 def _is_sep(key: DNSKEY) -> bool:
@@ -117,13 +117,12 @@ def _ds_names(zone: dns.name.Name, ds: DS, key: DNSKEY, *, loose: bool = False) 
     matches only when `loose` (to drop the DS of a revoked key): never for trusting a key, as a
     key tag can be ground."""
     key = _unrevoked(key)
-    if ds.key_tag != dns.dnssec.key_id(key) or ds.algorithm != key.algorithm:
+    if ds.key_tag != key.key_id() or ds.algorithm != key.algorithm:
         return False
-    try:
-        made = dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy)
-    except (dns.exception.DNSException, ValueError):
+    made = primitives.ds_digest(zone, key, ds.digest_type)
+    if made is None:
         return loose
-    return made.digest == ds.digest
+    return made == ds.digest
 
 
 class AnchorTracker:

@@ -1,8 +1,8 @@
 """RRSIG verification (RFC 4035 §5.3) with a reason for every failure.
 
-dnspython does the cryptography and the canonical form; this module decides which signatures may
-speak for an RRset, applies the clock with a skew allowance, and says why nothing verified in the
-Extended DNS Error vocabulary (RFC 8914) the client will see.
+primitives.py does the cryptography and the canonical form; this module decides which signatures
+may speak for an RRset, applies the clock with a skew allowance, and says why nothing verified in
+the Extended DNS Error vocabulary (RFC 8914) the client will see.
 """
 
 from __future__ import annotations
@@ -13,13 +13,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-import dns.dnssec
 import dns.exception
 import dns.name
 import dns.rdataset
 import dns.rdatatype
 import dns.rrset
-from dns.dnssecalgs import get_algorithm_cls_from_dnskey
+from cryptography.exceptions import UnsupportedAlgorithm
 from dns.edns import EDECode
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
 from dns.rdtypes.ANY.DS import DS
@@ -27,7 +26,7 @@ from dns.rdtypes.ANY.RRSIG import RRSIG
 from dns.rdtypes.dnskeybase import Flag
 
 from stubby_py.core.wire import WireError, rdtype_text
-from stubby_py.dnssec import records
+from stubby_py.dnssec import primitives, records
 
 #: RFC 8624 §3.1 algorithms we validate: RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448
 SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
@@ -103,7 +102,7 @@ def _facts(key: DNSKEY) -> _KeyFacts:
     if facts is None or facts.key is not key:
         if len(_KEY_FACTS) >= _MAX_KEY_FACTS:
             _KEY_FACTS.clear()
-        facts = _KeyFacts(key, dns.dnssec.key_id(key), key.to_digestable())
+        facts = _KeyFacts(key, key.key_id(), key.to_digestable())
         _KEY_FACTS[id(key)] = facts
     return facts
 
@@ -206,9 +205,7 @@ def verify_rrset(
     ]
 
     def signed_data(rrsig: RRSIG) -> bytes:
-        # dnspython's canonical form (RFC 4034 §3.1.8.1, wildcard owner rebuilt from labels);
-        # a private helper, used so the data is built once for all candidate keys
-        return dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
+        return primitives.signed_data(rrset, rrsig)
 
     def what() -> str:
         return f"{rrset.name} {dns.rdatatype.to_text(rrset.rdtype)}"
@@ -315,11 +312,7 @@ def _check_one(
         )
     try:
         data = signed_data(rrsig)
-    except (
-        dns.exception.ValidationFailure,
-        dns.exception.UnsupportedAlgorithm,
-        WireError,
-    ) as exc:
+    except (dns.exception.DNSException, WireError) as exc:
         return EDECode.DNSSEC_BOGUS, f"signature by key {rrsig.key_tag} unusable ({exc})"
     verified = _verified_by_one(rrsig.signature, data, candidates, budget)
     if verified is None:
@@ -417,18 +410,13 @@ def _verifies(signature: bytes, data: bytes, facts: _KeyFacts) -> bool:
     public = facts.public
     if public is None:
         try:
-            key = facts.key
-            public = get_algorithm_cls_from_dnskey(key).public_cls.from_dnskey(key)
-        except (ValueError, dns.exception.DNSException):
+            public = primitives.PublicKey(facts.key.algorithm, facts.key.key)
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             public = _UNUSABLE
         facts.public = public
     if public is _UNUSABLE:
         return False
-    try:
-        public.verify(signature, data)
-    except Exception:  # cryptography's InvalidSignature, or a malformed signature
-        return False
-    return True
+    return bool(public.verifies(signature, data))
 
 
 def _when(posix: int) -> str:
@@ -449,12 +437,11 @@ def keys_matching_ds(
     for key in keys:
         if not is_zone_key(key) or key.flags & Flag.REVOKE:
             continue
-        tag = dns.dnssec.key_id(key)
+        tag = key.key_id()
         for ds in wanted:
             if ds.key_tag != tag or ds.algorithm != key.algorithm:
                 continue
-            made = dns.dnssec.make_ds(zone, key, ds.digest_type, policy=dns.dnssec.allow_all_policy)
-            if made.digest == ds.digest:
+            if primitives.ds_digest(zone, key, ds.digest_type) == ds.digest:
                 matching.append(key)
                 break
     return matching

@@ -545,7 +545,7 @@ def measure_cold(bench: Bench, rounds: int) -> Cold:
 MEMORY_NAMES = 100_000  # answers in the cache when the resident memory is read
 MEMORY_TARGET_MIB = 64
 MEMORY_FILL_LIMIT_S = 60  # a fill pass is cut off after this
-MEMORY_FILL_PASSES = 3
+MEMORY_FILL_PASSES = 5  # the first, and more for names lost on the way (a busy upstream's SERVFAIL)
 
 
 @dataclass
@@ -584,7 +584,7 @@ def measure_memory(
     try:
         with Daemon(bench, mode, f"memory-{mode}") as daemon:
             memory.rss_start_kib = vm_kib(daemon.proc.pid)
-            for _ in range(MEMORY_FILL_PASSES):  # a second pass for names lost on the way
+            for _ in range(MEMORY_FILL_PASSES):
                 memory.fill.append(
                     dnsperf(
                         bench.children,

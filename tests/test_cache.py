@@ -713,6 +713,23 @@ def test_the_epoch_moves_on_before_the_ticks_run_out(monkeypatch: pytest.MonkeyP
     assert entry is not None and entry.expires == pytest.approx(cache._epoch + 15_999 / 16)
 
 
+def test_a_restore_past_the_rebase_point_loads_with_the_new_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(cache_module, "_TICK_LIMIT", 16_000 - 1)
+    monkeypatch.setattr(cache_module, "_REBASE_AT", (16_000 - 1) // 4 * 3)
+    saved = Cache()
+    key, body, offsets, layout = make_reply("restored.example.")
+    saved.store(key, body, offsets, layout, 100.0)
+    image = saved.dump(150.0, 1_000_000.0)  # 50 s old when saved
+    restored = Cache()
+    assert restored.restore(image, 800.0, 1_000_010.0) == 1  # down 10 s; 800 s: past 750
+    assert restored._epoch > 0
+    reply = restored.fresh(key, 800.0)
+    assert reply is not None and ttl_of(reply) == 300 - 60
+    assert restored.fresh(key, 1039.9) is not None and restored.fresh(key, 1040.0) is None
+
+
 def test_lookups_hold_through_evictions_rebuilds_and_flushes() -> None:
     """Answers found by their key only (never another's) while the table grows, evicts, reuses
     the places of evicted answers and is rebuilt; the question comes back from the key."""

@@ -182,7 +182,7 @@ class Cache:
         self._holes = 0
         self._bytes = 0
         self._failures: OrderedDict[bytes, FailureEntry] = OrderedDict()
-        #: the monotonic time of tick 0 (moved on by _rebase)
+        #: the monotonic time of tick 0 (moved on by _rebase_if_due)
         self._epoch = 0.0
         #: keys whose answers want a prefetch, appended by `fresh`; the resolver takes them
         self.prefetch_due: list[bytes] = []
@@ -312,20 +312,20 @@ class Cache:
     def _times(self, now: float, lifetime: float) -> tuple[int, int]:
         """A record's stored and expires ticks for an answer stored at `now` and fresh for
         `lifetime` seconds, both rounded down (a lifetime past the ticks' range is cut to it)."""
+        self._rebase_if_due(now)
         ticks = (now - self._epoch) * _TICKS
-        if ticks >= _REBASE_AT:
-            self._rebase(now)
-            ticks = (now - self._epoch) * _TICKS
         end = ticks + lifetime * _TICKS
         return (
             int(ticks) if ticks > 0 else 0,
             min(int(end), _TICK_LIMIT) if end > 0 else 0,
         )
 
-    def _rebase(self, now: float) -> None:
-        """Move the epoch on by half the ticks' range, once the clock has used three quarters of
-        it (years of uptime): answers stored before the new epoch (expired long since, or with
-        lifetimes of years) are dropped, the others' ticks shifted."""
+    def _rebase_if_due(self, now: float) -> None:
+        """Move the epoch on by half the ticks' range, once the clock at `now` has used three
+        quarters of it (years of uptime): answers stored before the new epoch (expired long
+        since, or with lifetimes of years) are dropped, the others' ticks shifted."""
+        if (now - self._epoch) * _TICKS < _REBASE_AT:
+            return
         shift = _TICK_LIMIT // 2
         self._drop([key for key, record in self._records() if _HEAD.unpack_from(record)[0] < shift])
         table = self._table
@@ -695,6 +695,7 @@ class Cache:
         TTLs are clamped as if it had just been received (cache_max_ttl, the negative ceiling)."""
         saved_wall, items = _parse_image(data, wall_now)
         down = wall_now - saved_wall
+        self._rebase_if_due(now)  # not between making the records and inserting them
         kept = []
         for key, record in items:
             loaded = self._loaded(key, record, now, down)

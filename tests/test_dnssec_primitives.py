@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from stubby_py.core.wire import WireError
 from stubby_py.dnssec import primitives, verify
-from tests.test_dnssec_records import _random_name, _signed_reply
+from tests.test_dnssec_records import _random_name, _signed_reply, signature_pairs
 
 ZONE = dns.name.from_text("example.")
 #: RSA modulus sizes: the common one, and the smallest still seen in signed zones
@@ -153,20 +153,14 @@ def test_nsec3_hashes_are_dnspythons(seed: int, salt: bytes, iterations: int) ->
 def test_signed_data_of_random_rrsets_is_dnspythons(seed: int) -> None:
     """Random RRsets (names in RDATA, mixed case, several records, wildcard expansions) and
     RRSIGs over them: the same octets as dnspython's, or both refuse the labels field."""
-    msg = dns.message.from_wire(_signed_reply(seed))
-    for section in (msg.answer, msg.authority):
-        for rrsig_set in section:
-            if rrsig_set.rdtype != dns.rdatatype.RRSIG:
-                continue
-            covered = msg.find_rrset(section, rrsig_set.name, rrsig_set.rdclass, rrsig_set.covers)
-            for rrsig in rrsig_set:
-                try:
-                    theirs = dns.dnssec._make_rrsig_signature_data(covered, rrsig)
-                except dns.exception.ValidationFailure:
-                    with pytest.raises(WireError):
-                        primitives.signed_data(covered, rrsig)
-                    continue
-                assert primitives.signed_data(covered, rrsig) == theirs
+    for covered, rrsig in signature_pairs(_signed_reply(seed)):
+        try:
+            theirs = dns.dnssec._make_rrsig_signature_data(covered, rrsig)
+        except dns.exception.ValidationFailure:
+            with pytest.raises(WireError):
+                primitives.signed_data(covered, rrsig)
+            continue
+        assert primitives.signed_data(covered, rrsig) == theirs
 
 
 @pytest.mark.parametrize(

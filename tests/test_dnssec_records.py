@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import struct
+from collections.abc import Iterator
 
 import dns.dnssec
 import dns.flags
@@ -16,6 +17,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 import pytest
+from dns.rdtypes.ANY.RRSIG import RRSIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -95,18 +97,24 @@ def _signed_reply(seed: int) -> bytes:
     return msg.to_wire()
 
 
-def _theirs(wire: bytes) -> set[bytes]:
-    """dnspython's signed data for every RRSIG of the reply over the RRset it covers."""
+def signature_pairs(wire: bytes) -> Iterator[tuple[dns.rrset.RRset, RRSIG]]:
+    """Every RRSIG of the reply (as dnspython parses it) with the RRset it covers."""
     msg = dns.message.from_wire(wire)
-    found = set()
     for section in (msg.answer, msg.authority):
         for rrsig_set in section:
             if rrsig_set.rdtype != dns.rdatatype.RRSIG:
                 continue
             covered = msg.find_rrset(section, rrsig_set.name, rrsig_set.rdclass, rrsig_set.covers)
             for rrsig in rrsig_set:
-                found.add(dns.dnssec._make_rrsig_signature_data(covered, rrsig))
-    return found
+                yield covered, rrsig
+
+
+def _theirs(wire: bytes) -> set[bytes]:
+    """dnspython's signed data for every RRSIG of the reply over the RRset it covers."""
+    return {
+        dns.dnssec._make_rrsig_signature_data(covered, rrsig)
+        for covered, rrsig in signature_pairs(wire)
+    }
 
 
 def _ours(wire: bytes) -> set[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dns.edns
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 from hypothesis import HealthCheck, given, settings
@@ -47,8 +48,12 @@ def test_every_dot_query_is_padded_to_128(
     reply = dns.query.udp(query, "127.0.0.1", port=daemon.port, timeout=3)
     assert reply.rcode() == dns.rcode.NOERROR
     sent = upstream.state.queries[before:]
-    assert len(sent) == 1 and len(sent[0]) % 128 == 0
-    upstream_query = dns.message.from_wire(sent[0])
+    assert sent and all(len(q) % 128 == 0 for q in sent)
+    # a silence probe (". NS", transports/dot.py) may go too when the test process stalls for
+    # 100 ms on a loaded machine; it is padded like the rest, and is not the client's query
+    asked = [q for q in sent if dns.message.from_wire(q).question[0].name != dns.name.root]
+    assert len(asked) == 1
+    upstream_query = dns.message.from_wire(asked[0])
     codes = {o.otype for o in upstream_query.options}
     assert codes <= {dns.edns.OptionType.PADDING, dns.edns.OptionType.KEEPALIVE}
     assert dns.edns.OptionType.PADDING in codes

@@ -6,17 +6,22 @@ are dnspython's to the octet, and malformed keys are unusable rather than fatal.
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import dns.dnssec
 import dns.exception
 import dns.message
 import dns.name
+import dns.node
 import dns.rdataclass
+import dns.rdataset
 import dns.rdatatype
 import dns.rrset
 import pytest
 from dns.dnssecalgs import get_algorithm_cls
+from dns.dnssectypes import DSDigest
 from dns.rdtypes.ANY.DNSKEY import DNSKEY
+from dns.rdtypes.ANY.RRSIG import RRSIG
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,10 +34,10 @@ ZONE = dns.name.from_text("example.")
 _KEY_SIZES = {primitives.RSASHA256: 2048, primitives.RSASHA512: 1024}
 
 
-def _private(algorithm: int) -> object:
-    cls = get_algorithm_cls(algorithm)
+def _private(algorithm: int) -> Any:
+    cls: Any = get_algorithm_cls(algorithm)  # a private key class: generate() is on each
     if algorithm in _KEY_SIZES:
-        return cls.generate(key_size=_KEY_SIZES[algorithm])  # type: ignore[call-arg]
+        return cls.generate(key_size=_KEY_SIZES[algorithm])
     return cls.generate()
 
 
@@ -40,14 +45,14 @@ _PRIVATE = {algorithm: _private(algorithm) for algorithm in sorted(primitives.AL
 
 
 def _dnskey(algorithm: int) -> DNSKEY:
-    private = _PRIVATE[algorithm]
-    return private.public_key().to_dnskey()  # type: ignore[attr-defined,no-any-return]
+    key: DNSKEY = _PRIVATE[algorithm].public_key().to_dnskey()
+    return key
 
 
-def _sign(rrset: dns.rrset.RRset, algorithm: int) -> dns.rrset.RRset:
+def _sign(rrset: dns.rrset.RRset, algorithm: int) -> RRSIG:
     return dns.dnssec.sign(
         rrset,
-        _PRIVATE[algorithm],  # type: ignore[arg-type]
+        _PRIVATE[algorithm],
         ZONE,
         _dnskey(algorithm),
         inception=1_700_000_000,
@@ -71,7 +76,10 @@ def test_dnspython_signatures_verify_and_altered_ones_do_not(algorithm: int) -> 
         rrsig = _sign(rrset, algorithm)
         data = primitives.signed_data(rrset, rrsig)
         assert data == dns.dnssec._make_rrsig_signature_data(rrset, rrsig)
-        dns.dnssec.validate_rrsig(rrset, rrsig, {ZONE: [key]}, now=1_800_000_000)  # theirs agree
+        keys: dict[dns.name.Name, dns.node.Node | dns.rdataset.Rdataset] = {
+            ZONE: dns.rdataset.from_rdata(300, key)
+        }
+        dns.dnssec.validate_rrsig(rrset, rrsig, keys, now=1_800_000_000)  # theirs agree
         assert public.verifies(rrsig.signature, data)
         flipped = bytearray(data)
         flipped[rnd.randrange(len(flipped))] ^= 1 << rnd.randrange(8)
@@ -92,7 +100,7 @@ def test_a_signature_does_not_verify_with_another_key_or_algorithm(algorithm: in
     for other in sorted(primitives.ALGORITHMS - {algorithm}):
         key = _dnskey(other)
         assert not primitives.PublicKey(other, key.key).verifies(rrsig.signature, data)
-    key = _private(algorithm).public_key().to_dnskey()  # type: ignore[attr-defined]
+    key = _private(algorithm).public_key().to_dnskey()
     assert not primitives.PublicKey(algorithm, key.key).verifies(rrsig.signature, data)
 
 
@@ -126,7 +134,8 @@ def test_ds_digests_are_dnspythons(algorithm: int, digest_type: int) -> None:
     key = _dnskey(algorithm)
     for owner in ("example.", "ExAmPle.", "a.B.c.example.", "."):
         zone = dns.name.from_text(owner)
-        made = dns.dnssec.make_ds(zone, key, digest_type, policy=dns.dnssec.allow_all_policy)
+        digest = DSDigest(digest_type)
+        made = dns.dnssec.make_ds(zone, key, digest, policy=dns.dnssec.allow_all_policy)
         assert primitives.ds_digest(zone, key, digest_type) == made.digest
 
 

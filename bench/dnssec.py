@@ -368,6 +368,8 @@ def upstream_queries(stats: dict[str, Any]) -> int:
 class Row:
     load: str
     mode: str
+    #: which pass over the plan (--rounds); ratios are taken within a round
+    round: int = 0
     max_rate: Dnsperf | None = None
     cpu_us_per_query: float | None = None
     upstream_cpu_us_per_query: float | None = None
@@ -472,12 +474,57 @@ def plan(loads: Sequence[str], unbound: bool = True) -> list[tuple[str, str]]:
 
 
 def unbound_row(rows: Sequence[Row], row: Row) -> Row | None:
-    return next((r for r in rows if r.mode == "unbound" and r.load == row.load), None)
+    return next(
+        (r for r in rows if r.mode == "unbound" and r.load == row.load and r.round == row.round),
+        None,
+    )
 
 
 def baseline(rows: Sequence[Row], row: Row) -> Row | None:
     kind = LOADS[row.load].kind
-    return next((r for r in rows if r.mode == "off" and LOADS[r.load].kind == kind), None)
+    return next(
+        (
+            r
+            for r in rows
+            if r.mode == "off" and LOADS[r.load].kind == kind and r.round == row.round
+        ),
+        None,
+    )
+
+
+def cpu_ratio_to_unbound(rows: Sequence[Row], row: Row) -> float | None:
+    ub = unbound_row(rows, row)
+    return ratio_of(row.cpu_us_per_query, ub.cpu_us_per_query if ub else None)
+
+
+def rounds_table(rows: Sequence[Row]) -> list[str]:
+    """With --rounds N > 1: each validate row's CPU per query against Unbound's, round by round
+    (each a stubby-py row and the Unbound row right after it), and their median. Rows measured
+    minutes apart on a shared machine differ by ±30 %; the median of alternated rounds is the
+    steadier figure."""
+    rounds = sorted({r.round for r in rows})
+    if len(rounds) < 2:
+        return []
+    lines = [
+        f"cpu/ub by round ({len(rounds)} rounds, each row and its Unbound row back to back) "
+        "and the median",
+        "",
+        f"{'row':<24}" + "".join(f"{f'r{n + 1}':>7}" for n in rounds) + f"{'median':>8}",
+    ]
+    labels = dict.fromkeys(r.label for r in rows if r.mode == "validate")
+    for label in labels:
+        ratios = []
+        for n in rounds:
+            row = next((r for r in rows if r.label == label and r.round == n), None)
+            ratios.append(cpu_ratio_to_unbound(rows, row) if row else None)
+        known = [x for x in ratios if x is not None]
+        median = statistics.median(known) if known else None
+        lines.append(
+            f"{label:<24}"
+            + "".join(f"{fmt(x, '.2f'):>7}" for x in ratios)
+            + f"{fmt(median, '.2f'):>8}"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- cold chain
@@ -681,9 +728,11 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
         "",
         line([name for name, _ in COLUMNS]),
     ]
+    several = any(row.round for row in rows)
     for row in rows:
+        label = f"r{row.round + 1} {row.label}" if several else row.label
         if row.max_rate is None:
-            lines.append(f"{row.label:<24} FAILED: {(row.error or '?').splitlines()[0]}")
+            lines.append(f"{label:<24} FAILED: {(row.error or '?').splitlines()[0]}")
             continue
         base = baseline(rows, row)
         base_qps = base.max_rate.qps if base and base.max_rate else None
@@ -693,7 +742,7 @@ def throughput_table(rows: Sequence[Row]) -> list[str]:
         lines.append(
             line(
                 [
-                    row.label,
+                    label,
                     f"{row.max_rate.qps:.0f}",
                     str(row.max_rate.lost),
                     fmt(row.cpu_us_per_query, ".1f"),
@@ -811,6 +860,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--cold-rounds", type=int, default=10, help="fresh-daemon rounds for cold latency (10)"
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="passes over the throughput rows (1); with more, a table of each validate row's "
+        "CPU ratio to Unbound per round and the median",
+    )
+    parser.add_argument(
         "--transport",
         choices=("dot", "udp"),
         default="dot",
@@ -858,8 +914,13 @@ def run(args: argparse.Namespace, children: Children, tmp: Path) -> Iterator[Row
             children, tmp, hierarchy, upstreams, args.duration, args.transport,
             not args.no_aggressive_nsec,
         )  # fmt: skip
-        for index, (key, mode) in enumerate(plan(args.loads, not args.no_unbound)):
-            yield measure_row(bench, index, key, mode)
+        steps = plan(args.loads, not args.no_unbound)
+        for round_ in range(args.rounds):
+            for index, (key, mode) in enumerate(steps):
+                # a row's names are its own in every round: each query stays a cache miss
+                row = measure_row(bench, round_ * len(steps) + index, key, mode)
+                row.round = round_
+                yield row
         if args.cold_rounds:
             yield measure_cold(bench, args.cold_rounds)
         for mode in args.memory_modes if args.memory else ():
@@ -884,6 +945,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 cold = result
     print("\n".join(throughput_table(rows)))
+    if by_round := rounds_table(rows):
+        print("\n" + "\n".join(by_round))
     if cold is not None:
         print("\n" + "\n".join(cold_table(cold)))
     if memories:

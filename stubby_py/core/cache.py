@@ -305,6 +305,10 @@ class Cache:
         )
 
     # -- the clock ------------------------------------------------------------------------------
+    def _ticks(self, now: float) -> float:
+        """The monotonic time `now` in ticks since the epoch (Cache.hit has this inlined)."""
+        return (now - self._epoch) * _TICKS
+
     def _seconds(self, ticks: float) -> float:
         """The monotonic time of a record's tick count."""
         return self._epoch + ticks / _TICKS
@@ -313,7 +317,7 @@ class Cache:
         """A record's stored and expires ticks for an answer stored at `now` and fresh for
         `lifetime` seconds, both rounded down (a lifetime past the ticks' range is cut to it)."""
         self._rebase_if_due(now)
-        ticks = (now - self._epoch) * _TICKS
+        ticks = self._ticks(now)
         end = ticks + lifetime * _TICKS
         return (
             int(ticks) if ticks > 0 else 0,
@@ -324,7 +328,7 @@ class Cache:
         """Move the epoch on by half the ticks' range, once the clock at `now` has used three
         quarters of it (years of uptime): answers stored before the new epoch (expired long
         since, or with lifetimes of years) are dropped, the others' ticks shifted."""
-        if (now - self._epoch) * _TICKS < _REBASE_AT:
+        if self._ticks(now) < _REBASE_AT:
             return
         shift = _TICK_LIMIT // 2
         self._drop([key for key, record in self._records() if _HEAD.unpack_from(record)[0] < shift])
@@ -567,7 +571,7 @@ class Cache:
         if record is None:
             return None
         _stored, expires, _a, _b, _n, count = _HEAD.unpack_from(record)
-        ticks = (now - self._epoch) * _TICKS
+        ticks = self._ticks(now)
         if not expires <= ticks < expires + limits.stale_window * _TICKS:
             return None
         body, offsets = _body_of(key, record, count)
@@ -668,9 +672,9 @@ class Cache:
     def dump(self, now: float, wall_now: float) -> bytes:
         """The unexpired answers as a self-checking file image (see "the file format")."""
         parts = [b""]
+        ticks = self._ticks(now)
         for key, record in self._records():
             stored, expires, body_age, bits, _n, count = _HEAD.unpack_from(record)
-            ticks = (now - self._epoch) * _TICKS
             if ticks >= expires:
                 continue
             body, offsets = _body_of(key, record, count)

@@ -141,8 +141,7 @@ def plan(
             continue
         if rdlen != 16:
             return Plan.PASS
-        address = IPv6Address(aaaa_reply[ttl_at + 6 : ttl_at + 22])
-        if any(address in network for network in excluded_aaaa):
+        if _address_excluded(IPv6Address(aaaa_reply[ttl_at + 6 : ttl_at + 22]), excluded_aaaa):
             excluded += 1
         else:
             usable += 1
@@ -162,7 +161,10 @@ def wants_synthesis(
 
 
 def _aaaa_excluded(rdata: dns.rdata.Rdata, excluded_aaaa: Sequence[IPv6Network]) -> bool:
-    address = IPv6Address(rdata.address)  # type: ignore[attr-defined]
+    return _address_excluded(IPv6Address(rdata.address), excluded_aaaa)  # type: ignore[attr-defined]
+
+
+def _address_excluded(address: IPv6Address, excluded_aaaa: Sequence[IPv6Network]) -> bool:
     return any(address in network for network in excluded_aaaa)
 
 

@@ -29,7 +29,8 @@ from stubby_py.core.wire import WireError, rdtype_text
 from stubby_py.dnssec import primitives, records
 
 #: RFC 8624 §3.1 algorithms we validate: RSASHA256, RSASHA512, ECDSA P-256/P-384, Ed25519, Ed448
-SUPPORTED_ALGORITHMS = frozenset({8, 10, 13, 14, 15, 16})
+#: (those primitives.py makes public keys for)
+SUPPORTED_ALGORITHMS = primitives.ALGORITHMS
 #: RFC 8624 §3.3 DS digest types we validate: SHA-256, SHA-384
 SUPPORTED_DIGESTS = frozenset({2, 4})
 DNSKEY_PROTOCOL = 3
